@@ -1,0 +1,153 @@
+// LoRA linear layer, forward and backward (W frozen), in double. Shapes (row-major):
+//   x [n, in], w [out, in], bias [out] or empty, a [r, in], b [out, r], s = scale.
+// Forward:   xd = drop(x)                   (dropout on the LoRA branch only)
+//            h  = xd · aᵀ                   [n, r]
+//            y  = x · wᵀ + bias + s · h · bᵀ [n, out]
+// Backward, g = dL/dy:
+//            db = s · gᵀ · h                [out, r]
+//            dh = s · g · b                 [n, r]
+//            da = dhᵀ · xd                  [r, in]
+//            dx = g · w + mask ⊙ (dh · a) / (1 − p)   [n, in]
+namespace PeftKernels.Kernels.Reference;
+
+/// <summary>Naive double-precision LoRA forward/backward: the specification of LoraMatmul.</summary>
+public static class LoraMatmulReference
+{
+    /// <summary>Forward in double. <paramref name="bias"/> may be empty.</summary>
+    public static (double[] Y, double[] H) Forward(double[] x, double[] w, double[] bias, double[] a, double[] b,
+        double scale, int n, int inFeatures, int outFeatures, int rank, float dropout = 0f, ulong seed = 0)
+    {
+        double[] xd = Drop(x, dropout, seed);
+        var h = new double[n * rank];
+        var y = new double[n * outFeatures];
+        for (int i = 0; i < n; i++)
+        {
+            for (int q = 0; q < rank; q++)
+            {
+                double sum = 0;
+                for (int p = 0; p < inFeatures; p++)
+                {
+                    sum += xd[(i * inFeatures) + p] * a[(q * inFeatures) + p];
+                }
+
+                h[(i * rank) + q] = sum;
+            }
+
+            for (int o = 0; o < outFeatures; o++)
+            {
+                double baseSum = 0;
+                for (int p = 0; p < inFeatures; p++)
+                {
+                    baseSum += x[(i * inFeatures) + p] * w[(o * inFeatures) + p];
+                }
+
+                double lora = 0;
+                for (int q = 0; q < rank; q++)
+                {
+                    lora += h[(i * rank) + q] * b[(o * rank) + q];
+                }
+
+                y[(i * outFeatures) + o] = baseSum + (bias.Length == 0 ? 0 : bias[o]) + (scale * lora);
+            }
+        }
+
+        return (y, h);
+    }
+
+    /// <summary>Backward in double: returns dx, da, db.</summary>
+    public static (double[] Dx, double[] Da, double[] Db) Backward(double[] dy, double[] x, double[] h, double[] w,
+        double[] a, double[] b, double scale, int n, int inFeatures, int outFeatures, int rank,
+        float dropout = 0f, ulong seed = 0)
+    {
+        double[] xd = Drop(x, dropout, seed);
+        var dh = new double[n * rank];
+        var db = new double[outFeatures * rank];
+        var da = new double[rank * inFeatures];
+        var dx = new double[n * inFeatures];
+        for (int i = 0; i < n; i++)
+        {
+            for (int q = 0; q < rank; q++)
+            {
+                double sum = 0;
+                for (int o = 0; o < outFeatures; o++)
+                {
+                    sum += dy[(i * outFeatures) + o] * b[(o * rank) + q];
+                }
+
+                dh[(i * rank) + q] = scale * sum;
+            }
+        }
+
+        for (int o = 0; o < outFeatures; o++)
+        {
+            for (int q = 0; q < rank; q++)
+            {
+                double sum = 0;
+                for (int i = 0; i < n; i++)
+                {
+                    sum += dy[(i * outFeatures) + o] * h[(i * rank) + q];
+                }
+
+                db[(o * rank) + q] = scale * sum;
+            }
+        }
+
+        for (int q = 0; q < rank; q++)
+        {
+            for (int p = 0; p < inFeatures; p++)
+            {
+                double sum = 0;
+                for (int i = 0; i < n; i++)
+                {
+                    sum += dh[(i * rank) + q] * xd[(i * inFeatures) + p];
+                }
+
+                da[(q * inFeatures) + p] = sum;
+            }
+        }
+
+        uint threshold = DropoutReference.Threshold(dropout);
+        double keepScale = dropout == 0 ? 1.0 : 1.0 / (1.0 - dropout);
+        for (int i = 0; i < n; i++)
+        {
+            for (int p = 0; p < inFeatures; p++)
+            {
+                double baseSum = 0;
+                for (int o = 0; o < outFeatures; o++)
+                {
+                    baseSum += dy[(i * outFeatures) + o] * w[(o * inFeatures) + p];
+                }
+
+                double lora = 0;
+                for (int q = 0; q < rank; q++)
+                {
+                    lora += dh[(i * rank) + q] * a[(q * inFeatures) + p];
+                }
+
+                int index = (i * inFeatures) + p;
+                bool keep = dropout == 0 || DropoutReference.Keep(seed, index, threshold);
+                dx[index] = baseSum + (keep ? lora * keepScale : 0.0);
+            }
+        }
+
+        return (dx, da, db);
+    }
+
+    private static double[] Drop(double[] x, float dropout, ulong seed)
+    {
+        if (dropout == 0)
+        {
+            return x;
+        }
+
+        uint threshold = DropoutReference.Threshold(dropout);
+        double keepScale = 1.0 / (1.0 - dropout);
+        var result = new double[x.Length];
+        for (int i = 0; i < x.Length; i++)
+        {
+            result[i] = DropoutReference.Keep(seed, i, threshold) ? x[i] * keepScale : 0.0;
+        }
+
+        return result;
+    }
+}
