@@ -25,12 +25,17 @@ public static class DropoutReference
         return (uint)(z >> 40) >= threshold;
     }
 
-    /// <summary>drop(x) for a whole [rows, cols] matrix, in double.</summary>
-    public static double[] Apply(ReadOnlySpan<float> x, float p, ulong seed)
+    /// <summary>drop(x) for a whole matrix stored densely (index = storage offset), in double.</summary>
+    public static double[] Apply(double[] x, float p, ulong seed)
     {
+        if (p == 0)
+        {
+            return x;
+        }
+
         var result = new double[x.Length];
         uint threshold = Threshold(p);
-        double keepScale = p == 0 ? 1.0 : 1.0 / (1.0 - p);
+        double keepScale = 1.0 / (1.0 - p);
         for (int i = 0; i < x.Length; i++)
         {
             result[i] = Keep(seed, i, threshold) ? x[i] * keepScale : 0.0;

@@ -17,7 +17,7 @@ public static class LoraMatmulReference
     public static (double[] Y, double[] H) Forward(double[] x, double[] w, double[] bias, double[] a, double[] b,
         double scale, int n, int inFeatures, int outFeatures, int rank, float dropout = 0f, ulong seed = 0)
     {
-        double[] xd = Drop(x, dropout, seed);
+        double[] xd = DropoutReference.Apply(x, dropout, seed);
         var h = new double[n * rank];
         var y = new double[n * outFeatures];
         for (int i = 0; i < n; i++)
@@ -59,7 +59,7 @@ public static class LoraMatmulReference
         double[] a, double[] b, double scale, int n, int inFeatures, int outFeatures, int rank,
         float dropout = 0f, ulong seed = 0)
     {
-        double[] xd = Drop(x, dropout, seed);
+        double[] xd = DropoutReference.Apply(x, dropout, seed);
         var dh = new double[n * rank];
         var db = new double[outFeatures * rank];
         var da = new double[rank * inFeatures];
@@ -131,23 +131,5 @@ public static class LoraMatmulReference
         }
 
         return (dx, da, db);
-    }
-
-    private static double[] Drop(double[] x, float dropout, ulong seed)
-    {
-        if (dropout == 0)
-        {
-            return x;
-        }
-
-        uint threshold = DropoutReference.Threshold(dropout);
-        double keepScale = 1.0 / (1.0 - dropout);
-        var result = new double[x.Length];
-        for (int i = 0; i < x.Length; i++)
-        {
-            result[i] = DropoutReference.Keep(seed, i, threshold) ? x[i] * keepScale : 0.0;
-        }
-
-        return result;
     }
 }

@@ -1,0 +1,90 @@
+// Public GEMM: C[m, n] = alpha · op(A) · op(B) + beta · C, row-major fp32 (B may be bf16).
+//   op(A) [m, k]: A stored [m, k], or [k, m] when transA.
+//   op(B) [k, n]: B stored [k, n], or [n, k] when transB (a weight [out, in] in x·Wᵀ).
+// beta = 0: C is write-only (never read), so it may be uninitialised.
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>Blocked, vectorised, multithreaded fp32 matrix multiply.</summary>
+public static unsafe class Gemm
+{
+    /// <summary>C = alpha·op(A)·op(B) + beta·C with fp32 A and B.</summary>
+    /// <exception cref="ArgumentException">A span's length differs from what the dims imply, or a dim is negative.</exception>
+    public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float beta, Span<float> c, KernelOptions options = default)
+    {
+        Validate(m, n, k, a.Length, b.Length, c.Length);
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        if (m == 0 || n == 0)
+        {
+            return;
+        }
+
+        fixed (float* pa = a, pb = b, pc = c)
+        {
+            var sa = new DenseA(pa, transA ? m : k, transA);
+            var sb = new DenseB(pb, transB ? k : n, transB, k);
+            GemmDriver.Run(path, threads, sa, sb, m, n, k, alpha, beta, pc, n, null);
+        }
+    }
+
+    /// <summary>C = alpha·op(A)·op(B) + beta·C with B given as bf16 bit patterns, widened to fp32 in registers.</summary>
+    /// <exception cref="ArgumentException">A span's length differs from what the dims imply, or a dim is negative.</exception>
+    public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, ReadOnlySpan<ushort> b, float beta, Span<float> c, KernelOptions options = default)
+    {
+        Validate(m, n, k, a.Length, b.Length, c.Length);
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        if (m == 0 || n == 0)
+        {
+            return;
+        }
+
+        fixed (float* pa = a, pc = c)
+        fixed (ushort* pb = b)
+        {
+            var sa = new DenseA(pa, transA ? m : k, transA);
+            var sb = new Bf16B(pb, transB ? k : n, transB, k);
+            GemmDriver.Run(path, threads, sa, sb, m, n, k, alpha, beta, pc, n, null);
+        }
+    }
+
+    private static void Validate(int m, int n, int k, int aLength, int bLength, int cLength)
+    {
+        Check.NonNegative(m, "m");
+        Check.NonNegative(n, "n");
+        Check.NonNegative(k, "k");
+        Check.Length("a", aLength, (long)m * k, "m·k");
+        Check.Length("b", bLength, (long)k * n, "k·n");
+        Check.Length("c", cLength, (long)m * n, "m·n");
+    }
+}
+
+/// <summary>Argument checks shared by the public kernel entry points.</summary>
+internal static class Check
+{
+    public static void NonNegative(int value, string name)
+    {
+        if (value < 0)
+        {
+            throw new ArgumentException($"{name} must be >= 0, got {value}.", name);
+        }
+    }
+
+    public static void Positive(int value, string name)
+    {
+        if (value <= 0)
+        {
+            throw new ArgumentException($"{name} must be > 0, got {value}.", name);
+        }
+    }
+
+    public static void Length(string name, int actual, long expected, string formula)
+    {
+        if (actual != expected)
+        {
+            throw new ArgumentException($"{name} has length {actual}; expected {expected} ({formula}).", name);
+        }
+    }
+}

@@ -1,0 +1,311 @@
+// Blocked GEMM driver (BLIS loop order), C[m, n] = alpha · op(A) · op(B) + beta · C + bias:
+//   for jc in N by NC:                       B panel shared by all threads (L3)
+//     for pc in K by kc (balanced, ≤ KC):    blocks never straddle the masked-epilogue split
+//       pack op(B)[pc, jc] into NR-wide strips          (threads split the strips)
+//       for ic in M by MC:                   A block private to a thread (L2)
+//         pack op(A)[ic, pc] into MR-tall strips
+//         for jr over NR strips:             B micro-panel stays in L1
+//           for ir over MR strips: micro-kernel
+// Work is split between threads by M strips (or by N strips when M is short), a fixed
+// function of (m, n, threads); every C element is summed in the same order whatever the
+// split, so results are bit-identical across runs and thread counts for one SIMD path.
+// Small m (≤ 4) with a contiguous op(B) column goes to a GEMV path that streams B once.
+using System.Runtime.InteropServices;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>A write-back rule for K blocks at or past <see cref="KSplit"/>: C += alpha · mask ⊙ acc (the LoRA dx dropout).</summary>
+internal readonly struct GemmEpilogue(int kSplit, DropoutMask mask, int maskLd)
+{
+    public readonly int KSplit = kSplit;
+    public readonly DropoutMask Mask = mask;
+    public readonly int MaskLd = maskLd;
+
+    public bool Active => Mask.Active;
+}
+
+internal static unsafe class GemmDriver
+{
+    private const int KcMax = 256;
+    private const int McStrips = 24;
+    private const int NcMax = 4096;
+
+    public static void Run<TA, TB>(SimdPath path, int threads, in TA a, in TB b, int m, int n, int k, float alpha,
+        float beta, float* c, int ldc, float* bias, in GemmEpilogue epilogue = default)
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        switch (path)
+        {
+            case SimdPath.Vector512:
+                Run<Vector512Kernel, TA, TB>(threads, a, b, m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                break;
+            case SimdPath.Vector256:
+                Run<Vector256Kernel, TA, TB>(threads, a, b, m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                break;
+            default:
+                Run<ScalarKernel, TA, TB>(threads, a, b, m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                break;
+        }
+    }
+
+    private static void Run<TK, TA, TB>(int threads, TA a, TB b, int m, int n, int k, float alpha, float beta,
+        float* c, int ldc, float* bias, GemmEpilogue epilogue)
+        where TK : struct, IMicroKernel
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        if (m == 0 || n == 0)
+        {
+            return;
+        }
+
+        if (k == 0)
+        {
+            ScaleOnly(m, n, beta, c, ldc, bias);
+            return;
+        }
+
+        if (m <= RowDot.MaxRows && b.CanDot && !epilogue.Active)
+        {
+            Gemv(TK.Path, threads, a, b, m, n, k, alpha, beta, c, ldc, bias);
+            return;
+        }
+
+        int mr = TK.MR, nr = TK.NR;
+        var blocks = KBlocks(k, epilogue.Active ? epilogue.KSplit : 0);
+        int kcMax = 0;
+        foreach (var (_, len) in blocks)
+        {
+            kcMax = Math.Max(kcMax, len);
+        }
+
+        int ncMax = Math.Min(NcMax, n);
+        int mStrips = (m + mr - 1) / mr;
+        int mc = McStrips * mr;
+        bool splitM = mStrips >= 2 * threads || (ncMax + nr - 1) / nr < threads;
+        int workers = Math.Max(1, Math.Min(threads, splitM ? mStrips : (ncMax + nr - 1) / nr));
+
+        long bFloats = (long)kcMax * ((ncMax + nr - 1) / nr) * nr;
+        long aFloats = (long)kcMax * Math.Min(mc, mStrips * mr);
+        float* bPack = (float*)NativeMemory.AlignedAlloc((nuint)(bFloats * sizeof(float)), 64);
+        float* aPack = (float*)NativeMemory.AlignedAlloc((nuint)(aFloats * workers * sizeof(float)), 64);
+        float* tiles = (float*)NativeMemory.AlignedAlloc((nuint)(mr * nr * workers * sizeof(float)), 64);
+        try
+        {
+            for (int jc = 0; jc < n; jc += NcMax)
+            {
+                int nc = Math.Min(NcMax, n - jc);
+                int nStrips = (nc + nr - 1) / nr;
+                for (int bi = 0; bi < blocks.Length; bi++)
+                {
+                    var (p0, kc) = blocks[bi];
+                    bool first = bi == 0;
+                    bool masked = epilogue.Active && p0 >= epilogue.KSplit;
+                    var job = new BlockJob<TK, TA, TB>
+                    {
+                        A = a, B = b, M = m, Jc = jc, Nc = nc, NStrips = nStrips, P0 = p0, Kc = kc,
+                        Alpha = alpha, Beta = first ? beta : 1f, Bias = first ? bias : null,
+                        C = c, Ldc = ldc, BPack = bPack, APack = aPack, AStride = aFloats, Tiles = tiles,
+                        Workers = workers, SplitM = splitM, Mc = mc, Masked = masked, Epilogue = epilogue,
+                    };
+                    CpuParallel.For(workers, threads, job.PackB);
+                    CpuParallel.For(workers, threads, job.Compute);
+                }
+            }
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(tiles);
+            NativeMemory.AlignedFree(aPack);
+            NativeMemory.AlignedFree(bPack);
+        }
+    }
+
+    /// <summary>K blocks of near-equal length ≤ KcMax; with a split, no block crosses it.</summary>
+    internal static (int P0, int Len)[] KBlocks(int k, int split)
+    {
+        if (split <= 0 || split >= k)
+        {
+            return Balanced(0, k);
+        }
+
+        return [.. Balanced(0, split), .. Balanced(split, k - split)];
+    }
+
+    private static (int, int)[] Balanced(int start, int length)
+    {
+        int count = (length + KcMax - 1) / KcMax;
+        var result = new (int, int)[count];
+        for (int i = 0; i < count; i++)
+        {
+            var (s, e) = CpuParallel.Split(length, count, i);
+            result[i] = (start + s, e - s);
+        }
+
+        return result;
+    }
+
+    private static void ScaleOnly(int m, int n, float beta, float* c, int ldc, float* bias)
+    {
+        for (int i = 0; i < m; i++)
+        {
+            float* row = c + ((long)i * ldc);
+            for (int j = 0; j < n; j++)
+            {
+                float v = beta == 0f ? 0f : beta * row[j];
+                row[j] = bias == null ? v : v + bias[j];
+            }
+        }
+    }
+
+    private static void Gemv<TA, TB>(SimdPath path, int threads, TA a, TB b, int m, int n, int k, float alpha,
+        float beta, float* c, int ldc, float* bias)
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        float* rows = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * k * sizeof(float)), 64);
+        try
+        {
+            for (int r = 0; r < m; r++)
+            {
+                a.Pack(rows + ((long)r * k), r, 1, 0, k, 1);
+            }
+
+            int parts = Math.Max(1, Math.Min(threads, n / 64));
+            CpuParallel.For(parts, threads, part =>
+            {
+                var (j0, j1) = CpuParallel.Split(n, parts, part);
+                float* sums = stackalloc float[RowDot.MaxRows];
+                for (int j = j0; j < j1; j++)
+                {
+                    new Span<float>(sums, RowDot.MaxRows).Clear();
+                    b.DotAdd(j, rows, k, m, path, sums);
+                    for (int r = 0; r < m; r++)
+                    {
+                        float* dst = c + ((long)r * ldc) + j;
+                        float v = alpha * sums[r];
+                        if (beta != 0f)
+                        {
+                            v += beta * *dst;
+                        }
+
+                        *dst = bias == null ? v : v + bias[j];
+                    }
+                }
+            });
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(rows);
+        }
+    }
+
+    private sealed class BlockJob<TK, TA, TB>
+        where TK : struct, IMicroKernel
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        public TA A;
+        public TB B;
+        public int M, Jc, Nc, NStrips, P0, Kc, Ldc, Workers, Mc;
+        public float Alpha, Beta;
+        public float* Bias, C, BPack, APack, Tiles;
+        public long AStride;
+        public bool SplitM, Masked;
+        public GemmEpilogue Epilogue;
+
+        public void PackB(int worker)
+        {
+            int nr = TK.NR;
+            var (s0, s1) = CpuParallel.Split(NStrips, Workers, worker);
+            for (int s = s0; s < s1; s++)
+            {
+                int j0 = s * nr;
+                B.Pack(BPack + ((long)s * Kc * nr), Jc + j0, Math.Min(nr, Nc - j0), P0, Kc, nr);
+            }
+        }
+
+        public void Compute(int worker)
+        {
+            int mr = TK.MR;
+            int mStrips = (M + mr - 1) / mr;
+            int r0 = 0, r1 = M, s0 = 0, s1 = NStrips;
+            if (SplitM)
+            {
+                var (a0, a1) = CpuParallel.Split(mStrips, Workers, worker);
+                r0 = a0 * mr;
+                r1 = Math.Min(M, a1 * mr);
+            }
+            else
+            {
+                (s0, s1) = CpuParallel.Split(NStrips, Workers, worker);
+            }
+
+            float* aPack = APack + (worker * AStride);
+            float* tile = Tiles + (worker * mr * TK.NR);
+            for (int ic = r0; ic < r1; ic += Mc)
+            {
+                int mc = Math.Min(Mc, r1 - ic);
+                for (int ir = 0; ir < mc; ir += mr)
+                {
+                    A.Pack(aPack + ((long)ir * Kc), ic + ir, Math.Min(mr, mc - ir), P0, Kc, mr);
+                }
+
+                Macro(ic, mc, s0, s1, aPack, tile);
+            }
+        }
+
+        private void Macro(int ic, int mc, int s0, int s1, float* aPack, float* tile)
+        {
+            int mr = TK.MR, nr = TK.NR;
+            for (int s = s0; s < s1; s++)
+            {
+                int j = s * nr;
+                int cols = Math.Min(nr, Nc - j);
+                float* bp = BPack + ((long)s * Kc * nr);
+                float* bias = Bias == null ? null : Bias + Jc + j;
+                for (int ir = 0; ir < mc; ir += mr)
+                {
+                    int rows = Math.Min(mr, mc - ir);
+                    float* ap = aPack + ((long)ir * Kc);
+                    float* cp = C + ((long)(ic + ir) * Ldc) + Jc + j;
+                    if (rows == mr && cols == nr && !Masked)
+                    {
+                        TK.Run(ap, bp, Kc, cp, Ldc, Alpha, Beta, bias);
+                    }
+                    else
+                    {
+                        TK.Run(ap, bp, Kc, tile, nr, 1f, 0f, null);
+                        WriteEdge(tile, nr, cp, rows, cols, bias, ic + ir, Jc + j);
+                    }
+                }
+            }
+        }
+
+        private void WriteEdge(float* tile, int nr, float* cp, int rows, int cols, float* bias, int i0, int j0)
+        {
+            for (int r = 0; r < rows; r++)
+            {
+                float* dst = cp + ((long)r * Ldc);
+                long maskRow = (long)(i0 + r) * Epilogue.MaskLd;
+                for (int col = 0; col < cols; col++)
+                {
+                    float acc = tile[(r * nr) + col];
+                    if (Masked)
+                    {
+                        acc = Epilogue.Mask.Apply(acc, maskRow + j0 + col);
+                    }
+
+                    float v = Alpha * acc;
+                    if (Beta != 0f)
+                    {
+                        v += Beta * dst[col];
+                    }
+
+                    dst[col] = bias == null ? v : v + bias[col];
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+// Operand sources of the GEMM driver. The driver never reads A or B directly: it asks a
+// source to pack a panel of op(A) [m, k] or op(B) [k, n] into the micro-kernel layout
+//   A panel: dst[(p − p0)·mr + (i − i0)]   (rows ≥ `rows` zero-filled)
+//   B panel: dst[(p − p0)·nr + (j − j0)]   (cols ≥ `cols` zero-filled)
+// so transposes, bf16 widening, scaling, dropout masks and K-concatenation ([x | s·h] and
+// [W | B] of the one-GEMM LoRA fusion) all happen while packing, at no extra pass.
+using System.Runtime.CompilerServices;
+
+namespace PeftKernels.Kernels.Cpu;
+
+internal unsafe interface IPanelA
+{
+    void Pack(float* dst, int i0, int rows, int p0, int kc, int mr);
+}
+
+internal unsafe interface IPanelB
+{
+    /// <summary>True when op(B)[:, j] is contiguous in memory (B stored transposed) so the GEMV path can stream it.</summary>
+    bool CanDot { get; }
+
+    void Pack(float* dst, int j0, int cols, int p0, int kc, int nr);
+
+    /// <summary>result[r] += Σ_p a[r·lda + p] · op(B)[p, j] over this source's whole K, for r &lt; m.</summary>
+    void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result);
+}
+
+/// <summary>Dense fp32 op(A), optionally transposed, scaled and dropout-masked (mask index = storage offset).</summary>
+internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float scale = 1f, DropoutMask mask = default) : IPanelA
+{
+    public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
+    {
+        bool plain = scale == 1f && !mask.Active;
+        if (!trans)
+        {
+            for (int r = 0; r < rows; r++)
+            {
+                long offset = ((long)(i0 + r) * ld) + p0;
+                float* src = ptr + offset;
+                float* d = dst + r;
+                if (plain)
+                {
+                    for (int p = 0; p < kc; p++)
+                    {
+                        d[p * mr] = src[p];
+                    }
+                }
+                else
+                {
+                    for (int p = 0; p < kc; p++)
+                    {
+                        float v = mask.Active ? mask.Apply(src[p], offset + p) : src[p];
+                        d[p * mr] = v * scale;
+                    }
+                }
+            }
+
+            for (int r = rows; r < mr; r++)
+            {
+                for (int p = 0; p < kc; p++)
+                {
+                    dst[(p * mr) + r] = 0f;
+                }
+            }
+
+            return;
+        }
+
+        for (int p = 0; p < kc; p++)
+        {
+            long offset = ((long)(p0 + p) * ld) + i0;
+            float* src = ptr + offset;
+            float* d = dst + (p * mr);
+            if (plain)
+            {
+                new ReadOnlySpan<float>(src, rows).CopyTo(new Span<float>(d, rows));
+            }
+            else
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    float v = mask.Active ? mask.Apply(src[r], offset + r) : src[r];
+                    d[r] = v * scale;
+                }
+            }
+
+            new Span<float>(d + rows, mr - rows).Clear();
+        }
+    }
+}
+
+/// <summary>op(A) = [first | second] along K, split at <paramref name="k1"/>.</summary>
+internal readonly unsafe struct ConcatA<T1, T2>(T1 first, T2 second, int k1) : IPanelA
+    where T1 : struct, IPanelA
+    where T2 : struct, IPanelA
+{
+    public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
+    {
+        int head = Math.Clamp(k1 - p0, 0, kc);
+        if (head > 0)
+        {
+            first.Pack(dst, i0, rows, p0, head, mr);
+        }
+
+        if (head < kc)
+        {
+            second.Pack(dst + ((long)head * mr), i0, rows, p0 + head - k1, kc - head, mr);
+        }
+    }
+}
+
+/// <summary>Dense fp32 op(B) with K rows: stored [k, n] (no transpose) or [n, k] (transpose, a weight [out, in]).</summary>
+internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, DropoutMask mask = default) : IPanelB
+{
+    public bool CanDot => trans && !mask.Active;
+
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
+        if (!trans)
+        {
+            for (int p = 0; p < kc; p++)
+            {
+                long offset = ((long)(p0 + p) * ld) + j0;
+                float* src = ptr + offset;
+                float* d = dst + (p * nr);
+                if (!mask.Active)
+                {
+                    new ReadOnlySpan<float>(src, cols).CopyTo(new Span<float>(d, cols));
+                }
+                else
+                {
+                    for (int c = 0; c < cols; c++)
+                    {
+                        d[c] = mask.Apply(src[c], offset + c);
+                    }
+                }
+
+                new Span<float>(d + cols, nr - cols).Clear();
+            }
+
+            return;
+        }
+
+        for (int c = 0; c < cols; c++)
+        {
+            long offset = ((long)(j0 + c) * ld) + p0;
+            float* src = ptr + offset;
+            float* d = dst + c;
+            for (int p = 0; p < kc; p++)
+            {
+                d[p * nr] = mask.Active ? mask.Apply(src[p], offset + p) : src[p];
+            }
+        }
+
+        ZeroColumns(dst, cols, kc, nr);
+    }
+
+    public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
+        RowDot.DotAdd(ptr + ((long)j * ld), a, lda, m, k, path, result);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void ZeroColumns(float* dst, int cols, int kc, int nr)
+    {
+        if (cols == nr)
+        {
+            return;
+        }
+
+        for (int p = 0; p < kc; p++)
+        {
+            new Span<float>(dst + (p * nr) + cols, nr - cols).Clear();
+        }
+    }
+}
+
+/// <summary>bf16 op(B), widened to fp32 while packing (or inside the GEMV dot).</summary>
+internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : IPanelB
+{
+    public bool CanDot => trans;
+
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
+        if (!trans)
+        {
+            for (int p = 0; p < kc; p++)
+            {
+                ushort* src = ptr + ((long)(p0 + p) * ld) + j0;
+                float* d = dst + (p * nr);
+                for (int c = 0; c < cols; c++)
+                {
+                    d[c] = Bf16.ToSingle(src[c]);
+                }
+
+                new Span<float>(d + cols, nr - cols).Clear();
+            }
+
+            return;
+        }
+
+        for (int c = 0; c < cols; c++)
+        {
+            ushort* src = ptr + ((long)(j0 + c) * ld) + p0;
+            float* d = dst + c;
+            for (int p = 0; p < kc; p++)
+            {
+                d[p * nr] = Bf16.ToSingle(src[p]);
+            }
+        }
+
+        DenseB.ZeroColumns(dst, cols, kc, nr);
+    }
+
+    public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
+        RowDot.DotAddBf16(ptr + ((long)j * ld), a, lda, m, k, path, result);
+}
+
+/// <summary>op(B) = [first ; second] along K (rows of op(B)), split at <paramref name="k1"/>.</summary>
+internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : IPanelB
+    where T1 : struct, IPanelB
+    where T2 : struct, IPanelB
+{
+    public bool CanDot => first.CanDot && second.CanDot;
+
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
+        int head = Math.Clamp(k1 - p0, 0, kc);
+        if (head > 0)
+        {
+            first.Pack(dst, j0, cols, p0, head, nr);
+        }
+
+        if (head < kc)
+        {
+            second.Pack(dst + ((long)head * nr), j0, cols, p0 + head - k1, kc - head, nr);
+        }
+    }
+
+    public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result)
+    {
+        first.DotAdd(j, a, lda, m, path, result);
+        second.DotAdd(j, a + k1, lda, m, path, result);
+    }
+}

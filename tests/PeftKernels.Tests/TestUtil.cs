@@ -1,0 +1,68 @@
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Reference;
+using Xunit;
+
+namespace PeftKernels.Tests;
+
+internal static class TestUtil
+{
+    /// <summary>Every SIMD path this machine can run: the fast kernels are tested on each.</summary>
+    public static IEnumerable<SimdPath> Paths =>
+        new[] { SimdPath.Vector512, SimdPath.Vector256, SimdPath.Scalar }.Where(KernelOptions.IsSupported);
+
+    public static TheoryData<SimdPath, int> PathsAndThreads()
+    {
+        var data = new TheoryData<SimdPath, int>();
+        foreach (var path in Paths)
+        {
+            data.Add(path, 1);
+            data.Add(path, 2);
+        }
+
+        return data;
+    }
+
+    public static float[] Random(int count, int seed, float range = 1f)
+    {
+        var rng = new Random(seed);
+        var data = new float[count];
+        for (int i = 0; i < count; i++)
+        {
+            data[i] = (float)((rng.NextDouble() * 2) - 1) * range;
+        }
+
+        return data;
+    }
+
+    public static ushort[] RandomBf16(int count, int seed) =>
+        Random(count, seed).Select(Bf16Reference.FromSingle).ToArray();
+
+    public static float[] Widen(ushort[] bf16) => bf16.Select(Bf16Reference.ToSingle).ToArray();
+
+    public static double[] ToDouble(float[] values) => values.Select(v => (double)v).ToArray();
+
+    /// <summary>Asserts |actual − expected| ≤ atol + rtol·|expected| element-wise, naming the first offender.</summary>
+    public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected, double atol, double rtol, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double diff = Math.Abs(actual[i] - expected[i]);
+            if (!(diff <= atol + (rtol * Math.Abs(expected[i]))))
+            {
+                Assert.Fail($"{what}: element {i} is {actual[i]}, reference {expected[i]} (|diff| {diff:G3} > atol {atol:G3} + rtol {rtol:G3}·|ref|)");
+            }
+        }
+    }
+
+    public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, double atol, double rtol, string what) =>
+        AssertClose(actual, ToDouble(expected.ToArray()), atol, rtol, what);
+
+    /// <summary>
+    /// fp32 tolerance for a dot product of length k over values in [-1, 1]: each fp32
+    /// rounding contributes ≤ 2⁻²⁴ of the running sum and blocked sums grow like √k in
+    /// practice, so 4·k·2⁻²⁴ (atol) bounds the blocked/vector reassociation with margin
+    /// while still catching a single wrong or missing product (magnitude ~0.1–1).
+    /// </summary>
+    public static double DotAtol(int k) => 4.0 * Math.Max(k, 16) * Math.Pow(2, -24);
+}
