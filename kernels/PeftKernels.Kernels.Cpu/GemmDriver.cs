@@ -104,10 +104,28 @@ internal static unsafe class GemmDriver
                     bool masked = epilogue.Active && p0 >= epilogue.KSplit;
                     var job = new BlockJob<TK, TA, TB>
                     {
-                        A = a, B = b, M = m, Jc = jc, Nc = nc, NStrips = nStrips, P0 = p0, Kc = kc,
-                        Alpha = alpha, Beta = first ? beta : 1f, Bias = first ? bias : null,
-                        C = c, Ldc = ldc, BPack = bPack, APack = aPack, AStride = aFloats, Tiles = tiles,
-                        Workers = workers, SplitM = splitM, Mc = mc, Masked = masked, Epilogue = epilogue,
+                        A = a,
+                        B = b,
+                        M = m,
+                        Jc = jc,
+                        Nc = nc,
+                        NStrips = nStrips,
+                        P0 = p0,
+                        Kc = kc,
+                        Alpha = alpha,
+                        Beta = first ? beta : 1f,
+                        Bias = first ? bias : null,
+                        C = c,
+                        Ldc = ldc,
+                        BPack = bPack,
+                        APack = aPack,
+                        AStride = aFloats,
+                        Tiles = tiles,
+                        Workers = workers,
+                        SplitM = splitM,
+                        Mc = mc,
+                        Masked = masked,
+                        Epilogue = epilogue,
                     };
                     CpuParallel.For(workers, threads, job.PackB);
                     CpuParallel.For(workers, threads, job.Compute);
