@@ -140,14 +140,21 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
             return;
         }
 
-        for (int c = 0; c < cols; c++)
+        if (!mask.Active && PackTranspose.Usable(nr))
         {
-            long offset = ((long)(j0 + c) * ld) + p0;
-            float* src = ptr + offset;
-            float* d = dst + c;
-            for (int p = 0; p < kc; p++)
+            PackTranspose.Pack(ptr + ((long)j0 * ld) + p0, ld, dst, cols, kc, nr);
+        }
+        else
+        {
+            for (int c = 0; c < cols; c++)
             {
-                d[p * nr] = mask.Active ? mask.Apply(src[p], offset + p) : src[p];
+                long offset = ((long)(j0 + c) * ld) + p0;
+                float* src = ptr + offset;
+                float* d = dst + c;
+                for (int p = 0; p < kc; p++)
+                {
+                    d[p * nr] = mask.Active ? mask.Apply(src[p], offset + p) : src[p];
+                }
             }
         }
 
@@ -196,13 +203,20 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
             return;
         }
 
-        for (int c = 0; c < cols; c++)
+        if (PackTranspose.Usable(nr))
         {
-            ushort* src = ptr + ((long)(j0 + c) * ld) + p0;
-            float* d = dst + c;
-            for (int p = 0; p < kc; p++)
+            PackTranspose.Pack(ptr + ((long)j0 * ld) + p0, ld, dst, cols, kc, nr);
+        }
+        else
+        {
+            for (int c = 0; c < cols; c++)
             {
-                d[p * nr] = Bf16.ToSingle(src[p]);
+                ushort* src = ptr + ((long)(j0 + c) * ld) + p0;
+                float* d = dst + c;
+                for (int p = 0; p < kc; p++)
+                {
+                    d[p * nr] = Bf16.ToSingle(src[p]);
+                }
             }
         }
 
