@@ -9,7 +9,9 @@
 // Work is split between threads by M strips (or by N strips when M is short), a fixed
 // function of (m, n, threads); every C element is summed in the same order whatever the
 // split, so results are bit-identical across runs and thread counts for one SIMD path.
-// Small m (≤ 4) with a contiguous op(B) column goes to a GEMV path that streams B once.
+// Small m (≤ 4) goes to a GEMV path that streams B once: dot products when op(B) columns
+// are contiguous (x·Wᵀ), row axpys when op(B) rows are (g·W).
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -69,6 +71,12 @@ internal static unsafe class GemmDriver
         if (m <= RowDot.MaxRows && b.CanDot && !epilogue.Active)
         {
             Gemv(TK.Path, threads, a, b, m, n, k, alpha, beta, c, ldc, bias);
+            return;
+        }
+
+        if (m <= RowDot.MaxRows && b.CanAxpy)
+        {
+            GemvRows(TK.Path, threads, a, b, m, n, k, alpha, beta, c, ldc, bias, epilogue);
             return;
         }
 
@@ -219,6 +227,80 @@ internal static unsafe class GemmDriver
         }
     }
 
+    /// <summary>
+    /// Small m with op(B) rows contiguous: acc[r, j] = Σ_p A[r, p]·B[p, j] by row axpys over
+    /// column chunks that stay in L1, so B is streamed once. With a masked epilogue the
+    /// K ≥ split part is summed separately and masked before it is added.
+    /// </summary>
+    private static void GemvRows<TA, TB>(SimdPath path, int threads, TA a, TB b, int m, int n, int k, float alpha,
+        float beta, float* c, int ldc, float* bias, GemmEpilogue epilogue)
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        const int chunk = 1024;
+        int split = epilogue.Active ? Math.Clamp(epilogue.KSplit, 0, k) : k;
+        float* rows = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * k * sizeof(float)), 64);
+        try
+        {
+            for (int r = 0; r < m; r++)
+            {
+                a.Pack(rows + ((long)r * k), r, 1, 0, k, 1);
+            }
+
+            int chunks = (n + chunk - 1) / chunk;
+            int parts = Math.Max(1, Math.Min(threads, chunks));
+            CpuParallel.For(parts, threads, part =>
+            {
+                var (c0, c1) = CpuParallel.Split(chunks, parts, part);
+                float* acc = (float*)NativeMemory.AlignedAlloc((nuint)(2 * RowDot.MaxRows * chunk * sizeof(float)), 64);
+                float* masked = acc + (RowDot.MaxRows * chunk);
+                try
+                {
+                    for (int ch = c0; ch < c1; ch++)
+                    {
+                        int j0 = ch * chunk, j1 = Math.Min(n, j0 + chunk);
+                        new Span<float>(acc, 2 * RowDot.MaxRows * chunk).Clear();
+                        b.AxpyAdd(rows, k, m, j0, j1, 0, split, acc, chunk, path);
+                        if (split < k)
+                        {
+                            b.AxpyAdd(rows, k, m, j0, j1, split, k, masked, chunk, path);
+                        }
+
+                        for (int r = 0; r < m; r++)
+                        {
+                            float* dst = c + ((long)r * ldc);
+                            long maskRow = (long)r * epilogue.MaskLd;
+                            for (int j = j0; j < j1; j++)
+                            {
+                                float sum = acc[(r * chunk) + j - j0];
+                                if (split < k)
+                                {
+                                    sum += epilogue.Mask.Apply(masked[(r * chunk) + j - j0], maskRow + j);
+                                }
+
+                                float v = alpha * sum;
+                                if (beta != 0f)
+                                {
+                                    v += beta * dst[j];
+                                }
+
+                                dst[j] = bias == null ? v : v + bias[j];
+                            }
+                        }
+                    }
+                }
+                finally
+                {
+                    NativeMemory.AlignedFree(acc);
+                }
+            });
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(rows);
+        }
+    }
+
     private sealed class BlockJob<TK, TA, TB>
         where TK : struct, IMicroKernel
         where TA : struct, IPanelA
@@ -233,6 +315,7 @@ internal static unsafe class GemmDriver
         public bool SplitM, Masked;
         public GemmEpilogue Epilogue;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void PackB(int worker)
         {
             int nr = TK.NR;
@@ -244,6 +327,7 @@ internal static unsafe class GemmDriver
             }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Compute(int worker)
         {
             int mr = TK.MR;
@@ -274,6 +358,7 @@ internal static unsafe class GemmDriver
             }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void Macro(int ic, int mc, int s0, int s1, float* aPack, float* tile)
         {
             int mr = TK.MR, nr = TK.NR;
@@ -301,6 +386,7 @@ internal static unsafe class GemmDriver
             }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void WriteEdge(float* tile, int nr, float* cp, int rows, int cols, float* bias, int i0, int j0)
         {
             for (int r = 0; r < rows; r++)

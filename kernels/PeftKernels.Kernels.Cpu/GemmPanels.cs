@@ -22,11 +22,18 @@ internal unsafe interface IPanelB
 
     /// <summary>result[r] += Σ_p a[r·lda + p] · op(B)[p, j] over this source's whole K, for r &lt; m.</summary>
     void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result);
+
+    /// <summary>True when op(B)[p, :] is contiguous (B stored [k, n], unmasked) so the small-m path can stream rows.</summary>
+    bool CanAxpy { get; }
+
+    /// <summary>acc[r·ldacc + (j − j0)] += Σ_{p ∈ [pStart, pEnd)} a[r·lda + p] · op(B)[p, j] for j in [j0, j1), r &lt; m.</summary>
+    void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path);
 }
 
 /// <summary>Dense fp32 op(A), optionally transposed, scaled and dropout-masked (mask index = storage offset).</summary>
 internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float scale = 1f, DropoutMask mask = default) : IPanelA
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
         bool plain = scale == 1f && !mask.Active;
@@ -93,6 +100,7 @@ internal readonly unsafe struct ConcatA<T1, T2>(T1 first, T2 second, int k1) : I
     where T1 : struct, IPanelA
     where T2 : struct, IPanelA
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
         int head = Math.Clamp(k1 - p0, 0, kc);
@@ -113,6 +121,7 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
 {
     public bool CanDot => trans && !mask.Active;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
     {
         if (!trans)
@@ -164,6 +173,20 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
         RowDot.DotAdd(ptr + ((long)j * ld), a, lda, m, k, path, result);
 
+    public bool CanAxpy => !trans && !mask.Active;
+
+    public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path)
+    {
+        for (int p = pStart; p < pEnd; p++)
+        {
+            float* row = ptr + ((long)p * ld) + j0;
+            for (int r = 0; r < m; r++)
+            {
+                RowAxpy.Add(row, a[(r * lda) + p], acc + (r * ldacc), j1 - j0, path);
+            }
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void ZeroColumns(float* dst, int cols, int kc, int nr)
     {
@@ -184,6 +207,7 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
 {
     public bool CanDot => trans;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
     {
         if (!trans)
@@ -225,6 +249,20 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
 
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
         RowDot.DotAddBf16(ptr + ((long)j * ld), a, lda, m, k, path, result);
+
+    public bool CanAxpy => !trans;
+
+    public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path)
+    {
+        for (int p = pStart; p < pEnd; p++)
+        {
+            ushort* row = ptr + ((long)p * ld) + j0;
+            for (int r = 0; r < m; r++)
+            {
+                RowAxpy.Add(row, a[(r * lda) + p], acc + (r * ldacc), j1 - j0, path);
+            }
+        }
+    }
 }
 
 /// <summary>op(B) = [first ; second] along K (rows of op(B)), split at <paramref name="k1"/>.</summary>
@@ -234,6 +272,7 @@ internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : I
 {
     public bool CanDot => first.CanDot && second.CanDot;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
     {
         int head = Math.Clamp(k1 - p0, 0, kc);
@@ -252,5 +291,20 @@ internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : I
     {
         first.DotAdd(j, a, lda, m, path, result);
         second.DotAdd(j, a + k1, lda, m, path, result);
+    }
+
+    public bool CanAxpy => first.CanAxpy && second.CanAxpy;
+
+    public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path)
+    {
+        if (pStart < k1)
+        {
+            first.AxpyAdd(a, lda, m, j0, j1, pStart, Math.Min(pEnd, k1), acc, ldacc, path);
+        }
+
+        if (pEnd > k1)
+        {
+            second.AxpyAdd(a + k1, lda, m, j0, j1, Math.Max(pStart, k1) - k1, pEnd - k1, acc, ldacc, path);
+        }
     }
 }

@@ -94,7 +94,7 @@ public static unsafe class MachineProbe
         }
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static float FmaLoop(SimdPath path, long steps)
     {
         if (path == SimdPath.Vector512)
@@ -124,6 +124,7 @@ public static unsafe class MachineProbe
         return s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Fma512(long steps)
     {
         var m = Vector512.Create(0.999999f);
@@ -164,6 +165,7 @@ public static unsafe class MachineProbe
         return Vector512.Sum(sum);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Fma256(long steps)
     {
         var m = Vector256.Create(0.999999f);
@@ -190,6 +192,7 @@ public static unsafe class MachineProbe
         return Vector256.Sum(sum);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float SumLoop(float* p, long count)
     {
         if (!Vector512.IsHardwareAccelerated)

@@ -13,6 +13,7 @@ internal static unsafe class PackTranspose
 {
     public static bool Usable(int nr) => Avx.IsSupported && nr % 8 == 0;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Pack(float* src, long ld, float* dst, int cols, int kc, int nr)
     {
         int c = 0;
@@ -47,6 +48,7 @@ internal static unsafe class PackTranspose
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Pack(ushort* src, long ld, float* dst, int cols, int kc, int nr)
     {
         int c = 0;

@@ -2,6 +2,7 @@
 // column of op(B) (a row of a weight stored [out, in]), so each weight byte is read once
 // however many rows there are. Lanes accumulate strided partial sums, then reduce: a fixed
 // order for a given path, so results are deterministic.
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -10,6 +11,7 @@ internal static unsafe class RowDot
 {
     public const int MaxRows = 4;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotAdd(float* b, float* a, int lda, int m, int k, SimdPath path, float* result)
     {
         float* a0 = a;
@@ -97,6 +99,7 @@ internal static unsafe class RowDot
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotAddBf16(ushort* b, float* a, int lda, int m, int k, SimdPath path, float* result)
     {
         float* a0 = a;
