@@ -37,60 +37,49 @@ internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float sca
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
         bool plain = scale == 1f && !mask.Active;
-        if (!trans)
+        if (trans)
         {
-            for (int r = 0; r < rows; r++)
+            for (int p = 0; p < kc; p++)
             {
-                long offset = ((long)(i0 + r) * ld) + p0;
-                float* src = ptr + offset;
-                float* d = dst + r;
-                if (plain)
-                {
-                    for (int p = 0; p < kc; p++)
-                    {
-                        d[p * mr] = src[p];
-                    }
-                }
-                else
-                {
-                    for (int p = 0; p < kc; p++)
-                    {
-                        float v = mask.Active ? mask.Apply(src[p], offset + p) : src[p];
-                        d[p * mr] = v * scale;
-                    }
-                }
-            }
-
-            for (int r = rows; r < mr; r++)
-            {
-                for (int p = 0; p < kc; p++)
-                {
-                    dst[(p * mr) + r] = 0f;
-                }
+                long offset = ((long)(p0 + p) * ld) + i0;
+                float* d = dst + (p * mr);
+                CopyScaled(ptr + offset, offset, d, rows, 1, plain);
+                new Span<float>(d + rows, mr - rows).Clear();
             }
 
             return;
         }
 
-        for (int p = 0; p < kc; p++)
+        if (plain && PackTranspose.Usable)
         {
-            long offset = ((long)(p0 + p) * ld) + i0;
-            float* src = ptr + offset;
-            float* d = dst + (p * mr);
-            if (plain)
+            PackTranspose.Pack(ptr + ((long)i0 * ld) + p0, ld, dst, rows, kc, mr);
+        }
+        else
+        {
+            for (int r = 0; r < rows; r++)
             {
-                new ReadOnlySpan<float>(src, rows).CopyTo(new Span<float>(d, rows));
+                long offset = ((long)(i0 + r) * ld) + p0;
+                CopyScaled(ptr + offset, offset, dst + r, kc, mr, plain);
             }
-            else
-            {
-                for (int r = 0; r < rows; r++)
-                {
-                    float v = mask.Active ? mask.Apply(src[r], offset + r) : src[r];
-                    d[r] = v * scale;
-                }
-            }
+        }
 
-            new Span<float>(d + rows, mr - rows).Clear();
+        for (int r = rows; r < mr; r++)
+        {
+            for (int p = 0; p < kc; p++)
+            {
+                dst[(p * mr) + r] = 0f;
+            }
+        }
+    }
+
+    /// <summary>d[q·stride] = scale · drop(src[q]) for q &lt; count; offset is src's storage index (the mask's key).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CopyScaled(float* src, long offset, float* d, int count, int stride, bool plain)
+    {
+        for (int q = 0; q < count; q++)
+        {
+            float v = plain ? src[q] : (mask.Active ? mask.Apply(src[q], offset + q) : src[q]) * scale;
+            d[q * stride] = v;
         }
     }
 }
@@ -149,7 +138,7 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
             return;
         }
 
-        if (!mask.Active && PackTranspose.Usable(nr))
+        if (!mask.Active && PackTranspose.Usable)
         {
             PackTranspose.Pack(ptr + ((long)j0 * ld) + p0, ld, dst, cols, kc, nr);
         }
@@ -227,7 +216,7 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
             return;
         }
 
-        if (PackTranspose.Usable(nr))
+        if (PackTranspose.Usable)
         {
             PackTranspose.Pack(ptr + ((long)j0 * ld) + p0, ld, dst, cols, kc, nr);
         }

@@ -1,5 +1,5 @@
-// Transposing pack of a weight stored [n, k] (row j = column j of op(B)) into the k-major
-// micro-panel layout dst[p·nr + c]. Done 8 × 8 at a time in registers (unpack, shuffle,
+// Transposing pack of a matrix stored with k contiguous (a weight [out, in] as op(B), or x
+// [n, in] as op(A)) into the k-major micro-panel layout dst[p·nr + c]. Done 8 × 8 at a time in registers (unpack, shuffle,
 // 128-bit permute), so every load and store is a full 32-byte vector instead of a strided
 // scalar; the remainder (cols or kc not a multiple of 8) falls back to scalar copies.
 // The copy is exact, so it is bit-identical to the scalar pack.
@@ -11,7 +11,7 @@ namespace PeftKernels.Kernels.Cpu;
 
 internal static unsafe class PackTranspose
 {
-    public static bool Usable(int nr) => Avx.IsSupported && nr % 8 == 0;
+    public static bool Usable => Avx.IsSupported;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Pack(float* src, long ld, float* dst, int cols, int kc, int nr)
