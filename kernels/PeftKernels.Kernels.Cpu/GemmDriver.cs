@@ -6,9 +6,11 @@
 //         pack op(A)[ic, pc] into MR-tall strips
 //         for jr over NR strips:             B micro-panel stays in L1
 //           for ir over MR strips: micro-kernel
-// Work is split between threads by M strips (or by N strips when M is short), a fixed
-// function of (m, n, threads); every C element is summed in the same order whatever the
-// split, so results are bit-identical across runs and thread counts for one SIMD path.
+// Work is handed to threads in fixed units (row blocks of whole MR strips, or groups of NR
+// strips when M is short) taken from a shared counter, so a slower core takes fewer units.
+// A unit's arithmetic does not depend on which thread runs it and every C element is summed
+// in the same order, so results are bit-identical across runs and thread counts for one
+// SIMD path (the tests check 1 vs 2 threads bit for bit).
 // Small m (≤ 4) goes to a GEMV path that streams B once: dot products when op(B) columns
 // are contiguous (x·Wᵀ), row axpys when op(B) rows are (g·W).
 using System.Runtime.CompilerServices;
@@ -314,16 +316,21 @@ internal static unsafe class GemmDriver
         public long AStride;
         public bool SplitM, Masked;
         public GemmEpilogue Epilogue;
+        private int nextPack, nextCompute;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void PackB(int worker)
         {
             int nr = TK.NR;
-            var (s0, s1) = CpuParallel.Split(NStrips, Workers, worker);
-            for (int s = s0; s < s1; s++)
+            const int group = 8;
+            int units = (NStrips + group - 1) / group;
+            for (int u = Interlocked.Increment(ref nextPack) - 1; u < units; u = Interlocked.Increment(ref nextPack) - 1)
             {
-                int j0 = s * nr;
-                B.Pack(BPack + ((long)s * Kc * nr), Jc + j0, Math.Min(nr, Nc - j0), P0, Kc, nr);
+                for (int s = u * group; s < Math.Min(NStrips, (u + 1) * group); s++)
+                {
+                    int j0 = s * nr;
+                    B.Pack(BPack + ((long)s * Kc * nr), Jc + j0, Math.Min(nr, Nc - j0), P0, Kc, nr);
+                }
             }
         }
 
@@ -331,31 +338,44 @@ internal static unsafe class GemmDriver
         public void Compute(int worker)
         {
             int mr = TK.MR;
-            int mStrips = (M + mr - 1) / mr;
-            int r0 = 0, r1 = M, s0 = 0, s1 = NStrips;
-            if (SplitM)
-            {
-                var (a0, a1) = CpuParallel.Split(mStrips, Workers, worker);
-                r0 = a0 * mr;
-                r1 = Math.Min(M, a1 * mr);
-            }
-            else
-            {
-                (s0, s1) = CpuParallel.Split(NStrips, Workers, worker);
-            }
-
             float* aPack = APack + (worker * AStride);
             float* tile = Tiles + (worker * mr * TK.NR);
-            for (int ic = r0; ic < r1; ic += Mc)
+            if (SplitM)
             {
-                int mc = Math.Min(Mc, r1 - ic);
-                for (int ir = 0; ir < mc; ir += mr)
+                // Units of whole MR strips, at most Mc rows, about 3 per worker so a slower core gets fewer.
+                int mStrips = (M + mr - 1) / mr;
+                int unitRows = Math.Clamp((mStrips + (3 * Workers) - 1) / (3 * Workers), 1, Mc / mr) * mr;
+                int units = (M + unitRows - 1) / unitRows;
+                for (int u = Interlocked.Increment(ref nextCompute) - 1; u < units; u = Interlocked.Increment(ref nextCompute) - 1)
                 {
-                    A.Pack(aPack + ((long)ir * Kc), ic + ir, Math.Min(mr, mc - ir), P0, Kc, mr);
+                    int ic = u * unitRows;
+                    PackAndMultiply(ic, Math.Min(unitRows, M - ic), 0, NStrips, aPack, tile);
                 }
 
-                Macro(ic, mc, s0, s1, aPack, tile);
+                return;
             }
+
+            int unitStrips = Math.Max(1, (NStrips + (3 * Workers) - 1) / (3 * Workers));
+            int nUnits = (NStrips + unitStrips - 1) / unitStrips;
+            for (int u = Interlocked.Increment(ref nextCompute) - 1; u < nUnits; u = Interlocked.Increment(ref nextCompute) - 1)
+            {
+                int s0 = u * unitStrips, s1 = Math.Min(NStrips, s0 + unitStrips);
+                for (int ic = 0; ic < M; ic += Mc)
+                {
+                    PackAndMultiply(ic, Math.Min(Mc, M - ic), s0, s1, aPack, tile);
+                }
+            }
+        }
+
+        private void PackAndMultiply(int ic, int mc, int s0, int s1, float* aPack, float* tile)
+        {
+            int mr = TK.MR;
+            for (int ir = 0; ir < mc; ir += mr)
+            {
+                A.Pack(aPack + ((long)ir * Kc), ic + ir, Math.Min(mr, mc - ir), P0, Kc, mr);
+            }
+
+            Macro(ic, mc, s0, s1, aPack, tile);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
