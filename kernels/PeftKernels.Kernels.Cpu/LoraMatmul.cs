@@ -97,7 +97,7 @@ public static unsafe class LoraMatmul
         }
     }
 
-    private static void ForwardCore<TW>(TW wT, ReadOnlySpan<float> x, ReadOnlySpan<float> bias,
+    internal static void ForwardCore<TW>(TW wT, ReadOnlySpan<float> x, ReadOnlySpan<float> bias,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
         where TW : struct, IPanelB
@@ -121,7 +121,7 @@ public static unsafe class LoraMatmul
         }
     }
 
-    private static void BackwardCore<TW>(TW w, ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
+    internal static void BackwardCore<TW>(TW w, ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> dx, Span<float> da, Span<float> db,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
         where TW : struct, IPanelB
@@ -173,7 +173,7 @@ public static unsafe class LoraMatmul
         }
     }
 
-    private static void ValidateForward(int x, int w, int bias, int a, int b, int y, int h,
+    internal static void ValidateForward(int x, int w, int bias, int a, int b, int y, int h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         ValidateDims(n, inFeatures, outFeatures, rank, options);
@@ -190,7 +190,7 @@ public static unsafe class LoraMatmul
         Check.Length("h", h, (long)n * rank, "n·rank");
     }
 
-    private static void ValidateBackward(int dy, int x, int h, int w, int a, int b, int dx, int da, int db,
+    internal static void ValidateBackward(int dy, int x, int h, int w, int a, int b, int dx, int da, int db,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         ValidateDims(n, inFeatures, outFeatures, rank, options);

@@ -14,6 +14,12 @@ internal static unsafe class RowDot
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotAdd(float* b, float* a, int lda, int m, int k, SimdPath path, float* result)
     {
+        if (m == 1 && path == SimdPath.Vector512)
+        {
+            result[0] += Dot512(b, a, k);
+            return;
+        }
+
         float* a0 = a;
         float* a1 = m > 1 ? a + lda : a;
         float* a2 = m > 2 ? a + (2 * lda) : a;
@@ -185,5 +191,32 @@ internal static unsafe class RowDot
         {
             result[3] += s3;
         }
+    }
+
+    /// <summary>One row: four independent accumulators so the loop is bound by loads, not FMA latency.</summary>
+    private static float Dot512(float* b, float* a, int k)
+    {
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        int p = 0;
+        for (; p <= k - 64; p += 64)
+        {
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + p), Vector512.Load(b + p), c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Load(a + p + 16), Vector512.Load(b + p + 16), c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Load(a + p + 32), Vector512.Load(b + p + 32), c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Load(a + p + 48), Vector512.Load(b + p + 48), c3);
+        }
+
+        for (; p <= k - 16; p += 16)
+        {
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a + p), Vector512.Load(b + p), c0);
+        }
+
+        float sum = Vector512.Sum((c0 + c1) + (c2 + c3));
+        for (; p < k; p++)
+        {
+            sum += a[p] * b[p];
+        }
+
+        return sum;
     }
 }

@@ -1,0 +1,57 @@
+// QLoRA linear: the LoRA math of LoraMatmul with the frozen base weight held in 4 bits
+// (QuantizedWeight [out, in], NF4/FP4, optionally double-quantized).
+//   h = drop(x)·aᵀ;  y = [x | s·h] · [dequant(Wq) | b]ᵀ + bias
+//                  backward as LoraMatmul, dx through the frozen dequant(Wq):
+//                  dx = [g | dh] · [dequant(Wq) ; a]  (masked K ≥ out part with dropout)
+// dequant(Wq) is never materialised: the GEMM driver's Quant4Panel dequantizes one cache
+// panel (or one GEMV row chunk) at a time.
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>QLoRA linear: LoRA over a frozen 4-bit base weight, forward and backward.</summary>
+public static unsafe class QLoraMatmul
+{
+    /// <summary>y = x·dequant(w)ᵀ + bias + scale·(drop(x)·aᵀ)·bᵀ and h = drop(x)·aᵀ (kept for backward).</summary>
+    public static void Forward(ReadOnlySpan<float> x, QuantizedWeight w, ReadOnlySpan<float> bias,
+        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
+        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        LoraMatmul.ValidateForward(x.Length, (int)Math.Min(w.Count, int.MaxValue), bias.Length, a.Length, b.Length, y.Length, h.Length,
+            n, inFeatures, outFeatures, rank, options);
+        CheckShape(w, inFeatures, outFeatures);
+        var path = options.Kernel.ResolvePath();
+        fixed (byte* pq = w.Packed)
+        fixed (float* pabs = w.AbsmaxFp32())
+        {
+            var panel = new Quant4Panel(pq, pabs, Quant4Codes.Table(w.Type).ToArray(), w.Blocksize, inFeatures, true, inFeatures, path);
+            LoraMatmul.ForwardCore(panel, x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+        }
+    }
+
+    /// <summary>dx (skipped when empty) through the frozen dequant(w), da (skipped when empty) and db.</summary>
+    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
+        QuantizedWeight w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
+        Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
+        in LoraOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        LoraMatmul.ValidateBackward(dy.Length, x.Length, h.Length, (int)Math.Min(w.Count, int.MaxValue), a.Length, b.Length, dx.Length, da.Length, db.Length,
+            n, inFeatures, outFeatures, rank, options);
+        CheckShape(w, inFeatures, outFeatures);
+        var path = options.Kernel.ResolvePath();
+        fixed (byte* pq = w.Packed)
+        fixed (float* pabs = w.AbsmaxFp32())
+        {
+            var panel = new Quant4Panel(pq, pabs, Quant4Codes.Table(w.Type).ToArray(), w.Blocksize, inFeatures, false, outFeatures, path);
+            LoraMatmul.BackwardCore(panel, dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+        }
+    }
+
+    internal static void CheckShape(QuantizedWeight w, int inFeatures, int outFeatures)
+    {
+        if (w.Shape.Length != 2 || w.Shape[0] != outFeatures || w.Shape[1] != inFeatures)
+        {
+            throw new ArgumentException($"w has shape [{string.Join(", ", w.Shape)}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));
+        }
+    }
+}

@@ -1,0 +1,318 @@
+// 4-bit blockwise quantization byte-compatible with bitsandbytes (../shared/reference/nf4.md):
+//   absmax[b] = max |x| over block b; full blocks scale by the fp32 reciprocal 1f/absmax,
+//   the partial last block divides (and stores the 1e-38-clamped absmax); s is clamped to
+//   [−1, 1] and bucketized over fp32 midpoints of the sorted table (ties → lower code);
+//   packed byte i = code[2i] << 4 | code[2i+1], odd length padded with code(0).
+//   dequantize: x' = table[code] · absmax[block].
+// Double quantization of the absmax: offset = mean(absmax), then 8-bit blockwise (256) with
+// the dynamic map; absmax' = dyn[q] · nested[i/256] + offset (two fp32 roundings, no FMA).
+// Blocks are independent, so threads take contiguous block ranges (bit-identical results).
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>NF4/FP4 quantize and dequantize (fp32, bf16 and f16 in and out) and double quantization of the scales.</summary>
+public static unsafe class Quant4
+{
+    /// <summary>The block size of the nested (double) quantization of the absmax.</summary>
+    public const int NestedBlocksize = 256;
+
+    /// <summary>True for the block sizes bitsandbytes allows: 32, 64, …, 4096.</summary>
+    public static bool IsValidBlocksize(int blocksize) => blocksize is >= 32 and <= 4096 && (blocksize & (blocksize - 1)) == 0;
+
+    /// <summary>Blocks of a tensor of <paramref name="count"/> elements.</summary>
+    public static int BlockCount(long count, int blocksize) => (int)((count + blocksize - 1) / blocksize);
+
+    /// <summary>Quantizes fp32 values: <paramref name="packed"/> gets (n+1)/2 bytes, <paramref name="absmax"/> one value per block.</summary>
+    public static void Quantize(ReadOnlySpan<float> x, Span<byte> packed, Span<float> absmax, Quant4Type type, int blocksize, KernelOptions options = default)
+    {
+        ValidateQuantize(x.Length, packed.Length, absmax.Length, blocksize);
+        fixed (float* px = x)
+        {
+            var src = new FloatSource(px);
+            QuantizeCore(ref src, x.Length, packed, absmax, type, blocksize, options);
+        }
+    }
+
+    /// <summary>Quantizes bf16 values (bit patterns), widened exactly to fp32 first.</summary>
+    public static void Quantize(ReadOnlySpan<ushort> xBf16, Span<byte> packed, Span<float> absmax, Quant4Type type, int blocksize, KernelOptions options = default)
+    {
+        ValidateQuantize(xBf16.Length, packed.Length, absmax.Length, blocksize);
+        fixed (ushort* px = xBf16)
+        {
+            var src = new Bf16Source(px);
+            QuantizeCore(ref src, xBf16.Length, packed, absmax, type, blocksize, options);
+        }
+    }
+
+    /// <summary>Quantizes f16 values, widened exactly to fp32 first.</summary>
+    public static void Quantize(ReadOnlySpan<Half> xF16, Span<byte> packed, Span<float> absmax, Quant4Type type, int blocksize, KernelOptions options = default)
+    {
+        ValidateQuantize(xF16.Length, packed.Length, absmax.Length, blocksize);
+        fixed (Half* px = xF16)
+        {
+            var src = new HalfSource(px);
+            QuantizeCore(ref src, xF16.Length, packed, absmax, type, blocksize, options);
+        }
+    }
+
+    /// <summary>Dequantizes to fp32: output[i] = table[code i] · absmax[i / blocksize].</summary>
+    public static void Dequantize(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize, Span<float> output, KernelOptions options = default)
+    {
+        ValidateDequantize(packed.Length, absmax.Length, output.Length, blocksize);
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int n = output.Length;
+        float[] table = Quant4Codes.Table(type).ToArray();
+        fixed (byte* pp = packed)
+        fixed (float* pa = absmax, po = output)
+        {
+            byte* ppp = pp;
+            float* ppa = pa, ppo = po;
+            int blocks = BlockCount(n, blocksize);
+            int parts = Math.Max(1, Math.Min(threads, blocks / 16));
+            CpuParallel.For(parts, threads, part =>
+            {
+                var (b0, b1) = CpuParallel.Split(blocks, parts, part);
+                long e0 = (long)b0 * blocksize, e1 = Math.Min(n, (long)b1 * blocksize);
+                Quant4Simd.DequantizeRun(ppp, ppa, table, blocksize, e0, (int)(e1 - e0), ppo + e0, path);
+            });
+        }
+    }
+
+    /// <summary>Dequantizes to bf16 bit patterns (fp32 result rounded to nearest even).</summary>
+    public static void Dequantize(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize, Span<ushort> outputBf16, KernelOptions options = default)
+    {
+        var wide = new float[outputBf16.Length];
+        Dequantize(packed, absmax, type, blocksize, wide, options);
+        Bf16.FromSingle(wide, outputBf16);
+    }
+
+    /// <summary>Dequantizes to f16 (fp32 result rounded to nearest even).</summary>
+    public static void Dequantize(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize, Span<Half> outputF16, KernelOptions options = default)
+    {
+        var wide = new float[outputF16.Length];
+        Dequantize(packed, absmax, type, blocksize, wide, options);
+        for (int i = 0; i < wide.Length; i++)
+        {
+            outputF16[i] = (Half)wide[i];
+        }
+    }
+
+    /// <summary>Double quantization: returns the offset (mean of absmax) and writes one 8-bit code per absmax and one fp32 scale per 256.</summary>
+    public static float QuantizeNested(ReadOnlySpan<float> absmax, Span<byte> codes, Span<float> nestedAbsmax)
+    {
+        Check.Length("codes", codes.Length, absmax.Length, "absmax length");
+        Check.Length("nestedAbsmax", nestedAbsmax.Length, BlockCount(absmax.Length, NestedBlocksize), "ceil(absmax length / 256)");
+        if (absmax.Length == 0)
+        {
+            return 0f;
+        }
+
+        double sum = 0;
+        foreach (float a in absmax)
+        {
+            sum += a;
+        }
+
+        float offset = (float)(sum / absmax.Length);
+        var centered = new float[absmax.Length];
+        for (int i = 0; i < centered.Length; i++)
+        {
+            centered[i] = absmax[i] - offset;
+        }
+
+        var search = Quant4Codes.DynamicSearch;
+        for (int b = 0; b < nestedAbsmax.Length; b++)
+        {
+            int start = b * NestedBlocksize, end = Math.Min(centered.Length, start + NestedBlocksize);
+            float reciprocal = BlockScale(centered.AsSpan(start, end - start), end - start < NestedBlocksize, out float stored, out float clamped);
+            nestedAbsmax[b] = stored;
+            for (int i = start; i < end; i++)
+            {
+                codes[i] = search.Code(Scale(centered[i], end - start < NestedBlocksize, reciprocal, clamped));
+            }
+        }
+
+        return offset;
+    }
+
+    /// <summary>absmax[i] = dyn[codes[i]] · nested[i / 256] + offset (a product then a sum, each rounded).</summary>
+    public static void DequantizeNested(ReadOnlySpan<byte> codes, ReadOnlySpan<float> nestedAbsmax, float offset, Span<float> absmax)
+    {
+        Check.Length("absmax", absmax.Length, codes.Length, "codes length");
+        Check.Length("nestedAbsmax", nestedAbsmax.Length, BlockCount(codes.Length, NestedBlocksize), "ceil(codes length / 256)");
+        var dyn = Quant4Codes.Dynamic;
+        for (int i = 0; i < codes.Length; i++)
+        {
+            float product = dyn[codes[i]] * nestedAbsmax[i / NestedBlocksize];
+            absmax[i] = Add(product, offset);
+        }
+    }
+
+    // Kept out of line so the JIT can never contract the product and the sum into an FMA.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static float Add(float a, float b) => a + b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Scale(float x, bool partial, float reciprocal, float clamped) =>
+        Math.Clamp(partial ? x / clamped : x * reciprocal, -1f, 1f);
+
+    private static float BlockScale(ReadOnlySpan<float> block, bool partial, out float stored, out float clamped)
+    {
+        float max = 0f;
+        foreach (float v in block)
+        {
+            max = Math.Max(max, Math.Abs(v));
+        }
+
+        clamped = Math.Max(max, 1e-38f);
+        stored = partial ? clamped : max;
+        return 1f / clamped;
+    }
+
+    private static void QuantizeCore<TSource>(ref TSource source, int n, Span<byte> packed, Span<float> absmax, Quant4Type type, int blocksize, KernelOptions options)
+        where TSource : struct, IElementSource
+    {
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        var search = Quant4Codes.Search(type);
+        int blocks = BlockCount(n, blocksize);
+        var src = source;
+        fixed (byte* pp = packed)
+        fixed (float* pa = absmax)
+        {
+            byte* ppp = pp;
+            float* ppa = pa;
+            int parts = Math.Max(1, Math.Min(threads, blocks / 16));
+            CpuParallel.For(parts, threads, part =>
+            {
+                var (b0, b1) = CpuParallel.Split(blocks, parts, part);
+                float* x = stackalloc float[blocksize];
+                byte* codes = stackalloc byte[blocksize + 1];
+                for (int b = b0; b < b1; b++)
+                {
+                    int start = b * blocksize, len = Math.Min(blocksize, n - start);
+                    src.Widen(start, len, x);
+                    ppa[b] = QuantizeBlock(x, len, len < blocksize, search, path, codes);
+                    if ((len & 1) != 0)
+                    {
+                        codes[len] = search.ZeroCode;
+                    }
+
+                    byte* dst = ppp + (start >> 1);
+                    for (int i = 0; i < (len + 1) >> 1; i++)
+                    {
+                        dst[i] = (byte)((codes[2 * i] << 4) | codes[(2 * i) + 1]);
+                    }
+                }
+            });
+        }
+    }
+
+    /// <summary>Codes of one block into <paramref name="codes"/>; returns the absmax to store.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float QuantizeBlock(float* x, int len, bool partial, SearchTable search, SimdPath path, byte* codes)
+    {
+        float reciprocal = BlockScale(new ReadOnlySpan<float>(x, len), partial, out float stored, out float clamped);
+        float[] mids = search.Midpoints;
+        byte[] map = search.SortedToCode;
+        int i = 0;
+        if (path == SimdPath.Vector512 && !partial)
+        {
+            var r = Vector512.Create(reciprocal);
+            int* count = stackalloc int[16];
+            for (; i + 16 <= len; i += 16)
+            {
+                var s = Vector512.Clamp(Vector512.Load(x + i) * r, Vector512.Create(-1f), Vector512<float>.One);
+                var c = Vector512<int>.Zero;
+                for (int m = 0; m < mids.Length; m++)
+                {
+                    c -= Vector512.LessThan(Vector512.Create(mids[m]), s).AsInt32();
+                }
+
+                c.Store(count);
+                for (int q = 0; q < 16; q++)
+                {
+                    codes[i + q] = map[count[q]];
+                }
+            }
+        }
+        else if (path == SimdPath.Vector256 && !partial)
+        {
+            var r = Vector256.Create(reciprocal);
+            int* count = stackalloc int[8];
+            for (; i + 8 <= len; i += 8)
+            {
+                var s = Vector256.Clamp(Vector256.Load(x + i) * r, Vector256.Create(-1f), Vector256<float>.One);
+                var c = Vector256<int>.Zero;
+                for (int m = 0; m < mids.Length; m++)
+                {
+                    c -= Vector256.LessThan(Vector256.Create(mids[m]), s).AsInt32();
+                }
+
+                c.Store(count);
+                for (int q = 0; q < 8; q++)
+                {
+                    codes[i + q] = map[count[q]];
+                }
+            }
+        }
+
+        for (; i < len; i++)
+        {
+            codes[i] = search.Code(Scale(x[i], partial, reciprocal, clamped));
+        }
+
+        return stored;
+    }
+
+    private static void ValidateQuantize(int n, int packed, int absmax, int blocksize)
+    {
+        if (!IsValidBlocksize(blocksize))
+        {
+            throw new ArgumentException($"blocksize must be a power of two in 32..4096, got {blocksize}.", nameof(blocksize));
+        }
+
+        Check.Length("packed", packed, ((long)n + 1) / 2, "(n + 1) / 2");
+        Check.Length("absmax", absmax, BlockCount(n, blocksize), "ceil(n / blocksize)");
+    }
+
+    private static void ValidateDequantize(int packed, int absmax, int n, int blocksize)
+    {
+        ValidateQuantize(n, packed, absmax, blocksize);
+    }
+
+    private interface IElementSource
+    {
+        void Widen(int start, int count, float* dst);
+    }
+
+    private readonly struct FloatSource(float* p) : IElementSource
+    {
+        public void Widen(int start, int count, float* dst) => new ReadOnlySpan<float>(p + start, count).CopyTo(new Span<float>(dst, count));
+    }
+
+    private readonly struct Bf16Source(ushort* p) : IElementSource
+    {
+        public void Widen(int start, int count, float* dst)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                dst[i] = Bf16.ToSingle(p[start + i]);
+            }
+        }
+    }
+
+    private readonly struct HalfSource(Half* p) : IElementSource
+    {
+        public void Widen(int start, int count, float* dst)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                dst[i] = (float)p[start + i];
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+// Fused 4-bit dequant-GEMM: y = x · dequant(Wq)ᵀ + bias, Wq a QuantizedWeight [out, in].
+// dequant(Wq) is never materialised: the GEMM driver's Quant4Panel dequantizes one cache
+// panel at a time; for n ≤ 4 the GEMV path streams the packed bytes once.
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>Fused 4-bit dequant-GEMM / GEMV: y = x·dequant(Wq)ᵀ + bias.</summary>
+public static unsafe class Quant4Matmul
+{
+    /// <summary>y [n, out] = x [n, in] · dequant(w)ᵀ + bias (bias empty or [out]).</summary>
+    public static void Forward(ReadOnlySpan<float> x, QuantizedWeight w, ReadOnlySpan<float> bias, Span<float> y,
+        int n, int inFeatures, int outFeatures, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        Check.NonNegative(n, "n");
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
+        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
+        Check.Length("x", x.Length, (long)n * inFeatures, "n·inFeatures");
+        if (bias.Length != 0)
+        {
+            Check.Length("bias", bias.Length, outFeatures, "outFeatures, or empty");
+        }
+
+        Check.Length("y", y.Length, (long)n * outFeatures, "n·outFeatures");
+        if (n == 0)
+        {
+            return;
+        }
+
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        fixed (byte* pq = w.Packed)
+        fixed (float* pabs = w.AbsmaxFp32(), px = x, pbias = bias, py = y)
+        {
+            var panel = new Quant4Panel(pq, pabs, Quant4Codes.Table(w.Type).ToArray(), w.Blocksize, inFeatures, true, inFeatures, path);
+            GemmDriver.Run(path, threads, new DenseA(px, inFeatures, false), panel, n, outFeatures, inFeatures, 1f, 0f, py, outFeatures,
+                bias.Length == 0 ? null : pbias);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+// op(B) source over a 4-bit weight W [out, in] for the GEMM driver: the fused dequant-GEMM
+// never materialises dequant(W). Packing dequantizes just the panel it needs (into L1) and,
+// for op(B) = Wᵀ, transposes it into the micro-panel; the GEMV paths dequantize one row
+// chunk at a time and stream the packed bytes once (dot products for x·Wᵀ, row axpys for g·W).
+using System.Runtime.CompilerServices;
+
+namespace PeftKernels.Kernels.Cpu;
+
+internal readonly unsafe struct Quant4Panel(byte* packed, float* absmax, float[] table, int blocksize, int ld, bool trans, int k, SimdPath path) : IPanelB
+{
+    private const int Chunk = 512;
+
+    public bool CanDot => trans;
+
+    public bool CanAxpy => !trans;
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
+        if (!trans)
+        {
+            for (int p = 0; p < kc; p++)
+            {
+                float* d = dst + (p * nr);
+                Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, ((long)(p0 + p) * ld) + j0, cols, d, path);
+                new Span<float>(d + cols, nr - cols).Clear();
+            }
+
+            return;
+        }
+
+        float* rows = stackalloc float[cols * kc];
+        for (int c = 0; c < cols; c++)
+        {
+            Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, ((long)(j0 + c) * ld) + p0, kc, rows + (c * kc), path);
+        }
+
+        if (PackTranspose.Usable)
+        {
+            PackTranspose.Pack(rows, kc, dst, cols, kc, nr);
+        }
+        else
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                for (int p = 0; p < kc; p++)
+                {
+                    dst[(p * nr) + c] = rows[(c * kc) + p];
+                }
+            }
+        }
+
+        DenseB.ZeroColumns(dst, cols, kc, nr);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void DotAdd(int j, float* a, int lda, int m, SimdPath simd, float* result)
+    {
+        float* row = stackalloc float[Chunk];
+        for (int c0 = 0; c0 < k; c0 += Chunk)
+        {
+            int len = Math.Min(Chunk, k - c0);
+            Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, ((long)j * ld) + c0, len, row, path);
+            RowDot.DotAdd(row, a + c0, lda, m, len, simd, result);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath simd)
+    {
+        float* row = stackalloc float[j1 - j0];
+        for (int p = pStart; p < pEnd; p++)
+        {
+            Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, ((long)p * ld) + j0, j1 - j0, row, path);
+            for (int r = 0; r < m; r++)
+            {
+                RowAxpy.Add(row, a[(r * lda) + p], acc + (r * ldacc), j1 - j0, simd);
+            }
+        }
+    }
+}
