@@ -200,6 +200,7 @@ internal static unsafe class GemmDriver
                 a.Pack(rows + ((long)r * k), r, 1, 0, k, 1);
             }
 
+            b.PrepareDot(rows, k, m);
             int parts = Math.Max(1, Math.Min(threads, n / 64));
             CpuParallel.For(parts, threads, part =>
             {

@@ -20,6 +20,9 @@ internal unsafe interface IPanelB
 
     void Pack(float* dst, int j0, int cols, int p0, int kc, int nr);
 
+    /// <summary>Called once by the GEMV path with the materialised rows of op(A) before any <see cref="DotAdd"/>.</summary>
+    void PrepareDot(float* a, int lda, int m);
+
     /// <summary>result[r] += Σ_p a[r·lda + p] · op(B)[p, j] over this source's whole K, for r &lt; m.</summary>
     void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result);
 
@@ -159,6 +162,10 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
         ZeroColumns(dst, cols, kc, nr);
     }
 
+    public void PrepareDot(float* a, int lda, int m)
+    {
+    }
+
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
         RowDot.DotAdd(ptr + ((long)j * ld), a, lda, m, k, path, result);
 
@@ -236,6 +243,10 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
         DenseB.ZeroColumns(dst, cols, kc, nr);
     }
 
+    public void PrepareDot(float* a, int lda, int m)
+    {
+    }
+
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
         RowDot.DotAddBf16(ptr + ((long)j * ld), a, lda, m, k, path, result);
 
@@ -274,6 +285,12 @@ internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : I
         {
             second.Pack(dst + ((long)head * nr), j0, cols, p0 + head - k1, kc - head, nr);
         }
+    }
+
+    public void PrepareDot(float* a, int lda, int m)
+    {
+        first.PrepareDot(a, lda, m);
+        second.PrepareDot(a + k1, lda, m);
     }
 
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result)

@@ -10,6 +10,9 @@ internal readonly unsafe struct Quant4Panel(byte* packed, float* absmax, float[]
 {
     private const int Chunk = 512;
 
+    // One op(A) row permuted for Decode16Permuted (n = 1 GEMV on Vector512 with 16-aligned rows).
+    private readonly float[]? permuted = trans && path == SimdPath.Vector512 && ld % 16 == 0 ? new float[k] : null;
+
     public bool CanDot => trans;
 
     public bool CanAxpy => !trans;
@@ -53,9 +56,36 @@ internal readonly unsafe struct Quant4Panel(byte* packed, float* absmax, float[]
         DenseB.ZeroColumns(dst, cols, kc, nr);
     }
 
+    public void PrepareDot(float* a, int lda, int m)
+    {
+        if (m == 1 && permuted != null)
+        {
+            fixed (float* xp = permuted)
+            {
+                Quant4Simd.PermuteForDot(a, k, xp);
+            }
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void DotAdd(int j, float* a, int lda, int m, SimdPath simd, float* result)
     {
+        if (m == 1 && permuted != null)
+        {
+            fixed (float* xp = permuted)
+            {
+                result[0] += Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, xp);
+            }
+
+            return;
+        }
+
+        if (m == 1)
+        {
+            result[0] += Quant4Simd.DotRun(packed, absmax, table, blocksize, (long)j * ld, k, a, path);
+            return;
+        }
+
         float* row = stackalloc float[Chunk];
         for (int c0 = 0; c0 < k; c0 += Chunk)
         {

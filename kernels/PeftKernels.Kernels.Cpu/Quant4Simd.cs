@@ -3,6 +3,7 @@
 // lanes, shifted right by 4 in even lanes and 0 in odd lanes and masked to 4 bits. The
 // 16-entry code table lives in one 512-bit register and a lane permute is the lookup
 // (Vector256: two 8-entry permutes and a blend on bit 3).
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -11,17 +12,15 @@ namespace PeftKernels.Kernels.Cpu;
 
 internal static unsafe class Quant4Simd
 {
-    private static readonly Vector128<byte> DuplicateBytes = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    private static readonly Vector512<uint> Shifts512 = Vector512.Create(4u, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
-    private static readonly Vector256<uint> Shifts256 = Vector256.Create(4u, 0, 4, 0, 4, 0, 4, 0);
-
+    // Constants are built inline (the JIT folds them) rather than read from static readonly
+    // fields, which code compiled with AggressiveOptimization may re-read behind a class-init check.
     /// <summary>The 16 codes of the 8 bytes at <paramref name="p"/>, looked up in <paramref name="table"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Decode16(byte* p, Vector512<float> table)
     {
-        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(ulong*)p).AsByte(), DuplicateBytes);
+        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(ulong*)p).AsByte(), Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
         var lanes = Avx512F.ConvertToVector512UInt32(bytes);
-        var index = Avx512F.ShiftRightLogicalVariable(lanes, Shifts512) & Vector512.Create(15u);
+        var index = Avx512F.ShiftRightLogicalVariable(lanes, Vector512.Create(4u, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0)) & Vector512.Create(15u);
         return Avx512F.PermuteVar16x32(table, index.AsInt32());
     }
 
@@ -29,9 +28,9 @@ internal static unsafe class Quant4Simd
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Decode8(byte* p, Vector256<float> tableLo, Vector256<float> tableHi)
     {
-        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(uint*)p).AsByte(), DuplicateBytes);
+        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(uint*)p).AsByte(), Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
         var lanes = Avx2.ConvertToVector256Int32(bytes).AsUInt32();
-        var index = Avx2.ShiftRightLogicalVariable(lanes, Shifts256) & Vector256.Create(15u);
+        var index = Avx2.ShiftRightLogicalVariable(lanes, Vector256.Create(4u, 0, 4, 0, 4, 0, 4, 0)) & Vector256.Create(15u);
         var lo = Avx2.PermuteVar8x32(tableLo, index.AsInt32());
         var hi = Avx2.PermuteVar8x32(tableHi, index.AsInt32());
         return Avx.BlendVariable(lo, hi, Vector256.GreaterThan(index, Vector256.Create(7u)).AsSingle());
@@ -45,6 +44,7 @@ internal static unsafe class Quant4Simd
     public static void DequantizeRun(byte* packed, float* absmax, float[] table, int blocksize, long e0, int count, float* dst, SimdPath path)
     {
         long e = e0, end = e0 + count;
+        int log2 = BitOperations.Log2((uint)blocksize);
         Vector512<float> t512 = default;
         Vector256<float> tLo = default, tHi = default;
         if (path == SimdPath.Vector512)
@@ -59,8 +59,8 @@ internal static unsafe class Quant4Simd
 
         while (e < end)
         {
-            long block = e / blocksize;
-            long segmentEnd = Math.Min(end, (block + 1) * blocksize);
+            long block = e >> log2;
+            long segmentEnd = Math.Min(end, (block + 1) << log2);
             float scale = absmax[block];
             for (; e < segmentEnd && ((e & 1) != 0 || path == SimdPath.Scalar || segmentEnd - e < 16); e++)
             {
@@ -91,5 +91,185 @@ internal static unsafe class Quant4Simd
                 dst[e - e0] = table[code] * scale;
             }
         }
+    }
+
+    /// <summary>
+    /// Σ_q dequant(e0 + q) · x[q] for q &lt; count, fused: per block the codes are dotted with x
+    /// unscaled and the block's absmax is applied once (one FMA per block), so one weight row
+    /// is streamed with no intermediate buffer. Used by the n = 1 GEMV.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float DotRun(byte* packed, float* absmax, float[] table, int blocksize, long e0, int count, float* x, SimdPath path)
+    {
+        long e = e0, end = e0 + count;
+        int log2 = BitOperations.Log2((uint)blocksize);
+        float scalar = 0f;
+        var total512 = Vector512<float>.Zero;
+        var total256 = Vector256<float>.Zero;
+        Vector512<float> t512 = path == SimdPath.Vector512 ? Vector512.Create(table) : default;
+        Vector256<float> tLo = default, tHi = default;
+        if (path == SimdPath.Vector256)
+        {
+            tLo = Vector256.Create(table, 0);
+            tHi = Vector256.Create(table, 8);
+        }
+
+        while (e < end)
+        {
+            long block = e >> log2;
+            long segmentEnd = Math.Min(end, (block + 1) << log2);
+            float scale = absmax[block];
+            float partial = 0f;
+            for (; e < segmentEnd && ((e & 1) != 0 || path == SimdPath.Scalar || segmentEnd - e < 16); e++)
+            {
+                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                partial += table[code] * x[e - e0];
+            }
+
+            if (path == SimdPath.Vector512)
+            {
+                var acc0 = Vector512<float>.Zero;
+                var acc1 = Vector512<float>.Zero;
+                for (; e + 32 <= segmentEnd; e += 32)
+                {
+                    acc0 = Vector512.FusedMultiplyAdd(Decode16(packed + (e >> 1), t512), Vector512.Load(x + (e - e0)), acc0);
+                    acc1 = Vector512.FusedMultiplyAdd(Decode16(packed + (e >> 1) + 8, t512), Vector512.Load(x + (e - e0) + 16), acc1);
+                }
+
+                for (; e + 16 <= segmentEnd; e += 16)
+                {
+                    acc0 = Vector512.FusedMultiplyAdd(Decode16(packed + (e >> 1), t512), Vector512.Load(x + (e - e0)), acc0);
+                }
+
+                total512 = Vector512.FusedMultiplyAdd(acc0 + acc1, Vector512.Create(scale), total512);
+            }
+            else if (path == SimdPath.Vector256)
+            {
+                var acc = Vector256<float>.Zero;
+                for (; e + 8 <= segmentEnd; e += 8)
+                {
+                    acc = Vector256.FusedMultiplyAdd(Decode8(packed + (e >> 1), tLo, tHi), Vector256.Load(x + (e - e0)), acc);
+                }
+
+                total256 = Vector256.FusedMultiplyAdd(acc, Vector256.Create(scale), total256);
+            }
+
+            for (; e < segmentEnd; e++)
+            {
+                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                partial += table[code] * x[e - e0];
+            }
+
+            scalar += partial * scale;
+        }
+
+        return scalar + Vector512.Sum(total512) + Vector256.Sum(total256);
+    }
+
+    /// <summary>
+    /// Lane order of <see cref="Decode16Permuted"/>: lane 2j holds nibble j and lane 2j+1 nibble
+    /// j + 8 of the little-endian 64-bit word; nibble t is element 2(t/2) + 1 when t is even
+    /// (low nibble) and 2(t/2) when odd (high nibble).
+    /// </summary>
+    public static int PermutedElement(int lane)
+    {
+        int t = (lane & 1) == 0 ? lane >> 1 : (lane >> 1) + 8;
+        return (t & 1) == 0 ? (2 * (t >> 1)) + 1 : 2 * (t >> 1);
+    }
+
+    /// <summary>xp[16g + L] = x[16g + PermutedElement(L)] for whole groups of 16; the tail is copied as is.</summary>
+    public static void PermuteForDot(float* x, int count, float* xp)
+    {
+        int q = 0;
+        for (; q + 16 <= count; q += 16)
+        {
+            for (int lane = 0; lane < 16; lane++)
+            {
+                xp[q + lane] = x[q + PermutedElement(lane)];
+            }
+        }
+
+        for (; q < count; q++)
+        {
+            xp[q] = x[q];
+        }
+    }
+
+    /// <summary>
+    /// The 16 codes of 8 bytes in the lane order of <see cref="PermutedElement"/>: a broadcast
+    /// load, one variable 64-bit shift and a mask, so only the table permute uses the shuffle
+    /// port (the byte shuffle and widening of <see cref="Decode16"/> are avoided).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Decode16Permuted(byte* p, Vector512<float> table)
+    {
+        var word = Vector512.Create(*(ulong*)p);
+        var shifted = Avx512F.ShiftRightLogicalVariable(word, Vector512.Create(0ul, 4, 8, 12, 16, 20, 24, 28));
+        return Avx512F.PermuteVar16x32(table, (shifted.AsUInt32() & Vector512.Create(15u)).AsInt32());
+    }
+
+    /// <summary>
+    /// <see cref="DotRun"/> for Vector512 with x pre-permuted by <see cref="PermuteForDot"/>;
+    /// needs e0 to be a multiple of 16 so the groups of x and of the weight line up.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float DotRunPermuted(byte* packed, float* absmax, float[] table, int blocksize, long e0, int count, float* xp)
+    {
+        long e = e0, end = e0 + count;
+        int log2 = BitOperations.Log2((uint)blocksize);
+        float scalar = 0f;
+        var total = Vector512<float>.Zero;
+        var t512 = Vector512.Create(table);
+        if ((e0 & (blocksize - 1)) == 0 && (count & (blocksize - 1)) == 0)
+        {
+            // Whole blocks (the usual in % blocksize == 0): no segment bookkeeping in the loop.
+            for (long block = e0 >> log2, last = end >> log2; block < last; block++)
+            {
+                byte* pb = packed + ((block << log2) >> 1);
+                float* px = xp + ((block << log2) - e0);
+                var acc0 = Vector512<float>.Zero;
+                var acc1 = Vector512<float>.Zero;
+                for (int g = 0; g < blocksize; g += 32)
+                {
+                    acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
+                    acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
+                }
+
+                total = Vector512.FusedMultiplyAdd(acc0 + acc1, Vector512.Create(absmax[block]), total);
+            }
+
+            return Vector512.Sum(total);
+        }
+
+        while (e < end)
+        {
+            long block = e >> log2;
+            long segmentEnd = Math.Min(end, (block + 1) << log2);
+            var acc0 = Vector512<float>.Zero;
+            var acc1 = Vector512<float>.Zero;
+            for (; e + 32 <= segmentEnd; e += 32)
+            {
+                acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(packed + (e >> 1), t512), Vector512.Load(xp + (e - e0)), acc0);
+                acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(packed + (e >> 1) + 8, t512), Vector512.Load(xp + (e - e0) + 16), acc1);
+            }
+
+            for (; e + 16 <= segmentEnd; e += 16)
+            {
+                acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(packed + (e >> 1), t512), Vector512.Load(xp + (e - e0)), acc0);
+            }
+
+            float partial = 0f;
+            for (; e < segmentEnd; e++)
+            {
+                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                partial += table[code] * xp[e - e0];
+            }
+
+            float scale = absmax[block];
+            total = Vector512.FusedMultiplyAdd(acc0 + acc1, Vector512.Create(scale), total);
+            scalar += partial * scale;
+        }
+
+        return scalar + Vector512.Sum(total);
     }
 }
