@@ -43,7 +43,7 @@ internal static class BenchCommand
             double bandwidth = MachineProbe.ReadBandwidthGBs(threads, 4096L * 4096 * sizeof(float));
             output.WriteLine();
             output.WriteLine($"threads = {threads}: FMA peak {peak:F1} GFLOP/s, read bandwidth {bandwidth:F1} GB/s (64 MiB buffer)");
-            output.WriteLine($"{"kernel",-28} {"shape",-22} {"ms",9} {"GFLOP/s",9} {"% peak",7} {"vs GEMM",8} {"GB/s",7}");
+            output.WriteLine($"{"kernel",-28} {"shape",-22} {"ms",9} {"GFLOP/s",9} {"% peak",7} {"ratio",8} {"GB/s",7}");
             var options = new KernelOptions(threads);
             foreach (var (m, n, k) in gemmShapes)
             {
@@ -84,11 +84,67 @@ internal static class BenchCommand
                     output.WriteLine($"{"",-28} n = 1 forward reads W at {weightBytes / fwdMs / 1e6 / bandwidth:P0} of the read bandwidth");
                 }
             }
+
+            RunQuant4(repeats, options, peak, output);
         }
     }
 
+    /// <summary>NF4 (blocksize 64, double-quantized scales) against the fp32 kernels of the same shapes.</summary>
+    private static void RunQuant4(int repeats, KernelOptions options, double peak, TextWriter output)
+    {
+        const int n = 8192, k = 8192;
+        var x = Random(k, 11);
+        var w = Random(n * k, 12);
+        var y = new float[n];
+        var wq = QuantizedWeight.Quantize(w, [n, k], options: options);
+        wq.AbsmaxFp32();
+        double gemvMs = Time(repeats, () => Gemm.Multiply(false, true, 1, n, k, 1f, x, w, 0f, y, options));
+        double nf4Ms = Time(repeats, () => Quant4Matmul.Forward(x, wq, [], y, 1, k, n, options));
+        double nf4Bytes = (n * (double)k / 2) + (4.0 * n * k / 64);
+        double bandwidth = MachineProbe.ReadBandwidthGBs(options.Threads, (long)nf4Bytes);
+        Row(output, "fp32 gemv", $"1x{n}x{k}", gemvMs, 2.0 * n * k, peak, 1.0, 4.0 * n * k / gemvMs / 1e6);
+        Row(output, "nf4 gemv", $"1x{n}x{k}", nf4Ms, 2.0 * n * k, peak, nf4Ms / gemvMs, nf4Bytes / nf4Ms / 1e6);
+        output.WriteLine($"{"",-28} nf4 gemv is {gemvMs / nf4Ms:F2}x faster than fp32 and reads at {nf4Bytes / nf4Ms / 1e6 / bandwidth:P0} of the read bandwidth ({bandwidth:F1} GB/s over {nf4Bytes / (1 << 20):F0} MiB)");
+
+        var packed = new byte[w.Length / 2];
+        var absmax = new float[w.Length / 64];
+        var back = new float[w.Length];
+        double quantMs = Time(repeats, () => Quant4.Quantize(w, packed, absmax, Quant4Type.Nf4, 64, options));
+        double dequantMs = Time(repeats, () => Quant4.Dequantize(packed, absmax, Quant4Type.Nf4, 64, back, options));
+        double codecBytes = (4.0 * w.Length) + (w.Length / 2.0) + (w.Length / 16.0);
+        Row(output, "nf4 quantize", $"{n}x{k}", quantMs, 0, peak, double.NaN, codecBytes / quantMs / 1e6);
+        Row(output, "nf4 dequantize", $"{n}x{k}", dequantMs, 0, peak, double.NaN, codecBytes / dequantMs / 1e6);
+
+        var (rows, inF, outF, r) = (512, 4096, 4096, 16);
+        var xs = Random(rows * inF, 13);
+        var ws = Random(outF * inF, 14);
+        var wsq = QuantizedWeight.Quantize(ws, [outF, inF], options: options);
+        wsq.AbsmaxFp32();
+        var a = Random(r * inF, 15);
+        var b = Random(outF * r, 16);
+        var ys = new float[rows * outF];
+        var h = new float[rows * r];
+        var dy = Random(rows * outF, 17);
+        var dx = new float[rows * inF];
+        var da = new float[r * inF];
+        var db = new float[outF * r];
+        var lora = new LoraOptions(Kernel: options);
+        double baseFlops = 2.0 * rows * inF * outF;
+        double gemmMs = Time(repeats, () => Gemm.Multiply(false, true, rows, outF, inF, 1f, xs, ws, 0f, ys, options));
+        double nf4GemmMs = Time(repeats, () => Quant4Matmul.Forward(xs, wsq, [], ys, rows, inF, outF, options));
+        double loraFwd = Time(repeats, () => LoraMatmul.Forward(xs, ws, [], a, b, 2f, ys, h, rows, inF, outF, r, lora));
+        double qloraFwd = Time(repeats, () => QLoraMatmul.Forward(xs, wsq, [], a, b, 2f, ys, h, rows, inF, outF, r, lora));
+        double loraBwd = Time(repeats, () => LoraMatmul.Backward(dy, xs, h, ws, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
+        double qloraBwd = Time(repeats, () => QLoraMatmul.Backward(dy, xs, h, wsq, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
+        string shape = $"{rows}x{inF}x{outF} r{r}";
+        Row(output, "fp32 gemm", shape, gemmMs, baseFlops, peak, 1.0, double.NaN);
+        Row(output, "nf4 gemm (vs fp32 gemm)", shape, nf4GemmMs, baseFlops, peak, nf4GemmMs / gemmMs, double.NaN);
+        Row(output, "qlora forward (vs lora)", shape, qloraFwd, baseFlops, peak, qloraFwd / loraFwd, double.NaN);
+        Row(output, "qlora backward (vs lora)", shape, qloraBwd, baseFlops, peak, qloraBwd / loraBwd, double.NaN);
+    }
+
     private static void Row(TextWriter output, string name, string shape, double ms, double flops, double peak, double ratio, double gbs) =>
-        output.WriteLine($"{name,-28} {shape,-22} {ms,9:F3} {flops / ms / 1e6,9:F1} {flops / ms / 1e6 / peak,7:P0} {(double.IsNaN(ratio) ? "" : ratio.ToString("F3") + "x"),8} {(double.IsNaN(gbs) ? "" : gbs.ToString("F1")),7}");
+        output.WriteLine($"{name,-28} {shape,-22} {ms,9:F3} {(flops == 0 ? "" : (flops / ms / 1e6).ToString("F1")),9} {(flops == 0 ? "" : (flops / ms / 1e6 / peak).ToString("P0")),7} {(double.IsNaN(ratio) ? "" : ratio.ToString("F3") + "x"),8} {(double.IsNaN(gbs) ? "" : gbs.ToString("F1")),7}");
 
     private static double Time(int repeats, Action action)
     {

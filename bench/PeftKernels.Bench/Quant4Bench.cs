@@ -1,0 +1,168 @@
+// 4-bit (NF4, double-quantized scales, blocksize 64) kernels against their fp32 baselines in
+// one run, so the Ratio column reads directly as the targets of the QLoRA issue.
+//   Quant4GemvBench   (1, 8192, 8192): fp32 GEMV vs NF4 GEMV.  FLOPs = 2·N·K.
+//       Bytes fp32 = 4·(K + N·K + N); NF4 = 4·(K + N) + N·K/2 + 4·N·K/64 (codes + the fp32 absmax it reads)
+//   Quant4GemmBench   (512, 4096, 4096): fp32 GEMM vs fused dequant-GEMM. FLOPs = 2·M·N·K.
+//   QLoraBench        (512, 4096, 4096, r 16): fp32 LoRA vs QLoRA, forward and backward
+//       (FLOPs as in LoraMatmulBench; Bytes with W at 4 bits).
+//   Quant4CodecBench  quantize / dequantize a 4096×4096 fp32 tensor: Bytes = 4·n + n/2 + n/64·4
+//       (fp32 side + codes + absmax), FLOPs 0.
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Running;
+using PeftKernels.Kernels.Cpu;
+
+namespace PeftKernels.Bench;
+
+/// <summary>NF4 GEMV (decode) vs fp32 GEMV of the same shape.</summary>
+public class Quant4GemvBench : IWorkload
+{
+    private const int N = 8192, K = 8192;
+    private float[] _x = [], _w = [], _y = [];
+    private QuantizedWeight _wq = null!;
+
+    [Params(1, 2)]
+    public int Threads { get; set; } = 1;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _x = Workload.Random(K, seed: 1);
+        _w = Workload.Random((long)N * K, seed: 2);
+        _y = new float[N];
+        _wq = QuantizedWeight.Quantize(_w, [N, K]);
+        _wq.AbsmaxFp32();
+    }
+
+    [Benchmark(Baseline = true)]
+    public void Fp32Gemv() => Gemm.Multiply(false, true, 1, N, K, 1f, _x, _w, 0f, _y, new KernelOptions(Threads));
+
+    [Benchmark]
+    public void Nf4Gemv() => Quant4Matmul.Forward(_x, _wq, ReadOnlySpan<float>.Empty, _y, 1, K, N, new KernelOptions(Threads));
+
+    public double Flops(BenchmarkCase benchmarkCase) => 2.0 * N * K;
+
+    public double Bytes(BenchmarkCase benchmarkCase) => benchmarkCase.Method() == nameof(Nf4Gemv)
+        ? (4.0 * (K + N)) + (N * (double)K / 2) + (4.0 * N * K / 64)
+        : 4.0 * (K + ((double)N * K) + N);
+}
+
+/// <summary>Fused NF4 dequant-GEMM vs fp32 GEMM at (512, 4096, 4096).</summary>
+public class Quant4GemmBench : IWorkload
+{
+    private const int M = 512, N = 4096, K = 4096;
+    private float[] _x = [], _w = [], _y = [];
+    private QuantizedWeight _wq = null!;
+
+    [Params(1, 2)]
+    public int Threads { get; set; } = 1;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _x = Workload.Random((long)M * K, seed: 1);
+        _w = Workload.Random((long)N * K, seed: 2);
+        _y = new float[(long)M * N];
+        _wq = QuantizedWeight.Quantize(_w, [N, K]);
+        _wq.AbsmaxFp32();
+    }
+
+    [Benchmark(Baseline = true)]
+    public void Fp32Gemm() => Gemm.Multiply(false, true, M, N, K, 1f, _x, _w, 0f, _y, new KernelOptions(Threads));
+
+    [Benchmark]
+    public void Nf4Gemm() => Quant4Matmul.Forward(_x, _wq, ReadOnlySpan<float>.Empty, _y, M, K, N, new KernelOptions(Threads));
+
+    public double Flops(BenchmarkCase benchmarkCase) => 2.0 * M * N * K;
+
+    public double Bytes(BenchmarkCase benchmarkCase) =>
+        (4.0 * M * K) + (4.0 * M * N) + (benchmarkCase.Method() == nameof(Nf4Gemm) ? (N * (double)K / 2) + (4.0 * N * K / 64) : 4.0 * N * K);
+}
+
+/// <summary>QLoRA vs fp32 LoRA forward and backward at (512, 4096, 4096, r 16).</summary>
+public class QLoraBench : IWorkload
+{
+    private static readonly LoraShape Shape = new(512, 4096, 4096, 16);
+    private float[] _x = [], _w = [], _a = [], _b = [], _y = [], _h = [], _dy = [], _dx = [], _da = [], _db = [];
+    private QuantizedWeight _wq = null!;
+    private LoraOptions _options;
+
+    [Params(1, 2)]
+    public int Threads { get; set; } = 1;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var (n, inF, outF, r) = Shape;
+        _options = new LoraOptions(Kernel: new KernelOptions(Threads));
+        _x = Workload.Random((long)n * inF, seed: 1);
+        _w = Workload.Random((long)outF * inF, seed: 2);
+        _a = Workload.Random((long)r * inF, seed: 3);
+        _b = Workload.Random((long)outF * r, seed: 4);
+        _dy = Workload.Random((long)n * outF, seed: 5);
+        _y = new float[(long)n * outF];
+        _h = new float[(long)n * r];
+        _dx = new float[(long)n * inF];
+        _da = new float[(long)r * inF];
+        _db = new float[(long)outF * r];
+        _wq = QuantizedWeight.Quantize(_w, [outF, inF]);
+        _wq.AbsmaxFp32();
+        LoraForward();
+    }
+
+    [Benchmark(Baseline = true)]
+    public void LoraForward() =>
+        LoraMatmul.Forward(_x, _w, ReadOnlySpan<float>.Empty, _a, _b, 2f, _y, _h, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
+
+    [Benchmark]
+    public void QLoraForward() =>
+        QLoraMatmul.Forward(_x, _wq, ReadOnlySpan<float>.Empty, _a, _b, 2f, _y, _h, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
+
+    [Benchmark]
+    public void LoraBackward() =>
+        LoraMatmul.Backward(_dy, _x, _h, _w, _a, _b, 2f, _dx, _da, _db, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
+
+    [Benchmark]
+    public void QLoraBackward() =>
+        QLoraMatmul.Backward(_dy, _x, _h, _wq, _a, _b, 2f, _dx, _da, _db, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
+
+    public double Flops(BenchmarkCase benchmarkCase) =>
+        benchmarkCase.Method().Contains("Forward", StringComparison.Ordinal) ? Shape.ForwardFlops : Shape.BackwardFlops;
+
+    public double Bytes(BenchmarkCase benchmarkCase)
+    {
+        double full = benchmarkCase.Method().Contains("Forward", StringComparison.Ordinal) ? Shape.ForwardBytes : Shape.BackwardBytes;
+        double w = 4.0 * Shape.In * Shape.Out;
+        return benchmarkCase.Method().StartsWith('Q') ? full - w + (w / 8) + (w / 64) : full;
+    }
+}
+
+/// <summary>Quantize and dequantize throughput of a 4096×4096 fp32 tensor (NF4, blocksize 64).</summary>
+public class Quant4CodecBench : IWorkload
+{
+    private const int Count = 4096 * 4096;
+    private float[] _x = [], _back = [], _absmax = [];
+    private byte[] _packed = [];
+
+    [Params(1, 2)]
+    public int Threads { get; set; } = 1;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _x = Workload.Random(Count, seed: 1);
+        _back = new float[Count];
+        _packed = new byte[Count / 2];
+        _absmax = new float[Count / 64];
+        Quantize();
+    }
+
+    [Benchmark]
+    public void Quantize() => Quant4.Quantize(_x, _packed, _absmax, Quant4Type.Nf4, 64, new KernelOptions(Threads));
+
+    [Benchmark]
+    public void Dequantize() => Quant4.Dequantize(_packed, _absmax, Quant4Type.Nf4, 64, _back, new KernelOptions(Threads));
+
+    public double Flops(BenchmarkCase benchmarkCase) => 0;
+
+    public double Bytes(BenchmarkCase benchmarkCase) => (4.0 * Count) + (Count / 2.0) + (4.0 * Count / 64);
+}
