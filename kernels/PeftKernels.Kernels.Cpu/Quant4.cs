@@ -9,6 +9,7 @@
 // Blocks are independent, so threads take contiguous block ranges (bit-identical results).
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace PeftKernels.Kernels.Cpu;
 
@@ -161,10 +162,26 @@ public static unsafe class Quant4
 
     private static float BlockScale(ReadOnlySpan<float> block, bool partial, out float stored, out float clamped)
     {
+        // max |x| is exact in any order, so the vector reduction equals the scalar one.
         float max = 0f;
-        foreach (float v in block)
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated && block.Length >= 16)
         {
-            max = Math.Max(max, Math.Abs(v));
+            var acc = Vector512<float>.Zero;
+            for (; i + 16 <= block.Length; i += 16)
+            {
+                acc = Vector512.Max(acc, Vector512.Abs(Vector512.Create(block.Slice(i, 16))));
+            }
+
+            for (int lane = 0; lane < 16; lane++)
+            {
+                max = Math.Max(max, acc[lane]);
+            }
+        }
+
+        for (; i < block.Length; i++)
+        {
+            max = Math.Max(max, Math.Abs(block[i]));
         }
 
         clamped = Math.Max(max, 1e-38f);
@@ -201,13 +218,33 @@ public static unsafe class Quant4
                         codes[len] = search.ZeroCode;
                     }
 
-                    byte* dst = ppp + (start >> 1);
-                    for (int i = 0; i < (len + 1) >> 1; i++)
-                    {
-                        dst[i] = (byte)((codes[2 * i] << 4) | codes[(2 * i) + 1]);
-                    }
+                    PackNibbles(codes, (len + 1) >> 1, ppp + (start >> 1));
                 }
             });
+        }
+    }
+
+    /// <summary>dst[i] = codes[2i] &lt;&lt; 4 | codes[2i + 1] for i &lt; bytes (first element in the high nibble).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackNibbles(byte* codes, int bytes, byte* dst)
+    {
+        int i = 0;
+        if (Vector128.IsHardwareAccelerated)
+        {
+            for (; i + 16 <= bytes; i += 16)
+            {
+                // Each 16-bit lane holds (code[2i] | code[2i+1] << 8); narrowing keeps the low byte.
+                var lo = Vector128.Load((ushort*)(codes + (2 * i)));
+                var hi = Vector128.Load((ushort*)(codes + (2 * i) + 16));
+                var packedLo = ((lo & Vector128.Create((ushort)0xF)) << 4) | (lo >> 8);
+                var packedHi = ((hi & Vector128.Create((ushort)0xF)) << 4) | (hi >> 8);
+                Vector128.Narrow(packedLo, packedHi).Store(dst + i);
+            }
+        }
+
+        for (; i < bytes; i++)
+        {
+            dst[i] = (byte)((codes[2 * i] << 4) | codes[(2 * i) + 1]);
         }
     }
 
@@ -222,7 +259,8 @@ public static unsafe class Quant4
         if (path == SimdPath.Vector512 && !partial)
         {
             var r = Vector512.Create(reciprocal);
-            int* count = stackalloc int[16];
+            var map512 = Vector512.Create(map[0], map[1], map[2], map[3], map[4], map[5], map[6], map[7],
+                map[8], map[9], map[10], map[11], map[12], map[13], map[14], map[15]).AsInt32();
             for (; i + 16 <= len; i += 16)
             {
                 var s = Vector512.Clamp(Vector512.Load(x + i) * r, Vector512.Create(-1f), Vector512<float>.One);
@@ -232,11 +270,7 @@ public static unsafe class Quant4
                     c -= Vector512.LessThan(Vector512.Create(mids[m]), s).AsInt32();
                 }
 
-                c.Store(count);
-                for (int q = 0; q < 16; q++)
-                {
-                    codes[i + q] = map[count[q]];
-                }
+                Avx512F.ConvertToVector128Byte(Avx512F.PermuteVar16x32(map512, c)).Store(codes + i);
             }
         }
         else if (path == SimdPath.Vector256 && !partial)
