@@ -1,6 +1,4 @@
-using System.CommandLine;
+// Entry point of the `peft` tool; the command tree and the shared error handling are in Cli.cs.
 using PeftKernels.Cli;
 
-var root = new RootCommand("peft: parameter-efficient fine-tuning kernels and tools for .NET");
-root.Subcommands.Add(BenchCommand.Create());
-return root.Parse(args).Invoke();
+return Cli.Build().Parse(args).Invoke();

@@ -1,0 +1,123 @@
+// The output side of a whole-checkpoint conversion. Every file (safetensors shard, copied
+// config/tokenizer file, index) is first written completely under a hidden temporary name in
+// the output folder; only when all of them exist are they renamed into place, in the order
+// staged, so the index, staged last, appears last. A failure before that point deletes the
+// temporaries and leaves the output folder as it was.
+using System.Text.Json;
+using PeftKernels.IO;
+
+namespace PeftKernels.Quantization;
+
+/// <summary>Stages output files in one folder and renames them into place together.</summary>
+internal sealed class CheckpointWriter : IDisposable
+{
+    private readonly string folder;
+    private readonly List<(string Temporary, string Final)> staged = [];
+    private readonly bool createdFolder;
+    private bool committed;
+
+    public CheckpointWriter(string folder)
+    {
+        this.folder = folder;
+        createdFolder = !Directory.Exists(folder);
+        Directory.CreateDirectory(folder);
+    }
+
+    /// <summary>Writes a safetensors file that will become <paramref name="fileName"/>.</summary>
+    public void StageSafeTensors(string fileName, IReadOnlyList<SafeTensor> tensors, IReadOnlyDictionary<string, string> metadata)
+    {
+        string temporary = Reserve(fileName);
+        SafeTensorsWriter.Write(temporary, tensors, metadata.Count == 0 ? null : metadata);
+    }
+
+    /// <summary>Copies <paramref name="source"/> byte for byte to what will become <paramref name="fileName"/>.</summary>
+    public void StageCopy(string source, string fileName)
+    {
+        string temporary = Reserve(fileName);
+        AtomicFile.Write(temporary, stream =>
+        {
+            using var input = new FileStream(source, FileMode.Open, FileAccess.Read, FileShare.Read);
+            input.CopyTo(stream);
+        });
+    }
+
+    /// <summary>
+    /// Writes a Hugging Face index: {"metadata": {..., "total_size": N}, "weight_map": {tensor: shard}},
+    /// two-space indented with sorted keys, as transformers' save_pretrained writes it.
+    /// </summary>
+    public void StageIndex(string fileName, IReadOnlyDictionary<string, string> weightMap, long totalSize,
+        IReadOnlyDictionary<string, JsonElement> extraMetadata)
+    {
+        string temporary = Reserve(fileName);
+        AtomicFile.Write(temporary, stream =>
+        {
+            using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, IndentSize = 2 });
+            json.WriteStartObject();
+            json.WriteStartObject("metadata");
+            foreach (var (key, value) in extraMetadata.OrderBy(e => e.Key, StringComparer.Ordinal))
+            {
+                json.WritePropertyName(key);
+                value.WriteTo(json);
+            }
+
+            json.WriteNumber("total_size", totalSize);
+            json.WriteEndObject();
+            json.WriteStartObject("weight_map");
+            foreach (var (name, shard) in weightMap.OrderBy(e => e.Key, StringComparer.Ordinal))
+            {
+                json.WriteString(name, shard);
+            }
+
+            json.WriteEndObject();
+            json.WriteEndObject();
+            json.Flush();
+            stream.WriteByte((byte)'\n');
+        });
+    }
+
+    /// <summary>Renames every staged file into place, in staging order; returns the final paths.</summary>
+    public IReadOnlyList<string> Commit()
+    {
+        var done = new List<string>();
+        foreach (var (temporary, final) in staged)
+        {
+            File.Move(temporary, final, overwrite: true);
+            done.Add(final);
+        }
+
+        staged.Clear();
+        committed = true;
+        return done;
+    }
+
+    /// <summary>Deletes whatever was staged and not committed, and the output folder if this writer created it for nothing.</summary>
+    public void Dispose()
+    {
+        foreach (var (temporary, _) in staged)
+        {
+            if (File.Exists(temporary))
+            {
+                File.Delete(temporary);
+            }
+        }
+
+        staged.Clear();
+        if (createdFolder && !committed && Directory.Exists(folder) && !Directory.EnumerateFileSystemEntries(folder).Any())
+        {
+            Directory.Delete(folder);
+        }
+    }
+
+    private string Reserve(string fileName)
+    {
+        string final = Path.Combine(folder, fileName);
+        if (staged.Any(s => s.Final == final))
+        {
+            throw new InvalidOperationException($"'{final}' is staged twice.");
+        }
+
+        string temporary = Path.Combine(folder, $".{fileName}.{Guid.NewGuid():N}.staged");
+        staged.Add((temporary, final));
+        return temporary;
+    }
+}
