@@ -78,3 +78,46 @@ public class Bf16GemmBench : IWorkload
     public double Bytes(BenchmarkCase benchmarkCase) =>
         benchmarkCase.Param<GemmShape>(nameof(Shape)).Bytes(weightBytes: benchmarkCase.Method() == nameof(Bf16Weight) ? 2 : 4);
 }
+
+/// <summary>
+/// How much of a second core the machine gives: one GEMM on 1 thread (baseline), two
+/// independent single-thread GEMMs at once on two threads (no shared data or
+/// synchronisation: the ceiling any 2-thread split can reach on this machine), and one GEMM
+/// on 2 threads. FLOPs of TwoIndependent count both problems.
+/// </summary>
+public class GemmScalingBench : IWorkload
+{
+    private static readonly GemmShape Shape = new(2048, 4096, 4096);
+    private float[] _x = [], _w = [], _y = [], _x2 = [], _w2 = [], _y2 = [];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _x = Workload.Random((long)Shape.M * Shape.K, seed: 1);
+        _w = Workload.Random((long)Shape.N * Shape.K, seed: 2);
+        _y = new float[(long)Shape.M * Shape.N];
+        _x2 = Workload.Random((long)Shape.M * Shape.K, seed: 3);
+        _w2 = Workload.Random((long)Shape.N * Shape.K, seed: 4);
+        _y2 = new float[(long)Shape.M * Shape.N];
+    }
+
+    [Benchmark(Baseline = true)]
+    public void OneThread() => Gemm.Multiply(false, true, Shape.M, Shape.N, Shape.K, 1f, _x, _w, 0f, _y, new KernelOptions(1));
+
+    [Benchmark]
+    public void TwoIndependent()
+    {
+        var other = new Thread(() => Gemm.Multiply(false, true, Shape.M, Shape.N, Shape.K, 1f, _x2, _w2, 0f, _y2, new KernelOptions(1)));
+        other.Start();
+        OneThread();
+        other.Join();
+    }
+
+    [Benchmark]
+    public void TwoThreads() => Gemm.Multiply(false, true, Shape.M, Shape.N, Shape.K, 1f, _x, _w, 0f, _y, new KernelOptions(2));
+
+    public double Flops(BenchmarkCase benchmarkCase) => benchmarkCase.Method() == nameof(TwoIndependent) ? 2 * Shape.Flops : Shape.Flops;
+
+    public double Bytes(BenchmarkCase benchmarkCase) =>
+        (benchmarkCase.Method() == nameof(TwoIndependent) ? 2 : 1) * Shape.Bytes(weightBytes: 4);
+}

@@ -1,6 +1,6 @@
 // Blocked GEMM driver (BLIS loop order), C[m, n] = alpha · op(A) · op(B) + beta · C + bias:
 //   for jc in N by NC:                       B panel shared by all threads (L3)
-//     for pc in K by kc (balanced, ≤ KC):    blocks never straddle the masked-epilogue split
+//     for pc in K by kc (≤ KC, multiples of 64): blocks never straddle the masked-epilogue split
 //       pack op(B)[pc, jc] into NR-wide strips          (threads split the strips)
 //       for ic in M by MC:                   A block private to a thread (L2)
 //         pack op(A)[ic, pc] into MR-tall strips
@@ -161,14 +161,19 @@ internal static unsafe class GemmDriver
         return [.. Balanced(0, split), .. Balanced(split, k - split)];
     }
 
+    /// <summary>
+    /// Near-equal blocks rounded up to a multiple of 64 (so panels start on 4-bit block and
+    /// vector boundaries), the remainder last: K = 4096 + 16 gives 16 × 256 and one 16.
+    /// </summary>
     private static (int, int)[] Balanced(int start, int length)
     {
         int count = (length + KcMax - 1) / KcMax;
+        int size = Math.Min(KcMax, (((length + count - 1) / count) + 63) / 64 * 64);
+        count = (length + size - 1) / size;
         var result = new (int, int)[count];
         for (int i = 0; i < count; i++)
         {
-            var (s, e) = CpuParallel.Split(length, count, i);
-            result[i] = (start + s, e - s);
+            result[i] = (start + (i * size), Math.Min(size, length - (i * size)));
         }
 
         return result;

@@ -1,6 +1,7 @@
 // `peft bench [--quick]`: times the CPU kernels on fixed shapes against the machine's own
 // FMA peak and read bandwidth, measured in the same process. Median of repeated runs after
-// a warm-up; BenchmarkDotNet in bench/ is the rigorous version of the same measurements.
+// a warm-up; a kernel and its baseline run alternately so their ratio is measured round by
+// round; BenchmarkDotNet in bench/ is the rigorous version of the same measurements.
 using System.CommandLine;
 using System.Diagnostics;
 using PeftKernels.Kernels.Cpu;
@@ -68,17 +69,20 @@ internal static class BenchCommand
                 var da = new float[r * inF];
                 var db = new float[outF * r];
                 var lora = new LoraOptions(Kernel: options);
-                double baseMs = Time(repeats, () => Gemm.Multiply(false, true, rows, outF, inF, 1f, x, w, 0f, y, options));
-                double fwdMs = Time(repeats, () => LoraMatmul.Forward(x, w, [], a, b, 2f, y, h, rows, inF, outF, r, lora));
-                double bwdMs = Time(repeats, () => LoraMatmul.Backward(dy, x, h, w, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
+                var times = TimeInterleaved(repeats,
+                    () => Gemm.Multiply(false, true, rows, outF, inF, 1f, x, w, 0f, y, options),
+                    () => LoraMatmul.Forward(x, w, [], a, b, 2f, y, h, rows, inF, outF, r, lora),
+                    () => LoraMatmul.Backward(dy, x, h, w, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
+                var (baseMs, fwdMs, bwdMs) = (times.Ms[0], times.Ms[1], times.Ms[2]);
+                var (fwdRatio, bwdRatio) = (times.Ratio[1], times.Ratio[2]);
                 string shape = $"{rows}x{inF}x{outF} r{r}";
                 double baseFlops = 2.0 * rows * inF * outF;
                 double fwdFlops = baseFlops + (2.0 * rows * r * (inF + outF));
                 double bwdFlops = baseFlops + (2.0 * rows * r * ((2 * outF) + (2 * inF)));
                 double weightBytes = (double)outF * inF * sizeof(float);
                 Row(output, "base gemm", shape, baseMs, baseFlops, peak, 1.0, rows == 1 ? weightBytes / baseMs / 1e6 : double.NaN);
-                Row(output, "lora forward", shape, fwdMs, fwdFlops, peak, fwdMs / baseMs, rows == 1 ? weightBytes / fwdMs / 1e6 : double.NaN);
-                Row(output, "lora backward (dx,da,db)", shape, bwdMs, bwdFlops, peak, bwdMs / baseMs, double.NaN);
+                Row(output, "lora forward", shape, fwdMs, fwdFlops, peak, fwdRatio, rows == 1 ? weightBytes / fwdMs / 1e6 : double.NaN);
+                Row(output, "lora backward (dx,da,db)", shape, bwdMs, bwdFlops, peak, bwdRatio, double.NaN);
                 if (rows == 1)
                 {
                     output.WriteLine($"{"",-28} n = 1 forward reads W at {weightBytes / fwdMs / 1e6 / bandwidth:P0} of the read bandwidth");
@@ -98,13 +102,15 @@ internal static class BenchCommand
         var y = new float[n];
         var wq = QuantizedWeight.Quantize(w, [n, k], options: options);
         wq.AbsmaxFp32();
-        double gemvMs = Time(repeats, () => Gemm.Multiply(false, true, 1, n, k, 1f, x, w, 0f, y, options));
-        double nf4Ms = Time(repeats, () => Quant4Matmul.Forward(x, wq, [], y, 1, k, n, options));
+        var gemv = TimeInterleaved(repeats,
+            () => Gemm.Multiply(false, true, 1, n, k, 1f, x, w, 0f, y, options),
+            () => Quant4Matmul.Forward(x, wq, [], y, 1, k, n, options));
+        var (gemvMs, nf4Ms) = (gemv.Ms[0], gemv.Ms[1]);
         double nf4Bytes = (n * (double)k / 2) + (4.0 * n * k / 64);
         double bandwidth = MachineProbe.ReadBandwidthGBs(options.Threads, (long)nf4Bytes);
         Row(output, "fp32 gemv", $"1x{n}x{k}", gemvMs, 2.0 * n * k, peak, 1.0, 4.0 * n * k / gemvMs / 1e6);
-        Row(output, "nf4 gemv", $"1x{n}x{k}", nf4Ms, 2.0 * n * k, peak, nf4Ms / gemvMs, nf4Bytes / nf4Ms / 1e6);
-        output.WriteLine($"{"",-28} nf4 gemv is {gemvMs / nf4Ms:F2}x faster than fp32 and reads at {nf4Bytes / nf4Ms / 1e6 / bandwidth:P0} of the read bandwidth ({bandwidth:F1} GB/s over {nf4Bytes / (1 << 20):F0} MiB)");
+        Row(output, "nf4 gemv", $"1x{n}x{k}", nf4Ms, 2.0 * n * k, peak, gemv.Ratio[1], nf4Bytes / nf4Ms / 1e6);
+        output.WriteLine($"{"",-28} nf4 gemv is {1 / gemv.Ratio[1]:F2}x faster than fp32 and reads at {nf4Bytes / nf4Ms / 1e6 / bandwidth:P0} of the read bandwidth ({bandwidth:F1} GB/s over {nf4Bytes / (1 << 20):F0} MiB)");
 
         var packed = new byte[w.Length / 2];
         var absmax = new float[w.Length / 64];
@@ -130,35 +136,73 @@ internal static class BenchCommand
         var db = new float[outF * r];
         var lora = new LoraOptions(Kernel: options);
         double baseFlops = 2.0 * rows * inF * outF;
-        double gemmMs = Time(repeats, () => Gemm.Multiply(false, true, rows, outF, inF, 1f, xs, ws, 0f, ys, options));
-        double nf4GemmMs = Time(repeats, () => Quant4Matmul.Forward(xs, wsq, [], ys, rows, inF, outF, options));
-        double loraFwd = Time(repeats, () => LoraMatmul.Forward(xs, ws, [], a, b, 2f, ys, h, rows, inF, outF, r, lora));
-        double qloraFwd = Time(repeats, () => QLoraMatmul.Forward(xs, wsq, [], a, b, 2f, ys, h, rows, inF, outF, r, lora));
-        double loraBwd = Time(repeats, () => LoraMatmul.Backward(dy, xs, h, ws, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
-        double qloraBwd = Time(repeats, () => QLoraMatmul.Backward(dy, xs, h, wsq, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
+        var gemm = TimeInterleaved(repeats,
+            () => Gemm.Multiply(false, true, rows, outF, inF, 1f, xs, ws, 0f, ys, options),
+            () => Quant4Matmul.Forward(xs, wsq, [], ys, rows, inF, outF, options));
+        var fwd = TimeInterleaved(repeats,
+            () => LoraMatmul.Forward(xs, ws, [], a, b, 2f, ys, h, rows, inF, outF, r, lora),
+            () => QLoraMatmul.Forward(xs, wsq, [], a, b, 2f, ys, h, rows, inF, outF, r, lora));
+        var bwd = TimeInterleaved(repeats,
+            () => LoraMatmul.Backward(dy, xs, h, ws, a, b, 2f, dx, da, db, rows, inF, outF, r, lora),
+            () => QLoraMatmul.Backward(dy, xs, h, wsq, a, b, 2f, dx, da, db, rows, inF, outF, r, lora));
+        double gemmMs = gemm.Ms[0];
         string shape = $"{rows}x{inF}x{outF} r{r}";
         Row(output, "fp32 gemm", shape, gemmMs, baseFlops, peak, 1.0, double.NaN);
-        Row(output, "nf4 gemm (vs fp32 gemm)", shape, nf4GemmMs, baseFlops, peak, nf4GemmMs / gemmMs, double.NaN);
-        Row(output, "qlora forward (vs lora)", shape, qloraFwd, baseFlops, peak, qloraFwd / loraFwd, double.NaN);
-        Row(output, "qlora backward (vs lora)", shape, qloraBwd, baseFlops, peak, qloraBwd / loraBwd, double.NaN);
+        Row(output, "nf4 gemm (vs fp32 gemm)", shape, gemm.Ms[1], baseFlops, peak, gemm.Ratio[1], double.NaN);
+        Row(output, "qlora forward (vs lora)", shape, fwd.Ms[1], baseFlops, peak, fwd.Ratio[1], double.NaN);
+        Row(output, "qlora backward (vs lora)", shape, bwd.Ms[1], baseFlops, peak, bwd.Ratio[1], double.NaN);
     }
 
     private static void Row(TextWriter output, string name, string shape, double ms, double flops, double peak, double ratio, double gbs) =>
         output.WriteLine($"{name,-28} {shape,-22} {ms,9:F3} {(flops == 0 ? "" : (flops / ms / 1e6).ToString("F1")),9} {(flops == 0 ? "" : (flops / ms / 1e6 / peak).ToString("P0")),7} {(double.IsNaN(ratio) ? "" : ratio.ToString("F3") + "x"),8} {(double.IsNaN(gbs) ? "" : gbs.ToString("F1")),7}");
 
-    private static double Time(int repeats, Action action)
+    /// <summary>
+    /// Runs the actions round-robin (A B C A B C …) after one warm-up each. Returns each action's
+    /// median time and, for every action, the median over rounds of its time divided by the first
+    /// action's time in the same round: a ratio that machine-wide slow phases affect equally.
+    /// </summary>
+    private static (double[] Ms, double[] Ratio) TimeInterleaved(int repeats, params Action[] actions)
     {
-        action();
-        var samples = new double[repeats];
-        for (int i = 0; i < repeats; i++)
+        foreach (var action in actions)
         {
-            var sw = Stopwatch.StartNew();
             action();
-            samples[i] = sw.Elapsed.TotalMilliseconds;
         }
 
-        Array.Sort(samples);
-        return samples[repeats / 2];
+        var samples = new double[actions.Length][];
+        var ratios = new double[actions.Length][];
+        for (int i = 0; i < actions.Length; i++)
+        {
+            samples[i] = new double[repeats];
+            ratios[i] = new double[repeats];
+        }
+
+        for (int round = 0; round < repeats; round++)
+        {
+            for (int i = 0; i < actions.Length; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                actions[i]();
+                samples[i][round] = sw.Elapsed.TotalMilliseconds;
+            }
+
+            for (int i = 0; i < actions.Length; i++)
+            {
+                ratios[i][round] = samples[i][round] / samples[0][round];
+            }
+        }
+
+        return ([.. samples.Select(Median)], [.. ratios.Select(Median)]);
+    }
+
+    private static double Median(double[] values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
+    }
+
+    private static double Time(int repeats, Action action)
+    {
+        return TimeInterleaved(repeats, action).Ms[0];
     }
 
     private static float[] Random(int count, int seed)
