@@ -229,7 +229,24 @@ internal static unsafe class Quant4Simd
                 float* px = xp + ((block << log2) - e0);
                 var acc0 = Vector512<float>.Zero;
                 var acc1 = Vector512<float>.Zero;
-                for (int g = 0; g < blocksize; g += 32)
+                int g = 0;
+                if (blocksize >= 64)
+                {
+                    var acc2 = Vector512<float>.Zero;
+                    var acc3 = Vector512<float>.Zero;
+                    for (; g < blocksize; g += 64)
+                    {
+                        acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
+                        acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
+                        acc2 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 16, t512), Vector512.Load(px + g + 32), acc2);
+                        acc3 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 24, t512), Vector512.Load(px + g + 48), acc3);
+                    }
+
+                    acc0 += acc2;
+                    acc1 += acc3;
+                }
+
+                for (; g < blocksize; g += 32)
                 {
                     acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
                     acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
