@@ -41,6 +41,9 @@ internal static unsafe class GemmDriver
     {
         switch (path)
         {
+            case SimdPath.Vector512 when n <= Vector512NarrowKernel.NR:
+                Run<Vector512NarrowKernel, TA, TB>(threads, a, b, m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                break;
             case SimdPath.Vector512:
                 Run<Vector512Kernel, TA, TB>(threads, a, b, m, n, k, alpha, beta, c, ldc, bias, epilogue);
                 break;
@@ -332,11 +335,8 @@ internal static unsafe class GemmDriver
             int units = (NStrips + group - 1) / group;
             for (int u = Interlocked.Increment(ref nextPack) - 1; u < units; u = Interlocked.Increment(ref nextPack) - 1)
             {
-                for (int s = u * group; s < Math.Min(NStrips, (u + 1) * group); s++)
-                {
-                    int j0 = s * nr;
-                    B.Pack(BPack + ((long)s * Kc * nr), Jc + j0, Math.Min(nr, Nc - j0), P0, Kc, nr);
-                }
+                int s0 = u * group, j0 = s0 * nr;
+                B.Pack(BPack + ((long)s0 * Kc * nr), Jc + j0, Math.Min(group * nr, Nc - j0), P0, Kc, nr, (long)Kc * nr);
             }
         }
 

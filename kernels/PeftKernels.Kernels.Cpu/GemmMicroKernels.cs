@@ -3,8 +3,9 @@
 //   C[r, c]   = alpha · acc[r, c] + beta · C[r, c] + bias[c]      (beta = 0: C is not read)
 // Rows of A are broadcast, NR columns of B are held in NR/width vectors, so each k step is
 // MR·NR/width independent FMAs (enough to hide FMA latency on two FMA ports).
-// Generated shape: Vector512 12×32 (24 zmm accumulators), Vector256 6×16 (12 ymm, fits
-// the 16 registers of AVX2), scalar 4×4.
+// Generated shape: Vector512 12×32 (24 zmm accumulators), Vector512 24×16 for outputs at
+// most 16 wide (LoRA's rank-sized GEMMs), Vector256 6×16 (12 ymm, fits the 16 registers
+// of AVX2), scalar 4×4.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
@@ -106,7 +107,7 @@ internal readonly unsafe struct Vector512Kernel : IMicroKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(float* dst, Vector512<float> acc, Vector512<float> alpha, Vector512<float> vbeta, float beta, float* bias)
+    internal static void Store(float* dst, Vector512<float> acc, Vector512<float> alpha, Vector512<float> vbeta, float beta, float* bias)
     {
         acc *= alpha;
         if (beta != 0f)
@@ -120,6 +121,80 @@ internal readonly unsafe struct Vector512Kernel : IMicroKernel
         }
 
         Vector512.Store(acc, dst);
+    }
+}
+
+internal readonly unsafe struct Vector512NarrowKernel : IMicroKernel
+{
+    public static int MR => 24;
+
+    public static int NR => 16;
+
+    public static SimdPath Path => SimdPath.Vector512;
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run(float* a, float* b, int kc, float* c, int ldc, float alpha, float beta, float* bias)
+    {
+        Vector512<float> c0_0 = default, c1_0 = default, c2_0 = default, c3_0 = default, c4_0 = default, c5_0 = default, c6_0 = default, c7_0 = default;
+        Vector512<float> c8_0 = default, c9_0 = default, c10_0 = default, c11_0 = default, c12_0 = default, c13_0 = default, c14_0 = default, c15_0 = default;
+        Vector512<float> c16_0 = default, c17_0 = default, c18_0 = default, c19_0 = default, c20_0 = default, c21_0 = default, c22_0 = default, c23_0 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            Vector512<float> b0 = Vector512.Load(b + 0);
+            c0_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[0]), b0, c0_0);
+            c1_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[1]), b0, c1_0);
+            c2_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[2]), b0, c2_0);
+            c3_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[3]), b0, c3_0);
+            c4_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[4]), b0, c4_0);
+            c5_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[5]), b0, c5_0);
+            c6_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[6]), b0, c6_0);
+            c7_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[7]), b0, c7_0);
+            c8_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[8]), b0, c8_0);
+            c9_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[9]), b0, c9_0);
+            c10_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[10]), b0, c10_0);
+            c11_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[11]), b0, c11_0);
+            c12_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[12]), b0, c12_0);
+            c13_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[13]), b0, c13_0);
+            c14_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[14]), b0, c14_0);
+            c15_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[15]), b0, c15_0);
+            c16_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[16]), b0, c16_0);
+            c17_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[17]), b0, c17_0);
+            c18_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[18]), b0, c18_0);
+            c19_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[19]), b0, c19_0);
+            c20_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[20]), b0, c20_0);
+            c21_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[21]), b0, c21_0);
+            c22_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[22]), b0, c22_0);
+            c23_0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[23]), b0, c23_0);
+            a += 24;
+            b += 16;
+        }
+
+        Vector512<float> va = Vector512.Create(alpha);
+        Vector512<float> vb = Vector512.Create(beta);
+        Vector512Kernel.Store(c + (0 * ldc) + 0, c0_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (1 * ldc) + 0, c1_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (2 * ldc) + 0, c2_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (3 * ldc) + 0, c3_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (4 * ldc) + 0, c4_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (5 * ldc) + 0, c5_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (6 * ldc) + 0, c6_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (7 * ldc) + 0, c7_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (8 * ldc) + 0, c8_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (9 * ldc) + 0, c9_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (10 * ldc) + 0, c10_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (11 * ldc) + 0, c11_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (12 * ldc) + 0, c12_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (13 * ldc) + 0, c13_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (14 * ldc) + 0, c14_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (15 * ldc) + 0, c15_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (16 * ldc) + 0, c16_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (17 * ldc) + 0, c17_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (18 * ldc) + 0, c18_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (19 * ldc) + 0, c19_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (20 * ldc) + 0, c20_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (21 * ldc) + 0, c21_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (22 * ldc) + 0, c22_0, va, vb, beta, bias == null ? null : bias + 0);
+        Vector512Kernel.Store(c + (23 * ldc) + 0, c23_0, va, vb, beta, bias == null ? null : bias + 0);
     }
 }
 

@@ -18,7 +18,11 @@ internal unsafe interface IPanelB
     /// <summary>True when op(B)[:, j] is contiguous in memory (B stored transposed) so the GEMV path can stream it.</summary>
     bool CanDot { get; }
 
-    void Pack(float* dst, int j0, int cols, int p0, int kc, int nr);
+    /// <summary>
+    /// Packs columns [j0, j0 + cols) into ceil(cols / nr) strips, strip t at dst + t·stripStride;
+    /// several strips at once so a row-major B is read in long contiguous runs.
+    /// </summary>
+    void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride);
 
     /// <summary>Called once by the GEMV path with the materialised rows of op(A) before any <see cref="DotAdd"/>.</summary>
     void PrepareDot(float* a, int lda, int m);
@@ -46,7 +50,15 @@ internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float sca
             {
                 long offset = ((long)(p0 + p) * ld) + i0;
                 float* d = dst + (p * mr);
-                CopyScaled(ptr + offset, offset, d, rows, 1, plain);
+                if (plain)
+                {
+                    new ReadOnlySpan<float>(ptr + offset, rows).CopyTo(new Span<float>(d, rows));
+                }
+                else
+                {
+                    CopyScaled(ptr + offset, offset, d, rows, 1, plain);
+                }
+
                 new Span<float>(d + rows, mr - rows).Clear();
             }
 
@@ -114,33 +126,45 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
     public bool CanDot => trans && !mask.Active;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride)
     {
         if (!trans)
         {
             for (int p = 0; p < kc; p++)
             {
                 long offset = ((long)(p0 + p) * ld) + j0;
-                float* src = ptr + offset;
-                float* d = dst + (p * nr);
-                if (!mask.Active)
+                for (int c0 = 0; c0 < cols; c0 += nr)
                 {
-                    new ReadOnlySpan<float>(src, cols).CopyTo(new Span<float>(d, cols));
-                }
-                else
-                {
-                    for (int c = 0; c < cols; c++)
+                    int width = Math.Min(nr, cols - c0);
+                    float* src = ptr + offset + c0;
+                    float* d = dst + ((c0 / nr) * stripStride) + (p * nr);
+                    if (!mask.Active)
                     {
-                        d[c] = mask.Apply(src[c], offset + c);
+                        new ReadOnlySpan<float>(src, width).CopyTo(new Span<float>(d, width));
                     }
-                }
+                    else
+                    {
+                        for (int c = 0; c < width; c++)
+                        {
+                            d[c] = mask.Apply(src[c], offset + c0 + c);
+                        }
+                    }
 
-                new Span<float>(d + cols, nr - cols).Clear();
+                    new Span<float>(d + width, nr - width).Clear();
+                }
             }
 
             return;
         }
 
+        for (int c0 = 0; c0 < cols; c0 += nr)
+        {
+            PackTransposedStrip(dst + ((c0 / nr) * stripStride), j0 + c0, Math.Min(nr, cols - c0), p0, kc, nr);
+        }
+    }
+
+    private void PackTransposedStrip(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
         if (!mask.Active && PackTranspose.Usable)
         {
             PackTranspose.Pack(ptr + ((long)j0 * ld) + p0, ld, dst, cols, kc, nr);
@@ -204,25 +228,37 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
     public bool CanDot => trans;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride)
     {
         if (!trans)
         {
             for (int p = 0; p < kc; p++)
             {
                 ushort* src = ptr + ((long)(p0 + p) * ld) + j0;
-                float* d = dst + (p * nr);
-                for (int c = 0; c < cols; c++)
+                for (int c0 = 0; c0 < cols; c0 += nr)
                 {
-                    d[c] = Bf16.ToSingle(src[c]);
-                }
+                    int width = Math.Min(nr, cols - c0);
+                    float* d = dst + ((c0 / nr) * stripStride) + (p * nr);
+                    for (int c = 0; c < width; c++)
+                    {
+                        d[c] = Bf16.ToSingle(src[c0 + c]);
+                    }
 
-                new Span<float>(d + cols, nr - cols).Clear();
+                    new Span<float>(d + width, nr - width).Clear();
+                }
             }
 
             return;
         }
 
+        for (int c0 = 0; c0 < cols; c0 += nr)
+        {
+            PackTransposedStrip(dst + ((c0 / nr) * stripStride), j0 + c0, Math.Min(nr, cols - c0), p0, kc, nr);
+        }
+    }
+
+    private void PackTransposedStrip(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
         if (PackTranspose.Usable)
         {
             PackTranspose.Pack(ptr + ((long)j0 * ld) + p0, ld, dst, cols, kc, nr);
@@ -273,17 +309,17 @@ internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : I
     public bool CanDot => first.CanDot && second.CanDot;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride)
     {
         int head = Math.Clamp(k1 - p0, 0, kc);
         if (head > 0)
         {
-            first.Pack(dst, j0, cols, p0, head, nr);
+            first.Pack(dst, j0, cols, p0, head, nr, stripStride);
         }
 
         if (head < kc)
         {
-            second.Pack(dst + ((long)head * nr), j0, cols, p0 + head - k1, kc - head, nr);
+            second.Pack(dst + ((long)head * nr), j0, cols, p0 + head - k1, kc - head, nr, stripStride);
         }
     }
 

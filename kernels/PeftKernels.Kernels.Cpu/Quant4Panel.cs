@@ -18,20 +18,34 @@ internal readonly unsafe struct Quant4Panel(byte* packed, float* absmax, float[]
     public bool CanAxpy => !trans;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr)
+    public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride)
     {
         if (!trans)
         {
+            float* row = stackalloc float[cols];
             for (int p = 0; p < kc; p++)
             {
-                float* d = dst + (p * nr);
-                Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, ((long)(p0 + p) * ld) + j0, cols, d, path);
-                new Span<float>(d + cols, nr - cols).Clear();
+                Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, ((long)(p0 + p) * ld) + j0, cols, row, path);
+                for (int c0 = 0; c0 < cols; c0 += nr)
+                {
+                    int width = Math.Min(nr, cols - c0);
+                    float* d = dst + ((c0 / nr) * stripStride) + (p * nr);
+                    new ReadOnlySpan<float>(row + c0, width).CopyTo(new Span<float>(d, width));
+                    new Span<float>(d + width, nr - width).Clear();
+                }
             }
 
             return;
         }
 
+        for (int c0 = 0; c0 < cols; c0 += nr)
+        {
+            PackTransposedStrip(dst + ((c0 / nr) * stripStride), j0 + c0, Math.Min(nr, cols - c0), p0, kc, nr);
+        }
+    }
+
+    private void PackTransposedStrip(float* dst, int j0, int cols, int p0, int kc, int nr)
+    {
         float* rows = stackalloc float[cols * kc];
         for (int c = 0; c < cols; c++)
         {

@@ -9,7 +9,7 @@ namespace PeftKernels.Tests;
 public class GemmTests
 {
     // Awkward sizes from DESIGN.md plus the blocking constants ±1 of every path:
-    // MR 12/6/4, NR 32/16/4, KC 256, MC 24·MR = 288 (V512) / 144 (V256).
+    // MR 12/6/4 (24 for the narrow V512 kernel), NR 32/16/4, KC 256, MC 24·MR = 288 (V512) / 144 (V256).
     private static readonly int[] AwkwardSizes = [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129];
     private static readonly int[] KBoundaries = [255, 256, 257, 511, 513];
 
@@ -58,6 +58,13 @@ public class GemmTests
         foreach (int m in new[] { 143, 144, 145, 287, 288, 289 })
         {
             CheckAgainstReference(path, threads, false, false, m, 17, 9, seed: m);
+        }
+
+        // The narrow Vector512 kernel (24 × 16, used when n ≤ 16): MR and MC = 576 rows ± 1.
+        foreach (int m in new[] { 23, 24, 25, 575, 576, 577 })
+        {
+            CheckAgainstReference(path, threads, false, false, m, 16, 9, seed: m);
+            CheckAgainstReference(path, threads, true, true, m, 7, 33, seed: m);
         }
 
         // N crosses the NC = 4096 panel width.
