@@ -223,6 +223,24 @@ internal static unsafe class Quant4Simd
         if ((e0 & (blocksize - 1)) == 0 && (count & (blocksize - 1)) == 0)
         {
             // Whole blocks (the usual in % blocksize == 0): no segment bookkeeping in the loop.
+            if (blocksize == 64)
+            {
+                // The default block size, fully unrolled: four independent decode-FMAs per block
+                // (measured 2× the throughput of the generic loop below).
+                for (long block = e0 >> 6, last = end >> 6; block < last; block++)
+                {
+                    byte* pb = packed + (block << 5);
+                    float* px = xp + ((block << 6) - e0);
+                    var a0 = Decode16Permuted(pb, t512) * Vector512.Load(px);
+                    var a1 = Decode16Permuted(pb + 8, t512) * Vector512.Load(px + 16);
+                    a0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 16, t512), Vector512.Load(px + 32), a0);
+                    a1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 24, t512), Vector512.Load(px + 48), a1);
+                    total = Vector512.FusedMultiplyAdd(a0 + a1, Vector512.Create(absmax[block]), total);
+                }
+
+                return Vector512.Sum(total);
+            }
+
             for (long block = e0 >> log2, last = end >> log2; block < last; block++)
             {
                 byte* pb = packed + ((block << log2) >> 1);
