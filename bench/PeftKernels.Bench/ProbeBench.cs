@@ -6,7 +6,6 @@
 //         4 vector accumulators: Bytes = mib · 2²⁰ (read once; the adds are not counted as
 //         FLOPs). 64 MiB fits this machine's last-level cache; 1 GiB does not.
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Running;
 using PeftKernels.Kernels.Cpu;
@@ -75,31 +74,5 @@ public unsafe class ProbeBench : IWorkload
     public double Bytes(BenchmarkCase benchmarkCase) =>
         benchmarkCase.Method() == nameof(Read) ? benchmarkCase.Param<int>("mib") * 1048576.0 : 0;
 
-    private static float Sum(float* p, long count)
-    {
-        if (Vector512.IsHardwareAccelerated)
-        {
-            Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (long i = 0; i < count; i += 64)
-            {
-                s0 += Vector512.Load(p + i);
-                s1 += Vector512.Load(p + i + 16);
-                s2 += Vector512.Load(p + i + 32);
-                s3 += Vector512.Load(p + i + 48);
-            }
-
-            return Vector512.Sum(s0 + s1 + s2 + s3);
-        }
-
-        Vector256<float> t0 = default, t1 = default, t2 = default, t3 = default;
-        for (long i = 0; i < count; i += 32)
-        {
-            t0 += Vector256.Load(p + i);
-            t1 += Vector256.Load(p + i + 8);
-            t2 += Vector256.Load(p + i + 16);
-            t3 += Vector256.Load(p + i + 24);
-        }
-
-        return Vector256.Sum(t0 + t1 + t2 + t3);
-    }
+    private static float Sum(float* p, long count) => MachineProbe.SumLoop(p, count);
 }

@@ -192,8 +192,9 @@ public static unsafe class MachineProbe
         return Vector256.Sum(sum);
     }
 
+    // The read probe's inner loop: sums count floats (a multiple of 64) with four vector accumulators.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float SumLoop(float* p, long count)
+    internal static float SumLoop(float* p, long count)
     {
         if (!Vector512.IsHardwareAccelerated)
         {
