@@ -1,0 +1,128 @@
+// The small-m (n ≤ 4 rows of op(A)) paths of the GEMM driver: each streams op(B) once.
+//   Gemv:      op(B) columns contiguous (x·Wᵀ, W [out, in]): C[r, j] = Σ_p A[r, p]·W[j, p] as
+//              row dot products, threads taking contiguous ranges of j.
+//   GemvRows:  op(B) rows contiguous (g·W): C[r, :] += A[r, p]·W[p, :] as row axpys over
+//              column chunks that stay in L1.
+using System.Runtime.InteropServices;
+
+namespace PeftKernels.Kernels.Cpu;
+
+internal static unsafe partial class GemmDriver
+{
+    private static void Gemv<TA, TB>(SimdPath path, int threads, TA a, TB b, int m, int n, int k, float alpha,
+        float beta, float* c, int ldc, float* bias)
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        float* rows = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * k * sizeof(float)), 64);
+        try
+        {
+            for (int r = 0; r < m; r++)
+            {
+                a.Pack(rows + ((long)r * k), r, 1, 0, k, 1);
+            }
+
+            b.PrepareDot(rows, k, m);
+            int parts = Math.Max(1, Math.Min(threads, n / 64));
+            CpuParallel.For(parts, threads, part =>
+            {
+                var (j0, j1) = CpuParallel.Split(n, parts, part);
+                float* sums = stackalloc float[RowDot.MaxRows];
+                for (int j = j0; j < j1; j++)
+                {
+                    new Span<float>(sums, RowDot.MaxRows).Clear();
+                    b.DotAdd(j, rows, k, m, path, sums);
+                    for (int r = 0; r < m; r++)
+                    {
+                        float* dst = c + ((long)r * ldc) + j;
+                        float v = alpha * sums[r];
+                        if (beta != 0f)
+                        {
+                            v += beta * *dst;
+                        }
+
+                        *dst = bias == null ? v : v + bias[j];
+                    }
+                }
+            });
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(rows);
+        }
+    }
+
+    /// <summary>
+    /// Small m with op(B) rows contiguous: acc[r, j] = Σ_p A[r, p]·B[p, j] by row axpys over
+    /// column chunks that stay in L1, so B is streamed once. With a masked epilogue the
+    /// K ≥ split part is summed separately and masked before it is added.
+    /// </summary>
+    private static void GemvRows<TA, TB>(SimdPath path, int threads, TA a, TB b, int m, int n, int k, float alpha,
+        float beta, float* c, int ldc, float* bias, GemmEpilogue epilogue)
+        where TA : struct, IPanelA
+        where TB : struct, IPanelB
+    {
+        const int chunk = 1024;
+        int split = epilogue.Active ? Math.Clamp(epilogue.KSplit, 0, k) : k;
+        float* rows = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * k * sizeof(float)), 64);
+        try
+        {
+            for (int r = 0; r < m; r++)
+            {
+                a.Pack(rows + ((long)r * k), r, 1, 0, k, 1);
+            }
+
+            int chunks = (n + chunk - 1) / chunk;
+            int parts = Math.Max(1, Math.Min(threads, chunks));
+            CpuParallel.For(parts, threads, part =>
+            {
+                var (c0, c1) = CpuParallel.Split(chunks, parts, part);
+                float* acc = (float*)NativeMemory.AlignedAlloc((nuint)(2 * RowDot.MaxRows * chunk * sizeof(float)), 64);
+                float* masked = acc + (RowDot.MaxRows * chunk);
+                try
+                {
+                    for (int ch = c0; ch < c1; ch++)
+                    {
+                        int j0 = ch * chunk, j1 = Math.Min(n, j0 + chunk);
+                        new Span<float>(acc, 2 * RowDot.MaxRows * chunk).Clear();
+                        b.AxpyAdd(rows, k, m, j0, j1, 0, split, acc, chunk, path);
+                        if (split < k)
+                        {
+                            b.AxpyAdd(rows, k, m, j0, j1, split, k, masked, chunk, path);
+                        }
+
+                        for (int r = 0; r < m; r++)
+                        {
+                            float* dst = c + ((long)r * ldc);
+                            long maskRow = (long)r * epilogue.MaskLd;
+                            for (int j = j0; j < j1; j++)
+                            {
+                                float sum = acc[(r * chunk) + j - j0];
+                                if (split < k)
+                                {
+                                    sum += epilogue.Mask.Apply(masked[(r * chunk) + j - j0], maskRow + j);
+                                }
+
+                                float v = alpha * sum;
+                                if (beta != 0f)
+                                {
+                                    v += beta * dst[j];
+                                }
+
+                                dst[j] = bias == null ? v : v + bias[j];
+                            }
+                        }
+                    }
+                }
+                finally
+                {
+                    NativeMemory.AlignedFree(acc);
+                }
+            });
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(rows);
+        }
+    }
+}
