@@ -30,7 +30,7 @@ internal readonly struct GemmEpilogue(int kSplit, DropoutMask mask, int maskLd)
 
 internal static unsafe partial class GemmDriver
 {
-    private const int KcMax = 256;
+    private const int KcMax = 512;
     private const int McStrips = 24;
     private const int NcMax = 4096;
 
@@ -166,7 +166,7 @@ internal static unsafe partial class GemmDriver
 
     /// <summary>
     /// Near-equal blocks rounded up to a multiple of 64 (so panels start on 4-bit block and
-    /// vector boundaries), the remainder last: K = 4096 + 16 gives 16 × 256 and one 16.
+    /// vector boundaries), the remainder last: K = 4096 + 16 gives 8 × 512 and one 16.
     /// </summary>
     private static (int, int)[] Balanced(int start, int length)
     {
