@@ -3,12 +3,14 @@
 //              row dot products, threads taking contiguous ranges of j.
 //   GemvRows:  op(B) rows contiguous (g·W): C[r, :] += A[r, p]·W[p, :] as row axpys over
 //              column chunks that stay in L1.
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace PeftKernels.Kernels.Cpu;
 
 internal static unsafe partial class GemmDriver
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Gemv<TA, TB>(SimdPath path, int threads, TA a, TB b, int m, int n, int k, float alpha,
         float beta, float* c, int ldc, float* bias)
         where TA : struct, IPanelA
@@ -24,7 +26,7 @@ internal static unsafe partial class GemmDriver
 
             b.PrepareDot(rows, k, m);
             int parts = Math.Max(1, Math.Min(threads, n / 64));
-            CpuParallel.For(parts, threads, part =>
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
                 var (j0, j1) = CpuParallel.Split(n, parts, part);
                 float* sums = stackalloc float[RowDot.MaxRows];
@@ -57,6 +59,7 @@ internal static unsafe partial class GemmDriver
     /// column chunks that stay in L1, so B is streamed once. With a masked epilogue the
     /// K ≥ split part is summed separately and masked before it is added.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GemvRows<TA, TB>(SimdPath path, int threads, TA a, TB b, int m, int n, int k, float alpha,
         float beta, float* c, int ldc, float* bias, GemmEpilogue epilogue)
         where TA : struct, IPanelA
@@ -74,7 +77,7 @@ internal static unsafe partial class GemmDriver
 
             int chunks = (n + chunk - 1) / chunk;
             int parts = Math.Max(1, Math.Min(threads, chunks));
-            CpuParallel.For(parts, threads, part =>
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
                 var (c0, c1) = CpuParallel.Split(chunks, parts, part);
                 float* acc = (float*)NativeMemory.AlignedAlloc((nuint)(2 * RowDot.MaxRows * chunk * sizeof(float)), 64);

@@ -73,7 +73,7 @@ public static unsafe class Quant4
             float* ppa = pa, ppo = po;
             int blocks = BlockCount(n, blocksize);
             int parts = Math.Max(1, Math.Min(threads, blocks / 16));
-            CpuParallel.For(parts, threads, part =>
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
                 var (b0, b1) = CpuParallel.Split(blocks, parts, part);
                 long e0 = (long)b0 * blocksize, e1 = Math.Min(n, (long)b1 * blocksize);
@@ -203,7 +203,7 @@ public static unsafe class Quant4
             byte* ppp = pp;
             float* ppa = pa;
             int parts = Math.Max(1, Math.Min(threads, blocks / 16));
-            CpuParallel.For(parts, threads, part =>
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
                 var (b0, b1) = CpuParallel.Split(blocks, parts, part);
                 float* x = stackalloc float[blocksize];

@@ -231,6 +231,7 @@ internal static unsafe class Quant4Simd
                 {
                     byte* pb = packed + (block << 5);
                     float* px = xp + ((block << 6) - e0);
+                    Sse.Prefetch0(pb + 1024); // 32 blocks ahead: the stream of codes comes from DRAM
                     var a0 = Decode16Permuted(pb, t512) * Vector512.Load(px);
                     var a1 = Decode16Permuted(pb + 8, t512) * Vector512.Load(px + 16);
                     a0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 16, t512), Vector512.Load(px + 32), a0);
