@@ -20,8 +20,8 @@ internal static unsafe class Quant4Simd
     {
         var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(ulong*)p).AsByte(), Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
         var lanes = Avx512F.ConvertToVector512UInt32(bytes);
-        var index = Avx512F.ShiftRightLogicalVariable(lanes, Vector512.Create(4u, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0)) & Vector512.Create(15u);
-        return Avx512F.PermuteVar16x32(table, index.AsInt32());
+        var index = Avx512F.ShiftRightLogicalVariable(lanes, Vector512.Create(4u, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
+        return Avx512F.PermuteVar16x32(table, index.AsInt32()); // only the low 4 index bits are read
     }
 
     /// <summary>The 8 codes of the 4 bytes at <paramref name="p"/>, looked up in the table halves.</summary>
@@ -197,15 +197,17 @@ internal static unsafe class Quant4Simd
 
     /// <summary>
     /// The 16 codes of 8 bytes in the lane order of <see cref="PermutedElement"/>: a broadcast
-    /// load, one variable 64-bit shift and a mask, so only the table permute uses the shuffle
+    /// load and one variable 64-bit shift (vpermps ignores the upper index bits), so only the
+    /// table permute uses the shuffle
     /// port (the byte shuffle and widening of <see cref="Decode16"/> are avoided).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Decode16Permuted(byte* p, Vector512<float> table)
     {
+        // vpermps reads only the low 4 bits of each index, so the shifted word needs no mask.
         var word = Vector512.Create(*(ulong*)p);
         var shifted = Avx512F.ShiftRightLogicalVariable(word, Vector512.Create(0ul, 4, 8, 12, 16, 20, 24, 28));
-        return Avx512F.PermuteVar16x32(table, (shifted.AsUInt32() & Vector512.Create(15u)).AsInt32());
+        return Avx512F.PermuteVar16x32(table, shifted.AsInt32());
     }
 
     /// <summary>
