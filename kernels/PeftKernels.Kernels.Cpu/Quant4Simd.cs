@@ -198,8 +198,8 @@ internal static unsafe class Quant4Simd
     /// <summary>
     /// The 16 codes of 8 bytes in the lane order of <see cref="PermutedElement"/>: a broadcast
     /// load and one variable 64-bit shift (vpermps ignores the upper index bits), so only the
-    /// table permute uses the shuffle
-    /// port (the byte shuffle and widening of <see cref="Decode16"/> are avoided).
+    /// table permute uses the shuffle port (the byte shuffle and widening of
+    /// <see cref="Decode16"/> are avoided).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Decode16Permuted(byte* p, Vector512<float> table)
