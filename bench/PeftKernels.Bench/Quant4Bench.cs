@@ -166,3 +166,34 @@ public class Quant4CodecBench : IWorkload
 
     public double Bytes(BenchmarkCase benchmarkCase) => (4.0 * Count) + (Count / 2.0) + (4.0 * Count / 64);
 }
+
+/// <summary>
+/// NF4 GEMV on a cache-resident weight (256 × 8192: 1 MiB of codes), to separate the decode
+/// cost from memory: GFLOP/s / 2 = codes per ns. If this is no faster than the 8192 × 8192
+/// case, the GEMV is compute-bound.
+/// </summary>
+public class Quant4GemvHotBench : IWorkload
+{
+    private const int N = 256, K = 8192;
+    private float[] _x = [], _y = [];
+    private QuantizedWeight _wq = null!;
+
+    [Params(1, 2)]
+    public int Threads { get; set; } = 1;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _x = Workload.Random(K, seed: 1);
+        _y = new float[N];
+        _wq = QuantizedWeight.Quantize(Workload.Random((long)N * K, seed: 2), [N, K]);
+        _wq.AbsmaxFp32();
+    }
+
+    [Benchmark]
+    public void Nf4GemvHot() => Quant4Matmul.Forward(_x, _wq, ReadOnlySpan<float>.Empty, _y, 1, K, N, new KernelOptions(Threads));
+
+    public double Flops(BenchmarkCase benchmarkCase) => 2.0 * N * K;
+
+    public double Bytes(BenchmarkCase benchmarkCase) => (4.0 * (K + N)) + (N * (double)K / 2) + (4.0 * N * K / 64);
+}
