@@ -13,19 +13,27 @@ internal static unsafe class PackTranspose
 {
     public static bool Usable => Avx.IsSupported;
 
+    public static void Pack(float* src, long ld, float* dst, int cols, int kc, int nr) =>
+        Pack<float, Fp32Load>(src, ld, dst, cols, kc, nr);
+
+    public static void Pack(ushort* src, long ld, float* dst, int cols, int kc, int nr) =>
+        Pack<ushort, Bf16Load>(src, ld, dst, cols, kc, nr);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Pack(float* src, long ld, float* dst, int cols, int kc, int nr)
+    private static void Pack<T, TLoad>(T* src, long ld, float* dst, int cols, int kc, int nr)
+        where T : unmanaged
+        where TLoad : IWidenLoad<T>
     {
         int c = 0;
         for (; c + 8 <= cols; c += 8)
         {
-            float* s = src + (c * ld);
+            T* s = src + (c * ld);
             int p = 0;
             for (; p + 8 <= kc; p += 8)
             {
                 Transpose(
-                    Vector256.Load(s + p), Vector256.Load(s + ld + p), Vector256.Load(s + (2 * ld) + p), Vector256.Load(s + (3 * ld) + p),
-                    Vector256.Load(s + (4 * ld) + p), Vector256.Load(s + (5 * ld) + p), Vector256.Load(s + (6 * ld) + p), Vector256.Load(s + (7 * ld) + p),
+                    TLoad.Load256(s + p), TLoad.Load256(s + ld + p), TLoad.Load256(s + (2 * ld) + p), TLoad.Load256(s + (3 * ld) + p),
+                    TLoad.Load256(s + (4 * ld) + p), TLoad.Load256(s + (5 * ld) + p), TLoad.Load256(s + (6 * ld) + p), TLoad.Load256(s + (7 * ld) + p),
                     dst + (p * nr) + c, nr);
             }
 
@@ -33,52 +41,17 @@ internal static unsafe class PackTranspose
             {
                 for (int q = 0; q < 8; q++)
                 {
-                    dst[(p * nr) + c + q] = s[(q * ld) + p];
+                    dst[(p * nr) + c + q] = TLoad.Load(s + (q * ld) + p);
                 }
             }
         }
 
         for (; c < cols; c++)
         {
-            float* s = src + (c * ld);
+            T* s = src + (c * ld);
             for (int p = 0; p < kc; p++)
             {
-                dst[(p * nr) + c] = s[p];
-            }
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Pack(ushort* src, long ld, float* dst, int cols, int kc, int nr)
-    {
-        int c = 0;
-        for (; c + 8 <= cols; c += 8)
-        {
-            ushort* s = src + (c * ld);
-            int p = 0;
-            for (; p + 8 <= kc; p += 8)
-            {
-                Transpose(
-                    Bf16.Load256(s + p), Bf16.Load256(s + ld + p), Bf16.Load256(s + (2 * ld) + p), Bf16.Load256(s + (3 * ld) + p),
-                    Bf16.Load256(s + (4 * ld) + p), Bf16.Load256(s + (5 * ld) + p), Bf16.Load256(s + (6 * ld) + p), Bf16.Load256(s + (7 * ld) + p),
-                    dst + (p * nr) + c, nr);
-            }
-
-            for (; p < kc; p++)
-            {
-                for (int q = 0; q < 8; q++)
-                {
-                    dst[(p * nr) + c + q] = Bf16.ToSingle(s[(q * ld) + p]);
-                }
-            }
-        }
-
-        for (; c < cols; c++)
-        {
-            ushort* s = src + (c * ld);
-            for (int p = 0; p < kc; p++)
-            {
-                dst[(p * nr) + c] = Bf16.ToSingle(s[p]);
+                dst[(p * nr) + c] = TLoad.Load(s + p);
             }
         }
     }

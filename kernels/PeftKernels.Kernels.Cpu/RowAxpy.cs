@@ -7,8 +7,16 @@ namespace PeftKernels.Kernels.Cpu;
 
 internal static unsafe class RowAxpy
 {
+    public static void Add(float* row, float alpha, float* acc, int length, SimdPath path) =>
+        Add<float, Fp32Load>(row, alpha, acc, length, path);
+
+    public static void Add(ushort* row, float alpha, float* acc, int length, SimdPath path) =>
+        Add<ushort, Bf16Load>(row, alpha, acc, length, path);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Add(float* row, float alpha, float* acc, int length, SimdPath path)
+    private static void Add<T, TLoad>(T* row, float alpha, float* acc, int length, SimdPath path)
+        where T : unmanaged
+        where TLoad : IWidenLoad<T>
     {
         int j = 0;
         if (path == SimdPath.Vector512)
@@ -16,7 +24,7 @@ internal static unsafe class RowAxpy
             var va = Vector512.Create(alpha);
             for (; j <= length - 16; j += 16)
             {
-                Vector512.FusedMultiplyAdd(va, Vector512.Load(row + j), Vector512.Load(acc + j)).Store(acc + j);
+                Vector512.FusedMultiplyAdd(va, TLoad.Load512(row + j), Vector512.Load(acc + j)).Store(acc + j);
             }
         }
         else if (path == SimdPath.Vector256)
@@ -24,40 +32,13 @@ internal static unsafe class RowAxpy
             var va = Vector256.Create(alpha);
             for (; j <= length - 8; j += 8)
             {
-                Vector256.FusedMultiplyAdd(va, Vector256.Load(row + j), Vector256.Load(acc + j)).Store(acc + j);
+                Vector256.FusedMultiplyAdd(va, TLoad.Load256(row + j), Vector256.Load(acc + j)).Store(acc + j);
             }
         }
 
         for (; j < length; j++)
         {
-            acc[j] += alpha * row[j];
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Add(ushort* row, float alpha, float* acc, int length, SimdPath path)
-    {
-        int j = 0;
-        if (path == SimdPath.Vector512)
-        {
-            var va = Vector512.Create(alpha);
-            for (; j <= length - 16; j += 16)
-            {
-                Vector512.FusedMultiplyAdd(va, Bf16.Load512(row + j), Vector512.Load(acc + j)).Store(acc + j);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            var va = Vector256.Create(alpha);
-            for (; j <= length - 8; j += 8)
-            {
-                Vector256.FusedMultiplyAdd(va, Bf16.Load256(row + j), Vector256.Load(acc + j)).Store(acc + j);
-            }
-        }
-
-        for (; j < length; j++)
-        {
-            acc[j] += alpha * Bf16.ToSingle(row[j]);
+            acc[j] += alpha * TLoad.Load(row + j);
         }
     }
 }

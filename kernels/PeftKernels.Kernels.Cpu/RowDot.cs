@@ -11,7 +11,6 @@ internal static unsafe class RowDot
 {
     public const int MaxRows = 4;
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotAdd(float* b, float* a, int lda, int m, int k, SimdPath path, float* result)
     {
         if (m == 1 && path == SimdPath.Vector512)
@@ -20,93 +19,16 @@ internal static unsafe class RowDot
             return;
         }
 
-        float* a0 = a;
-        float* a1 = m > 1 ? a + lda : a;
-        float* a2 = m > 2 ? a + (2 * lda) : a;
-        float* a3 = m > 3 ? a + (3 * lda) : a;
-        int p = 0;
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        if (path == SimdPath.Vector512)
-        {
-            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
-            for (; p <= k - 16; p += 16)
-            {
-                Vector512<float> bv = Vector512.Load(b + p);
-                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a0 + p), bv, c0);
-                if (m > 1)
-                {
-                    c1 = Vector512.FusedMultiplyAdd(Vector512.Load(a1 + p), bv, c1);
-                    if (m > 2)
-                    {
-                        c2 = Vector512.FusedMultiplyAdd(Vector512.Load(a2 + p), bv, c2);
-                        if (m > 3)
-                        {
-                            c3 = Vector512.FusedMultiplyAdd(Vector512.Load(a3 + p), bv, c3);
-                        }
-                    }
-                }
-            }
-
-            s0 = Vector512.Sum(c0);
-            s1 = Vector512.Sum(c1);
-            s2 = Vector512.Sum(c2);
-            s3 = Vector512.Sum(c3);
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-            for (; p <= k - 8; p += 8)
-            {
-                Vector256<float> bv = Vector256.Load(b + p);
-                c0 = Vector256.FusedMultiplyAdd(Vector256.Load(a0 + p), bv, c0);
-                if (m > 1)
-                {
-                    c1 = Vector256.FusedMultiplyAdd(Vector256.Load(a1 + p), bv, c1);
-                    if (m > 2)
-                    {
-                        c2 = Vector256.FusedMultiplyAdd(Vector256.Load(a2 + p), bv, c2);
-                        if (m > 3)
-                        {
-                            c3 = Vector256.FusedMultiplyAdd(Vector256.Load(a3 + p), bv, c3);
-                        }
-                    }
-                }
-            }
-
-            s0 = Vector256.Sum(c0);
-            s1 = Vector256.Sum(c1);
-            s2 = Vector256.Sum(c2);
-            s3 = Vector256.Sum(c3);
-        }
-
-        for (; p < k; p++)
-        {
-            float bv = b[p];
-            s0 += a0[p] * bv;
-            s1 += a1[p] * bv;
-            s2 += a2[p] * bv;
-            s3 += a3[p] * bv;
-        }
-
-        result[0] += s0;
-        if (m > 1)
-        {
-            result[1] += s1;
-        }
-
-        if (m > 2)
-        {
-            result[2] += s2;
-        }
-
-        if (m > 3)
-        {
-            result[3] += s3;
-        }
+        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result);
     }
 
+    public static void DotAddBf16(ushort* b, float* a, int lda, int m, int k, SimdPath path, float* result) =>
+        DotAdd<ushort, Bf16Load>(b, a, lda, m, k, path, result);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void DotAddBf16(ushort* b, float* a, int lda, int m, int k, SimdPath path, float* result)
+    private static void DotAdd<T, TLoad>(T* b, float* a, int lda, int m, int k, SimdPath path, float* result)
+        where T : unmanaged
+        where TLoad : IWidenLoad<T>
     {
         float* a0 = a;
         float* a1 = m > 1 ? a + lda : a;
@@ -119,7 +41,7 @@ internal static unsafe class RowDot
             Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
             for (; p <= k - 16; p += 16)
             {
-                Vector512<float> bv = Bf16.Load512(b + p);
+                Vector512<float> bv = TLoad.Load512(b + p);
                 c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a0 + p), bv, c0);
                 if (m > 1)
                 {
@@ -145,7 +67,7 @@ internal static unsafe class RowDot
             Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
             for (; p <= k - 8; p += 8)
             {
-                Vector256<float> bv = Bf16.Load256(b + p);
+                Vector256<float> bv = TLoad.Load256(b + p);
                 c0 = Vector256.FusedMultiplyAdd(Vector256.Load(a0 + p), bv, c0);
                 if (m > 1)
                 {
@@ -169,7 +91,7 @@ internal static unsafe class RowDot
 
         for (; p < k; p++)
         {
-            float bv = Bf16.ToSingle(b[p]);
+            float bv = TLoad.Load(b + p);
             s0 += a0[p] * bv;
             s1 += a1[p] * bv;
             s2 += a2[p] * bv;
