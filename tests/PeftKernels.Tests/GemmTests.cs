@@ -121,7 +121,7 @@ public class GemmTests
         {
             var path = paths[t.pathIndex % paths.Length];
             CheckAgainstReference(path, t.threads, (t.flags & 1) != 0, (t.flags & 2) != 0, t.m, t.n, t.k, seed: t.m + t.n + t.k);
-        }).Check(Config.QuickThrowOnFailure.WithMaxTest(40));
+        }).Check(TestUtil.Seeded(40, 1));
     }
 
     [Theory]

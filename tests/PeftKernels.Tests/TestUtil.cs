@@ -1,3 +1,5 @@
+using FsCheck;
+using Microsoft.FSharp.Core;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Reference;
 using Xunit;
@@ -21,6 +23,11 @@ internal static class TestUtil
 
         return data;
     }
+
+    /// <summary>FsCheck config with a fixed seed, so property tests are deterministic (DESIGN.md); failures print the case.</summary>
+    public static Config Seeded(int maxTest, ulong seed) =>
+        Config.QuickThrowOnFailure.WithMaxTest(maxTest)
+            .WithReplay(FSharpOption<Replay>.Some(new Replay(new Rnd(seed), FSharpOption<int>.None)));
 
     public static float[] Random(int count, int seed, float range = 1f)
     {
