@@ -56,7 +56,7 @@ internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float sca
                 }
                 else
                 {
-                    CopyScaled(ptr + offset, offset, d, rows, 1, plain);
+                    CopyScaled(ptr + offset, offset, d, rows, 1, plain: false);
                 }
 
                 new Span<float>(d + rows, mr - rows).Clear();

@@ -23,7 +23,7 @@ public static unsafe class QLoraMatmul
         fixed (byte* pq = w.Packed)
         fixed (float* pabs = w.AbsmaxFp32())
         {
-            var panel = new Quant4Panel(pq, pabs, Quant4Codes.Table(w.Type).ToArray(), w.Blocksize, inFeatures, true, inFeatures, path);
+            var panel = new Quant4Panel(w, pq, pabs, true, path);
             LoraMatmul.ForwardCore(panel, x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
         }
     }
@@ -42,7 +42,7 @@ public static unsafe class QLoraMatmul
         fixed (byte* pq = w.Packed)
         fixed (float* pabs = w.AbsmaxFp32())
         {
-            var panel = new Quant4Panel(pq, pabs, Quant4Codes.Table(w.Type).ToArray(), w.Blocksize, inFeatures, false, outFeatures, path);
+            var panel = new Quant4Panel(w, pq, pabs, false, path);
             LoraMatmul.BackwardCore(panel, dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
         }
     }

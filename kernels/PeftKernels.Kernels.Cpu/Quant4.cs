@@ -61,11 +61,11 @@ public static unsafe class Quant4
     /// <summary>Dequantizes to fp32: output[i] = table[code i] · absmax[i / blocksize].</summary>
     public static void Dequantize(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize, Span<float> output, KernelOptions options = default)
     {
-        ValidateDequantize(packed.Length, absmax.Length, output.Length, blocksize);
+        ValidateQuantize(output.Length, packed.Length, absmax.Length, blocksize);
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
         int n = output.Length;
-        float[] table = Quant4Codes.Table(type).ToArray();
+        float[] table = Quant4Codes.Search(type).Values;
         fixed (byte* pp = packed)
         fixed (float* pa = absmax, po = output)
         {
@@ -311,11 +311,6 @@ public static unsafe class Quant4
 
         Check.Length("packed", packed, ((long)n + 1) / 2, "(n + 1) / 2");
         Check.Length("absmax", absmax, BlockCount(n, blocksize), "ceil(n / blocksize)");
-    }
-
-    private static void ValidateDequantize(int packed, int absmax, int n, int blocksize)
-    {
-        ValidateQuantize(n, packed, absmax, blocksize);
     }
 
     private interface IElementSource

@@ -32,7 +32,7 @@ public static unsafe class Quant4Matmul
         fixed (byte* pq = w.Packed)
         fixed (float* pabs = w.AbsmaxFp32(), px = x, pbias = bias, py = y)
         {
-            var panel = new Quant4Panel(pq, pabs, Quant4Codes.Table(w.Type).ToArray(), w.Blocksize, inFeatures, true, inFeatures, path);
+            var panel = new Quant4Panel(w, pq, pabs, true, path);
             GemmDriver.Run(path, threads, new DenseA(px, inFeatures, false), panel, n, outFeatures, inFeatures, 1f, 0f, py, outFeatures,
                 bias.Length == 0 ? null : pbias);
         }

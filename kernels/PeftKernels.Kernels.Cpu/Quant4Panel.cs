@@ -6,12 +6,36 @@ using System.Runtime.CompilerServices;
 
 namespace PeftKernels.Kernels.Cpu;
 
-internal readonly unsafe struct Quant4Panel(byte* packed, float* absmax, float[] table, int blocksize, int ld, bool trans, int k, SimdPath path) : IPanelB
+internal readonly unsafe struct Quant4Panel : IPanelB
 {
     private const int Chunk = 512;
 
-    // One op(A) row permuted for Decode16Permuted (n = 1 GEMV on Vector512 with 16-aligned rows).
-    private readonly float[]? permuted = trans && path == SimdPath.Vector512 && ld % 16 == 0 ? new float[k] : null;
+    private readonly byte* packed;
+    private readonly float* absmax;
+    private readonly float[] table;
+    private readonly int blocksize;
+    private readonly int ld;
+    private readonly bool trans;
+    private readonly int k;
+    private readonly SimdPath path;
+
+    // One op(A) row permuted for Decode16Permuted: the n = 1 GEMV on Vector512 when every
+    // weight row is a whole number of blocks (the usual in % blocksize == 0).
+    private readonly float[]? permuted;
+
+    /// <summary>op(B) = dequant(w)ᵀ (trans, K = in: x·Wᵀ) or dequant(w) (K = out: g·W), w [out, in].</summary>
+    public Quant4Panel(QuantizedWeight w, byte* packed, float* absmax, bool trans, SimdPath path)
+    {
+        this.packed = packed;
+        this.absmax = absmax;
+        table = Quant4Codes.Search(w.Type).Values;
+        blocksize = w.Blocksize;
+        ld = w.Shape[1];
+        this.trans = trans;
+        k = trans ? w.Shape[1] : w.Shape[0];
+        this.path = path;
+        permuted = trans && path == SimdPath.Vector512 && ld % blocksize == 0 ? new float[k] : null;
+    }
 
     public bool CanDot => trans;
 

@@ -3,6 +3,7 @@
 // lanes, shifted right by 4 in even lanes and 0 in odd lanes and masked to 4 bits. The
 // 16-entry code table lives in one 512-bit register and a lane permute is the lookup
 // (Vector256: two 8-entry permutes and a blend on bit 3).
+using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -12,6 +13,10 @@ namespace PeftKernels.Kernels.Cpu;
 
 internal static unsafe class Quant4Simd
 {
+    /// <summary>The 4-bit code of element <paramref name="e"/> (first element of a byte in its high nibble).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Code(byte* packed, long e) => (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+
     // Constants are built inline (the JIT folds them) rather than read from static readonly
     // fields, which code compiled with AggressiveOptimization may re-read behind a class-init check.
     /// <summary>The 16 codes of the 8 bytes at <paramref name="p"/>, looked up in <paramref name="table"/>.</summary>
@@ -64,7 +69,7 @@ internal static unsafe class Quant4Simd
             float scale = absmax[block];
             for (; e < segmentEnd && ((e & 1) != 0 || path == SimdPath.Scalar || segmentEnd - e < 16); e++)
             {
-                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                int code = Code(packed, e);
                 dst[e - e0] = table[code] * scale;
             }
 
@@ -87,7 +92,7 @@ internal static unsafe class Quant4Simd
 
             for (; e < segmentEnd; e++)
             {
-                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                int code = Code(packed, e);
                 dst[e - e0] = table[code] * scale;
             }
         }
@@ -122,7 +127,7 @@ internal static unsafe class Quant4Simd
             float partial = 0f;
             for (; e < segmentEnd && ((e & 1) != 0 || path == SimdPath.Scalar || segmentEnd - e < 16); e++)
             {
-                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                int code = Code(packed, e);
                 partial += table[code] * x[e - e0];
             }
 
@@ -156,7 +161,7 @@ internal static unsafe class Quant4Simd
 
             for (; e < segmentEnd; e++)
             {
-                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
+                int code = Code(packed, e);
                 partial += table[code] * x[e - e0];
             }
 
@@ -211,103 +216,69 @@ internal static unsafe class Quant4Simd
     }
 
     /// <summary>
-    /// <see cref="DotRun"/> for Vector512 with x pre-permuted by <see cref="PermuteForDot"/>;
-    /// needs e0 to be a multiple of 16 so the groups of x and of the weight line up.
+    /// <see cref="DotRun"/> for Vector512 with x pre-permuted by <see cref="PermuteForDot"/>, over
+    /// whole blocks: e0 and count must be multiples of the block size (a row of a weight whose
+    /// in % blocksize == 0), so the 16-groups of x and of the codes line up.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotRunPermuted(byte* packed, float* absmax, float[] table, int blocksize, long e0, int count, float* xp)
     {
-        long e = e0, end = e0 + count;
+        Debug.Assert((e0 & (blocksize - 1)) == 0 && (count & (blocksize - 1)) == 0, "whole blocks only");
+        long end = e0 + count;
         int log2 = BitOperations.Log2((uint)blocksize);
-        float scalar = 0f;
         var total = Vector512<float>.Zero;
         var t512 = Vector512.Create(table);
-        if ((e0 & (blocksize - 1)) == 0 && (count & (blocksize - 1)) == 0)
+        if (blocksize == 64)
         {
-            // Whole blocks (the usual in % blocksize == 0): no segment bookkeeping in the loop.
-            if (blocksize == 64)
+            // The default block size, fully unrolled: four independent decode-FMAs per block
+            // (measured 2× the throughput of the generic loop below).
+            for (long block = e0 >> 6, last = end >> 6; block < last; block++)
             {
-                // The default block size, fully unrolled: four independent decode-FMAs per block
-                // (measured 2× the throughput of the generic loop below).
-                for (long block = e0 >> 6, last = end >> 6; block < last; block++)
-                {
-                    byte* pb = packed + (block << 5);
-                    float* px = xp + ((block << 6) - e0);
-                    Sse.Prefetch0(pb + 1024); // 32 blocks ahead: the stream of codes comes from DRAM
-                    var a0 = Decode16Permuted(pb, t512) * Vector512.Load(px);
-                    var a1 = Decode16Permuted(pb + 8, t512) * Vector512.Load(px + 16);
-                    a0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 16, t512), Vector512.Load(px + 32), a0);
-                    a1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 24, t512), Vector512.Load(px + 48), a1);
-                    total = Vector512.FusedMultiplyAdd(a0 + a1, Vector512.Create(absmax[block]), total);
-                }
-
-                return Vector512.Sum(total);
-            }
-
-            for (long block = e0 >> log2, last = end >> log2; block < last; block++)
-            {
-                byte* pb = packed + ((block << log2) >> 1);
-                float* px = xp + ((block << log2) - e0);
-                var acc0 = Vector512<float>.Zero;
-                var acc1 = Vector512<float>.Zero;
-                int g = 0;
-                if (blocksize >= 64)
-                {
-                    var acc2 = Vector512<float>.Zero;
-                    var acc3 = Vector512<float>.Zero;
-                    for (; g < blocksize; g += 64)
-                    {
-                        acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
-                        acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
-                        acc2 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 16, t512), Vector512.Load(px + g + 32), acc2);
-                        acc3 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 24, t512), Vector512.Load(px + g + 48), acc3);
-                    }
-
-                    acc0 += acc2;
-                    acc1 += acc3;
-                }
-
-                for (; g < blocksize; g += 32)
-                {
-                    acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
-                    acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
-                }
-
-                total = Vector512.FusedMultiplyAdd(acc0 + acc1, Vector512.Create(absmax[block]), total);
+                byte* pb = packed + (block << 5);
+                float* px = xp + ((block << 6) - e0);
+                Sse.Prefetch0(pb + 1024); // 32 blocks ahead: the stream of codes comes from DRAM
+                var a0 = Decode16Permuted(pb, t512) * Vector512.Load(px);
+                var a1 = Decode16Permuted(pb + 8, t512) * Vector512.Load(px + 16);
+                a0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 16, t512), Vector512.Load(px + 32), a0);
+                a1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + 24, t512), Vector512.Load(px + 48), a1);
+                total = Vector512.FusedMultiplyAdd(a0 + a1, Vector512.Create(absmax[block]), total);
             }
 
             return Vector512.Sum(total);
         }
 
-        while (e < end)
+        for (long block = e0 >> log2, last = end >> log2; block < last; block++)
         {
-            long block = e >> log2;
-            long segmentEnd = Math.Min(end, (block + 1) << log2);
+            byte* pb = packed + ((block << log2) >> 1);
+            float* px = xp + ((block << log2) - e0);
             var acc0 = Vector512<float>.Zero;
             var acc1 = Vector512<float>.Zero;
-            for (; e + 32 <= segmentEnd; e += 32)
+            int g = 0;
+            if (blocksize >= 64)
             {
-                acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(packed + (e >> 1), t512), Vector512.Load(xp + (e - e0)), acc0);
-                acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(packed + (e >> 1) + 8, t512), Vector512.Load(xp + (e - e0) + 16), acc1);
+                var acc2 = Vector512<float>.Zero;
+                var acc3 = Vector512<float>.Zero;
+                for (; g < blocksize; g += 64)
+                {
+                    acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
+                    acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
+                    acc2 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 16, t512), Vector512.Load(px + g + 32), acc2);
+                    acc3 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 24, t512), Vector512.Load(px + g + 48), acc3);
+                }
+
+                acc0 += acc2;
+                acc1 += acc3;
             }
 
-            for (; e + 16 <= segmentEnd; e += 16)
+            for (; g < blocksize; g += 32)
             {
-                acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(packed + (e >> 1), t512), Vector512.Load(xp + (e - e0)), acc0);
+                acc0 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1), t512), Vector512.Load(px + g), acc0);
+                acc1 = Vector512.FusedMultiplyAdd(Decode16Permuted(pb + (g >> 1) + 8, t512), Vector512.Load(px + g + 16), acc1);
             }
 
-            float partial = 0f;
-            for (; e < segmentEnd; e++)
-            {
-                int code = (e & 1) == 0 ? packed[e >> 1] >> 4 : packed[e >> 1] & 0xF;
-                partial += table[code] * xp[e - e0];
-            }
-
-            float scale = absmax[block];
-            total = Vector512.FusedMultiplyAdd(acc0 + acc1, Vector512.Create(scale), total);
-            scalar += partial * scale;
+            total = Vector512.FusedMultiplyAdd(acc0 + acc1, Vector512.Create(absmax[block]), total);
         }
 
-        return scalar + Vector512.Sum(total);
+        return Vector512.Sum(total);
     }
 }
