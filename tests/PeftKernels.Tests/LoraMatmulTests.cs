@@ -191,14 +191,7 @@ public class LoraMatmulTests
         {
             for (int i = 0; i < param.Length; i++)
             {
-                const double eps = 1e-6;
-                double saved = param[i];
-                param[i] = saved + eps;
-                double plus = Loss();
-                param[i] = saved - eps;
-                double minus = Loss();
-                param[i] = saved;
-                double numeric = (plus - minus) / (2 * eps);
+                double numeric = TestUtil.CentralDifference(param, i, 1e-6, Loss);
                 Assert.True(Math.Abs(numeric - grad[i]) <= 1e-7 + (1e-6 * Math.Abs(numeric)), $"{name}[{i}]: analytic {grad[i]}, numeric {numeric}");
             }
         }

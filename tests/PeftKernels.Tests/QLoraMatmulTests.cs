@@ -114,14 +114,7 @@ public class QLoraMatmulTests
         {
             for (int i = 0; i < param.Length; i += 3)
             {
-                const float eps = 0.25f;
-                float saved = param[i];
-                param[i] = saved + eps;
-                double plus = Loss();
-                param[i] = saved - eps;
-                double minus = Loss();
-                param[i] = saved;
-                double numeric = (plus - minus) / (2 * eps);
+                double numeric = TestUtil.CentralDifference(param, i, 0.25f, Loss);
                 Assert.True(Math.Abs(numeric - grad[i]) <= 2e-3 * Math.Max(1, Math.Abs(numeric)), $"{name}[{i}]: analytic {grad[i]}, numeric {numeric}");
             }
         }

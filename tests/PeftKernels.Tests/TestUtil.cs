@@ -29,6 +29,19 @@ internal static class TestUtil
         Config.QuickThrowOnFailure.WithMaxTest(maxTest)
             .WithReplay(FSharpOption<Replay>.Some(new Replay(new Rnd(seed), FSharpOption<int>.None)));
 
+    /// <summary>(L(θᵢ + ε) − L(θᵢ − ε)) / 2ε for one element of a parameter, which is restored afterwards.</summary>
+    public static double CentralDifference<T>(T[] param, int i, T eps, Func<double> loss)
+        where T : System.Numerics.IFloatingPoint<T>
+    {
+        T saved = param[i];
+        param[i] = saved + eps;
+        double plus = loss();
+        param[i] = saved - eps;
+        double minus = loss();
+        param[i] = saved;
+        return (plus - minus) / (2 * double.CreateChecked(eps));
+    }
+
     public static float[] Random(int count, int seed, float range = 1f)
     {
         var rng = new Random(seed);
