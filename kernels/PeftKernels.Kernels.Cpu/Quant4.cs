@@ -14,7 +14,7 @@ using System.Runtime.Intrinsics.X86;
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>NF4/FP4 quantize and dequantize (fp32, bf16 and f16 in and out) and double quantization of the scales.</summary>
-public static unsafe class Quant4
+public static unsafe partial class Quant4
 {
     /// <summary>The block size of the nested (double) quantization of the absmax.</summary>
     public const int NestedBlocksize = 256;
@@ -85,76 +85,53 @@ public static unsafe class Quant4
     /// <summary>Dequantizes to bf16 bit patterns (fp32 result rounded to nearest even).</summary>
     public static void Dequantize(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize, Span<ushort> outputBf16, KernelOptions options = default)
     {
-        var wide = new float[outputBf16.Length];
-        Dequantize(packed, absmax, type, blocksize, wide, options);
-        Bf16.FromSingle(wide, outputBf16);
+        fixed (ushort* po = outputBf16)
+        {
+            DequantizeNarrowing(packed, absmax, type, blocksize, outputBf16.Length, new Bf16Sink(po), options);
+        }
     }
 
     /// <summary>Dequantizes to f16 (fp32 result rounded to nearest even).</summary>
     public static void Dequantize(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize, Span<Half> outputF16, KernelOptions options = default)
     {
-        var wide = new float[outputF16.Length];
-        Dequantize(packed, absmax, type, blocksize, wide, options);
-        for (int i = 0; i < wide.Length; i++)
+        fixed (Half* po = outputF16)
         {
-            outputF16[i] = (Half)wide[i];
+            DequantizeNarrowing(packed, absmax, type, blocksize, outputF16.Length, new HalfSink(po), options);
         }
     }
 
-    /// <summary>Double quantization: returns the offset (mean of absmax) and writes one 8-bit code per absmax and one fp32 scale per 256.</summary>
-    public static float QuantizeNested(ReadOnlySpan<float> absmax, Span<byte> codes, Span<float> nestedAbsmax)
+    // Dequantizes a few blocks at a time into an L1-sized fp32 buffer and narrows from there, so
+    // a 16-bit output never needs a whole fp32 copy of the tensor.
+    private static void DequantizeNarrowing<TSink>(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, Quant4Type type, int blocksize,
+        int n, TSink sink, KernelOptions options)
+        where TSink : struct, IElementSink
     {
-        Check.Length("codes", codes.Length, absmax.Length, "absmax length");
-        Check.Length("nestedAbsmax", nestedAbsmax.Length, BlockCount(absmax.Length, NestedBlocksize), "ceil(absmax length / 256)");
-        if (absmax.Length == 0)
+        ValidateQuantize(n, packed.Length, absmax.Length, blocksize);
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        float[] table = Quant4Codes.Search(type).Values;
+        int blocks = BlockCount(n, blocksize);
+        int chunkBlocks = Math.Max(1, 4096 / blocksize);
+        fixed (byte* pp = packed)
+        fixed (float* pa = absmax)
         {
-            return 0f;
-        }
-
-        double sum = 0;
-        foreach (float a in absmax)
-        {
-            sum += a;
-        }
-
-        float offset = (float)(sum / absmax.Length);
-        var centered = new float[absmax.Length];
-        for (int i = 0; i < centered.Length; i++)
-        {
-            centered[i] = absmax[i] - offset;
-        }
-
-        var search = Quant4Codes.DynamicSearch;
-        for (int b = 0; b < nestedAbsmax.Length; b++)
-        {
-            int start = b * NestedBlocksize, end = Math.Min(centered.Length, start + NestedBlocksize);
-            float reciprocal = BlockScale(centered.AsSpan(start, end - start), end - start < NestedBlocksize, out float stored, out float clamped);
-            nestedAbsmax[b] = stored;
-            for (int i = start; i < end; i++)
+            byte* ppp = pp;
+            float* ppa = pa;
+            int parts = Math.Max(1, Math.Min(threads, blocks / 16));
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
-                codes[i] = search.Code(Scale(centered[i], end - start < NestedBlocksize, reciprocal, clamped));
-            }
-        }
-
-        return offset;
-    }
-
-    /// <summary>absmax[i] = dyn[codes[i]] · nested[i / 256] + offset (a product then a sum, each rounded).</summary>
-    public static void DequantizeNested(ReadOnlySpan<byte> codes, ReadOnlySpan<float> nestedAbsmax, float offset, Span<float> absmax)
-    {
-        Check.Length("absmax", absmax.Length, codes.Length, "codes length");
-        Check.Length("nestedAbsmax", nestedAbsmax.Length, BlockCount(codes.Length, NestedBlocksize), "ceil(codes length / 256)");
-        var dyn = Quant4Codes.Dynamic;
-        for (int i = 0; i < codes.Length; i++)
-        {
-            float product = dyn[codes[i]] * nestedAbsmax[i / NestedBlocksize];
-            absmax[i] = Add(product, offset);
+                var (b0, b1) = CpuParallel.Split(blocks, parts, part);
+                float* chunk = stackalloc float[chunkBlocks * blocksize];
+                for (int b = b0; b < b1; b += chunkBlocks)
+                {
+                    long e0 = (long)b * blocksize;
+                    int count = (int)(Math.Min(n, (long)Math.Min(b1, b + chunkBlocks) * blocksize) - e0);
+                    Quant4Simd.DequantizeRun(ppp, ppa, table, blocksize, e0, count, chunk, path);
+                    sink.Narrow(chunk, e0, count);
+                }
+            });
         }
     }
-
-    // Kept out of line so the JIT can never contract the product and the sum into an FMA.
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static float Add(float a, float b) => a + b;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Scale(float x, bool partial, float reciprocal, float clamped) =>
@@ -330,6 +307,28 @@ public static unsafe class Quant4
             for (int i = 0; i < count; i++)
             {
                 dst[i] = Bf16.ToSingle(p[start + i]);
+            }
+        }
+    }
+
+    private interface IElementSink
+    {
+        void Narrow(float* src, long start, int count);
+    }
+
+    private readonly struct Bf16Sink(ushort* p) : IElementSink
+    {
+        public void Narrow(float* src, long start, int count) =>
+            Bf16.FromSingle(new ReadOnlySpan<float>(src, count), new Span<ushort>(p + start, count));
+    }
+
+    private readonly struct HalfSink(Half* p) : IElementSink
+    {
+        public void Narrow(float* src, long start, int count)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                p[start + i] = (Half)src[i];
             }
         }
     }
