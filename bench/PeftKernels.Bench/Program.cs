@@ -17,6 +17,11 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        if (args.Length == 2 && Is(args[0], "--llama-memory"))
+        {
+            return LlamaMemory.Run(args[1]);
+        }
+
         IConfig config = DefaultConfig.Instance
             .AddColumn(StatisticColumn.Median, ThroughputColumn.GFlops, ThroughputColumn.GBs);
 

@@ -1,6 +1,8 @@
 // Fused 4-bit dequant-GEMM: y = x · dequant(Wq)ᵀ + bias, Wq a QuantizedWeight [out, in].
 // dequant(Wq) is never materialised: the GEMM driver's Quant4Panel dequantizes one cache
 // panel at a time; for n ≤ 4 the GEMV path streams the packed bytes once.
+// Backward through the frozen weight (no LoRA branch): dx [n, in] = dy [n, out] · dequant(Wq),
+// the same driver with the panel read untransposed.
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>Fused 4-bit dequant-GEMM / GEMV: y = x·dequant(Wq)ᵀ + bias.</summary>
@@ -35,6 +37,32 @@ public static unsafe class Quant4Matmul
             var panel = new Quant4Panel(w, pq, pabs, true, path);
             GemmDriver.Run(path, threads, new DenseA(px, inFeatures, false), panel, n, outFeatures, inFeatures, 1f, 0f, py, outFeatures,
                 bias.Length == 0 ? null : pbias);
+        }
+    }
+
+    /// <summary>dx [n, in] = dy [n, out] · dequant(w): the input gradient through a frozen 4-bit weight.</summary>
+    public static void Backward(ReadOnlySpan<float> dy, QuantizedWeight w, Span<float> dx,
+        int n, int inFeatures, int outFeatures, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        Check.NonNegative(n, "n");
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
+        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
+        Check.Length("dy", dy.Length, (long)n * outFeatures, "n·outFeatures");
+        Check.Length("dx", dx.Length, (long)n * inFeatures, "n·inFeatures");
+        if (n == 0)
+        {
+            return;
+        }
+
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        fixed (byte* pq = w.Packed)
+        fixed (float* pabs = w.AbsmaxFp32(), pdy = dy, pdx = dx)
+        {
+            var panel = new Quant4Panel(w, pq, pabs, false, path);
+            GemmDriver.Run(path, threads, new DenseA(pdy, outFeatures, false), panel, n, inFeatures, outFeatures, 1f, 0f, pdx, inFeatures, null);
         }
     }
 }

@@ -48,6 +48,28 @@ public class QLoraMatmulTests
 
     [Theory]
     [MemberData(nameof(PathsAndThreads))]
+    public void InputGradientThroughFrozen4BitWeightMatchesReference(SimdPath path, int threads)
+    {
+        foreach (var (n, inF, outF, bs, type, dq) in new[]
+        {
+            (1, 70, 33, 64, Quant4Type.Nf4, true), (2, 64, 16, 32, Quant4Type.Fp4, false), (3, 257, 40, 32, Quant4Type.Nf4, false),
+            (5, 129, 31, 64, Quant4Type.Nf4, true), (17, 300, 65, 256, Quant4Type.Fp4, true), (64, 33, 129, 64, Quant4Type.Nf4, false),
+        })
+        {
+            var dy = TestUtil.Random(n * outF, n + 7);
+            var wq = QuantizedWeight.Quantize(TestUtil.Random(outF * inF, inF), [outF, inF], type, bs, dq);
+            var expected = new float[n * inF];
+            GemmReference.Multiply(false, false, n, inF, outF, 1f, dy, wq.Dequantize(), 0f, expected);
+            var dx = Enumerable.Repeat(float.NaN, n * inF).ToArray();
+            Quant4Matmul.Backward(dy, wq, dx, n, inF, outF, new KernelOptions(threads, path));
+
+            // K = outFeatures here: the same reassociation bound as the forward.
+            TestUtil.AssertClose(dx, expected, TestUtil.DotAtol(outF) * 2, 1e-5, $"nf4 dx n={n} in={inF} out={outF} bs={bs} {type} dq={dq} {path} t{threads}");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(PathsAndThreads))]
     public void ForwardAndBackwardMatchLoraReferenceOnTheDequantizedWeight(SimdPath path, int threads)
     {
         foreach (var (n, inF, outF, r, dropout) in new[] { (1, 70, 66, 4, 0f), (2, 64, 33, 8, 0.2f), (4, 129, 70, 3, 0f), (13, 100, 47, 16, 0.1f), (40, 65, 129, 5, 0f) })

@@ -16,6 +16,9 @@ public static class Cli
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(QuantizeCommands.CreateQuantize());
         root.Subcommands.Add(QuantizeCommands.CreateDequantize());
+        root.Subcommands.Add(ModelCommands.CreateScore());
+        root.Subcommands.Add(ModelCommands.CreateGenerate());
+        root.Subcommands.Add(ModelCommands.CreateTrain());
         return root;
     }
 

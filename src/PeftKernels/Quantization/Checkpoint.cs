@@ -91,6 +91,24 @@ internal sealed class Checkpoint
             throw new ArgumentException($"the input '{input}' is a folder, so the output must be a folder; '{output}' is a file.", nameof(output));
         }
 
+        return OpenFolderCore(inputFull, input);
+    }
+
+    /// <summary>Resolves and validates a model folder (sharded or single-file) for reading.</summary>
+    public static Checkpoint OpenFolder(string folder)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder));
+        if (!Directory.Exists(full))
+        {
+            throw new DirectoryNotFoundException($"the model folder '{folder}' does not exist.");
+        }
+
+        return OpenFolderCore(full, folder);
+    }
+
+    private static Checkpoint OpenFolderCore(string inputFull, string input)
+    {
         string indexPath = Path.Combine(inputFull, IndexName);
         if (File.Exists(indexPath))
         {

@@ -30,6 +30,9 @@ internal sealed class CheckpointWriter : IDisposable
         SafeTensorsWriter.Write(temporary, tensors, metadata.Count == 0 ? null : metadata);
     }
 
+    /// <summary>A temporary path to write completely; it becomes <paramref name="fileName"/> on commit.</summary>
+    public string StagePath(string fileName) => Reserve(fileName);
+
     /// <summary>Copies <paramref name="source"/> byte for byte to what will become <paramref name="fileName"/>.</summary>
     public void StageCopy(string source, string fileName)
     {

@@ -1,0 +1,277 @@
+// AdamW (torch.optim.AdamW, decoupled weight decay), one fused pass over flat parameter spans
+// param, grad, m, v (all one length); t = step ≥ 1. Per element, in fp32, in exactly this order:
+//   p ← p·(1 − lr·wd)                        torch's param.mul_(1 − lr·weight_decay); 1 − lr·wd in double, rounded
+//   m ← β1·m + (1 − β1)·g
+//   v ← β2·v + (1 − β2)·g·g
+//   p ← p − (lr/bc1) · (m / (sqrt(v)/sqrt(bc2) + eps)),   bc1 = 1 − β1^t, bc2 = 1 − β2^t
+// The scalars (1 − lr·wd, 1 − β1, 1 − β2, lr/bc1, sqrt(bc2)) are computed in double and rounded to fp32
+// once. The vector and scalar paths apply the same correctly rounded IEEE operations (no FMA), so they
+// agree bit for bit, for any thread count.
+// SumOfSquares (for global-norm gradient clipping): Σ x² accumulated in double, the input cut into fixed
+// blocks of BlockSize elements; each block is summed in double vector lanes (fp32 widened), and the block
+// sums are added in block order, so the result is the same for any thread count.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>Fused AdamW step and the helpers of gradient clipping, on the CPU.</summary>
+public static unsafe class AdamW
+{
+    private const int ParallelThreshold = 32 * 1024;
+    private const int BlockSize = 16 * 1024;
+
+    /// <summary>One AdamW step (torch.optim.AdamW semantics) updating <paramref name="param"/>, <paramref name="m"/> and <paramref name="v"/> in place.</summary>
+    /// <param name="param">Parameters, updated in place.</param>
+    /// <param name="grad">Gradient, same length.</param>
+    /// <param name="m">First moment (exp_avg), updated in place; zeros before step 1.</param>
+    /// <param name="v">Second moment (exp_avg_sq), updated in place; zeros before step 1.</param>
+    /// <param name="lr">Learning rate, ≥ 0.</param>
+    /// <param name="beta1">First-moment decay in [0, 1).</param>
+    /// <param name="beta2">Second-moment decay in [0, 1).</param>
+    /// <param name="eps">Added to the denominator, &gt; 0.</param>
+    /// <param name="weightDecay">Decoupled weight decay, ≥ 0.</param>
+    /// <param name="step">1-based step number t (the count including this step).</param>
+    /// <param name="options">Threads and SIMD path.</param>
+    public static void Step(Span<float> param, ReadOnlySpan<float> grad, Span<float> m, Span<float> v, float lr, float beta1,
+        float beta2, float eps, float weightDecay, int step, KernelOptions options = default)
+    {
+        int count = param.Length;
+        Check.Length("grad", grad.Length, count, "param.Length");
+        Check.Length("m", m.Length, count, "param.Length");
+        Check.Length("v", v.Length, count, "param.Length");
+        Require(lr >= 0f && float.IsFinite(lr), nameof(lr), $"lr must be finite and >= 0, got {lr}.");
+        Require(beta1 >= 0f && beta1 < 1f, nameof(beta1), $"beta1 must be in [0, 1), got {beta1}.");
+        Require(beta2 >= 0f && beta2 < 1f, nameof(beta2), $"beta2 must be in [0, 1), got {beta2}.");
+        Require(eps > 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and > 0, got {eps}.");
+        Require(weightDecay >= 0f && float.IsFinite(weightDecay), nameof(weightDecay), $"weightDecay must be finite and >= 0, got {weightDecay}.");
+        Require(step >= 1, nameof(step), $"step must be >= 1 (1-based), got {step}.");
+        if (count == 0)
+        {
+            return;
+        }
+
+        var k = new Coefficients(
+            Decay: (float)(1.0 - ((double)lr * weightDecay)),
+            Beta1: beta1,
+            OneMinusBeta1: (float)(1.0 - beta1),
+            Beta2: beta2,
+            OneMinusBeta2: (float)(1.0 - beta2),
+            StepSize: (float)(lr / (1.0 - Math.Pow(beta1, step))),
+            SqrtBc2: (float)Math.Sqrt(1.0 - Math.Pow(beta2, step)),
+            Eps: eps);
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int parts = count < ParallelThreshold ? 1 : Math.Min(threads, count / (ParallelThreshold / 2));
+        fixed (float* pp = param, pg = grad, pm = m, pv = v)
+        {
+            float* ps = pp, gs = pg, ms = pm, vs = pv;
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+            {
+                var (i0, i1) = CpuParallel.Split(count, parts, part);
+                StepRun(ps + i0, gs + i0, ms + i0, vs + i0, i1 - i0, k, path);
+            });
+        }
+    }
+
+    /// <summary>Σ x² in double (for the global gradient norm), the same for any thread count.</summary>
+    public static double SumOfSquares(ReadOnlySpan<float> x, KernelOptions options = default)
+    {
+        if (x.Length == 0)
+        {
+            return 0;
+        }
+
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int count = x.Length;
+        int blocks = (count + BlockSize - 1) / BlockSize;
+        int parts = count < ParallelThreshold ? 1 : Math.Min(threads, blocks);
+        fixed (float* px = x)
+        {
+            if (parts == 1)
+            {
+                double total = 0;
+                for (int b = 0; b < blocks; b++)
+                {
+                    int start = b * BlockSize;
+                    total += BlockSumOfSquares(px + start, Math.Min(BlockSize, count - start), path);
+                }
+
+                return total;
+            }
+
+            var sums = new double[blocks];
+            float* xs = px;
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+            {
+                var (b0, b1) = CpuParallel.Split(blocks, parts, part);
+                for (int b = b0; b < b1; b++)
+                {
+                    int start = b * BlockSize;
+                    sums[b] = BlockSumOfSquares(xs + start, Math.Min(BlockSize, count - start), path);
+                }
+            });
+
+            double sum = 0;
+            foreach (double s in sums)
+            {
+                sum += s;
+            }
+
+            return sum;
+        }
+    }
+
+    /// <summary>x ← factor · x (e.g. gradient clipping by the global norm).</summary>
+    public static void Scale(Span<float> x, float factor, KernelOptions options = default)
+    {
+        if (x.Length == 0)
+        {
+            return;
+        }
+
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int count = x.Length;
+        int parts = count < ParallelThreshold ? 1 : Math.Min(threads, count / (ParallelThreshold / 2));
+        fixed (float* px = x)
+        {
+            float* xs = px;
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+            {
+                var (i0, i1) = CpuParallel.Split(count, parts, part);
+                ScaleRun(xs + i0, i1 - i0, factor, path);
+            });
+        }
+    }
+
+    private static void Require(bool ok, string name, string message)
+    {
+        if (!ok)
+        {
+            throw new ArgumentException(message, name);
+        }
+    }
+
+    private readonly record struct Coefficients(float Decay, float Beta1, float OneMinusBeta1, float Beta2, float OneMinusBeta2,
+        float StepSize, float SqrtBc2, float Eps);
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void StepRun(float* p, float* g, float* m, float* v, int count, Coefficients k, SimdPath path)
+    {
+        int i = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<float> decay = Vector512.Create(k.Decay), b1 = Vector512.Create(k.Beta1), c1 = Vector512.Create(k.OneMinusBeta1);
+            Vector512<float> b2 = Vector512.Create(k.Beta2), c2 = Vector512.Create(k.OneMinusBeta2);
+            Vector512<float> stepSize = Vector512.Create(k.StepSize), sqrtBc2 = Vector512.Create(k.SqrtBc2), eps = Vector512.Create(k.Eps);
+            for (; i <= count - 16; i += 16)
+            {
+                Vector512<float> gi = Vector512.Load(g + i);
+                Vector512<float> pi = Vector512.Load(p + i) * decay;
+                Vector512<float> mi = (b1 * Vector512.Load(m + i)) + (c1 * gi);
+                Vector512<float> vi = (b2 * Vector512.Load(v + i)) + (c2 * gi * gi);
+                pi -= stepSize * (mi / ((Vector512.Sqrt(vi) / sqrtBc2) + eps));
+                mi.Store(m + i);
+                vi.Store(v + i);
+                pi.Store(p + i);
+            }
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<float> decay = Vector256.Create(k.Decay), b1 = Vector256.Create(k.Beta1), c1 = Vector256.Create(k.OneMinusBeta1);
+            Vector256<float> b2 = Vector256.Create(k.Beta2), c2 = Vector256.Create(k.OneMinusBeta2);
+            Vector256<float> stepSize = Vector256.Create(k.StepSize), sqrtBc2 = Vector256.Create(k.SqrtBc2), eps = Vector256.Create(k.Eps);
+            for (; i <= count - 8; i += 8)
+            {
+                Vector256<float> gi = Vector256.Load(g + i);
+                Vector256<float> pi = Vector256.Load(p + i) * decay;
+                Vector256<float> mi = (b1 * Vector256.Load(m + i)) + (c1 * gi);
+                Vector256<float> vi = (b2 * Vector256.Load(v + i)) + (c2 * gi * gi);
+                pi -= stepSize * (mi / ((Vector256.Sqrt(vi) / sqrtBc2) + eps));
+                mi.Store(m + i);
+                vi.Store(v + i);
+                pi.Store(p + i);
+            }
+        }
+
+        for (; i < count; i++)
+        {
+            float gi = g[i];
+            float pi = p[i] * k.Decay;
+            float mi = (k.Beta1 * m[i]) + (k.OneMinusBeta1 * gi);
+            float vi = (k.Beta2 * v[i]) + (k.OneMinusBeta2 * gi * gi);
+            pi -= k.StepSize * (mi / ((MathF.Sqrt(vi) / k.SqrtBc2) + k.Eps));
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = pi;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static double BlockSumOfSquares(float* x, int count, SimdPath path)
+    {
+        int i = 0;
+        double sum = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<double> a0 = default, a1 = default;
+            for (; i <= count - 16; i += 16)
+            {
+                var (lo, hi) = Vector512.Widen(Vector512.Load(x + i));
+                a0 = Vector512.FusedMultiplyAdd(lo, lo, a0);
+                a1 = Vector512.FusedMultiplyAdd(hi, hi, a1);
+            }
+
+            sum = Vector512.Sum(a0 + a1);
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<double> a0 = default, a1 = default;
+            for (; i <= count - 8; i += 8)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.Load(x + i));
+                a0 = Vector256.FusedMultiplyAdd(lo, lo, a0);
+                a1 = Vector256.FusedMultiplyAdd(hi, hi, a1);
+            }
+
+            sum = Vector256.Sum(a0 + a1);
+        }
+
+        for (; i < count; i++)
+        {
+            double d = x[i];
+            sum += d * d;
+        }
+
+        return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScaleRun(float* x, int count, float factor, SimdPath path)
+    {
+        int i = 0;
+        if (path == SimdPath.Vector512)
+        {
+            var f = Vector512.Create(factor);
+            for (; i <= count - 16; i += 16)
+            {
+                (Vector512.Load(x + i) * f).Store(x + i);
+            }
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            var f = Vector256.Create(factor);
+            for (; i <= count - 8; i += 8)
+            {
+                (Vector256.Load(x + i) * f).Store(x + i);
+            }
+        }
+
+        for (; i < count; i++)
+        {
+            x[i] *= factor;
+        }
+    }
+}

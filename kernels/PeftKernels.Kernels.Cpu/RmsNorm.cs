@@ -1,0 +1,359 @@
+// RMSNorm (HF LlamaRMSNorm, fp32). Shapes, row-major: x, y, dy, dx [n, dim]; weight, dweight [dim];
+// rstd [n] (kept from the forward for the backward).
+// Forward, per row i:
+//   rstd_i = 1 / sqrt(mean_j(x_ij²) + eps)     sum of squares accumulated in fp32 vector lanes (16 or 8
+//                                               lanes, two accumulators), like torch's fp32 mean
+//   y_ij   = w_j · (x_ij · rstd_i)              HF's order: normalise, then scale
+// Backward, g = dL/dy, ĝ = w ⊙ g (chain rule through y = w ⊙ x̂, x̂ = x·rstd, rstd = (mean(x²) + eps)^(-1/2),
+// ∂rstd/∂x_j = −rstd³·x_j/dim):
+//   dx_i = rstd_i·ĝ_i − x_i·rstd_i³·mean_j(ĝ_ij·x_ij) = rstd_i·(ĝ_i − x_i·c_i),  c_i = rstd_i²·Σ_j ĝ_ij·x_ij / dim
+//   dw_j = Σ_i g_ij · x_ij · rstd_i
+// dw is deterministic for any thread count: the rows are cut into fixed chunks of RowsPerChunk, each
+// chunk sums its rows in order into its own partial row, and the partial rows are added in chunk order.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>RMS normalisation (Llama's RMSNorm) forward and backward on the CPU.</summary>
+public static unsafe class RmsNorm
+{
+    private const int RowsPerChunk = 32;
+    private const int ParallelThreshold = 32 * 1024;
+
+    /// <summary>y = weight ⊙ (x · rstd) per row, with rstd = 1/sqrt(mean(x²) + eps) written to <paramref name="rstd"/>.</summary>
+    /// <param name="x">Input [n, dim].</param>
+    /// <param name="weight">Scale [dim].</param>
+    /// <param name="eps">Added to the mean square, ≥ 0.</param>
+    /// <param name="y">Output [n, dim].</param>
+    /// <param name="rstd">Output [n]: the reciprocal RMS of each row, needed by <see cref="Backward"/>.</param>
+    /// <param name="n">Rows (tokens).</param>
+    /// <param name="dim">Row length.</param>
+    /// <param name="options">Threads and SIMD path.</param>
+    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> y, Span<float> rstd,
+        int n, int dim, KernelOptions options = default)
+    {
+        ValidateDims(n, dim);
+        if (!(eps >= 0f && float.IsFinite(eps)))
+        {
+            throw new ArgumentException($"eps must be finite and >= 0, got {eps}.", nameof(eps));
+        }
+
+        Check.Length("x", x.Length, (long)n * dim, "n·dim");
+        Check.Length("weight", weight.Length, dim, "dim");
+        Check.Length("y", y.Length, (long)n * dim, "n·dim");
+        Check.Length("rstd", rstd.Length, n, "n");
+        if (n == 0)
+        {
+            return;
+        }
+
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int parts = (long)n * dim < ParallelThreshold ? 1 : Math.Min(threads, n);
+        fixed (float* px = x, pw = weight, py = y, pr = rstd)
+        {
+            float* xs = px, ws = pw, ys = py, rs = pr;
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+            {
+                var (i0, i1) = CpuParallel.Split(n, parts, part);
+                for (int i = i0; i < i1; i++)
+                {
+                    long row = (long)i * dim;
+                    float r = 1f / MathF.Sqrt((SumOfSquares(xs + row, dim, path) / dim) + eps);
+                    rs[i] = r;
+                    NormaliseRow(xs + row, ws, r, ys + row, dim, path);
+                }
+            });
+        }
+    }
+
+    /// <summary>dx and dweight from dy, the forward input and the forward's rstd.</summary>
+    /// <param name="dy">Gradient of the output [n, dim].</param>
+    /// <param name="x">Forward input [n, dim].</param>
+    /// <param name="weight">Scale [dim].</param>
+    /// <param name="rstd">The <see cref="Forward"/> output rstd [n].</param>
+    /// <param name="dx">Output [n, dim], or empty to skip.</param>
+    /// <param name="dweight">Output [dim] (overwritten with Σ over rows), or empty to skip (frozen norm).
+    /// Bit-identical for any thread count.</param>
+    /// <param name="n">Rows (tokens).</param>
+    /// <param name="dim">Row length.</param>
+    /// <param name="options">Threads and SIMD path.</param>
+    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> rstd,
+        Span<float> dx, Span<float> dweight, int n, int dim, KernelOptions options = default)
+    {
+        ValidateDims(n, dim);
+        Check.Length("dy", dy.Length, (long)n * dim, "n·dim");
+        Check.Length("x", x.Length, (long)n * dim, "n·dim");
+        Check.Length("weight", weight.Length, dim, "dim");
+        Check.Length("rstd", rstd.Length, n, "n");
+        if (dx.Length != 0)
+        {
+            Check.Length("dx", dx.Length, (long)n * dim, "n·dim, or empty to skip");
+        }
+
+        if (dweight.Length != 0)
+        {
+            Check.Length("dweight", dweight.Length, dim, "dim, or empty to skip");
+        }
+
+        bool wantDx = dx.Length != 0, wantDw = dweight.Length != 0;
+        if (!wantDx && !wantDw)
+        {
+            return;
+        }
+
+        if (n == 0)
+        {
+            dweight.Clear(); // an empty sum
+            return;
+        }
+
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int chunks = (n + RowsPerChunk - 1) / RowsPerChunk;
+        int parts = (long)n * dim < ParallelThreshold ? 1 : Math.Min(threads, chunks);
+        float[] partials = wantDw && chunks > 1 ? new float[(long)chunks * dim] : [];
+        fixed (float* pdy = dy, px = x, pw = weight, pr = rstd, pdx = dx, pdw = dweight, pp = partials)
+        {
+            float* dys = pdy, xs = px, ws = pw, rs = pr, dxs = pdx, dws = pdw, acc = chunks > 1 ? pp : pdw;
+            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+            {
+                var (c0, c1) = CpuParallel.Split(chunks, parts, part);
+                for (int c = c0; c < c1; c++)
+                {
+                    int i0 = c * RowsPerChunk, i1 = Math.Min(n, i0 + RowsPerChunk);
+                    float* chunkAcc = acc + ((long)c * dim);
+                    if (wantDw)
+                    {
+                        new Span<float>(chunkAcc, dim).Clear();
+                    }
+
+                    for (int i = i0; i < i1; i++)
+                    {
+                        long row = (long)i * dim;
+                        float r = rs[i];
+                        if (wantDx)
+                        {
+                            float dot = WeightedDot(ws, dys + row, xs + row, dim, path);
+                            DxRow(ws, dys + row, xs + row, r, r * r * dot / dim, dxs + row, dim, path);
+                        }
+
+                        if (wantDw)
+                        {
+                            DwRowAdd(dys + row, xs + row, r, chunkAcc, dim, path);
+                        }
+                    }
+                }
+            });
+
+            if (wantDw && chunks > 1)
+            {
+                int reduceParts = parts == 1 ? 1 : Math.Min(threads, Math.Max(1, dim / 256));
+                CpuParallel.For(reduceParts, threads, (part) =>
+                {
+                    var (j0, j1) = CpuParallel.Split(dim, reduceParts, part);
+                    for (int j = j0; j < j1; j++)
+                    {
+                        float sum = acc[j];
+                        for (int c = 1; c < chunks; c++)
+                        {
+                            sum += acc[((long)c * dim) + j];
+                        }
+
+                        dws[j] = sum;
+                    }
+                });
+            }
+        }
+    }
+
+    private static void ValidateDims(int n, int dim)
+    {
+        Check.NonNegative(n, "n");
+        Check.Positive(dim, "dim");
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float SumOfSquares(float* x, int count, SimdPath path)
+    {
+        int j = 0;
+        float sum = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<float> a0 = default, a1 = default;
+            for (; j <= count - 32; j += 32)
+            {
+                var v0 = Vector512.Load(x + j);
+                var v1 = Vector512.Load(x + j + 16);
+                a0 = Vector512.FusedMultiplyAdd(v0, v0, a0);
+                a1 = Vector512.FusedMultiplyAdd(v1, v1, a1);
+            }
+
+            for (; j <= count - 16; j += 16)
+            {
+                var v0 = Vector512.Load(x + j);
+                a0 = Vector512.FusedMultiplyAdd(v0, v0, a0);
+            }
+
+            sum = Vector512.Sum(a0 + a1);
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<float> a0 = default, a1 = default;
+            for (; j <= count - 16; j += 16)
+            {
+                var v0 = Vector256.Load(x + j);
+                var v1 = Vector256.Load(x + j + 8);
+                a0 = Vector256.FusedMultiplyAdd(v0, v0, a0);
+                a1 = Vector256.FusedMultiplyAdd(v1, v1, a1);
+            }
+
+            for (; j <= count - 8; j += 8)
+            {
+                var v0 = Vector256.Load(x + j);
+                a0 = Vector256.FusedMultiplyAdd(v0, v0, a0);
+            }
+
+            sum = Vector256.Sum(a0 + a1);
+        }
+
+        for (; j < count; j++)
+        {
+            sum += x[j] * x[j];
+        }
+
+        return sum;
+    }
+
+    /// <summary>y = w ⊙ (x · r).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void NormaliseRow(float* x, float* w, float r, float* y, int count, SimdPath path)
+    {
+        int j = 0;
+        if (path == SimdPath.Vector512)
+        {
+            var rv = Vector512.Create(r);
+            for (; j <= count - 16; j += 16)
+            {
+                (Vector512.Load(w + j) * (Vector512.Load(x + j) * rv)).Store(y + j);
+            }
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            var rv = Vector256.Create(r);
+            for (; j <= count - 8; j += 8)
+            {
+                (Vector256.Load(w + j) * (Vector256.Load(x + j) * rv)).Store(y + j);
+            }
+        }
+
+        for (; j < count; j++)
+        {
+            y[j] = w[j] * (x[j] * r);
+        }
+    }
+
+    /// <summary>Σ_j (w_j·g_j)·x_j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float WeightedDot(float* w, float* g, float* x, int count, SimdPath path)
+    {
+        int j = 0;
+        float sum = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<float> a0 = default, a1 = default;
+            for (; j <= count - 32; j += 32)
+            {
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(w + j) * Vector512.Load(g + j), Vector512.Load(x + j), a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(w + j + 16) * Vector512.Load(g + j + 16), Vector512.Load(x + j + 16), a1);
+            }
+
+            for (; j <= count - 16; j += 16)
+            {
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(w + j) * Vector512.Load(g + j), Vector512.Load(x + j), a0);
+            }
+
+            sum = Vector512.Sum(a0 + a1);
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<float> a0 = default, a1 = default;
+            for (; j <= count - 16; j += 16)
+            {
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + j) * Vector256.Load(g + j), Vector256.Load(x + j), a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(w + j + 8) * Vector256.Load(g + j + 8), Vector256.Load(x + j + 8), a1);
+            }
+
+            for (; j <= count - 8; j += 8)
+            {
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + j) * Vector256.Load(g + j), Vector256.Load(x + j), a0);
+            }
+
+            sum = Vector256.Sum(a0 + a1);
+        }
+
+        for (; j < count; j++)
+        {
+            sum += w[j] * g[j] * x[j];
+        }
+
+        return sum;
+    }
+
+    /// <summary>dx = r·(w ⊙ g − x·c).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DxRow(float* w, float* g, float* x, float r, float c, float* dx, int count, SimdPath path)
+    {
+        int j = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<float> rv = Vector512.Create(r), cv = Vector512.Create(c);
+            for (; j <= count - 16; j += 16)
+            {
+                (rv * ((Vector512.Load(w + j) * Vector512.Load(g + j)) - (Vector512.Load(x + j) * cv))).Store(dx + j);
+            }
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<float> rv = Vector256.Create(r), cv = Vector256.Create(c);
+            for (; j <= count - 8; j += 8)
+            {
+                (rv * ((Vector256.Load(w + j) * Vector256.Load(g + j)) - (Vector256.Load(x + j) * cv))).Store(dx + j);
+            }
+        }
+
+        for (; j < count; j++)
+        {
+            dx[j] = r * ((w[j] * g[j]) - (x[j] * c));
+        }
+    }
+
+    /// <summary>acc += g ⊙ (x · r).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DwRowAdd(float* g, float* x, float r, float* acc, int count, SimdPath path)
+    {
+        int j = 0;
+        if (path == SimdPath.Vector512)
+        {
+            var rv = Vector512.Create(r);
+            for (; j <= count - 16; j += 16)
+            {
+                Vector512.FusedMultiplyAdd(Vector512.Load(g + j), Vector512.Load(x + j) * rv, Vector512.Load(acc + j)).Store(acc + j);
+            }
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            var rv = Vector256.Create(r);
+            for (; j <= count - 8; j += 8)
+            {
+                Vector256.FusedMultiplyAdd(Vector256.Load(g + j), Vector256.Load(x + j) * rv, Vector256.Load(acc + j)).Store(acc + j);
+            }
+        }
+
+        for (; j < count; j++)
+        {
+            acc[j] += g[j] * (x[j] * r);
+        }
+    }
+}

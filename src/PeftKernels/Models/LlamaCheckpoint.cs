@@ -1,0 +1,202 @@
+// Hugging Face folders in and out. Loading reads config.json and model.safetensors (or a
+// sharded index), strictly: every tensor the config implies must be present with its exact
+// shape, and an unexpected tensor is an error (all offenders listed at once), except the
+// rotary inv_freq buffers old checkpoints carry. Storage: F32 stays fp32, BF16 stays bf16
+// (frozen), F16 is widened to fp32 exactly (no fp16 GEMM path); norm weights and biases are
+// always fp32. Saving writes config.json + model.safetensors (+ tokenizer files of the source
+// folder) through the staged writer, so the folder is complete or untouched.
+using PeftKernels.IO;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Nn;
+using PeftKernels.Quantization;
+
+namespace PeftKernels.Models;
+
+/// <summary>How weights are stored after loading.</summary>
+public enum WeightStorage
+{
+    /// <summary>As on disk: F32 → fp32, BF16 → bf16, F16 → fp32.</summary>
+    AsStored,
+
+    /// <summary>Everything fp32.</summary>
+    Float32,
+
+    /// <summary>Matrices bf16 (norms and biases stay fp32).</summary>
+    BFloat16,
+}
+
+public sealed partial class LlamaForCausalLM
+{
+    private static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
+
+    /// <summary>Loads a Hugging Face model folder.</summary>
+    /// <exception cref="InvalidDataException">A tensor is missing, unexpected, or has the wrong shape or dtype.</exception>
+    public static LlamaForCausalLM Load(string folder, WeightStorage storage = WeightStorage.AsStored)
+    {
+        var config = LlamaConfig.Load(Path.Combine(folder, "config.json"));
+        var checkpoint = Checkpoint.OpenFolder(folder);
+        var files = new Dictionary<string, SafeTensorsFile>();
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        var problems = new List<string>();
+        try
+        {
+            var model = Build(config, (name, shape) =>
+            {
+                if (!checkpoint.ByName.TryGetValue(name, out var entry))
+                {
+                    problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
+                    return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
+                }
+
+                used.Add(name);
+                if (!entry.Info.Shape.SequenceEqual(shape.Select(d => (long)d)))
+                {
+                    problems.Add($"tensor '{name}' has shape [{string.Join(", ", entry.Info.Shape)}], expected [{string.Join(", ", shape)}]");
+                    return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
+                }
+
+                if (!files.TryGetValue(entry.Shard, out var file))
+                {
+                    file = SafeTensorsFile.Open(checkpoint.ShardPath(entry.Shard));
+                    files.Add(entry.Shard, file);
+                }
+
+                return ReadParameter(file, name, entry.Info.DType, shape, storage);
+            });
+            foreach (var t in checkpoint.Tensors)
+            {
+                if (!used.Contains(t.Name) && !t.Name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)
+                    && !(config.TieWordEmbeddings && t.Name == "lm_head.weight"))
+                {
+                    problems.Add($"unexpected tensor '{t.Name}'");
+                }
+            }
+
+            if (problems.Count > 0)
+            {
+                throw new InvalidDataException($"{folder}: the checkpoint does not match config.json: {string.Join("; ", problems)}.");
+            }
+
+            model.SourceFolder = Path.GetFullPath(folder);
+            return model;
+        }
+        finally
+        {
+            foreach (var file in files.Values)
+            {
+                file.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Saves config.json + model.safetensors (and the source folder's tokenizer files) to <paramref name="folder"/>.
+    /// 4-bit weights are written dequantized in their original dtype; LoRA adapters are not part of the base (save them separately or merge first).
+    /// </summary>
+    public void Save(string folder)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        var tensors = new List<SafeTensor>();
+        foreach (var (name, p) in NamedParameters())
+        {
+            if (name.Contains(".lora_", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            tensors.Add(ToSafeTensor(name, p));
+        }
+
+        bool anyBf16 = tensors.Any(t => t.DType == SafeTensorDType.BF16);
+        var config = Config with { TorchDtype = anyBf16 ? "bfloat16" : "float32" };
+        using var writer = new CheckpointWriter(folder);
+        if (SourceFolder != null && !string.Equals(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar), SourceFolder.TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
+        {
+            foreach (string file in TokenizerFiles.Where(f => File.Exists(Path.Combine(SourceFolder, f))))
+            {
+                writer.StageCopy(Path.Combine(SourceFolder, file), file);
+            }
+        }
+
+        writer.StageSafeTensors(Checkpoint.SingleName, tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        config.Save(writer.StagePath("config.json"));
+        writer.Commit();
+    }
+
+    /// <summary>
+    /// A copy of this base model with its matrices stored as <paramref name="storage"/> says (norms and biases stay fp32;
+    /// 4-bit weights are dequantized first). Adapters are not copied.
+    /// </summary>
+    public LlamaForCausalLM ToStorage(WeightStorage storage)
+    {
+        var byName = NamedParameters().ToDictionary(p => p.Name, p => p.Parameter);
+        var copy = Build(Config, (name, shape) =>
+        {
+            var p = byName[name];
+            if (shape.Length == 2 && storage == WeightStorage.BFloat16)
+            {
+                if (p.DType == TensorDType.BF16)
+                {
+                    return new Parameter((ushort[])p.Bf16Bits.Clone(), shape);
+                }
+
+                var values = p.ToFloat32();
+                var bits = new ushort[values.Length];
+                Bf16.FromSingle(values, bits);
+                return new Parameter(bits, shape);
+            }
+
+            return new Parameter(p.ToFloat32(), shape);
+        });
+        copy.SourceFolder = SourceFolder;
+        return copy;
+    }
+
+    private static SafeTensor ToSafeTensor(string name, Parameter p)
+    {
+        long[] shape = [.. p.Shape.Select(d => (long)d)];
+        switch (p.DType)
+        {
+            case TensorDType.F32:
+                return SafeTensor.FromFloat32(name, p.Data, shape);
+            case TensorDType.BF16:
+                return SafeTensor.FromBf16Bits(name, p.Bf16Bits, shape);
+            default:
+                var q = p.Quantized;
+                var values = q.Dequantize();
+                if (q.DType == "bfloat16")
+                {
+                    var bits = new ushort[values.Length];
+                    Bf16.FromSingle(values, bits);
+                    return SafeTensor.FromBf16Bits(name, bits, shape);
+                }
+
+                return SafeTensor.FromFloat32(name, values, shape);
+        }
+    }
+
+    private static Parameter ReadParameter(SafeTensorsFile file, string name, SafeTensorDType dtype, int[] shape, WeightStorage storage)
+    {
+        bool matrix = shape.Length == 2;
+        if (dtype is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
+        {
+            throw new InvalidDataException($"{file.Path}: tensor '{name}' is {dtype.HeaderName()}; model weights must be F32, F16 or BF16.");
+        }
+
+        bool keepBf16 = matrix && (storage == WeightStorage.BFloat16 || (storage == WeightStorage.AsStored && dtype == SafeTensorDType.BF16));
+        if (keepBf16 && dtype == SafeTensorDType.BF16)
+        {
+            return new Parameter(file.ReadBf16Bits(name), shape);
+        }
+
+        var values = file.ReadFloat32(name);
+        if (keepBf16)
+        {
+            var bits = new ushort[values.Length];
+            Bf16.FromSingle(values, bits);
+            return new Parameter(bits, shape);
+        }
+
+        return new Parameter(values, shape);
+    }
+}

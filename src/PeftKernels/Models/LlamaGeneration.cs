@@ -1,0 +1,117 @@
+// Autoregressive generation with a KV cache: one prefill pass over the prompt, then one
+// position per step. Greedy when temperature is 0; else sample from softmax(logits / T)
+// restricted to the smallest set of most likely tokens whose mass reaches top-p (nucleus),
+// with a seeded generator so a run is reproducible.
+using PeftKernels.Autograd;
+using PeftKernels.Nn;
+
+namespace PeftKernels.Models;
+
+/// <summary>Sampling settings of <see cref="LlamaForCausalLM.Generate"/>.</summary>
+/// <param name="Temperature">0 = greedy; otherwise logits are divided by it before softmax.</param>
+/// <param name="TopP">Nucleus mass in (0, 1]; 1 keeps every token.</param>
+/// <param name="Seed">Seed of the sampler.</param>
+/// <param name="StopTokens">Generation stops after emitting one of these (e.g. EOS).</param>
+public sealed record GenerationOptions(float Temperature = 0f, float TopP = 1f, int Seed = 0, IReadOnlyList<int>? StopTokens = null);
+
+public sealed partial class LlamaForCausalLM
+{
+    /// <summary>Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>; returns only the new tokens.</summary>
+    public int[] Generate(int[] prompt, int maxNewTokens, GenerationOptions? options = null, ForwardContext? context = null)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        options ??= new GenerationOptions();
+        if (prompt.Length == 0)
+        {
+            throw new ArgumentException("the prompt is empty; give at least one token (e.g. BOS).", nameof(prompt));
+        }
+
+        if (maxNewTokens < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(maxNewTokens), maxNewTokens, "must be >= 0.");
+        }
+
+        if (options.Temperature < 0 || !(options.TopP > 0 && options.TopP <= 1))
+        {
+            throw new ArgumentException($"temperature must be >= 0 and top-p in (0, 1]; got {options.Temperature} and {options.TopP}.", nameof(options));
+        }
+
+        using var scope = Tape.NoGrad();
+        var cache = new KvCache(Config.NumHiddenLayers, 1, prompt.Length + Math.Max(maxNewTokens, 1), Config.NumKeyValueHeads * Config.HeadDim);
+        var rng = new Random(options.Seed);
+        var output = new List<int>();
+        var logits = Forward(prompt, 1, cache, context);
+        int vocab = Config.VocabSize;
+        for (int step = 0; step < maxNewTokens; step++)
+        {
+            var last = logits.Data.AsSpan(logits.Data.Length - vocab, vocab);
+            int next = options.Temperature == 0 ? ArgMax(last) : Sample(last, options.Temperature, options.TopP, rng);
+            output.Add(next);
+            if (options.StopTokens?.Contains(next) == true || step == maxNewTokens - 1)
+            {
+                break;
+            }
+
+            logits = Forward([next], 1, cache, context);
+        }
+
+        return [.. output];
+    }
+
+    /// <summary>Index of the largest logit (the first one on ties, as torch.argmax).</summary>
+    internal static int ArgMax(ReadOnlySpan<float> logits)
+    {
+        int best = 0;
+        for (int i = 1; i < logits.Length; i++)
+        {
+            if (logits[i] > logits[best])
+            {
+                best = i;
+            }
+        }
+
+        return best;
+    }
+
+    /// <summary>Samples from softmax(logits / temperature) restricted to the top-p nucleus.</summary>
+    internal static int Sample(ReadOnlySpan<float> logits, float temperature, float topP, Random rng)
+    {
+        int n = logits.Length;
+        var order = new int[n];
+        var probs = new double[n];
+        double max = double.NegativeInfinity;
+        for (int i = 0; i < n; i++)
+        {
+            max = Math.Max(max, logits[i] / (double)temperature);
+        }
+
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+        {
+            probs[i] = Math.Exp((logits[i] / (double)temperature) - max);
+            sum += probs[i];
+            order[i] = i;
+        }
+
+        // Most likely first; equal probabilities keep id order so the result is deterministic.
+        Array.Sort(order, (a, b) => probs[b].CompareTo(probs[a]) != 0 ? probs[b].CompareTo(probs[a]) : a.CompareTo(b));
+        double kept = 0;
+        int count = 0;
+        while (count < n && (count == 0 || kept / sum < topP))
+        {
+            kept += probs[order[count++]];
+        }
+
+        double u = rng.NextDouble() * kept, acc = 0;
+        for (int i = 0; i < count; i++)
+        {
+            acc += probs[order[i]];
+            if (u < acc)
+            {
+                return order[i];
+            }
+        }
+
+        return order[count - 1];
+    }
+}

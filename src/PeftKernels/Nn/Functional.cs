@@ -1,0 +1,201 @@
+// Differentiable ops. Each builds its output and, when an input requires grad and the tape
+// is recording, the backward closure that pushes output.Grad into its inputs' Grad. The math
+// lives in the kernels (PeftKernels.Kernels.Cpu); these functions own tensors, save what
+// backward needs and never re-implement a kernel.
+//   Embedding     y[t, :] = W[ids[t], :]                  dW[ids[t], :] += dy[t, :]
+//   RmsNorm       y = w ⊙ x·rstd                          (RmsNorm kernel)
+//   Rope          y = x ⊙ cos + rotate_half(x) ⊙ sin       dx = rotation by −angle
+//   SwiGlu        y = silu(gate) ⊙ up
+//   Add           y = a + b                               da = db = dy
+//   Attention     causal GQA, flash style (only lse is saved for backward)
+//   CrossEntropy  mean over labels ≠ −100 of lse − logit[label]
+using System.Numerics.Tensors;
+using PeftKernels.Autograd;
+using PeftKernels.Kernels.Cpu;
+
+namespace PeftKernels.Nn;
+
+/// <summary>Differentiable tensor ops over the CPU kernels.</summary>
+public static partial class Functional
+{
+    /// <summary>Rows of <paramref name="weight"/> [vocab, dim] selected by <paramref name="ids"/>: [ids.Length, dim].</summary>
+    public static Tensor Embedding(ReadOnlySpan<int> ids, Tensor weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Shape.Length != 2)
+        {
+            throw new ArgumentException($"embedding weight must be 2-D [vocab, dim]; got [{string.Join(", ", weight.Shape)}].", nameof(weight));
+        }
+
+        int vocab = weight.Shape[0], dim = weight.Shape[1];
+        var y = new float[(long)ids.Length * dim];
+        for (int t = 0; t < ids.Length; t++)
+        {
+            int id = ids[t];
+            if ((uint)id >= (uint)vocab)
+            {
+                throw new ArgumentOutOfRangeException(nameof(ids), $"token id {id} at position {t} is outside the vocabulary [0, {vocab}).");
+            }
+
+            var row = y.AsSpan(t * dim, dim);
+            switch (weight.DType)
+            {
+                case TensorDType.F32:
+                    weight.Data.AsSpan(id * dim, dim).CopyTo(row);
+                    break;
+                case TensorDType.BF16:
+                    var bits = weight.Bf16Bits.AsSpan(id * dim, dim);
+                    for (int j = 0; j < dim; j++)
+                    {
+                        row[j] = Bf16.ToSingle(bits[j]);
+                    }
+
+                    break;
+                default:
+                    throw new NotSupportedException($"embedding weight of dtype {weight.DType} is not supported (F32 or BF16).");
+            }
+        }
+
+        var output = new Tensor(y, ids.Length, dim);
+        if (Tape.ShouldRecord(weight))
+        {
+            var saved = ids.ToArray();
+            Tape.Record(output, () =>
+            {
+                var dw = weight.GradOrCreate();
+                var dy = output.Grad!;
+                for (int t = 0; t < saved.Length; t++)
+                {
+                    var target = dw.AsSpan(saved[t] * dim, dim);
+                    TensorPrimitives.Add(target, dy.AsSpan(t * dim, dim), target);
+                }
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>RMSNorm over the last dimension: y = weight ⊙ x / sqrt(mean(x²) + eps).</summary>
+    public static Tensor RmsNorm(Tensor x, Tensor weight, float eps, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(weight);
+        int dim = x.Columns, n = x.Rows;
+        if (weight.Count != dim)
+        {
+            throw new ArgumentException($"RMSNorm weight has {weight.Count} elements; the input's last dimension is {dim}.", nameof(weight));
+        }
+
+        var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+        var rstd = new float[n];
+        Kernels.Cpu.RmsNorm.Forward(x.Data, weight.Data, eps, y, rstd, n, dim, options);
+        var output = new Tensor(y, x.Shape);
+        if (Tape.ShouldRecord(x, weight))
+        {
+            Tape.Record(output, () =>
+            {
+                var dy = output.Grad!;
+                float[] dw = weight.RequiresGrad ? new float[dim] : [];
+                if (x.RequiresGrad)
+                {
+                    Grad.Accumulate(x, dx => Kernels.Cpu.RmsNorm.Backward(dy, x.Data, weight.Data, rstd, dx, dw, n, dim, options));
+                }
+                else
+                {
+                    Kernels.Cpu.RmsNorm.Backward(dy, x.Data, weight.Data, rstd, [], dw, n, dim, options);
+                }
+
+                if (weight.RequiresGrad)
+                {
+                    Grad.Add(weight, dw);
+                }
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>Rotary embedding (rotate-half) of x [tokens, heads·headDim]; token t has position positions[t].</summary>
+    public static Tensor Rope(Tensor x, int[] positions, float[] invFreq, int heads, int headDim, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(positions);
+        ArgumentNullException.ThrowIfNull(invFreq);
+        int n = positions.Length;
+        if (x.Count != (long)n * heads * headDim)
+        {
+            throw new ArgumentException($"RoPE input has shape [{string.Join(", ", x.Shape)}]; expected {n} tokens × {heads} heads × {headDim}.", nameof(x));
+        }
+
+        var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+        Kernels.Cpu.Rope.Forward(x.Data, positions, invFreq, y, n, heads, headDim, options);
+        var output = new Tensor(y, x.Shape);
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () => Grad.Accumulate(x, dx => Kernels.Cpu.Rope.Backward(output.Grad!, positions, invFreq, dx, n, heads, headDim, options)));
+        }
+
+        return output;
+    }
+
+    /// <summary>silu(gate) ⊙ up, element-wise.</summary>
+    public static Tensor SwiGlu(Tensor gate, Tensor up, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(gate);
+        ArgumentNullException.ThrowIfNull(up);
+        SameShape(gate, up, "gate", "up");
+        var y = GC.AllocateUninitializedArray<float>(checked((int)gate.Count));
+        Kernels.Cpu.SwiGlu.Forward(gate.Data, up.Data, y, options);
+        var output = new Tensor(y, gate.Shape);
+        if (Tape.ShouldRecord(gate, up))
+        {
+            Tape.Record(output, () =>
+            {
+                var dy = output.Grad!;
+                var dgate = GC.AllocateUninitializedArray<float>(y.Length);
+                var dup = GC.AllocateUninitializedArray<float>(y.Length);
+                Kernels.Cpu.SwiGlu.Backward(dy, gate.Data, up.Data, dgate, dup, options);
+                Grad.AddOwned(gate, dgate);
+                Grad.AddOwned(up, dup);
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>a + b, element-wise (residual connections).</summary>
+    public static Tensor Add(Tensor a, Tensor b)
+    {
+        ArgumentNullException.ThrowIfNull(a);
+        ArgumentNullException.ThrowIfNull(b);
+        SameShape(a, b, "a", "b");
+        var y = GC.AllocateUninitializedArray<float>(checked((int)a.Count));
+        TensorPrimitives.Add(a.Data, b.Data, y);
+        var output = new Tensor(y, a.Shape);
+        if (Tape.ShouldRecord(a, b))
+        {
+            Tape.Record(output, () =>
+            {
+                if (a.RequiresGrad)
+                {
+                    Grad.Add(a, output.Grad!);
+                }
+
+                if (b.RequiresGrad)
+                {
+                    Grad.Add(b, output.Grad!);
+                }
+            });
+        }
+
+        return output;
+    }
+
+    private static void SameShape(Tensor a, Tensor b, string nameA, string nameB)
+    {
+        if (!a.Shape.AsSpan().SequenceEqual(b.Shape))
+        {
+            throw new ArgumentException($"{nameA} has shape [{string.Join(", ", a.Shape)}] but {nameB} has [{string.Join(", ", b.Shape)}]; they must match.", nameB);
+        }
+    }
+}

@@ -1,0 +1,132 @@
+// A dense row-major tensor. Activations, gradients and trainable parameters are fp32; frozen
+// base weights may stay bf16 or 4-bit (QuantizedWeight) and are only ever read by kernels
+// that widen or dequantize them on the fly. A tensor that requires grad gets an fp32 Grad
+// buffer of its own size when backward first reaches it.
+using PeftKernels.Kernels.Cpu;
+
+namespace PeftKernels;
+
+/// <summary>A dense row-major tensor: fp32, bf16 or 4-bit storage, with an optional gradient.</summary>
+public class Tensor
+{
+    private readonly float[]? data;
+    private readonly ushort[]? bf16;
+    private readonly QuantizedWeight? quantized;
+
+    /// <summary>An fp32 tensor over <paramref name="data"/> (not copied).</summary>
+    public Tensor(float[] data, params int[] shape)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        Shape = CheckShape(shape, data.LongLength, "data");
+        this.data = data;
+        DType = TensorDType.F32;
+    }
+
+    /// <summary>A bf16 tensor over the bit patterns <paramref name="bits"/> (not copied).</summary>
+    public Tensor(ushort[] bits, params int[] shape)
+    {
+        ArgumentNullException.ThrowIfNull(bits);
+        Shape = CheckShape(shape, bits.LongLength, "bits");
+        bf16 = bits;
+        DType = TensorDType.BF16;
+    }
+
+    /// <summary>A 4-bit tensor over a quantized weight (its shape is the weight's shape).</summary>
+    public Tensor(QuantizedWeight weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        Shape = (int[])weight.Shape.Clone();
+        quantized = weight;
+        DType = TensorDType.Q4;
+    }
+
+    /// <summary>The dimensions, outermost first.</summary>
+    public int[] Shape { get; }
+
+    /// <summary>The storage type.</summary>
+    public TensorDType DType { get; }
+
+    /// <summary>Number of elements.</summary>
+    public long Count => Shape.Aggregate(1L, (a, d) => a * d);
+
+    /// <summary>The last dimension (1 for a scalar).</summary>
+    public int Columns => Shape.Length == 0 ? 1 : Shape[^1];
+
+    /// <summary>Elements divided by the last dimension.</summary>
+    public int Rows => Columns == 0 ? 0 : (int)(Count / Columns);
+
+    /// <summary>fp32 storage; throws for bf16 and 4-bit tensors.</summary>
+    public float[] Data => data ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
+
+    /// <summary>bf16 bit patterns; throws unless the tensor is bf16.</summary>
+    public ushort[] Bf16Bits => bf16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not BF16.");
+
+    /// <summary>The quantized weight; throws unless the tensor is 4-bit.</summary>
+    public QuantizedWeight Quantized => quantized ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not Q4.");
+
+    /// <summary>Gradient of the last backward pass(es), accumulated; null until backward reaches this tensor.</summary>
+    public float[]? Grad { get; set; }
+
+    /// <summary>True when backward computes a gradient for this tensor.</summary>
+    public bool RequiresGrad { get; internal set; }
+
+    /// <summary>Bytes of storage (not counting the gradient).</summary>
+    public long ByteSize => DType switch
+    {
+        TensorDType.F32 => Count * 4,
+        TensorDType.BF16 => Count * 2,
+        _ => Quantized.ByteSize,
+    };
+
+    /// <summary>A zero-filled fp32 tensor.</summary>
+    public static Tensor Zeros(params int[] shape) => new(new float[CheckShape(shape, -1, "shape").Aggregate(1L, (a, d) => a * d)], shape);
+
+    /// <summary>The value of a one-element fp32 tensor.</summary>
+    public float Item() => Count == 1 ? Data[0] : throw new InvalidOperationException($"Item() needs one element; tensor has shape [{string.Join(", ", Shape)}].");
+
+    /// <summary>The values as fp32 (a copy, widened or dequantized as needed).</summary>
+    public float[] ToFloat32()
+    {
+        switch (DType)
+        {
+            case TensorDType.F32:
+                return (float[])Data.Clone();
+            case TensorDType.BF16:
+                var result = new float[Count];
+                for (long i = 0; i < result.LongLength; i++)
+                {
+                    result[i] = Bf16.ToSingle(bf16![i]);
+                }
+
+                return result;
+            default:
+                return Quantized.Dequantize();
+        }
+    }
+
+    /// <summary>Runs backward from this scalar: see <see cref="Autograd.Tape.Backward(Tensor)"/>.</summary>
+    public void Backward() => Autograd.Tape.Backward(this);
+
+    /// <summary>The gradient buffer, created zero-filled on first use.</summary>
+    internal float[] GradOrCreate() => Grad ??= new float[Count];
+
+    /// <inheritdoc/>
+    public override string ToString() => $"Tensor({DType}, [{string.Join(", ", Shape)}])";
+
+    private static int[] CheckShape(int[] shape, long length, string what)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        if (shape.Any(d => d < 0))
+        {
+            throw new ArgumentException($"shape [{string.Join(", ", shape)}] has a negative dimension.", nameof(shape));
+        }
+
+        long count = shape.Aggregate(1L, (a, d) => a * d);
+        if (length >= 0 && count != length)
+        {
+            throw new ArgumentException($"{what} has {length} elements but shape [{string.Join(", ", shape)}] needs {count}.", what);
+        }
+
+        return (int[])shape.Clone();
+    }
+}

@@ -1,0 +1,14 @@
+namespace PeftKernels;
+
+/// <summary>How a tensor's elements are stored.</summary>
+public enum TensorDType
+{
+    /// <summary>fp32: activations, gradients and trainable parameters.</summary>
+    F32,
+
+    /// <summary>bf16 bit patterns: frozen base weights.</summary>
+    BF16,
+
+    /// <summary>4-bit NF4/FP4 (a <see cref="Kernels.Cpu.QuantizedWeight"/>): frozen QLoRA base weights.</summary>
+    Q4,
+}

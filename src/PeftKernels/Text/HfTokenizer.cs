@@ -1,0 +1,221 @@
+// The tokenizer of a Hugging Face model folder, through Microsoft.ML.Tokenizers:
+//   tokenizer.model (SentencePiece, Llama 2 / TinyLlama / Mistral) → LlamaTokenizer, with the
+//     added tokens of tokenizer.json (or tokenizer_config.json's added_tokens_decoder) as
+//     special tokens;
+//   else tokenizer.json with a byte-level BPE model (Llama 3, Qwen2, SmolLM) → ByteLevelBpe.
+// BOS/EOS are tokenizer_config.json's bos_token/eos_token when it states them (a string or
+// {"content": ...}; null means none), else the SentencePiece model's own, else none.
+// Encode never adds BOS/EOS; callers (TextDataset) do.
+using System.Text.Json;
+using Microsoft.ML.Tokenizers;
+
+namespace PeftKernels.Text;
+
+/// <summary>A Hugging Face tokenizer (tokenizer.model or tokenizer.json) behind <see cref="ITokenizer"/>.</summary>
+public sealed class HfTokenizer : ITokenizer
+{
+    private const string SentencePieceFile = "tokenizer.model";
+    private const string JsonFile = "tokenizer.json";
+    private const string ConfigFile = "tokenizer_config.json";
+
+    private readonly Func<string, int[]> encode;
+    private readonly Func<List<int>, string> decode;
+
+    private HfTokenizer(int vocabSize, int? bos, int? eos, Func<string, int[]> encode, Func<List<int>, string> decode)
+    {
+        VocabSize = vocabSize;
+        BosId = bos;
+        EosId = eos;
+        this.encode = encode;
+        this.decode = decode;
+    }
+
+    /// <inheritdoc/>
+    public int VocabSize { get; }
+
+    /// <inheritdoc/>
+    public int? BosId { get; }
+
+    /// <inheritdoc/>
+    public int? EosId { get; }
+
+    /// <summary>Loads the tokenizer of <paramref name="modelFolder"/>.</summary>
+    /// <exception cref="FileNotFoundException">The folder has neither tokenizer.model nor tokenizer.json.</exception>
+    /// <exception cref="NotSupportedException">tokenizer.json describes a tokenizer this library cannot run.</exception>
+    public static ITokenizer Load(string modelFolder) =>
+        TryLoad(modelFolder) ?? throw new FileNotFoundException($"{modelFolder}: no {SentencePieceFile} or {JsonFile} in the folder.");
+
+    /// <summary>Loads the tokenizer of <paramref name="modelFolder"/>, or returns null when the folder has no tokenizer files.</summary>
+    /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
+    public static ITokenizer? TryLoad(string modelFolder)
+    {
+        ArgumentNullException.ThrowIfNull(modelFolder);
+        if (!Directory.Exists(modelFolder))
+        {
+            throw new DirectoryNotFoundException($"{modelFolder}: no such folder.");
+        }
+
+        string sentencePiece = Path.Combine(modelFolder, SentencePieceFile), json = Path.Combine(modelFolder, JsonFile);
+        if (File.Exists(sentencePiece))
+        {
+            return LoadSentencePiece(modelFolder, sentencePiece, json);
+        }
+
+        return File.Exists(json) ? LoadByteLevelBpe(modelFolder, json) : null;
+    }
+
+    /// <summary>
+    /// The folder's tokenizer, or a <see cref="ByteTokenizer"/> when it has none; checks that the
+    /// ids fit the model's <paramref name="vocabSize"/>.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The folder's tokenizer has more ids than the model's vocabulary.</exception>
+    /// <exception cref="ArgumentException">No tokenizer files and <paramref name="vocabSize"/> &lt; 256.</exception>
+    public static ITokenizer ForModel(string modelFolder, int vocabSize)
+    {
+        var tokenizer = TryLoad(modelFolder);
+        if (tokenizer is null)
+        {
+            return vocabSize >= 256 ? new ByteTokenizer()
+                : throw new ArgumentException(
+                    $"{modelFolder} has no tokenizer, and the byte tokenizer used instead needs 256 ids; the model's vocab_size is {vocabSize}.", nameof(vocabSize));
+        }
+
+        return tokenizer.VocabSize <= vocabSize ? tokenizer
+            : throw new InvalidDataException($"{modelFolder}: the tokenizer has {tokenizer.VocabSize} ids, more than the model's vocab_size {vocabSize}.");
+    }
+
+    /// <inheritdoc/>
+    public int[] Encode(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return encode(text);
+    }
+
+    /// <inheritdoc/>
+    public string Decode(ReadOnlySpan<int> ids) => decode([.. ids]);
+
+    internal static JsonDocument ParseJson(string path)
+    {
+        try
+        {
+            return JsonDocument.Parse(File.ReadAllBytes(path));
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON: {e.Message}", e);
+        }
+    }
+
+    private static HfTokenizer LoadByteLevelBpe(string folder, string json)
+    {
+        var bpe = ByteLevelBpe.Load(json);
+        var config = ReadConfig(folder);
+        return new HfTokenizer(bpe.VocabSize, config.Bos.Resolve(bpe.IdOf, null), config.Eos.Resolve(bpe.IdOf, null), bpe.Encode, bpe.Decode);
+    }
+
+    private static HfTokenizer LoadSentencePiece(string folder, string model, string json)
+    {
+        var config = ReadConfig(folder);
+        var added = File.Exists(json) ? AddedTokensOfJson(json) : config.AddedTokens;
+        LlamaTokenizer tokenizer;
+        using (var stream = File.OpenRead(model))
+        {
+            try
+            {
+                tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens: added.Count > 0 ? added : null);
+            }
+            catch (Exception e) when (e is not IOException)
+            {
+                throw new InvalidDataException($"{model}: not a SentencePiece model this library can read: {e.Message}", e);
+            }
+        }
+
+        int? IdOf(string token) => added.TryGetValue(token, out int id) || tokenizer.Vocabulary.TryGetValue(token, out id) ? id : null;
+        int vocabSize = tokenizer.Vocabulary.Values.Concat(added.Values).Max() + 1;
+        int? bos = config.Bos.Resolve(IdOf, tokenizer.BeginningOfSentenceId >= 0 ? tokenizer.BeginningOfSentenceId : null);
+        int? eos = config.Eos.Resolve(IdOf, tokenizer.EndOfSentenceId >= 0 ? tokenizer.EndOfSentenceId : null);
+        return new HfTokenizer(vocabSize, bos, eos,
+            text => [.. tokenizer.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false)],
+            ids => tokenizer.Decode(ids, considerSpecialTokens: false));
+    }
+
+    private static Dictionary<string, int> AddedTokensOfJson(string json)
+    {
+        using var document = ParseJson(json);
+        var added = new Dictionary<string, int>(StringComparer.Ordinal);
+        if (document.RootElement.TryGetProperty("added_tokens", out var list) && list.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var token in list.EnumerateArray())
+            {
+                if (token.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String
+                    && token.TryGetProperty("id", out var id) && id.TryGetInt32(out int value))
+                {
+                    added[content.GetString()!] = value;
+                }
+            }
+        }
+
+        return added;
+    }
+
+    private static TokenizerConfig ReadConfig(string folder)
+    {
+        string path = Path.Combine(folder, ConfigFile);
+        if (!File.Exists(path))
+        {
+            return new TokenizerConfig(SpecialToken.Unstated, SpecialToken.Unstated, []);
+        }
+
+        using var document = ParseJson(path);
+        var root = document.RootElement;
+        var added = new Dictionary<string, int>(StringComparer.Ordinal);
+        if (root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var entry in decoder.EnumerateObject())
+            {
+                if (int.TryParse(entry.Name, out int id) && entry.Value.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String)
+                {
+                    added[content.GetString()!] = id;
+                }
+            }
+        }
+
+        return new TokenizerConfig(SpecialToken.Read(root, "bos_token", path), SpecialToken.Read(root, "eos_token", path), added);
+    }
+
+    private sealed record TokenizerConfig(SpecialToken Bos, SpecialToken Eos, Dictionary<string, int> AddedTokens);
+
+    /// <summary>A bos_token/eos_token entry: unstated (key absent), stated as none (null), or a token string.</summary>
+    private sealed record SpecialToken(bool Stated, string? Content, string Key, string File)
+    {
+        public static readonly SpecialToken Unstated = new(false, null, "", "");
+
+        public static SpecialToken Read(JsonElement root, string key, string file)
+        {
+            if (!root.TryGetProperty(key, out var value))
+            {
+                return Unstated;
+            }
+
+            string? content = value.ValueKind switch
+            {
+                JsonValueKind.Null => null,
+                JsonValueKind.String => value.GetString(),
+                JsonValueKind.Object when value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
+                _ => throw new InvalidDataException($"{file}: \"{key}\" must be a string, {{\"content\": string}} or null; it is {value.GetRawText()}."),
+            };
+            return new SpecialToken(true, content, key, file);
+        }
+
+        public int? Resolve(Func<string, int?> idOf, int? fallback)
+        {
+            if (!Stated)
+            {
+                return fallback;
+            }
+
+            return Content is null ? null
+                : idOf(Content) ?? throw new InvalidDataException($"{File}: {Key} \"{Content}\" is not a token of the tokenizer.");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+// The training loop: per optimizer step, `GradientAccumulation` micro-batches (loss scaled by
+// 1/accumulation in backward), global-norm clipping, the scheduled learning rate, AdamW, zero
+// grad. Every random choice of a micro-step (its batch and its dropout masks) is a function of
+// (seed, micro-step index) only, so a run resumed from a checkpoint at step k replays exactly
+// the batches and masks of the uninterrupted run, and gives the same losses bit for bit.
+using System.Diagnostics;
+using PeftKernels.Autograd;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Models;
+using PeftKernels.Nn;
+
+namespace PeftKernels.Training;
+
+/// <summary>Training hyper-parameters.</summary>
+public sealed record TrainerOptions
+{
+    /// <summary>Optimizer steps in the whole run.</summary>
+    public int Steps { get; init; } = 100;
+
+    /// <summary>Micro-batches per optimizer step.</summary>
+    public int GradientAccumulation { get; init; } = 1;
+
+    /// <summary>Peak learning rate.</summary>
+    public double LearningRate { get; init; } = 2e-4;
+
+    /// <summary>Linear warm-up steps.</summary>
+    public int WarmupSteps { get; init; }
+
+    /// <summary>Final learning rate as a fraction of the peak (cosine floor).</summary>
+    public double MinLearningRateRatio { get; init; }
+
+    /// <summary>Decoupled weight decay.</summary>
+    public double WeightDecay { get; init; }
+
+    /// <summary>LoRA+ ratio: B's learning rate is this multiple of A's (1 = plain LoRA).</summary>
+    public double LoraPlusRatio { get; init; } = 1;
+
+    /// <summary>Clip the global gradient norm to this (0 = no clipping).</summary>
+    public double MaxGradNorm { get; init; } = 1.0;
+
+    /// <summary>Seed of batches and dropout.</summary>
+    public int Seed { get; init; }
+
+    /// <summary>Kernel threads and SIMD path.</summary>
+    public KernelOptions Kernel { get; init; }
+}
+
+/// <summary>One optimizer step's report.</summary>
+/// <param name="Step">Steps done (1-based).</param>
+/// <param name="TotalSteps">Steps in the run.</param>
+/// <param name="Loss">Mean loss of the step's micro-batches.</param>
+/// <param name="TokensPerSecond">Tokens processed per second over the run so far.</param>
+/// <param name="LearningRate">The rate used for this step.</param>
+/// <param name="GradNorm">Global gradient norm before clipping.</param>
+/// <param name="Elapsed">Wall time since the run (or resume) started.</param>
+/// <param name="Eta">Estimated time to the last step.</param>
+public sealed record TrainingProgress(int Step, int TotalSteps, double Loss, double TokensPerSecond, double LearningRate, double GradNorm,
+    TimeSpan Elapsed, TimeSpan Eta);
+
+/// <summary>Trains the trainable parameters of a causal LM.</summary>
+public sealed partial class Trainer
+{
+    private readonly LlamaForCausalLM model;
+    private readonly Func<Random, (int[] Inputs, int[] Labels)> sampler;
+    private readonly int batch;
+    private readonly List<double> losses = [];
+
+    /// <summary>Creates a trainer; <paramref name="sampler"/> returns (inputs, next-token labels) of <paramref name="batch"/> rows from the given generator.</summary>
+    public Trainer(LlamaForCausalLM model, Func<Random, (int[] Inputs, int[] Labels)> sampler, int batch, TrainerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(sampler);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Steps <= 0 || options.GradientAccumulation <= 0 || batch <= 0)
+        {
+            throw new ArgumentException($"steps ({options.Steps}), gradient accumulation ({options.GradientAccumulation}) and batch ({batch}) must be positive.");
+        }
+
+        this.model = model;
+        this.sampler = sampler;
+        this.batch = batch;
+        Options = options;
+        var trainable = model.NamedParameters().Where(p => p.Parameter.Trainable).ToList();
+        if (trainable.Count == 0)
+        {
+            throw new InvalidOperationException("the model has no trainable parameters (wrap it with LoRA first).");
+        }
+
+        var bParams = trainable.Where(p => p.Name.Contains(".lora_B.", StringComparison.Ordinal)).Select(p => p.Parameter).ToList();
+        var others = trainable.Select(p => p.Parameter).Except(bParams).ToList();
+        var groups = options.LoraPlusRatio == 1
+            ? new[] { new ParameterGroup([.. trainable.Select(p => p.Parameter)], 1, options.WeightDecay) }
+            : [new ParameterGroup(others, 1, options.WeightDecay), new ParameterGroup(bParams, options.LoraPlusRatio, options.WeightDecay)];
+        Optimizer = new AdamWOptimizer(groups.Where(g => g.Parameters.Count > 0));
+        Schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateRatio);
+    }
+
+    /// <summary>The options.</summary>
+    public TrainerOptions Options { get; }
+
+    /// <summary>The optimizer (trainable parameters only).</summary>
+    public AdamWOptimizer Optimizer { get; }
+
+    /// <summary>The learning-rate schedule.</summary>
+    public LearningRateSchedule Schedule { get; }
+
+    /// <summary>Optimizer steps done.</summary>
+    public int Step => Optimizer.StepCount;
+
+    /// <summary>The loss of every step done, in order (including steps before a resume).</summary>
+    public IReadOnlyList<double> Losses => losses;
+
+    /// <summary>Trains until <paramref name="untilStep"/> (default: the last step), reporting each step.</summary>
+    public void Run(IProgress<TrainingProgress>? progress = null, int? untilStep = null, CancellationToken cancellation = default)
+    {
+        int end = Math.Min(untilStep ?? Options.Steps, Options.Steps);
+        int accum = Options.GradientAccumulation;
+        var clock = Stopwatch.StartNew();
+        long tokens = 0;
+        int first = Step;
+        model.Train(true);
+        try
+        {
+            while (Step < end)
+            {
+                cancellation.ThrowIfCancellationRequested();
+                double lossSum = 0;
+                for (int micro = 0; micro < accum; micro++)
+                {
+                    ulong index = ((ulong)Step * (ulong)accum) + (ulong)micro;
+                    var rng = new Random((int)(ForwardContext.Mix((ulong)Options.Seed, index) & int.MaxValue));
+                    var (inputs, labels) = sampler(rng);
+                    var context = new ForwardContext(ForwardContext.Mix((ulong)Options.Seed ^ 0x5EEDUL, index), Options.Kernel);
+                    var loss = model.Loss(inputs, labels, batch, context);
+                    lossSum += loss.Item();
+                    Tape.Backward(loss, 1f / accum);
+                    tokens += inputs.Length;
+                }
+
+                double norm = Optimizer.ClipGradNorm(Options.MaxGradNorm, Options.Kernel);
+                double lr = Schedule.At(Step);
+                Optimizer.Step(lr, Options.Kernel);
+                Optimizer.ZeroGrad();
+                losses.Add(lossSum / accum);
+                double seconds = clock.Elapsed.TotalSeconds;
+                int done = Step - first;
+                var eta = TimeSpan.FromSeconds(seconds / Math.Max(1, done) * (end - Step));
+                progress?.Report(new TrainingProgress(Step, Options.Steps, lossSum / accum, tokens / Math.Max(seconds, 1e-9), lr, norm, clock.Elapsed, eta));
+            }
+        }
+        finally
+        {
+            Tape.Clear();
+            model.Train(false);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+using PeftKernels.Models;
+
+namespace PeftKernels.Tests;
+
+/// <summary>
+/// A hand-written double-precision Llama forward (llama-format.md), straight from the formulas:
+/// no kernels, no tiling, no online softmax. Weights are read from a model's parameters
+/// (widened or dequantized to double); LoRA adapters, when given, add s·(x·Aᵀ)·Bᵀ.
+/// </summary>
+internal static class LlamaReference
+{
+    public static double[] Logits(LlamaForCausalLM model, int[] tokens, bool withLora = false)
+    {
+        var c = model.Config;
+        var p = model.NamedParameters().ToDictionary(e => e.Name, e => e.Parameter);
+        double[] W(string name) => p[name].ToFloat32().Select(v => (double)v).ToArray();
+        int T = tokens.Length, H = c.HiddenSize, hd = c.HeadDim, nh = c.NumAttentionHeads, nkv = c.NumKeyValueHeads, I = c.IntermediateSize;
+        var embed = W("model.embed_tokens.weight");
+        var x = new double[T, H];
+        for (int t = 0; t < T; t++)
+        {
+            for (int j = 0; j < H; j++)
+            {
+                x[t, j] = embed[(tokens[t] * H) + j];
+            }
+        }
+
+        double[,] Linear(double[,] input, string name, int outF, int inF)
+        {
+            var w = W(name + ".weight");
+            double[]? b = p.ContainsKey(name + ".bias") ? W(name + ".bias") : null;
+            var y = new double[T, outF];
+            for (int t = 0; t < T; t++)
+            {
+                for (int o = 0; o < outF; o++)
+                {
+                    double s = b?[o] ?? 0;
+                    for (int i = 0; i < inF; i++)
+                    {
+                        s += input[t, i] * w[(o * inF) + i];
+                    }
+
+                    y[t, o] = s;
+                }
+            }
+
+            if (withLora && p.ContainsKey(name + ".lora_A.default.weight"))
+            {
+                var a = W(name + ".lora_A.default.weight");
+                var bb = W(name + ".lora_B.default.weight");
+                var adapter = Peft.Lora.Adapters(model).First(e => e.Module == name).Adapter;
+                int r = adapter.Rank;
+                double scale = adapter.Scale;
+                for (int t = 0; t < T; t++)
+                {
+                    var h = new double[r];
+                    for (int k = 0; k < r; k++)
+                    {
+                        for (int i = 0; i < inF; i++)
+                        {
+                            h[k] += input[t, i] * a[(k * inF) + i];
+                        }
+                    }
+
+                    for (int o = 0; o < outF; o++)
+                    {
+                        for (int k = 0; k < r; k++)
+                        {
+                            y[t, o] += scale * h[k] * bb[(o * r) + k];
+                        }
+                    }
+                }
+            }
+
+            return y;
+        }
+
+        double[,] Norm(double[,] input, string name)
+        {
+            var w = W(name);
+            var y = new double[T, H];
+            for (int t = 0; t < T; t++)
+            {
+                double ms = 0;
+                for (int j = 0; j < H; j++)
+                {
+                    ms += input[t, j] * input[t, j];
+                }
+
+                double rstd = 1 / Math.Sqrt((ms / H) + c.RmsNormEps);
+                for (int j = 0; j < H; j++)
+                {
+                    y[t, j] = w[j] * input[t, j] * rstd;
+                }
+            }
+
+            return y;
+        }
+
+        void Rope(double[,] v, int heads)
+        {
+            for (int t = 0; t < T; t++)
+            {
+                for (int h = 0; h < heads; h++)
+                {
+                    for (int j = 0; j < hd / 2; j++)
+                    {
+                        double angle = t * Math.Pow(c.RopeTheta, -2.0 * j / hd);
+                        double x1 = v[t, (h * hd) + j], x2 = v[t, (h * hd) + j + (hd / 2)];
+                        v[t, (h * hd) + j] = (x1 * Math.Cos(angle)) - (x2 * Math.Sin(angle));
+                        v[t, (h * hd) + j + (hd / 2)] = (x2 * Math.Cos(angle)) + (x1 * Math.Sin(angle));
+                    }
+                }
+            }
+        }
+
+        for (int l = 0; l < c.NumHiddenLayers; l++)
+        {
+            string pre = $"model.layers.{l}.";
+            var n1 = Norm(x, pre + "input_layernorm.weight");
+            var q = Linear(n1, pre + "self_attn.q_proj", nh * hd, H);
+            var k = Linear(n1, pre + "self_attn.k_proj", nkv * hd, H);
+            var v = Linear(n1, pre + "self_attn.v_proj", nkv * hd, H);
+            Rope(q, nh);
+            Rope(k, nkv);
+            var o = new double[T, nh * hd];
+            for (int h = 0; h < nh; h++)
+            {
+                int kvh = h / (nh / nkv);
+                for (int i = 0; i < T; i++)
+                {
+                    var s = new double[i + 1];
+                    for (int j = 0; j <= i; j++)
+                    {
+                        for (int d = 0; d < hd; d++)
+                        {
+                            s[j] += q[i, (h * hd) + d] * k[j, (kvh * hd) + d];
+                        }
+
+                        s[j] /= Math.Sqrt(hd);
+                    }
+
+                    double max = s.Max(), sum = s.Sum(e => Math.Exp(e - max));
+                    for (int j = 0; j <= i; j++)
+                    {
+                        double prob = Math.Exp(s[j] - max) / sum;
+                        for (int d = 0; d < hd; d++)
+                        {
+                            o[i, (h * hd) + d] += prob * v[j, (kvh * hd) + d];
+                        }
+                    }
+                }
+            }
+
+            var attn = Linear(o, pre + "self_attn.o_proj", H, nh * hd);
+            for (int t = 0; t < T; t++)
+            {
+                for (int j = 0; j < H; j++)
+                {
+                    x[t, j] += attn[t, j];
+                }
+            }
+
+            var n2 = Norm(x, pre + "post_attention_layernorm.weight");
+            var gate = Linear(n2, pre + "mlp.gate_proj", I, H);
+            var up = Linear(n2, pre + "mlp.up_proj", I, H);
+            var act = new double[T, I];
+            for (int t = 0; t < T; t++)
+            {
+                for (int j = 0; j < I; j++)
+                {
+                    act[t, j] = gate[t, j] / (1 + Math.Exp(-gate[t, j])) * up[t, j];
+                }
+            }
+
+            var down = Linear(act, pre + "mlp.down_proj", H, I);
+            for (int t = 0; t < T; t++)
+            {
+                for (int j = 0; j < H; j++)
+                {
+                    x[t, j] += down[t, j];
+                }
+            }
+        }
+
+        var final = Norm(x, "model.norm.weight");
+        string head = p.ContainsKey("lm_head.weight") ? "lm_head" : "model.embed_tokens";
+        var logits = Linear(final, head, c.VocabSize, H);
+        var flat = new double[T * c.VocabSize];
+        for (int t = 0; t < T; t++)
+        {
+            for (int j = 0; j < c.VocabSize; j++)
+            {
+                flat[(t * c.VocabSize) + j] = logits[t, j];
+            }
+        }
+
+        return flat;
+    }
+}

@@ -1,0 +1,196 @@
+// `peft score`, `peft generate` and `peft train`: the causal-LM verbs over a Hugging Face
+// model folder (LlamaForCausalLM), with an optional PEFT LoRA adapter folder.
+//   score    prints {"tokens": N, "loss": L, "perplexity": P}: mean loss over N−1 predictions
+//   generate greedy or temperature/top-p sampling with a KV cache
+//   train    LoRA or QLoRA (NF4 + double quantization of the base Linears), AdamW with warm-up
+//            and cosine decay, then the adapter in PEFT layout in --out
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Models;
+using PeftKernels.Nn;
+using PeftKernels.Peft;
+using PeftKernels.Text;
+using PeftKernels.Training;
+
+namespace PeftKernels.Cli;
+
+internal static class ModelCommands
+{
+    public static Command CreateScore()
+    {
+        var model = ModelOption();
+        var adapter = AdapterOption();
+        var tokens = new Option<string>("--tokens") { Required = true, HelpName = "ids", Description = "Comma-separated token ids, at least two." };
+        var threads = ThreadsOption();
+        var command = new Command("score", "Causal-LM loss and perplexity of a token sequence (mean over the N−1 predicted positions), as one JSON line.")
+        {
+            model, adapter, tokens, threads,
+        };
+        command.SetAction(parse => Cli.Guard(parse, log =>
+        {
+            var ids = ParseTokens(parse.GetRequiredValue(tokens), "--tokens");
+            var lm = LoadModel(parse.GetRequiredValue(model), parse.GetValue(adapter));
+            double loss = lm.Score(ids, new ForwardContext(0, new KernelOptions(parse.GetValue(threads))));
+            log.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["tokens"] = ids.Length, ["loss"] = loss, ["perplexity"] = Math.Exp(loss) }));
+            return 0;
+        }));
+        return command;
+    }
+
+    public static Command CreateGenerate()
+    {
+        var model = ModelOption();
+        var adapter = AdapterOption();
+        var prompt = new Option<string?>("--prompt") { HelpName = "text", Description = "Prompt text, encoded with the model's tokenizer (or bytes when it has none)." };
+        var promptTokens = new Option<string?>("--prompt-tokens") { HelpName = "ids", Description = "Prompt as comma-separated token ids; the output is ids too." };
+        var maxNew = new Option<int>("--max-new-tokens") { Required = true, HelpName = "n", Description = "Tokens to generate." };
+        var temperature = new Option<float>("--temperature") { HelpName = "t", Description = "0 = greedy; > 0 samples from softmax(logits / t).", DefaultValueFactory = _ => 0f };
+        var topP = new Option<float>("--top-p") { HelpName = "p", Description = "Nucleus sampling mass in (0, 1].", DefaultValueFactory = _ => 1f };
+        var seed = new Option<int>("--seed") { Description = "Sampler seed.", DefaultValueFactory = _ => 0 };
+        var threads = ThreadsOption();
+        var command = new Command("generate", "Generate tokens after a prompt (greedy, or temperature / top-p sampling) with a KV cache.")
+        {
+            model, adapter, prompt, promptTokens, maxNew, temperature, topP, seed, threads,
+        };
+        command.Validators.Add(result =>
+        {
+            if ((result.GetValue(prompt) == null) == (result.GetValue(promptTokens) == null))
+            {
+                result.AddError("give exactly one of --prompt and --prompt-tokens.");
+            }
+        });
+        command.SetAction(parse => Cli.Guard(parse, log =>
+        {
+            string folder = parse.GetRequiredValue(model);
+            var lm = LoadModel(folder, parse.GetValue(adapter));
+            var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
+            string? text = parse.GetValue(prompt);
+            int[] ids = text != null ? [.. (tokenizer.BosId is int bos ? [bos] : Array.Empty<int>()), .. tokenizer.Encode(text)]
+                : ParseTokens(parse.GetValue(promptTokens)!, "--prompt-tokens");
+            if (ids.Length == 0)
+            {
+                throw new ArgumentException("the prompt encodes to no tokens.");
+            }
+
+            var stops = lm.Config.EosTokenId ?? (tokenizer.EosId is int eos ? [eos] : null);
+            var options = new GenerationOptions(parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(seed), stops);
+            var generated = lm.Generate(ids, parse.GetValue(maxNew), options, new ForwardContext(0, new KernelOptions(parse.GetValue(threads))));
+            log.WriteLine(text != null ? text + tokenizer.Decode(generated) : string.Join(",", generated));
+            return 0;
+        }));
+        return command;
+    }
+
+    public static Command CreateTrain()
+    {
+        var model = ModelOption();
+        var data = new Option<string>("--data") { Required = true, HelpName = "file", Description = "Plain text (documents separated by blank lines) or JSONL with a \"text\" field." };
+        var method = new Option<string>("--method") { Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first.", DefaultValueFactory = _ => "lora" };
+        method.AcceptOnlyFromAmong("lora", "qlora");
+        var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
+        var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
+        var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
+        var targets = new Option<string>("--targets") { HelpName = "names", Description = "Comma-separated module names, all-linear, or re:REGEX.", DefaultValueFactory = _ => "q_proj,v_proj" };
+        var rslora = new Option<bool>("--rslora") { Description = "rsLoRA scaling alpha / sqrt(r)." };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 2e-4 };
+        var steps = new Option<int>("--steps") { Description = "Optimizer steps.", DefaultValueFactory = _ => 100 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 4 };
+        var seq = new Option<int>("--seq") { Description = "Tokens per sequence.", DefaultValueFactory = _ => 128 };
+        var accum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
+        var warmup = new Option<int>("--warmup") { Description = "Linear warm-up steps.", DefaultValueFactory = _ => 0 };
+        var seed = new Option<int>("--seed") { Description = "Seed of initialisation, batches and dropout.", DefaultValueFactory = _ => 0 };
+        var threads = ThreadsOption();
+        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors)." };
+        var command = new Command("train", "Fine-tune a LoRA / QLoRA adapter on a text file and save it in Hugging Face PEFT layout.")
+        {
+            model, data, method, r, alpha, dropout, targets, rslora, lr, steps, batch, seq, accum, warmup, seed, threads, output,
+        };
+        command.SetAction(parse => Cli.Guard(parse, log =>
+        {
+            string folder = parse.GetRequiredValue(model);
+            var lm = LlamaForCausalLM.Load(folder);
+            var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
+            var dataset = TextDataset.Load(parse.GetRequiredValue(data), tokenizer);
+            int b = parse.GetValue(batch), t = parse.GetValue(seq);
+            if (dataset.Tokens.Length < t + 1)
+            {
+                throw new ArgumentException($"--data has {dataset.Tokens.Length} tokens; --seq {t} needs at least {t + 1}.");
+            }
+
+            if (parse.GetValue(method) == "qlora")
+            {
+                var (before, after) = lm.QuantizeLinears();
+                log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {Mib(before)} → {Mib(after)}");
+            }
+
+            var config = new LoraConfig
+            {
+                R = parse.GetValue(r),
+                LoraAlpha = parse.GetValue(alpha),
+                LoraDropout = parse.GetValue(dropout),
+                TargetModules = TargetModules.Parse(parse.GetRequiredValue(targets)),
+                UseRsLora = parse.GetValue(rslora),
+                BaseModelNameOrPath = Path.GetFullPath(folder),
+            };
+            var wrapped = Lora.Apply(lm, config, seed: parse.GetValue(seed));
+            long trainable = lm.TrainableParameters().Sum(p => p.Count), total = lm.NamedParameters().Sum(p => p.Parameter.Count);
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"trainable params: {trainable:N0} || all params: {total:N0} || trainable%: {100.0 * trainable / total:F4} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
+            var options = new TrainerOptions
+            {
+                Steps = parse.GetValue(steps),
+                LearningRate = parse.GetValue(lr),
+                WarmupSteps = parse.GetValue(warmup),
+                GradientAccumulation = parse.GetValue(accum),
+                Seed = parse.GetValue(seed),
+                Kernel = new KernelOptions(parse.GetValue(threads)),
+            };
+            var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
+            TrainingView.Run(trainer, log);
+            string outDir = parse.GetRequiredValue(output);
+            Lora.Save(lm, outDir, config);
+            log.WriteLine($"saved adapter to {Path.GetFullPath(outDir)} ({Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.Losses[^1]:F4}");
+            return 0;
+        }));
+        return command;
+    }
+
+    internal static string Mib(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1048576.0:F2} MiB");
+
+    private static Option<string> ModelOption() =>
+        new("--model") { Required = true, HelpName = "dir", Description = "Hugging Face model folder (config.json + model.safetensors or a sharded index)." };
+
+    private static Option<string?> AdapterOption() =>
+        new("--adapter") { HelpName = "dir", Description = "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)." };
+
+    private static Option<int> ThreadsOption() =>
+        new("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };
+
+    private static LlamaForCausalLM LoadModel(string folder, string? adapter)
+    {
+        var lm = LlamaForCausalLM.Load(folder);
+        if (adapter != null)
+        {
+            Lora.Load(lm, adapter);
+        }
+
+        return lm;
+    }
+
+    private static int[] ParseTokens(string text, string option)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries);
+        var ids = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+        {
+            if (!int.TryParse(parts[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out ids[i]) || ids[i] < 0)
+            {
+                throw new ArgumentException($"{option}: '{parts[i]}' (item {i + 1}) is not a non-negative integer token id.");
+            }
+        }
+
+        return ids;
+    }
+}
