@@ -93,6 +93,36 @@ public class LlamaModelTests
     }
 
     [Fact]
+    public void ShardedF16CheckpointLoadsWidenedExactly()
+    {
+        using var temp = new TempFolder();
+        var model = TinyModel();
+        model.Save(temp.Path);
+        File.Delete(temp.File("model.safetensors"));
+
+        // Two shards of F16 tensors and an index, as transformers writes a sharded fp16 model.
+        var all = model.NamedParameters().ToList();
+        var weightMap = new Dictionary<string, string>();
+        for (int s = 0; s < 2; s++)
+        {
+            string shard = $"model-0000{s + 1}-of-00002.safetensors";
+            var part = all.Where((_, i) => i % 2 == s).ToList();
+            IO.SafeTensorsWriter.Write(temp.File(shard), part.Select(p => IO.SafeTensor.FromHalf(p.Name, p.Parameter.Data.Select(v => (Half)v).ToArray(),
+                [.. p.Parameter.Shape.Select(d => (long)d)])).ToList());
+            part.ForEach(p => weightMap[p.Name] = shard);
+        }
+
+        File.WriteAllText(temp.File("model.safetensors.index.json"), System.Text.Json.JsonSerializer.Serialize(new { metadata = new { total_size = 0 }, weight_map = weightMap }));
+        var loaded = LlamaForCausalLM.Load(temp.Path);
+        foreach (var (name, p) in loaded.NamedParameters())
+        {
+            Assert.Equal(TensorDType.F32, p.DType);
+            var original = all.First(e => e.Name == name).Parameter.Data;
+            Assert.Equal(original.Select(v => (float)(Half)v), p.Data);
+        }
+    }
+
+    [Fact]
     public void LoadingListsEveryMissingUnexpectedAndMisshapenTensor()
     {
         using var temp = new TempFolder();

@@ -74,6 +74,26 @@ public sealed class ModelCommandTests : IDisposable
         Assert.Equal(0, Invoke("generate", "--model", ModelFolder, "--adapter", adapter, "--prompt", "abc", "--max-new-tokens", "3").Code);
     }
 
+    [Fact]
+    public void PretrainIsDeterministicAndLowersTheLoss()
+    {
+        string data = folder.File("corpus.txt");
+        File.WriteAllText(data, string.Join("\n\n", Enumerable.Range(0, 40).Select(i => $"the cat sat on the mat {i % 5}. the dog ran.")));
+        string a = System.IO.Path.Combine(folder.Path, "a"), b = System.IO.Path.Combine(folder.Path, "b");
+        string[] args = ["pretrain", "--config", "tiny", "--data", data, "--steps", "30", "--batch", "4", "--seq", "24", "--lr", "1e-2", "--seed", "2"];
+        var (code, output, error) = Invoke([.. args, "--out", a]);
+        Assert.Equal((0, ""), (code, error));
+        Assert.Contains("step 30/30", output);
+        Assert.Equal(0, Invoke([.. args, "--threads", "1", "--out", b]).Code);
+        Assert.Equal(File.ReadAllBytes(System.IO.Path.Combine(a, "model.safetensors")), File.ReadAllBytes(System.IO.Path.Combine(b, "model.safetensors")));
+
+        var model = LlamaForCausalLM.Load(a);
+        var text = new Text.ByteTokenizer().Encode("the cat sat on the mat 3. the dog ran.");
+        double trained = model.Score(text);
+        double untrained = LlamaForCausalLM.Create(model.Config, 2).Score(text);
+        Assert.True(trained < untrained - 1, $"pre-training did not lower the loss: {untrained:F3} → {trained:F3}");
+    }
+
     [Theory]
     [InlineData("score|--model|MODEL|--tokens|1,x", "'x' (item 2) is not a non-negative integer token id")]
     [InlineData("score|--model|MODEL|--tokens|7", "at least 2 tokens")]

@@ -19,6 +19,7 @@ public static class Cli
         root.Subcommands.Add(ModelCommands.CreateScore());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(ModelCommands.CreateTrain());
+        root.Subcommands.Add(PretrainCommand.Create());
         return root;
     }
 

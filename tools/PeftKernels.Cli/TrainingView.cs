@@ -9,7 +9,7 @@ namespace PeftKernels.Cli;
 
 internal static class TrainingView
 {
-    public static void Run(Trainer trainer, TextWriter log)
+    public static void Run(Trainer trainer, TextWriter log, Action<TrainingProgress>? observe = null)
     {
         int total = trainer.Options.Steps;
         bool live = ReferenceEquals(log, Console.Out) && !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive;
@@ -18,6 +18,7 @@ internal static class TrainingView
             int every = Math.Max(1, total / 20);
             trainer.Run(new Reporter(p =>
             {
+                observe?.Invoke(p);
                 if (p.Step % every == 0 || p.Step == total)
                 {
                     log.WriteLine(Describe(p));
@@ -33,6 +34,7 @@ internal static class TrainingView
                 var task = ctx.AddTask("training", maxValue: total);
                 trainer.Run(new Reporter(p =>
                 {
+                    observe?.Invoke(p);
                     task.Description = Markup.Escape(Describe(p));
                     task.Value = p.Step;
                 }));
