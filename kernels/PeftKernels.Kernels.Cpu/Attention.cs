@@ -12,9 +12,10 @@
 //   dv_j = Σ_i p_ij dO_i          dp_ij = dO_i·v_j          ds_ij = p_ij (dp_ij − D_i)
 //   dq_i = scale Σ_j ds_ij k_j    dk_j  = scale Σ_i ds_ij q_i
 // with dk, dv summed over the H / Hkv query heads of a group (chain rule through the shared k, v).
-// Parallel units: forward (b, h, query tile); backward (b, kv head), each owning its dk/dv
+// Parallel units: forward (b, kv head, query tile); backward (b, kv head), each owning its dk/dv
 // slice and the dq rows of its query heads, so every sum runs in one fixed order: results are
 // bit-identical for any thread count.
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
@@ -29,7 +30,7 @@ public static unsafe partial class Attention
     /// <summary>Queries per tile: each K/V tile is reused by this many rows.</summary>
     private const int QueryTile = 32;
 
-    /// <summary>Up to this many queries (decode) the scores are dot products, with no transposed copy of K.</summary>
+    /// <summary>Up to this many queries (decode) the products with K (and V in backward) are dot products against their rows, with no transposed copy.</summary>
     private const int DirectMaxQueries = 4;
 
     /// <summary>Below this many multiply-adds a call runs on the calling thread alone.</summary>
@@ -182,6 +183,9 @@ public static unsafe partial class Attention
     private static int Workers(int threads, int units, long work) =>
         work < ParallelMinWork ? 1 : Math.Max(1, Math.Min(threads, units));
 
+    /// <summary>A worker's scratch floats, rounded up to whole 64-byte lines: no two workers write one line.</summary>
+    private static int WorkerFloats(int floats) => (floats + 15) & ~15;
+
     /// <summary>Dimensions and the strides derived from them (elements).</summary>
     private readonly record struct Dims(int Batch, int QueryLength, int KeyLength, int Heads, int KvHeads, int HeadDim, float Scale)
     {
@@ -223,13 +227,13 @@ public static unsafe partial class Attention
     {
         private readonly int _queryTiles = (d.QueryLength + QueryTile - 1) / QueryTile;
         private readonly bool _packed = d.QueryLength > DirectMaxQueries;
-        private readonly int _scratch = (QueryTile * KeyTile) + (QueryTile * d.HeadDim) + (2 * QueryTile);
+        private readonly int _scratch = WorkerFloats((QueryTile * KeyTile) + (d.Group * QueryTile * (d.HeadDim + 2)));
         private int _workers;
         private float* _kt, _work;
 
         public void Run()
         {
-            int units = d.Batch * d.Heads * _queryTiles;
+            int units = d.Batch * d.KvHeads * _queryTiles;
             _workers = Workers(threads, units, d.Work);
             long ktFloats = _packed ? (long)d.Batch * d.KvHeads * d.KeyTiles * KeyTile * d.HeadDim : 0;
             _kt = (float*)NativeMemory.AlignedAlloc((nuint)(ktFloats * sizeof(float)), 64);
@@ -266,73 +270,84 @@ public static unsafe partial class Attention
 
         private float* KeyTileAt(int unit, int tile) => _kt + ((((long)unit * d.KeyTiles) + tile) * d.HeadDim * KeyTile);
 
+        // A unit is (b, kv head g, query tile) and runs the query heads of g together, so each K/V
+        // tile is read from memory once for all of them (the decode case is bound by that read).
         // Units are dealt round robin: a query tile's work grows with its position (causal), and
         // neighbouring tiles go to different workers.
         private void Compute(int worker)
         {
             float* scratch = _work + ((long)worker * _scratch);
-            for (int u = worker; u < d.Batch * d.Heads * _queryTiles; u += _workers)
+            for (int u = worker; u < d.Batch * d.KvHeads * _queryTiles; u += _workers)
             {
-                int bh = u / _queryTiles;
-                QueryTileForward(bh / d.Heads, bh % d.Heads, (u % _queryTiles) * QueryTile, scratch);
+                int bg = u / _queryTiles;
+                QueryTileForward(bg / d.KvHeads, bg % d.KvHeads, (u % _queryTiles) * QueryTile, scratch);
             }
         }
 
-        private void QueryTileForward(int b, int h, int i0, float* scratch)
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private void QueryTileForward(int b, int g, int i0, float* scratch)
         {
-            int hd = d.HeadDim, rows = Math.Min(QueryTile, d.QueryLength - i0), g = h / d.Group;
-            float* s = scratch, acc = s + (QueryTile * KeyTile), m = acc + (QueryTile * hd), l = m + QueryTile;
-            float* qb = io.Q + d.QRow(b, i0, h), kb = io.K + d.KRow(b, 0, g), vb = io.V + d.KRow(b, 0, g);
-            new Span<float>(acc, rows * hd).Clear();
-            new Span<float>(m, rows).Fill(float.NegativeInfinity);
-            new Span<float>(l, rows).Clear();
+            int hd = d.HeadDim, rows = Math.Min(QueryTile, d.QueryLength - i0), groupRows = d.Group * QueryTile;
+            float* s = scratch, acc = s + (QueryTile * KeyTile), m = acc + ((long)groupRows * hd), l = m + groupRows;
+            float* kb = io.K + d.KRow(b, 0, g), vb = io.V + d.KRow(b, 0, g);
+            new Span<float>(acc, groupRows * hd).Clear();
+            new Span<float>(m, groupRows).Fill(float.NegativeInfinity);
+            new Span<float>(l, groupRows).Clear();
 
             // Keys after the last row's horizon are masked for every row of the tile: never visited.
             int keyEnd = i0 + rows + d.Offset;
             for (int j0 = 0; j0 < keyEnd; j0 += KeyTile)
             {
                 int width = Math.Min(KeyTile, keyEnd - j0);
-                if (_packed)
+                for (int hh = 0; hh < d.Group; hh++)
                 {
-                    MulAdd<TV, T>(qb, d.QStride, 1, KeyTileAt((b * d.KvHeads) + g, j0 / KeyTile), KeyTile, s, KeyTile, rows, width, hd, false);
-                }
-
-                for (int r = 0; r < rows; r++)
-                {
-                    float* sr = s + (r * KeyTile);
-                    int visible = Math.Min(width, i0 + r + d.Offset + 1 - j0);
-                    if (visible <= 0)
+                    // Rows of query head g·Group + hh: acc, m, l at hh·QueryTile.
+                    float* qb = io.Q + d.QRow(b, i0, (g * d.Group) + hh), accH = acc + ((long)hh * QueryTile * hd);
+                    float* mH = m + (hh * QueryTile), lH = l + (hh * QueryTile);
+                    if (_packed)
                     {
-                        new Span<float>(sr, width).Clear();
-                        continue;
+                        MulAdd<TV, T>(qb, d.QStride, 1, KeyTileAt((b * d.KvHeads) + g, j0 / KeyTile), KeyTile, s, KeyTile, rows, width, hd, false);
                     }
 
-                    if (!_packed)
+                    for (int r = 0; r < rows; r++)
                     {
-                        for (int c = 0; c < visible; c++)
+                        float* sr = s + (r * KeyTile);
+                        int visible = Math.Min(width, i0 + r + d.Offset + 1 - j0);
+                        if (visible <= 0)
                         {
-                            sr[c] = Dot<TV, T>(qb + ((long)r * d.QStride), kb + ((long)(j0 + c) * d.KStride), hd);
+                            new Span<float>(sr, width).Clear();
+                            continue;
+                        }
+
+                        if (!_packed)
+                        {
+                            Dots<TV, T>(qb + ((long)r * d.QStride), kb + ((long)j0 * d.KStride), d.KStride, visible, hd, sr);
+                        }
+
+                        float mNew = MathF.Max(mH[r], ScaledMax<TV, T>(sr, visible, d.Scale));
+                        float alpha = mNew == mH[r] ? 1f : MathF.Exp(mH[r] - mNew);
+                        lH[r] = (lH[r] * alpha) + ExpInPlace<TV, T>(sr, visible, d.Scale, mNew);
+                        mH[r] = mNew;
+                        new Span<float>(sr + visible, width - visible).Clear();
+                        if (alpha != 1f)
+                        {
+                            ScaleRow<TV, T>(accH + (r * hd), accH + (r * hd), hd, alpha);
                         }
                     }
 
-                    float mNew = MathF.Max(m[r], ScaledMax<TV, T>(sr, visible, d.Scale));
-                    float alpha = MathF.Exp(m[r] - mNew);
-                    l[r] = (l[r] * alpha) + ExpInPlace<TV, T>(sr, visible, d.Scale, mNew);
-                    m[r] = mNew;
-                    new Span<float>(sr + visible, width - visible).Clear();
-                    if (alpha != 1f)
-                    {
-                        ScaleRow<TV, T>(acc + (r * hd), acc + (r * hd), hd, alpha);
-                    }
+                    MulAdd<TV, T>(s, KeyTile, 1, vb + ((long)j0 * d.KStride), d.KStride, accH, hd, rows, hd, width, true);
                 }
-
-                MulAdd<TV, T>(s, KeyTile, 1, vb + ((long)j0 * d.KStride), d.KStride, acc, hd, rows, hd, width, true);
             }
 
-            for (int r = 0; r < rows; r++)
+            for (int hh = 0; hh < d.Group; hh++)
             {
-                ScaleRow<TV, T>(acc + (r * hd), io.O + d.QRow(b, i0 + r, h), hd, 1f / l[r]);
-                io.Lse[(((long)b * d.Heads) + h) * d.QueryLength + i0 + r] = m[r] + MathF.Log(l[r]);
+                int h = (g * d.Group) + hh;
+                for (int r = 0; r < rows; r++)
+                {
+                    int row = (hh * QueryTile) + r;
+                    ScaleRow<TV, T>(acc + ((long)row * hd), io.O + d.QRow(b, i0 + r, h), hd, 1f / l[row]);
+                    io.Lse[(((long)b * d.Heads) + h) * d.QueryLength + i0 + r] = m[row] + MathF.Log(l[row]);
+                }
             }
         }
     }

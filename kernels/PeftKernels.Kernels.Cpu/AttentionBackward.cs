@@ -1,12 +1,14 @@
 // Attention backward (FlashAttention-2 loop order), the formulas are in Attention.cs. One unit
 // is (b, kv head g): it owns dk, dv of g and dq of the query heads of g. Outer loop over key
-// tiles (Kᵀ and Vᵀ of the tile packed once, reused by every query row of the group), inner loop
+// tiles (Kᵀ and Vᵀ of the tile packed once, reused by every query row of the group; with at most
+// DirectMaxQueries queries, no packing: dot products against the rows), inner loop
 // over the query heads of g and the query tiles that see the key tile (i ≥ j0 − offset):
 //   S  = Q·Kᵀ                 P = exp(scale·S − lse), masked to 0      [rows, keys]
 //   dV += Pᵀ·dO               dP = dO·Vᵀ
 //   dS = scale·P ⊙ (dP − D)   dQ += dS·K       dK += dSᵀ·Q
 // Only the per-row lse (from the forward) and D = rowsum(dO ⊙ o) are kept, never a whole P.
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -17,7 +19,8 @@ public static unsafe partial class Attention
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
-        private readonly int _scratch = (2 * KeyTile * d.HeadDim) + (2 * QueryTile * KeyTile) + (d.Group * d.QueryLength);
+        private readonly bool _packed = d.QueryLength > DirectMaxQueries;
+        private readonly int _scratch = WorkerFloats((2 * KeyTile * d.HeadDim) + (2 * QueryTile * KeyTile) + (d.Group * d.QueryLength));
         private int _workers;
         private float* _work;
 
@@ -45,6 +48,22 @@ public static unsafe partial class Attention
             }
         }
 
+        /// <summary>c[r, j] = x_r·y_j for rows of q or dO against a key tile of k or v: from the packed tile, or (few queries) by dot products.</summary>
+        private void ProductWithKeys(float* x, float* yRows, float* yPacked, float* c, int rows, int width)
+        {
+            if (_packed)
+            {
+                MulAdd<TV, T>(x, d.QStride, 1, yPacked, KeyTile, c, KeyTile, rows, width, d.HeadDim, false);
+                return;
+            }
+
+            for (int r = 0; r < rows; r++)
+            {
+                Dots<TV, T>(x + ((long)r * d.QStride), yRows, d.KStride, width, d.HeadDim, c + (r * KeyTile));
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void Unit(int b, int g, float* scratch)
         {
             int hd = d.HeadDim;
@@ -74,8 +93,13 @@ public static unsafe partial class Attention
                 int iStart = Math.Max(0, j0 - d.Offset);
                 Debug.Assert(iStart < d.QueryLength, "the last key is seen by the last query");
                 float* kTile = kb + ((long)j0 * d.KStride), dkTile = dkb + ((long)j0 * d.KStride), dvTile = dvb + ((long)j0 * d.KStride);
-                Pack(kTile, d.KStride, width, hd, kt, KeyTile);
-                Pack(io.V + d.KRow(b, j0, g), d.KStride, width, hd, vt, KeyTile);
+                float* vTile = io.V + d.KRow(b, j0, g);
+                if (_packed)
+                {
+                    Pack(kTile, d.KStride, width, hd, kt, KeyTile);
+                    Pack(vTile, d.KStride, width, hd, vt, KeyTile);
+                }
+
                 for (int hh = 0; hh < d.Group; hh++)
                 {
                     int h = (g * d.Group) + hh;
@@ -85,7 +109,7 @@ public static unsafe partial class Attention
                         int rows = Math.Min(QueryTile, d.QueryLength - i0);
                         long row0 = d.QRow(b, i0, h);
                         float* qb = io.Q + row0, dob = io.DO + row0;
-                        MulAdd<TV, T>(qb, d.QStride, 1, kt, KeyTile, p, KeyTile, rows, width, hd, false);
+                        ProductWithKeys(qb, kTile, kt, p, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
                             // i ≥ iStart, so each row sees at least key j0.
@@ -95,7 +119,7 @@ public static unsafe partial class Attention
                         }
 
                         MulAdd<TV, T>(p, 1, KeyTile, dob, d.QStride, dvTile, d.KStride, width, hd, rows, true);
-                        MulAdd<TV, T>(dob, d.QStride, 1, vt, KeyTile, dp, KeyTile, rows, width, hd, false);
+                        ProductWithKeys(dob, vTile, vt, dp, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
                             SoftmaxGrad<TV, T>(p + (r * KeyTile), dp + (r * KeyTile), width, rowD[(hh * d.QueryLength) + i0 + r], d.Scale);

@@ -2,8 +2,8 @@
 //   MulAdd  C[r, 0:n] = (acc ? C[r, 0:n] : 0) + Σ_{p<k} A[r·ars + p·acs] · B[p·ldb + 0:n],  r < rows
 //           every product of forward and backward is one call: the output row is vectorised,
 //           A is broadcast (so A may be read transposed: ars = 1, acs = ld), B streamed by rows.
-//           Register block: 4 rows × 2 vectors, each B load feeds 4 rows.
-//   Dot     Σ_d x[d]·y[d]                          (decode scores, D_i = dO_i·o_i)
+//           Register blocks: 4 rows × 4 (Vector512) or 2 vectors, then single rows × 4 vectors.
+//   Dot     Σ_d x[d]·y[d]                          (decode scores, D_i = dO_i·o_i); Dots: one x, many y
 //   Pack    dst[d·ldd + c] = src[c·lds + d]        (a key tile transposed, so scores vectorise over keys)
 //   Row helpers of the softmax: max of scale·s, exp(scale·s − shift) in place with its sum,
 //   y = f·x, and ds = scale·p·(dp − D).
@@ -13,140 +13,227 @@ namespace PeftKernels.Kernels.Cpu;
 
 public static unsafe partial class Attention
 {
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void MulAdd<TV, T>(float* a, int ars, int acs, float* b, int ldb, float* c, int ldc,
         int rows, int n, int k, bool accumulate)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
-        int w = T.Width;
-        for (int r = 0; r < rows; r += 4)
+        int r = 0;
+        for (; r <= rows - 4; r += 4)
         {
-            // A short last block repeats row 0 (same inputs, same result) and stores only its real rows.
-            int rb = Math.Min(4, rows - r);
-            float* a0 = a + ((long)r * ars);
-            float* a1 = rb > 1 ? a0 + ars : a0;
-            float* a2 = rb > 2 ? a0 + (2L * ars) : a0;
-            float* a3 = rb > 3 ? a0 + (3L * ars) : a0;
-            float* c0 = c + ((long)r * ldc);
-            float* c1 = rb > 1 ? c0 + ldc : c0;
-            float* c2 = rb > 2 ? c0 + (2L * ldc) : c0;
-            float* c3 = rb > 3 ? c0 + (3L * ldc) : c0;
-            int col = 0;
-            for (; col <= n - (2 * w); col += 2 * w)
+            MulAdd4<TV, T>(a + ((long)r * ars), ars, acs, b, ldb, c + ((long)r * ldc), ldc, n, k, accumulate);
+        }
+
+        for (; r < rows; r++)
+        {
+            MulAdd1<TV, T>(a + ((long)r * ars), acs, b, ldb, c + ((long)r * ldc), n, k, accumulate);
+        }
+    }
+
+    /// <summary>
+    /// Four rows: 4 × 4 vector accumulators where the ISA has 32 vector registers (AVX-512), else
+    /// 4 × 2 (AVX2 has 16: 8 accumulators, 2 B vectors and a broadcast fit without spills); each
+    /// B load feeds four FMAs.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MulAdd4<TV, T>(float* a0, int ars, int acs, float* b, int ldb, float* c0, int ldc,
+        int n, int k, bool accumulate)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, col = 0;
+        float* a1 = a0 + ars, a2 = a1 + ars, a3 = a2 + ars;
+        float* c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc;
+        for (; T.Has32Registers && col <= n - (4 * w); col += 4 * w)
+        {
+            TV x00 = default, x01 = default, x02 = default, x03 = default, x10 = default, x11 = default, x12 = default, x13 = default;
+            TV x20 = default, x21 = default, x22 = default, x23 = default, x30 = default, x31 = default, x32 = default, x33 = default;
+            if (accumulate)
             {
-                TV x00 = default, x01 = default, x10 = default, x11 = default, x20 = default, x21 = default, x30 = default, x31 = default;
-                if (accumulate)
-                {
-                    (x00, x01) = (T.Load(c0 + col), T.Load(c0 + col + w));
-                    (x10, x11) = (T.Load(c1 + col), T.Load(c1 + col + w));
-                    (x20, x21) = (T.Load(c2 + col), T.Load(c2 + col + w));
-                    (x30, x31) = (T.Load(c3 + col), T.Load(c3 + col + w));
-                }
-
-                float* bp = b + col;
-                for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
-                {
-                    TV b0 = T.Load(bp), b1 = T.Load(bp + w);
-                    TV s = T.Splat(a0[ap]);
-                    x00 = T.Fma(s, b0, x00);
-                    x01 = T.Fma(s, b1, x01);
-                    s = T.Splat(a1[ap]);
-                    x10 = T.Fma(s, b0, x10);
-                    x11 = T.Fma(s, b1, x11);
-                    s = T.Splat(a2[ap]);
-                    x20 = T.Fma(s, b0, x20);
-                    x21 = T.Fma(s, b1, x21);
-                    s = T.Splat(a3[ap]);
-                    x30 = T.Fma(s, b0, x30);
-                    x31 = T.Fma(s, b1, x31);
-                }
-
-                T.Store(c0 + col, x00);
-                T.Store(c0 + col + w, x01);
-                if (rb > 1)
-                {
-                    T.Store(c1 + col, x10);
-                    T.Store(c1 + col + w, x11);
-                }
-
-                if (rb > 2)
-                {
-                    T.Store(c2 + col, x20);
-                    T.Store(c2 + col + w, x21);
-                }
-
-                if (rb > 3)
-                {
-                    T.Store(c3 + col, x30);
-                    T.Store(c3 + col + w, x31);
-                }
+                (x00, x01, x02, x03) = (T.Load(c0 + col), T.Load(c0 + col + w), T.Load(c0 + col + (2 * w)), T.Load(c0 + col + (3 * w)));
+                (x10, x11, x12, x13) = (T.Load(c1 + col), T.Load(c1 + col + w), T.Load(c1 + col + (2 * w)), T.Load(c1 + col + (3 * w)));
+                (x20, x21, x22, x23) = (T.Load(c2 + col), T.Load(c2 + col + w), T.Load(c2 + col + (2 * w)), T.Load(c2 + col + (3 * w)));
+                (x30, x31, x32, x33) = (T.Load(c3 + col), T.Load(c3 + col + w), T.Load(c3 + col + (2 * w)), T.Load(c3 + col + (3 * w)));
             }
 
-            for (; col <= n - w; col += w)
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
             {
-                TV x0 = default, x1 = default, x2 = default, x3 = default;
-                if (accumulate)
-                {
-                    (x0, x1, x2, x3) = (T.Load(c0 + col), T.Load(c1 + col), T.Load(c2 + col), T.Load(c3 + col));
-                }
-
-                float* bp = b + col;
-                for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
-                {
-                    TV b0 = T.Load(bp);
-                    x0 = T.Fma(T.Splat(a0[ap]), b0, x0);
-                    x1 = T.Fma(T.Splat(a1[ap]), b0, x1);
-                    x2 = T.Fma(T.Splat(a2[ap]), b0, x2);
-                    x3 = T.Fma(T.Splat(a3[ap]), b0, x3);
-                }
-
-                T.Store(c0 + col, x0);
-                if (rb > 1)
-                {
-                    T.Store(c1 + col, x1);
-                }
-
-                if (rb > 2)
-                {
-                    T.Store(c2 + col, x2);
-                }
-
-                if (rb > 3)
-                {
-                    T.Store(c3 + col, x3);
-                }
+                TV b0 = T.Load(bp), b1 = T.Load(bp + w), b2 = T.Load(bp + (2 * w)), b3 = T.Load(bp + (3 * w));
+                TV s = T.Splat(a0[ap]);
+                x00 = T.Fma(s, b0, x00);
+                x01 = T.Fma(s, b1, x01);
+                x02 = T.Fma(s, b2, x02);
+                x03 = T.Fma(s, b3, x03);
+                s = T.Splat(a1[ap]);
+                x10 = T.Fma(s, b0, x10);
+                x11 = T.Fma(s, b1, x11);
+                x12 = T.Fma(s, b2, x12);
+                x13 = T.Fma(s, b3, x13);
+                s = T.Splat(a2[ap]);
+                x20 = T.Fma(s, b0, x20);
+                x21 = T.Fma(s, b1, x21);
+                x22 = T.Fma(s, b2, x22);
+                x23 = T.Fma(s, b3, x23);
+                s = T.Splat(a3[ap]);
+                x30 = T.Fma(s, b0, x30);
+                x31 = T.Fma(s, b1, x31);
+                x32 = T.Fma(s, b2, x32);
+                x33 = T.Fma(s, b3, x33);
             }
 
-            for (; col < n; col++)
+            T.Store(c0 + col, x00);
+            T.Store(c0 + col + w, x01);
+            T.Store(c0 + col + (2 * w), x02);
+            T.Store(c0 + col + (3 * w), x03);
+            T.Store(c1 + col, x10);
+            T.Store(c1 + col + w, x11);
+            T.Store(c1 + col + (2 * w), x12);
+            T.Store(c1 + col + (3 * w), x13);
+            T.Store(c2 + col, x20);
+            T.Store(c2 + col + w, x21);
+            T.Store(c2 + col + (2 * w), x22);
+            T.Store(c2 + col + (3 * w), x23);
+            T.Store(c3 + col, x30);
+            T.Store(c3 + col + w, x31);
+            T.Store(c3 + col + (2 * w), x32);
+            T.Store(c3 + col + (3 * w), x33);
+        }
+
+        for (; col <= n - (2 * w); col += 2 * w)
+        {
+            TV x00 = default, x01 = default, x10 = default, x11 = default, x20 = default, x21 = default, x30 = default, x31 = default;
+            if (accumulate)
             {
-                float x0 = accumulate ? c0[col] : 0f, x1 = accumulate ? c1[col] : 0f;
-                float x2 = accumulate ? c2[col] : 0f, x3 = accumulate ? c3[col] : 0f;
-                float* bp = b + col;
-                for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
-                {
-                    x0 += a0[ap] * *bp;
-                    x1 += a1[ap] * *bp;
-                    x2 += a2[ap] * *bp;
-                    x3 += a3[ap] * *bp;
-                }
-
-                c0[col] = x0;
-                if (rb > 1)
-                {
-                    c1[col] = x1;
-                }
-
-                if (rb > 2)
-                {
-                    c2[col] = x2;
-                }
-
-                if (rb > 3)
-                {
-                    c3[col] = x3;
-                }
+                (x00, x01) = (T.Load(c0 + col), T.Load(c0 + col + w));
+                (x10, x11) = (T.Load(c1 + col), T.Load(c1 + col + w));
+                (x20, x21) = (T.Load(c2 + col), T.Load(c2 + col + w));
+                (x30, x31) = (T.Load(c3 + col), T.Load(c3 + col + w));
             }
+
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
+            {
+                TV b0 = T.Load(bp), b1 = T.Load(bp + w);
+                TV s = T.Splat(a0[ap]);
+                x00 = T.Fma(s, b0, x00);
+                x01 = T.Fma(s, b1, x01);
+                s = T.Splat(a1[ap]);
+                x10 = T.Fma(s, b0, x10);
+                x11 = T.Fma(s, b1, x11);
+                s = T.Splat(a2[ap]);
+                x20 = T.Fma(s, b0, x20);
+                x21 = T.Fma(s, b1, x21);
+                s = T.Splat(a3[ap]);
+                x30 = T.Fma(s, b0, x30);
+                x31 = T.Fma(s, b1, x31);
+            }
+
+            T.Store(c0 + col, x00);
+            T.Store(c0 + col + w, x01);
+            T.Store(c1 + col, x10);
+            T.Store(c1 + col + w, x11);
+            T.Store(c2 + col, x20);
+            T.Store(c2 + col + w, x21);
+            T.Store(c3 + col, x30);
+            T.Store(c3 + col + w, x31);
+        }
+
+        for (; col <= n - w; col += w)
+        {
+            TV x0 = default, x1 = default, x2 = default, x3 = default;
+            if (accumulate)
+            {
+                (x0, x1, x2, x3) = (T.Load(c0 + col), T.Load(c1 + col), T.Load(c2 + col), T.Load(c3 + col));
+            }
+
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
+            {
+                TV b0 = T.Load(bp);
+                x0 = T.Fma(T.Splat(a0[ap]), b0, x0);
+                x1 = T.Fma(T.Splat(a1[ap]), b0, x1);
+                x2 = T.Fma(T.Splat(a2[ap]), b0, x2);
+                x3 = T.Fma(T.Splat(a3[ap]), b0, x3);
+            }
+
+            T.Store(c0 + col, x0);
+            T.Store(c1 + col, x1);
+            T.Store(c2 + col, x2);
+            T.Store(c3 + col, x3);
+        }
+
+        for (; col < n; col++)
+        {
+            float x0 = accumulate ? c0[col] : 0f, x1 = accumulate ? c1[col] : 0f;
+            float x2 = accumulate ? c2[col] : 0f, x3 = accumulate ? c3[col] : 0f;
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
+            {
+                x0 += a0[ap] * *bp;
+                x1 += a1[ap] * *bp;
+                x2 += a2[ap] * *bp;
+                x3 += a3[ap] * *bp;
+            }
+
+            (c0[col], c1[col], c2[col], c3[col]) = (x0, x1, x2, x3);
+        }
+    }
+
+    /// <summary>One row (decode, and the rows after the last block of four): 4 vector accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MulAdd1<TV, T>(float* a, int acs, float* b, int ldb, float* c, int n, int k, bool accumulate)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, col = 0;
+        for (; col <= n - (4 * w); col += 4 * w)
+        {
+            TV x0 = default, x1 = default, x2 = default, x3 = default;
+            if (accumulate)
+            {
+                (x0, x1, x2, x3) = (T.Load(c + col), T.Load(c + col + w), T.Load(c + col + (2 * w)), T.Load(c + col + (3 * w)));
+            }
+
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
+            {
+                TV s = T.Splat(a[ap]);
+                x0 = T.Fma(s, T.Load(bp), x0);
+                x1 = T.Fma(s, T.Load(bp + w), x1);
+                x2 = T.Fma(s, T.Load(bp + (2 * w)), x2);
+                x3 = T.Fma(s, T.Load(bp + (3 * w)), x3);
+            }
+
+            T.Store(c + col, x0);
+            T.Store(c + col + w, x1);
+            T.Store(c + col + (2 * w), x2);
+            T.Store(c + col + (3 * w), x3);
+        }
+
+        for (; col <= n - w; col += w)
+        {
+            TV x = accumulate ? T.Load(c + col) : default;
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
+            {
+                x = T.Fma(T.Splat(a[ap]), T.Load(bp), x);
+            }
+
+            T.Store(c + col, x);
+        }
+
+        for (; col < n; col++)
+        {
+            float x = accumulate ? c[col] : 0f;
+            float* bp = b + col;
+            for (int p = 0, ap = 0; p < k; p++, ap += acs, bp += ldb)
+            {
+                x += a[ap] * *bp;
+            }
+
+            c[col] = x;
         }
     }
 
@@ -177,6 +264,19 @@ public static unsafe partial class Attention
         return sum;
     }
 
+    /// <summary>c[j] = x·y_j for j &lt; count, y_j = y + j·ldy, all of length n.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dots<TV, T>(float* x, float* y, int ldy, int count, int n, float* c)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        for (int j = 0; j < count; j++)
+        {
+            c[j] = Dot<TV, T>(x, y + ((long)j * ldy), n);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Pack(float* src, int lds, int count, int length, float* dst, int ldd)
     {
         for (int c = 0; c < count; c++)
@@ -189,6 +289,10 @@ public static unsafe partial class Attention
         }
     }
 
+    // The two row helpers below work on rows of KeyTile-wide score buffers (a multiple of every
+    // vector width), so a last partial vector is read whole and masked instead of finished in
+    // scalar code: the diagonal tiles would otherwise spend more time in scalar exp than in the FMAs.
+
     /// <summary>max over c &lt; n of scale·s[c].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float ScaledMax<TV, T>(float* s, int n, float scale)
@@ -196,27 +300,21 @@ public static unsafe partial class Attention
         where T : struct, IVec<TV>
     {
         int w = T.Width, c = 0;
-        float max = float.NegativeInfinity;
-        if (n >= w)
+        TV vs = T.Splat(scale), m = T.Splat(float.NegativeInfinity);
+        for (; c <= n - w; c += w)
         {
-            TV vs = T.Splat(scale), m = T.Mul(T.Load(s), vs);
-            for (c = w; c <= n - w; c += w)
-            {
-                m = T.Max(m, T.Mul(T.Load(s + c), vs));
-            }
-
-            max = T.MaxAcross(m);
+            m = T.Max(m, T.Mul(T.Load(s + c), vs));
         }
 
-        for (; c < n; c++)
+        if (c < n)
         {
-            max = MathF.Max(max, scale * s[c]);
+            m = T.Max(m, T.KeepFirst(T.Mul(T.Load(s + c), vs), n - c, float.NegativeInfinity));
         }
 
-        return max;
+        return T.MaxAcross(m);
     }
 
-    /// <summary>s[c] = exp(scale·s[c] − shift) for c &lt; n; returns their sum.</summary>
+    /// <summary>s[c] = exp(scale·s[c] − shift) for c &lt; n, 0 up to the end of the last vector; returns their sum.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float ExpInPlace<TV, T>(float* s, int n, float scale, float shift)
         where TV : unmanaged
@@ -231,15 +329,14 @@ public static unsafe partial class Attention
             acc = T.Add(acc, e);
         }
 
-        float sum = T.Sum(acc);
-        for (; c < n; c++)
+        if (c < n)
         {
-            float e = MathF.Exp((scale * s[c]) - shift);
-            s[c] = e;
-            sum += e;
+            TV e = T.KeepFirst(T.Exp(T.Sub(T.Mul(T.Load(s + c), vs), vShift)), n - c, 0f);
+            T.Store(s + c, e);
+            acc = T.Add(acc, e);
         }
 
-        return sum;
+        return T.Sum(acc);
     }
 
     /// <summary>y[d] = f·x[d] for d &lt; n (x and y may be the same row).</summary>
