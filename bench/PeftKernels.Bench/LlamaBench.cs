@@ -112,8 +112,12 @@ internal static class LlamaBenchModels
         }
         else if (storage == "nf4")
         {
+            // As a QLoRA run loads it: a bf16 checkpoint whose Linears are then quantized (embeddings and head stay bf16).
+            model = model.ToStorage(WeightStorage.BFloat16);
             model.QuantizeLinears();
         }
+
+        GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
 
         return model;
     }

@@ -26,7 +26,8 @@ internal static class LlamaMemory
         var rng = new Random(1);
         int[] tokens = [.. Enumerable.Range(0, 257).Select(_ => rng.Next(32000))];
         var trainer = new Trainer(model, _ => (tokens[..256], tokens[1..]), 1, new TrainerOptions { Steps = 3, LearningRate = 1e-4 });
-        GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+        // Aggressive: compact and give the freed setup memory (fp32 init, conversion) back to the OS.
+        GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         GC.WaitForPendingFinalizers();
         long setup = Status("VmRSS");
         bool reset = TryResetPeak();

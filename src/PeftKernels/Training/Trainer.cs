@@ -43,6 +43,14 @@ public sealed record TrainerOptions
 
     /// <summary>Kernel threads and SIMD path.</summary>
     public KernelOptions Kernel { get; init; }
+
+    /// <summary>
+    /// Run a full garbage collection after a step once this many bytes were allocated since the last one
+    /// (0 = never force). Every op allocates its output, so without this the GC lets several steps of dead
+    /// activations pile up before collecting; a blocking collection of a heap of large float arrays costs
+    /// milliseconds, far less than a step that allocates hundreds of megabytes.
+    /// </summary>
+    public long CollectAfterAllocatedBytes { get; init; } = 256L << 20;
 }
 
 /// <summary>One optimizer step's report.</summary>
@@ -110,6 +118,8 @@ public sealed partial class Trainer
     /// <summary>The loss of every step done, in order (including steps before a resume).</summary>
     public IReadOnlyList<double> Losses => losses;
 
+    private long allocatedAtLastCollect;
+
     /// <summary>Trains until <paramref name="untilStep"/> (default: the last step), reporting each step.</summary>
     public void Run(IProgress<TrainingProgress>? progress = null, int? untilStep = null, CancellationToken cancellation = default)
     {
@@ -142,6 +152,7 @@ public sealed partial class Trainer
                 Optimizer.Step(lr, Options.Kernel);
                 Optimizer.ZeroGrad();
                 losses.Add(lossSum / accum);
+                CollectIfDue();
                 double seconds = clock.Elapsed.TotalSeconds;
                 int done = Step - first;
                 var eta = TimeSpan.FromSeconds(seconds / Math.Max(1, done) * (end - Step));
@@ -152,6 +163,16 @@ public sealed partial class Trainer
         {
             Tape.Clear();
             model.Train(false);
+        }
+    }
+
+    private void CollectIfDue()
+    {
+        long allocated = GC.GetTotalAllocatedBytes();
+        if (Options.CollectAfterAllocatedBytes > 0 && allocated - allocatedAtLastCollect >= Options.CollectAfterAllocatedBytes)
+        {
+            GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: false);
+            allocatedAtLastCollect = GC.GetTotalAllocatedBytes();
         }
     }
 }
