@@ -1,0 +1,268 @@
+// DoRA's weight norm (peft-math.md): per output row i of V = W + s·B·A,
+//   norm_i = ‖V_i,:‖₂ = sqrt(Σ_p (W_ip + s·Σ_q B_iq·A_qp)²)
+// Shapes, row-major: W [out, in] (fp32, bf16 bit patterns, or a 4-bit QuantizedWeight),
+// A [r, in], B [out, r], norms [out]. DoRA treats the norm as a constant in backward, so this
+// op has no backward.
+// B·A is never materialised: a block of rows of W is widened or dequantized into a scratch
+// buffer (L2-sized); then each row V_i = W_i + Σ_q (s·B_iq)·A_q is updated in place, four
+// rows of A per pass (one load and store of V per four FMAs; the scalar path rounds each
+// product and sum separately, the vector paths fuse them), and its squares are summed in
+// double lanes. Every row is computed by the same code whatever the blocking or
+// the thread count, so the norms are bit-identical for any thread count.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>Row norms ‖W + s·B·A‖₂ of DoRA's adapted weight, without materialising B·A.</summary>
+public static unsafe class DoraNorm
+{
+    private const int ScratchFloats = 32 * 1024; // 128 KiB of rows per block, comfortably inside L2
+    private const int MaxBlockRows = 16;
+    private const long ParallelThreshold = 32 * 1024;
+
+    /// <summary>norms[i] = ‖w[i, :] + scale·(b·a)[i, :]‖₂ with an fp32 base weight.</summary>
+    /// <param name="w">Base weight [outFeatures, inFeatures].</param>
+    /// <param name="a">LoRA A [rank, inFeatures].</param>
+    /// <param name="b">LoRA B [outFeatures, rank].</param>
+    /// <param name="scale">LoRA scale s (alpha / r, or alpha / sqrt(r) with rsLoRA).</param>
+    /// <param name="norms">Output [outFeatures].</param>
+    /// <param name="inFeatures">Columns of w.</param>
+    /// <param name="outFeatures">Rows of w.</param>
+    /// <param name="rank">LoRA rank r.</param>
+    /// <param name="options">Threads and SIMD path.</param>
+    /// <exception cref="ArgumentException">A span's length differs from what the dims imply, or a dim is not positive.</exception>
+    public static void RowNorms(ReadOnlySpan<float> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
+        int inFeatures, int outFeatures, int rank, KernelOptions options = default)
+    {
+        Validate(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        fixed (float* pw = w)
+        {
+            Run(new Fp32Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);
+        }
+    }
+
+    /// <summary>As <see cref="RowNorms(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, float, Span{float}, int, int, int, KernelOptions)"/>
+    /// with a bf16 base weight (bit patterns), widened exactly to fp32.</summary>
+    public static void RowNorms(ReadOnlySpan<ushort> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
+        int inFeatures, int outFeatures, int rank, KernelOptions options = default)
+    {
+        Validate(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        fixed (ushort* pw = w)
+        {
+            Run(new Bf16Rows(pw, inFeatures, options.ResolvePath()), a, b, scale, norms, inFeatures, outFeatures, rank, options);
+        }
+    }
+
+    /// <summary>As <see cref="RowNorms(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, float, Span{float}, int, int, int, KernelOptions)"/>
+    /// with a 4-bit base weight of shape [outFeatures, inFeatures], dequantized one block of rows at a time.</summary>
+    /// <exception cref="ArgumentException">The shape of <paramref name="w"/> is not [outFeatures, inFeatures], or as the fp32 overload.</exception>
+    public static void RowNorms(QuantizedWeight w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
+        int inFeatures, int outFeatures, int rank, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        Validate((int)Math.Min(w.Count, int.MaxValue), a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
+        var path = options.ResolvePath();
+        fixed (byte* pq = w.Packed)
+        fixed (float* pabs = w.AbsmaxFp32())
+        {
+            Run(new Quant4Rows(pq, pabs, Quant4Codes.Search(w.Type).Values, w.Blocksize, inFeatures, path), a, b, scale, norms,
+                inFeatures, outFeatures, rank, options);
+        }
+    }
+
+    private static void Validate(int w, int a, int b, int norms, int inFeatures, int outFeatures, int rank)
+    {
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
+        Check.Positive(rank, "rank");
+        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
+        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
+        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
+        Check.Length("norms", norms, outFeatures, "outFeatures");
+    }
+
+    private static void Run<TRows>(TRows rows, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
+        int inFeatures, int outFeatures, int rank, KernelOptions options)
+        where TRows : struct, IRowSource
+    {
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        int blockRows = Math.Clamp(ScratchFloats / inFeatures, 1, MaxBlockRows);
+        int blocks = (outFeatures + blockRows - 1) / blockRows;
+        long work = (long)outFeatures * inFeatures * (rank + 1);
+        int parts = work < ParallelThreshold ? 1 : Math.Min(threads, blocks);
+        fixed (float* pa = a, pb = b, pn = norms)
+        {
+            float* pas = pa, pbs = pb, pns = pn;
+            CpuParallel.For(parts, threads, (part) =>
+            {
+                var scratch = new float[(long)blockRows * inFeatures];
+                fixed (float* ps = scratch)
+                {
+                    var (k0, k1) = CpuParallel.Split(blocks, parts, part);
+                    for (int k = k0; k < k1; k++)
+                    {
+                        int i0 = k * blockRows, count = Math.Min(blockRows, outFeatures - i0);
+                        Block(rows, pas, pbs, scale, ps, pns, i0, count, inFeatures, rank, path);
+                    }
+                }
+            });
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Block<TRows>(TRows rows, float* a, float* b, float scale, float* scratch, float* norms,
+        int i0, int count, int inFeatures, int rank, SimdPath path)
+        where TRows : struct, IRowSource
+    {
+        rows.Load(i0, count, scratch);
+        for (int i = 0; i < count; i++)
+        {
+            float* v = scratch + ((long)i * inFeatures);
+            float* bi = b + ((long)(i0 + i) * rank);
+            int q = 0;
+            for (; q + 4 <= rank; q += 4)
+            {
+                Update4(v, a + ((long)q * inFeatures), inFeatures, scale * bi[q], scale * bi[q + 1], scale * bi[q + 2], scale * bi[q + 3], path);
+            }
+
+            for (; q < rank; q++)
+            {
+                RowAxpy.Add(a + ((long)q * inFeatures), scale * bi[q], v, inFeatures, path);
+            }
+
+            norms[i0 + i] = (float)Math.Sqrt(SumOfSquares(v, inFeatures, path));
+        }
+    }
+
+    /// <summary>v = (((v + c0·a₀) + c1·a₁) + c2·a₂) + c3·a₃ for four consecutive rows a₀..a₃ of A: one load and store of v per four FMAs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Update4(float* v, float* a, int length, float c0, float c1, float c2, float c3, SimdPath path)
+    {
+        float* a1 = a + length, a2 = a1 + length, a3 = a2 + length;
+        int j = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<float> v0 = Vector512.Create(c0), v1 = Vector512.Create(c1), v2 = Vector512.Create(c2), v3 = Vector512.Create(c3);
+            for (; j <= length - 16; j += 16)
+            {
+                var x = Vector512.FusedMultiplyAdd(v0, Vector512.Load(a + j), Vector512.Load(v + j));
+                x = Vector512.FusedMultiplyAdd(v1, Vector512.Load(a1 + j), x);
+                x = Vector512.FusedMultiplyAdd(v2, Vector512.Load(a2 + j), x);
+                Vector512.FusedMultiplyAdd(v3, Vector512.Load(a3 + j), x).Store(v + j);
+            }
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<float> v0 = Vector256.Create(c0), v1 = Vector256.Create(c1), v2 = Vector256.Create(c2), v3 = Vector256.Create(c3);
+            for (; j <= length - 8; j += 8)
+            {
+                var x = Vector256.FusedMultiplyAdd(v0, Vector256.Load(a + j), Vector256.Load(v + j));
+                x = Vector256.FusedMultiplyAdd(v1, Vector256.Load(a1 + j), x);
+                x = Vector256.FusedMultiplyAdd(v2, Vector256.Load(a2 + j), x);
+                Vector256.FusedMultiplyAdd(v3, Vector256.Load(a3 + j), x).Store(v + j);
+            }
+        }
+
+        for (; j < length; j++)
+        {
+            v[j] = (((v[j] + (c0 * a[j])) + (c1 * a1[j])) + (c2 * a2[j])) + (c3 * a3[j]);
+        }
+    }
+
+    /// <summary>Σ v[j]² in double lanes (each fp32 value widened exactly, squared and summed in double).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static double SumOfSquares(float* v, int count, SimdPath path)
+    {
+        int j = 0;
+        double sum = 0;
+        if (path == SimdPath.Vector512)
+        {
+            Vector512<double> lo = default, hi = default;
+            for (; j <= count - 16; j += 16)
+            {
+                var x = Vector512.Load(v + j);
+                var xl = Vector512.WidenLower(x);
+                var xh = Vector512.WidenUpper(x);
+                lo = Vector512.FusedMultiplyAdd(xl, xl, lo);
+                hi = Vector512.FusedMultiplyAdd(xh, xh, hi);
+            }
+
+            sum = Vector512.Sum(lo + hi);
+        }
+        else if (path == SimdPath.Vector256)
+        {
+            Vector256<double> lo = default, hi = default;
+            for (; j <= count - 8; j += 8)
+            {
+                var x = Vector256.Load(v + j);
+                var xl = Vector256.WidenLower(x);
+                var xh = Vector256.WidenUpper(x);
+                lo = Vector256.FusedMultiplyAdd(xl, xl, lo);
+                hi = Vector256.FusedMultiplyAdd(xh, xh, hi);
+            }
+
+            sum = Vector256.Sum(lo + hi);
+        }
+
+        for (; j < count; j++)
+        {
+            double x = v[j];
+            sum += x * x;
+        }
+
+        return sum;
+    }
+
+    /// <summary>Writes rows [row0, row0 + count) of the base weight, widened to fp32, contiguously at dst.</summary>
+    private interface IRowSource
+    {
+        void Load(int row0, int count, float* dst);
+    }
+
+    private readonly struct Fp32Rows(float* w, int inFeatures) : IRowSource
+    {
+        public void Load(int row0, int count, float* dst)
+        {
+            long n = (long)count * inFeatures;
+            Buffer.MemoryCopy(w + ((long)row0 * inFeatures), dst, n * sizeof(float), n * sizeof(float));
+        }
+    }
+
+    private readonly struct Bf16Rows(ushort* w, int inFeatures, SimdPath path) : IRowSource
+    {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public void Load(int row0, int count, float* dst)
+        {
+            ushort* src = w + ((long)row0 * inFeatures);
+            long n = (long)count * inFeatures, j = 0;
+            if (path == SimdPath.Vector512)
+            {
+                for (; j <= n - 16; j += 16)
+                {
+                    Bf16.Load512(src + j).Store(dst + j);
+                }
+            }
+            else if (path == SimdPath.Vector256)
+            {
+                for (; j <= n - 8; j += 8)
+                {
+                    Bf16.Load256(src + j).Store(dst + j);
+                }
+            }
+
+            for (; j < n; j++)
+            {
+                dst[j] = Bf16.ToSingle(src[j]);
+            }
+        }
+    }
+
+    private readonly struct Quant4Rows(byte* packed, float* absmax, float[] table, int blocksize, int inFeatures, SimdPath path) : IRowSource
+    {
+        public void Load(int row0, int count, float* dst) =>
+            Quant4Simd.DequantizeRun(packed, absmax, table, blocksize, (long)row0 * inFeatures, count * inFeatures, dst, path);
+    }
+}
