@@ -19,6 +19,8 @@ public static class Cli
         root.Subcommands.Add(ModelCommands.CreateScore());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(ModelCommands.CreateTrain());
+        root.Subcommands.Add(AdapterCommands.CreateMerge());
+        root.Subcommands.Add(AdapterCommands.CreateAdapters());
         return root;
     }
 
