@@ -14,13 +14,13 @@ namespace PeftKernels.Tests;
 /// </summary>
 public class AutogradTests
 {
-    private const float Eps = 1e-2f;
+    internal const float Eps = 1e-2f;
 
     private static Parameter Leaf(int seed, float range, params int[] shape) =>
         new(TestUtil.Random(shape.Aggregate(1, (a, d) => a * d), seed, range), shape, trainable: true);
 
     /// <summary>Backward once with dL/dout = R, then compare every input element's Grad with (L(θ+ε) − L(θ−ε)) / 2ε.</summary>
-    private static void Check(Func<Tensor> forward, params (string Name, Parameter P)[] inputs)
+    internal static void Check(Func<Tensor> forward, params (string Name, Parameter P)[] inputs)
     {
         var output = forward();
         var r = TestUtil.Random((int)output.Count, 99);

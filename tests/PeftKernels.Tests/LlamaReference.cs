@@ -5,11 +5,16 @@ namespace PeftKernels.Tests;
 /// <summary>
 /// A hand-written double-precision Llama forward (llama-format.md), straight from the formulas:
 /// no kernels, no tiling, no online softmax. Weights are read from a model's parameters
-/// (widened or dequantized to double); LoRA adapters, when given, add s·(x·Aᵀ)·Bᵀ.
+/// (widened or dequantized to double); the named LoRA adapters each add s·((x·Aᵀ)·Bᵀ + bias_B),
+/// and on the embedding s·A[:, id]ᵀ·Bᵀ.
 /// </summary>
 internal static class LlamaReference
 {
-    public static double[] Logits(LlamaForCausalLM model, int[] tokens, bool withLora = false)
+    public static double[] Logits(LlamaForCausalLM model, int[] tokens, bool withLora = false) =>
+        Logits(model, tokens, withLora ? ["default"] : []);
+
+    /// <summary>Logits with the named adapters' branches summed (LoRA on Linears, with lora_B bias, and on the embedding).</summary>
+    public static double[] Logits(LlamaForCausalLM model, int[] tokens, string[] adapters)
     {
         var c = model.Config;
         var p = model.NamedParameters().ToDictionary(e => e.Name, e => e.Parameter);
@@ -22,6 +27,27 @@ internal static class LlamaReference
             for (int j = 0; j < H; j++)
             {
                 x[t, j] = embed[(tokens[t] * H) + j];
+            }
+        }
+
+        foreach (string adapterName in adapters.Where(n => p.ContainsKey($"model.embed_tokens.lora_embedding_A.{n}")))
+        {
+            var a = W($"model.embed_tokens.lora_embedding_A.{adapterName}");
+            var bb = W($"model.embed_tokens.lora_embedding_B.{adapterName}");
+            var adapter = Peft.Lora.Adapters(model, adapterName).First(e => e.Module == "model.embed_tokens").Adapter;
+            int r = adapter.Rank, vocab = c.VocabSize;
+            for (int t = 0; t < T; t++)
+            {
+                for (int j = 0; j < H; j++)
+                {
+                    double sum = 0;
+                    for (int k = 0; k < r; k++)
+                    {
+                        sum += a[(k * vocab) + tokens[t]] * bb[(j * r) + k];
+                    }
+
+                    x[t, j] += adapter.Scale * sum;
+                }
             }
         }
 
@@ -44,11 +70,12 @@ internal static class LlamaReference
                 }
             }
 
-            if (withLora && p.ContainsKey(name + ".lora_A.default.weight"))
+            foreach (string adapterName in adapters.Where(n => p.ContainsKey($"{name}.lora_A.{n}.weight")))
             {
-                var a = W(name + ".lora_A.default.weight");
-                var bb = W(name + ".lora_B.default.weight");
-                var adapter = Peft.Lora.Adapters(model).First(e => e.Module == name).Adapter;
+                var a = W($"{name}.lora_A.{adapterName}.weight");
+                var bb = W($"{name}.lora_B.{adapterName}.weight");
+                double[]? loraBias = p.ContainsKey($"{name}.lora_B.{adapterName}.bias") ? W($"{name}.lora_B.{adapterName}.bias") : null;
+                var adapter = Peft.Lora.Adapters(model, adapterName).First(e => e.Module == name).Adapter;
                 int r = adapter.Rank;
                 double scale = adapter.Scale;
                 for (int t = 0; t < T; t++)
@@ -64,10 +91,13 @@ internal static class LlamaReference
 
                     for (int o = 0; o < outF; o++)
                     {
+                        double sum = loraBias?[o] ?? 0;
                         for (int k = 0; k < r; k++)
                         {
-                            y[t, o] += scale * h[k] * bb[(o * r) + k];
+                            sum += h[k] * bb[(o * r) + k];
                         }
+
+                        y[t, o] += scale * sum;
                     }
                 }
             }

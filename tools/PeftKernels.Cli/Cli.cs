@@ -20,6 +20,8 @@ public static class Cli
         root.Subcommands.Add(ModelCommands.CreateGenerate());
         root.Subcommands.Add(ModelCommands.CreateTrain());
         root.Subcommands.Add(PretrainCommand.Create());
+        root.Subcommands.Add(AdapterCommands.CreateMerge());
+        root.Subcommands.Add(AdapterCommands.CreateAdapters());
         return root;
     }
 

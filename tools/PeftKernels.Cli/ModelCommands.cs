@@ -2,8 +2,9 @@
 // model folder (LlamaForCausalLM), with an optional PEFT LoRA adapter folder.
 //   score    prints {"tokens": N, "loss": L, "perplexity": P}: mean loss over N−1 predictions
 //   generate greedy or temperature/top-p sampling with a KV cache
-//   train    LoRA or QLoRA (NF4 + double quantization of the base Linears), AdamW with warm-up
-//            and cosine decay, then the adapter in PEFT layout in --out
+//   train    LoRA, QLoRA (NF4 + double quantization of the base Linears) or LoRA-FA (A frozen),
+//            optionally LoRA+ (B's learning rate a multiple of A's), AdamW with warm-up and
+//            cosine decay, then the adapter in PEFT layout in --out
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
@@ -87,14 +88,19 @@ internal static class ModelCommands
     {
         var model = ModelOption();
         var data = new Option<string>("--data") { Required = true, HelpName = "file", Description = "Plain text (documents separated by blank lines) or JSONL with a \"text\" field." };
-        var method = new Option<string>("--method") { Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first.", DefaultValueFactory = _ => "lora" };
-        method.AcceptOnlyFromAmong("lora", "qlora");
+        var method = new Option<string>("--method")
+        {
+            Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains.",
+            DefaultValueFactory = _ => "lora",
+        };
+        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa");
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
         var targets = new Option<string>("--targets") { HelpName = "names", Description = "Comma-separated module names, all-linear, or re:REGEX.", DefaultValueFactory = _ => "q_proj,v_proj" };
         var rslora = new Option<bool>("--rslora") { Description = "rsLoRA scaling alpha / sqrt(r)." };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 2e-4 };
+        var loraPlus = new Option<double>("--lora-plus-ratio") { HelpName = "ratio", Description = "LoRA+: lora_B's learning rate is this multiple of lora_A's (1 = plain LoRA; ~16 in the paper).", DefaultValueFactory = _ => 1 };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 4 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence.", DefaultValueFactory = _ => 128 };
@@ -105,11 +111,17 @@ internal static class ModelCommands
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors)." };
         var command = new Command("train", "Fine-tune a LoRA / QLoRA adapter on a text file and save it in Hugging Face PEFT layout.")
         {
-            model, data, method, r, alpha, dropout, targets, rslora, lr, steps, batch, seq, accum, warmup, seed, threads, output,
+            model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, output,
         };
+
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
+            if (!(parse.GetValue(loraPlus) > 0))
+            {
+                throw new ArgumentException($"--lora-plus-ratio must be > 0; got {parse.GetValue(loraPlus)}.");
+            }
+
             var lm = LlamaForCausalLM.Load(folder);
             var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
             var dataset = TextDataset.Load(parse.GetRequiredValue(data), tokenizer);
@@ -134,23 +146,28 @@ internal static class ModelCommands
                 UseRsLora = parse.GetValue(rslora),
                 BaseModelNameOrPath = Path.GetFullPath(folder),
             };
-            var wrapped = Lora.Apply(lm, config, seed: parse.GetValue(seed));
-            long trainable = lm.TrainableParameters().Sum(p => p.Count), total = lm.NamedParameters().Sum(p => p.Parameter.Count);
-            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"trainable params: {trainable:N0} || all params: {total:N0} || trainable%: {100.0 * trainable / total:F4} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
+            var peft = new PeftModel(lm);
+            var wrapped = peft.AddAdapter("default", config, parse.GetValue(seed));
+            if (parse.GetValue(method) == "lora-fa")
+            {
+                peft.FreezeLoraA();
+            }
+
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
             var options = new TrainerOptions
             {
                 Steps = parse.GetValue(steps),
                 LearningRate = parse.GetValue(lr),
                 WarmupSteps = parse.GetValue(warmup),
                 GradientAccumulation = parse.GetValue(accum),
+                LoraPlusRatio = parse.GetValue(loraPlus),
                 Seed = parse.GetValue(seed),
                 Kernel = new KernelOptions(parse.GetValue(threads)),
             };
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
             TrainingView.Run(trainer, log);
             string outDir = parse.GetRequiredValue(output);
-            Lora.Save(lm, outDir, config);
+            peft.SaveAdapter(outDir);
             log.WriteLine($"saved adapter to {Path.GetFullPath(outDir)} ({Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.Losses[^1]:F4}");
             return 0;
         }));
@@ -173,7 +190,7 @@ internal static class ModelCommands
         var lm = LlamaForCausalLM.Load(folder);
         if (adapter != null)
         {
-            Lora.Load(lm, adapter);
+            new PeftModel(lm).LoadAdapter(adapter);
         }
 
         return lm;

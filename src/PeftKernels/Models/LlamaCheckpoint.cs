@@ -2,8 +2,9 @@
 // sharded index), strictly: every tensor the config implies must be present with its exact
 // shape, and an unexpected tensor is an error (all offenders listed at once), except the
 // rotary inv_freq buffers old checkpoints carry. Storage: F32 stays fp32, BF16 stays bf16
-// (frozen), F16 is widened to fp32 exactly (no fp16 GEMM path); norm weights and biases are
-// always fp32. Saving writes config.json + model.safetensors (+ tokenizer files of the source
+// (frozen), F16 is widened to fp32 exactly (no fp16 GEMM path), a bitsandbytes 4-bit Linear
+// weight (Bnb4bitStateDict keys, e.g. from `peft quantize`) stays 4-bit; norm weights and
+// biases are always fp32. tie_word_embeddings is written as the weights are actually shared. Saving writes config.json + model.safetensors (+ tokenizer files of the source
 // folder) through the staged writer, so the folder is complete or untouched.
 using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
@@ -15,7 +16,7 @@ namespace PeftKernels.Models;
 /// <summary>How weights are stored after loading.</summary>
 public enum WeightStorage
 {
-    /// <summary>As on disk: F32 → fp32, BF16 → bf16, F16 → fp32.</summary>
+    /// <summary>As on disk: F32 → fp32, BF16 → bf16, F16 → fp32, a bitsandbytes 4-bit Linear weight → 4-bit.</summary>
     AsStored,
 
     /// <summary>Everything fp32.</summary>
@@ -49,16 +50,21 @@ public sealed partial class LlamaForCausalLM
                 }
 
                 used.Add(name);
-                if (!entry.Info.Shape.SequenceEqual(shape.Select(d => (long)d)))
-                {
-                    problems.Add($"tensor '{name}' has shape [{string.Join(", ", entry.Info.Shape)}], expected [{string.Join(", ", shape)}]");
-                    return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
-                }
-
                 if (!files.TryGetValue(entry.Shard, out var file))
                 {
                     file = SafeTensorsFile.Open(checkpoint.ShardPath(entry.Shard));
                     files.Add(entry.Shard, file);
+                }
+
+                if (shape.Length == 2 && Bnb4bitStateDict.IsQuantized(file, name))
+                {
+                    return ReadQuantized(file, name, shape, storage, used, problems);
+                }
+
+                if (!entry.Info.Shape.SequenceEqual(shape.Select(d => (long)d)))
+                {
+                    problems.Add($"tensor '{name}' has shape [{string.Join(", ", entry.Info.Shape)}], expected [{string.Join(", ", shape)}]");
+                    return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
                 }
 
                 return ReadParameter(file, name, entry.Info.DType, shape, storage);
@@ -108,7 +114,8 @@ public sealed partial class LlamaForCausalLM
         }
 
         bool anyBf16 = tensors.Any(t => t.DType == SafeTensorDType.BF16);
-        var config = Config with { TorchDtype = anyBf16 ? "bfloat16" : "float32" };
+        bool tied = ReferenceEquals(LmHead.Weight, Model.EmbedTokens.Weight);
+        var config = Config with { TorchDtype = anyBf16 ? "bfloat16" : "float32", TieWordEmbeddings = tied };
         using var writer = new CheckpointWriter(folder);
         if (SourceFolder != null && !string.Equals(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar), SourceFolder.TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
         {
@@ -130,7 +137,7 @@ public sealed partial class LlamaForCausalLM
     public LlamaForCausalLM ToStorage(WeightStorage storage)
     {
         var byName = NamedParameters().ToDictionary(p => p.Name, p => p.Parameter);
-        var copy = Build(Config, (name, shape) =>
+        var copy = Build(Config with { TieWordEmbeddings = ReferenceEquals(LmHead.Weight, Model.EmbedTokens.Weight) }, (name, shape) =>
         {
             var p = byName[name];
             if (shape.Length == 2 && storage == WeightStorage.BFloat16)
@@ -173,6 +180,40 @@ public sealed partial class LlamaForCausalLM
 
                 return SafeTensor.FromFloat32(name, values, shape);
         }
+    }
+
+    /// <summary>A bitsandbytes 4-bit Linear weight (kept 4-bit when loading as stored, else dequantized); its state keys count as used.</summary>
+    private static Parameter ReadQuantized(SafeTensorsFile file, string name, int[] shape, WeightStorage storage, HashSet<string> used, List<string> problems)
+    {
+        var q = Bnb4bitStateDict.FromTensors(file, name);
+        foreach (string suffix in new[] { ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map" })
+        {
+            used.Add(name + suffix);
+        }
+
+        used.Add(Bnb4bitStateDict.QuantStateKey(name, q.Type));
+        if (!q.Shape.AsSpan().SequenceEqual(shape) || name == "model.embed_tokens.weight")
+        {
+            problems.Add(name == "model.embed_tokens.weight"
+                ? $"tensor '{name}' is 4-bit; embedding tables must be F32, F16 or BF16"
+                : $"4-bit tensor '{name}' has shape [{string.Join(", ", q.Shape)}], expected [{string.Join(", ", shape)}]");
+            return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
+        }
+
+        if (storage == WeightStorage.AsStored)
+        {
+            return new Parameter(q);
+        }
+
+        var values = q.Dequantize();
+        if (storage == WeightStorage.Float32)
+        {
+            return new Parameter(values, shape);
+        }
+
+        var bits = new ushort[values.Length];
+        Bf16.FromSingle(values, bits);
+        return new Parameter(bits, shape);
     }
 
     private static Parameter ReadParameter(SafeTensorsFile file, string name, SafeTensorDType dtype, int[] shape, WeightStorage storage)

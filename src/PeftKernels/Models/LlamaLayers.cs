@@ -165,7 +165,7 @@ public sealed class LlamaModel : Module
     /// <summary>Final hidden states [B·T, hidden] for tokens [B·T].</summary>
     public Tensor Forward(int[] tokens, int batch, int[] positions, KvCache? cache, ForwardContext context)
     {
-        var x = EmbedTokens.Forward(tokens);
+        var x = EmbedTokens.Forward(tokens, context);
         for (int l = 0; l < Layers.Count; l++)
         {
             x = Layers[l].Forward(x, batch, positions, cache, l, context);

@@ -1,18 +1,20 @@
-// y = x·Wᵀ + b (+ s·drop(x)·Aᵀ·Bᵀ for the active LoRA adapter). W [out, in] is fp32, bf16 or
-// 4-bit; with an adapter the fused kernels run (LoraMatmul over fp32/bf16, QLoraMatmul over
-// 4-bit) so the base output and the LoRA branch are one GEMM. Backward (chain rule as in
-// LoraMatmul): dx = g·W (+ dh·A masked by dropout), dA, dB from the kernel; dW = gᵀ·x only
-// when W itself is trainable; db = Σ_rows g when the bias is trainable.
+// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ. W [out, in] is fp32, bf16 or 4-bit. The first
+// active adapter runs through the fused kernels (LoraMatmul over fp32/bf16, QLoraMatmul over
+// 4-bit) so the base output and its branch are one GEMM; further active adapters, and the
+// adapters of a per-row batch (ForwardContext.AdapterNames), are added as separate branches
+// (LoraBranch). lora_bias: the fused adapter's s·bias_B rides in the kernel's bias argument.
+// Backward (chain rule as in LoraMatmul): dx = g·W (+ dh·A masked by dropout, per branch),
+// dA, dB from the kernel or the branch; dW = gᵀ·x only when W itself is trainable; db =
+// Σ_rows g when the bias is trainable; dbias_B = s·Σ_rows g.
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Nn;
 
 /// <summary>A linear layer over a frozen or trainable weight, with optional LoRA adapters.</summary>
-public sealed class Linear : Module
+public sealed class Linear : Module, ILoraLayer
 {
-    private readonly List<LoraAdapter> adapters = [];
-    private string[] active = ["default"];
+    private readonly AdapterSlots slots = new();
 
     /// <summary>A linear layer over an existing weight [out, in] and optional bias [out].</summary>
     public Linear(Parameter weight, Parameter? bias = null)
@@ -26,11 +28,7 @@ public sealed class Linear : Module
         OutFeatures = weight.Shape[0];
         InFeatures = weight.Shape[1];
         Weight = weight;
-        if (bias != null && (bias.Count != OutFeatures || bias.DType != TensorDType.F32))
-        {
-            throw new ArgumentException($"Linear bias must be fp32 [{OutFeatures}]; got {bias.DType} [{string.Join(", ", bias.Shape)}].", nameof(bias));
-        }
-
+        CheckBias(bias);
         Bias = bias;
     }
 
@@ -44,16 +42,19 @@ public sealed class Linear : Module
     public Parameter Weight { get; private set; }
 
     /// <summary>The bias [out] or null.</summary>
-    public Parameter? Bias { get; }
+    public Parameter? Bias { get; private set; }
 
     /// <summary>The LoRA adapters on this layer, in the order they were added.</summary>
-    public IReadOnlyList<LoraAdapter> Adapters => adapters;
+    public IReadOnlyList<LoraAdapter> Adapters => slots.All;
 
     /// <summary>Names of the adapters used in forward (those present on this layer).</summary>
-    public IReadOnlyList<string> ActiveAdapters => active;
+    public IReadOnlyList<string> ActiveAdapters => slots.Active;
+
+    /// <inheritdoc/>
+    public IReadOnlyList<string> MergedAdapters => slots.Merged;
 
     /// <summary>When true, forward ignores every adapter (PEFT's disable_adapter).</summary>
-    public bool AdaptersDisabled { get; set; }
+    public bool AdaptersDisabled { get => slots.Disabled; set => slots.Disabled = value; }
 
     /// <summary>Replaces the weight (same shape), e.g. with its 4-bit quantization.</summary>
     public void ReplaceWeight(Parameter weight)
@@ -67,38 +68,35 @@ public sealed class Linear : Module
         Weight = weight;
     }
 
-    /// <summary>Adds a LoRA adapter; names must be unique on the layer.</summary>
-    public void AddAdapter(LoraAdapter adapter)
+    /// <summary>Replaces the bias with another fp32 [out] parameter (a trainable copy, say); only a layer that has a bias can have one put back.</summary>
+    public void ReplaceBias(Parameter bias)
     {
-        ArgumentNullException.ThrowIfNull(adapter);
-        if (adapters.Any(a => a.Name == adapter.Name))
+        ArgumentNullException.ThrowIfNull(bias);
+        if (Bias == null)
         {
-            throw new ArgumentException($"this layer already has an adapter named '{adapter.Name}'.", nameof(adapter));
+            throw new InvalidOperationException($"Linear [{OutFeatures}, {InFeatures}] has no bias to replace.");
         }
 
-        if (adapter.A.Shape[1] != InFeatures || adapter.B.Shape[0] != OutFeatures)
-        {
-            throw new ArgumentException($"adapter '{adapter.Name}' has A [{string.Join(", ", adapter.A.Shape)}] and B [{string.Join(", ", adapter.B.Shape)}]; the layer is [{OutFeatures}, {InFeatures}].", nameof(adapter));
-        }
-
-        adapters.Add(adapter);
+        CheckBias(bias);
+        Bias = bias;
     }
+
+    /// <summary>Adds a LoRA adapter; names must be unique on the layer.</summary>
+    public void AddAdapter(LoraAdapter adapter) => slots.Add(adapter, InFeatures, OutFeatures, $"Linear [{OutFeatures}, {InFeatures}]");
 
     /// <summary>Removes the adapter of that name; false when absent.</summary>
-    public bool RemoveAdapter(string name) => adapters.RemoveAll(a => a.Name == name) > 0;
+    public bool RemoveAdapter(string name) => slots.Remove(name);
 
     /// <summary>Chooses the adapters used in forward (by name; names absent from this layer are skipped).</summary>
-    public void SetActiveAdapters(params string[] names)
-    {
-        ArgumentNullException.ThrowIfNull(names);
-        active = (string[])names.Clone();
-    }
+    public void SetActiveAdapters(params string[] names) => slots.SetActive(names);
 
-    /// <summary>The adapters forward uses now.</summary>
-    public IReadOnlyList<LoraAdapter> Active() =>
-        AdaptersDisabled ? [] : adapters.Where(a => active.Contains(a.Name)).ToList();
+    /// <inheritdoc/>
+    public void MarkMerged(string name, bool merged) => slots.MarkMerged(name, merged);
 
-    /// <summary>y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ for x [.., in].</summary>
+    /// <summary>The adapters forward adds now (active, not merged; none when disabled).</summary>
+    public IReadOnlyList<LoraAdapter> Active() => slots.Running();
+
+    /// <summary>y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ for x [.., in] (per-row adapters when the context names them).</summary>
     public Tensor Forward(Tensor x, ForwardContext? context = null)
     {
         ArgumentNullException.ThrowIfNull(x);
@@ -108,14 +106,20 @@ public sealed class Linear : Module
             throw new ArgumentException($"Linear [{OutFeatures}, {InFeatures}] got input [{string.Join(", ", x.Shape)}]: last dimension must be {InFeatures}.", nameof(x));
         }
 
-        var on = Active();
-        if (on.Count > 1)
+        int[] shape = [.. x.Shape[..^1], OutFeatures];
+        if (context.AdapterNames is { } names)
         {
-            throw new NotSupportedException($"{on.Count} adapters are active on one layer ({string.Join(", ", on.Select(a => a.Name))}); activate one at a time or merge them.");
+            var groups = slots.Groups(names, x.Rows, $"Linear [{OutFeatures}, {InFeatures}]");
+            if (groups.Count == 1 && groups[0].Rows.Length == x.Rows)
+            {
+                return ForwardLora(x, groups[0].Adapter, [], shape, context);
+            }
+
+            return ForwardBase(x, shape, context, [.. groups.Select(g => ((LoraAdapter, int[]?))g)]);
         }
 
-        int[] shape = [.. x.Shape[..^1], OutFeatures];
-        return on.Count == 0 ? ForwardBase(x, shape, context) : ForwardLora(x, on[0], shape, context);
+        var on = slots.Running();
+        return on.Count == 0 ? ForwardBase(x, shape, context, []) : ForwardLora(x, on[0], [.. on.Skip(1).Select(a => (a, (int[]?)null))], shape, context);
     }
 
     /// <inheritdoc/>
@@ -127,14 +131,18 @@ public sealed class Linear : Module
             yield return ("bias", Bias);
         }
 
-        foreach (var a in adapters)
+        foreach (var a in slots.All)
         {
             yield return ($"lora_A.{a.Name}.weight", a.A);
             yield return ($"lora_B.{a.Name}.weight", a.B);
+            if (a.Bias != null)
+            {
+                yield return ($"lora_B.{a.Name}.bias", a.Bias);
+            }
         }
     }
 
-    private Tensor ForwardBase(Tensor x, int[] shape, ForwardContext context)
+    private Tensor ForwardBase(Tensor x, int[] shape, ForwardContext context, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras)
     {
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
         var w = Weight;
@@ -155,8 +163,9 @@ public sealed class Linear : Module
                 break;
         }
 
+        var branches = RunBranches(x, y, extras, context);
         var output = new Tensor(y, shape);
-        if (Tape.IsRecording && (x.RequiresGrad || w.RequiresGrad || Bias?.RequiresGrad == true))
+        if (Tape.IsRecording && (x.RequiresGrad || w.RequiresGrad || Bias?.RequiresGrad == true || branches.Any(b => b.NeedsGrad)))
         {
             Tape.Record(output, () =>
             {
@@ -181,13 +190,14 @@ public sealed class Linear : Module
                 }
 
                 BackwardWeightAndBias(g, x, n, k);
+                BackwardBranches(branches, g, x, k);
             });
         }
 
         return output;
     }
 
-    private Tensor ForwardLora(Tensor x, LoraAdapter lora, int[] shape, ForwardContext context)
+    private Tensor ForwardLora(Tensor x, LoraAdapter lora, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras, int[] shape, ForwardContext context)
     {
         int n = x.Rows, inF = InFeatures, outF = OutFeatures, r = lora.Rank;
         var w = Weight;
@@ -195,7 +205,7 @@ public sealed class Linear : Module
         var options = new LoraOptions(Training ? lora.Dropout : 0f, ForwardContext.Mix(lora.Seed, context.DropoutSeed), context.Kernel);
         var y = GC.AllocateUninitializedArray<float>(checked(n * outF));
         var h = GC.AllocateUninitializedArray<float>(checked(n * r));
-        var bias = Bias?.Data ?? [];
+        var bias = KernelBias(lora);
         switch (w.DType)
         {
             case TensorDType.F32:
@@ -209,10 +219,12 @@ public sealed class Linear : Module
                 break;
         }
 
+        var branches = RunBranches(x, y, extras, context);
         var output = new Tensor(y, shape);
         var a = lora.A;
         var b = lora.B;
-        if (Tape.IsRecording && (x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || w.RequiresGrad || Bias?.RequiresGrad == true))
+        if (Tape.IsRecording && (x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || lora.Bias?.RequiresGrad == true || w.RequiresGrad
+            || Bias?.RequiresGrad == true || branches.Any(br => br.NeedsGrad)))
         {
             Tape.Record(output, () =>
             {
@@ -240,11 +252,55 @@ public sealed class Linear : Module
                     Grad.AddOwned(b, db);
                 }
 
+                if (lora.Bias?.RequiresGrad == true)
+                {
+                    Grad.AddOwned(lora.Bias, LoraBranch.ScaledColumnSums(g, n, outF, s));
+                }
+
                 BackwardWeightAndBias(g, x, n, context.Kernel);
+                BackwardBranches(branches, g, x, context.Kernel);
             });
         }
 
         return output;
+    }
+
+    /// <summary>The kernel's bias argument: the base bias, plus s·bias_B when the fused adapter has lora_bias.</summary>
+    private float[] KernelBias(LoraAdapter lora)
+    {
+        if (lora.Bias == null)
+        {
+            return Bias?.Data ?? [];
+        }
+
+        var bias = new float[OutFeatures];
+        System.Numerics.Tensors.TensorPrimitives.Multiply(lora.Bias.Data, lora.Scale, bias);
+        if (Bias != null)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Add(bias, Bias.Data, bias);
+        }
+
+        return bias;
+    }
+
+    private List<LoraBranch> RunBranches(Tensor x, float[] y, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras, ForwardContext context) =>
+        [.. extras.Select(e => LoraBranch.Run(x.Data, y, e.Adapter, e.Rows, Training ? e.Adapter.Dropout : 0f,
+            ForwardContext.Mix(e.Adapter.Seed, context.DropoutSeed), InFeatures, OutFeatures, context.Kernel))];
+
+    private void BackwardBranches(List<LoraBranch> branches, float[] g, Tensor x, KernelOptions k)
+    {
+        foreach (var branch in branches)
+        {
+            branch.Backward(g, x, InFeatures, OutFeatures, k);
+        }
+    }
+
+    private void CheckBias(Parameter? bias)
+    {
+        if (bias != null && (bias.Count != OutFeatures || bias.DType != TensorDType.F32))
+        {
+            throw new ArgumentException($"Linear bias must be fp32 [{OutFeatures}]; got {bias.DType} [{string.Join(", ", bias.Shape)}].", nameof(bias));
+        }
     }
 
     private void AddBias(float[] y, int n)

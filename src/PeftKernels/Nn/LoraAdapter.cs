@@ -1,19 +1,35 @@
-// One named LoRA adapter on a Linear: A [r, in], B [out, r], scale s = alpha / r
-// (rsLoRA: alpha / sqrt(r)), dropout on the branch input. Init (peft-math.md): A ~
-// kaiming-uniform(a = √5) = U(−1/√in, 1/√in), B = 0, so the wrapped layer starts equal to
-// the base; "gaussian": A ~ N(0, 1/r).
+// One named LoRA adapter on a layer: A [r, in], B [out, r], scale s = alpha / r (rsLoRA:
+// alpha / sqrt(r)), dropout on the branch input, and optionally a bias on lora_B (lora_bias:
+// y += s·(h·Bᵀ + bias_B)). Init (peft-math.md): Linear A ~ kaiming-uniform(a = √5) =
+// U(−1/√in, 1/√in), B = 0, so the wrapped layer starts equal to the base; "gaussian": A ~
+// N(0, 1/r). Embeddings follow PEFT the other way round: A = 0 [r, vocab], B ~ N(0, 1) [dim, r].
 namespace PeftKernels.Nn;
 
-/// <summary>A LoRA adapter of one Linear layer.</summary>
+/// <summary>A LoRA adapter of one Linear or Embedding layer.</summary>
 public sealed class LoraAdapter
 {
-    /// <summary>Creates an adapter with PEFT's default init (or gaussian A), seeded.</summary>
-    public LoraAdapter(string name, int inFeatures, int outFeatures, int rank, double alpha, float dropout, bool useRsLora, ulong seed, bool gaussianInit = false)
+    /// <summary>Creates a Linear adapter with PEFT's default init (or gaussian A), seeded.</summary>
+    public LoraAdapter(string name, int inFeatures, int outFeatures, int rank, double alpha, float dropout, bool useRsLora, ulong seed,
+        bool gaussianInit = false, bool loraBias = false)
+        : this(name, NewA(name, inFeatures, rank, seed, gaussianInit), new Parameter(new float[(long)outFeatures * Positive(rank, name)], [outFeatures, rank], trainable: true),
+            loraBias ? new Parameter(new float[outFeatures], [outFeatures], trainable: true) : null, alpha, dropout, useRsLora, seed)
+    {
+    }
+
+    /// <summary>An adapter over existing tensors A [r, in] and B [out, r] (and lora_B's bias [out]); they are not copied.</summary>
+    public LoraAdapter(string name, Parameter a, Parameter b, Parameter? bias, double alpha, float dropout, bool useRsLora, ulong seed)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
-        if (rank <= 0)
+        ArgumentNullException.ThrowIfNull(a);
+        ArgumentNullException.ThrowIfNull(b);
+        if (a.Shape.Length != 2 || b.Shape.Length != 2 || a.Shape[0] != b.Shape[1] || a.Shape[0] <= 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(rank), rank, $"LoRA rank of adapter '{name}' must be positive.");
+            throw new ArgumentException($"adapter '{name}': A [{string.Join(", ", a.Shape)}] and B [{string.Join(", ", b.Shape)}] must be [r, in] and [out, r] with r > 0.", nameof(a));
+        }
+
+        if (a.DType != TensorDType.F32 || b.DType != TensorDType.F32 || (bias != null && (bias.DType != TensorDType.F32 || bias.Count != b.Shape[0])))
+        {
+            throw new ArgumentException($"adapter '{name}': A, B and the lora_B bias [{b.Shape[0]}] must be fp32.", nameof(a));
         }
 
         if (!(dropout >= 0f && dropout < 1f))
@@ -22,41 +38,20 @@ public sealed class LoraAdapter
         }
 
         Name = name;
-        Rank = rank;
         Alpha = alpha;
         Dropout = dropout;
         UseRsLora = useRsLora;
         Seed = seed;
-        var a = new float[(long)rank * inFeatures];
-        var rng = new Random((int)(seed ^ (seed >> 32)));
-        if (gaussianInit)
-        {
-            double std = 1.0 / Math.Sqrt(rank);
-            for (int i = 0; i < a.Length; i++)
-            {
-                // Box–Muller: one normal per pair of uniforms keeps the stream simple and seeded.
-                double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-                a[i] = (float)(std * Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-            }
-        }
-        else
-        {
-            double bound = 1.0 / Math.Sqrt(inFeatures);
-            for (int i = 0; i < a.Length; i++)
-            {
-                a[i] = (float)(((rng.NextDouble() * 2) - 1) * bound);
-            }
-        }
-
-        A = new Parameter(a, [rank, inFeatures], trainable: true);
-        B = new Parameter(new float[(long)outFeatures * rank], [outFeatures, rank], trainable: true);
+        A = a;
+        B = b;
+        Bias = bias;
     }
 
     /// <summary>The adapter name ("default" unless given).</summary>
     public string Name { get; }
 
     /// <summary>The rank r.</summary>
-    public int Rank { get; }
+    public int Rank => A.Shape[0];
 
     /// <summary>lora_alpha.</summary>
     public double Alpha { get; }
@@ -73,9 +68,54 @@ public sealed class LoraAdapter
     /// <summary>s = alpha / r, or alpha / sqrt(r) with rsLoRA.</summary>
     public float Scale => (float)(UseRsLora ? Alpha / Math.Sqrt(Rank) : Alpha / Rank);
 
-    /// <summary>lora_A [r, in].</summary>
-    public Parameter A { get; set; }
+    /// <summary>lora_A [r, in] (embeddings: lora_embedding_A [r, vocab]).</summary>
+    public Parameter A { get; }
 
-    /// <summary>lora_B [out, r].</summary>
-    public Parameter B { get; set; }
+    /// <summary>lora_B [out, r] (embeddings: lora_embedding_B [dim, r]).</summary>
+    public Parameter B { get; }
+
+    /// <summary>lora_B's bias [out] (lora_bias), or null.</summary>
+    public Parameter? Bias { get; }
+
+    /// <summary>The adapter's parameters: A, B and the lora_B bias when present.</summary>
+    public IEnumerable<Parameter> Parameters => Bias == null ? [A, B] : [A, B, Bias];
+
+    /// <summary>An embedding adapter with PEFT's init: A = 0 [r, numEmbeddings], B ~ N(0, 1) [embeddingDim, r], seeded.</summary>
+    public static LoraAdapter ForEmbedding(string name, int numEmbeddings, int embeddingDim, int rank, double alpha, bool useRsLora, ulong seed)
+    {
+        Positive(rank, name);
+        var b = new float[(long)embeddingDim * rank];
+        var rng = new Random((int)(seed ^ (seed >> 32)));
+        for (int i = 0; i < b.Length; i++)
+        {
+            b[i] = (float)Normal(rng);
+        }
+
+        return new LoraAdapter(name, new Parameter(new float[(long)rank * numEmbeddings], [rank, numEmbeddings], trainable: true),
+            new Parameter(b, [embeddingDim, rank], trainable: true), null, alpha, 0f, useRsLora, seed);
+    }
+
+    private static Parameter NewA(string name, int inFeatures, int rank, ulong seed, bool gaussianInit)
+    {
+        Positive(rank, name);
+        var a = new float[(long)rank * inFeatures];
+        var rng = new Random((int)(seed ^ (seed >> 32)));
+        double bound = 1.0 / Math.Sqrt(inFeatures), std = 1.0 / Math.Sqrt(rank);
+        for (int i = 0; i < a.Length; i++)
+        {
+            a[i] = (float)(gaussianInit ? std * Normal(rng) : ((rng.NextDouble() * 2) - 1) * bound);
+        }
+
+        return new Parameter(a, [rank, inFeatures], trainable: true);
+    }
+
+    // Box–Muller: one normal per pair of uniforms keeps the stream simple and seeded.
+    private static double Normal(Random rng)
+    {
+        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+        return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
+    }
+
+    private static int Positive(int rank, string name) =>
+        rank > 0 ? rank : throw new ArgumentOutOfRangeException(nameof(rank), rank, $"LoRA rank of adapter '{name}' must be positive.");
 }

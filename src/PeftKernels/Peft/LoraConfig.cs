@@ -212,7 +212,14 @@ public sealed record LoraConfig
         Validate();
         AtomicFile.Write(path, stream =>
         {
-            using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, IndentSize = 2 });
+            // Python's json.dumps(indent=2, sort_keys=True): "\n" line ends, '+' and '<' written as they are.
+            using var json = new Utf8JsonWriter(stream, new JsonWriterOptions
+            {
+                Indented = true,
+                IndentSize = 2,
+                NewLine = "\n",
+                Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+            });
             json.WriteStartObject();
             var fields = new SortedDictionary<string, Action>(StringComparer.Ordinal)
             {
@@ -228,7 +235,7 @@ public sealed record LoraConfig
                 ["layers_to_transform"] = () => { if (LayersToTransform == null) { json.WriteNullValue(); } else { json.WriteStartArray(); foreach (int l in LayersToTransform) { json.WriteNumberValue(l); } json.WriteEndArray(); } },
                 ["lora_alpha"] = () => WriteNumber(json, LoraAlpha),
                 ["lora_bias"] = () => json.WriteBooleanValue(LoraBias),
-                ["lora_dropout"] = () => json.WriteNumberValue(LoraDropout),
+                ["lora_dropout"] = () => json.WriteRawValue(PythonFloat(LoraDropout)),
                 ["modules_to_save"] = () => { if (ModulesToSave == null) { json.WriteNullValue(); } else { json.WriteStartArray(); foreach (string m in ModulesToSave) { json.WriteStringValue(m); } json.WriteEndArray(); } },
                 ["peft_type"] = () => json.WriteStringValue("LORA"),
                 ["peft_version"] = () => json.WriteStringValue("0.20.0"),
@@ -273,6 +280,13 @@ public sealed record LoraConfig
         {
             json.WriteRawValue(value.ToString("R", CultureInfo.InvariantCulture));
         }
+    }
+
+    /// <summary>A float as Python's repr writes it: "0.0", "0.05" (always with a fraction or exponent).</summary>
+    private static string PythonFloat(double value)
+    {
+        string text = value.ToString("R", CultureInfo.InvariantCulture);
+        return text.Contains('.', StringComparison.Ordinal) || text.Contains('E', StringComparison.Ordinal) ? text : text + ".0";
     }
 
     private static JsonElement? Get(JsonElement root, string name) =>

@@ -32,7 +32,7 @@ public sealed record TrainerOptions
     /// <summary>Decoupled weight decay.</summary>
     public double WeightDecay { get; init; }
 
-    /// <summary>LoRA+ ratio: B's learning rate is this multiple of A's (1 = plain LoRA).</summary>
+    /// <summary>LoRA+ ratio: lora_B's (and 1-D parameters', as in PEFT) learning rate is this multiple of lora_A's (1 = plain LoRA).</summary>
     public double LoraPlusRatio { get; init; } = 1;
 
     /// <summary>Clip the global gradient norm to this (0 = no clipping).</summary>
@@ -94,7 +94,8 @@ public sealed partial class Trainer
             throw new InvalidOperationException("the model has no trainable parameters (wrap it with LoRA first).");
         }
 
-        var bParams = trainable.Where(p => p.Name.Contains(".lora_B.", StringComparison.Ordinal)).Select(p => p.Parameter).ToList();
+        // LoRA+ groups as PEFT's create_loraplus_optimizer: lora_B and every 1-D trainable parameter (biases) get ratio × lr.
+        var bParams = trainable.Where(p => p.Name.Contains(".lora_B.", StringComparison.Ordinal) || p.Parameter.Shape.Length == 1).Select(p => p.Parameter).ToList();
         var others = trainable.Select(p => p.Parameter).Except(bParams).ToList();
         var groups = options.LoraPlusRatio == 1
             ? new[] { new ParameterGroup([.. trainable.Select(p => p.Parameter)], 1, options.WeightDecay) }

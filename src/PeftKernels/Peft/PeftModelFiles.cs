@@ -1,0 +1,176 @@
+// The adapter folder in PEFT layout (peft-format.md): adapter_config.json +
+// adapter_model.safetensors (metadata {"format": "pt"}, fp32, keys sorted as the safetensors
+// library orders one-dtype files) at the folder root for "default", else in <folder>/<name>/.
+// Saving refuses zero-element tensors before writing anything; each file is written atomically,
+// weights first, so a complete config implies complete weights. Loading is strict and changes
+// nothing until every check passed: all missing and unexpected keys, shape mismatches (naming
+// the module, both shapes and a disagreeing rank) and non-float dtypes are reported in one
+// error; F16/BF16 tensors are cast to fp32 exactly.
+using PeftKernels.IO;
+using PeftKernels.Nn;
+
+namespace PeftKernels.Peft;
+
+public sealed partial class PeftModel
+{
+    /// <summary>Loads a PEFT LoRA adapter folder as <paramref name="name"/> (trainable or frozen); the first adapter becomes active.</summary>
+    /// <exception cref="FileNotFoundException">The folder lacks adapter_config.json or adapter_model.safetensors.</exception>
+    /// <exception cref="InvalidDataException">Bad config or safetensors file, or tensors that do not fit the model (every problem listed).</exception>
+    public LoraConfig LoadAdapter(string folder, string name = "default", bool trainable = false)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        string configPath = Path.Combine(folder, Lora.ConfigFile), weightsPath = Path.Combine(folder, Lora.WeightsFile);
+        if (!File.Exists(configPath) || !File.Exists(weightsPath))
+        {
+            throw new FileNotFoundException($"{folder} is not a PEFT adapter folder: it needs {Lora.ConfigFile} and {Lora.WeightsFile}.", configPath);
+        }
+
+        var config = LoraConfig.Load(configPath);
+        List<LoraTarget> targets;
+        List<(string Name, ILoraLayer Layer)> toSave;
+        try
+        {
+            (targets, toSave) = Plan(name, config);
+        }
+        catch (ArgumentException e) when (e.ParamName == nameof(config) || e.ParamName == null)
+        {
+            throw new InvalidDataException($"{configPath}: {e.Message}", e);
+        }
+
+        using var file = SafeTensorsFile.Open(weightsPath);
+        var expected = AdapterKeys.Expected(Model, config, targets, toSave);
+        var known = expected.SelectMany(e => e.Keys).ToHashSet(StringComparer.Ordinal);
+        var problems = new List<string>();
+        var present = new List<string>();
+        foreach (var e in expected)
+        {
+            string? key = e.Keys.FirstOrDefault(file.Contains);
+            if (key == null)
+            {
+                if (e.Required)
+                {
+                    problems.Add($"missing key '{e.Keys[0]}'");
+                }
+
+                continue;
+            }
+
+            var info = file.GetInfo(key);
+            if (info.DType is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
+            {
+                problems.Add($"'{key}' is {info.DType.HeaderName()}; adapter tensors must be F32, F16 or BF16");
+            }
+            else if (!info.Shape.SequenceEqual(e.Shape.Select(d => (long)d)))
+            {
+                problems.Add(ShapeProblem(e, info.Shape));
+            }
+            else
+            {
+                present.Add(key);
+            }
+        }
+
+        problems.AddRange(file.Names.Where(k => !known.Contains(k)).Select(k => $"unexpected key '{k}'"));
+        if (problems.Count > 0)
+        {
+            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {string.Join("; ", problems)}.");
+        }
+
+        var values = present.ToDictionary(k => k, file.ReadFloat32, StringComparer.Ordinal);
+        Inject(name, config, targets, toSave, 0, values, trainable);
+        return config;
+    }
+
+    /// <summary>Writes one adapter in PEFT layout: at the folder root for "default", else in <c>folder/name/</c>.</summary>
+    /// <exception cref="InvalidOperationException">A tensor has zero elements (nothing is written).</exception>
+    public void SaveAdapter(string folder, string name = "default")
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        RequireAdapter(name);
+        var config = configs.First(c => c.Name == name).Config;
+        config.Validate();
+        var tensors = AdapterTensors(name);
+        var empty = tensors.Where(t => t.Parameter.Count == 0).Select(t => $"{t.Key} [{string.Join(", ", t.Parameter.Shape)}]").ToList();
+        if (empty.Count > 0)
+        {
+            throw new InvalidOperationException($"refusing to save zero-element tensors of adapter '{name}': {string.Join(", ", empty)}.");
+        }
+
+        string target = Lora.AdapterFolder(folder, name);
+        Directory.CreateDirectory(target);
+        SafeTensorsWriter.Write(Path.Combine(target, Lora.WeightsFile),
+            tensors.Select(t => SafeTensor.FromFloat32(t.Key, t.Parameter.Data, [.. t.Parameter.Shape.Select(d => (long)d)])),
+            new Dictionary<string, string> { ["format"] = "pt" });
+        config.Save(Path.Combine(target, Lora.ConfigFile));
+    }
+
+    /// <summary>The adapter's tensors by their on-disk key, sorted by key.</summary>
+    internal List<(string Key, Parameter Parameter)> AdapterTensors(string name)
+    {
+        var config = configs.First(c => c.Name == name).Config;
+        var tensors = new List<(string Key, Parameter Parameter)>();
+        var wrapped = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (module, layer) in Layers())
+        {
+            if (layer.Adapters.FirstOrDefault(a => a.Name == name) is not { } adapter)
+            {
+                continue;
+            }
+
+            bool embedding = layer is Embedding;
+            wrapped.Add(module);
+            tensors.Add((AdapterKeys.LoraA(module, embedding), adapter.A));
+            tensors.Add((AdapterKeys.LoraB(module, embedding), adapter.B));
+            if (adapter.Bias != null)
+            {
+                tensors.Add((AdapterKeys.LoraBias(module), adapter.Bias));
+            }
+        }
+
+        var copies = saved.CopiesOf(name).ToList();
+        foreach (var (module, weight, bias) in copies)
+        {
+            tensors.Add((AdapterKeys.SavedWeight(module), weight));
+            if (bias != null)
+            {
+                tensors.Add((AdapterKeys.PlainBias(module), bias));
+            }
+        }
+
+        foreach (var (module, linear) in AdapterKeys.BiasLinears(Model, config, wrapped, copies.Select(c => c.Module).ToHashSet(StringComparer.Ordinal)))
+        {
+            tensors.Add((linear.Adapters.Count > 0 ? AdapterKeys.WrappedBias(module) : AdapterKeys.PlainBias(module), linear.Bias!));
+        }
+
+        tensors.Sort((a, b) => string.CompareOrdinal(a.Key, b.Key));
+        return tensors;
+    }
+
+    /// <summary>Registers an adapter that already sits on the model's layers (the static <see cref="Lora"/> helpers).</summary>
+    internal void Adopt(string name, LoraConfig config)
+    {
+        if (!Layers().Any(l => l.Layer.Adapters.Any(a => a.Name == name)))
+        {
+            throw new InvalidOperationException($"the model has no adapter named '{name}'.");
+        }
+
+        if (config.ModulesToSave is { Count: > 0 })
+        {
+            throw new NotSupportedException("modules_to_save copies are kept by the PeftModel that created them; save through that PeftModel.");
+        }
+
+        configs.Add((name, config));
+    }
+
+    private static string ShapeProblem(ExpectedKey e, IReadOnlyList<long> found)
+    {
+        string text = $"module '{e.Module}' {e.Role}: expected shape [{string.Join(", ", e.Shape)}], found [{string.Join(", ", found)}]";
+        int rankAxis = e.Role is "lora_A" or "lora_embedding_A" ? 0 : e.Role is "lora_B" or "lora_embedding_B" ? 1 : -1;
+        if (rankAxis >= 0 && found.Count == 2 && found[1 - rankAxis] == e.Shape[1 - rankAxis])
+        {
+            text += $" (the config's r = {e.Shape[rankAxis]} disagrees with the tensor's rank {found[rankAxis]})";
+        }
+
+        return text;
+    }
+}
