@@ -13,6 +13,7 @@ public static class Cli
     public static RootCommand Build()
     {
         var root = new RootCommand("peft: parameter-efficient fine-tuning kernels and tools for .NET");
+        root.Subcommands.Add(Demo.DemoCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(QuantizeCommands.CreateQuantize());
         root.Subcommands.Add(QuantizeCommands.CreateDequantize());

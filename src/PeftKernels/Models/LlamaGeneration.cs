@@ -59,7 +59,7 @@ public sealed partial class LlamaForCausalLM
     }
 
     /// <summary>Index of the largest logit (the first one on ties, as torch.argmax).</summary>
-    internal static int ArgMax(ReadOnlySpan<float> logits)
+    public static int ArgMax(ReadOnlySpan<float> logits)
     {
         int best = 0;
         for (int i = 1; i < logits.Length; i++)

@@ -1,0 +1,56 @@
+// `peft demo --fast` end to end: the fine-tuned adapter must beat the base on its task by the
+// stated margin, and every promised output (base folder, two PEFT adapter folders, loss.png,
+// metrics.json) must exist and parse.
+using System.CommandLine;
+using PeftKernels.Cli.Demo;
+using PeftKernels.Models;
+using PeftKernels.Peft;
+using Xunit;
+
+namespace PeftKernels.Tests;
+
+public sealed class DemoCommandTests : IDisposable
+{
+    private readonly TempFolder folder = new();
+
+    public void Dispose() => folder.Dispose();
+
+    [Fact]
+    public void FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput()
+    {
+        string output = Path.Combine(folder.Path, "demo");
+        var writer = new StringWriter { NewLine = "\n" };
+        var error = new StringWriter();
+        int code = Cli.Cli.Build().Parse(["demo", "--fast", "--out", output]).Invoke(new InvocationConfiguration { Output = writer, Error = error });
+        Assert.Equal((0, ""), (code, error.ToString()));
+        string log = writer.ToString();
+        foreach (string step in new[] { "1 Pre-train", "2 The base model", "3 QLoRA", "4 Save the adapter", "5 Merge", "6 A second adapter", "7 Serve both", "8 Summary" })
+        {
+            Assert.Contains(step, log);
+        }
+
+        var metrics = DemoOutputs.ReadMetrics(Path.Combine(output, "metrics.json"));
+        var sentiment = metrics.Tasks.Single(t => t.Task == "sentiment");
+
+        // Stated margin: the QLoRA adapter answers at least 30 points more held-out prompts correctly than the base.
+        Assert.True(sentiment.AccuracyAfter >= sentiment.AccuracyBefore + 0.30, $"sentiment accuracy {sentiment.AccuracyBefore:P0} → {sentiment.AccuracyAfter:P0}");
+        Assert.All(metrics.Tasks, t => Assert.True(t.TrainableParameters > 0 && t.AdapterBytes > 0 && double.IsFinite(t.FinalLoss)));
+        Assert.True(metrics.Merge.SameAnswers);
+        Assert.True(metrics.Merge.MaxAbsLogitDifference < 1e-3 * Math.Max(1, metrics.Merge.MaxAbsLogit), $"merge changed logits by {metrics.Merge.MaxAbsLogitDifference}");
+        Assert.True(metrics.Serving.MatchesSeparate);
+
+        var png = File.ReadAllBytes(Path.Combine(output, "loss.png"));
+        Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png[..4]);
+        Assert.True(png.Length > 10_000, $"loss.png is only {png.Length} bytes");
+
+        var model = LlamaForCausalLM.Load(Path.Combine(output, "base"));
+        var peft = new PeftModel(model);
+        foreach (string name in new[] { "sentiment", "topic" })
+        {
+            var config = peft.LoadAdapter(Lora.AdapterFolder(Path.Combine(output, "adapters"), name), name);
+            Assert.True(config.R > 0);
+        }
+
+        Assert.Equal(2, peft.Adapters.Count);
+    }
+}

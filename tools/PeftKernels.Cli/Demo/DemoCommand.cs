@@ -1,0 +1,40 @@
+// The `peft demo` verb: options, the console (Spectre.Console over the invocation's output,
+// live progress bars only on an interactive terminal) and the runner.
+using System.CommandLine;
+using Spectre.Console;
+
+namespace PeftKernels.Cli.Demo;
+
+internal static class DemoCommand
+{
+    public static Command Create()
+    {
+        var output = new Option<string>("--out") { HelpName = "dir", Description = "Output folder (base model, adapters, loss.png, metrics.json).", DefaultValueFactory = _ => "./peft-demo" };
+        var fast = new Option<bool>("--fast") { Description = "A shorter run (tiny base, fewer steps) for tests and quick looks." };
+        var seed = new Option<int>("--seed") { Description = "Seed of the data, the weights and training.", DefaultValueFactory = _ => 0 };
+        var threads = new Option<int>("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };
+        var command = new Command("demo", "The whole story on a small Llama, no downloads: pre-train, fail a task, QLoRA-fine-tune, save, merge, serve two adapters in one batch.")
+        {
+            output, fast, seed, threads,
+        };
+        command.SetAction(parse => Cli.Guard(parse, log =>
+        {
+            bool live = ReferenceEquals(log, Console.Out) && !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive;
+            var console = live ? AnsiConsole.Console : AnsiConsole.Create(new AnsiConsoleSettings
+            {
+                Out = new AnsiConsoleOutput(log),
+                Ansi = AnsiSupport.No,
+                ColorSystem = ColorSystemSupport.NoColors,
+                Interactive = InteractionSupport.No,
+            });
+            if (!live)
+            {
+                console.Profile.Width = 120;
+            }
+
+            new DemoRunner(new DemoOptions(parse.GetRequiredValue(output), parse.GetValue(fast), parse.GetValue(seed), parse.GetValue(threads)), console, live).Run();
+            return 0;
+        }));
+        return command;
+    }
+}
