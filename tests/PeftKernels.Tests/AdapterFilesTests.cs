@@ -56,7 +56,7 @@ public sealed class AdapterFilesTests : IDisposable
 
         var model = LlamaModelTests.TinyModel();
         var peft = new PeftModel(model);
-        var config = peft.LoadAdapter(folder.Path, "golden");
+        var config = Assert.IsType<LoraConfig>(peft.LoadAdapter(folder.Path, "golden"));
         Assert.Equal((2, 4.0, 0.05, "tiny"), (config.R, config.LoraAlpha, config.LoraDropout, config.BaseModelNameOrPath));
         var adapters = Lora.Adapters(model, "golden").ToDictionary(e => e.Module, e => e.Adapter);
         Assert.Equal(new[] { "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj" }, adapters.Keys.Order());

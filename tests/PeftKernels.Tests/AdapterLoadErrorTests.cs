@@ -93,9 +93,10 @@ public sealed class AdapterLoadErrorTests : IDisposable
     }
 
     [Theory]
-    [InlineData("IA3", "peft_type is \"IA3\"; expected \"LORA\"")]
+    [InlineData("ADALORA", "peft_type is \"ADALORA\"; expected \"LORA\" or \"IA3\"")]
     [InlineData("PREFIX_TUNING", "peft_type is \"PREFIX_TUNING\"")]
-    public void AnUnknownPeftTypeIsRefused(string type, string expected)
+    [InlineData("IA3", "feedforward_modules must be a subset of target_modules [q_proj, v_proj]; [down_proj] is not a target")]
+    public void AnUnknownOrMismatchedPeftTypeIsRefused(string type, string expected)
     {
         File.WriteAllText(ConfigPath, File.ReadAllText(ConfigPath).Replace("\"LORA\"", $"\"{type}\"", StringComparison.Ordinal));
         AssertRefused<InvalidDataException>(folder.Path, expected);

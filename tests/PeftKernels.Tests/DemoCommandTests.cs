@@ -48,7 +48,7 @@ public sealed class DemoCommandTests : IDisposable
         foreach (string name in new[] { "sentiment", "topic" })
         {
             var config = peft.LoadAdapter(Lora.AdapterFolder(Path.Combine(output, "adapters"), name), name);
-            Assert.True(config.R > 0);
+            Assert.True(Assert.IsType<LoraConfig>(config).R > 0);
         }
 
         Assert.Equal(2, peft.Adapters.Count);

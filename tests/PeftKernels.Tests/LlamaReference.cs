@@ -6,7 +6,9 @@ namespace PeftKernels.Tests;
 /// A hand-written double-precision Llama forward (llama-format.md), straight from the formulas:
 /// no kernels, no tiling, no online softmax. Weights are read from a model's parameters
 /// (widened or dequantized to double); the named LoRA adapters each add s·((x·Aᵀ)·Bᵀ + bias_B),
-/// and on the embedding s·A[:, id]ᵀ·Bᵀ.
+/// and on the embedding s·A[:, id]ᵀ·Bᵀ. A DoRA adapter adds PEFT's (c − 1)⊙(x·Wᵀ) + c⊙s·(x·Aᵀ)·Bᵀ
+/// with c = m / ‖W + s·B·A‖ (so alone: c⊙(x·Wᵀ + s·x·Aᵀ·Bᵀ) + b). IA³ vectors scale the Linear's
+/// input ([1, in]) before everything and its output ([out, 1]) after everything.
 /// </summary>
 internal static class LlamaReference
 {
@@ -51,8 +53,21 @@ internal static class LlamaReference
             }
         }
 
-        double[,] Linear(double[,] input, string name, int outF, int inF)
+        double[,] Linear(double[,] source, string name, int outF, int inF)
         {
+            var ia3 = adapters.Where(n => p.ContainsKey($"{name}.ia3_l.{n}")).Select(n => (Shape: p[$"{name}.ia3_l.{n}"].Shape, L: W($"{name}.ia3_l.{n}"))).ToList();
+            var input = (double[,])source.Clone();
+            foreach (var (_, l) in ia3.Where(e => e.Shape[0] == 1))
+            {
+                for (int t = 0; t < T; t++)
+                {
+                    for (int i = 0; i < inF; i++)
+                    {
+                        input[t, i] *= l[i];
+                    }
+                }
+            }
+
             var w = W(name + ".weight");
             double[]? b = p.ContainsKey(name + ".bias") ? W(name + ".bias") : null;
             var y = new double[T, outF];
@@ -78,6 +93,8 @@ internal static class LlamaReference
                 var adapter = Peft.Lora.Adapters(model, adapterName).First(e => e.Module == name).Adapter;
                 int r = adapter.Rank;
                 double scale = adapter.Scale;
+                string magnitude = $"{name}.lora_magnitude_vector.{adapterName}.weight";
+                double[]? c = p.ContainsKey(magnitude) ? DoraScale(w, a, bb, W(magnitude), scale, inF, outF, r) : null;
                 for (int t = 0; t < T; t++)
                 {
                     var h = new double[r];
@@ -97,12 +114,41 @@ internal static class LlamaReference
                             sum += h[k] * bb[(o * r) + k];
                         }
 
-                        y[t, o] += scale * sum;
+                        if (c == null)
+                        {
+                            y[t, o] += scale * sum;
+                            continue;
+                        }
+
+                        double xw = 0;
+                        for (int i = 0; i < inF; i++)
+                        {
+                            xw += input[t, i] * w[(o * inF) + i];
+                        }
+
+                        y[t, o] += ((c[o] - 1) * xw) + (c[o] * scale * sum);
+                    }
+                }
+            }
+
+            foreach (var (_, l) in ia3.Where(e => e.Shape[0] != 1))
+            {
+                for (int t = 0; t < T; t++)
+                {
+                    for (int o = 0; o < outF; o++)
+                    {
+                        y[t, o] *= l[o];
                     }
                 }
             }
 
             return y;
+        }
+
+        static double[] DoraScale(double[] w, double[] a, double[] b, double[] m, double scale, int inF, int outF, int r)
+        {
+            var norms = Kernels.Reference.DoraNormReference.RowNorms(w, a, b, scale, inF, outF, r);
+            return [.. m.Select((v, o) => v / norms[o])];
         }
 
         double[,] Norm(double[,] input, string name)

@@ -110,7 +110,9 @@ public class PeftModelTests
         Assert.Contains("no adapter named 'nope'; the model has [a]", Assert.Throws<ArgumentException>(() => peft.SetAdapter("nope")).Message);
         Assert.Contains("already has an adapter named 'a'", Assert.Throws<ArgumentException>(() => peft.AddAdapter("a", Config("q_proj"))).Message);
         Assert.Contains("no module matches target_modules [nothing]", Assert.Throws<ArgumentException>(() => peft.AddAdapter("c", Config("nothing"))).Message);
-        Assert.Throws<NotSupportedException>(() => peft.AddAdapter("d", Config("q_proj") with { UseDora = true }));
+        Assert.Contains("use_dora is supported on Linear layers only; 'model.embed_tokens' is an Embedding",
+            Assert.Throws<ArgumentException>(() => peft.AddAdapter("d", Config("embed_tokens,q_proj") with { UseDora = true })).Message);
+        Assert.DoesNotContain("d", peft.Adapters.Keys);
         Assert.Empty(Lora.Adapters(model, "c"));
     }
 

@@ -1,7 +1,10 @@
 // `peft merge` and `peft adapters inspect`: PEFT adapter folders against a Hugging Face model.
-//   merge    loads the base and each adapter, scales adapter i's update by --weight i (a plain
-//            weighted sum of the ΔW_i: its lora_B, and lora_B bias, times w_i), merges them all
-//            (safe merge with --safe), and writes a complete model folder. It compares the
+//   merge    loads the base and each adapter (LoRA, DoRA or IA³). Without --combination it
+//            scales LoRA adapter i's update by --weight i (a plain weighted sum of the ΔW_i: its
+//            lora_B, and lora_B bias, times w_i); with --combination (linear, cat, svd, ties,
+//            dare_linear, dare_ties, magnitude_prune, and the *_svd types; --density for the
+//            pruning ones) it builds one adapter with PeftModel.AddWeightedAdapter and merges
+//            that. It merges (safe merge with --safe) and writes a complete model folder. It compares the
 //            logits of a fixed 16-token probe before (adapters unmerged) and after (merged,
 //            stored in the output dtype) and prints that difference with the merge's storage
 //            rounding, so a 4-bit base states the error merging introduced.
@@ -21,15 +24,26 @@ internal static class AdapterCommands
     public static Command CreateMerge()
     {
         var model = new Option<string>("--model") { Required = true, HelpName = "dir", Description = "Hugging Face model folder (fp32, bf16, or 4-bit from `peft quantize`)." };
-        var adapters = new Option<string[]>("--adapter") { Required = true, HelpName = "dir", Arity = ArgumentArity.OneOrMore, Description = "PEFT LoRA adapter folder; repeat for several." };
-        var weights = new Option<double[]>("--weight") { HelpName = "w", Arity = ArgumentArity.OneOrMore, Description = "Weight of each --adapter, in order (default 1 each): ΔW = Σ wᵢ·ΔWᵢ." };
+        var adapters = new Option<string[]>("--adapter") { Required = true, HelpName = "dir", Arity = ArgumentArity.OneOrMore, Description = "PEFT adapter folder (LoRA, DoRA or IA³); repeat for several." };
+        var weights = new Option<double[]>("--weight")
+        {
+            HelpName = "w",
+            Arity = ArgumentArity.OneOrMore,
+            Description = "Weight of each --adapter, in order (default 1 each): ΔW = Σ wᵢ·ΔWᵢ, or the weights of --combination. Plain LoRA adapters only.",
+        };
+        var combination = new Option<string?>("--combination")
+        {
+            HelpName = "type",
+            Description = "Combine the LoRA adapters into one first, as PEFT's add_weighted_adapter: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune (or an *_svd variant).",
+        };
+        var density = new Option<double?>("--density") { HelpName = "d", Description = "Fraction of entries kept by ties, dare_linear, dare_ties and magnitude_prune." };
         var safe = new Option<bool>("--safe") { Description = "Check every merged value is finite; refuse (and write nothing) otherwise." };
         var dtype = new Option<string?>("--dtype") { Description = "Storage of the output weights (default: as the base stores them; a 4-bit base keeps its original dtype)." };
         dtype.AcceptOnlyFromAmong("f32", "bf16");
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output model folder (config.json, model.safetensors, tokenizer files)." };
-        var command = new Command("merge", "Merge one or several LoRA adapters into a model and write a complete Hugging Face model folder.")
+        var command = new Command("merge", "Merge one or several adapters into a model and write a complete Hugging Face model folder.")
         {
-            model, adapters, weights, safe, dtype, output,
+            model, adapters, weights, combination, density, safe, dtype, output,
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
@@ -46,16 +60,37 @@ internal static class AdapterCommands
                 throw new ArgumentException("--out must differ from --model (the base folder is read, never overwritten).");
             }
 
+            string? type = parse.GetValue(combination);
+            if (parse.GetValue(density) != null && type == null)
+            {
+                throw new ArgumentException("--density applies to --combination; give one.");
+            }
+
             var lm = LlamaForCausalLM.Load(modelDir);
             var peft = new PeftModel(lm);
             string[] names = [.. dirs.Select((_, i) => dirs.Length == 1 ? "default" : $"adapter{i}")];
             for (int i = 0; i < dirs.Length; i++)
             {
-                peft.LoadAdapter(dirs[i], names[i]);
-                if (w.Length != 0)
+                var config = peft.LoadAdapter(dirs[i], names[i]);
+                if (w.Length != 0 && type == null)
                 {
+                    if (config is not LoraConfig { UseDora: false })
+                    {
+                        throw new ArgumentException($"--weight scales LoRA updates; {dirs[i]} is {(config is Ia3Config ? "IA³" : "DoRA")}.");
+                    }
+
                     Scale(lm, names[i], w[i]);
                 }
+            }
+
+            string combined = "";
+            if (type != null)
+            {
+                double[] cw = w.Length == 0 ? [.. dirs.Select(_ => 1.0)] : w;
+                peft.AddWeightedAdapter(names, cw, "combined", type, density: parse.GetValue(density));
+                combined = string.Create(CultureInfo.InvariantCulture, $" combined with {AdapterCombination.PeftName(AdapterCombination.ParseType(type))} "
+                    + $"into one adapter of rank {((LoraConfig)peft.Adapters["combined"]).R} and");
+                names = ["combined"];
             }
 
             int[] probe = [.. Enumerable.Range(0, Math.Min(16, lm.Config.MaxPositionEmbeddings)).Select(i => (int)(((i * 7919L) + 13) % lm.Config.VocabSize))];
@@ -89,7 +124,7 @@ internal static class AdapterCommands
 
             merged.Save(outDir);
             var weightsText = w.Length == 0 ? "" : $" with weights {string.Join(", ", w.Select(v => v.ToString("G", CultureInfo.InvariantCulture)))}";
-            log.WriteLine($"merged {dirs.Length} adapter(s){weightsText} into {report.Modules.Select(m => m.Module).Distinct().Count()} module(s)");
+            log.WriteLine($"merged {dirs.Length} adapter(s){weightsText}{combined} into {report.Modules.Select(m => m.Module).Distinct().Count()} module(s)");
             if (report.FromQuantizedBase)
             {
                 var q = report.Modules.Where(m => m.BaseDType == TensorDType.Q4).ToList();
@@ -122,9 +157,16 @@ internal static class AdapterCommands
                 throw new FileNotFoundException($"{dir} is not a PEFT adapter folder: it needs {Lora.ConfigFile} and {Lora.WeightsFile}.");
             }
 
-            LoraConfig.Load(configPath);
+            var config = PeftConfig.Load(configPath);
             using var file = SafeTensorsFile.Open(weightsPath);
             log.WriteLine($"adapter: {Path.GetFullPath(dir)}");
+            log.WriteLine(config switch
+            {
+                Ia3Config ia3 => $"method: IA³ (output scaling of the targets, input scaling of the feed-forward modules {Describe(ia3.EffectiveFeedforward)})",
+                LoraConfig { UseDora: true } lora => $"method: DoRA (r = {lora.R}, lora_alpha = {lora.LoraAlpha.ToString(CultureInfo.InvariantCulture)}, magnitude vectors)",
+                LoraConfig lora => $"method: LoRA (r = {lora.R}, lora_alpha = {lora.LoraAlpha.ToString(CultureInfo.InvariantCulture)})",
+                _ => $"method: {config.PeftType}",
+            });
             log.WriteLine($"config ({Lora.ConfigFile}):");
             log.WriteLine(File.ReadAllText(configPath).TrimEnd());
             string metadata = string.Join(", ", file.Metadata.Select(m => $"{m.Key}={m.Value}"));
@@ -152,6 +194,8 @@ internal static class AdapterCommands
         command.Subcommands.Add(inspect);
         return command;
     }
+
+    private static string Describe(TargetModules t) => t.Regex ?? $"[{string.Join(", ", t.Names!)}]";
 
     private static void Scale(LlamaForCausalLM lm, string adapter, double weight)
     {

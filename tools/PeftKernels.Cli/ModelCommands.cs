@@ -2,7 +2,8 @@
 // model folder (LlamaForCausalLM), with an optional PEFT LoRA adapter folder.
 //   score    prints {"tokens": N, "loss": L, "perplexity": P}: mean loss over N−1 predictions
 //   generate greedy or temperature/top-p sampling with a KV cache
-//   train    LoRA, QLoRA (NF4 + double quantization of the base Linears) or LoRA-FA (A frozen),
+//   train    LoRA, QLoRA (NF4 + double quantization of the base Linears), LoRA-FA (A frozen),
+//            DoRA (use_dora) or IA³ (Llama defaults k_proj, v_proj, down_proj, or --targets),
 //            optionally LoRA+ (B's learning rate a multiple of A's), AdamW with warm-up and
 //            cosine decay, then the adapter in PEFT layout in --out
 using System.CommandLine;
@@ -90,14 +91,19 @@ internal static class ModelCommands
         var data = new Option<string>("--data") { Required = true, HelpName = "file", Description = "Plain text (documents separated by blank lines) or JSONL with a \"text\" field." };
         var method = new Option<string>("--method")
         {
-            Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains.",
+            Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
+                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused).",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa");
+        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3");
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
-        var targets = new Option<string>("--targets") { HelpName = "names", Description = "Comma-separated module names, all-linear, or re:REGEX.", DefaultValueFactory = _ => "q_proj,v_proj" };
+        var targets = new Option<string?>("--targets")
+        {
+            HelpName = "names",
+            Description = "Comma-separated module names, all-linear, or re:REGEX (default q_proj,v_proj; ia3: k_proj,v_proj,down_proj, down_proj scaling its input).",
+        };
         var rslora = new Option<bool>("--rslora") { Description = "rsLoRA scaling alpha / sqrt(r)." };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 2e-4 };
         var loraPlus = new Option<double>("--lora-plus-ratio") { HelpName = "ratio", Description = "LoRA+: lora_B's learning rate is this multiple of lora_A's (1 = plain LoRA; ~16 in the paper).", DefaultValueFactory = _ => 1 };
@@ -109,7 +115,7 @@ internal static class ModelCommands
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, batches and dropout.", DefaultValueFactory = _ => 0 };
         var threads = ThreadsOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors)." };
-        var command = new Command("train", "Fine-tune a LoRA / QLoRA adapter on a text file and save it in Hugging Face PEFT layout.")
+        var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, output,
         };
@@ -137,17 +143,25 @@ internal static class ModelCommands
                 log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {Mib(before)} → {Mib(after)}");
             }
 
-            var config = new LoraConfig
+            string kind = parse.GetValue(method)!;
+            if (kind == "ia3" && parse.GetValue(loraPlus) != 1)
             {
-                R = parse.GetValue(r),
-                LoraAlpha = parse.GetValue(alpha),
-                LoraDropout = parse.GetValue(dropout),
-                TargetModules = TargetModules.Parse(parse.GetRequiredValue(targets)),
-                UseRsLora = parse.GetValue(rslora),
-                BaseModelNameOrPath = Path.GetFullPath(folder),
-            };
+                throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
+            }
+
             var peft = new PeftModel(lm);
-            var wrapped = peft.AddAdapter("default", config, parse.GetValue(seed));
+            var wrapped = kind == "ia3"
+                ? peft.AddAdapter("default", Ia3(parse.GetValue(targets), Path.GetFullPath(folder)), parse.GetValue(seed))
+                : peft.AddAdapter("default", new LoraConfig
+                {
+                    R = parse.GetValue(r),
+                    LoraAlpha = parse.GetValue(alpha),
+                    LoraDropout = parse.GetValue(dropout),
+                    TargetModules = TargetModules.Parse(parse.GetValue(targets) ?? "q_proj,v_proj"),
+                    UseRsLora = parse.GetValue(rslora),
+                    UseDora = kind == "dora",
+                    BaseModelNameOrPath = Path.GetFullPath(folder),
+                }, parse.GetValue(seed));
             if (parse.GetValue(method) == "lora-fa")
             {
                 peft.FreezeLoraA();
@@ -174,13 +188,28 @@ internal static class ModelCommands
         return command;
     }
 
+    /// <summary>IA³ with the Llama defaults, or the given targets with the default feed-forward modules among them.</summary>
+    private static Ia3Config Ia3(string? targets, string baseModel)
+    {
+        if (targets == null)
+        {
+            return new Ia3Config { BaseModelNameOrPath = baseModel };
+        }
+
+        var parsed = TargetModules.Parse(targets);
+        var feedforward = parsed.Names is { } names
+            ? TargetModules.FromList([.. Ia3Config.LlamaDefaultFeedforward.Names!.Where(names.Contains)])
+            : Ia3Config.LlamaDefaultFeedforward;
+        return new Ia3Config { TargetModules = parsed, FeedforwardModules = feedforward, BaseModelNameOrPath = baseModel };
+    }
+
     internal static string Mib(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1048576.0:F2} MiB");
 
     private static Option<string> ModelOption() =>
         new("--model") { Required = true, HelpName = "dir", Description = "Hugging Face model folder (config.json + model.safetensors or a sharded index)." };
 
     private static Option<string?> AdapterOption() =>
-        new("--adapter") { HelpName = "dir", Description = "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)." };
+        new("--adapter") { HelpName = "dir", Description = "PEFT adapter folder, LoRA, DoRA or IA³ (adapter_config.json + adapter_model.safetensors)." };
 
     private static Option<int> ThreadsOption() =>
         new("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };

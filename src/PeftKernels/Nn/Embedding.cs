@@ -38,7 +38,10 @@ public sealed class Embedding : Module, ILoraLayer
     public int OutFeatures => Weight.Shape[1];
 
     /// <inheritdoc/>
-    public IReadOnlyList<LoraAdapter> Adapters => slots.All;
+    public IReadOnlyList<LoraAdapter> Adapters => slots.Lora;
+
+    /// <inheritdoc/>
+    public IReadOnlyList<LayerAdapter> AllAdapters => slots.All;
 
     /// <inheritdoc/>
     public IReadOnlyList<string> ActiveAdapters => slots.Active;
@@ -55,6 +58,11 @@ public sealed class Embedding : Module, ILoraLayer
         if (adapter?.Bias != null)
         {
             throw new ArgumentException($"embedding adapter '{adapter.Name}' has a lora_B bias; PEFT's embedding LoRA has none.", nameof(adapter));
+        }
+
+        if (adapter?.UseDora == true)
+        {
+            throw new ArgumentException($"embedding adapter '{adapter.Name}' uses DoRA; DoRA is supported on Linear layers only.", nameof(adapter));
         }
 
         slots.Add(adapter!, InFeatures, OutFeatures, $"Embedding [{InFeatures}, {OutFeatures}]");
@@ -90,7 +98,7 @@ public sealed class Embedding : Module, ILoraLayer
         var baseRows = Functional.Embedding(ids, Weight);
         var groups = context?.AdapterNames is { } names
             ? slots.Groups(names, ids.Length, $"Embedding [{InFeatures}, {OutFeatures}]").Select(g => (g.Adapter, (int[]?)g.Rows)).ToList()
-            : slots.Running().Select(a => (a, (int[]?)null)).ToList();
+            : slots.Running().OfType<LoraAdapter>().Select(a => (a, (int[]?)null)).ToList();
         if (groups.Count == 0)
         {
             return baseRows;
@@ -142,7 +150,7 @@ public sealed class Embedding : Module, ILoraLayer
     protected override IEnumerable<(string Name, Parameter Parameter)> OwnParameters()
     {
         yield return ("weight", Weight);
-        foreach (var a in slots.All)
+        foreach (var a in slots.Lora)
         {
             yield return ($"lora_embedding_A.{a.Name}", a.A);
             yield return ($"lora_embedding_B.{a.Name}", a.B);

@@ -7,6 +7,7 @@
 //   Rope          y = x ⊙ cos + rotate_half(x) ⊙ sin       dx = rotation by −angle
 //   SwiGlu        y = silu(gate) ⊙ up
 //   Add           y = a + b                               da = db = dy
+//   ScaleColumns  y = x ⊙ l (l broadcast over rows)       dx = dy ⊙ l, dl = Σ_rows dy ⊙ x (Ia3 kernel)
 //   Attention     causal GQA, flash style (only lse is saved for backward)
 //   CrossEntropy  mean over labels ≠ −100 of lse − logit[label]
 using System.Numerics.Tensors;
@@ -185,6 +186,39 @@ public static partial class Functional
                 {
                     Grad.Add(b, output.Grad!);
                 }
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>
+    /// y[i, j] = x[i, j] · l[j] over the last dimension of <paramref name="x"/> (IA³ scaling): <paramref name="l"/> holds one entry
+    /// per column, in any shape ([f], [f, 1], [1, f]).
+    /// </summary>
+    public static Tensor ScaleColumns(Tensor x, Tensor l, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(l);
+        int features = x.Columns, n = x.Rows;
+        if (l.Count != features)
+        {
+            throw new ArgumentException($"the scale has shape [{string.Join(", ", l.Shape)}] ({l.Count} entries); x [{string.Join(", ", x.Shape)}] needs one per column ({features}).", nameof(l));
+        }
+
+        var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+        Ia3.ScaleColumns(x.Data, l.Data, y, n, features, options);
+        var output = new Tensor(y, x.Shape);
+        if (Tape.ShouldRecord(x, l))
+        {
+            Tape.Record(output, () =>
+            {
+                var dy = output.Grad!;
+                float[] dx = x.RequiresGrad ? GC.AllocateUninitializedArray<float>(y.Length) : [];
+                float[] dl = l.RequiresGrad ? GC.AllocateUninitializedArray<float>(features) : [];
+                Ia3.ScaleColumnsBackward(dy, dl.Length != 0 ? x.Data : [], l.Data, dx, dl, n, features, options);
+                Grad.AddOwned(x, dx);
+                Grad.AddOwned(l, dl);
             });
         }
 

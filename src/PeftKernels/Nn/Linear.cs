@@ -6,13 +6,17 @@
 // Backward (chain rule as in LoraMatmul): dx = g·W (+ dh·A masked by dropout, per branch),
 // dA, dB from the kernel or the branch; dW = gᵀ·x only when W itself is trainable; db =
 // Σ_rows g when the bias is trainable; dbias_B = s·Σ_rows g.
+// DoRA (a LoRA adapter with a magnitude vector) runs as the fused adapter: see Linear.Dora.cs.
+// IA³ adapters wrap all of it: feed-forward ones scale the input first (x ⊙ l, the same x the
+// LoRA branches see), the others scale the output last ((…) ⊙ l), through Functional.ScaleColumns
+// (the Ia3 kernel); several active IA³ vectors multiply, as in PEFT.
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Nn;
 
 /// <summary>A linear layer over a frozen or trainable weight, with optional LoRA adapters.</summary>
-public sealed class Linear : Module, ILoraLayer
+public sealed partial class Linear : Module, ILoraLayer
 {
     private readonly AdapterSlots slots = new();
 
@@ -44,8 +48,14 @@ public sealed class Linear : Module, ILoraLayer
     /// <summary>The bias [out] or null.</summary>
     public Parameter? Bias { get; private set; }
 
-    /// <summary>The LoRA adapters on this layer, in the order they were added.</summary>
-    public IReadOnlyList<LoraAdapter> Adapters => slots.All;
+    /// <summary>The LoRA (and DoRA) adapters on this layer, in the order they were added.</summary>
+    public IReadOnlyList<LoraAdapter> Adapters => slots.Lora;
+
+    /// <summary>The IA³ adapters on this layer, in the order they were added.</summary>
+    public IReadOnlyList<Ia3Adapter> Ia3Adapters => slots.Ia3;
+
+    /// <inheritdoc/>
+    public IReadOnlyList<LayerAdapter> AllAdapters => slots.All;
 
     /// <summary>Names of the adapters used in forward (those present on this layer).</summary>
     public IReadOnlyList<string> ActiveAdapters => slots.Active;
@@ -81,8 +91,11 @@ public sealed class Linear : Module, ILoraLayer
         Bias = bias;
     }
 
-    /// <summary>Adds a LoRA adapter; names must be unique on the layer.</summary>
+    /// <summary>Adds a LoRA (or DoRA) adapter; names must be unique on the layer.</summary>
     public void AddAdapter(LoraAdapter adapter) => slots.Add(adapter, InFeatures, OutFeatures, $"Linear [{OutFeatures}, {InFeatures}]");
+
+    /// <summary>Adds an IA³ adapter (l [out, 1], or [1, in] when feed-forward); names must be unique on the layer.</summary>
+    public void AddAdapter(Ia3Adapter adapter) => slots.Add(adapter, InFeatures, OutFeatures, $"Linear [{OutFeatures}, {InFeatures}]");
 
     /// <summary>Removes the adapter of that name; false when absent.</summary>
     public bool RemoveAdapter(string name) => slots.Remove(name);
@@ -93,10 +106,14 @@ public sealed class Linear : Module, ILoraLayer
     /// <inheritdoc/>
     public void MarkMerged(string name, bool merged) => slots.MarkMerged(name, merged);
 
-    /// <summary>The adapters forward adds now (active, not merged; none when disabled).</summary>
-    public IReadOnlyList<LoraAdapter> Active() => slots.Running();
+    /// <summary>The LoRA adapters forward adds now (active, not merged; none when disabled).</summary>
+    public IReadOnlyList<LoraAdapter> Active() => [.. slots.Running().OfType<LoraAdapter>()];
 
-    /// <summary>y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ for x [.., in] (per-row adapters when the context names them).</summary>
+    /// <summary>
+    /// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ for x [.., in] (DoRA: see Linear.Dora.cs), wrapped by the active IA³ scalings;
+    /// per-row adapters (plain LoRA only) when the context names them.
+    /// </summary>
+    /// <exception cref="NotSupportedException">Two DoRA adapters are active at once, or a per-row name is a DoRA or IA³ adapter.</exception>
     public Tensor Forward(Tensor x, ForwardContext? context = null)
     {
         ArgumentNullException.ThrowIfNull(x);
@@ -119,7 +136,27 @@ public sealed class Linear : Module, ILoraLayer
         }
 
         var on = slots.Running();
-        return on.Count == 0 ? ForwardBase(x, shape, context, []) : ForwardLora(x, on[0], [.. on.Skip(1).Select(a => (a, (int[]?)null))], shape, context);
+        var input = x;
+        foreach (var ia3 in on.OfType<Ia3Adapter>().Where(a => a.IsFeedforward))
+        {
+            input = Functional.ScaleColumns(input, ia3.L, context.Kernel);
+        }
+
+        // The fused adapter is the DoRA one when there is one: DoRA scales the base output, other branches are added after.
+        var loras = on.OfType<LoraAdapter>().OrderBy(a => a.UseDora ? 0 : 1).ToList();
+        if (loras.Count(a => a.UseDora) > 1)
+        {
+            throw new NotSupportedException($"Linear [{OutFeatures}, {InFeatures}]: DoRA adapters {string.Join(" and ", loras.Where(a => a.UseDora).Select(a => $"'{a.Name}'"))} "
+                + "are active together; activate one DoRA adapter at a time.");
+        }
+
+        var y = loras.Count == 0 ? ForwardBase(input, shape, context, []) : ForwardLora(input, loras[0], [.. loras.Skip(1).Select(a => (a, (int[]?)null))], shape, context);
+        foreach (var ia3 in on.OfType<Ia3Adapter>().Where(a => !a.IsFeedforward))
+        {
+            y = Functional.ScaleColumns(y, ia3.L, context.Kernel);
+        }
+
+        return y;
     }
 
     /// <inheritdoc/>
@@ -131,13 +168,25 @@ public sealed class Linear : Module, ILoraLayer
             yield return ("bias", Bias);
         }
 
-        foreach (var a in slots.All)
+        foreach (var adapter in slots.All)
         {
+            if (adapter is Ia3Adapter ia3)
+            {
+                yield return ($"ia3_l.{ia3.Name}", ia3.L);
+                continue;
+            }
+
+            var a = (LoraAdapter)adapter;
             yield return ($"lora_A.{a.Name}.weight", a.A);
             yield return ($"lora_B.{a.Name}.weight", a.B);
             if (a.Bias != null)
             {
                 yield return ($"lora_B.{a.Name}.bias", a.Bias);
+            }
+
+            if (a.Magnitude != null)
+            {
+                yield return ($"lora_magnitude_vector.{a.Name}.weight", a.Magnitude);
             }
         }
     }
@@ -189,7 +238,7 @@ public sealed class Linear : Module, ILoraLayer
                     });
                 }
 
-                BackwardWeightAndBias(g, x, n, k);
+                BackwardWeightAndBias(g, g, x, n, k);
                 BackwardBranches(branches, g, x, k);
             });
         }
@@ -205,30 +254,25 @@ public sealed class Linear : Module, ILoraLayer
         var options = new LoraOptions(Training ? lora.Dropout : 0f, ForwardContext.Mix(lora.Seed, context.DropoutSeed), context.Kernel);
         var y = GC.AllocateUninitializedArray<float>(checked(n * outF));
         var h = GC.AllocateUninitializedArray<float>(checked(n * r));
-        var bias = KernelBias(lora);
-        switch (w.DType)
+        var dora = lora.UseDora ? DoraForward(x, lora, y, h, n, options) : null;
+        if (dora == null)
         {
-            case TensorDType.F32:
-                LoraMatmul.Forward(x.Data, w.Data, bias, lora.A.Data, lora.B.Data, s, y, h, n, inF, outF, r, options);
-                break;
-            case TensorDType.BF16:
-                LoraMatmul.Forward(x.Data, w.Bf16Bits, bias, lora.A.Data, lora.B.Data, s, y, h, n, inF, outF, r, options);
-                break;
-            default:
-                QLoraMatmul.Forward(x.Data, w.Quantized, bias, lora.A.Data, lora.B.Data, s, y, h, n, inF, outF, r, options);
-                break;
+            FusedForward(x, lora, KernelBias(lora), y, h, n, options);
         }
 
         var branches = RunBranches(x, y, extras, context);
         var output = new Tensor(y, shape);
         var a = lora.A;
         var b = lora.B;
-        if (Tape.IsRecording && (x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || lora.Bias?.RequiresGrad == true || w.RequiresGrad
+        if (Tape.IsRecording && (x.RequiresGrad || lora.Parameters.Any(p => p.RequiresGrad) || w.RequiresGrad
             || Bias?.RequiresGrad == true || branches.Any(br => br.NeedsGrad)))
         {
             Tape.Record(output, () =>
             {
                 var g = output.Grad!;
+
+                // DoRA: the fused kernel's output was scaled by m / norm, so its gradient is g ⊙ (m / norm).
+                var gl = dora == null ? g : dora.Backward(g, lora.Magnitude!, n, outF, context.Kernel);
                 float[] dx = x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
                 float[] da = a.RequiresGrad ? GC.AllocateUninitializedArray<float>(r * inF) : [];
                 var db = GC.AllocateUninitializedArray<float>(outF * r);
@@ -237,13 +281,13 @@ public sealed class Linear : Module, ILoraLayer
                     switch (w.DType)
                     {
                         case TensorDType.F32:
-                            LoraMatmul.Backward(g, x.Data, h, w.Data, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
+                            LoraMatmul.Backward(gl, x.Data, h, w.Data, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
                             break;
                         case TensorDType.BF16:
-                            LoraMatmul.Backward(g, x.Data, h, w.Bf16Bits, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
+                            LoraMatmul.Backward(gl, x.Data, h, w.Bf16Bits, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
                             break;
                         default:
-                            QLoraMatmul.Backward(g, x.Data, h, w.Quantized, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
+                            QLoraMatmul.Backward(gl, x.Data, h, w.Quantized, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
                             break;
                     }
 
@@ -257,12 +301,31 @@ public sealed class Linear : Module, ILoraLayer
                     Grad.AddOwned(lora.Bias, LoraBranch.ScaledColumnSums(g, n, outF, s));
                 }
 
-                BackwardWeightAndBias(g, x, n, context.Kernel);
+                BackwardWeightAndBias(gl, g, x, n, context.Kernel);
                 BackwardBranches(branches, g, x, context.Kernel);
             });
         }
 
         return output;
+    }
+
+    /// <summary>y = x·Wᵀ + bias + s·drop(x)·Aᵀ·Bᵀ and h = drop(x)·Aᵀ through the fused kernel of the weight's storage.</summary>
+    private void FusedForward(Tensor x, LoraAdapter lora, float[] bias, float[] y, float[] h, int n, in LoraOptions options)
+    {
+        int inF = InFeatures, outF = OutFeatures, r = lora.Rank;
+        var w = Weight;
+        switch (w.DType)
+        {
+            case TensorDType.F32:
+                LoraMatmul.Forward(x.Data, w.Data, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
+                break;
+            case TensorDType.BF16:
+                LoraMatmul.Forward(x.Data, w.Bf16Bits, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
+                break;
+            default:
+                QLoraMatmul.Forward(x.Data, w.Quantized, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
+                break;
+        }
     }
 
     /// <summary>The kernel's bias argument: the base bias, plus s·bias_B when the fused adapter has lora_bias.</summary>
@@ -317,12 +380,13 @@ public sealed class Linear : Module, ILoraLayer
         }
     }
 
-    private void BackwardWeightAndBias(float[] g, Tensor x, int n, KernelOptions k)
+    /// <summary>dW += gWᵀ·x (trainable W only) and db += Σ_rows g (trainable bias); gW differs from g under DoRA's scaling.</summary>
+    private void BackwardWeightAndBias(float[] gW, float[] g, Tensor x, int n, KernelOptions k)
     {
         if (Weight.RequiresGrad)
         {
             var dw = Weight.GradOrCreate();
-            Gemm.Multiply(true, false, OutFeatures, InFeatures, n, 1f, g, x.Data, 1f, dw, k);
+            Gemm.Multiply(true, false, OutFeatures, InFeatures, n, 1f, gW, x.Data, 1f, dw, k);
         }
 
         if (Bias?.RequiresGrad == true)

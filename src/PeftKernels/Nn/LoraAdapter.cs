@@ -3,23 +3,29 @@
 // y += s·(h·Bᵀ + bias_B)). Init (peft-math.md): Linear A ~ kaiming-uniform(a = √5) =
 // U(−1/√in, 1/√in), B = 0, so the wrapped layer starts equal to the base; "gaussian": A ~
 // N(0, 1/r). Embeddings follow PEFT the other way round: A = 0 [r, vocab], B ~ N(0, 1) [dim, r].
+// DoRA: a magnitude vector m [out] (PEFT's lora_magnitude_vector), initialised by the layer to
+// the row norms ‖W + s·B·A‖ (= ‖W‖ with B = 0); see Linear.Dora.cs for its forward.
 namespace PeftKernels.Nn;
 
 /// <summary>A LoRA adapter of one Linear or Embedding layer.</summary>
-public sealed class LoraAdapter
+public sealed class LoraAdapter : LayerAdapter
 {
-    /// <summary>Creates a Linear adapter with PEFT's default init (or gaussian A), seeded.</summary>
+    /// <summary>
+    /// Creates a Linear adapter with PEFT's default init (or gaussian A), seeded. With <paramref name="useDora"/> it carries a
+    /// magnitude vector [out], zero until set (PeftModel sets it to <see cref="Linear.WeightNorms"/>).
+    /// </summary>
     public LoraAdapter(string name, int inFeatures, int outFeatures, int rank, double alpha, float dropout, bool useRsLora, ulong seed,
-        bool gaussianInit = false, bool loraBias = false)
+        bool gaussianInit = false, bool loraBias = false, bool useDora = false)
         : this(name, NewA(name, inFeatures, rank, seed, gaussianInit), new Parameter(new float[(long)outFeatures * Positive(rank, name)], [outFeatures, rank], trainable: true),
-            loraBias ? new Parameter(new float[outFeatures], [outFeatures], trainable: true) : null, alpha, dropout, useRsLora, seed)
+            loraBias ? new Parameter(new float[outFeatures], [outFeatures], trainable: true) : null, alpha, dropout, useRsLora, seed,
+            useDora ? new Parameter(new float[outFeatures], [outFeatures], trainable: true) : null)
     {
     }
 
-    /// <summary>An adapter over existing tensors A [r, in] and B [out, r] (and lora_B's bias [out]); they are not copied.</summary>
-    public LoraAdapter(string name, Parameter a, Parameter b, Parameter? bias, double alpha, float dropout, bool useRsLora, ulong seed)
+    /// <summary>An adapter over existing tensors A [r, in] and B [out, r] (and lora_B's bias [out], DoRA's magnitude [out]); they are not copied.</summary>
+    public LoraAdapter(string name, Parameter a, Parameter b, Parameter? bias, double alpha, float dropout, bool useRsLora, ulong seed, Parameter? magnitude = null)
+        : base(name)
     {
-        ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(b);
         if (a.Shape.Length != 2 || b.Shape.Length != 2 || a.Shape[0] != b.Shape[1] || a.Shape[0] <= 0)
@@ -32,12 +38,21 @@ public sealed class LoraAdapter
             throw new ArgumentException($"adapter '{name}': A, B and the lora_B bias [{b.Shape[0]}] must be fp32.", nameof(a));
         }
 
+        if (magnitude != null && (magnitude.DType != TensorDType.F32 || magnitude.Shape.Length != 1 || magnitude.Count != b.Shape[0]))
+        {
+            throw new ArgumentException($"adapter '{name}': the DoRA magnitude must be fp32 [{b.Shape[0]}]; got {magnitude.DType} [{string.Join(", ", magnitude.Shape)}].", nameof(magnitude));
+        }
+
+        if (magnitude != null && bias != null)
+        {
+            throw new ArgumentException($"adapter '{name}': a DoRA adapter cannot have a lora_B bias (PEFT refuses lora_bias with use_dora).", nameof(bias));
+        }
+
         if (!(dropout >= 0f && dropout < 1f))
         {
             throw new ArgumentOutOfRangeException(nameof(dropout), dropout, $"LoRA dropout of adapter '{name}' must be in [0, 1).");
         }
 
-        Name = name;
         Alpha = alpha;
         Dropout = dropout;
         UseRsLora = useRsLora;
@@ -45,10 +60,8 @@ public sealed class LoraAdapter
         A = a;
         B = b;
         Bias = bias;
+        Magnitude = magnitude;
     }
-
-    /// <summary>The adapter name ("default" unless given).</summary>
-    public string Name { get; }
 
     /// <summary>The rank r.</summary>
     public int Rank => A.Shape[0];
@@ -77,8 +90,14 @@ public sealed class LoraAdapter
     /// <summary>lora_B's bias [out] (lora_bias), or null.</summary>
     public Parameter? Bias { get; }
 
-    /// <summary>The adapter's parameters: A, B and the lora_B bias when present.</summary>
-    public IEnumerable<Parameter> Parameters => Bias == null ? [A, B] : [A, B, Bias];
+    /// <summary>DoRA's magnitude vector m [out] (lora_magnitude_vector), or null for plain LoRA.</summary>
+    public Parameter? Magnitude { get; }
+
+    /// <summary>True for a DoRA adapter (it has a magnitude vector).</summary>
+    public bool UseDora => Magnitude != null;
+
+    /// <summary>The adapter's parameters: A, B, and the lora_B bias and DoRA magnitude when present.</summary>
+    public override IEnumerable<Parameter> Parameters => new[] { A, B, Bias, Magnitude }.OfType<Parameter>();
 
     /// <summary>An embedding adapter with PEFT's init: A = 0 [r, numEmbeddings], B ~ N(0, 1) [embeddingDim, r], seeded.</summary>
     public static LoraAdapter ForEmbedding(string name, int numEmbeddings, int embeddingDim, int rank, double alpha, bool useRsLora, ulong seed)

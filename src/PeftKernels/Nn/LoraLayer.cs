@@ -1,7 +1,8 @@
-// The adapter bookkeeping shared by every layer that can carry LoRA adapters (Linear,
-// Embedding): the adapters in the order added, the names forward uses (active), the names
-// whose update is already folded into the weight (merged: forward must not add them again),
-// and the disable switch. Forward runs the active adapters that are not merged.
+// The adapter bookkeeping shared by every layer that can carry adapters (Linear: LoRA, DoRA
+// and IA³; Embedding: LoRA): the adapters of every kind in the order added, the names forward
+// uses (active), the names whose update is already folded into the weight (merged: forward
+// must not add them again), and the disable switch. Forward runs the active adapters that are
+// not merged. Per-row selection serves plain LoRA only (PEFT refuses DoRA and IA³ there too).
 namespace PeftKernels.Nn;
 
 /// <summary>A layer that carries named LoRA adapters: what PEFT wrappers (PeftModel) work against.</summary>
@@ -16,8 +17,11 @@ public interface ILoraLayer
     /// <summary>The base weight: [out, in] for Linear, [num_embeddings, embedding_dim] for Embedding.</summary>
     Parameter Weight { get; }
 
-    /// <summary>The adapters, in the order they were added.</summary>
+    /// <summary>The LoRA (and DoRA) adapters, in the order they were added.</summary>
     IReadOnlyList<LoraAdapter> Adapters { get; }
+
+    /// <summary>Every adapter of the layer (LoRA, DoRA, IA³), in the order added.</summary>
+    IReadOnlyList<LayerAdapter> AllAdapters { get; }
 
     /// <summary>Names of the adapters forward uses (those present on this layer).</summary>
     IReadOnlyList<string> ActiveAdapters { get; }
@@ -47,11 +51,15 @@ public interface ILoraLayer
 
 internal sealed class AdapterSlots
 {
-    private readonly List<LoraAdapter> adapters = [];
+    private readonly List<LayerAdapter> adapters = [];
     private readonly List<string> merged = [];
     private string[] active = ["default"];
 
-    public IReadOnlyList<LoraAdapter> All => adapters;
+    public IReadOnlyList<LayerAdapter> All => adapters;
+
+    public IReadOnlyList<LoraAdapter> Lora => [.. adapters.OfType<LoraAdapter>()];
+
+    public IReadOnlyList<Ia3Adapter> Ia3 => [.. adapters.OfType<Ia3Adapter>()];
 
     public IReadOnlyList<string> Active => active;
 
@@ -59,9 +67,9 @@ internal sealed class AdapterSlots
 
     public bool Disabled { get; set; }
 
-    public LoraAdapter? Find(string name) => adapters.FirstOrDefault(a => a.Name == name);
+    public LayerAdapter? Find(string name) => adapters.FirstOrDefault(a => a.Name == name);
 
-    public void Add(LoraAdapter adapter, int inFeatures, int outFeatures, string layer)
+    public void Add(LayerAdapter adapter, int inFeatures, int outFeatures, string layer)
     {
         ArgumentNullException.ThrowIfNull(adapter);
         if (Find(adapter.Name) != null)
@@ -69,10 +77,16 @@ internal sealed class AdapterSlots
             throw new ArgumentException($"this {layer} already has an adapter named '{adapter.Name}'.", nameof(adapter));
         }
 
-        if (adapter.A.Shape[1] != inFeatures || adapter.B.Shape[0] != outFeatures)
+        if (adapter is LoraAdapter lora && (lora.A.Shape[1] != inFeatures || lora.B.Shape[0] != outFeatures))
         {
-            throw new ArgumentException($"adapter '{adapter.Name}' has A [{string.Join(", ", adapter.A.Shape)}] and B [{string.Join(", ", adapter.B.Shape)}]; "
+            throw new ArgumentException($"adapter '{adapter.Name}' has A [{string.Join(", ", lora.A.Shape)}] and B [{string.Join(", ", lora.B.Shape)}]; "
                 + $"the {layer} needs A [r, {inFeatures}] and B [{outFeatures}, r].", nameof(adapter));
+        }
+
+        if (adapter is Ia3Adapter ia3 && ia3.Features != (ia3.IsFeedforward ? inFeatures : outFeatures))
+        {
+            throw new ArgumentException($"IA³ adapter '{adapter.Name}' has ia3_l [{string.Join(", ", ia3.L.Shape)}]; the {layer} needs "
+                + (ia3.IsFeedforward ? $"[1, {inFeatures}] (input scaling)." : $"[{outFeatures}, 1] (output scaling)."), nameof(adapter));
         }
 
         adapters.Add(adapter);
@@ -108,8 +122,8 @@ internal sealed class AdapterSlots
         }
     }
 
-    /// <summary>The adapters forward adds: active, not merged; none when disabled.</summary>
-    public List<LoraAdapter> Running() =>
+    /// <summary>The adapters forward applies: active, not merged; none when disabled.</summary>
+    public List<LayerAdapter> Running() =>
         Disabled ? [] : [.. adapters.Where(a => active.Contains(a.Name) && !merged.Contains(a.Name))];
 
     /// <summary>
@@ -137,9 +151,15 @@ internal sealed class AdapterSlots
         var groups = new List<(LoraAdapter, int[])>();
         foreach (string name in names.Distinct())
         {
-            if (Find(name) is not { } adapter)
+            if (Find(name) is not { } found)
             {
                 continue;
+            }
+
+            if (found is not LoraAdapter { UseDora: false } adapter)
+            {
+                throw new NotSupportedException($"per-row adapter selection supports plain LoRA adapters only; '{name}' on {layer} is "
+                    + $"{(found is Ia3Adapter ? "IA³" : "DoRA")} (PEFT refuses mixed batches with these too).");
             }
 
             var indices = new List<int>();

@@ -2,7 +2,10 @@
 // layout (peft-format.md; get_peft_model_state_dict of PEFT v0.20, adapter name removed):
 //   Linear target     <P><m>.lora_A.weight [r, in], <P><m>.lora_B.weight [out, r],
 //                     <P><m>.lora_B.bias [out] (lora_bias)
+//   DoRA (use_dora)   <P><m>.lora_magnitude_vector [out] (PEFT drops the ".weight" of its
+//                     in-memory lora_magnitude_vector.<name>.weight)
 //   Embedding target  <P><m>.lora_embedding_A [r, vocab], <P><m>.lora_embedding_B [dim, r]
+//   IA³ target        <P><m>.ia3_l: [out, 1] (output scaling), [1, in] (feedforward_modules)
 //   bias "all"        every Linear bias: <P><m>.base_layer.bias when the Linear carries LoRA
 //                     (PEFT wraps it, the bias moves under base_layer), else <P><m>.bias
 //   bias "lora_only"  the biases of the LoRA-wrapped Linears (<P><m>.base_layer.bias); PEFT
@@ -16,6 +19,8 @@ namespace PeftKernels.Peft;
 
 internal sealed record LoraTarget(string Name, ILoraLayer Layer, int R, double Alpha);
 
+internal sealed record Ia3Target(string Name, Linear Layer, bool Feedforward);
+
 internal sealed record ExpectedKey(string[] Keys, int[] Shape, bool Required, string Module, string Role);
 
 internal static class AdapterKeys
@@ -27,6 +32,10 @@ internal static class AdapterKeys
     public static string LoraB(string module, bool embedding) => embedding ? $"{Prefix}{module}.lora_embedding_B" : $"{Prefix}{module}.lora_B.weight";
 
     public static string LoraBias(string module) => $"{Prefix}{module}.lora_B.bias";
+
+    public static string Magnitude(string module) => $"{Prefix}{module}.lora_magnitude_vector";
+
+    public static string Ia3(string module) => $"{Prefix}{module}.ia3_l";
 
     public static string WrappedBias(string module) => $"{Prefix}{module}.base_layer.bias";
 
@@ -58,12 +67,17 @@ internal static class AdapterKeys
         return targets;
     }
 
+    /// <summary>The Linear layers an IA³ config scales, and whether each scales its input (feed-forward).</summary>
+    public static List<Ia3Target> Targets(Module model, Ia3Config config) =>
+        [.. model.NamedModules().Where(m => m.Module is Linear && config.IsTarget(m.Name, IsOutputLayer(m.Name)))
+            .Select(m => new Ia3Target(m.Name, (Linear)m.Module, config.IsFeedforward(m.Name)))];
+
     /// <summary>The modules named by modules_to_save (Linear or Embedding), each entry matching at least one.</summary>
     /// <exception cref="ArgumentException">An entry matches nothing, or matches a module that is not a Linear or Embedding.</exception>
-    public static List<(string Name, ILoraLayer Layer)> ModulesToSave(Module model, LoraConfig config)
+    public static List<(string Name, ILoraLayer Layer)> ModulesToSave(Module model, IReadOnlyList<string>? modulesToSave)
     {
         var result = new List<(string, ILoraLayer)>();
-        if (config.ModulesToSave is not { Count: > 0 } entries)
+        if (modulesToSave is not { Count: > 0 } entries)
         {
             return result;
         }
@@ -104,6 +118,11 @@ internal static class AdapterKeys
             {
                 keys.Add(new ExpectedKey([LoraBias(t.Name)], [t.Layer.OutFeatures], true, t.Name, "lora_B.bias"));
             }
+
+            if (config.UseDora)
+            {
+                keys.Add(new ExpectedKey([Magnitude(t.Name)], [t.Layer.OutFeatures], true, t.Name, "lora_magnitude_vector"));
+            }
         }
 
         var wrapped = targets.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
@@ -113,16 +132,28 @@ internal static class AdapterKeys
             keys.Add(new ExpectedKey(names, [linear.OutFeatures], config.Bias == "all", name, "bias"));
         }
 
+        keys.AddRange(SavedKeys(saved));
+        return keys;
+    }
+
+    /// <summary>Every tensor key of an IA³ adapter folder for these targets, with its shape.</summary>
+    public static List<ExpectedKey> Expected(IReadOnlyList<Ia3Target> targets, IReadOnlyList<(string Name, ILoraLayer Layer)> saved) =>
+    [
+        .. targets.Select(t => new ExpectedKey([Ia3(t.Name)], t.Feedforward ? [1, t.Layer.InFeatures] : [t.Layer.OutFeatures, 1], true, t.Name,
+            t.Feedforward ? "ia3_l (feed-forward, input scaling)" : "ia3_l (output scaling)")),
+        .. SavedKeys(saved),
+    ];
+
+    private static IEnumerable<ExpectedKey> SavedKeys(IReadOnlyList<(string Name, ILoraLayer Layer)> saved)
+    {
         foreach (var (name, layer) in saved)
         {
-            keys.Add(new ExpectedKey([SavedWeight(name)], [.. layer.Weight.Shape], true, name, "modules_to_save weight"));
+            yield return new ExpectedKey([SavedWeight(name)], [.. layer.Weight.Shape], true, name, "modules_to_save weight");
             if (layer is Linear { Bias: { } bias })
             {
-                keys.Add(new ExpectedKey([PlainBias(name)], [.. bias.Shape], true, name, "modules_to_save bias"));
+                yield return new ExpectedKey([PlainBias(name)], [.. bias.Shape], true, name, "modules_to_save bias");
             }
         }
-
-        return keys;
     }
 
     /// <summary>The Linears whose bias the config trains and saves (bias "all" or "lora_only"), modules_to_save excluded.</summary>

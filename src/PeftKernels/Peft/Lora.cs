@@ -41,10 +41,18 @@ public static class Lora
         peft.SaveAdapter(folder, adapterName);
     }
 
-    /// <summary>Loads a PEFT LoRA adapter folder into <paramref name="model"/> as <paramref name="adapterName"/> and activates it.</summary>
-    /// <exception cref="InvalidDataException">Missing or unexpected keys, shape or rank mismatches (all listed).</exception>
-    public static LoraConfig Load(Module model, string folder, string adapterName = "default", bool trainable = false) =>
-        new PeftModel(model).LoadAdapter(folder, adapterName, trainable);
+    /// <summary>Loads a PEFT LoRA (or DoRA) adapter folder into <paramref name="model"/> as <paramref name="adapterName"/> and activates it.</summary>
+    /// <exception cref="InvalidDataException">Not a LoRA adapter; missing or unexpected keys, shape or rank mismatches (all listed).</exception>
+    public static LoraConfig Load(Module model, string folder, string adapterName = "default", bool trainable = false)
+    {
+        string configPath = Path.Combine(folder, ConfigFile);
+        if (File.Exists(configPath))
+        {
+            LoraConfig.Load(configPath);
+        }
+
+        return (LoraConfig)new PeftModel(model).LoadAdapter(folder, adapterName, trainable);
+    }
 
     /// <summary>The adapters of that name on Linear and Embedding layers, by module path.</summary>
     public static IEnumerable<(string Module, LoraAdapter Adapter)> Adapters(Module model, string adapterName = "default")

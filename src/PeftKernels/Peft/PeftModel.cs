@@ -1,5 +1,7 @@
-// PEFT's PeftModel over a base module: named LoRA adapters added or loaded onto the Linear and
-// Embedding layers the config targets, one or several active (their branches are summed), a
+// PEFT's PeftModel over a base module: named LoRA (DoRA) adapters added or loaded onto the
+// Linear and Embedding layers the config targets, and IA³ adapters onto Linear layers (PEFT
+// keeps one method per model; here a layer may hold adapters of both kinds under different
+// names), one or several active (LoRA branches are summed, IA³ scalings multiply), a
 // disable scope, modules_to_save copies, trainable base biases, merge / unmerge / unload, and
 // the adapter folder in PEFT layout (PeftModelFiles.cs, PeftModelMerge.cs). The base is frozen
 // when the first adapter arrives. Base biases trained with bias "all" / "lora_only" live in the
@@ -9,10 +11,10 @@ using PeftKernels.Nn;
 
 namespace PeftKernels.Peft;
 
-/// <summary>Named LoRA adapters over a base model, as Hugging Face PEFT's PeftModel.</summary>
+/// <summary>Named LoRA, DoRA and IA³ adapters over a base model, as Hugging Face PEFT's PeftModel.</summary>
 public sealed partial class PeftModel
 {
-    private readonly List<(string Name, LoraConfig Config)> configs = [];
+    private readonly List<(string Name, PeftConfig Config)> configs = [];
     private readonly ModulesToSave saved = new();
     private readonly Dictionary<Parameter, float[]> originalBiases = new(ReferenceEqualityComparer.Instance);
     private string[] active = [];
@@ -32,8 +34,8 @@ public sealed partial class PeftModel
     /// <summary>The base model, carrying the adapters.</summary>
     public Module Model { get; }
 
-    /// <summary>The adapters and their configs, in the order added (PEFT's peft_config).</summary>
-    public IReadOnlyDictionary<string, LoraConfig> Adapters => configs.ToDictionary(c => c.Name, c => c.Config);
+    /// <summary>The adapters and their configs (<see cref="LoraConfig"/> or <see cref="Ia3Config"/>), in the order added (PEFT's peft_config).</summary>
+    public IReadOnlyDictionary<string, PeftConfig> Adapters => configs.ToDictionary(c => c.Name, c => c.Config);
 
     /// <summary>The active adapters, in the order given to <see cref="SetAdapter"/>.</summary>
     public IReadOnlyList<string> ActiveAdapters => active;
@@ -42,12 +44,24 @@ public sealed partial class PeftModel
     public bool AdaptersDisabled => disabledDepth > 0;
 
     /// <summary>
-    /// Adds a freshly initialised, trainable LoRA adapter (and its modules_to_save copies, and trains the biases its
-    /// config names); the first adapter becomes active. Returns the wrapped module names.
+    /// Adds a freshly initialised, trainable LoRA adapter (DoRA with use_dora: its magnitude starts at the row norms of W)
+    /// and its modules_to_save copies, and trains the biases its config names; the first adapter becomes active.
+    /// Returns the wrapped module names.
     /// </summary>
     /// <exception cref="ArgumentException">The name is taken, the config is invalid, or no module matches its targets.</exception>
-    /// <exception cref="NotSupportedException">The config uses DoRA.</exception>
     public IReadOnlyList<string> AddAdapter(string name, LoraConfig config, int seed = 0)
+    {
+        var (targets, toSave) = Plan(name, config);
+        Inject(name, config, targets, toSave, (ulong)seed, values: null, trainable: true);
+        return [.. targets.Select(t => t.Name)];
+    }
+
+    /// <summary>
+    /// Adds a freshly initialised, trainable IA³ adapter (vectors of ones with init_ia3_weights) and its modules_to_save
+    /// copies; the first adapter becomes active. Returns the wrapped module names.
+    /// </summary>
+    /// <exception cref="ArgumentException">The name is taken, the config is invalid, or no Linear matches its targets.</exception>
+    public IReadOnlyList<string> AddAdapter(string name, Ia3Config config, int seed = 0)
     {
         var (targets, toSave) = Plan(name, config);
         Inject(name, config, targets, toSave, (ulong)seed, values: null, trainable: true);
@@ -158,6 +172,12 @@ public sealed partial class PeftModel
             foreach (string n in adapterNames.Where(n => n != ForwardContext.BaseAdapterName).Distinct())
             {
                 RequireAdapter(n);
+                if (configs.First(c => c.Name == n).Config is Ia3Config or LoraConfig { UseDora: true })
+                {
+                    throw new NotSupportedException($"adapter '{n}' is {(configs.First(c => c.Name == n).Config is Ia3Config ? "IA³" : "DoRA")}; "
+                        + "per-row adapter selection supports plain LoRA adapters only (PEFT refuses mixed batches with these too).");
+                }
+
                 if (saved.Has(n))
                 {
                     throw new NotSupportedException($"adapter '{n}' has modules_to_save copies; per-row adapter selection supports LoRA layers only.");
@@ -187,47 +207,6 @@ public sealed partial class PeftModel
         }
     }
 
-    private (List<LoraTarget> Targets, List<(string Name, ILoraLayer Layer)> Saved) Plan(string name, LoraConfig config)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(name);
-        ArgumentNullException.ThrowIfNull(config);
-        if (name == ForwardContext.BaseAdapterName || name.Contains('.', StringComparison.Ordinal))
-        {
-            throw new ArgumentException($"'{name}' cannot name an adapter (reserved, or contains a dot).", nameof(name));
-        }
-
-        if (configs.Any(c => c.Name == name) || Layers().Any(l => l.Layer.Adapters.Any(a => a.Name == name)))
-        {
-            throw new ArgumentException($"the model already has an adapter named '{name}'.", nameof(name));
-        }
-
-        config.Validate();
-        if (config.UseDora)
-        {
-            throw new NotSupportedException("use_dora adapters are not supported yet (plain LoRA only).");
-        }
-
-        var targets = AdapterKeys.Targets(Model, config);
-        if (targets.Count == 0)
-        {
-            var linears = Model.NamedModules().Where(m => m.Module is Linear).Take(4).Select(m => m.Name);
-            throw new ArgumentException($"no module matches target_modules {Describe(config.EffectiveTargets)}; Linear modules are e.g. {string.Join(", ", linears)}.", nameof(config));
-        }
-
-        var toSave = AdapterKeys.ModulesToSave(Model, config);
-        if (toSave.FirstOrDefault(s => targets.Any(t => t.Name == s.Name)) is { Name: not null } both)
-        {
-            throw new ArgumentException($"'{both.Name}' is both a LoRA target and in modules_to_save; choose one.", nameof(config));
-        }
-
-        if (config.LoraBias && targets.Any(t => t.Layer is Embedding))
-        {
-            throw new ArgumentException("lora_bias is not defined for embedding layers (PEFT's embedding LoRA has no lora_B bias).", nameof(config));
-        }
-
-        return (targets, toSave);
-    }
-
     /// <summary>Adds the adapter's tensors (fresh, or the given values by file key) and its bookkeeping; cannot fail half-way.</summary>
     private void Inject(string name, LoraConfig config, List<LoraTarget> targets, List<(string Name, ILoraLayer Layer)> toSave, ulong seed,
         IReadOnlyDictionary<string, float[]>? values, bool trainable)
@@ -245,7 +224,7 @@ public sealed partial class PeftModel
             var adapter = embedding
                 ? LoraAdapter.ForEmbedding(name, t.Layer.InFeatures, t.Layer.OutFeatures, t.R, t.Alpha, config.UseRsLora, moduleSeed)
                 : new LoraAdapter(name, t.Layer.InFeatures, t.Layer.OutFeatures, t.R, t.Alpha, (float)config.LoraDropout, config.UseRsLora, moduleSeed,
-                    config.InitLoraWeights == "gaussian", config.LoraBias);
+                    config.InitLoraWeights == "gaussian", config.LoraBias, config.UseDora);
             if (values != null)
             {
                 values[AdapterKeys.LoraA(t.Name, embedding)].CopyTo(adapter.A.Data, 0);
@@ -256,6 +235,12 @@ public sealed partial class PeftModel
                 }
             }
 
+            if (adapter.Magnitude != null)
+            {
+                // DoRA starts at m = ‖W + s·B·A‖ row-wise (= ‖W‖ with B = 0), so the wrapped layer starts as the base.
+                (values?[AdapterKeys.Magnitude(t.Name)] ?? ((Linear)t.Layer).WeightNorms(adapter)).CopyTo(adapter.Magnitude.Data, 0);
+            }
+
             foreach (var p in adapter.Parameters)
             {
                 p.Trainable = trainable;
@@ -264,12 +249,7 @@ public sealed partial class PeftModel
             t.Layer.AddAdapter(adapter);
         }
 
-        foreach (var (module, layer) in toSave)
-        {
-            saved.Add(name, module, layer, values?[AdapterKeys.SavedWeight(module)],
-                layer is Linear { Bias: not null } ? values?[AdapterKeys.PlainBias(module)] : null, trainable);
-        }
-
+        AddSaved(name, toSave, values, trainable);
         var wrapped = targets.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
         foreach (var (module, linear) in AdapterKeys.BiasLinears(Model, config, wrapped, toSave.Select(s => s.Name).ToHashSet(StringComparer.Ordinal)))
         {
@@ -283,6 +263,43 @@ public sealed partial class PeftModel
             bias.Trainable |= trainable;
         }
 
+        Register(name, config, first);
+    }
+
+    /// <summary>Adds an IA³ adapter's vectors (ones, N(0, 1), or the given values by file key) and its bookkeeping; cannot fail half-way.</summary>
+    private void Inject(string name, Ia3Config config, List<Ia3Target> targets, List<(string Name, ILoraLayer Layer)> toSave, ulong seed,
+        IReadOnlyDictionary<string, float[]>? values, bool trainable)
+    {
+        bool first = configs.Count == 0;
+        if (first)
+        {
+            Model.Freeze();
+        }
+
+        foreach (var t in targets)
+        {
+            var adapter = new Ia3Adapter(name, t.Feedforward ? t.Layer.InFeatures : t.Layer.OutFeatures, t.Feedforward, config.InitIa3Weights,
+                ForwardContext.Mix(seed, Fnv1a(t.Name)));
+            values?[AdapterKeys.Ia3(t.Name)].CopyTo(adapter.L.Data, 0);
+            adapter.L.Trainable = trainable;
+            t.Layer.AddAdapter(adapter);
+        }
+
+        AddSaved(name, toSave, values, trainable);
+        Register(name, config, first);
+    }
+
+    private void AddSaved(string name, List<(string Name, ILoraLayer Layer)> toSave, IReadOnlyDictionary<string, float[]>? values, bool trainable)
+    {
+        foreach (var (module, layer) in toSave)
+        {
+            saved.Add(name, module, layer, values?[AdapterKeys.SavedWeight(module)],
+                layer is Linear { Bias: not null } ? values?[AdapterKeys.PlainBias(module)] : null, trainable);
+        }
+    }
+
+    private void Register(string name, PeftConfig config, bool first)
+    {
         configs.Add((name, config));
         if (first)
         {

@@ -1,4 +1,4 @@
-// The adapter folder in PEFT layout (peft-format.md): adapter_config.json +
+// The adapter folder in PEFT layout (peft-format.md), for LoRA, DoRA and IA³ adapters: adapter_config.json +
 // adapter_model.safetensors (metadata {"format": "pt"}, fp32, keys sorted as the safetensors
 // library orders one-dtype files) at the folder root for "default", else in <folder>/<name>/.
 // Saving refuses zero-element tensors before writing anything; each file is written atomically,
@@ -13,10 +13,13 @@ namespace PeftKernels.Peft;
 
 public sealed partial class PeftModel
 {
-    /// <summary>Loads a PEFT LoRA adapter folder as <paramref name="name"/> (trainable or frozen); the first adapter becomes active.</summary>
+    /// <summary>
+    /// Loads a PEFT adapter folder (peft_type LORA, with or without DoRA, or IA3) as <paramref name="name"/> (trainable or frozen);
+    /// the first adapter becomes active. Returns its config (<see cref="LoraConfig"/> or <see cref="Ia3Config"/>).
+    /// </summary>
     /// <exception cref="FileNotFoundException">The folder lacks adapter_config.json or adapter_model.safetensors.</exception>
     /// <exception cref="InvalidDataException">Bad config or safetensors file, or tensors that do not fit the model (every problem listed).</exception>
-    public LoraConfig LoadAdapter(string folder, string name = "default", bool trainable = false)
+    public PeftConfig LoadAdapter(string folder, string name = "default", bool trainable = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
         string configPath = Path.Combine(folder, Lora.ConfigFile), weightsPath = Path.Combine(folder, Lora.WeightsFile);
@@ -25,12 +28,24 @@ public sealed partial class PeftModel
             throw new FileNotFoundException($"{folder} is not a PEFT adapter folder: it needs {Lora.ConfigFile} and {Lora.WeightsFile}.", configPath);
         }
 
-        var config = LoraConfig.Load(configPath);
-        List<LoraTarget> targets;
-        List<(string Name, ILoraLayer Layer)> toSave;
+        var config = PeftConfig.Load(configPath);
+        List<ExpectedKey> expected;
+        Action<IReadOnlyDictionary<string, float[]>> inject;
         try
         {
-            (targets, toSave) = Plan(name, config);
+            if (config is Ia3Config ia3)
+            {
+                var (targets, toSave) = Plan(name, ia3);
+                expected = AdapterKeys.Expected(targets, toSave);
+                inject = values => Inject(name, ia3, targets, toSave, 0, values, trainable);
+            }
+            else
+            {
+                var lora = (LoraConfig)config;
+                var (targets, toSave) = Plan(name, lora);
+                expected = AdapterKeys.Expected(Model, lora, targets, toSave);
+                inject = values => Inject(name, lora, targets, toSave, 0, values, trainable);
+            }
         }
         catch (ArgumentException e) when (e.ParamName == nameof(config) || e.ParamName == null)
         {
@@ -38,7 +53,6 @@ public sealed partial class PeftModel
         }
 
         using var file = SafeTensorsFile.Open(weightsPath);
-        var expected = AdapterKeys.Expected(Model, config, targets, toSave);
         var known = expected.SelectMany(e => e.Keys).ToHashSet(StringComparer.Ordinal);
         var problems = new List<string>();
         var present = new List<string>();
@@ -76,8 +90,7 @@ public sealed partial class PeftModel
             throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {string.Join("; ", problems)}.");
         }
 
-        var values = present.ToDictionary(k => k, file.ReadFloat32, StringComparer.Ordinal);
-        Inject(name, config, targets, toSave, 0, values, trainable);
+        inject(present.ToDictionary(k => k, file.ReadFloat32, StringComparer.Ordinal));
         return config;
     }
 
@@ -112,18 +125,27 @@ public sealed partial class PeftModel
         var wrapped = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (module, layer) in Layers())
         {
-            if (layer.Adapters.FirstOrDefault(a => a.Name == name) is not { } adapter)
+            switch (layer.AllAdapters.FirstOrDefault(a => a.Name == name))
             {
-                continue;
-            }
+                case Ia3Adapter ia3:
+                    tensors.Add((AdapterKeys.Ia3(module), ia3.L));
+                    break;
+                case LoraAdapter adapter:
+                    bool embedding = layer is Embedding;
+                    wrapped.Add(module);
+                    tensors.Add((AdapterKeys.LoraA(module, embedding), adapter.A));
+                    tensors.Add((AdapterKeys.LoraB(module, embedding), adapter.B));
+                    if (adapter.Bias != null)
+                    {
+                        tensors.Add((AdapterKeys.LoraBias(module), adapter.Bias));
+                    }
 
-            bool embedding = layer is Embedding;
-            wrapped.Add(module);
-            tensors.Add((AdapterKeys.LoraA(module, embedding), adapter.A));
-            tensors.Add((AdapterKeys.LoraB(module, embedding), adapter.B));
-            if (adapter.Bias != null)
-            {
-                tensors.Add((AdapterKeys.LoraBias(module), adapter.Bias));
+                    if (adapter.Magnitude != null)
+                    {
+                        tensors.Add((AdapterKeys.Magnitude(module), adapter.Magnitude));
+                    }
+
+                    break;
             }
         }
 
@@ -137,9 +159,12 @@ public sealed partial class PeftModel
             }
         }
 
-        foreach (var (module, linear) in AdapterKeys.BiasLinears(Model, config, wrapped, copies.Select(c => c.Module).ToHashSet(StringComparer.Ordinal)))
+        if (config is LoraConfig lora)
         {
-            tensors.Add((linear.Adapters.Count > 0 ? AdapterKeys.WrappedBias(module) : AdapterKeys.PlainBias(module), linear.Bias!));
+            foreach (var (module, linear) in AdapterKeys.BiasLinears(Model, lora, wrapped, copies.Select(c => c.Module).ToHashSet(StringComparer.Ordinal)))
+            {
+                tensors.Add((linear.Adapters.Count > 0 ? AdapterKeys.WrappedBias(module) : AdapterKeys.PlainBias(module), linear.Bias!));
+            }
         }
 
         tensors.Sort((a, b) => string.CompareOrdinal(a.Key, b.Key));
@@ -149,7 +174,7 @@ public sealed partial class PeftModel
     /// <summary>Registers an adapter that already sits on the model's layers (the static <see cref="Lora"/> helpers).</summary>
     internal void Adopt(string name, LoraConfig config)
     {
-        if (!Layers().Any(l => l.Layer.Adapters.Any(a => a.Name == name)))
+        if (!Layers().Any(l => l.Layer.AllAdapters.Any(a => a.Name == name)))
         {
             throw new InvalidOperationException($"the model has no adapter named '{name}'.");
         }

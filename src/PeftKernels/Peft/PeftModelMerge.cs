@@ -1,9 +1,17 @@
-// Merging LoRA into the base weights (peft-math.md), per layer carrying the adapter:
-//   Linear     W ← W + s·B·A        ([out, r]·[r, in])         b ← b + s·bias_B (lora_bias)
-//   Embedding  W ← W + s·(B·A)ᵀ = W + s·Aᵀ·Bᵀ  ([vocab, r]·[r, dim])
-// computed in fp32 by the GEMM. Storage: an fp32 weight is updated in place (unmerge subtracts
-// again, exact to fp32 rounding); a bf16 weight is widened, merged in fp32 and rounded back; a
-// 4-bit weight is dequantized, merged and kept as fp32 or bf16 after its original dtype (no
+// Merging adapters into the base weights (peft-math.md), per layer carrying the adapter:
+//   LoRA Linear     W ← W + s·B·A        ([out, r]·[r, in])         b ← b + s·bias_B (lora_bias)
+//   LoRA Embedding  W ← W + s·(B·A)ᵀ = W + s·Aᵀ·Bᵀ  ([vocab, r]·[r, dim])
+//   DoRA            W ← (m / norm)[:, None] ⊙ (W + s·B·A), norm = ‖W + s·B·A‖ row-wise
+//   IA³ output      W ← diag(l)·W, b ← b ⊙ l;   IA³ input (feed-forward)  W ← W·diag(l)
+// computed in fp32. Storage: an fp32 weight is updated in place (unmerge subtracts LoRA again,
+// exact to fp32 rounding, and divides IA³ by l + 1e-8 as PEFT does: inexact, the error is a
+// few fp32 roundings, unbounded only for l near 0); a DoRA merge always goes to a new weight
+// and unmerge puts the original back (exact), as for every non-fp32 or shared weight. A bias
+// changed by a merge is restored exactly. Within one call DoRA adapters merge first, then LoRA,
+// then IA³ (the order in which their forward composes), and an IA³ adapter merges only when
+// every LoRA adapter still running on its layer merges with it (otherwise the scaling would
+// reach that branch after the merge and not before). A bf16 weight is widened, merged in fp32
+// and rounded back; a 4-bit weight is dequantized, merged and kept as fp32 or bf16 after its original dtype (no
 // re-quantization, so the merged layer computes what the unmerged one did up to that rounding,
 // and grows in memory). The original bf16 / 4-bit (or shared, e.g. tied) weight is kept and
 // put back on unmerge. Safe merge checks every merged value is finite and, on failure,
@@ -60,7 +68,7 @@ public sealed partial class PeftModel
         }
 
         var names = adapterNames ?? [.. active.Where(a => !merges.Any(m => m.Adapter.Name == a))];
-        var plan = new List<(string Module, ILoraLayer Layer, LoraAdapter Adapter)>();
+        var plan = new List<(string Module, ILoraLayer Layer, LayerAdapter Adapter)>();
         foreach (string name in names)
         {
             RequireAdapter(name);
@@ -71,15 +79,27 @@ public sealed partial class PeftModel
 
             foreach (var (module, layer) in Layers())
             {
-                if (layer.Adapters.FirstOrDefault(a => a.Name == name) is { } adapter)
+                if (layer.AllAdapters.FirstOrDefault(a => a.Name == name) is { } adapter)
                 {
-                    if (adapter.Bias != null && layer is Linear { Bias: null })
+                    if (adapter is LoraAdapter { Bias: not null } && layer is Linear { Bias: null })
                     {
                         throw new InvalidOperationException($"adapter '{name}' has a lora_B bias on '{module}', which has no bias to merge it into.");
                     }
 
                     plan.Add((module, layer, adapter));
                 }
+            }
+        }
+
+        plan = [.. plan.OrderBy(p => p.Adapter switch { LoraAdapter { UseDora: true } => 0, LoraAdapter => 1, _ => 2 })];
+        foreach (var (module, layer, adapter) in plan.Where(p => p.Adapter is Ia3Adapter))
+        {
+            var running = layer.AllAdapters.OfType<LoraAdapter>()
+                .Where(a => layer.ActiveAdapters.Contains(a.Name) && !layer.MergedAdapters.Contains(a.Name) && !plan.Any(p => p.Layer == layer && p.Adapter == a));
+            if (running.FirstOrDefault() is { } other)
+            {
+                throw new InvalidOperationException($"cannot merge IA³ adapter '{adapter.Name}' into '{module}' while LoRA adapter '{other.Name}' runs unmerged on it "
+                    + "(its branch is scaled too): merge both in one call, or deactivate it.");
             }
         }
 
@@ -162,7 +182,7 @@ public sealed partial class PeftModel
     {
         foreach (var (_, layer) in Layers())
         {
-            foreach (var a in layer.Adapters.ToList())
+            foreach (var a in layer.AllAdapters.ToList())
             {
                 layer.RemoveAdapter(a.Name);
             }
@@ -175,26 +195,24 @@ public sealed partial class PeftModel
         Model.Freeze();
     }
 
-    private MergedModule MergeOne(string module, ILoraLayer layer, LoraAdapter adapter, bool safe, bool shared)
+    private MergedModule MergeOne(string module, ILoraLayer layer, LayerAdapter adapter, bool safe, bool shared)
     {
         var w = layer.Weight;
         long before = w.ByteSize;
         float[]? biasBefore = null;
         var linear = layer as Linear;
-        if (adapter.Bias != null)
+        if (MergedBias(linear, adapter) is { } merged)
         {
-            var merged = (float[])linear!.Bias!.Data.Clone();
-            System.Numerics.Tensors.TensorPrimitives.MultiplyAdd(adapter.Bias.Data, adapter.Scale, merged, merged);
             CheckFinite(merged, safe, module, adapter.Name, "bias");
-            biasBefore = (float[])linear.Bias.Data.Clone();
+            biasBefore = (float[])linear!.Bias!.Data.Clone();
             merged.CopyTo(linear.Bias.Data, 0);
         }
 
-        if (w.DType == TensorDType.F32 && !shared)
+        if (w.DType == TensorDType.F32 && !shared && adapter is not LoraAdapter { UseDora: true })
         {
             // Safe: keep the exact original until the whole call succeeds, so a refusal restores it bit for bit.
             var exact = safe ? (float[])w.Data.Clone() : null;
-            AddDelta(layer, adapter, w.Data, 1f);
+            Apply(layer, adapter, w.Data, undo: false);
             CheckFinite(w.Data, safe, module, adapter.Name, "weight", () =>
             {
                 exact!.CopyTo(w.Data, 0);
@@ -205,7 +223,7 @@ public sealed partial class PeftModel
         }
 
         var values = w.ToFloat32();
-        AddDelta(layer, adapter, values, 1f);
+        Apply(layer, adapter, values, undo: false);
         CheckFinite(values, safe, module, adapter.Name, "weight", () => biasBefore?.CopyTo(linear!.Bias!.Data, 0));
         bool toBf16 = w.DType == TensorDType.BF16 || (w.DType == TensorDType.Q4 && w.Quantized.DType == "bfloat16");
         Parameter replacement;
@@ -233,7 +251,7 @@ public sealed partial class PeftModel
         return new MergedModule(module, adapter.Name, w.DType, replacement.DType, max, values.Length == 0 ? 0 : sum / values.Length, w.Count, before, replacement.ByteSize);
     }
 
-    private MergeRecord Record(ILoraLayer layer, LoraAdapter adapter, Parameter? original, float[]? biasBefore)
+    private MergeRecord Record(ILoraLayer layer, LayerAdapter adapter, Parameter? original, float[]? biasBefore)
     {
         layer.MarkMerged(adapter.Name, true);
         var record = new MergeRecord(layer, adapter, original, biasBefore);
@@ -254,7 +272,7 @@ public sealed partial class PeftModel
         }
         else
         {
-            AddDelta(m.Layer, m.Adapter, m.Layer.Weight.Data, -1f);
+            Apply(m.Layer, m.Adapter, m.Layer.Weight.Data, undo: true);
         }
 
         if (m.BiasBefore != null)
@@ -264,21 +282,6 @@ public sealed partial class PeftModel
 
         m.Layer.MarkMerged(m.Adapter.Name, false);
         merges.RemoveAt(merges.Count - 1);
-    }
-
-    /// <summary>w += sign·s·ΔW in fp32 (Linear: B·A; Embedding: Aᵀ·Bᵀ).</summary>
-    private static void AddDelta(ILoraLayer layer, LoraAdapter adapter, float[] w, float sign)
-    {
-        int r = adapter.Rank, inF = layer.InFeatures, outF = layer.OutFeatures;
-        float alpha = sign * adapter.Scale;
-        if (layer is Embedding)
-        {
-            Gemm.Multiply(true, true, inF, outF, r, alpha, adapter.A.Data, adapter.B.Data, 1f, w);
-        }
-        else
-        {
-            Gemm.Multiply(false, false, outF, inF, r, alpha, adapter.B.Data, adapter.A.Data, 1f, w);
-        }
     }
 
     private static void CheckFinite(float[] values, bool safe, string module, string adapter, string what, Action? undo = null)
@@ -296,7 +299,7 @@ public sealed partial class PeftModel
         }
     }
 
-    private sealed record MergeRecord(ILoraLayer Layer, LoraAdapter Adapter, Parameter? OriginalWeight, float[]? BiasBefore)
+    private sealed record MergeRecord(ILoraLayer Layer, LayerAdapter Adapter, Parameter? OriginalWeight, float[]? BiasBefore)
     {
         /// <summary>The exact fp32 weight before a safe merge, held only while that merge call runs.</summary>
         public float[]? Exact { get; set; }
