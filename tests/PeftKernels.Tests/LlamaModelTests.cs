@@ -156,6 +156,11 @@ public class LlamaModelTests
         }
 
         Assert.Equal(tokens.Length, cache.Length);
+
+        // Truncating back to the prompt and decoding again gives the same logits (the stale rows are overwritten).
+        cache.Truncate(6);
+        TestUtil.AssertClose(model.Forward([tokens[6]], 1, cache).Data, full.AsSpan(6 * vocab, vocab).ToArray(), 1e-4 * full.Max(Math.Abs), 1e-4, "after truncate");
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.Truncate(8));
     }
 
     [Fact]

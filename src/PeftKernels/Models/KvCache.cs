@@ -36,6 +36,18 @@ public sealed class KvCache
     /// <summary>Positions stored so far (the same for every layer once a forward pass completes).</summary>
     public int Length { get; private set; }
 
+    /// <summary>Forgets every position from <paramref name="length"/> on (e.g. to reuse a cached prompt for another continuation).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The length is negative or beyond what is stored.</exception>
+    public void Truncate(int length)
+    {
+        if (length < 0 || length > Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"must be in [0, {Length}] (the positions stored).");
+        }
+
+        Length = length;
+    }
+
     /// <summary>Key buffer of one layer and batch row.</summary>
     internal float[] Keys(int layer, int row) => keys[layer][row];
 
