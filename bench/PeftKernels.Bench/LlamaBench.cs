@@ -73,7 +73,8 @@ public class LlamaGenerateBench : IWorkload
         {
             "f32" => (linear + head) * 4,
             "bf16" => (linear + head) * 2,
-            _ => (linear * (0.5 + (1.0 / 64))) + (head * 4),
+            // NF4 codes (½ byte) + double-quantized scales (1 byte per 64) for the Linears; embeddings and head stay bf16.
+            _ => (linear * (0.5 + (1.0 / 64))) + (head * 2),
         };
     }
 
