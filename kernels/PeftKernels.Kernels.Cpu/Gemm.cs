@@ -50,6 +50,28 @@ public static unsafe class Gemm
         }
     }
 
+    /// <summary>C = alpha·op(A)·op(B) + beta·C with B given as IEEE fp16, widened to fp32 while packing.</summary>
+    /// <exception cref="ArgumentException">A span's length differs from what the dims imply, or a dim is negative.</exception>
+    public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, ReadOnlySpan<Half> b, float beta, Span<float> c, KernelOptions options = default)
+    {
+        Validate(m, n, k, a.Length, b.Length, c.Length);
+        var path = options.ResolvePath();
+        int threads = options.ResolveThreads();
+        if (m == 0 || n == 0)
+        {
+            return;
+        }
+
+        fixed (float* pa = a, pc = c)
+        fixed (Half* pb = b)
+        {
+            var sa = new DenseA(pa, transA ? m : k, transA);
+            var sb = new F16B(pb, transB ? k : n, transB, k);
+            GemmDriver.Run(path, threads, sa, sb, m, n, k, alpha, beta, pc, n, null);
+        }
+    }
+
     private static void Validate(int m, int n, int k, int aLength, int bLength, int cLength)
     {
         Check.NonNegative(m, "m");

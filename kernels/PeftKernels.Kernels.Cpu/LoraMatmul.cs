@@ -58,6 +58,31 @@ public static unsafe class LoraMatmul
         }
     }
 
+    /// <summary>Forward with an fp16 base weight (widened while packing), dropout and execution options.</summary>
+    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<Half> w, ReadOnlySpan<float> bias,
+        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
+        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default)
+    {
+        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        fixed (Half* pw = w)
+        {
+            ForwardCore(new F16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+        }
+    }
+
+    /// <summary>Backward with an fp16 base weight, dropout and execution options.</summary>
+    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
+        ReadOnlySpan<Half> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
+        Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
+        in LoraOptions options = default)
+    {
+        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
+        fixed (Half* pw = w)
+        {
+            BackwardCore(new F16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+        }
+    }
+
     /// <summary>dx (skipped when empty), da (skipped when empty: LoRA-FA) and db, with w frozen.</summary>
     /// <remarks><paramref name="x"/> may be empty when <paramref name="da"/> is empty (LoRA-FA keeps only h).</remarks>
     public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,

@@ -105,6 +105,24 @@ public class GemmTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(PathsAndThreads))]
+    public void F16WeightsMatchReference(SimdPath path, int threads)
+    {
+        foreach (var (m, n, k, transB) in new[] { (1, 45, 77, true), (3, 33, 65, true), (4, 20, 30, false), (17, 64, 129, true), (29, 31, 257, false), (13, 17, 7, false) })
+        {
+            var a = TestUtil.Random(m * k, m);
+            var b = TestUtil.Random(k * n, n).Select(v => (Half)v).ToArray();
+            var expected = new float[m * n];
+            var c = new float[m * n];
+            GemmReference.Multiply(false, transB, m, n, k, 1f, a, b.Select(v => (float)v).ToArray(), 0f, expected);
+            Gemm.Multiply(false, transB, m, n, k, 1f, a, b, 0f, c, new KernelOptions(threads, path));
+
+            // fp16 → fp32 widening is exact, so only the fp32 reassociation bound applies.
+            TestUtil.AssertClose(c, expected, TestUtil.DotAtol(k), 1e-5, $"f16 gemm {path} t{threads} m={m} n={n} k={k} tB={transB}");
+        }
+    }
+
     [Fact]
     public void PropertyRandomShapesMatchReference()
     {

@@ -10,7 +10,7 @@ public class LoraMatmulTests
 {
     public static TheoryData<SimdPath, int> PathsAndThreads() => TestUtil.PathsAndThreads();
 
-    private sealed record Case(int N, int In, int Out, int R, bool Bias, float Dropout, bool Bf16, int Seed = 1);
+    private sealed record Case(int N, int In, int Out, int R, bool Bias, float Dropout, bool Bf16, int Seed = 1, bool F16 = false);
 
     /// <summary>
     /// Tolerance for an output that is a sum of K fp32 products: the blocked kernels reorder
@@ -26,9 +26,14 @@ public class LoraMatmulTests
         var x = TestUtil.Random(c.N * c.In, c.Seed);
         var w32 = TestUtil.Random(c.Out * c.In, c.Seed + 1);
         var w16 = w32.Select(Bf16Reference.FromSingle).ToArray();
+        var wHalf = w32.Select(v => (Half)v).ToArray();
         if (c.Bf16)
         {
             w32 = TestUtil.Widen(w16);
+        }
+        else if (c.F16)
+        {
+            w32 = wHalf.Select(v => (float)v).ToArray();
         }
 
         var bias = c.Bias ? TestUtil.Random(c.Out, c.Seed + 2) : [];
@@ -46,6 +51,10 @@ public class LoraMatmulTests
         if (c.Bf16)
         {
             LoraMatmul.Forward(x, w16, bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
+        }
+        else if (c.F16)
+        {
+            LoraMatmul.Forward(x, wHalf, bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
         }
         else
         {
@@ -65,6 +74,10 @@ public class LoraMatmulTests
         if (c.Bf16)
         {
             LoraMatmul.Backward(dy, xArg, h, w16, a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
+        }
+        else if (c.F16)
+        {
+            LoraMatmul.Backward(dy, xArg, h, wHalf, a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
         }
         else
         {
@@ -116,6 +129,16 @@ public class LoraMatmulTests
                 }
             }
         }
+    }
+
+    [Theory]
+    [MemberData(nameof(PathsAndThreads))]
+    public void F16BaseWeightMatchesReferenceOnTheWidenedWeight(SimdPath path, int threads)
+    {
+        CheckCase(new Case(33, 65, 47, 8, true, 0.1f, false, F16: true), path, threads);
+        CheckCase(new Case(1, 70, 66, 4, false, 0f, false, F16: true), path, threads); // decode: GEMV path
+        CheckCase(new Case(4, 257, 17, 16, true, 0f, false, F16: true), path, threads);
+        CheckCase(new Case(9, 30, 20, 4, false, 0.2f, false, F16: true), path, threads, skipDa: true);
     }
 
     [Theory]
