@@ -115,6 +115,15 @@ public sealed class QuantizedWeight
         return Build(packed, absmax, doubleQuant, blocksize, type, shape, "bfloat16");
     }
 
+    /// <summary>Quantizes fp16 values of the given shape.</summary>
+    public static QuantizedWeight Quantize(ReadOnlySpan<Half> valuesF16, int[] shape, Quant4Type type = Quant4Type.Nf4, int blocksize = 64,
+        bool doubleQuant = true, KernelOptions options = default)
+    {
+        var (packed, absmax) = Buffers(valuesF16.Length, shape, blocksize);
+        Quant4.Quantize(valuesF16, packed, absmax, type, blocksize, options);
+        return Build(packed, absmax, doubleQuant, blocksize, type, shape, "float16");
+    }
+
     /// <summary>The fp32 absmax per block (reconstructed once from the nested codes when double-quantized).</summary>
     public float[] AbsmaxFp32()
     {

@@ -145,6 +145,7 @@ public class AutogradTests
     [Theory]
     [InlineData(TensorDType.F32)]
     [InlineData(TensorDType.BF16)]
+    [InlineData(TensorDType.F16)]
     [InlineData(TensorDType.Q4)]
     public void LoraLinearGradientsOverEveryBaseStorage(TensorDType storage)
     {
@@ -154,6 +155,7 @@ public class AutogradTests
         {
             TensorDType.F32 => new Parameter(wValues, [9, 64]),
             TensorDType.BF16 => new Parameter(wValues.Select(Bf16.FromSingle).ToArray(), [9, 64]),
+            TensorDType.F16 => new Parameter(wValues.Select(v => (Half)v).ToArray(), [9, 64]),
             _ => new Parameter(QuantizedWeight.Quantize(wValues, [9, 64], Quant4Type.Nf4, 64, true)),
         };
         var linear = new Linear(w, new Parameter(TestUtil.Random(9, 18), [9]));

@@ -93,7 +93,7 @@ public class LlamaModelTests
     }
 
     [Fact]
-    public void ShardedF16CheckpointLoadsWidenedExactly()
+    public void ShardedF16CheckpointLoadsAsFp16AndComputesWithIt()
     {
         using var temp = new TempFolder();
         var model = TinyModel();
@@ -116,10 +116,26 @@ public class LlamaModelTests
         var loaded = LlamaForCausalLM.Load(temp.Path);
         foreach (var (name, p) in loaded.NamedParameters())
         {
-            Assert.Equal(TensorDType.F32, p.DType);
+            // Matrices stay fp16 (as stored); norm weights are widened to fp32, exactly.
+            Assert.Equal(p.Shape.Length == 2 ? TensorDType.F16 : TensorDType.F32, p.DType);
             var original = all.First(e => e.Name == name).Parameter.Data;
-            Assert.Equal(original.Select(v => (float)(Half)v), p.Data);
+            Assert.Equal(original.Select(v => (float)(Half)v), p.ToFloat32());
         }
+
+        // The fp16 model computes with exactly the rounded weights, saves back as F16, and QLoRA-quantizes from fp16.
+        int[] tokens = [4, 8, 15, 16, 23, 42 % 40];
+        var expected = LlamaReference.Logits(loaded, tokens);
+        TestUtil.AssertClose(loaded.Forward(tokens).Data, expected, 1e-4 * expected.Max(Math.Abs), 1e-4, "f16 logits");
+        using var again = new TempFolder();
+        loaded.Save(again.Path);
+        Assert.Equal("float16", LlamaConfig.Load(again.File("config.json")).TorchDtype);
+        using (var file = IO.SafeTensorsFile.Open(again.File("model.safetensors")))
+        {
+            Assert.Equal(IO.SafeTensorDType.F16, file.GetInfo("lm_head.weight").DType);
+        }
+
+        loaded.QuantizeLinears();
+        Assert.Equal("float16", loaded.Model.Layers[0].Mlp.UpProj.Weight.Quantized.DType);
     }
 
     [Fact]

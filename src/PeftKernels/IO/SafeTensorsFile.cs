@@ -135,6 +135,14 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         return ReadUInt16(GetBytes(name));
     }
 
+    /// <summary>An F16 tensor as fp16 values.</summary>
+    /// <exception cref="InvalidDataException">The tensor is not F16.</exception>
+    public Half[] ReadHalf(string name)
+    {
+        RequireDType(name, SafeTensorDType.F16);
+        return Array.ConvertAll(ReadUInt16(GetBytes(name)), BitConverter.UInt16BitsToHalf);
+    }
+
     /// <summary>An F32, F16 or BF16 tensor converted (exactly) to fp32.</summary>
     /// <exception cref="InvalidDataException">The tensor has another dtype.</exception>
     public float[] ReadFloat32(string name)

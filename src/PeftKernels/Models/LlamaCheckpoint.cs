@@ -2,10 +2,11 @@
 // sharded index), strictly: every tensor the config implies must be present with its exact
 // shape, and an unexpected tensor is an error (all offenders listed at once), except the
 // rotary inv_freq buffers old checkpoints carry. Storage: F32 stays fp32, BF16 stays bf16
-// (frozen), F16 is widened to fp32 exactly (no fp16 GEMM path), a bitsandbytes 4-bit Linear
+// (frozen), F16 stays fp16 (the GEMM widens it while packing), a bitsandbytes 4-bit Linear
 // weight (Bnb4bitStateDict keys, e.g. from `peft quantize`) stays 4-bit; norm weights and
-// biases are always fp32. tie_word_embeddings is written as the weights are actually shared. Saving writes config.json + model.safetensors (+ tokenizer files of the source
-// folder) through the staged writer, so the folder is complete or untouched.
+// biases are always fp32. tie_word_embeddings is written as the weights are actually shared.
+// Saving writes config.json + model.safetensors (+ tokenizer files of the source folder)
+// through the staged writer, so the folder is complete or untouched.
 using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
@@ -16,7 +17,7 @@ namespace PeftKernels.Models;
 /// <summary>How weights are stored after loading.</summary>
 public enum WeightStorage
 {
-    /// <summary>As on disk: F32 → fp32, BF16 → bf16, F16 → fp32, a bitsandbytes 4-bit Linear weight → 4-bit.</summary>
+    /// <summary>As on disk: F32 → fp32, BF16 → bf16, F16 → fp16, a bitsandbytes 4-bit Linear weight → 4-bit.</summary>
     AsStored,
 
     /// <summary>Everything fp32.</summary>
@@ -114,8 +115,9 @@ public sealed partial class LlamaForCausalLM
         }
 
         bool anyBf16 = tensors.Any(t => t.DType == SafeTensorDType.BF16);
+        bool anyF16 = tensors.Any(t => t.DType == SafeTensorDType.F16);
         bool tied = ReferenceEquals(LmHead.Weight, Model.EmbedTokens.Weight);
-        var config = Config with { TorchDtype = anyBf16 ? "bfloat16" : "float32", TieWordEmbeddings = tied };
+        var config = Config with { TorchDtype = anyBf16 ? "bfloat16" : anyF16 ? "float16" : "float32", TieWordEmbeddings = tied };
         using var writer = new CheckpointWriter(folder);
         if (SourceFolder != null && !string.Equals(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar), SourceFolder.TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
         {
@@ -168,6 +170,8 @@ public sealed partial class LlamaForCausalLM
                 return SafeTensor.FromFloat32(name, p.Data, shape);
             case TensorDType.BF16:
                 return SafeTensor.FromBf16Bits(name, p.Bf16Bits, shape);
+            case TensorDType.F16:
+                return SafeTensor.FromHalf(name, p.F16Values, shape);
             default:
                 var q = p.Quantized;
                 var values = q.Dequantize();
@@ -222,6 +226,11 @@ public sealed partial class LlamaForCausalLM
         if (dtype is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
         {
             throw new InvalidDataException($"{file.Path}: tensor '{name}' is {dtype.HeaderName()}; model weights must be F32, F16 or BF16.");
+        }
+
+        if (matrix && storage == WeightStorage.AsStored && dtype == SafeTensorDType.F16)
+        {
+            return new Parameter(file.ReadHalf(name), shape);
         }
 
         bool keepBf16 = matrix && (storage == WeightStorage.BFloat16 || (storage == WeightStorage.AsStored && dtype == SafeTensorDType.BF16));

@@ -114,9 +114,12 @@ public sealed partial class LlamaForCausalLM : Module
             }
 
             var w = linear.Weight;
-            var q = w.DType == TensorDType.BF16
-                ? QuantizedWeight.Quantize(w.Bf16Bits, w.Shape, type, blocksize, doubleQuant)
-                : QuantizedWeight.Quantize(w.Data, w.Shape, type, blocksize, doubleQuant);
+            var q = w.DType switch
+            {
+                TensorDType.BF16 => QuantizedWeight.Quantize(w.Bf16Bits, w.Shape, type, blocksize, doubleQuant),
+                TensorDType.F16 => QuantizedWeight.Quantize(w.F16Values, w.Shape, type, blocksize, doubleQuant),
+                _ => QuantizedWeight.Quantize(w.Data, w.Shape, type, blocksize, doubleQuant),
+            };
             before += w.ByteSize;
             linear.ReplaceWeight(new Parameter(q));
             after += q.ByteSize;

@@ -44,6 +44,9 @@ public static partial class Functional
                 case TensorDType.F32:
                     weight.Data.AsSpan(id * dim, dim).CopyTo(row);
                     break;
+                case TensorDType.F16:
+                    System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(weight.F16Values.AsSpan(id * dim, dim), row);
+                    break;
                 case TensorDType.BF16:
                     var bits = weight.Bf16Bits.AsSpan(id * dim, dim);
                     for (int j = 0; j < dim; j++)

@@ -43,6 +43,9 @@ public sealed partial class Linear
             case TensorDType.BF16:
                 DoraNorm.RowNorms(Weight.Bf16Bits, adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
                 break;
+            case TensorDType.F16:
+                DoraNorm.RowNorms(Weight.ToFloat32(), adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
+                break;
             default:
                 DoraNorm.RowNorms(Weight.Quantized, adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
                 break;

@@ -207,6 +207,10 @@ public sealed partial class Linear : Module, ILoraLayer
                 Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.Bf16Bits, 0f, y, k);
                 AddBias(y, n);
                 break;
+            case TensorDType.F16:
+                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.F16Values, 0f, y, k);
+                AddBias(y, n);
+                break;
             default:
                 Quant4Matmul.Forward(x.Data, w.Quantized, Bias?.Data ?? [], y, n, inF, outF, k);
                 break;
@@ -230,6 +234,9 @@ public sealed partial class Linear : Module, ILoraLayer
                                 break;
                             case TensorDType.BF16:
                                 Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.Bf16Bits, 0f, dx, k);
+                                break;
+                            case TensorDType.F16:
+                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.F16Values, 0f, dx, k);
                                 break;
                             default:
                                 Quant4Matmul.Backward(g, w.Quantized, dx, n, inF, outF, k);
@@ -286,6 +293,9 @@ public sealed partial class Linear : Module, ILoraLayer
                         case TensorDType.BF16:
                             LoraMatmul.Backward(gl, x.Data, h, w.Bf16Bits, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
                             break;
+                        case TensorDType.F16:
+                            LoraMatmul.Backward(gl, x.Data, h, w.F16Values, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
+                            break;
                         default:
                             QLoraMatmul.Backward(gl, x.Data, h, w.Quantized, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
                             break;
@@ -321,6 +331,9 @@ public sealed partial class Linear : Module, ILoraLayer
                 break;
             case TensorDType.BF16:
                 LoraMatmul.Forward(x.Data, w.Bf16Bits, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
+                break;
+            case TensorDType.F16:
+                LoraMatmul.Forward(x.Data, w.F16Values, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
                 break;
             default:
                 QLoraMatmul.Forward(x.Data, w.Quantized, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);

@@ -241,6 +241,19 @@ public sealed partial class PeftModel
 
             replacement = new Parameter(bits, [.. w.Shape]);
         }
+        else if (w.DType == TensorDType.F16 || (w.DType == TensorDType.Q4 && w.Quantized.DType == "float16"))
+        {
+            var halves = new Half[values.Length];
+            System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(values, halves);
+            for (int i = 0; i < halves.Length; i++)
+            {
+                double e = Math.Abs((float)halves[i] - (double)values[i]);
+                max = Math.Max(max, e);
+                sum += e;
+            }
+
+            replacement = new Parameter(halves, [.. w.Shape]);
+        }
         else
         {
             replacement = new Parameter(values, [.. w.Shape]);

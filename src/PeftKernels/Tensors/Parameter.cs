@@ -13,6 +13,12 @@ public sealed class Parameter : Tensor
     {
     }
 
+    /// <summary>A frozen fp16 parameter (not copied).</summary>
+    public Parameter(Half[] values, int[] shape)
+        : base(values, shape)
+    {
+    }
+
     /// <summary>A frozen 4-bit parameter.</summary>
     public Parameter(Kernels.Cpu.QuantizedWeight weight)
         : base(weight)

@@ -12,6 +12,7 @@ public class Tensor
     private readonly float[]? data;
     private readonly ushort[]? bf16;
     private readonly QuantizedWeight? quantized;
+    private readonly Half[]? f16;
 
     /// <summary>An fp32 tensor over <paramref name="data"/> (not copied).</summary>
     public Tensor(float[] data, params int[] shape)
@@ -29,6 +30,15 @@ public class Tensor
         Shape = CheckShape(shape, bits.LongLength, "bits");
         bf16 = bits;
         DType = TensorDType.BF16;
+    }
+
+    /// <summary>An fp16 tensor over <paramref name="values"/> (not copied).</summary>
+    public Tensor(Half[] values, params int[] shape)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        Shape = CheckShape(shape, values.LongLength, "values");
+        f16 = values;
+        DType = TensorDType.F16;
     }
 
     /// <summary>A 4-bit tensor over a quantized weight (its shape is the weight's shape).</summary>
@@ -61,6 +71,9 @@ public class Tensor
     /// <summary>bf16 bit patterns; throws unless the tensor is bf16.</summary>
     public ushort[] Bf16Bits => bf16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not BF16.");
 
+    /// <summary>fp16 values; throws unless the tensor is fp16.</summary>
+    public Half[] F16Values => f16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F16.");
+
     /// <summary>The quantized weight; throws unless the tensor is 4-bit.</summary>
     public QuantizedWeight Quantized => quantized ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not Q4.");
 
@@ -74,7 +87,7 @@ public class Tensor
     public long ByteSize => DType switch
     {
         TensorDType.F32 => Count * 4,
-        TensorDType.BF16 => Count * 2,
+        TensorDType.BF16 or TensorDType.F16 => Count * 2,
         _ => Quantized.ByteSize,
     };
 
@@ -99,6 +112,10 @@ public class Tensor
                 }
 
                 return result;
+            case TensorDType.F16:
+                var widened = new float[Count];
+                System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(f16, widened);
+                return widened;
             default:
                 return Quantized.Dequantize();
         }

@@ -9,6 +9,9 @@ public enum TensorDType
     /// <summary>bf16 bit patterns: frozen base weights.</summary>
     BF16,
 
+    /// <summary>IEEE fp16: frozen base weights of F16 checkpoints.</summary>
+    F16,
+
     /// <summary>4-bit NF4/FP4 (a <see cref="Kernels.Cpu.QuantizedWeight"/>): frozen QLoRA base weights.</summary>
     Q4,
 }
