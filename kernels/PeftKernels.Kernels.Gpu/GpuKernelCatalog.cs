@@ -39,6 +39,8 @@ internal static class GpuKernelCatalog
         Add(list, typeof(Quant4Kernels), nameof(Quant4Kernels.NestedKernel), true);
         Add(list, typeof(Quant4MatmulKernels), nameof(Quant4MatmulKernels.GemvKernel), false);
         Add(list, typeof(Ia3Kernels), nameof(Ia3Kernels.ScaleKernel), true);
+        Add(list, typeof(AddKernels), nameof(AddKernels.AddKernel), true);
+        Add(list, typeof(EmbeddingKernels), nameof(EmbeddingKernels.GatherKernel), true);
         Add(list, typeof(AdamWKernels), nameof(AdamWKernels.StepKernel), true);
         Add(list, typeof(SwiGluKernels), nameof(SwiGluKernels.ForwardKernel), true);
         Add(list, typeof(SwiGluKernels), nameof(SwiGluKernels.BackwardKernel), true);

@@ -94,7 +94,28 @@ public sealed class ModelCommandTests : IDisposable
         Assert.True(trained < untrained - 1, $"pre-training did not lower the loss: {untrained:F3} → {trained:F3}");
     }
 
+    [Fact]
+    public void ScoreAndGenerateTakeADevice()
+    {
+        var plain = Invoke("score", "--model", ModelFolder, "--tokens", "1,2,3");
+        Assert.Equal(plain, Invoke("score", "--model", ModelFolder, "--tokens", "1,2,3", "--device", "cpu"));
+        Assert.Equal(0, Invoke("generate", "--model", ModelFolder, "--prompt-tokens", "1,2", "--max-new-tokens", "2", "--device", "cpu").Code);
+        var cuda = Invoke("score", "--model", ModelFolder, "--tokens", "1,2,3", "--device", "cuda");
+        if (Device.CudaUnavailableReason != null)
+        {
+            Assert.NotEqual(0, cuda.Code);
+            Assert.Contains("--device cuda: no CUDA device is available", cuda.Error);
+        }
+        else
+        {
+            Assert.Equal(0, cuda.Code);
+        }
+    }
+
     [Theory]
+    [InlineData("score|--model|MODEL|--tokens|1,2|--device|tpu", "unknown device 'tpu'")]
+    [InlineData("generate|--model|MODEL|--prompt-tokens|1|--max-new-tokens|1|--device|tpu", "unknown device 'tpu'")]
+    [InlineData("train|--model|MODEL|--data|DATA|--out|x|--device|tpu", "unknown device 'tpu'")]
     [InlineData("score|--model|MODEL|--tokens|1,x", "'x' (item 2) is not a non-negative integer token id")]
     [InlineData("score|--model|MODEL|--tokens|7", "at least 2 tokens")]
     [InlineData("score|--model|MODEL|--tokens|1,999", "token id 999 at position 1 is outside the vocabulary [0, 256)")]

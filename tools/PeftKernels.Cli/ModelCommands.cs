@@ -26,14 +26,17 @@ internal static class ModelCommands
         var adapter = AdapterOption();
         var tokens = new Option<string>("--tokens") { Required = true, HelpName = "ids", Description = "Comma-separated token ids, at least two." };
         var threads = ThreadsOption();
+        var device = DeviceOption();
         var command = new Command("score", "Causal-LM loss and perplexity of a token sequence (mean over the N−1 predicted positions), as one JSON line.")
         {
-            model, adapter, tokens, threads,
+            model, adapter, tokens, threads, device,
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             var ids = ParseTokens(parse.GetRequiredValue(tokens), "--tokens");
+            var on = ParseDevice(parse.GetRequiredValue(device));
             var lm = LoadModel(parse.GetRequiredValue(model), parse.GetValue(adapter));
+            lm.To(on);
             double loss = lm.Score(ids, new ForwardContext(0, new KernelOptions(parse.GetValue(threads))));
             log.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["tokens"] = ids.Length, ["loss"] = loss, ["perplexity"] = Math.Exp(loss) }));
             return 0;
@@ -52,9 +55,10 @@ internal static class ModelCommands
         var topP = new Option<float>("--top-p") { HelpName = "p", Description = "Nucleus sampling mass in (0, 1].", DefaultValueFactory = _ => 1f };
         var seed = new Option<int>("--seed") { Description = "Sampler seed.", DefaultValueFactory = _ => 0 };
         var threads = ThreadsOption();
+        var device = DeviceOption();
         var command = new Command("generate", "Generate tokens after a prompt (greedy, or temperature / top-p sampling) with a KV cache.")
         {
-            model, adapter, prompt, promptTokens, maxNew, temperature, topP, seed, threads,
+            model, adapter, prompt, promptTokens, maxNew, temperature, topP, seed, threads, device,
         };
         command.Validators.Add(result =>
         {
@@ -66,7 +70,9 @@ internal static class ModelCommands
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
+            var on = ParseDevice(parse.GetRequiredValue(device));
             var lm = LoadModel(folder, parse.GetValue(adapter));
+            lm.To(on);
             var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
             string? text = parse.GetValue(prompt);
             int[] ids = text != null ? [.. (tokenizer.BosId is int bos ? [bos] : Array.Empty<int>()), .. tokenizer.Encode(text)]
@@ -114,15 +120,21 @@ internal static class ModelCommands
         var warmup = new Option<int>("--warmup") { Description = "Linear warm-up steps.", DefaultValueFactory = _ => 0 };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, batches and dropout.", DefaultValueFactory = _ => 0 };
         var threads = ThreadsOption();
+        var device = DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors)." };
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
-            model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, output,
+            model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
 
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
+            if (ParseDevice(parse.GetRequiredValue(device)).IsGpu)
+            {
+                throw new ArgumentException("--device: training runs on the cpu device only for now (the GPU device does inference: score, generate).");
+            }
+
             if (!(parse.GetValue(loraPlus) > 0))
             {
                 throw new ArgumentException($"--lora-plus-ratio must be > 0; got {parse.GetValue(loraPlus)}.");
@@ -210,6 +222,21 @@ internal static class ModelCommands
 
     private static Option<string?> AdapterOption() =>
         new("--adapter") { HelpName = "dir", Description = "PEFT adapter folder, LoRA, DoRA or IA³ (adapter_config.json + adapter_model.safetensors)." };
+
+    private static Device ParseDevice(string name)
+    {
+        try
+        {
+            return Device.Parse(name);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new ArgumentException($"--device {name}: {e.Message}", e);
+        }
+    }
+
+    private static Option<string> DeviceOption() =>
+        new("--device") { HelpName = "cpu|cuda", Description = "Where the model runs: cpu, or cuda (the first CUDA GPU; an error when there is none).", DefaultValueFactory = _ => "cpu" };
 
     private static Option<int> ThreadsOption() =>
         new("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };

@@ -58,6 +58,12 @@ public sealed class LlamaAttention : Module
             throw new InvalidOperationException("the KV cache is for inference: run generation inside Tape.NoGrad().");
         }
 
+        if (q.Device.IsGpu)
+        {
+            // The cache lives on the host: the new rows come down, the attention output goes back up.
+            return CachedAttention(q.To(Device.Cpu), k.To(Device.Cpu), v.To(Device.Cpu), batch, cache, layer, context).To(q.Device);
+        }
+
         int nh = Config.NumAttentionHeads, nkv = Config.NumKeyValueHeads, hd = Config.HeadDim;
         int t = q.Rows / batch, kvDim = nkv * hd, qDim = nh * hd, past = cache.Length, total = past + t;
         var o = new float[q.Count];

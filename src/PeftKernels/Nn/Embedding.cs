@@ -104,6 +104,11 @@ public sealed class Embedding : Module, ILoraLayer
             return baseRows;
         }
 
+        if (baseRows.Device.IsGpu)
+        {
+            throw new NotSupportedException($"Embedding [{InFeatures}, {OutFeatures}]: LoRA adapters on the embedding run on the cpu device only.");
+        }
+
         int dim = OutFeatures;
         var kernel = context?.Kernel ?? default;
         var savedIds = ids.ToArray();

@@ -16,7 +16,7 @@ using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Nn;
 
-/// <summary>Differentiable tensor ops over the CPU kernels.</summary>
+/// <summary>Differentiable tensor ops over the CPU kernels (and the GPU kernels for tensors on an accelerator).</summary>
 public static partial class Functional
 {
     /// <summary>Rows of <paramref name="weight"/> [vocab, dim] selected by <paramref name="ids"/>: [ids.Length, dim].</summary>
@@ -26,6 +26,11 @@ public static partial class Functional
         if (weight.Shape.Length != 2)
         {
             throw new ArgumentException($"embedding weight must be 2-D [vocab, dim]; got [{string.Join(", ", weight.Shape)}].", nameof(weight));
+        }
+
+        if (weight.Device.IsGpu)
+        {
+            return EmbeddingOnDevice(ids, weight);
         }
 
         int vocab = weight.Shape[0], dim = weight.Shape[1];
@@ -90,6 +95,11 @@ public static partial class Functional
             throw new ArgumentException($"RMSNorm weight has {weight.Count} elements; the input's last dimension is {dim}.", nameof(weight));
         }
 
+        if (x.Device.IsGpu)
+        {
+            return RmsNormOnDevice(x, weight, eps);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         var rstd = new float[n];
         Kernels.Cpu.RmsNorm.Forward(x.Data, weight.Data, eps, y, rstd, n, dim, options);
@@ -131,6 +141,11 @@ public static partial class Functional
             throw new ArgumentException($"RoPE input has shape [{string.Join(", ", x.Shape)}]; expected {n} tokens × {heads} heads × {headDim}.", nameof(x));
         }
 
+        if (x.Device.IsGpu)
+        {
+            return RopeOnDevice(x, positions, invFreq, heads, headDim);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         Kernels.Cpu.Rope.Forward(x.Data, positions, invFreq, y, n, heads, headDim, options);
         var output = new Tensor(y, x.Shape);
@@ -148,6 +163,11 @@ public static partial class Functional
         ArgumentNullException.ThrowIfNull(gate);
         ArgumentNullException.ThrowIfNull(up);
         SameShape(gate, up, "gate", "up");
+        if (gate.Device.IsGpu)
+        {
+            return SwiGluOnDevice(gate, up);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)gate.Count));
         Kernels.Cpu.SwiGlu.Forward(gate.Data, up.Data, y, options);
         var output = new Tensor(y, gate.Shape);
@@ -173,6 +193,11 @@ public static partial class Functional
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(b);
         SameShape(a, b, "a", "b");
+        if (a.Device.IsGpu)
+        {
+            return AddOnDevice(a, b);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)a.Count));
         TensorPrimitives.Add(a.Data, b.Data, y);
         var output = new Tensor(y, a.Shape);
@@ -207,6 +232,11 @@ public static partial class Functional
         if (l.Count != features)
         {
             throw new ArgumentException($"the scale has shape [{string.Join(", ", l.Shape)}] ({l.Count} entries); x [{string.Join(", ", x.Shape)}] needs one per column ({features}).", nameof(l));
+        }
+
+        if (x.Device.IsGpu)
+        {
+            return ScaleColumnsOnDevice(x, l);
         }
 
         var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));

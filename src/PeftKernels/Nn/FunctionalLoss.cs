@@ -26,6 +26,11 @@ public static partial class Functional
         }
 
         int tq = (int)(queryRows / batch), tk = (int)(keyRows / batch);
+        if (q.Device.IsGpu)
+        {
+            return AttentionOnDevice(q, k, v, batch, tq, tk, heads, kvHeads, headDim);
+        }
+
         float scale = 1f / MathF.Sqrt(headDim);
         var o = GC.AllocateUninitializedArray<float>(checked((int)q.Count));
         var lse = GC.AllocateUninitializedArray<float>(batch * heads * tq);
@@ -71,6 +76,11 @@ public static partial class Functional
         }
 
         int count = Kernels.Cpu.CrossEntropy.CountValid(labels);
+        if (logits.Device.IsGpu)
+        {
+            return CrossEntropyOnDevice(logits, labels, count);
+        }
+
         var lse = GC.AllocateUninitializedArray<float>(n);
         double sum = Kernels.Cpu.CrossEntropy.Forward(logits.Data, labels, lse, n, vocab, options);
         var output = new Tensor([count == 0 ? 0f : (float)(sum / count)], 1);

@@ -193,6 +193,11 @@ public sealed partial class Linear : Module, ILoraLayer
 
     private Tensor ForwardBase(Tensor x, int[] shape, ForwardContext context, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras)
     {
+        if (x.Device.IsGpu)
+        {
+            return ForwardOnDevice(x, null, extras, shape, context);
+        }
+
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
         var w = Weight;
         var y = GC.AllocateUninitializedArray<float>(checked(n * outF));
@@ -255,6 +260,11 @@ public sealed partial class Linear : Module, ILoraLayer
 
     private Tensor ForwardLora(Tensor x, LoraAdapter lora, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras, int[] shape, ForwardContext context)
     {
+        if (x.Device.IsGpu)
+        {
+            return ForwardOnDevice(x, lora, extras, shape, context);
+        }
+
         int n = x.Rows, inF = InFeatures, outF = OutFeatures, r = lora.Rank;
         var w = Weight;
         float s = lora.Scale;

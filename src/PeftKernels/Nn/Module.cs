@@ -70,6 +70,23 @@ public abstract class Module
         }
     }
 
+    /// <summary>
+    /// Puts every parameter on <paramref name="device"/>: each is uploaded once (bf16 widened to fp32, 4-bit kept packed)
+    /// and its host copy stays; moving to the CPU drops the device copies. Parameters changed on the host later (training on
+    /// the CPU) need another To(device). Forward then runs on the device of its inputs and parameters.
+    /// </summary>
+    /// <returns>This module.</returns>
+    public Module To(Device device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        foreach (var (_, p) in NamedParameters())
+        {
+            p.MoveTo(device);
+        }
+
+        return this;
+    }
+
     /// <summary>This module's own parameters (not its children's), by local name.</summary>
     protected virtual IEnumerable<(string Name, Parameter Parameter)> OwnParameters() => [];
 

@@ -2,14 +2,23 @@
 // base weights may stay bf16 or 4-bit (QuantizedWeight) and are only ever read by kernels
 // that widen or dequantize them on the fly. A tensor that requires grad gets an fp32 Grad
 // buffer of its own size when backward first reaches it.
+// Devices: a tensor made by a GPU op lives on its accelerator only (immutable once written);
+// reading Data downloads it once and keeps the host copy. A host tensor (a parameter, say)
+// can carry a device mirror made once by To(device) / Module.To(device): bf16 is widened to
+// fp32 and 4-bit is uploaded packed (Quant4Buffers); the host copy stays the original.
+using ILGPU;
+using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels;
 
 /// <summary>A dense row-major tensor: fp32, bf16 or 4-bit storage, with an optional gradient.</summary>
 public class Tensor
 {
-    private readonly float[]? data;
+    private float[]? data;
+    private MemoryBuffer1D<float, Stride1D.Dense>? deviceData;
+    private Quant4Buffers? deviceQuant;
     private readonly ushort[]? bf16;
     private readonly QuantizedWeight? quantized;
     private readonly Half[]? f16;
@@ -50,6 +59,18 @@ public class Tensor
         DType = TensorDType.Q4;
     }
 
+    /// <summary>An fp32 tensor living on <paramref name="device"/> over <paramref name="buffer"/> (owned).</summary>
+    internal Tensor(Device device, MemoryBuffer1D<float, Stride1D.Dense> buffer, int[] shape)
+    {
+        Shape = CheckShape(shape, buffer.Length, "buffer");
+        deviceData = buffer;
+        Device = device;
+        DType = TensorDType.F32;
+    }
+
+    /// <summary>Where the tensor's data (or its device mirror) lives; CPU unless moved.</summary>
+    public Device Device { get; private set; } = Device.Cpu;
+
     /// <summary>The dimensions, outermost first.</summary>
     public int[] Shape { get; }
 
@@ -66,7 +87,8 @@ public class Tensor
     public int Rows => Columns == 0 ? 0 : (int)(Count / Columns);
 
     /// <summary>fp32 storage; throws for bf16 and 4-bit tensors.</summary>
-    public float[] Data => data ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
+    /// <remarks>For a tensor made on an accelerator, the first read synchronizes and downloads it.</remarks>
+    public float[] Data => data ?? Download() ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
 
     /// <summary>bf16 bit patterns; throws unless the tensor is bf16.</summary>
     public ushort[] Bf16Bits => bf16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not BF16.");
@@ -121,14 +143,97 @@ public class Tensor
         }
     }
 
+    /// <summary>
+    /// This tensor on <paramref name="device"/>: itself when it is there already, else a new tensor (no gradient) whose data
+    /// is there (uploaded to the GPU as fp32, or 4-bit packed; on the CPU it shares this tensor's host storage, downloading it
+    /// first when the tensor lives on an accelerator only).
+    /// </summary>
+    public Tensor To(Device device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        if (ReferenceEquals(device, Device))
+        {
+            return this;
+        }
+
+        var copy = DType switch
+        {
+            TensorDType.F32 => new Tensor(data ?? Data, Shape),
+            TensorDType.BF16 => new Tensor(bf16!, Shape),
+            _ => new Tensor(quantized!),
+        };
+        copy.MoveTo(device);
+        return copy;
+    }
+
     /// <summary>Runs backward from this scalar: see <see cref="Autograd.Tape.Backward(Tensor)"/>.</summary>
     public void Backward() => Autograd.Tape.Backward(this);
 
     /// <summary>The gradient buffer, created zero-filled on first use.</summary>
     internal float[] GradOrCreate() => Grad ??= new float[Count];
 
+    /// <summary>
+    /// Gives a host tensor a mirror on <paramref name="device"/> (uploaded now, once), or drops the mirror for the CPU.
+    /// A tensor that lives only on an accelerator cannot move this way.
+    /// </summary>
+    internal void MoveTo(Device device)
+    {
+        if (ReferenceEquals(device, Device))
+        {
+            return;
+        }
+
+        if (data == null && bf16 == null && quantized == null)
+        {
+            throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] lives on {Device} only; use To(device) for a copy.");
+        }
+
+        deviceData?.Dispose();
+        deviceQuant?.Dispose();
+        deviceData = null;
+        deviceQuant = null;
+        Device = device;
+        if (!device.IsGpu)
+        {
+            return;
+        }
+
+        var accelerator = device.Accelerator;
+        if (DType == TensorDType.Q4)
+        {
+            deviceQuant = Quant4Buffers.Upload(accelerator, quantized!);
+        }
+        else
+        {
+            deviceData = accelerator.Allocate1D<float>(Count);
+            deviceData.View.CopyFromCPU(DType == TensorDType.F32 ? data! : ToFloat32());
+        }
+    }
+
+    /// <summary>The fp32 data on <paramref name="device"/> (an accelerator); throws when the tensor is not there.</summary>
+    internal ArrayView1D<float, Stride1D.Dense> View(Device device) =>
+        ReferenceEquals(device, Device) && deviceData != null ? deviceData.View
+            : throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] ({DType}) is on {Device}, not {device}: move the model and inputs with To({device.Name}) first.");
+
+    /// <summary>The 4-bit weight on <paramref name="device"/>; throws when the tensor is not there.</summary>
+    internal Quant4View QuantView(Device device) =>
+        ReferenceEquals(device, Device) && deviceQuant != null ? deviceQuant.View
+            : throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] ({DType}) is on {Device}, not {device}: move the model with To({device.Name}) first.");
+
     /// <inheritdoc/>
     public override string ToString() => $"Tensor({DType}, [{string.Join(", ", Shape)}])";
+
+    private float[]? Download()
+    {
+        if (deviceData == null || quantized != null || bf16 != null)
+        {
+            return null;
+        }
+
+        Device.Accelerator.Synchronize();
+        data = deviceData.GetAsArray1D();
+        return data;
+    }
 
     private static int[] CheckShape(int[] shape, long length, string what)
     {
