@@ -1,5 +1,5 @@
 // A dense row-major tensor. Activations, gradients and trainable parameters are fp32; frozen
-// base weights may stay bf16 or 4-bit (QuantizedWeight) and are only ever read by kernels
+// base weights may stay bf16, fp16 or 4-bit (QuantizedWeight) and are only ever read by kernels
 // that widen or dequantize them on the fly. A tensor that requires grad gets an fp32 Grad
 // buffer of its own size when backward first reaches it.
 // Devices: a tensor made by a GPU op lives on its accelerator only (immutable once written);
@@ -7,6 +7,7 @@
 // can carry a device mirror made once by To(device) / Module.To(device): bf16 is widened to
 // fp32 and 4-bit is uploaded packed (Quant4Buffers); the host copy stays the original.
 using ILGPU;
+using Half = System.Half;
 using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Gpu;
@@ -160,6 +161,7 @@ public class Tensor
         {
             TensorDType.F32 => new Tensor(data ?? Data, Shape),
             TensorDType.BF16 => new Tensor(bf16!, Shape),
+            TensorDType.F16 => new Tensor(f16!, Shape),
             _ => new Tensor(quantized!),
         };
         copy.MoveTo(device);
@@ -183,7 +185,7 @@ public class Tensor
             return;
         }
 
-        if (data == null && bf16 == null && quantized == null)
+        if (data == null && bf16 == null && f16 == null && quantized == null)
         {
             throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] lives on {Device} only; use To(device) for a copy.");
         }
