@@ -7,10 +7,10 @@
 // can carry a device mirror made once by To(device) / Module.To(device): bf16 is widened to
 // fp32 and 4-bit is uploaded packed (Quant4Buffers); the host copy stays the original.
 using ILGPU;
-using Half = System.Half;
 using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Gpu;
+using Half = System.Half;
 
 namespace PeftKernels;
 
