@@ -130,9 +130,10 @@ internal static class ModelCommands
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
-            if (ParseDevice(parse.GetRequiredValue(device)).IsGpu)
+            var on = ParseDevice(parse.GetRequiredValue(device));
+            if (on.IsGpu && parse.GetValue(method) is not ("lora" or "qlora" or "lora-fa"))
             {
-                throw new ArgumentException("--device: training runs on the cpu device only for now (the GPU device does inference: score, generate).");
+                throw new ArgumentException($"--device {on}: the GPU device trains lora, qlora and lora-fa adapters; use the cpu device for {parse.GetValue(method)}.");
             }
 
             if (!(parse.GetValue(loraPlus) > 0))
@@ -190,6 +191,7 @@ internal static class ModelCommands
                 Seed = parse.GetValue(seed),
                 Kernel = new KernelOptions(parse.GetValue(threads)),
             };
+            lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
             TrainingView.Run(trainer, log);
             string outDir = parse.GetRequiredValue(output);

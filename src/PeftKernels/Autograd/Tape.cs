@@ -85,12 +85,12 @@ public static class Tape
             {
                 var node = list[i];
                 list.RemoveAt(i);
-                if (node.Output.Grad != null)
+                if (node.Output.HasGrad)
                 {
                     node.Backward();
                     if (node.Output is not Parameter)
                     {
-                        node.Output.Grad = null;
+                        node.Output.DropGrad();
                     }
                 }
             }

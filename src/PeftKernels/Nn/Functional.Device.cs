@@ -1,8 +1,11 @@
 // The ops on an accelerator: the same math through the GPU kernels (PeftKernels.Kernels.Gpu),
 // chosen by the device of the op's inputs. Outputs stay on the device; small per-call host
 // arrays (token ids, positions, rotary frequencies, labels) are uploaded, scratch that the
-// caller never sees (rstd, lse) is freed after the accelerator is done with it. Inference
-// only for now: an op that would have to record a backward node throws.
+// caller never sees (rstd, lse) is freed after the accelerator is done with it, or kept by the
+// backward closure when the op records. Backward mirrors the CPU closures: the gradient of a
+// device-only tensor stays on the device (Tensor.DeviceGrad); the gradient of a host parameter
+// with a device mirror (LoRA A/B, an IA³ vector, a norm weight) is downloaded into its host Grad,
+// where the CPU optimizer updates it (tiny for PEFT parameters).
 using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Autograd;
@@ -16,12 +19,12 @@ public static partial class Functional
     internal static Tensor DeviceTensor(Device device, int[] shape) =>
         new(device, device.Accelerator.Allocate1D<float>(shape.Aggregate(1L, (a, d) => a * d)), shape);
 
-    /// <summary>Throws when an op on an accelerator would have to record backward (not implemented on devices yet).</summary>
+    /// <summary>Throws when an op on an accelerator would have to record a backward that devices do not implement.</summary>
     internal static void DeviceInferenceOnly(bool record, string op)
     {
         if (record)
         {
-            throw new NotSupportedException($"{op}: backward on a GPU device is not implemented yet; train on the cpu device, or run inference inside Tape.NoGrad().");
+            throw new NotSupportedException($"{op}: this gradient is not implemented on a GPU device (LoRA adapters train there; frozen base weights and embeddings); train on the cpu device, or run inference inside Tape.NoGrad().");
         }
     }
 
@@ -31,6 +34,38 @@ public static partial class Functional
         if (!ReferenceEquals(device, other.Device))
         {
             throw new ArgumentException($"{name} is on {other.Device} but the op runs on {device}; move tensors and the model with To(device) first.", name);
+        }
+    }
+
+    /// <summary>A gradient buffer for <paramref name="t"/> on <paramref name="device"/>, or none (an empty view: the kernel skips it) when t needs no gradient.</summary>
+    internal static MemoryBuffer1D<float, Stride1D.Dense>? GradBuffer(Device device, Tensor t) =>
+        t.RequiresGrad ? device.Accelerator.Allocate1D<float>(t.Count) : null;
+
+    /// <summary>
+    /// Hands a freshly computed gradient (owned) to <paramref name="t"/>: a device-only tensor keeps it on the device, a host
+    /// parameter with a device mirror gets it downloaded and added to its host Grad.
+    /// </summary>
+    internal static void GiveGrad(Tensor t, MemoryBuffer1D<float, Stride1D.Dense>? owned)
+    {
+        if (owned == null)
+        {
+            return;
+        }
+
+        if (!t.RequiresGrad)
+        {
+            owned.Dispose();
+        }
+        else if (t.LivesOnDeviceOnly)
+        {
+            t.AddDeviceGrad(owned);
+        }
+        else
+        {
+            owned.Accelerator.Synchronize();
+            var host = owned.GetAsArray1D();
+            owned.Dispose();
+            Grad.AddOwned(t, host);
         }
     }
 
@@ -63,25 +98,60 @@ public static partial class Functional
     private static Tensor RmsNormOnDevice(Tensor x, Tensor weight, float eps)
     {
         var device = x.Device;
-        DeviceInferenceOnly(Tape.ShouldRecord(x, weight), "RMSNorm");
         var accelerator = device.Accelerator;
         var output = DeviceTensor(device, x.Shape);
-        using var rstd = accelerator.Allocate1D<float>(x.Rows);
-        RmsNormKernels.Forward(accelerator, x.View(device), weight.View(device), eps, output.View(device), rstd.View, x.Rows, x.Columns);
+        var rstd = accelerator.Allocate1D<float>(x.Rows);
+        int n = x.Rows, dim = x.Columns;
+        RmsNormKernels.Forward(accelerator, x.View(device), weight.View(device), eps, output.View(device), rstd.View, n, dim);
         accelerator.Synchronize();
+        if (!Tape.ShouldRecord(x, weight))
+        {
+            rstd.Dispose();
+            return output;
+        }
+
+        Tape.Record(output, () =>
+        {
+            var dx = GradBuffer(device, x);
+            var dw = GradBuffer(device, weight);
+            RmsNormKernels.Backward(accelerator, output.DeviceGrad, x.View(device), weight.View(device), rstd.View,
+                dx?.View ?? default, dw?.View ?? default, n, dim);
+            accelerator.Synchronize();
+            rstd.Dispose();
+            GiveGrad(x, dx);
+            GiveGrad(weight, dw);
+        });
         return output;
     }
 
     private static Tensor RopeOnDevice(Tensor x, int[] positions, float[] invFreq, int heads, int headDim)
     {
         var device = x.Device;
-        DeviceInferenceOnly(Tape.ShouldRecord(x), "RoPE");
         var accelerator = device.Accelerator;
         var output = DeviceTensor(device, x.Shape);
-        using var pos = accelerator.Allocate1D(positions);
-        using var freq = accelerator.Allocate1D(invFreq);
-        RopeKernels.Forward(accelerator, x.View(device), pos.View, freq.View, output.View(device), positions.Length, heads, headDim);
-        accelerator.Synchronize();
+        using (var pos = accelerator.Allocate1D(positions))
+        using (var freq = accelerator.Allocate1D(invFreq))
+        {
+            RopeKernels.Forward(accelerator, x.View(device), pos.View, freq.View, output.View(device), positions.Length, heads, headDim);
+            accelerator.Synchronize();
+        }
+
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = GradBuffer(device, x)!;
+                using (var pos = accelerator.Allocate1D(positions))
+                using (var freq = accelerator.Allocate1D(invFreq))
+                {
+                    RopeKernels.Backward(accelerator, output.DeviceGrad, pos.View, freq.View, dx.View, positions.Length, heads, headDim);
+                    accelerator.Synchronize();
+                }
+
+                GiveGrad(x, dx);
+            });
+        }
+
         return output;
     }
 
@@ -89,9 +159,22 @@ public static partial class Functional
     {
         var device = gate.Device;
         SameDevice(device, up, nameof(up));
-        DeviceInferenceOnly(Tape.ShouldRecord(gate, up), "SwiGLU");
+        var accelerator = device.Accelerator;
         var output = DeviceTensor(device, gate.Shape);
-        SwiGluKernels.Forward(device.Accelerator, gate.View(device), up.View(device), output.View(device));
+        SwiGluKernels.Forward(accelerator, gate.View(device), up.View(device), output.View(device));
+        if (Tape.ShouldRecord(gate, up))
+        {
+            Tape.Record(output, () =>
+            {
+                var dgate = accelerator.Allocate1D<float>(gate.Count);
+                var dup = accelerator.Allocate1D<float>(up.Count);
+                SwiGluKernels.Backward(accelerator, output.DeviceGrad, gate.View(device), up.View(device), dgate.View, dup.View);
+                accelerator.Synchronize();
+                GiveGrad(gate, dgate);
+                GiveGrad(up, dup);
+            });
+        }
+
         return output;
     }
 
@@ -99,18 +182,47 @@ public static partial class Functional
     {
         var device = a.Device;
         SameDevice(device, b, nameof(b));
-        DeviceInferenceOnly(Tape.ShouldRecord(a, b), "add");
+        var accelerator = device.Accelerator;
         var output = DeviceTensor(device, a.Shape);
-        AddKernels.Forward(device.Accelerator, a.View(device), b.View(device), output.View(device));
+        AddKernels.Forward(accelerator, a.View(device), b.View(device), output.View(device));
+        if (Tape.ShouldRecord(a, b))
+        {
+            Tape.Record(output, () =>
+            {
+                var dy = output.DeviceGrad;
+                foreach (var input in a.RequiresGrad && b.RequiresGrad ? [a, b] : a.RequiresGrad ? new[] { a } : [b])
+                {
+                    var copy = accelerator.Allocate1D<float>(dy.Length);
+                    copy.View.CopyFrom(dy);
+                    accelerator.Synchronize();
+                    GiveGrad(input, copy);
+                }
+            });
+        }
+
         return output;
     }
 
     private static Tensor ScaleColumnsOnDevice(Tensor x, Tensor l)
     {
         var device = x.Device;
-        DeviceInferenceOnly(Tape.ShouldRecord(x, l), "IA³ scaling");
+        var accelerator = device.Accelerator;
         var output = DeviceTensor(device, x.Shape);
-        Ia3Kernels.Forward(device.Accelerator, x.View(device), l.View(device), output.View(device), x.Rows, x.Columns);
+        int n = x.Rows, dim = x.Columns;
+        Ia3Kernels.Forward(accelerator, x.View(device), l.View(device), output.View(device), n, dim);
+        if (Tape.ShouldRecord(x, l))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = GradBuffer(device, x);
+                var dl = accelerator.Allocate1D<float>(dim);
+                Ia3Kernels.Backward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
+                accelerator.Synchronize();
+                GiveGrad(x, dx);
+                GiveGrad(l, dl);
+            });
+        }
+
         return output;
     }
 
@@ -119,25 +231,63 @@ public static partial class Functional
         var device = q.Device;
         SameDevice(device, k, nameof(k));
         SameDevice(device, v, nameof(v));
-        DeviceInferenceOnly(Tape.IsRecording && (q.RequiresGrad || k.RequiresGrad || v.RequiresGrad), "attention");
         var accelerator = device.Accelerator;
         var output = DeviceTensor(device, q.Shape);
-        using var lse = accelerator.Allocate1D<float>((long)batch * heads * tq);
+        float scale = 1f / MathF.Sqrt(headDim);
+        var lse = accelerator.Allocate1D<float>((long)batch * heads * tq);
         AttentionKernels.Forward(accelerator, q.View(device), k.View(device), v.View(device), output.View(device), lse.View,
-            batch, tq, tk, heads, kvHeads, headDim, 1f / MathF.Sqrt(headDim));
+            batch, tq, tk, heads, kvHeads, headDim, scale);
         accelerator.Synchronize();
+        if (!(Tape.IsRecording && (q.RequiresGrad || k.RequiresGrad || v.RequiresGrad)))
+        {
+            lse.Dispose();
+            return output;
+        }
+
+        Tape.Record(output, () =>
+        {
+            var dq = accelerator.Allocate1D<float>(q.Count);
+            var dk = accelerator.Allocate1D<float>(k.Count);
+            var dv = accelerator.Allocate1D<float>(v.Count);
+            AttentionKernels.Backward(accelerator, output.DeviceGrad, q.View(device), k.View(device), v.View(device), output.View(device), lse.View,
+                dq.View, dk.View, dv.View, batch, tq, tk, heads, kvHeads, headDim, scale);
+            accelerator.Synchronize();
+            lse.Dispose();
+            GiveGrad(q, dq);
+            GiveGrad(k, dk);
+            GiveGrad(v, dv);
+        });
         return output;
     }
 
     private static Tensor CrossEntropyOnDevice(Tensor logits, int[] labels, int count)
     {
         var device = logits.Device;
-        DeviceInferenceOnly(Tape.ShouldRecord(logits) && count > 0, "cross-entropy");
         var accelerator = device.Accelerator;
-        using var deviceLabels = accelerator.Allocate1D(labels);
-        using var lse = accelerator.Allocate1D<float>(logits.Rows);
-        double sum = labels.Length == 0 ? 0 : CrossEntropyKernels.Forward(accelerator, logits.View(device), deviceLabels.View, lse.View, logits.Rows, logits.Columns);
+        int n = logits.Rows, vocab = logits.Columns;
+        var deviceLabels = accelerator.Allocate1D(labels);
+        var lse = accelerator.Allocate1D<float>(n);
+        double sum = labels.Length == 0 ? 0 : CrossEntropyKernels.Forward(accelerator, logits.View(device), deviceLabels.View, lse.View, n, vocab);
         accelerator.Synchronize();
-        return new Tensor([count == 0 ? 0f : (float)(sum / count)], 1);
+        var output = new Tensor([count == 0 ? 0f : (float)(sum / count)], 1);
+        if (!(Tape.ShouldRecord(logits) && count > 0))
+        {
+            deviceLabels.Dispose();
+            lse.Dispose();
+            return output;
+        }
+
+        Tape.Record(output, () =>
+        {
+            // The kernel works in place: the gradient starts as a copy of the logits.
+            var dlogits = accelerator.Allocate1D<float>(logits.Count);
+            dlogits.View.CopyFrom(logits.View(device));
+            CrossEntropyKernels.BackwardInPlace(accelerator, dlogits.View, deviceLabels.View, lse.View, output.Grad![0] / count, n, vocab);
+            accelerator.Synchronize();
+            deviceLabels.Dispose();
+            lse.Dispose();
+            GiveGrad(logits, dlogits);
+        });
+        return output;
     }
 }

@@ -1,7 +1,10 @@
-// Linear on an accelerator (inference): y = x·Wᵀ + b through the GPU GEMM (fp32 weights, bf16
-// ones widened to fp32 when uploaded), the fused 4-bit matmul, or with one active LoRA adapter
-// the fused LoraMatmul / QLoraMatmul kernels (y and h in one pass, as on the CPU). Extra
-// branches (several active adapters, per-row adapters) and DoRA run on the CPU only.
+// Linear on an accelerator: y = x·Wᵀ + b through the GPU GEMM (fp32 weights, bf16 ones widened
+// to fp32 when uploaded), the fused 4-bit matmul, or with one active LoRA adapter the fused
+// LoraMatmul / QLoraMatmul kernels (y and h in one pass, as on the CPU). Extra branches (several
+// active adapters, per-row adapters) and DoRA run on the CPU only.
+// Backward, g = dL/dy: without an adapter dx = g·W (GEMM, or the 4-bit dequant-matmul); with one,
+// the fused LoRA backward gives dx, dA and dB (h kept from the forward, the same dropout mask).
+// The frozen base weight and bias get no gradient on the device (LoRA training).
 using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Autograd;
@@ -21,9 +24,9 @@ public sealed partial class Linear
             throw new NotSupportedException($"{layer}: several active adapters, per-row adapters and DoRA run on the cpu device only.");
         }
 
-        bool record = Tape.IsRecording && (x.RequiresGrad || Weight.RequiresGrad || Bias?.RequiresGrad == true
-            || (lora != null && lora.Parameters.Any(p => p.RequiresGrad)));
-        Functional.DeviceInferenceOnly(record, layer);
+        bool record = Tape.IsRecording && (x.RequiresGrad || (lora != null && lora.Parameters.Any(p => p.RequiresGrad)));
+        Functional.DeviceInferenceOnly(Tape.IsRecording && (Weight.RequiresGrad || Bias?.RequiresGrad == true || lora?.Bias?.RequiresGrad == true),
+            $"{layer} (trainable base weight, bias or lora_B bias)");
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
         var accelerator = device.Accelerator;
         var output = Functional.DeviceTensor(device, shape);
@@ -45,12 +48,32 @@ public sealed partial class Linear
                 }
             }
 
+            if (record)
+            {
+                Tape.Record(output, () =>
+                {
+                    var dx = Functional.GradBuffer(device, x)!;
+                    var g = output.DeviceGrad;
+                    if (w.DType == TensorDType.Q4)
+                    {
+                        Quant4MatmulKernels.Backward(accelerator, g, w.QuantView(device), dx.View, n, inF, outF);
+                    }
+                    else
+                    {
+                        GemmKernels.Multiply(accelerator, false, false, n, inF, outF, 1f, g, w.View(device), 0f, dx.View);
+                    }
+
+                    accelerator.Synchronize();
+                    Functional.GiveGrad(x, dx);
+                });
+            }
+
             return output;
         }
 
         int r = lora.Rank;
         var options = new LoraOptions(Training ? lora.Dropout : 0f, ForwardContext.Mix(lora.Seed, context.DropoutSeed));
-        using var h = accelerator.Allocate1D<float>((long)n * r);
+        var h = accelerator.Allocate1D<float>((long)n * r);
         using var loraBias = lora.Bias == null ? null : accelerator.Allocate1D(KernelBias(lora));
         var bias = loraBias?.View ?? Bias?.View(device) ?? default;
         if (w.DType == TensorDType.Q4)
@@ -63,6 +86,37 @@ public sealed partial class Linear
         }
 
         accelerator.Synchronize();
+        if (!record)
+        {
+            h.Dispose();
+            return output;
+        }
+
+        var a = lora.A;
+        var b = lora.B;
+        Tape.Record(output, () =>
+        {
+            var g = output.DeviceGrad;
+            var dx = Functional.GradBuffer(device, x);
+            var da = Functional.GradBuffer(device, a);
+            var db = accelerator.Allocate1D<float>(b.Count);
+            if (w.DType == TensorDType.Q4)
+            {
+                QLoraMatmulKernels.Backward(accelerator, g, x.View(device), h.View, w.QuantView(device), a.View(device), b.View(device), lora.Scale,
+                    dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
+            }
+            else
+            {
+                LoraMatmulKernels.Backward(accelerator, g, x.View(device), h.View, w.View(device), a.View(device), b.View(device), lora.Scale,
+                    dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
+            }
+
+            accelerator.Synchronize();
+            h.Dispose();
+            Functional.GiveGrad(x, dx);
+            Functional.GiveGrad(a, da);
+            Functional.GiveGrad(b, db);
+        });
         return output;
     }
 }

@@ -19,6 +19,7 @@ public class Tensor
 {
     private float[]? data;
     private MemoryBuffer1D<float, Stride1D.Dense>? deviceData;
+    private MemoryBuffer1D<float, Stride1D.Dense>? deviceGrad;
     private Quant4Buffers? deviceQuant;
     private readonly ushort[]? bf16;
     private readonly QuantizedWeight? quantized;
@@ -67,6 +68,7 @@ public class Tensor
         deviceData = buffer;
         Device = device;
         DType = TensorDType.F32;
+        LivesOnDeviceOnly = true;
     }
 
     /// <summary>Where the tensor's data (or its device mirror) lives; CPU unless moved.</summary>
@@ -105,6 +107,26 @@ public class Tensor
 
     /// <summary>True when backward computes a gradient for this tensor.</summary>
     public bool RequiresGrad { get; internal set; }
+
+    /// <summary>True for a tensor made by a GPU op (no host original); its gradient stays on the device.</summary>
+    internal bool LivesOnDeviceOnly { get; }
+
+    /// <summary>True when backward has reached this tensor (a host Grad or a device gradient).</summary>
+    internal bool HasGrad => Grad != null || deviceGrad != null;
+
+    /// <summary>The device gradient of a device-only tensor (a host gradient given to it is uploaded first); empty until backward reaches it.</summary>
+    internal ArrayView1D<float, Stride1D.Dense> DeviceGrad
+    {
+        get
+        {
+            if (deviceGrad == null && Grad != null && LivesOnDeviceOnly)
+            {
+                deviceGrad = Device.Accelerator.Allocate1D(Grad);
+            }
+
+            return deviceGrad?.View ?? default;
+        }
+    }
 
     /// <summary>Bytes of storage (not counting the gradient).</summary>
     public long ByteSize => DType switch
@@ -209,6 +231,37 @@ public class Tensor
         {
             deviceData = accelerator.Allocate1D<float>(Count);
             deviceData.View.CopyFromCPU(DType == TensorDType.F32 ? data! : ToFloat32());
+        }
+    }
+
+    /// <summary>Adds <paramref name="owned"/> (a gradient buffer on this tensor's device, handed over) to the device gradient.</summary>
+    internal void AddDeviceGrad(MemoryBuffer1D<float, Stride1D.Dense> owned)
+    {
+        if (deviceGrad == null)
+        {
+            deviceGrad = owned;
+            return;
+        }
+
+        AddKernels.Forward(Device.Accelerator, deviceGrad.View, owned.View, deviceGrad.View);
+        Device.Accelerator.Synchronize();
+        owned.Dispose();
+    }
+
+    /// <summary>Drops the gradient of an intermediate tensor once backward has passed it (frees the device gradient).</summary>
+    internal void DropGrad()
+    {
+        Grad = null;
+        deviceGrad?.Dispose();
+        deviceGrad = null;
+    }
+
+    /// <summary>Copies the host fp32 data into the device mirror again (after the optimizer changed it on the host).</summary>
+    internal void RefreshMirror()
+    {
+        if (deviceData != null && !LivesOnDeviceOnly && DType == TensorDType.F32)
+        {
+            deviceData.View.CopyFromCPU(data!);
         }
     }
 

@@ -75,6 +75,9 @@ public sealed class AdamWOptimizer
 
             Kernels.Cpu.AdamW.Step(p.Data, p.Grad, m, v, (float)(learningRate * g.LearningRateMultiplier), (float)Beta1, (float)Beta2, (float)Eps,
                 (float)g.WeightDecay, StepCount, options);
+
+            // A parameter of a model on a GPU device is updated on the host (its gradient was downloaded) and re-uploaded.
+            p.RefreshMirror();
         }
     }
 

@@ -92,6 +92,8 @@ public sealed partial class Trainer
 
                 values.CopyTo(target, 0);
             }
+
+            p.RefreshMirror();
         }
 
         Optimizer.StepCount = step;
