@@ -38,8 +38,14 @@ internal static class Benchmarks
             Nf4Gemv(acc, report, runs, blas, copyGBps);
         }
 
-        report.Note("LoRA training step of the ~125M config: not measured. It needs the Device abstraction of src/PeftKernels " +
-            "(tensors, autograd and the trainer on the GPU), which is not part of this bundle yet.");
+        try
+        {
+            TrainingBench.Run(acc, report, runs);
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or OutOfMemoryException or ILGPU.Runtime.AcceleratorException)
+        {
+            report.Note($"LoRA training step of the ~125M config failed: {e.GetType().Name}: {e.Message}");
+        }
     }
 
     private static void Gemm(Accelerator acc, Report report, int runs, CuBlas? blas, int m, int n, int k, bool transB)
