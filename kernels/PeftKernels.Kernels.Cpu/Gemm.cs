@@ -13,18 +13,9 @@ public static unsafe class Gemm
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float beta, Span<float> c, KernelOptions options = default)
     {
         Validate(m, n, k, a.Length, b.Length, c.Length);
-        var path = options.ResolvePath();
-        int threads = options.ResolveThreads();
-        if (m == 0 || n == 0)
+        fixed (float* pb = b)
         {
-            return;
-        }
-
-        fixed (float* pa = a, pb = b, pc = c)
-        {
-            var sa = new DenseA(pa, transA ? m : k, transA);
-            var sb = new DenseB(pb, transB ? k : n, transB, k);
-            GemmDriver.Run(path, threads, sa, sb, m, n, k, alpha, beta, pc, n, null);
+            Run(transA, m, n, k, alpha, a, new DenseB(pb, transB ? k : n, transB, k), beta, c, options);
         }
     }
 
@@ -34,19 +25,9 @@ public static unsafe class Gemm
         ReadOnlySpan<float> a, ReadOnlySpan<ushort> b, float beta, Span<float> c, KernelOptions options = default)
     {
         Validate(m, n, k, a.Length, b.Length, c.Length);
-        var path = options.ResolvePath();
-        int threads = options.ResolveThreads();
-        if (m == 0 || n == 0)
-        {
-            return;
-        }
-
-        fixed (float* pa = a, pc = c)
         fixed (ushort* pb = b)
         {
-            var sa = new DenseA(pa, transA ? m : k, transA);
-            var sb = new Bf16B(pb, transB ? k : n, transB, k);
-            GemmDriver.Run(path, threads, sa, sb, m, n, k, alpha, beta, pc, n, null);
+            Run(transA, m, n, k, alpha, a, new Bf16B(pb, transB ? k : n, transB, k), beta, c, options);
         }
     }
 
@@ -56,6 +37,16 @@ public static unsafe class Gemm
         ReadOnlySpan<float> a, ReadOnlySpan<Half> b, float beta, Span<float> c, KernelOptions options = default)
     {
         Validate(m, n, k, a.Length, b.Length, c.Length);
+        fixed (Half* pb = b)
+        {
+            Run(transA, m, n, k, alpha, a, new F16B(pb, transB ? k : n, transB, k), beta, c, options);
+        }
+    }
+
+    /// <summary>The shared body of the overloads: dense op(A), any B source, after validation.</summary>
+    private static void Run<TB>(bool transA, int m, int n, int k, float alpha, ReadOnlySpan<float> a, TB sb, float beta, Span<float> c, KernelOptions options)
+        where TB : struct, IPanelB
+    {
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
         if (m == 0 || n == 0)
@@ -64,11 +55,8 @@ public static unsafe class Gemm
         }
 
         fixed (float* pa = a, pc = c)
-        fixed (Half* pb = b)
         {
-            var sa = new DenseA(pa, transA ? m : k, transA);
-            var sb = new F16B(pb, transB ? k : n, transB, k);
-            GemmDriver.Run(path, threads, sa, sb, m, n, k, alpha, beta, pc, n, null);
+            GemmDriver.Run(path, threads, new DenseA(pa, transA ? m : k, transA), sb, m, n, k, alpha, beta, pc, n, null);
         }
     }
 
@@ -102,7 +90,7 @@ internal static class Check
         }
     }
 
-    public static void Length(string name, int actual, long expected, string formula)
+    public static void Length(string name, long actual, long expected, string formula)
     {
         if (actual != expected)
         {

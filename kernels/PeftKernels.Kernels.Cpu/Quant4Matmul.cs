@@ -12,11 +12,7 @@ public static unsafe class Quant4Matmul
     public static void Forward(ReadOnlySpan<float> x, QuantizedWeight w, ReadOnlySpan<float> bias, Span<float> y,
         int n, int inFeatures, int outFeatures, KernelOptions options = default)
     {
-        ArgumentNullException.ThrowIfNull(w);
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
+        CheckDims(w, n, inFeatures, outFeatures);
         Check.Length("x", x.Length, (long)n * inFeatures, "n·inFeatures");
         if (bias.Length != 0)
         {
@@ -44,11 +40,7 @@ public static unsafe class Quant4Matmul
     public static void Backward(ReadOnlySpan<float> dy, QuantizedWeight w, Span<float> dx,
         int n, int inFeatures, int outFeatures, KernelOptions options = default)
     {
-        ArgumentNullException.ThrowIfNull(w);
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
+        CheckDims(w, n, inFeatures, outFeatures);
         Check.Length("dy", dy.Length, (long)n * outFeatures, "n·outFeatures");
         Check.Length("dx", dx.Length, (long)n * inFeatures, "n·inFeatures");
         if (n == 0)
@@ -64,5 +56,14 @@ public static unsafe class Quant4Matmul
             var panel = new Quant4Panel(w, pq, pabs, false, path);
             GemmDriver.Run(path, threads, new DenseA(pdy, outFeatures, false), panel, n, inFeatures, outFeatures, 1f, 0f, pdx, inFeatures, null);
         }
+    }
+
+    private static void CheckDims(QuantizedWeight w, int n, int inFeatures, int outFeatures)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        Check.NonNegative(n, "n");
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
+        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
     }
 }

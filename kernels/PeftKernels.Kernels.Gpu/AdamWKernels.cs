@@ -29,9 +29,9 @@ public static class AdamWKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = param.Length;
-        GpuCheck.Length(nameof(grad), grad.Length, count, "param.Length");
-        GpuCheck.Length(nameof(m), m.Length, count, "param.Length");
-        GpuCheck.Length(nameof(v), v.Length, count, "param.Length");
+        Check.Length(nameof(grad), grad.Length, count, "param.Length");
+        Check.Length(nameof(m), m.Length, count, "param.Length");
+        Check.Length(nameof(v), v.Length, count, "param.Length");
         GpuCheck.FitsInt(count, nameof(param));
         GpuCheck.Require(lr >= 0f && float.IsFinite(lr), nameof(lr), $"lr must be finite and >= 0, got {lr}.");
         GpuCheck.Require(beta1 >= 0f && beta1 < 1f, nameof(beta1), $"beta1 must be in [0, 1), got {beta1}.");

@@ -39,15 +39,15 @@ public static partial class AttentionKernels
         FloatView dq, FloatView dk, FloatView dv, int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
         var d = Validate(accelerator, batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        GpuCheck.Length(nameof(dO), dO.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        GpuCheck.Length(nameof(q), q.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        GpuCheck.Length(nameof(k), k.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        GpuCheck.Length(nameof(v), v.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        GpuCheck.Length(nameof(o), o.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        GpuCheck.Length(nameof(lse), lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
-        GpuCheck.Length(nameof(dq), dq.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        GpuCheck.Length(nameof(dk), dk.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        GpuCheck.Length(nameof(dv), dv.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        Check.Length(nameof(dO), dO.Length, d.QueryElements, "batch·queryLength·heads·headDim");
+        Check.Length(nameof(q), q.Length, d.QueryElements, "batch·queryLength·heads·headDim");
+        Check.Length(nameof(k), k.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        Check.Length(nameof(v), v.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        Check.Length(nameof(o), o.Length, d.QueryElements, "batch·queryLength·heads·headDim");
+        Check.Length(nameof(lse), lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
+        Check.Length(nameof(dq), dq.Length, d.QueryElements, "batch·queryLength·heads·headDim");
+        Check.Length(nameof(dk), dk.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        Check.Length(nameof(dv), dv.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
         if (d.KeyElements == 0)
         {
             return;

@@ -40,11 +40,11 @@ public static partial class AttentionKernels
         int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
         var d = Validate(accelerator, batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        GpuCheck.Length(nameof(q), q.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        GpuCheck.Length(nameof(k), k.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        GpuCheck.Length(nameof(v), v.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        GpuCheck.Length(nameof(o), o.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        GpuCheck.Length(nameof(lse), lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
+        Check.Length(nameof(q), q.Length, d.QueryElements, "batch·queryLength·heads·headDim");
+        Check.Length(nameof(k), k.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        Check.Length(nameof(v), v.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        Check.Length(nameof(o), o.Length, d.QueryElements, "batch·queryLength·heads·headDim");
+        Check.Length(nameof(lse), lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
         if (d.QueryElements == 0)
         {
             return;
@@ -134,12 +134,12 @@ public static partial class AttentionKernels
     private static Dims Validate(Accelerator accelerator, int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(batch, "batch");
-        GpuCheck.NonNegative(queryLength, "queryLength");
-        GpuCheck.NonNegative(keyLength, "keyLength");
-        GpuCheck.Positive(heads, "heads");
-        GpuCheck.Positive(kvHeads, "kvHeads");
-        GpuCheck.Positive(headDim, "headDim");
+        Check.NonNegative(batch, "batch");
+        Check.NonNegative(queryLength, "queryLength");
+        Check.NonNegative(keyLength, "keyLength");
+        Check.Positive(heads, "heads");
+        Check.Positive(kvHeads, "kvHeads");
+        Check.Positive(headDim, "headDim");
         GpuCheck.Require(headDim <= MaxHeadDim, nameof(headDim), $"headDim must be <= {MaxHeadDim} on the GPU, got {headDim}.");
         GpuCheck.Require(heads % kvHeads == 0, nameof(kvHeads), $"heads ({heads}) must be a multiple of kvHeads ({kvHeads}).");
         GpuCheck.Require(keyLength >= queryLength, nameof(keyLength),

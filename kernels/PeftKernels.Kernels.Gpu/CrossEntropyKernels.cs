@@ -97,11 +97,11 @@ public static class CrossEntropyKernels
     private static int[] Validate(Accelerator accelerator, FloatView logits, IntView labels, long lse, int n, int vocab)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(n, "n");
-        GpuCheck.Positive(vocab, "vocab");
-        GpuCheck.Length(nameof(logits), logits.Length, (long)n * vocab, "n·vocab");
-        GpuCheck.Length(nameof(labels), labels.Length, n, "n");
-        GpuCheck.Length(nameof(lse), lse, n, "n");
+        Check.NonNegative(n, "n");
+        Check.Positive(vocab, "vocab");
+        Check.Length(nameof(logits), logits.Length, (long)n * vocab, "n·vocab");
+        Check.Length(nameof(labels), labels.Length, n, "n");
+        Check.Length(nameof(lse), lse, n, "n");
         GpuCheck.FitsInt(logits.Length, nameof(logits));
         if (n == 0)
         {

@@ -18,12 +18,12 @@ public static class EmbeddingKernels
     public static void Forward(Accelerator accelerator, FloatView weight, IntView ids, FloatView y, int n, int vocab, int dim)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(n, "n");
-        GpuCheck.NonNegative(vocab, "vocab");
-        GpuCheck.Positive(dim, "dim");
-        GpuCheck.Length(nameof(weight), weight.Length, (long)vocab * dim, "vocab·dim");
-        GpuCheck.Length(nameof(ids), ids.Length, n, "n");
-        GpuCheck.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
+        Check.NonNegative(n, "n");
+        Check.NonNegative(vocab, "vocab");
+        Check.Positive(dim, "dim");
+        Check.Length(nameof(weight), weight.Length, (long)vocab * dim, "vocab·dim");
+        Check.Length(nameof(ids), ids.Length, n, "n");
+        Check.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
         GpuCheck.FitsInt(weight.Length, "weight");
         GpuCheck.FitsInt(y.Length, "y");
         if (n != 0)

@@ -1,5 +1,5 @@
-// Argument checks of the public GPU launchers: the same messages as the CPU kernels' checks,
-// naming the view, the expected length and the formula it comes from.
+// Argument checks of the public GPU launchers beyond the CPU kernels' Check (whose
+// NonNegative / Positive / Length they call directly, so the messages are the same).
 namespace PeftKernels.Kernels.Gpu;
 
 internal static class GpuCheck
@@ -13,36 +13,12 @@ internal static class GpuCheck
         }
     }
 
-    public static void NonNegative(int value, string name)
-    {
-        if (value < 0)
-        {
-            throw new ArgumentException($"{name} must be >= 0, got {value}.", name);
-        }
-    }
-
-    public static void Positive(int value, string name)
-    {
-        if (value <= 0)
-        {
-            throw new ArgumentException($"{name} must be > 0, got {value}.", name);
-        }
-    }
-
-    public static void Length(string name, long actual, long expected, string formula)
-    {
-        if (actual != expected)
-        {
-            throw new ArgumentException($"{name} has length {actual}; expected {expected} ({formula}).", name);
-        }
-    }
-
     /// <summary>Length check of a view that may also be empty (an optional input or a skipped output).</summary>
     public static void LengthOrEmpty(string name, long actual, long expected, string formula)
     {
         if (actual != 0)
         {
-            Length(name, actual, expected, formula);
+            Check.Length(name, actual, expected, formula);
         }
     }
 

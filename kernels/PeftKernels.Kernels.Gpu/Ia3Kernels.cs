@@ -13,8 +13,8 @@ public static class Ia3Kernels
     public static void Forward(Accelerator accelerator, FloatView x, FloatView l, FloatView y, int n, int dim)
     {
         Validate(accelerator, n, dim, l);
-        GpuCheck.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
-        GpuCheck.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
         if (n != 0)
         {
             Loaded.For(accelerator).Scale(n * dim, x, l, y, dim);
@@ -25,10 +25,10 @@ public static class Ia3Kernels
     public static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView l, FloatView dx, FloatView dl, int n, int dim)
     {
         Validate(accelerator, n, dim, l);
-        GpuCheck.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
-        GpuCheck.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
         GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
-        GpuCheck.Length(nameof(dl), dl.Length, dim, "dim");
+        Check.Length(nameof(dl), dl.Length, dim, "dim");
         if (dx.Length != 0)
         {
             Loaded.For(accelerator).Scale(n * dim, dy, l, dx, dim);
@@ -42,9 +42,9 @@ public static class Ia3Kernels
     private static void Validate(Accelerator accelerator, int n, int dim, FloatView l)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(n, "n");
-        GpuCheck.Positive(dim, "dim");
-        GpuCheck.Length(nameof(l), l.Length, dim, "dim");
+        Check.NonNegative(n, "n");
+        Check.Positive(dim, "dim");
+        Check.Length(nameof(l), l.Length, dim, "dim");
         GpuCheck.FitsInt((long)n * dim, "x");
     }
 

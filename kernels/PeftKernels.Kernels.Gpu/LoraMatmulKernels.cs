@@ -143,10 +143,10 @@ public static class LoraMatmulKernels
     internal static void ValidateDims(Accelerator accelerator, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(n, "n");
-        GpuCheck.Positive(inFeatures, "inFeatures");
-        GpuCheck.Positive(outFeatures, "outFeatures");
-        GpuCheck.Positive(rank, "rank");
+        Check.NonNegative(n, "n");
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
+        Check.Positive(rank, "rank");
         GpuCheck.Require(options.Dropout >= 0f && options.Dropout < 1f, nameof(options), $"dropout must be in [0, 1), got {options.Dropout}.");
     }
 
@@ -154,13 +154,13 @@ public static class LoraMatmulKernels
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         ValidateDims(accelerator, n, inFeatures, outFeatures, rank, options);
-        GpuCheck.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
-        GpuCheck.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
+        Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
+        Check.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
         GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
-        GpuCheck.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        GpuCheck.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
-        GpuCheck.Length(nameof(h), h.Length, (long)n * rank, "n·rank");
+        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
+        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
+        Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
+        Check.Length(nameof(h), h.Length, (long)n * rank, "n·rank");
         FitInt(x.Length, w, y.Length);
     }
 
@@ -168,19 +168,19 @@ public static class LoraMatmulKernels
         FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         ValidateDims(accelerator, n, inFeatures, outFeatures, rank, options);
-        GpuCheck.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
+        Check.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
         if (da.Length != 0 || x.Length != 0)
         {
-            GpuCheck.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
+            Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
         }
 
-        GpuCheck.Length(nameof(h), h.Length, (long)n * rank, "n·rank");
-        GpuCheck.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        GpuCheck.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        GpuCheck.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
+        Check.Length(nameof(h), h.Length, (long)n * rank, "n·rank");
+        Check.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
+        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
+        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
         GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
         GpuCheck.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
-        GpuCheck.Length(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank");
+        Check.Length(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank");
         FitInt((long)n * inFeatures, w, dy.Length);
     }
 

@@ -21,12 +21,12 @@ public readonly struct Quant4View
     public Quant4View(ByteView packed, FloatView absmax, Quant4Type type, int blocksize, int rows, int cols)
     {
         GpuCheck.Require(Quant4.IsValidBlocksize(blocksize), nameof(blocksize), $"blocksize must be a power of two in 32..4096, got {blocksize}.");
-        GpuCheck.NonNegative(rows, nameof(rows));
-        GpuCheck.NonNegative(cols, nameof(cols));
+        Check.NonNegative(rows, nameof(rows));
+        Check.NonNegative(cols, nameof(cols));
         long count = (long)rows * cols;
         GpuCheck.FitsInt(count, "w");
-        GpuCheck.Length(nameof(packed), packed.Length, (count + 1) / 2, "(rows·cols + 1) / 2");
-        GpuCheck.Length(nameof(absmax), absmax.Length, Quant4.BlockCount(count, blocksize), "ceil(rows·cols / blocksize)");
+        Check.Length(nameof(packed), packed.Length, (count + 1) / 2, "(rows·cols + 1) / 2");
+        Check.Length(nameof(absmax), absmax.Length, Quant4.BlockCount(count, blocksize), "ceil(rows·cols / blocksize)");
         Packed = packed;
         Absmax = absmax;
         Type = type;
@@ -115,7 +115,7 @@ public static class Quant4Kernels
     public static void Dequantize(Accelerator accelerator, in Quant4View w, FloatView output)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.Length(nameof(output), output.Length, w.Count, "rows·cols of w");
+        Check.Length(nameof(output), output.Length, w.Count, "rows·cols of w");
         if (w.Count == 0)
         {
             return;
@@ -129,8 +129,8 @@ public static class Quant4Kernels
     public static void DequantizeNested(Accelerator accelerator, ByteView codes, FloatView nestedAbsmax, float offset, FloatView absmax)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.Length(nameof(absmax), absmax.Length, codes.Length, "codes length");
-        GpuCheck.Length(nameof(nestedAbsmax), nestedAbsmax.Length, Quant4.BlockCount(codes.Length, Quant4.NestedBlocksize), "ceil(codes length / 256)");
+        Check.Length(nameof(absmax), absmax.Length, codes.Length, "codes length");
+        Check.Length(nameof(nestedAbsmax), nestedAbsmax.Length, Quant4.BlockCount(codes.Length, Quant4.NestedBlocksize), "ceil(codes length / 256)");
         GpuCheck.FitsInt(codes.Length, nameof(codes));
         if (codes.Length == 0)
         {

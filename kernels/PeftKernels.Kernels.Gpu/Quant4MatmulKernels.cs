@@ -29,9 +29,9 @@ public static class Quant4MatmulKernels
         int n, int inFeatures, int outFeatures, GemmPath path, bool allowGemv = true)
     {
         ValidateDims(accelerator, w, n, inFeatures, outFeatures);
-        GpuCheck.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
+        Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
         GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
-        GpuCheck.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
+        Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
         GpuCheck.FitsInt(x.Length, nameof(x));
         GpuCheck.FitsInt(y.Length, nameof(y));
         if (n == 0)
@@ -53,8 +53,8 @@ public static class Quant4MatmulKernels
     internal static void Backward(Accelerator accelerator, FloatView dy, in Quant4View w, FloatView dx, int n, int inFeatures, int outFeatures, GemmPath path)
     {
         ValidateDims(accelerator, w, n, inFeatures, outFeatures);
-        GpuCheck.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
-        GpuCheck.Length(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures");
+        Check.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
+        Check.Length(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures");
         GpuCheck.FitsInt(dy.Length, nameof(dy));
         GpuCheck.FitsInt(dx.Length, nameof(dx));
         var op = new Quant4Operand(w, GpuTables.For(accelerator).Table(w.Type), trans: false);
@@ -145,9 +145,9 @@ public static class Quant4MatmulKernels
     private static void ValidateDims(Accelerator accelerator, in Quant4View w, int n, int inFeatures, int outFeatures)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(n, "n");
-        GpuCheck.Positive(inFeatures, "inFeatures");
-        GpuCheck.Positive(outFeatures, "outFeatures");
+        Check.NonNegative(n, "n");
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
         if (w.Rows != outFeatures || w.Cols != inFeatures)
         {
             throw new ArgumentException($"w has shape [{w.Rows}, {w.Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));

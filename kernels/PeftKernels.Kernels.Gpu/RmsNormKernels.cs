@@ -19,9 +19,9 @@ public static class RmsNormKernels
     {
         Validate(accelerator, n, dim, weight);
         GpuCheck.Require(eps >= 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and >= 0, got {eps}.");
-        GpuCheck.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
-        GpuCheck.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
-        GpuCheck.Length(nameof(rstd), rstd.Length, n, "n");
+        Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(rstd), rstd.Length, n, "n");
         if (n != 0)
         {
             Loaded.For(accelerator).Forward(new KernelConfig(n, Threads), x, weight, y, rstd, dim, eps);
@@ -33,9 +33,9 @@ public static class RmsNormKernels
         FloatView dx, FloatView dweight, int n, int dim)
     {
         Validate(accelerator, n, dim, weight);
-        GpuCheck.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
-        GpuCheck.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
-        GpuCheck.Length(nameof(rstd), rstd.Length, n, "n");
+        Check.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
+        Check.Length(nameof(rstd), rstd.Length, n, "n");
         GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
         GpuCheck.LengthOrEmpty(nameof(dweight), dweight.Length, dim, "dim, or empty to skip");
         if (dx.Length != 0 && n != 0)
@@ -95,9 +95,9 @@ public static class RmsNormKernels
     private static void Validate(Accelerator accelerator, int n, int dim, FloatView weight)
     {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.NonNegative(n, "n");
-        GpuCheck.Positive(dim, "dim");
-        GpuCheck.Length(nameof(weight), weight.Length, dim, "dim");
+        Check.NonNegative(n, "n");
+        Check.Positive(dim, "dim");
+        Check.Length(nameof(weight), weight.Length, dim, "dim");
         GpuCheck.FitsInt((long)n * dim, "x");
     }
 

@@ -16,8 +16,8 @@ public static class SwiGluKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = gate.Length;
-        GpuCheck.Length(nameof(up), up.Length, count, "gate.Length");
-        GpuCheck.Length(nameof(y), y.Length, count, "gate.Length");
+        Check.Length(nameof(up), up.Length, count, "gate.Length");
+        Check.Length(nameof(y), y.Length, count, "gate.Length");
         GpuCheck.FitsInt(count, nameof(gate));
         if (count != 0)
         {
@@ -30,10 +30,10 @@ public static class SwiGluKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = dy.Length;
-        GpuCheck.Length(nameof(gate), gate.Length, count, "dy.Length");
-        GpuCheck.Length(nameof(up), up.Length, count, "dy.Length");
-        GpuCheck.Length(nameof(dgate), dgate.Length, count, "dy.Length");
-        GpuCheck.Length(nameof(dup), dup.Length, count, "dy.Length");
+        Check.Length(nameof(gate), gate.Length, count, "dy.Length");
+        Check.Length(nameof(up), up.Length, count, "dy.Length");
+        Check.Length(nameof(dgate), dgate.Length, count, "dy.Length");
+        Check.Length(nameof(dup), dup.Length, count, "dy.Length");
         GpuCheck.FitsInt(count, nameof(dy));
         if (count != 0)
         {

@@ -75,7 +75,7 @@ public class TrainingTests
         Lora.Apply(model, new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = TargetModules.FromRegex(TargetModules.AllLinear) }, seed: 2);
         var reports = new List<TrainingProgress>();
         var trainer = new Trainer(model, rng => ShiftTask(rng, 5), Batch, new TrainerOptions { Steps = 60, LearningRate = 1e-2, WarmupSteps = 3, Seed = 4 });
-        trainer.Run(new Progress(reports.Add));
+        trainer.Run(new ProgressCallback<TrainingProgress>(reports.Add));
         double after = HeldOutLoss(model, 5);
 
         // Stated margin: the fine-tuned held-out loss is at most 40% of the base's on the new task.
@@ -156,10 +156,5 @@ public class TrainingTests
         Assert.Equal(1, optimizer.ClipGradNorm(10.0), 5);
         Assert.Equal(0.6f, a.Grad![0], 5);
         Assert.Equal(24, optimizer.StateBytes);
-    }
-
-    private sealed class Progress(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }

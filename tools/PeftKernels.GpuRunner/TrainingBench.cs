@@ -25,7 +25,7 @@ internal static class TrainingBench
         var times = new List<double>();
         var clock = new Stopwatch();
         var trainer = new Trainer(model, _ => (tokens[..seq], tokens[1..]), 1, new TrainerOptions { Steps = steps, LearningRate = 1e-4 });
-        trainer.Run(new Reporter(_ =>
+        trainer.Run(new ProgressCallback<TrainingProgress>(_ =>
         {
             acc.Synchronize();
             times.Add(clock.Elapsed.TotalMilliseconds);
@@ -33,7 +33,7 @@ internal static class TrainingBench
         }), untilStep: 1);
         clock.Restart();
         times.Clear();
-        trainer.Run(new Reporter(_ =>
+        trainer.Run(new ProgressCallback<TrainingProgress>(_ =>
         {
             acc.Synchronize();
             times.Add(clock.Elapsed.TotalMilliseconds);
@@ -44,10 +44,5 @@ internal static class TrainingBench
         double flops = 4.0 * config.ParameterCount() * seq;
         report.Add(new BenchResult("LoRA training step, ~125M Llama (r16 all-linear, fp32 base)", $"batch 1 × seq {seq}", median, flops / median / 1e6, null,
             $"{seq / (median / 1000):F0} tokens/s (median of {times.Count} steps after a warm-up step; losses {string.Join(" ", trainer.Losses.Select(l => l.ToString("F3", System.Globalization.CultureInfo.InvariantCulture)))})"));
-    }
-
-    private sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
     }
 }

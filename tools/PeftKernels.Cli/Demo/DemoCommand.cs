@@ -19,19 +19,7 @@ internal static class DemoCommand
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
-            bool live = ReferenceEquals(log, Console.Out) && !Console.IsOutputRedirected && AnsiConsole.Profile.Capabilities.Interactive;
-            var console = live ? AnsiConsole.Console : AnsiConsole.Create(new AnsiConsoleSettings
-            {
-                Out = new AnsiConsoleOutput(log),
-                Ansi = AnsiSupport.No,
-                ColorSystem = ColorSystemSupport.NoColors,
-                Interactive = InteractionSupport.No,
-            });
-            if (!live)
-            {
-                console.Profile.Width = 120;
-            }
-
+            var (console, live) = TrainingView.ConsoleFor(log);
             new DemoRunner(new DemoOptions(parse.GetRequiredValue(output), parse.GetValue(fast), parse.GetValue(seed), parse.GetValue(threads)), console, live).Run();
             return 0;
         }));

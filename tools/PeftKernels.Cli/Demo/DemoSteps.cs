@@ -60,33 +60,7 @@ internal sealed partial class DemoRunner
     private void Run(Trainer trainer, string name)
     {
         var losses = curves[name] = [];
-        int total = trainer.Options.Steps;
-        if (!live)
-        {
-            int every = Math.Max(1, total / 4);
-            trainer.Run(new Reporter(p =>
-            {
-                losses.Add(p.Loss);
-                if (p.Step % every == 0 || p.Step == total)
-                {
-                    console.MarkupLine($"   [grey]step {p.Step}/{total}  loss {p.Loss:F4}  {p.TokensPerSecond:F0} tok/s  lr {p.LearningRate:E2}  eta {p.Eta:mm\\:ss}[/]");
-                }
-            }));
-            return;
-        }
-
-        console.Progress()
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-            .Start(ctx =>
-            {
-                var task = ctx.AddTask(name, maxValue: total);
-                trainer.Run(new Reporter(p =>
-                {
-                    losses.Add(p.Loss);
-                    task.Description = $"{name}: loss {p.Loss:F3}  {p.TokensPerSecond:F0} tok/s  eta {p.Eta:mm\\:ss}";
-                    task.Value = p.Step;
-                }));
-            });
+        TrainingView.Run(trainer, console, live, name, lines: 4, indent: "   ", p => losses.Add(p.Loss));
     }
 
     private double Evaluate(string who, Func<int[], int, Tensor> forward, List<DemoExample> examples, int show)
@@ -185,8 +159,4 @@ internal sealed partial class DemoRunner
         console.MarkupLine($"   base: {m.BaseParameters:N0} parameters ({ModelCommands.Mib(m.BaseBytes)}), pre-trained in {m.PretrainSeconds:F1} s; merge check max |Δlogit| {m.Merge.MaxAbsLogitDifference:E1}; mixed batch matches separate serving: {m.Serving.MatchesSeparate}");
     }
 
-    private sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress>
-    {
-        public void Report(TrainingProgress value) => report(value);
-    }
 }
