@@ -19,9 +19,11 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     private readonly int k;
     private readonly SimdPath path;
 
-    // One op(A) row permuted for Decode16Permuted: the n = 1 GEMV on Vector512 when every
-    // weight row is a whole number of blocks (the usual in % blocksize == 0).
+    // One op(A) row permuted for the n = 1 GEMV on Vector512 when every weight row is a whole
+    // number of blocks (the usual in % blocksize == 0): for DotRunWide when it applies (block
+    // size ≥ 64, rows a multiple of 128), else for DotRunPermuted.
     private readonly float[]? permuted;
+    private readonly bool wide;
 
     /// <summary>op(B) = dequant(w)ᵀ (trans, K = in: x·Wᵀ) or dequant(w) (K = out: g·W), w [out, in].</summary>
     public Quant4Panel(QuantizedWeight w, byte* packed, float* absmax, bool trans, SimdPath path)
@@ -35,6 +37,7 @@ internal readonly unsafe struct Quant4Panel : IPanelB
         k = trans ? w.Shape[1] : w.Shape[0];
         this.path = path;
         permuted = trans && path == SimdPath.Vector512 && ld % blocksize == 0 ? new float[k] : null;
+        wide = permuted != null && Quant4Simd.WideDotApplies(blocksize, k);
     }
 
     public bool CanDot => trans;
@@ -100,7 +103,14 @@ internal readonly unsafe struct Quant4Panel : IPanelB
         {
             fixed (float* xp = permuted)
             {
-                Quant4Simd.PermuteForDot(a, k, xp);
+                if (wide)
+                {
+                    Quant4Simd.PermuteForWideDot(a, k, xp);
+                }
+                else
+                {
+                    Quant4Simd.PermuteForDot(a, k, xp);
+                }
             }
         }
     }
@@ -112,7 +122,9 @@ internal readonly unsafe struct Quant4Panel : IPanelB
         {
             fixed (float* xp = permuted)
             {
-                result[0] += Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, xp);
+                result[0] += wide
+                    ? Quant4Simd.DotRunWide(packed, absmax, table, blocksize, (long)j * ld, k, xp)
+                    : Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, xp);
             }
 
             return;

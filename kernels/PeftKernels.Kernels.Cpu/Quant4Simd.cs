@@ -281,4 +281,101 @@ internal static unsafe class Quant4Simd
 
         return Vector512.Sum(total);
     }
+
+    /// <summary>
+    /// Lane order of <see cref="DotRunWide"/> within a 128-code chunk (64 packed bytes read as
+    /// 16 dwords): group t (0..7) holds the nibble at bits 4t..4t+3 of every dword, so lane d
+    /// of group t is element 8d + 2(t/2) + 1 when t is even (low nibble) and 8d + 2(t/2) when odd.
+    /// </summary>
+    public static int WideElement(int position)
+    {
+        int t = position >> 4, d = position & 15;
+        return (8 * d) + (2 * (t >> 1)) + ((t & 1) == 0 ? 1 : 0);
+    }
+
+    /// <summary>xq[128c + P] = x[128c + WideElement(P)] for whole 128-chunks; the tail is copied as is.</summary>
+    public static void PermuteForWideDot(float* x, int count, float* xq)
+    {
+        int q = 0;
+        for (; q + 128 <= count; q += 128)
+        {
+            for (int position = 0; position < 128; position++)
+            {
+                xq[q + position] = x[q + WideElement(position)];
+            }
+        }
+
+        for (; q < count; q++)
+        {
+            xq[q] = x[q];
+        }
+    }
+
+    /// <summary>Whether <see cref="DotRunWide"/> serves rows of <paramref name="rowLength"/> codes.</summary>
+    public static bool WideDotApplies(int blocksize, int rowLength) => blocksize >= 64 && rowLength % 128 == 0 && rowLength % blocksize == 0;
+
+    /// <summary>
+    /// <see cref="DotRun"/> for Vector512 with x permuted by <see cref="PermuteForWideDot"/>:
+    /// each 64-byte load of codes feeds eight table lookups, the nibble at bits 4t of every
+    /// dword selected by one immediate shift (none for t = 0) because vpermps reads only the
+    /// low 4 index bits. Per 16 codes that is at most one shift, one permute and one FMA, with
+    /// no byte shuffles or broadcast loads. e0 and count must be whole blocks and multiples of
+    /// 128 (<see cref="WideDotApplies"/>). With block size 64 a chunk holds two blocks, lanes
+    /// 0..7 and 8..15, each scaled into its own total.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float DotRunWide(byte* packed, float* absmax, float[] table, int blocksize, long e0, int count, float* xq)
+    {
+        Debug.Assert(WideDotApplies(blocksize, count) && (e0 & (blocksize - 1)) == 0, "whole 128-chunks of whole blocks only");
+        var t512 = Vector512.Create(table);
+        byte* p = packed + (e0 >> 1);
+        int log2 = BitOperations.Log2((uint)blocksize);
+        float* s = absmax + (e0 >> log2);
+        int chunks = count >> 7;
+        if (blocksize == 64)
+        {
+            var totalA = Vector512<float>.Zero;
+            var totalB = Vector512<float>.Zero;
+            for (int c = 0; c < chunks; c++)
+            {
+                var sum = Chunk128(p + (c << 6), xq + (c << 7), t512);
+                totalA = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[c << 1]), totalA);
+                totalB = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[(c << 1) + 1]), totalB);
+            }
+
+            return Vector256.Sum(totalA.GetLower()) + Vector256.Sum(totalB.GetUpper());
+        }
+
+        var total = Vector512<float>.Zero;
+        int perBlock = blocksize >> 7;
+        for (int c = 0, block = 0; c < chunks; c += perBlock, block++)
+        {
+            var sum = Chunk128(p + (c << 6), xq + (c << 7), t512);
+            for (int i = 1; i < perBlock; i++)
+            {
+                sum += Chunk128(p + ((c + i) << 6), xq + ((c + i) << 7), t512);
+            }
+
+            total = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[block]), total);
+        }
+
+        return Vector512.Sum(total);
+    }
+
+    /// <summary>The unscaled lane sums of one 128-code chunk (64 bytes at <paramref name="p"/>) against permuted x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Chunk128(byte* p, float* px, Vector512<float> t512)
+    {
+        Sse.Prefetch0(p + 2048); // 32 chunks ahead: the stream of codes comes from DRAM
+        var w = Vector512.Load((uint*)p);
+        var a0 = Avx512F.PermuteVar16x32(t512, w.AsInt32()) * Vector512.Load(px);
+        var a1 = Avx512F.PermuteVar16x32(t512, (w >> 4).AsInt32()) * Vector512.Load(px + 16);
+        var a2 = Avx512F.PermuteVar16x32(t512, (w >> 8).AsInt32()) * Vector512.Load(px + 32);
+        var a3 = Avx512F.PermuteVar16x32(t512, (w >> 12).AsInt32()) * Vector512.Load(px + 48);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 16).AsInt32()), Vector512.Load(px + 64), a0);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 20).AsInt32()), Vector512.Load(px + 80), a1);
+        a2 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 24).AsInt32()), Vector512.Load(px + 96), a2);
+        a3 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 28).AsInt32()), Vector512.Load(px + 112), a3);
+        return (a0 + a1) + (a2 + a3);
+    }
 }
