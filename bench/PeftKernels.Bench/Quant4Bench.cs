@@ -197,3 +197,69 @@ public class Quant4GemvHotBench : IWorkload
 
     public double Bytes(BenchmarkCase benchmarkCase) => (4.0 * (K + N)) + (N * (double)K / 2) + (4.0 * N * K / 64);
 }
+
+/// <summary>
+/// The two Vector512 row-dot decoders of the NF4 GEMV, one thread, each over every row of the
+/// weight: the 8-byte broadcast decode (<c>Quant4Simd.DotRunPermuted</c>, the GEMV's path for
+/// block size 32 and rows not a multiple of 128) as the baseline, and the 64-byte wide decode
+/// (<c>Quant4Simd.DotRunWide</c>, the path for block size ≥ 64). Rows = 256 keeps the 1 MiB of
+/// codes in L2 (decode cost only); rows = 8192 streams 36 MiB. FLOPs = 2·rows·K; Bytes = codes +
+/// fp32 absmax.
+/// </summary>
+public unsafe class Quant4DotDecodeBench : IWorkload
+{
+    private const int K = 8192;
+    private float[] _xp = [], _xq = [], _y = [], _table = [];
+    private QuantizedWeight _wq = null!;
+
+    [Params(256, 8192)]
+    public int Rows { get; set; } = 256;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var x = Workload.Random(K, seed: 1);
+        _xp = new float[K];
+        _xq = new float[K];
+        fixed (float* px = x, pp = _xp, pq = _xq)
+        {
+            Quant4Simd.PermuteForDot(px, K, pp);
+            Quant4Simd.PermuteForWideDot(px, K, pq);
+        }
+
+        _y = new float[Rows];
+        _wq = QuantizedWeight.Quantize(Workload.Random((long)Rows * K, seed: 2), [Rows, K]);
+        _wq.AbsmaxFp32();
+        _table = Quant4Codes.Search(Quant4Type.Nf4).Values;
+    }
+
+    [Benchmark(Baseline = true)]
+    public void Broadcast8Bytes()
+    {
+        fixed (byte* q = _wq.Packed)
+        fixed (float* s = _wq.AbsmaxFp32(), xp = _xp)
+        {
+            for (int j = 0; j < Rows; j++)
+            {
+                _y[j] = Quant4Simd.DotRunPermuted(q, s, _table, 64, (long)j * K, K, xp);
+            }
+        }
+    }
+
+    [Benchmark]
+    public void Wide64Bytes()
+    {
+        fixed (byte* q = _wq.Packed)
+        fixed (float* s = _wq.AbsmaxFp32(), xq = _xq)
+        {
+            for (int j = 0; j < Rows; j++)
+            {
+                _y[j] = Quant4Simd.DotRunWide(q, s, _table, 64, (long)j * K, K, xq);
+            }
+        }
+    }
+
+    public double Flops(BenchmarkCase benchmarkCase) => 2.0 * benchmarkCase.Param<int>(nameof(Rows)) * K;
+
+    public double Bytes(BenchmarkCase benchmarkCase) => benchmarkCase.Param<int>(nameof(Rows)) * ((K / 2.0) + (4.0 * K / 64));
+}
