@@ -16,6 +16,7 @@ public class GpuAttentionTests(GpuFixture gpu)
     [InlineData(1, 5, 9, 4, 2, 16)]
     [InlineData(2, 33, 35, 2, 1, 40)]
     [InlineData(1, 1, 1, 1, 1, 1)]
+    [InlineData(2, 1, 37, 4, 2, 16)] // a decode step: one query (offset 36) over two key tiles
     public void ForwardAndBackwardMatchReference(int batch, int tq, int tk, int heads, int kvHeads, int headDim)
     {
         double scale = 1.0 / Math.Sqrt(headDim);

@@ -46,6 +46,15 @@ internal static class Benchmarks
         {
             report.Note($"LoRA training step of the ~125M config failed: {e.GetType().Name}: {e.Message}");
         }
+
+        try
+        {
+            DecodeBench.Run(acc, report, runs);
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or OutOfMemoryException or ILGPU.Runtime.AcceleratorException)
+        {
+            report.Note($"greedy generation of the ~125M config failed: {e.GetType().Name}: {e.Message}");
+        }
     }
 
     private static void Gemm(Accelerator acc, Report report, int runs, CuBlas? blas, int m, int n, int k, bool transB)

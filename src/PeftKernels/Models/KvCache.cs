@@ -1,28 +1,64 @@
-// Keys and values of past positions for incremental decoding. Each (layer, batch row) owns a
-// contiguous [capacity, kvHeads·headDim] buffer, so the attention kernel reads the first
-// Length rows of it directly as a [1, Length, kvHeads, headDim] key/value tensor.
+// Keys and values of past positions for incremental decoding. On the host each (layer, batch row)
+// owns a contiguous [capacity, kvHeads·headDim] array; on an accelerator each layer owns one device
+// buffer of keys and one of values, [batch, capacity, kvHeads·headDim], so row b's first Length
+// positions are the contiguous slice starting at b·capacity·kvDim. Either way the attention kernel
+// reads the first Length rows of a batch row directly as a [1, Length, kvHeads, headDim] key/value
+// tensor. Appending a step's K/V is a copy into rows Length..Length+t−1 (device to device on an
+// accelerator); Truncate only moves Length back, the stale rows are overwritten by the next append.
+using ILGPU;
+using ILGPU.Runtime;
+
 namespace PeftKernels.Models;
 
-/// <summary>A key/value cache for generation with a fixed capacity.</summary>
-public sealed class KvCache
+/// <summary>A key/value cache for generation with a fixed capacity, in host memory or on an accelerator.</summary>
+public sealed class KvCache : IDisposable
 {
-    private readonly float[][][] keys;
-    private readonly float[][][] values;
+    private readonly float[][][]? keys;
+    private readonly float[][][]? values;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>[]? deviceKeys;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>[]? deviceValues;
+    private MemoryBuffer1D<float, Stride1D.Dense>? deviceScratch;
+    private bool disposed;
 
     /// <summary>An empty cache for <paramref name="batch"/> sequences of up to <paramref name="capacity"/> positions.</summary>
-    public KvCache(int layers, int batch, int capacity, int kvDim)
+    /// <param name="layers">Decoder layers.</param>
+    /// <param name="batch">Sequences decoded together.</param>
+    /// <param name="capacity">Maximum positions per sequence (prompt plus generated tokens).</param>
+    /// <param name="kvDim">kvHeads · headDim.</param>
+    /// <param name="device">Where the cache lives: the device the model runs on (default the CPU).</param>
+    public KvCache(int layers, int batch, int capacity, int kvDim, Device? device = null)
     {
         if (layers <= 0 || batch <= 0 || capacity <= 0 || kvDim <= 0)
         {
             throw new ArgumentException($"KV cache dims must be positive: layers {layers}, batch {batch}, capacity {capacity}, kvDim {kvDim}.");
         }
 
+        Layers = layers;
         Batch = batch;
         Capacity = capacity;
         KvDim = kvDim;
-        keys = [.. Enumerable.Range(0, layers).Select(_ => Enumerable.Range(0, batch).Select(_ => new float[(long)capacity * kvDim]).ToArray())];
-        values = [.. Enumerable.Range(0, layers).Select(_ => Enumerable.Range(0, batch).Select(_ => new float[(long)capacity * kvDim]).ToArray())];
+        Device = device ?? Device.Cpu;
+        if (Device.IsGpu)
+        {
+            long count = (long)batch * capacity * kvDim;
+            if (count > int.MaxValue)
+            {
+                throw new ArgumentException($"KV cache of batch {batch} × capacity {capacity} × kvDim {kvDim} = {count} elements per layer exceeds the GPU kernels' int indexing.");
+            }
+
+            var accelerator = Device.Accelerator;
+            deviceKeys = [.. Enumerable.Range(0, layers).Select(_ => accelerator.Allocate1D<float>(count))];
+            deviceValues = [.. Enumerable.Range(0, layers).Select(_ => accelerator.Allocate1D<float>(count))];
+        }
+        else
+        {
+            keys = [.. Enumerable.Range(0, layers).Select(_ => Enumerable.Range(0, batch).Select(_ => new float[(long)capacity * kvDim]).ToArray())];
+            values = [.. Enumerable.Range(0, layers).Select(_ => Enumerable.Range(0, batch).Select(_ => new float[(long)capacity * kvDim]).ToArray())];
+        }
     }
+
+    /// <summary>Decoder layers.</summary>
+    public int Layers { get; }
 
     /// <summary>Sequences in the batch.</summary>
     public int Batch { get; }
@@ -32,6 +68,9 @@ public sealed class KvCache
 
     /// <summary>kvHeads · headDim.</summary>
     public int KvDim { get; }
+
+    /// <summary>Where the keys and values live; the model must run on the same device.</summary>
+    public Device Device { get; }
 
     /// <summary>Positions stored so far (the same for every layer once a forward pass completes).</summary>
     public int Length { get; private set; }
@@ -48,15 +87,76 @@ public sealed class KvCache
         Length = length;
     }
 
-    /// <summary>Key buffer of one layer and batch row.</summary>
-    internal float[] Keys(int layer, int row) => keys[layer][row];
-
-    /// <summary>Value buffer of one layer and batch row.</summary>
-    internal float[] Values(int layer, int row) => values[layer][row];
-
-    /// <summary>Checks that <paramref name="count"/> more positions fit.</summary>
-    internal void EnsureRoom(int count)
+    /// <summary>Frees the device buffers (nothing to free for a host cache); the cache cannot be used afterwards.</summary>
+    public void Dispose()
     {
+        if (disposed)
+        {
+            return;
+        }
+
+        disposed = true;
+        if (Device.IsGpu)
+        {
+            // Kernels still queued may read or write the buffers.
+            Device.Accelerator.Synchronize();
+        }
+
+        foreach (var buffer in (deviceKeys ?? []).Concat(deviceValues ?? []))
+        {
+            buffer.Dispose();
+        }
+
+        deviceScratch?.Dispose();
+    }
+
+    /// <summary>Key buffer of one layer and batch row (host cache).</summary>
+    internal float[] Keys(int layer, int row) => keys![layer][row];
+
+    /// <summary>Value buffer of one layer and batch row (host cache).</summary>
+    internal float[] Values(int layer, int row) => values![layer][row];
+
+    /// <summary>Keys of one layer on the device, [batch, capacity, kvDim] (device cache).</summary>
+    internal ArrayView1D<float, Stride1D.Dense> DeviceKeys(int layer) => deviceKeys![layer].View;
+
+    /// <summary>Values of one layer on the device, [batch, capacity, kvDim] (device cache).</summary>
+    internal ArrayView1D<float, Stride1D.Dense> DeviceValues(int layer) => deviceValues![layer].View;
+
+    /// <summary>
+    /// <paramref name="length"/> floats of device scratch (the attention's log-sum-exp, which inference drops), kept between
+    /// calls so a decode step allocates nothing for it; kernels on the accelerator's stream use it one after another.
+    /// </summary>
+    internal ArrayView1D<float, Stride1D.Dense> DeviceScratch(long length)
+    {
+        if (deviceScratch == null || deviceScratch.Length < length)
+        {
+            if (deviceScratch != null)
+            {
+                // A kernel queued earlier may still read the old buffer.
+                Device.Accelerator.Synchronize();
+                deviceScratch.Dispose();
+            }
+
+            deviceScratch = Device.Accelerator.Allocate1D<float>(length);
+        }
+
+        return deviceScratch.View.SubView(0, length);
+    }
+
+    /// <summary>Checks that the cache is usable by a model on <paramref name="device"/> with <paramref name="layers"/> layers and that <paramref name="count"/> more positions fit.</summary>
+    internal void EnsureUsable(Device device, int layers, int kvDim, int count)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (!ReferenceEquals(device, Device))
+        {
+            throw new ArgumentException($"the KV cache is on {Device} but the model runs on {device}; create the cache with new KvCache(..., device: {device.Name}) (or model.CreateCache).", "cache");
+        }
+
+        if (layers != Layers || kvDim != KvDim)
+        {
+            throw new ArgumentException($"the KV cache has {Layers} layers of kvDim {KvDim}; the model has {layers} layers of kvDim {kvDim}.", "cache");
+        }
+
         if (Length + count > Capacity)
         {
             throw new InvalidOperationException($"KV cache is full: {Length} positions stored, {count} more requested, capacity {Capacity}.");

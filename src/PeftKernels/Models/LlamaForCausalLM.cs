@@ -26,6 +26,9 @@ public sealed partial class LlamaForCausalLM : Module
     /// <summary>lm_head [vocab, hidden]; shares its weight with embed_tokens when tied.</summary>
     public Linear LmHead { get; }
 
+    /// <summary>The device the model runs on (where its embedding table is; <see cref="Module.To"/> moves every parameter together).</summary>
+    public Device Device => Model.EmbedTokens.Weight.Device;
+
     /// <summary>The folder the model was loaded from (tokenizer files live there), or null.</summary>
     public string? SourceFolder { get; private set; }
 
@@ -59,7 +62,7 @@ public sealed partial class LlamaForCausalLM : Module
     /// <summary>Logits [B·T, vocab] for tokens [B·T] (row-major, batch rows of length T).</summary>
     /// <param name="tokens">Token ids, batch row after batch row.</param>
     /// <param name="batch">Number of sequences.</param>
-    /// <param name="cache">With a cache, the tokens continue the cached sequences (inference only).</param>
+    /// <param name="cache">With a cache (on the model's device: <see cref="CreateCache"/>), the tokens continue the cached sequences (inference only).</param>
     /// <param name="context">Dropout seed and kernel options.</param>
     public Tensor Forward(int[] tokens, int batch = 1, KvCache? cache = null, ForwardContext? context = null)
     {
@@ -146,7 +149,7 @@ public sealed partial class LlamaForCausalLM : Module
                 throw new ArgumentException($"the KV cache holds {cache.Batch} sequences; this call has batch {batch}.", nameof(cache));
             }
 
-            cache.EnsureRoom(t);
+            cache.EnsureUsable(Device, Config.NumHiddenLayers, Config.NumKeyValueHeads * Config.HeadDim, t);
         }
 
         var positions = new int[tokens.Length];

@@ -1,7 +1,9 @@
 // Autoregressive generation with a KV cache: one prefill pass over the prompt, then one
 // position per step. Greedy when temperature is 0; else sample from softmax(logits / T)
 // restricted to the smallest set of most likely tokens whose mass reaches top-p (nucleus),
-// with a seeded generator so a run is reproducible.
+// with a seeded generator so a run is reproducible. On a GPU device the cache lives there too and
+// each step downloads only the last position's logits row for the sampler.
+using ILGPU.Runtime;
 using PeftKernels.Autograd;
 using PeftKernels.Nn;
 
@@ -37,14 +39,14 @@ public sealed partial class LlamaForCausalLM
         }
 
         using var scope = Tape.NoGrad();
-        var cache = new KvCache(Config.NumHiddenLayers, 1, prompt.Length + Math.Max(maxNewTokens, 1), Config.NumKeyValueHeads * Config.HeadDim);
+        using var cache = CreateCache(prompt.Length + Math.Max(maxNewTokens, 1));
         var rng = new Random(options.Seed);
         var output = new List<int>();
+        var last = new float[Config.VocabSize];
         var logits = Forward(prompt, 1, cache, context);
-        int vocab = Config.VocabSize;
         for (int step = 0; step < maxNewTokens; step++)
         {
-            var last = logits.Data.AsSpan(logits.Data.Length - vocab, vocab);
+            LastRow(logits, last);
             int next = options.Temperature == 0 ? ArgMax(last) : Sample(last, options.Temperature, options.TopP, rng);
             output.Add(next);
             if (options.StopTokens?.Contains(next) == true || step == maxNewTokens - 1)
@@ -56,6 +58,25 @@ public sealed partial class LlamaForCausalLM
         }
 
         return [.. output];
+    }
+
+    /// <summary>An empty KV cache on this model's <see cref="Device"/> for <paramref name="batch"/> sequences of up to <paramref name="capacity"/> positions.</summary>
+    public KvCache CreateCache(int capacity, int batch = 1) =>
+        new(Config.NumHiddenLayers, batch, capacity, Config.NumKeyValueHeads * Config.HeadDim, Device);
+
+    /// <summary>Copies the last row of <paramref name="logits"/> into <paramref name="row"/>; on a device only that row is downloaded.</summary>
+    private static void LastRow(Tensor logits, float[] row)
+    {
+        long at = logits.Count - row.Length;
+        if (logits.Device.IsGpu && logits.LivesOnDeviceOnly)
+        {
+            // CopyToCPU waits for the stream: the kernels that wrote the logits, then the copy.
+            logits.View(logits.Device).SubView(at, row.Length).CopyToCPU(row);
+        }
+        else
+        {
+            logits.Data.AsSpan((int)at, row.Length).CopyTo(row);
+        }
     }
 
     /// <summary>Index of the largest logit (the first one on ties, as torch.argmax).</summary>

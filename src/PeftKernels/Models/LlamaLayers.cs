@@ -2,7 +2,10 @@
 //   h   = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
 //   out = h + down_proj(silu(gate_proj(n2)) ⊙ up_proj(n2)),                 n2 = rmsnorm(h)
 // Activations are [B·T, features] row-major, which is exactly the [B, T, heads, headDim]
-// layout the attention kernel reads, so no transposes happen anywhere.
+// layout the attention kernel reads, so no transposes happen anywhere. With a KV cache the new
+// keys/values are appended to it and the queries attend over every cached position (on the
+// cache's device: host arrays on the CPU, device buffers on an accelerator).
+using ILGPU.Runtime;
 using PeftKernels.Nn;
 
 namespace PeftKernels.Models;
@@ -58,10 +61,14 @@ public sealed class LlamaAttention : Module
             throw new InvalidOperationException("the KV cache is for inference: run generation inside Tape.NoGrad().");
         }
 
+        if (!ReferenceEquals(cache.Device, q.Device))
+        {
+            throw new ArgumentException($"the KV cache is on {cache.Device} but layer {layer}'s attention runs on {q.Device}; create the cache on the model's device.", nameof(cache));
+        }
+
         if (q.Device.IsGpu)
         {
-            // The cache lives on the host: the new rows come down, the attention output goes back up.
-            return CachedAttention(q.To(Device.Cpu), k.To(Device.Cpu), v.To(Device.Cpu), batch, cache, layer, context).To(q.Device);
+            return CachedAttentionOnDevice(q, k, v, batch, cache, layer);
         }
 
         int nh = Config.NumAttentionHeads, nkv = Config.NumKeyValueHeads, hd = Config.HeadDim;
@@ -79,6 +86,37 @@ public sealed class LlamaAttention : Module
         }
 
         return new Tensor(o, q.Shape);
+    }
+
+    /// <summary>
+    /// The device cache: each batch row's new K/V rows are copied (device to device) after its cached rows, then the GPU
+    /// attention kernel runs per row over the first past + t rows, its queries being the last t of them (offset = past).
+    /// </summary>
+    private Tensor CachedAttentionOnDevice(Tensor q, Tensor k, Tensor v, int batch, KvCache cache, int layer)
+    {
+        var device = q.Device;
+        var accelerator = device.Accelerator;
+        int nh = Config.NumAttentionHeads, nkv = Config.NumKeyValueHeads, hd = Config.HeadDim;
+        int t = q.Rows / batch, kvDim = nkv * hd, qDim = nh * hd, past = cache.Length, total = past + t;
+        long rowStride = (long)cache.Capacity * kvDim;
+        var keys = cache.DeviceKeys(layer);
+        var values = cache.DeviceValues(layer);
+        var qView = q.View(device);
+        var kView = k.View(device);
+        var vView = v.View(device);
+        var o = Functional.DeviceTensor(device, q.Shape);
+        var oView = o.View(device);
+        var lse = cache.DeviceScratch((long)nh * t);
+        for (int b = 0; b < batch; b++)
+        {
+            long newRows = (b * rowStride) + ((long)past * kvDim);
+            keys.SubView(newRows, t * kvDim).CopyFrom(kView.SubView((long)b * t * kvDim, t * kvDim));
+            values.SubView(newRows, t * kvDim).CopyFrom(vView.SubView((long)b * t * kvDim, t * kvDim));
+            Kernels.Gpu.AttentionKernels.Forward(accelerator, qView.SubView((long)b * t * qDim, t * qDim), keys.SubView(b * rowStride, total * kvDim),
+                values.SubView(b * rowStride, total * kvDim), oView.SubView((long)b * t * qDim, t * qDim), lse, 1, t, total, nh, nkv, hd, 1f / MathF.Sqrt(hd));
+        }
+
+        return o;
     }
 
     /// <inheritdoc/>
