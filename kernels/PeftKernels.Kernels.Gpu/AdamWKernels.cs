@@ -7,6 +7,13 @@
 // The scalars are computed in double on the host and rounded once (as the CPU kernel does); every
 // operation is an IEEE-rounded mul/add/div/sqrt (mul.rn, add.rn, div.rn, sqrt.rn on CUDA: no FMA
 // contraction), so the GPU step is bit-identical to the CPU step.
+// Gradient clipping: SumOfSquares = Σ x² in double (x widened, as the CPU kernel does): a grid of
+// G = min(⌈count / (256·16)⌉, 256) groups of 256 threads, thread (g, l) summing x[i] for
+// i ≡ g·256 + l (mod 256·G) in ascending order, its group's first thread adding the 256 thread sums
+// in lane order (one barrier), and the group partials added on the host in group order: the
+// order depends on the length only, so the result
+// is deterministic (it differs from the CPU's block order by double rounding only, ~1e-16
+// relative). Scale: x ← factor·x, an IEEE-rounded multiply (bit-identical to the CPU).
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Fused AdamW step on an ILGPU accelerator.</summary>
@@ -56,6 +63,78 @@ public static class AdamWKernels
         GpuKernelCache.Get(accelerator, static a => new Loaded(a)).Step((int)count, param, grad, m, v, k);
     }
 
+    /// <summary>Σ x² accumulated in double (deterministic for a given length); synchronizes.</summary>
+    /// <param name="accelerator">The device.</param>
+    /// <param name="x">The values (a gradient).</param>
+    public static double SumOfSquares(Accelerator accelerator, FloatView x)
+    {
+        GpuCheck.NotNull(accelerator);
+        GpuCheck.FitsInt(x.Length, nameof(x));
+        int count = (int)x.Length;
+        if (count == 0)
+        {
+            return 0;
+        }
+
+        int groups = Math.Min(GemmTiles.Ceil(count, ReduceThreads * ElementsPerThread), MaxReduceGroups);
+        using var partials = accelerator.Allocate1D<double>(groups);
+        GpuKernelCache.Get(accelerator, static a => new Loaded(a)).SumOfSquares(new KernelConfig(groups, ReduceThreads), x, partials.View, count);
+        accelerator.Synchronize();
+        double total = 0;
+        foreach (double partial in partials.GetAsArray1D())
+        {
+            total += partial;
+        }
+
+        return total;
+    }
+
+    /// <summary>x ← factor·x in place (gradient clipping by the global norm).</summary>
+    /// <param name="accelerator">The device.</param>
+    /// <param name="x">The values, scaled in place.</param>
+    /// <param name="factor">The finite scale.</param>
+    public static void Scale(Accelerator accelerator, FloatView x, float factor)
+    {
+        GpuCheck.NotNull(accelerator);
+        GpuCheck.FitsInt(x.Length, nameof(x));
+        GpuCheck.Require(float.IsFinite(factor), nameof(factor), $"factor must be finite, got {factor}.");
+        if (x.Length != 0)
+        {
+            GpuKernelCache.Get(accelerator, static a => new Loaded(a)).Scale((int)x.Length, x, factor);
+        }
+    }
+
+    internal const int ReduceThreads = 256;
+    internal const int MaxReduceGroups = 256;
+    internal const int ElementsPerThread = 16;
+
+    internal static void SumOfSquaresKernel(FloatView x, ArrayView1D<double, Stride1D.Dense> partials, int count)
+    {
+        var shared = SharedMemory.Allocate<double>(ReduceThreads);
+        int lane = Group.IdxX;
+        double sum = 0;
+        for (int i = (Grid.IdxX * ReduceThreads) + lane; i < count; i += Grid.DimX * ReduceThreads)
+        {
+            double xi = x[i];
+            sum += xi * xi;
+        }
+
+        shared[lane] = sum;
+        Group.Barrier();
+        if (lane == 0)
+        {
+            double total = 0;
+            for (int l = 0; l < ReduceThreads; l++)
+            {
+                total += shared[l];
+            }
+
+            partials[Grid.IdxX] = total;
+        }
+    }
+
+    internal static void ScaleKernel(Index1D i, FloatView x, float factor) => x[i] = GpuMath.MulRn(x[i], factor);
+
     internal static void StepKernel(Index1D i, FloatView param, FloatView grad, FloatView m, FloatView v, Coefficients k)
     {
         float g = grad[i];
@@ -76,5 +155,10 @@ public static class AdamWKernels
     {
         public readonly Action<Index1D, FloatView, FloatView, FloatView, FloatView, Coefficients> Step =
             accelerator.LoadAutoGroupedStreamKernel<Index1D, FloatView, FloatView, FloatView, FloatView, Coefficients>(StepKernel);
+
+        public readonly Action<KernelConfig, FloatView, ArrayView1D<double, Stride1D.Dense>, int> SumOfSquares =
+            accelerator.LoadStreamKernel<FloatView, ArrayView1D<double, Stride1D.Dense>, int>(SumOfSquaresKernel);
+
+        public readonly Action<Index1D, FloatView, float> Scale = accelerator.LoadAutoGroupedStreamKernel<Index1D, FloatView, float>(ScaleKernel);
     }
 }

@@ -1,7 +1,10 @@
 // Embedding gather on the GPU: weight [vocab, dim], ids [n], y [n, dim]:
 //   y[t, j] = weight[ids[t], j]
-// Backward (a scatter-add dW[ids[t], :] += dy[t, :]) stays at the autograd level. Ids are
-// validated on the host (0 ≤ id < vocab) before upload; the device does not check them.
+// Backward, the scatter-add dW[v, j] = Σ_{t: ids[t] = v} dy[t, j] (zero for ids that do not occur),
+// without atomics: the host groups the token positions by id (ids are host data anyway), stable,
+// so each group lists its tokens in ascending order; one thread per (distinct id, column) sums its
+// group in that order, starting from 0, exactly as the CPU loop over tokens does (bit-identical).
+// Ids are validated on the host (0 ≤ id < vocab) before upload; the device does not check them.
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Token embedding lookup on an ILGPU accelerator.</summary>
@@ -32,6 +35,77 @@ public static class EmbeddingKernels
         }
     }
 
+    /// <summary>dw = the scatter-add of the rows of dy into the rows ids (dw[v, :] = Σ over t with ids[t] = v of dy[t, :]; other rows 0); synchronizes.</summary>
+    /// <param name="accelerator">The device.</param>
+    /// <param name="dy">Gradient of the output [n, dim], n = ids.Length.</param>
+    /// <param name="ids">Token ids [n] of the forward (host), each in [0, vocab).</param>
+    /// <param name="dw">Gradient of the table [vocab, dim], overwritten.</param>
+    /// <param name="vocab">Rows of the table.</param>
+    /// <param name="dim">Columns of the table.</param>
+    public static void Backward(Accelerator accelerator, FloatView dy, ReadOnlySpan<int> ids, FloatView dw, int vocab, int dim)
+    {
+        GpuCheck.NotNull(accelerator);
+        int n = ids.Length;
+        Check.NonNegative(vocab, "vocab");
+        Check.Positive(dim, "dim");
+        Check.Length(nameof(dy), dy.Length, (long)n * dim, "ids.Length·dim");
+        Check.Length(nameof(dw), dw.Length, (long)vocab * dim, "vocab·dim");
+        GpuCheck.FitsInt(dw.Length, "dw");
+        GpuCheck.FitsInt(dy.Length, "dy");
+        var keys = new long[n];
+        for (int t = 0; t < n; t++)
+        {
+            if ((uint)ids[t] >= (uint)vocab)
+            {
+                throw new ArgumentOutOfRangeException(nameof(ids), $"token id {ids[t]} at position {t} is outside the vocabulary [0, {vocab}).");
+            }
+
+            keys[t] = ((long)ids[t] << 32) | (uint)t;
+        }
+
+        dw.MemSetToZero();
+        if (n == 0)
+        {
+            accelerator.Synchronize();
+            return;
+        }
+
+        // Sorting (id, position) keys groups the positions by id, each group in token order.
+        Array.Sort(keys);
+        var order = new int[n];
+        var rows = new List<int>();
+        var offsets = new List<int>();
+        for (int p = 0; p < n; p++)
+        {
+            int id = (int)(keys[p] >> 32);
+            order[p] = (int)(keys[p] & uint.MaxValue);
+            if (p == 0 || id != rows[^1])
+            {
+                rows.Add(id);
+                offsets.Add(p);
+            }
+        }
+
+        offsets.Add(n);
+        using var deviceOrder = accelerator.Allocate1D(order);
+        using var deviceRows = accelerator.Allocate1D(rows.ToArray());
+        using var deviceOffsets = accelerator.Allocate1D(offsets.ToArray());
+        Loaded.For(accelerator).Scatter(rows.Count * dim, dy, deviceRows.View, deviceOffsets.View, deviceOrder.View, dw, dim);
+        accelerator.Synchronize();
+    }
+
+    internal static void ScatterKernel(Index1D i, FloatView dy, IntView rows, IntView offsets, IntView order, FloatView dw, int dim)
+    {
+        int k = i / dim, j = i - (k * dim);
+        float sum = 0f;
+        for (int p = offsets[k]; p < offsets[k + 1]; p++)
+        {
+            sum += dy[(order[p] * dim) + j];
+        }
+
+        dw[(rows[k] * dim) + j] = sum;
+    }
+
     internal static void GatherKernel(Index1D i, FloatView weight, IntView ids, FloatView y, int dim)
     {
         int t = i / dim;
@@ -41,9 +115,13 @@ public static class EmbeddingKernels
     private sealed class Loaded
     {
         public readonly Action<Index1D, FloatView, IntView, FloatView, int> Gather;
+        public readonly Action<Index1D, FloatView, IntView, IntView, IntView, FloatView, int> Scatter;
 
-        private Loaded(Accelerator accelerator) =>
+        private Loaded(Accelerator accelerator)
+        {
             Gather = accelerator.LoadAutoGroupedStreamKernel<Index1D, FloatView, IntView, FloatView, int>(GatherKernel);
+            Scatter = accelerator.LoadAutoGroupedStreamKernel<Index1D, FloatView, IntView, IntView, IntView, FloatView, int>(ScatterKernel);
+        }
 
         public static Loaded For(Accelerator accelerator) => GpuKernelCache.Get(accelerator, static a => new Loaded(a));
     }

@@ -34,6 +34,7 @@ internal static class GpuKernelCatalog
         }
 
         list.Add(new("ColumnSums.Kernel<Ia3>", Method(typeof(ColumnSums), nameof(ColumnSums.Kernel)).MakeGenericMethod(typeof(Ia3Kernels.ProductTerm)), false));
+        list.Add(new("ColumnSums.Kernel<AddRows>", Method(typeof(ColumnSums), nameof(ColumnSums.Kernel)).MakeGenericMethod(typeof(AddKernels.RowTerm)), false));
         list.Add(new("ColumnSums.Kernel<RmsNormDw>", Method(typeof(ColumnSums), nameof(ColumnSums.Kernel)).MakeGenericMethod(typeof(RmsNormKernels.DwTerm)), false));
         Add(list, typeof(Quant4Kernels), nameof(Quant4Kernels.DequantizeKernel), true);
         Add(list, typeof(Quant4Kernels), nameof(Quant4Kernels.NestedKernel), true);
@@ -41,7 +42,10 @@ internal static class GpuKernelCatalog
         Add(list, typeof(Ia3Kernels), nameof(Ia3Kernels.ScaleKernel), true);
         Add(list, typeof(AddKernels), nameof(AddKernels.AddKernel), true);
         Add(list, typeof(EmbeddingKernels), nameof(EmbeddingKernels.GatherKernel), true);
+        Add(list, typeof(EmbeddingKernels), nameof(EmbeddingKernels.ScatterKernel), true);
         Add(list, typeof(AdamWKernels), nameof(AdamWKernels.StepKernel), true);
+        Add(list, typeof(AdamWKernels), nameof(AdamWKernels.SumOfSquaresKernel), false);
+        Add(list, typeof(AdamWKernels), nameof(AdamWKernels.ScaleKernel), true);
         Add(list, typeof(SwiGluKernels), nameof(SwiGluKernels.ForwardKernel), true);
         Add(list, typeof(SwiGluKernels), nameof(SwiGluKernels.BackwardKernel), true);
         Add(list, typeof(RopeKernels), nameof(RopeKernels.RotateKernel), true);

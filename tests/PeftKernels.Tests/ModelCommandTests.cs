@@ -84,7 +84,7 @@ public sealed class ModelCommandTests : IDisposable
         var (code, output, error) = Invoke([.. args, "--out", a]);
         Assert.Equal((0, ""), (code, error));
         Assert.Contains("step 30/30", output);
-        Assert.Equal(0, Invoke([.. args, "--threads", "1", "--out", b]).Code);
+        Assert.Equal(0, Invoke([.. args, "--threads", "1", "--device", "cpu", "--out", b]).Code);
         Assert.Equal(File.ReadAllBytes(System.IO.Path.Combine(a, "model.safetensors")), File.ReadAllBytes(System.IO.Path.Combine(b, "model.safetensors")));
 
         var model = LlamaForCausalLM.Load(a);
@@ -92,6 +92,25 @@ public sealed class ModelCommandTests : IDisposable
         double trained = model.Score(text);
         double untrained = LlamaForCausalLM.Create(model.Config, 2).Score(text);
         Assert.True(trained < untrained - 1, $"pre-training did not lower the loss: {untrained:F3} → {trained:F3}");
+    }
+
+    [Fact]
+    public void PretrainTakesADevice()
+    {
+        string data = folder.File("device-corpus.txt");
+        File.WriteAllText(data, string.Join("\n\n", Enumerable.Range(0, 10).Select(i => $"the cat sat on the mat {i}.")));
+        var cuda = Invoke("pretrain", "--data", data, "--steps", "2", "--batch", "2", "--seq", "16", "--device", "cuda", "--out", folder.File("cuda-model"));
+        if (Device.CudaUnavailableReason != null)
+        {
+            Assert.NotEqual(0, cuda.Code);
+            Assert.Contains("--device cuda: no CUDA device is available", cuda.Error);
+        }
+        else
+        {
+            Assert.Equal((0, ""), (cuda.Code, cuda.Error));
+            Assert.Contains("step 2/2", cuda.Output);
+            Assert.True(File.Exists(System.IO.Path.Combine(folder.File("cuda-model"), "model.safetensors")));
+        }
     }
 
     [Fact]
@@ -116,6 +135,7 @@ public sealed class ModelCommandTests : IDisposable
     [InlineData("score|--model|MODEL|--tokens|1,2|--device|tpu", "unknown device 'tpu'")]
     [InlineData("generate|--model|MODEL|--prompt-tokens|1|--max-new-tokens|1|--device|tpu", "unknown device 'tpu'")]
     [InlineData("train|--model|MODEL|--data|DATA|--out|x|--device|tpu", "unknown device 'tpu'")]
+    [InlineData("pretrain|--data|DATA|--out|x|--device|tpu", "unknown device 'tpu'")]
     [InlineData("score|--model|MODEL|--tokens|1,x", "'x' (item 2) is not a non-negative integer token id")]
     [InlineData("score|--model|MODEL|--tokens|7", "at least 2 tokens")]
     [InlineData("score|--model|MODEL|--tokens|1,999", "token id 999 at position 1 is outside the vocabulary [0, 256)")]

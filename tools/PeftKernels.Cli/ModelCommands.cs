@@ -225,7 +225,7 @@ internal static class ModelCommands
     private static Option<string?> AdapterOption() =>
         new("--adapter") { HelpName = "dir", Description = "PEFT adapter folder, LoRA, DoRA or IA³ (adapter_config.json + adapter_model.safetensors)." };
 
-    private static Device ParseDevice(string name)
+    internal static Device ParseDevice(string name)
     {
         try
         {
@@ -237,7 +237,7 @@ internal static class ModelCommands
         }
     }
 
-    private static Option<string> DeviceOption() =>
+    internal static Option<string> DeviceOption() =>
         new("--device") { HelpName = "cpu|cuda", Description = "Where the model runs: cpu, or cuda (the first CUDA GPU; an error when there is none).", DefaultValueFactory = _ => "cpu" };
 
     private static Option<int> ThreadsOption() =>

@@ -1,6 +1,7 @@
-// `peft pretrain --config tiny|small --data FILE --steps N --out DIR`: trains every weight of a
-// freshly initialised Llama (seeded) on a text file with the byte-level tokenizer (vocab 256)
-// and saves a Hugging Face folder. Deterministic: the same data, options and seed give the
+// `peft pretrain --config tiny|small --data FILE --steps N --out DIR [--device cpu|cuda]`: trains
+// every weight of a freshly initialised Llama (seeded) on a text file with the byte-level tokenizer
+// (vocab 256), on the CPU or a CUDA GPU (weights, gradients and AdamW moments stay there), and
+// saves a Hugging Face folder. Deterministic: the same data, options and seed give the
 // same bytes on any machine with the same SIMD path (kernels are bit-identical across thread counts).
 using System.CommandLine;
 using PeftKernels.Kernels.Cpu;
@@ -23,15 +24,17 @@ internal static class PretrainCommand
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (10% linear warm-up, cosine decay to 10%).", DefaultValueFactory = _ => 3e-3 };
         var seed = new Option<int>("--seed") { Description = "Seed of the initial weights and the batches.", DefaultValueFactory = _ => 0 };
         var threads = new Option<int>("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };
+        var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output Hugging Face model folder." };
         var command = new Command("pretrain", "Pre-train a small Llama from scratch on a text file (byte-level vocabulary) and save it as a Hugging Face folder.")
         {
-            config, data, steps, batch, seq, lr, seed, threads, output,
+            config, data, steps, batch, seq, lr, seed, threads, device, output,
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
+            var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             var model = Pretrain(parse.GetRequiredValue(config), parse.GetRequiredValue(data), parse.GetValue(steps), parse.GetValue(batch), parse.GetValue(seq),
-                parse.GetValue(lr), parse.GetValue(seed), new KernelOptions(parse.GetValue(threads)), log);
+                parse.GetValue(lr), parse.GetValue(seed), new KernelOptions(parse.GetValue(threads)), log, on);
             string outDir = parse.GetRequiredValue(output);
             model.Save(outDir);
             log.WriteLine($"saved {model.Config.ParameterCount():N0}-parameter model to {Path.GetFullPath(outDir)}");
@@ -40,9 +43,9 @@ internal static class PretrainCommand
         return command;
     }
 
-    /// <summary>Trains a fresh model; reports progress on <paramref name="log"/>.</summary>
+    /// <summary>Trains a fresh model on <paramref name="device"/> (default: the CPU); reports progress on <paramref name="log"/>; returns it on the CPU.</summary>
     internal static LlamaForCausalLM Pretrain(string size, string dataPath, int steps, int batch, int seq, double lr, int seed, KernelOptions kernel, TextWriter log,
-        Action<TrainingProgress>? observe = null)
+        Device? device = null, Action<TrainingProgress>? observe = null)
     {
         var tokenizer = new ByteTokenizer();
         var dataset = TextDataset.Load(dataPath, tokenizer);
@@ -63,9 +66,12 @@ internal static class PretrainCommand
             Seed = seed,
             Kernel = kernel,
         };
+        var on = device ?? Device.Cpu;
+        model.To(on);
         var trainer = new Trainer(model, rng => dataset.Batch(batch, seq, rng), batch, options);
-        log.WriteLine($"pre-training a {size} Llama ({config.ParameterCount():N0} parameters) on {dataset.Tokens.Length:N0} byte tokens: {steps} steps of {batch}×{seq}");
+        log.WriteLine($"pre-training a {size} Llama ({config.ParameterCount():N0} parameters) on {dataset.Tokens.Length:N0} byte tokens: {steps} steps of {batch}×{seq} on {on}");
         TrainingView.Run(trainer, log, observe);
+        model.To(Device.Cpu);
         model.Freeze();
         return model;
     }

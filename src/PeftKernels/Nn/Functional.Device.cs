@@ -3,9 +3,11 @@
 // arrays (token ids, positions, rotary frequencies, labels) are uploaded, scratch that the
 // caller never sees (rstd, lse) is freed after the accelerator is done with it, or kept by the
 // backward closure when the op records. Backward mirrors the CPU closures: the gradient of a
-// device-only tensor stays on the device (Tensor.DeviceGrad); the gradient of a host parameter
-// with a device mirror (LoRA A/B, an IA³ vector, a norm weight) is downloaded into its host Grad,
-// where the CPU optimizer updates it (tiny for PEFT parameters).
+// device-only tensor, and of a host parameter with a device mirror (LoRA A/B, an IA³ vector, a
+// norm weight, a base weight in full fine-tuning), stays on the device (Tensor.DeviceGrad), where
+// AdamWOptimizer steps it; host readers of Parameter.Grad get a lazy download.
+// Embedding backward: dW[id, :] += dy[t, :] over the tokens t with that id, in token order
+// (EmbeddingKernels.Backward, deterministic, no atomics); a tied lm_head adds its own dW.
 using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Autograd;
@@ -18,15 +20,6 @@ public static partial class Functional
     /// <summary>A new uninitialised fp32 tensor on <paramref name="device"/>.</summary>
     internal static Tensor DeviceTensor(Device device, int[] shape) =>
         new(device, device.Accelerator.Allocate1D<float>(shape.Aggregate(1L, (a, d) => a * d)), shape);
-
-    /// <summary>Throws when an op on an accelerator would have to record a backward that devices do not implement.</summary>
-    internal static void DeviceInferenceOnly(bool record, string op)
-    {
-        if (record)
-        {
-            throw new NotSupportedException($"{op}: this gradient is not implemented on a GPU device (LoRA adapters train there; frozen base weights and embeddings); train on the cpu device, or run inference inside Tape.NoGrad().");
-        }
-    }
 
     /// <summary>Checks that <paramref name="other"/> is on <paramref name="device"/>, naming it otherwise.</summary>
     internal static void SameDevice(Device device, Tensor other, string name)
@@ -42,8 +35,8 @@ public static partial class Functional
         t.RequiresGrad ? device.Accelerator.Allocate1D<float>(t.Count) : null;
 
     /// <summary>
-    /// Hands a freshly computed gradient (owned) to <paramref name="t"/>: a device-only tensor keeps it on the device, a host
-    /// parameter with a device mirror gets it downloaded and added to its host Grad.
+    /// Hands a freshly computed gradient (owned) to <paramref name="t"/>: a device-only tensor and a host parameter with a
+    /// device mirror accumulate it on the device; a host tensor without a mirror gets it downloaded into its host Grad.
     /// </summary>
     internal static void GiveGrad(Tensor t, MemoryBuffer1D<float, Stride1D.Dense>? owned)
     {
@@ -56,7 +49,7 @@ public static partial class Functional
         {
             owned.Dispose();
         }
-        else if (t.LivesOnDeviceOnly)
+        else if (t.LivesOnDeviceOnly || t.HasMirror)
         {
             t.AddDeviceGrad(owned);
         }
@@ -72,7 +65,6 @@ public static partial class Functional
     private static Tensor EmbeddingOnDevice(ReadOnlySpan<int> ids, Tensor weight)
     {
         var device = weight.Device;
-        DeviceInferenceOnly(Tape.ShouldRecord(weight), "embedding");
         int vocab = weight.Shape[0], dim = weight.Shape[1];
         for (int t = 0; t < ids.Length; t++)
         {
@@ -92,6 +84,17 @@ public static partial class Functional
         using var deviceIds = accelerator.Allocate1D(ids.ToArray());
         EmbeddingKernels.Forward(accelerator, weight.View(device), deviceIds.View, output.View(device), ids.Length, vocab, dim);
         accelerator.Synchronize();
+        if (Tape.ShouldRecord(weight))
+        {
+            var saved = ids.ToArray();
+            Tape.Record(output, () =>
+            {
+                var dw = accelerator.Allocate1D<float>(weight.Count);
+                EmbeddingKernels.Backward(accelerator, output.DeviceGrad, saved, dw.View, vocab, dim);
+                GiveGrad(weight, dw);
+            });
+        }
+
         return output;
     }
 

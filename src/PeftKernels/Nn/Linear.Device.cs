@@ -4,7 +4,8 @@
 // active adapters, per-row adapters) and DoRA run on the CPU only.
 // Backward, g = dL/dy: without an adapter dx = g·W (GEMM, or the 4-bit dequant-matmul); with one,
 // the fused LoRA backward gives dx, dA and dB (h kept from the forward, the same dropout mask).
-// The frozen base weight and bias get no gradient on the device (LoRA training).
+// A trainable (fp32) base weight gets dW = gᵀ·x (GEMM), a trainable bias db = Σ_rows g, a lora_B
+// bias s·Σ_rows g (full fine-tuning and pre-training on a device); all stay on the device.
 using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Autograd;
@@ -24,9 +25,8 @@ public sealed partial class Linear
             throw new NotSupportedException($"{layer}: several active adapters, per-row adapters and DoRA run on the cpu device only.");
         }
 
-        bool record = Tape.IsRecording && (x.RequiresGrad || (lora != null && lora.Parameters.Any(p => p.RequiresGrad)));
-        Functional.DeviceInferenceOnly(Tape.IsRecording && (Weight.RequiresGrad || Bias?.RequiresGrad == true || lora?.Bias?.RequiresGrad == true),
-            $"{layer} (trainable base weight, bias or lora_B bias)");
+        bool record = Tape.IsRecording && (x.RequiresGrad || Weight.RequiresGrad || Bias?.RequiresGrad == true
+            || (lora != null && lora.Parameters.Any(p => p.RequiresGrad)));
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
         var accelerator = device.Accelerator;
         var output = Functional.DeviceTensor(device, shape);
@@ -52,19 +52,20 @@ public sealed partial class Linear
             {
                 Tape.Record(output, () =>
                 {
-                    var dx = Functional.GradBuffer(device, x)!;
+                    var dx = Functional.GradBuffer(device, x);
                     var g = output.DeviceGrad;
-                    if (w.DType == TensorDType.Q4)
+                    if (dx != null && w.DType == TensorDType.Q4)
                     {
                         Quant4MatmulKernels.Backward(accelerator, g, w.QuantView(device), dx.View, n, inF, outF);
                     }
-                    else
+                    else if (dx != null)
                     {
                         GemmKernels.Multiply(accelerator, false, false, n, inF, outF, 1f, g, w.View(device), 0f, dx.View);
                     }
 
                     accelerator.Synchronize();
                     Functional.GiveGrad(x, dx);
+                    WeightAndBiasGradsOnDevice(g, x, null);
                 });
             }
 
@@ -116,7 +117,39 @@ public sealed partial class Linear
             Functional.GiveGrad(x, dx);
             Functional.GiveGrad(a, da);
             Functional.GiveGrad(b, db);
+            WeightAndBiasGradsOnDevice(g, x, lora);
         });
         return output;
+    }
+
+    /// <summary>dW = gᵀ·x, db = Σ_rows g and the lora_B bias's s·Σ_rows g, for those that are trainable, kept on the device.</summary>
+    private void WeightAndBiasGradsOnDevice(ArrayView1D<float, Stride1D.Dense> g, Tensor x, LoraAdapter? lora)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        int n = x.Rows;
+        if (Weight.RequiresGrad)
+        {
+            var dw = accelerator.Allocate1D<float>(Weight.Count);
+            GemmKernels.Multiply(accelerator, true, false, OutFeatures, InFeatures, n, 1f, g, x.View(device), 0f, dw.View);
+            accelerator.Synchronize();
+            Functional.GiveGrad(Weight, dw);
+        }
+
+        foreach (var (bias, scale) in new[] { (Bias, (float?)null), (lora?.Bias, lora?.Scale) })
+        {
+            if (bias?.RequiresGrad == true)
+            {
+                var db = accelerator.Allocate1D<float>(OutFeatures);
+                AddKernels.ColumnSums(accelerator, g, db.View, n, OutFeatures);
+                if (scale is float s)
+                {
+                    AdamWKernels.Scale(accelerator, db.View, s);
+                }
+
+                accelerator.Synchronize();
+                Functional.GiveGrad(bias, db);
+            }
+        }
     }
 }

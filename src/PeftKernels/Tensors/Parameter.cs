@@ -44,10 +44,14 @@ public sealed class Parameter : Tensor
         }
     }
 
-    /// <summary>Clears the accumulated gradient.</summary>
+    /// <summary>Clears the accumulated gradient (a gradient kept on a device is freed; backward allocates the next one).</summary>
     public void ZeroGrad()
     {
-        if (Grad != null)
+        if (HasDeviceGrad)
+        {
+            DropGrad();
+        }
+        else if (Grad != null)
         {
             Array.Clear(Grad);
         }

@@ -6,6 +6,9 @@
 // reading Data downloads it once and keeps the host copy. A host tensor (a parameter, say)
 // can carry a device mirror made once by To(device) / Module.To(device): bf16 is widened to
 // fp32 and 4-bit is uploaded packed (Quant4Buffers); the host copy stays the original.
+// Training on a device: a mirrored fp32 parameter accumulates its gradient in a device buffer
+// (Grad downloads it lazily, for host readers), and an optimizer that steps the mirror marks the
+// host copy stale (Data downloads it on the next read), so the device copy is authoritative.
 using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;
@@ -20,6 +23,12 @@ public class Tensor
     private float[]? data;
     private MemoryBuffer1D<float, Stride1D.Dense>? deviceData;
     private MemoryBuffer1D<float, Stride1D.Dense>? deviceGrad;
+    private float[]? grad;
+    private bool hostGradStale;
+    private bool hostDataStale;
+
+    [ThreadStatic]
+    private static int gradDownloads;
     private Quant4Buffers? deviceQuant;
     private readonly ushort[]? bf16;
     private readonly QuantizedWeight? quantized;
@@ -91,7 +100,8 @@ public class Tensor
 
     /// <summary>fp32 storage; throws for bf16 and 4-bit tensors.</summary>
     /// <remarks>For a tensor made on an accelerator, the first read synchronizes and downloads it.</remarks>
-    public float[] Data => data ?? Download() ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
+    /// A parameter whose device mirror an optimizer updated downloads it again on the next read.
+    public float[] Data => (hostDataStale ? DownloadMirror() : data) ?? Download() ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
 
     /// <summary>bf16 bit patterns; throws unless the tensor is bf16.</summary>
     public ushort[] Bf16Bits => bf16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not BF16.");
@@ -103,7 +113,45 @@ public class Tensor
     public QuantizedWeight Quantized => quantized ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not Q4.");
 
     /// <summary>Gradient of the last backward pass(es), accumulated; null until backward reaches this tensor.</summary>
-    public float[]? Grad { get; set; }
+    /// <remarks>
+    /// A parameter with a device mirror keeps its gradient on the device: reading Grad downloads a host copy (once per
+    /// change), which is a snapshot: writing into it does not change the device gradient. Setting Grad replaces the
+    /// gradient (the device one is freed).
+    /// </remarks>
+    public float[]? Grad
+    {
+        get
+        {
+            if (hostGradStale && deviceGrad != null)
+            {
+                Device.Accelerator.Synchronize();
+                if (grad == null || grad.LongLength != deviceGrad.Length)
+                {
+                    grad = new float[deviceGrad.Length];
+                }
+
+                deviceGrad.View.CopyToCPU(grad);
+                hostGradStale = false;
+                gradDownloads++;
+            }
+
+            return grad;
+        }
+
+        set
+        {
+            grad = value;
+            hostGradStale = false;
+            if (!LivesOnDeviceOnly)
+            {
+                deviceGrad?.Dispose();
+                deviceGrad = null;
+            }
+        }
+    }
+
+    /// <summary>Host downloads of device gradients made by <see cref="Grad"/> on this thread (tests check that training downloads none).</summary>
+    internal static int GradDownloads => gradDownloads;
 
     /// <summary>True when backward computes a gradient for this tensor.</summary>
     public bool RequiresGrad { get; internal set; }
@@ -112,21 +160,30 @@ public class Tensor
     internal bool LivesOnDeviceOnly { get; }
 
     /// <summary>True when backward has reached this tensor (a host Grad or a device gradient).</summary>
-    internal bool HasGrad => Grad != null || deviceGrad != null;
+    internal bool HasGrad => grad != null || deviceGrad != null;
 
-    /// <summary>The device gradient of a device-only tensor (a host gradient given to it is uploaded first); empty until backward reaches it.</summary>
+    /// <summary>
+    /// The device gradient of a device-only tensor or of a parameter with a device mirror (a host gradient given to it is
+    /// uploaded first); empty until backward reaches it.
+    /// </summary>
     internal ArrayView1D<float, Stride1D.Dense> DeviceGrad
     {
         get
         {
-            if (deviceGrad == null && Grad != null && LivesOnDeviceOnly)
+            if (deviceGrad == null && grad != null && (LivesOnDeviceOnly || HasMirror))
             {
-                deviceGrad = Device.Accelerator.Allocate1D(Grad);
+                deviceGrad = Device.Accelerator.Allocate1D(grad);
             }
 
             return deviceGrad?.View ?? default;
         }
     }
+
+    /// <summary>True for a host fp32 tensor with an fp32 mirror on an accelerator (a parameter of a model moved there).</summary>
+    internal bool HasMirror => deviceData != null && !LivesOnDeviceOnly;
+
+    /// <summary>True when the tensor holds its gradient in a device buffer.</summary>
+    internal bool HasDeviceGrad => deviceGrad != null;
 
     /// <summary>Bytes of storage (not counting the gradient).</summary>
     public long ByteSize => DType switch
@@ -181,7 +238,7 @@ public class Tensor
 
         var copy = DType switch
         {
-            TensorDType.F32 => new Tensor(data ?? Data, Shape),
+            TensorDType.F32 => new Tensor(Data, Shape),
             TensorDType.BF16 => new Tensor(bf16!, Shape),
             TensorDType.F16 => new Tensor(f16!, Shape),
             _ => new Tensor(quantized!),
@@ -212,6 +269,18 @@ public class Tensor
             throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] lives on {Device} only; use To(device) for a copy.");
         }
 
+        if (hostDataStale)
+        {
+            DownloadMirror();
+        }
+
+        if (deviceGrad != null && !LivesOnDeviceOnly)
+        {
+            // Leaving the device: the gradient comes along to the host.
+            var host = Grad;
+            Grad = host;
+        }
+
         deviceData?.Dispose();
         deviceQuant?.Dispose();
         deviceData = null;
@@ -237,21 +306,27 @@ public class Tensor
     /// <summary>Adds <paramref name="owned"/> (a gradient buffer on this tensor's device, handed over) to the device gradient.</summary>
     internal void AddDeviceGrad(MemoryBuffer1D<float, Stride1D.Dense> owned)
     {
+        var current = DeviceGrad;
+        hostGradStale = !LivesOnDeviceOnly;
         if (deviceGrad == null)
         {
             deviceGrad = owned;
             return;
         }
 
-        AddKernels.Forward(Device.Accelerator, deviceGrad.View, owned.View, deviceGrad.View);
+        AddKernels.Forward(Device.Accelerator, current, owned.View, current);
         Device.Accelerator.Synchronize();
         owned.Dispose();
     }
 
-    /// <summary>Drops the gradient of an intermediate tensor once backward has passed it (frees the device gradient).</summary>
+    /// <summary>Records that the device gradient was changed in place (clipping), so the host copy must be downloaded again.</summary>
+    internal void MarkDeviceGradChanged() => hostGradStale = deviceGrad != null && !LivesOnDeviceOnly;
+
+    /// <summary>Drops the gradient (host and device; the device buffer is freed): an intermediate once backward passed it, or a parameter's ZeroGrad on a device.</summary>
     internal void DropGrad()
     {
-        Grad = null;
+        grad = null;
+        hostGradStale = false;
         deviceGrad?.Dispose();
         deviceGrad = null;
     }
@@ -259,11 +334,15 @@ public class Tensor
     /// <summary>Copies the host fp32 data into the device mirror again (after the optimizer changed it on the host).</summary>
     internal void RefreshMirror()
     {
-        if (deviceData != null && !LivesOnDeviceOnly && DType == TensorDType.F32)
+        if (HasMirror && DType == TensorDType.F32)
         {
-            deviceData.View.CopyFromCPU(data!);
+            deviceData!.View.CopyFromCPU(data!);
+            hostDataStale = false;
         }
     }
+
+    /// <summary>Records that the device mirror was updated in place (an optimizer step on the device): the host copy is downloaded on its next read.</summary>
+    internal void MarkMirrorChanged() => hostDataStale = HasMirror;
 
     /// <summary>The fp32 data on <paramref name="device"/> (an accelerator); throws when the tensor is not there.</summary>
     internal ArrayView1D<float, Stride1D.Dense> View(Device device) =>
@@ -277,6 +356,14 @@ public class Tensor
 
     /// <inheritdoc/>
     public override string ToString() => $"Tensor({DType}, [{string.Join(", ", Shape)}])";
+
+    private float[] DownloadMirror()
+    {
+        Device.Accelerator.Synchronize();
+        deviceData!.View.CopyToCPU(data!);
+        hostDataStale = false;
+        return data!;
+    }
 
     private float[]? Download()
     {

@@ -2,7 +2,15 @@
 // moments, one fused kernel pass per parameter (Kernels.Cpu.AdamW.Step). Only trainable
 // parameters are registered, so frozen base weights cost no optimizer memory. Parameter
 // groups carry a learning-rate multiplier (LoRA+: B's rate is λ × A's) and a weight decay.
+// A parameter of a model on a GPU device is stepped there (AdamWKernels.Step, bit-identical to
+// the CPU step): its moments live in device buffers (uploaded when the optimizer first meets it
+// there, downloaded if it moves back to the CPU), its gradient never leaves the device, and its
+// device copy becomes authoritative (the host Data is downloaded on the next read). Clipping
+// runs there too (AdamWKernels.SumOfSquares / Scale); only the per-tensor norms come back.
+using ILGPU;
+using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Training;
 
@@ -15,7 +23,7 @@ public sealed record ParameterGroup(IReadOnlyList<Parameter> Parameters, double 
 /// <summary>The AdamW optimizer over fp32 trainable parameters.</summary>
 public sealed class AdamWOptimizer
 {
-    private readonly List<(Parameter Parameter, ParameterGroup Group, float[] M, float[] V)> state = [];
+    private readonly List<Entry> state = [];
 
     /// <summary>Creates the optimizer; moments start at zero.</summary>
     public AdamWOptimizer(IEnumerable<ParameterGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8)
@@ -35,7 +43,7 @@ public sealed class AdamWOptimizer
                     throw new ArgumentException("a parameter appears in two groups.", nameof(groups));
                 }
 
-                state.Add((p, g, new float[p.Count], new float[p.Count]));
+                state.Add(new Entry(p, g));
             }
         }
 
@@ -57,48 +65,70 @@ public sealed class AdamWOptimizer
     public int StepCount { get; set; }
 
     /// <summary>The registered parameters with their moments (exp_avg, exp_avg_sq), in registration order.</summary>
-    public IReadOnlyList<(Parameter Parameter, ParameterGroup Group, float[] M, float[] V)> State => state;
+    /// <remarks>
+    /// Moments kept on the CPU are the optimizer's own arrays. Moments of a parameter stepped on a GPU device live in device
+    /// buffers: for those, each read of State downloads copies (a snapshot: writing into them changes nothing).
+    /// </remarks>
+    public IReadOnlyList<(Parameter Parameter, ParameterGroup Group, float[] M, float[] V)> State =>
+        [.. state.Select(e => (e.Parameter, e.Group, e.HostM ?? e.DeviceM!.GetAsArray1D(), e.HostV ?? e.DeviceV!.GetAsArray1D()))];
 
-    /// <summary>Bytes of optimizer state (two fp32 moments per trainable element).</summary>
-    public long StateBytes => state.Sum(s => (s.M.LongLength + s.V.LongLength) * 4);
+    /// <summary>Bytes of optimizer state (two fp32 moments per trainable element), on the host and on devices together.</summary>
+    public long StateBytes => state.Sum(s => s.Parameter.Count * 8);
+
+    /// <summary>The part of <see cref="StateBytes"/> that lives in GPU memory (moments of parameters stepped on a device).</summary>
+    public long DeviceStateBytes => state.Where(s => s.DeviceM != null).Sum(s => s.Parameter.Count * 8);
+
+    /// <summary>The registered parameters, in registration order.</summary>
+    internal IEnumerable<Parameter> Parameters => state.Select(s => s.Parameter);
 
     /// <summary>One update with learning rate <paramref name="learningRate"/> (× each group's multiplier); parameters without a gradient are skipped.</summary>
     public void Step(double learningRate, KernelOptions options = default)
     {
         StepCount++;
-        foreach (var (p, g, m, v) in state)
+        foreach (var e in state)
         {
-            if (p.Grad == null)
+            var p = e.Parameter;
+            var g = e.Group;
+            if (!p.HasGrad)
             {
                 continue;
             }
 
-            Kernels.Cpu.AdamW.Step(p.Data, p.Grad, m, v, (float)(learningRate * g.LearningRateMultiplier), (float)Beta1, (float)Beta2, (float)Eps,
-                (float)g.WeightDecay, StepCount, options);
-
-            // A parameter of a model on a GPU device is updated on the host (its gradient was downloaded) and re-uploaded.
-            p.RefreshMirror();
+            float lr = (float)(learningRate * g.LearningRateMultiplier);
+            if (e.Place() is { } accelerator)
+            {
+                AdamWKernels.Step(accelerator, p.View(p.Device), p.DeviceGrad, e.DeviceM!.View, e.DeviceV!.View, lr, (float)Beta1, (float)Beta2, (float)Eps,
+                    (float)g.WeightDecay, StepCount);
+                accelerator.Synchronize();
+                p.MarkMirrorChanged();
+            }
+            else
+            {
+                Kernels.Cpu.AdamW.Step(p.Data, p.Grad!, e.HostM!, e.HostV!, lr, (float)Beta1, (float)Beta2, (float)Eps, (float)g.WeightDecay, StepCount, options);
+            }
         }
     }
 
-    /// <summary>Clears every registered gradient.</summary>
+    /// <summary>Clears every registered gradient (a gradient on a device is freed).</summary>
     public void ZeroGrad()
     {
-        foreach (var (p, _, _, _) in state)
+        foreach (var e in state)
         {
-            p.ZeroGrad();
+            e.Parameter.ZeroGrad();
         }
     }
 
     /// <summary>Global L2 norm of all gradients; when above <paramref name="maxNorm"/> they are scaled by maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping.</summary>
+    /// <remarks>Gradients on a GPU device are measured and scaled there; each tensor's sum of squares comes back as one double.</remarks>
     public double ClipGradNorm(double maxNorm, KernelOptions options = default)
     {
         double sum = 0;
-        foreach (var (p, _, _, _) in state)
+        foreach (var e in state)
         {
-            if (p.Grad != null)
+            var p = e.Parameter;
+            if (p.HasGrad)
             {
-                sum += Kernels.Cpu.AdamW.SumOfSquares(p.Grad, options);
+                sum += e.Place() is { } accelerator ? AdamWKernels.SumOfSquares(accelerator, p.DeviceGrad) : Kernels.Cpu.AdamW.SumOfSquares(p.Grad!, options);
             }
         }
 
@@ -106,15 +136,83 @@ public sealed class AdamWOptimizer
         double coef = maxNorm / (norm + 1e-6);
         if (maxNorm > 0 && coef < 1)
         {
-            foreach (var (p, _, _, _) in state)
+            foreach (var e in state)
             {
-                if (p.Grad != null)
+                var p = e.Parameter;
+                if (!p.HasGrad)
                 {
-                    Kernels.Cpu.AdamW.Scale(p.Grad, (float)coef, options);
+                    continue;
+                }
+
+                if (e.Place() is { } accelerator)
+                {
+                    AdamWKernels.Scale(accelerator, p.DeviceGrad, (float)coef);
+                    accelerator.Synchronize();
+                    p.MarkDeviceGradChanged();
+                }
+                else
+                {
+                    Kernels.Cpu.AdamW.Scale(p.Grad!, (float)coef, options);
                 }
             }
         }
 
         return norm;
+    }
+
+    /// <summary>Replaces the moments of the <paramref name="index"/>-th registered parameter (a checkpoint being restored), wherever they live.</summary>
+    internal void SetMoments(int index, float[] m, float[] v)
+    {
+        var e = state[index];
+        if (e.DeviceM != null)
+        {
+            e.DeviceM.View.CopyFromCPU(m);
+            e.DeviceV!.View.CopyFromCPU(v);
+            e.DeviceM.Accelerator.Synchronize();
+        }
+        else
+        {
+            m.CopyTo(e.HostM!, 0);
+            v.CopyTo(e.HostV!, 0);
+        }
+    }
+
+    /// <summary>One parameter's moments: host arrays while it is on the CPU, device buffers while it is on an accelerator.</summary>
+    private sealed class Entry(Parameter parameter, ParameterGroup group)
+    {
+        public Parameter Parameter { get; } = parameter;
+
+        public ParameterGroup Group { get; } = group;
+
+        public float[]? HostM { get; private set; } = new float[parameter.Count];
+
+        public float[]? HostV { get; private set; } = new float[parameter.Count];
+
+        public MemoryBuffer1D<float, Stride1D.Dense>? DeviceM { get; private set; }
+
+        public MemoryBuffer1D<float, Stride1D.Dense>? DeviceV { get; private set; }
+
+        /// <summary>Moves the moments to where the parameter is now; returns its accelerator, or null on the CPU.</summary>
+        public Accelerator? Place()
+        {
+            var target = Parameter.HasMirror ? Parameter.Device.Accelerator : null;
+            if (DeviceM != null && !ReferenceEquals(DeviceM.Accelerator, target))
+            {
+                HostM = DeviceM.GetAsArray1D();
+                HostV = DeviceV!.GetAsArray1D();
+                DeviceM.Dispose();
+                DeviceV!.Dispose();
+                DeviceM = DeviceV = null;
+            }
+
+            if (target != null && DeviceM == null)
+            {
+                DeviceM = target.Allocate1D(HostM!);
+                DeviceV = target.Allocate1D(HostV!);
+                HostM = HostV = null;
+            }
+
+            return target;
+        }
     }
 }

@@ -2,7 +2,9 @@
 // its model path), its values ("param.<name>") and AdamW moments ("exp_avg.<name>",
 // "exp_avg_sq.<name>"); trainer_state.json holds the step, the seed (the whole RNG state: a
 // micro-step's randomness is derived from seed and index) and the losses so far. Both are
-// staged and renamed into place together, so a checkpoint is complete or absent.
+// staged and renamed into place together, so a checkpoint is complete or absent. For a model on a
+// GPU device, saving downloads the trained values and moments, and loading uploads them again
+// (into the parameters' mirrors and the optimizer's device moments).
 using System.Text.Json;
 using PeftKernels.IO;
 using PeftKernels.Quantization;
@@ -71,7 +73,7 @@ public sealed partial class Trainer
 
         var names = NamesByParameter();
         using var file = SafeTensorsFile.Open(Path.Combine(folder, StateTensorsFile));
-        var expected = Optimizer.State.SelectMany(s => new[] { "param.", "exp_avg.", "exp_avg_sq." }.Select(k => k + names[s.Parameter])).ToHashSet();
+        var expected = Optimizer.Parameters.SelectMany(p => new[] { "param.", "exp_avg.", "exp_avg_sq." }.Select(k => k + names[p])).ToHashSet();
         var missing = expected.Where(k => !file.Contains(k)).ToList();
         var unexpected = file.Names.Where(k => !expected.Contains(k)).ToList();
         if (missing.Count + unexpected.Count > 0)
@@ -79,21 +81,23 @@ public sealed partial class Trainer
             throw new InvalidDataException($"{folder}: checkpoint does not match the trainable parameters: missing [{string.Join(", ", missing)}], unexpected [{string.Join(", ", unexpected)}].");
         }
 
-        foreach (var (p, _, m, v) in Optimizer.State)
+        int index = 0;
+        foreach (var p in Optimizer.Parameters)
         {
             string name = names[p];
-            foreach (var (key, target) in new[] { ("param." + name, p.Data), ("exp_avg." + name, m), ("exp_avg_sq." + name, v) })
+            var loaded = new[] { "param.", "exp_avg.", "exp_avg_sq." }.Select(prefix =>
             {
-                var values = file.ReadFloat32(key);
-                if (values.Length != target.Length)
+                var values = file.ReadFloat32(prefix + name);
+                if (values.LongLength != p.Count)
                 {
-                    throw new InvalidDataException($"{folder}: '{key}' has {values.Length} elements; the parameter has {target.Length}.");
+                    throw new InvalidDataException($"{folder}: '{prefix + name}' has {values.Length} elements; the parameter has {p.Count}.");
                 }
 
-                values.CopyTo(target, 0);
-            }
-
+                return values;
+            }).ToArray();
+            loaded[0].CopyTo(p.Data, 0);
             p.RefreshMirror();
+            Optimizer.SetMoments(index++, loaded[1], loaded[2]);
         }
 
         Optimizer.StepCount = step;
