@@ -56,6 +56,14 @@ internal static class GpuKernelCatalog
         Add(list, typeof(AttentionKernels), nameof(AttentionKernels.ForwardKernel), false);
         Add(list, typeof(AttentionKernels), nameof(AttentionKernels.DqKernel), false);
         Add(list, typeof(AttentionKernels), nameof(AttentionKernels.DkDvKernel), false);
+        Add(list, typeof(LoraBranchKernels), nameof(LoraBranchKernels.GatherRowsKernel), true);
+        Add(list, typeof(LoraBranchKernels), nameof(LoraBranchKernels.ScatterAddRowsKernel), true);
+        foreach (var w in new[] { typeof(DenseOperand), typeof(Quant4Operand) })
+        {
+            list.Add(new($"DoraNormKernels.RowNormsKernel<{w.Name}>", Method(typeof(DoraNormKernels), nameof(DoraNormKernels.RowNormsKernel)).MakeGenericMethod(w), false));
+        }
+
+        Add(list, typeof(DoraNormKernels), nameof(DoraNormKernels.DivideKernel), true);
         return list;
     }
 

@@ -131,6 +131,21 @@ public sealed class ModelCommandTests : IDisposable
         }
     }
 
+    [CudaFact]
+    public void TrainRunsDoraAndIa3OnCuda()
+    {
+        string data = folder.File("data.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 10).Select(i => JsonSerializer.Serialize(new { text = $"abcabcabc {i} abcabc" })));
+        foreach (string method in new[] { "dora", "ia3" })
+        {
+            string adapter = System.IO.Path.Combine(folder.Path, method);
+            var (code, output, error) = Invoke("train", "--model", ModelFolder, "--data", data, "--method", method, "--steps", "2", "--batch", "1",
+                "--seq", "8", "--seed", "1", "--device", "cuda", "--out", adapter);
+            Assert.Equal((0, ""), (code, error));
+            Assert.Contains("step 2/2", output);
+        }
+    }
+
     [Theory]
     [InlineData("score|--model|MODEL|--tokens|1,2|--device|tpu", "unknown device 'tpu'")]
     [InlineData("generate|--model|MODEL|--prompt-tokens|1|--max-new-tokens|1|--device|tpu", "unknown device 'tpu'")]

@@ -131,11 +131,6 @@ internal static class ModelCommands
         {
             string folder = parse.GetRequiredValue(model);
             var on = ParseDevice(parse.GetRequiredValue(device));
-            if (on.IsGpu && parse.GetValue(method) is not ("lora" or "qlora" or "lora-fa"))
-            {
-                throw new ArgumentException($"--device {on}: the GPU device trains lora, qlora and lora-fa adapters; use the cpu device for {parse.GetValue(method)}.");
-            }
-
             if (!(parse.GetValue(loraPlus) > 0))
             {
                 throw new ArgumentException($"--lora-plus-ratio must be > 0; got {parse.GetValue(loraPlus)}.");

@@ -21,6 +21,16 @@ public static partial class Functional
     internal static Tensor DeviceTensor(Device device, int[] shape) =>
         new(device, device.Accelerator.Allocate1D<float>(shape.Aggregate(1L, (a, d) => a * d)), shape);
 
+    /// <summary>Throws when an op on an accelerator would have to record a gradient that devices do not implement.</summary>
+    internal static void DeviceInferenceOnly(bool record, string op)
+    {
+        if (record)
+        {
+            throw new NotSupportedException($"{op}: this gradient is not implemented on a GPU device (a trainable base weight, bias or lora_B bias "
+                + "under DoRA or next to extra adapter branches); train it on the cpu device, or run inference inside Tape.NoGrad().");
+        }
+    }
+
     /// <summary>Checks that <paramref name="other"/> is on <paramref name="device"/>, naming it otherwise.</summary>
     internal static void SameDevice(Device device, Tensor other, string name)
     {

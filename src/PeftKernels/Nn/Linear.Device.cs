@@ -1,7 +1,7 @@
 // Linear on an accelerator: y = x·Wᵀ + b through the GPU GEMM (fp32 weights, bf16 ones widened
 // to fp32 when uploaded), the fused 4-bit matmul, or with one active LoRA adapter the fused
-// LoraMatmul / QLoraMatmul kernels (y and h in one pass, as on the CPU). Extra branches (several
-// active adapters, per-row adapters) and DoRA run on the CPU only.
+// LoraMatmul / QLoraMatmul kernels (y and h in one pass, as on the CPU). DoRA and extra branches
+// (several active adapters, per-row adapters) go to Linear.DeviceAdapters.cs.
 // Backward, g = dL/dy: without an adapter dx = g·W (GEMM, or the 4-bit dequant-matmul); with one,
 // the fused LoRA backward gives dx, dA and dB (h kept from the forward, the same dropout mask).
 // A trainable (fp32) base weight gets dW = gᵀ·x (GEMM), a trainable bias db = Σ_rows g, a lora_B
@@ -18,13 +18,12 @@ public sealed partial class Linear
 {
     private Tensor ForwardOnDevice(Tensor x, LoraAdapter? lora, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras, int[] shape, ForwardContext context)
     {
-        var device = x.Device;
-        string layer = $"Linear [{OutFeatures}, {InFeatures}]";
         if (extras.Count != 0 || lora?.UseDora == true)
         {
-            throw new NotSupportedException($"{layer}: several active adapters, per-row adapters and DoRA run on the cpu device only.");
+            return ForwardAdaptersOnDevice(x, lora, extras, shape, context);
         }
 
+        var device = x.Device;
         bool record = Tape.IsRecording && (x.RequiresGrad || Weight.RequiresGrad || Bias?.RequiresGrad == true
             || (lora != null && lora.Parameters.Any(p => p.RequiresGrad)));
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
