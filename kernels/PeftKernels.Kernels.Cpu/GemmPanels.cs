@@ -65,7 +65,12 @@ internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float sca
             return;
         }
 
-        if (plain && PackTranspose.Usable)
+        if (plain && mr == 1 && rows == 1)
+        {
+            // One row of a GEMV: the packed strip is the row itself.
+            new ReadOnlySpan<float>(ptr + ((long)i0 * ld) + p0, kc).CopyTo(new Span<float>(dst, kc));
+        }
+        else if (plain && PackTranspose.Usable)
         {
             PackTranspose.Pack(ptr + ((long)i0 * ld) + p0, ld, dst, rows, kc, mr);
         }

@@ -36,7 +36,7 @@ internal readonly unsafe struct Quant4Panel : IPanelB
         this.trans = trans;
         k = trans ? w.Shape[1] : w.Shape[0];
         this.path = path;
-        permuted = trans && path == SimdPath.Vector512 && ld % blocksize == 0 ? new float[k] : null;
+        permuted = trans && path == SimdPath.Vector512 && ld % blocksize == 0 ? GC.AllocateUninitializedArray<float>(k) : null;
         wide = permuted != null && Quant4Simd.WideDotApplies(blocksize, k);
     }
 

@@ -293,10 +293,29 @@ internal static unsafe class Quant4Simd
         return (8 * d) + (2 * (t >> 1)) + ((t & 1) == 0 ? 1 : 0);
     }
 
-    /// <summary>xq[128c + P] = x[128c + WideElement(P)] for whole 128-chunks; the tail is copied as is.</summary>
+    /// <summary>
+    /// xq[128c + P] = x[128c + WideElement(P)] for whole 128-chunks; the tail is copied as is.
+    /// With AVX2 each group of 16 is two 8-wide gathers (x[8d + offset], d = 0..15), so the
+    /// once-per-call permutation costs little next to a small GEMV.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PermuteForWideDot(float* x, int count, float* xq)
     {
         int q = 0;
+        if (Avx2.IsSupported)
+        {
+            var stride8 = Vector256.Create(0, 8, 16, 24, 32, 40, 48, 56);
+            for (; q + 128 <= count; q += 128)
+            {
+                for (int t = 0; t < 8; t++)
+                {
+                    int offset = (2 * (t >> 1)) + ((t & 1) == 0 ? 1 : 0);
+                    Avx2.GatherVector256(x + q + offset, stride8, 4).Store(xq + q + (16 * t));
+                    Avx2.GatherVector256(x + q + 64 + offset, stride8, 4).Store(xq + q + (16 * t) + 8);
+                }
+            }
+        }
+
         for (; q + 128 <= count; q += 128)
         {
             for (int position = 0; position < 128; position++)

@@ -152,4 +152,25 @@ public class QLoraMatmulTests
         ex = Assert.Throws<ArgumentException>(() => QLoraMatmul.Forward(new float[8], wq, [], new float[16], new float[16], 1f, new float[8], new float[2], 1, 8, 8, 0));
         Assert.Equal("rank", ex.ParamName);
     }
+
+    [Fact]
+    public unsafe void WideDotPermutationPlacesEveryElementOnceAndCopiesTheTail()
+    {
+        // 2 whole 128-chunks plus a 44-element tail: the gather path (AVX-512) and the scalar mapping must agree.
+        const int count = 300;
+        var x = Enumerable.Range(0, count).Select(i => (float)i).ToArray();
+        var xq = new float[count];
+        fixed (float* px = x, pq = xq)
+        {
+            Quant4Simd.PermuteForWideDot(px, count, pq);
+        }
+
+        for (int q = 0; q < 256; q++)
+        {
+            Assert.Equal((q / 128 * 128) + Quant4Simd.WideElement(q % 128), (int)xq[q]);
+        }
+
+        Assert.Equal(x[256..], xq[256..]);
+        Assert.Equal(Enumerable.Range(0, 128), Enumerable.Range(0, 128).Select(Quant4Simd.WideElement).Order());
+    }
 }
