@@ -87,6 +87,34 @@ public abstract class Module
         return this;
     }
 
+    /// <summary>
+    /// After host-side changes to a model that lives on a GPU device (adapters added or loaded, weights merged,
+    /// replaced or restored): parameters not yet on the model's device are moved there and, with
+    /// <paramref name="refresh"/>, fp32 host values changed in place are uploaded again (a parameter whose device copy
+    /// is newer, after an optimizer step there, is left alone). No-op for a model on the CPU.
+    /// </summary>
+    internal void SyncDevice(bool refresh)
+    {
+        var parameters = NamedParameters().Select(p => p.Parameter).ToList();
+        var device = parameters.Select(p => p.Device).FirstOrDefault(d => d.IsGpu);
+        if (device == null)
+        {
+            return;
+        }
+
+        foreach (var p in parameters)
+        {
+            if (!ReferenceEquals(p.Device, device))
+            {
+                p.MoveTo(device);
+            }
+            else if (refresh)
+            {
+                p.RefreshMirror();
+            }
+        }
+    }
+
     /// <summary>This module's own parameters (not its children's), by local name.</summary>
     protected virtual IEnumerable<(string Name, Parameter Parameter)> OwnParameters() => [];
 

@@ -264,6 +264,7 @@ public sealed partial class PeftModel
         }
 
         Register(name, config, first);
+        Model.SyncDevice(refresh: values != null); // a model on a GPU device gets the new adapter (and loaded biases) there
     }
 
     /// <summary>Adds an IA³ adapter's vectors (ones, N(0, 1), or the given values by file key) and its bookkeeping; cannot fail half-way.</summary>
@@ -287,6 +288,7 @@ public sealed partial class PeftModel
 
         AddSaved(name, toSave, values, trainable);
         Register(name, config, first);
+        Model.SyncDevice(refresh: values != null);
     }
 
     private void AddSaved(string name, List<(string Name, ILoraLayer Layer)> toSave, IReadOnlyDictionary<string, float[]>? values, bool trainable)

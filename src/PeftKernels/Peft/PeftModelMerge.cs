@@ -121,6 +121,7 @@ public sealed partial class PeftModel
                 UnmergeLast();
             }
 
+            Model.SyncDevice(refresh: true);
             throw;
         }
 
@@ -129,6 +130,8 @@ public sealed partial class PeftModel
             m.Exact = null;
         }
 
+        // A model on a GPU device: the merged weights (new tensors, or fp32 changed in place) go there too.
+        Model.SyncDevice(refresh: true);
         return new MergeReport(report);
     }
 
@@ -139,6 +142,8 @@ public sealed partial class PeftModel
         {
             UnmergeLast();
         }
+
+        Model.SyncDevice(refresh: true);
     }
 
     /// <summary>Merges the active adapters, then removes every adapter: the base model with the update built in (PEFT's merge_and_unload).</summary>
@@ -160,6 +165,7 @@ public sealed partial class PeftModel
         saved.Commit();
         originalBiases.Clear();
         RemoveAll();
+        Model.SyncDevice(refresh: true);
         return Model;
     }
 
@@ -175,6 +181,7 @@ public sealed partial class PeftModel
 
         originalBiases.Clear();
         RemoveAll();
+        Model.SyncDevice(refresh: true);
         return Model;
     }
 

@@ -331,10 +331,13 @@ public class Tensor
         deviceGrad = null;
     }
 
-    /// <summary>Copies the host fp32 data into the device mirror again (after the optimizer changed it on the host).</summary>
+    /// <summary>
+    /// Copies the host fp32 data into the device mirror again (after the optimizer or a merge changed it on the host);
+    /// nothing when the device copy is the newer one (the host copy is stale and was not read since).
+    /// </summary>
     internal void RefreshMirror()
     {
-        if (HasMirror && DType == TensorDType.F32)
+        if (HasMirror && DType == TensorDType.F32 && !hostDataStale)
         {
             deviceData!.View.CopyFromCPU(data!);
             hostDataStale = false;
