@@ -25,6 +25,9 @@ internal static partial class KernelChecks
             ("swiglu", () => SwiGluCheck(acc, report)),
             ("attention", () => AttentionCheck(acc, report)),
             ("cross-entropy", () => CrossEntropyCheck(acc, report)),
+            ("lora branch", () => LoraBranch(acc, report)),
+            ("dora norm", () => DoraNormCheck(acc, report)),
+            ("training kernels", () => TrainingKernels(acc, report)),
         };
         foreach (var (name, run) in checks)
         {

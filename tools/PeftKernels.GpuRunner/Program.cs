@@ -1,15 +1,23 @@
 // GPU runner: on a host with an NVIDIA GPU, checks every GPU kernel on the CUDA accelerator against
-// the CPU kernels at moderate shapes, then benchmarks the GPU kernels (against cuBLAS where the
-// host has it), and writes results.json and results.md into the output folder.
+// the CPU kernels at moderate shapes, then the tiny Llama on the CUDA device against the CPU device
+// (logits, training steps of every method, several adapters, generation), then benchmarks the GPU
+// kernels (against cuBLAS where the host has it), and writes results.json and results.md into the
+// output folder.
 //   PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only]
+//   PeftKernels.GpuRunner <out-dir> --cpu-accelerator
+// --cpu-accelerator (for developing the runner on a machine without a GPU): only the model checks,
+// on ILGPU's CPU accelerator (simulated threads; minutes), to verify their logic and tolerances.
 // Exit codes: 0 all checks passed, 1 a check failed (or the run broke), 2 no CUDA device, 64 bad arguments.
 using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
 using PeftKernels.GpuRunner;
 
+const string Usage = "usage: PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only] [--cpu-accelerator]";
 string? outDir = null;
 int runs = 10;
-bool checks = true, bench = true;
+bool checks = true, bench = true, cpuAccelerator = false;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -24,8 +32,11 @@ for (int i = 0; i < args.Length; i++)
         case "--bench-only":
             checks = false;
             break;
+        case "--cpu-accelerator":
+            cpuAccelerator = true;
+            break;
         case "-h" or "--help":
-            Console.WriteLine("usage: PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only]");
+            Console.WriteLine(Usage);
             return 0;
         default:
             if (outDir == null && !args[i].StartsWith('-'))
@@ -34,15 +45,32 @@ for (int i = 0; i < args.Length; i++)
                 break;
             }
 
-            Console.Error.WriteLine($"unknown argument '{args[i]}'; usage: PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only]");
+            Console.Error.WriteLine($"unknown argument '{args[i]}'; {Usage}");
             return 64;
     }
 }
 
 if (outDir == null)
 {
-    Console.Error.WriteLine("usage: PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only]");
+    Console.Error.WriteLine(Usage);
     return 64;
+}
+
+if (cpuAccelerator)
+{
+    if (!checks)
+    {
+        Console.Error.WriteLine("--cpu-accelerator runs the model checks only; it cannot be combined with --bench-only");
+        return 64;
+    }
+
+    // 32 threads per warp as on CUDA (the warp-shuffle kernels assume it), 8 warps per group, 1 multiprocessor.
+    using var cpuContext = Context.Create(b => b.CPU(new CPUDevice(32, 8, 1)).EnableAlgorithms());
+    using var cpu = cpuContext.CreateCPUAccelerator(0);
+    var cpuReport = new Report($"ILGPU CPU accelerator ({cpu.Name}): model checks only", runs);
+    Console.WriteLine($"device: {cpuReport.Device}");
+    ModelChecks.RunAll(cpu, cpuReport);
+    return Finish(cpuReport, outDir);
 }
 
 Context context;
@@ -74,6 +102,7 @@ using (context)
         if (checks)
         {
             KernelChecks.RunAll(accelerator, report);
+            ModelChecks.RunAll(accelerator, report);
         }
 
         if (bench)
@@ -89,7 +118,14 @@ using (context)
         return 1;
     }
 
+    return Finish(report, outDir);
+}
+
+static int Finish(Report report, string outDir)
+{
     report.Write(outDir);
     Console.WriteLine($"results: {Path.Combine(outDir, "results.json")}, {Path.Combine(outDir, "results.md")}");
-    return report.Checks.All(c => c.Pass) ? 0 : 1;
+    int failed = report.Checks.Count(c => !c.Pass);
+    Console.WriteLine($"checks: {report.Checks.Count - failed} passed, {failed} failed");
+    return failed == 0 ? 0 : 1;
 }
