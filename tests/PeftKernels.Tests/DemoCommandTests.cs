@@ -1,6 +1,6 @@
 // `peft demo --fast` end to end: the fine-tuned adapter must beat the base on its task by the
 // stated margin, and every promised output (base folder, two PEFT adapter folders, loss.png,
-// metrics.json) must exist and parse.
+// metrics.json) must exist and parse; the same on a CUDA GPU (--device cuda); a bad --device is a usage error.
 using System.CommandLine;
 using PeftKernels.Cli.Demo;
 using PeftKernels.Models;
@@ -16,29 +16,31 @@ public sealed class DemoCommandTests : IDisposable
     public void Dispose() => folder.Dispose();
 
     [Fact]
-    public void FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput()
+    public void FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cpu", "cpu");
+
+    [CudaFact]
+    public void FastDemoOnCudaFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cuda", Device.Cuda().Name);
+
+    [Fact]
+    public void AnUnknownDeviceIsAUsageError()
     {
-        string output = Path.Combine(folder.Path, "demo");
-        var writer = new StringWriter { NewLine = "\n" };
-        var error = new StringWriter();
-        int code = Cli.Cli.Build().Parse(["demo", "--fast", "--out", output]).Invoke(new InvocationConfiguration { Output = writer, Error = error });
-        Assert.Equal((0, ""), (code, error.ToString()));
-        string log = writer.ToString();
-        foreach (string step in new[] { "1 Pre-train", "2 The base model", "3 QLoRA", "4 Save the adapter", "5 Merge", "6 A second adapter", "7 Serve both", "8 Summary" })
+        string output = Path.Combine(folder.Path, "never");
+        var (code, log, error) = Invoke("demo", "--fast", "--device", "tpu", "--out", output);
+        Assert.Equal((1, ""), (code, log));
+        Assert.Equal("error: unknown device 'tpu'; expected cpu or cuda.", error.Trim());
+        Assert.False(Directory.Exists(output), "nothing is written before the options are checked");
+        if (Device.CudaUnavailableReason != null)
         {
-            Assert.Contains(step, log);
+            var cuda = Invoke("demo", "--fast", "--device", "cuda", "--out", output);
+            Assert.Equal(1, cuda.Code);
+            Assert.StartsWith("error: --device cuda: no CUDA device is available", cuda.Error);
+            Assert.False(Directory.Exists(output));
         }
+    }
 
-        var metrics = DemoOutputs.ReadMetrics(Path.Combine(output, "metrics.json"));
-        var sentiment = metrics.Tasks.Single(t => t.Task == "sentiment");
-
-        // Stated margin: the QLoRA adapter answers at least 30 points more held-out prompts correctly than the base.
-        Assert.True(sentiment.AccuracyAfter >= sentiment.AccuracyBefore + 0.30, $"sentiment accuracy {sentiment.AccuracyBefore:P0} → {sentiment.AccuracyAfter:P0}");
-        Assert.All(metrics.Tasks, t => Assert.True(t.TrainableParameters > 0 && t.AdapterBytes > 0 && double.IsFinite(t.FinalLoss)));
-        Assert.True(metrics.Merge.SameAnswers);
-        Assert.True(metrics.Merge.MaxAbsLogitDifference < 1e-3 * Math.Max(1, metrics.Merge.MaxAbsLogit), $"merge changed logits by {metrics.Merge.MaxAbsLogitDifference}");
-        Assert.True(metrics.Serving.MatchesSeparate);
-
+    /// <summary>Checks the files a demo run leaves in <paramref name="output"/>: loss.png, the base folder and both adapters load.</summary>
+    internal static void AssertOutputFiles(string output)
+    {
         var png = File.ReadAllBytes(Path.Combine(output, "loss.png"));
         Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png[..4]);
         Assert.True(png.Length > 10_000, $"loss.png is only {png.Length} bytes");
@@ -52,5 +54,40 @@ public sealed class DemoCommandTests : IDisposable
         }
 
         Assert.Equal(2, peft.Adapters.Count);
+    }
+
+    private static (int Code, string Output, string Error) Invoke(params string[] args)
+    {
+        var writer = new StringWriter { NewLine = "\n" };
+        var error = new StringWriter();
+        int code = Cli.Cli.Build().Parse(args).Invoke(new InvocationConfiguration { Output = writer, Error = error });
+        return (code, writer.ToString(), error.ToString());
+    }
+
+    private void AssertFastDemo(string device, string deviceName)
+    {
+        string output = Path.Combine(folder.Path, "demo");
+        string[] args = device == "cpu" ? ["demo", "--fast", "--out", output] : ["demo", "--fast", "--device", device, "--out", output];
+        var (code, log, error) = Invoke(args);
+        Assert.Equal((0, ""), (code, error));
+        foreach (string step in new[] { "1 Pre-train", "2 The base model", "3 QLoRA", "4 Save the adapter", "5 Merge", "6 A second adapter", "7 Serve both", "8 Summary" })
+        {
+            Assert.Contains(step, log);
+        }
+
+        Assert.Contains($"150 steps on {deviceName}, final loss", log);
+        Assert.Contains($"device {deviceName}; base:", log);
+        var metrics = DemoOutputs.ReadMetrics(Path.Combine(output, "metrics.json"));
+        Assert.Equal(deviceName, metrics.Device);
+        var sentiment = metrics.Tasks.Single(t => t.Task == "sentiment");
+
+        // Stated margin: the QLoRA adapter answers at least 30 points more held-out prompts correctly than the base.
+        Assert.True(sentiment.AccuracyAfter >= sentiment.AccuracyBefore + 0.30, $"sentiment accuracy {sentiment.AccuracyBefore:P0} → {sentiment.AccuracyAfter:P0}");
+        Assert.All(metrics.Tasks, t => Assert.True(t.TrainableParameters > 0 && t.AdapterBytes > 0 && double.IsFinite(t.FinalLoss)));
+        Assert.True(metrics.Merge.SameAnswers);
+        Assert.True(metrics.Merge.MaxAbsLogitDifference < 1e-3 * Math.Max(1, metrics.Merge.MaxAbsLogit), $"merge changed logits by {metrics.Merge.MaxAbsLogitDifference}");
+        Assert.True(metrics.Serving.MatchesSeparate);
+
+        AssertOutputFiles(output);
     }
 }

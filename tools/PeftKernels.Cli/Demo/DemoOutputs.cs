@@ -14,6 +14,9 @@ internal sealed record DemoServingMetrics(int Rows, bool MatchesSeparate, double
 
 internal sealed record DemoMetrics
 {
+    /// <summary>Where the model ran: "cpu", or the accelerator's name.</summary>
+    public required string Device { get; init; }
+
     public long BaseParameters { get; init; }
 
     public long BaseBytes { get; init; }

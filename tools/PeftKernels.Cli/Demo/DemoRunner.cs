@@ -8,6 +8,10 @@
 //   7. both adapters served in ONE batch with per-row adapter selection, checked against
 //      running each adapter on its own rows
 //   8. summary table, loss-curve PNG and metrics JSON in the output folder
+// On a GPU device (--device cuda) the model lives there from pre-training on: training, evaluation
+// and serving run on the device; quantizing, adding an adapter and merging are host operations, so
+// the model goes to the host for them and back (To(device) uploads what is new or changed), and
+// saving reads the host copies (a parameter the device optimizer changed downloads on read).
 using System.Diagnostics;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
@@ -19,12 +23,13 @@ using Spectre.Console;
 
 namespace PeftKernels.Cli.Demo;
 
-internal sealed record DemoOptions(string Output, bool Fast, int Seed, int Threads);
+internal sealed record DemoOptions(string Output, bool Fast, int Seed, int Threads, Device Device);
 
 internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole console, bool live)
 {
     private readonly Dictionary<string, List<double>> curves = [];
     private readonly KernelOptions kernel = new(options.Threads);
+    private readonly Device device = options.Device;
 
     public DemoMetrics Run()
     {
@@ -46,11 +51,13 @@ internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole conso
         double topicBefore = DemoEval.Accuracy(topicEval, DemoEval.Answers((t, b) => model.Forward(t, b, null, Context), topicEval));
 
         Step(3, "QLoRA: quantize the base Linears to NF4 (double quantization), fine-tune a LoRA adapter");
+        model.To(Device.Cpu);
         var (before, after) = model.QuantizeLinears();
         console.MarkupLine($"   Linear weights {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)} in NF4");
         var peft = new PeftModel(model);
         var sentimentConfig = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = TargetModules.FromRegex(TargetModules.AllLinear) };
         peft.AddAdapter("sentiment", sentimentConfig, options.Seed);
+        model.To(device);
         console.MarkupLine($"   {Markup.Escape(peft.TrainableParameters().ToString())}");
         double sentimentTrain = Train(model, "sentiment", DemoTask.Sentiment, options.Fast ? 80 : 160);
         double sentimentAfter = Evaluate("sentiment adapter", (t, b) => model.Forward(t, b, null, Context), sentimentEval, show: 3);
@@ -68,6 +75,7 @@ internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole conso
         var topicConfig = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = TargetModules.FromList("q_proj", "k_proj", "v_proj", "o_proj") };
         peft.AddAdapter("topic", topicConfig, options.Seed + 1);
         peft.SetAdapter("topic");
+        model.To(device);
         foreach (var (_, adapter) in Lora.Adapters(model, "sentiment"))
         {
             adapter.A.Trainable = false;
@@ -81,9 +89,11 @@ internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole conso
 
         Step(7, "Serve both adapters (and the base) in ONE batch, one adapter per row");
         var serving = ServeMixedBatch(peft, sentimentEval, topicEval);
+        model.To(Device.Cpu);
 
         var metrics = new DemoMetrics
         {
+            Device = device.Name,
             BaseParameters = model.Config.ParameterCount(),
             BaseBytes = baseBytes,
             PretrainSeconds = pretrainSeconds,

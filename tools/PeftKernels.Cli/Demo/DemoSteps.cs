@@ -1,6 +1,7 @@
 // The individual steps of the demo: training with a live progress bar (or plain lines when the
 // output is not a terminal), evaluation with sample predictions, the merge check and the
-// mixed-batch serving check.
+// mixed-batch serving check. The merge is a host operation: on a GPU device the model goes to the
+// host for merging and unmerging and back to the device for the forward passes.
 using System.Diagnostics;
 using PeftKernels.Autograd;
 using PeftKernels.Models;
@@ -25,6 +26,7 @@ internal sealed partial class DemoRunner
         }
 
         int steps = options.Fast ? 150 : 400;
+        model.To(device);
         var trainer = new Trainer(model, rng => dataset.Batch(16, 64, rng), 16, new TrainerOptions
         {
             Steps = steps,
@@ -37,7 +39,7 @@ internal sealed partial class DemoRunner
         });
         Run(trainer, "pretrain");
         model.Freeze();
-        console.MarkupLine($"   {steps} steps, final loss {curves["pretrain"][^1]:F3} (bytes, ln 256 = 5.545 at chance), {clock.Elapsed.TotalSeconds:F1} s");
+        console.MarkupLine($"   {steps} steps on {Markup.Escape(device.Name)}, final loss {curves["pretrain"][^1]:F3} (bytes, ln 256 = 5.545 at chance), {clock.Elapsed.TotalSeconds:F1} s");
         return (model, clock.Elapsed.TotalSeconds);
     }
 
@@ -86,7 +88,9 @@ internal sealed partial class DemoRunner
         using (Tape.NoGrad())
         {
             unmerged = model.Forward(tokens, rows.Count, null, Context).Data;
+            model.To(Device.Cpu);
             var report = peft.Merge(safe: true);
+            model.To(device);
             merged = model.Forward(tokens, rows.Count, null, Context).Data;
             console.MarkupLine($"   merged {report.Modules.Count} modules into a 4-bit base: the merged weights are dequantized NF4 + s·B·A in fp32");
         }
@@ -99,7 +103,9 @@ internal sealed partial class DemoRunner
         }
 
         var mergedAnswers = DemoEval.Answers((t, b) => model.Forward(t, b, null, Context), rows);
+        model.To(Device.Cpu);
         peft.Unmerge();
+        model.To(device);
         var unmergedAnswers = DemoEval.Answers((t, b) => model.Forward(t, b, null, Context), rows);
         bool same = mergedAnswers.SequenceEqual(unmergedAnswers);
         console.MarkupLine($"   max |logit difference| merged vs adapter: {maxDiff:E2} (logits up to {maxLogit:F1}); same answers on {rows.Count} prompts: {(same ? "[green]yes[/]" : "[red]no[/]")}; unmerged again");
@@ -156,7 +162,7 @@ internal sealed partial class DemoRunner
         }
 
         console.Write(table);
-        console.MarkupLine($"   base: {m.BaseParameters:N0} parameters ({ModelCommands.Mib(m.BaseBytes)}), pre-trained in {m.PretrainSeconds:F1} s; merge check max |Δlogit| {m.Merge.MaxAbsLogitDifference:E1}; mixed batch matches separate serving: {m.Serving.MatchesSeparate}");
+        console.MarkupLine($"   device {Markup.Escape(m.Device)}; base: {m.BaseParameters:N0} parameters ({ModelCommands.Mib(m.BaseBytes)}), pre-trained in {m.PretrainSeconds:F1} s; merge check max |Δlogit| {m.Merge.MaxAbsLogitDifference:E1}; mixed batch matches separate serving: {m.Serving.MatchesSeparate}");
     }
 
 }
