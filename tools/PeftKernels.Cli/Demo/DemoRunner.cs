@@ -9,9 +9,9 @@
 //      running each adapter on its own rows
 //   8. summary table, loss-curve PNG and metrics JSON in the output folder
 // On a GPU device (--device cuda) the model lives there from pre-training on: training, evaluation
-// and serving run on the device; quantizing, adding an adapter and merging are host operations, so
-// the model goes to the host for them and back (To(device) uploads what is new or changed), and
-// saving reads the host copies (a parameter the device optimizer changed downloads on read).
+// and serving run on the device; quantizing is done on the host (the model goes there and back),
+// PeftModel puts new adapters and merged weights on the model's device itself, and saving reads the
+// host copies (a parameter the device optimizer changed downloads on read).
 using System.Diagnostics;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
@@ -75,7 +75,6 @@ internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole conso
         var topicConfig = new LoraConfig { R = 8, LoraAlpha = 16, TargetModules = TargetModules.FromList("q_proj", "k_proj", "v_proj", "o_proj") };
         peft.AddAdapter("topic", topicConfig, options.Seed + 1);
         peft.SetAdapter("topic");
-        model.To(device);
         foreach (var (_, adapter) in Lora.Adapters(model, "sentiment"))
         {
             adapter.A.Trainable = false;

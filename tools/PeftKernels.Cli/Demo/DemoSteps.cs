@@ -1,7 +1,7 @@
 // The individual steps of the demo: training with a live progress bar (or plain lines when the
 // output is not a terminal), evaluation with sample predictions, the merge check and the
-// mixed-batch serving check. The merge is a host operation: on a GPU device the model goes to the
-// host for merging and unmerging and back to the device for the forward passes.
+// mixed-batch serving check. On a GPU device the merge and unmerge run on the host copies and
+// PeftModel re-uploads what changed.
 using System.Diagnostics;
 using PeftKernels.Autograd;
 using PeftKernels.Models;
@@ -88,9 +88,7 @@ internal sealed partial class DemoRunner
         using (Tape.NoGrad())
         {
             unmerged = model.Forward(tokens, rows.Count, null, Context).Data;
-            model.To(Device.Cpu);
             var report = peft.Merge(safe: true);
-            model.To(device);
             merged = model.Forward(tokens, rows.Count, null, Context).Data;
             console.MarkupLine($"   merged {report.Modules.Count} modules into a 4-bit base: the merged weights are dequantized NF4 + s·B·A in fp32");
         }
@@ -103,9 +101,7 @@ internal sealed partial class DemoRunner
         }
 
         var mergedAnswers = DemoEval.Answers((t, b) => model.Forward(t, b, null, Context), rows);
-        model.To(Device.Cpu);
         peft.Unmerge();
-        model.To(device);
         var unmergedAnswers = DemoEval.Answers((t, b) => model.Forward(t, b, null, Context), rows);
         bool same = mergedAnswers.SequenceEqual(unmergedAnswers);
         console.MarkupLine($"   max |logit difference| merged vs adapter: {maxDiff:E2} (logits up to {maxLogit:F1}); same answers on {rows.Count} prompts: {(same ? "[green]yes[/]" : "[red]no[/]")}; unmerged again");
