@@ -65,7 +65,7 @@ internal sealed class Report(string device, int runs)
         md.AppendLine();
         md.AppendLine(inv, $"Device: {Device}. Benchmarks: median of {runs} samples.");
         md.AppendLine();
-        md.AppendLine(inv, $"## Kernel checks (CUDA vs CPU kernels): {Checks.Count(c => c.Pass)} passed, {Checks.Count(c => !c.Pass)} failed");
+        md.AppendLine(inv, $"## Checks (the device above vs the CPU): {Checks.Count(c => c.Pass)} passed, {Checks.Count(c => !c.Pass)} failed");
         md.AppendLine();
         md.AppendLine("| kernel | shape | max abs | max rel | atol | rtol | result |");
         md.AppendLine("| --- | --- | --- | --- | --- | --- | --- |");
