@@ -8,23 +8,8 @@ namespace PeftKernels.Tests;
 public class LlamaModelTests
 {
     /// <summary>A tiny config whose random weights are large enough (std 0.3) that attention and the MLP do real work.</summary>
-    internal static LlamaForCausalLM TinyModel(LlamaConfig? config = null, int seed = 1, float scale = 15f)
-    {
-        var model = LlamaForCausalLM.Create(config ?? LlamaConfig.Tiny(40) with { HeadDim = 16 }, seed);
-        foreach (var (name, p) in model.NamedParameters())
-        {
-            if (!name.EndsWith("norm.weight", StringComparison.Ordinal))
-            {
-                var d = p.Data;
-                for (int i = 0; i < d.Length; i++)
-                {
-                    d[i] = d[i] == 0 ? 0.01f * (i % 7) : d[i] * scale;
-                }
-            }
-        }
-
-        return model;
-    }
+    internal static LlamaForCausalLM TinyModel(LlamaConfig? config = null, int seed = 1, float scale = 15f) =>
+        Testing.TinyLlama.Model(config, seed, scale);
 
     public static TheoryData<string> Variants() => ["llama-gqa", "qwen2-bias-tied", "mha-headdim"];
 

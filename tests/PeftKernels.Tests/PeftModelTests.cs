@@ -14,8 +14,7 @@ public class PeftModelTests
 
     internal static LlamaConfig Qwen2Like => LlamaConfig.Tiny(40) with { ModelType = "qwen2", AttentionBias = true, HeadDim = 16 };
 
-    internal static LoraConfig Config(string targets, int r = 4, double alpha = 8) =>
-        new() { R = r, LoraAlpha = alpha, TargetModules = TargetModules.Parse(targets) };
+    internal static LoraConfig Config(string targets, int r = 4, double alpha = 8) => Testing.TinyLlama.Lora(targets, r, alpha);
 
     /// <summary>Random B (and lora_B bias, and embedding A) so every adapter changes the output.</summary>
     internal static void Randomize(Module model, string adapter, int seed)

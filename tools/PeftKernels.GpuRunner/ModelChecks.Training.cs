@@ -12,6 +12,7 @@
 using PeftKernels.Models;
 using PeftKernels.Nn;
 using PeftKernels.Peft;
+using PeftKernels.Testing;
 using PeftKernels.Training;
 
 namespace PeftKernels.GpuRunner;
@@ -58,13 +59,13 @@ internal static partial class ModelChecks
     {
         LlamaForCausalLM Create()
         {
-            var model = TinyModel();
+            var model = TinyLlama.Model();
             if (quantized)
             {
                 model.QuantizeLinears();
             }
 
-            Lora.Apply(model, LoraConfig("all-linear"), seed: 2);
+            Lora.Apply(model, TinyLlama.Lora("all-linear"), seed: 2);
             Randomize(model, "default", 5);
             return model;
         }
@@ -102,7 +103,7 @@ internal static partial class ModelChecks
             model.QuantizeLinears();
         }
 
-        _ = new PeftModel(model, LoraConfig("q_proj,down_proj") with { UseDora = true });
+        _ = new PeftModel(model, TinyLlama.Lora("q_proj,down_proj") with { UseDora = true });
         Randomize(model, "default", 5);
         int seed = 11;
         foreach (var (module, a) in Lora.Adapters(model, "default"))
@@ -142,7 +143,7 @@ internal static partial class ModelChecks
     {
         static LlamaForCausalLM Create()
         {
-            var model = TinyModel(LlamaConfig.Tiny(40) with { ModelType = "qwen2", AttentionBias = true, TieWordEmbeddings = true, HeadDim = 16, RopeTheta = 1e6 });
+            var model = TinyLlama.Model(LlamaConfig.Tiny(40) with { ModelType = "qwen2", AttentionBias = true, TieWordEmbeddings = true, HeadDim = 16, RopeTheta = 1e6 });
             foreach (var (_, p) in model.NamedParameters())
             {
                 p.Trainable = true;

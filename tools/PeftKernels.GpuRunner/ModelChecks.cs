@@ -16,6 +16,8 @@ using PeftKernels.Models;
 using PeftKernels.Nn;
 using PeftKernels.Peft;
 
+using PeftKernels.Testing;
+
 namespace PeftKernels.GpuRunner;
 
 internal static partial class ModelChecks
@@ -52,28 +54,6 @@ internal static partial class ModelChecks
         }
     }
 
-    /// <summary>LlamaModelTests.TinyModel: every weight but the norms ×<paramref name="scale"/>, zeros (biases) set to 0.01·(i mod 7).</summary>
-    private static LlamaForCausalLM TinyModel(LlamaConfig? config = null, int seed = 1, float scale = 15f)
-    {
-        var model = LlamaForCausalLM.Create(config ?? LlamaConfig.Tiny(40) with { HeadDim = 16 }, seed);
-        foreach (var (name, p) in model.NamedParameters())
-        {
-            if (!name.EndsWith("norm.weight", StringComparison.Ordinal))
-            {
-                var d = p.Data;
-                for (int i = 0; i < d.Length; i++)
-                {
-                    d[i] = d[i] == 0 ? 0.01f * (i % 7) : d[i] * scale;
-                }
-            }
-        }
-
-        return model;
-    }
-
-    private static LoraConfig LoraConfig(string targets, int r = 4, double alpha = 8) =>
-        new() { R = r, LoraAlpha = alpha, TargetModules = TargetModules.Parse(targets) };
-
     /// <summary>Random B (and embedding A, and lora_B bias) so that every adapter changes the output.</summary>
     private static void Randomize(Module model, string adapter, int seed)
     {
@@ -91,11 +71,11 @@ internal static partial class ModelChecks
     /// <summary>The Qwen2-like tiny model (q/k/v biases), optionally NF4 with a randomized LoRA adapter on every Linear (DeviceTests.Model).</summary>
     private static LlamaForCausalLM Qwen2Like(bool quantizedWithLora)
     {
-        var model = TinyModel(LlamaConfig.Tiny(40) with { ModelType = "qwen2", AttentionBias = true, HeadDim = 16 });
+        var model = TinyLlama.Model(LlamaConfig.Tiny(40) with { ModelType = "qwen2", AttentionBias = true, HeadDim = 16 });
         if (quantizedWithLora)
         {
             model.QuantizeLinears();
-            Lora.Apply(model, LoraConfig("all-linear"), seed: 2);
+            Lora.Apply(model, TinyLlama.Lora("all-linear"), seed: 2);
             Randomize(model, "default", 5);
         }
 
@@ -255,14 +235,14 @@ internal static partial class ModelChecks
     private static (LlamaForCausalLM Model, PeftModel Peft) TwoAdapters(double dropout)
     {
         var model = OneLayer();
-        var peft = new PeftModel(model, LoraConfig("q_proj,v_proj,down_proj") with { LoraDropout = dropout }, "a");
-        peft.AddAdapter("b", LoraConfig("all-linear", r: 2) with { LoraDropout = dropout }, seed: 3);
+        var peft = new PeftModel(model, TinyLlama.Lora("q_proj,v_proj,down_proj") with { LoraDropout = dropout }, "a");
+        peft.AddAdapter("b", TinyLlama.Lora("all-linear", r: 2) with { LoraDropout = dropout }, seed: 3);
         Randomize(model, "a", 4);
         Randomize(model, "b", 5);
         return (model, peft);
     }
 
-    private static LlamaForCausalLM OneLayer() => TinyModel(LlamaConfig.Tiny(40) with { HeadDim = 16, NumHiddenLayers = 1 });
+    private static LlamaForCausalLM OneLayer() => TinyLlama.Model(LlamaConfig.Tiny(40) with { HeadDim = 16, NumHiddenLayers = 1 });
 
     /// <summary>The loss on Inputs → Labels and the gradients of the trainable parameters (empty when one got none), computed on <paramref name="device"/>.</summary>
     private static (float Loss, float[][] Grads) LossAndGrads(LlamaForCausalLM model, Device device)
