@@ -3,6 +3,7 @@
 // for op(B) = Wᵀ, transposes it into the micro-panel; the GEMV paths dequantize one row
 // chunk at a time and stream the packed bytes once (dot products for x·Wᵀ, row axpys for g·W).
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace PeftKernels.Kernels.Cpu;
 
@@ -21,8 +22,11 @@ internal readonly unsafe struct Quant4Panel : IPanelB
 
     // One op(A) row permuted for the n = 1 GEMV on Vector512 when every weight row is a whole
     // number of blocks (the usual in % blocksize == 0): for DotRunWide when it applies (block
-    // size ≥ 64, rows a multiple of 128), else for DotRunPermuted.
-    private readonly float[]? permuted;
+    // size ≥ 64, rows a multiple of 128), else for DotRunPermuted. The buffer is pinned (never
+    // moves) so the row can start on a 64-byte boundary: the 512-bit loads of x then never
+    // split a cache line.
+    private readonly float[]? permutedBuffer;
+    private readonly float* permuted;
     private readonly bool wide;
 
     /// <summary>op(B) = dequant(w)ᵀ (trans, K = in: x·Wᵀ) or dequant(w) (K = out: g·W), w [out, in].</summary>
@@ -36,11 +40,18 @@ internal readonly unsafe struct Quant4Panel : IPanelB
         this.trans = trans;
         k = trans ? w.Shape[1] : w.Shape[0];
         this.path = path;
-        permuted = trans && path == SimdPath.Vector512 && ld % blocksize == 0 ? GC.AllocateUninitializedArray<float>(k) : null;
+        if (trans && path == SimdPath.Vector512 && ld % blocksize == 0)
+        {
+            permutedBuffer = GC.AllocateUninitializedArray<float>(k + 16, pinned: true);
+            permuted = AlignTo64((float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(permutedBuffer)));
+        }
+
         wide = permuted != null && Quant4Simd.WideDotApplies(blocksize, k);
     }
 
     public bool CanDot => trans;
+
+    private static float* AlignTo64(float* p) => (float*)(((nuint)p + 63) & ~(nuint)63);
 
     public bool CanAxpy => !trans;
 
@@ -101,16 +112,13 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     {
         if (m == 1 && permuted != null)
         {
-            fixed (float* xp = permuted)
+            if (wide)
             {
-                if (wide)
-                {
-                    Quant4Simd.PermuteForWideDot(a, k, xp);
-                }
-                else
-                {
-                    Quant4Simd.PermuteForDot(a, k, xp);
-                }
+                Quant4Simd.PermuteForWideDot(a, k, permuted);
+            }
+            else
+            {
+                Quant4Simd.PermuteForDot(a, k, permuted);
             }
         }
     }
@@ -120,13 +128,9 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     {
         if (m == 1 && permuted != null)
         {
-            fixed (float* xp = permuted)
-            {
-                result[0] += wide
-                    ? Quant4Simd.DotRunWide(packed, absmax, table, blocksize, (long)j * ld, k, xp)
-                    : Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, xp);
-            }
-
+            result[0] += wide
+                ? Quant4Simd.DotRunWide(packed, absmax, table, blocksize, (long)j * ld, k, permuted)
+                : Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, permuted);
             return;
         }
 

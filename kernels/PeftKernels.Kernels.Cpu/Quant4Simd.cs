@@ -334,13 +334,16 @@ internal static unsafe class Quant4Simd
     public static bool WideDotApplies(int blocksize, int rowLength) => blocksize >= 64 && rowLength % 128 == 0 && rowLength % blocksize == 0;
 
     /// <summary>
-    /// <see cref="DotRun"/> for Vector512 with x permuted by <see cref="PermuteForWideDot"/>:
-    /// each 64-byte load of codes feeds eight table lookups, the nibble at bits 4t of every
-    /// dword selected by one immediate shift (none for t = 0) because vpermps reads only the
-    /// low 4 index bits. Per 16 codes that is at most one shift, one permute and one FMA, with
-    /// no byte shuffles or broadcast loads. e0 and count must be whole blocks and multiples of
-    /// 128 (<see cref="WideDotApplies"/>). With block size 64 a chunk holds two blocks, lanes
-    /// 0..7 and 8..15, each scaled into its own total.
+    /// <see cref="DotRun"/> for Vector512 with x permuted by <see cref="PermuteForWideDot"/>.
+    /// vpermps reads only the low 4 index bits, so a 64-byte chunk of codes read as 16 dwords
+    /// feeds eight table lookups, group t taking the nibble at bits 4t of every dword. The
+    /// nibbles at bits 8o come from a load at byte offset o (o = 1..3) instead of a shift, and
+    /// those at 8o + 4 from one immediate shift of that load: per 16 codes half a shift, one
+    /// permute and one FMA, with no byte shuffles or broadcast loads, on a pointer-bumped loop
+    /// of two chunks. The last chunk of the run uses seven shifts of one load instead, so no
+    /// load reaches past the run's last byte. e0 and count must be whole blocks and multiples
+    /// of 128 (<see cref="WideDotApplies"/>). With block size 64 a chunk holds two blocks,
+    /// lanes 0..7 and 8..15, each scaled into its own total. xq is best 64-byte aligned.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float DotRunWide(byte* packed, float* absmax, float[] table, int blocksize, long e0, int count, float* xq)
@@ -348,53 +351,94 @@ internal static unsafe class Quant4Simd
         Debug.Assert(WideDotApplies(blocksize, count) && (e0 & (blocksize - 1)) == 0, "whole 128-chunks of whole blocks only");
         var t512 = Vector512.Create(table);
         byte* p = packed + (e0 >> 1);
+        byte* last = p + (count >> 1) - 64; // the run's last chunk
         int log2 = BitOperations.Log2((uint)blocksize);
         float* s = absmax + (e0 >> log2);
-        int chunks = count >> 7;
         if (blocksize == 64)
         {
             var totalA = Vector512<float>.Zero;
             var totalB = Vector512<float>.Zero;
-            for (int c = 0; c < chunks; c++)
+            for (; p + 128 <= last; p += 128, xq += 256, s += 4)
             {
-                var sum = Chunk128(p + (c << 6), xq + (c << 7), t512);
-                totalA = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[c << 1]), totalA);
-                totalB = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[(c << 1) + 1]), totalB);
+                Sse.Prefetch0(p + 2048); // 16 pairs of chunks ahead: the stream of codes comes from DRAM
+                Sse.Prefetch0(p + 2048 + 64);
+                var sum0 = ChunkOffsetLoads(p, xq, t512);
+                var sum1 = ChunkOffsetLoads(p + 64, xq + 128, t512);
+                totalA = Vector512.FusedMultiplyAdd(sum0, Vector512.Create(s[0]), totalA);
+                totalB = Vector512.FusedMultiplyAdd(sum0, Vector512.Create(s[1]), totalB);
+                totalA = Vector512.FusedMultiplyAdd(sum1, Vector512.Create(s[2]), totalA);
+                totalB = Vector512.FusedMultiplyAdd(sum1, Vector512.Create(s[3]), totalB);
             }
 
+            if (p < last)
+            {
+                var sum = ChunkOffsetLoads(p, xq, t512);
+                totalA = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[0]), totalA);
+                totalB = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[1]), totalB);
+                p += 64;
+                xq += 128;
+                s += 2;
+            }
+
+            var tail = ChunkShifts(p, xq, t512);
+            totalA = Vector512.FusedMultiplyAdd(tail, Vector512.Create(s[0]), totalA);
+            totalB = Vector512.FusedMultiplyAdd(tail, Vector512.Create(s[1]), totalB);
             return Vector256.Sum(totalA.GetLower()) + Vector256.Sum(totalB.GetUpper());
         }
 
         var total = Vector512<float>.Zero;
         int perBlock = blocksize >> 7;
-        for (int c = 0, block = 0; c < chunks; c += perBlock, block++)
+        for (; p <= last; s++)
         {
-            var sum = Chunk128(p + (c << 6), xq + (c << 7), t512);
-            for (int i = 1; i < perBlock; i++)
+            var sum = Vector512<float>.Zero;
+            for (int i = 0; i < perBlock; i++, p += 64, xq += 128)
             {
-                sum += Chunk128(p + ((c + i) << 6), xq + ((c + i) << 7), t512);
+                Sse.Prefetch0(p + 2048);
+                sum += p < last ? ChunkOffsetLoads(p, xq, t512) : ChunkShifts(p, xq, t512);
             }
 
-            total = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[block]), total);
+            total = Vector512.FusedMultiplyAdd(sum, Vector512.Create(s[0]), total);
         }
 
         return Vector512.Sum(total);
     }
 
-    /// <summary>The unscaled lane sums of one 128-code chunk (64 bytes at <paramref name="p"/>) against permuted x.</summary>
+    /// <summary>
+    /// The unscaled lane sums of one 128-code chunk (64 bytes at <paramref name="p"/>) against
+    /// permuted x, the nibbles at bits 8o taken from loads at byte offsets o = 0..3: reads up
+    /// to 3 bytes past the chunk, so never for a run's last chunk.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Chunk128(byte* p, float* px, Vector512<float> t512)
+    private static Vector512<float> ChunkOffsetLoads(byte* p, float* px, Vector512<float> t512)
     {
-        Sse.Prefetch0(p + 2048); // 32 chunks ahead: the stream of codes comes from DRAM
+        var w0 = Vector512.Load((uint*)p);
+        var w1 = Vector512.Load((uint*)(p + 1));
+        var w2 = Vector512.Load((uint*)(p + 2));
+        var w3 = Vector512.Load((uint*)(p + 3));
+        var a0 = Avx512F.PermuteVar16x32(t512, w0.AsInt32()) * Vector512.Load(px);
+        var a1 = Avx512F.PermuteVar16x32(t512, (w0 >> 4).AsInt32()) * Vector512.Load(px + 16);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w1.AsInt32()), Vector512.Load(px + 32), a0);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w1 >> 4).AsInt32()), Vector512.Load(px + 48), a1);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w2.AsInt32()), Vector512.Load(px + 64), a0);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w2 >> 4).AsInt32()), Vector512.Load(px + 80), a1);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w3.AsInt32()), Vector512.Load(px + 96), a0);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w3 >> 4).AsInt32()), Vector512.Load(px + 112), a1);
+        return a0 + a1;
+    }
+
+    /// <summary>As <see cref="ChunkOffsetLoads"/> from one 64-byte load and seven shifts: reads the chunk only.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ChunkShifts(byte* p, float* px, Vector512<float> t512)
+    {
         var w = Vector512.Load((uint*)p);
         var a0 = Avx512F.PermuteVar16x32(t512, w.AsInt32()) * Vector512.Load(px);
         var a1 = Avx512F.PermuteVar16x32(t512, (w >> 4).AsInt32()) * Vector512.Load(px + 16);
-        var a2 = Avx512F.PermuteVar16x32(t512, (w >> 8).AsInt32()) * Vector512.Load(px + 32);
-        var a3 = Avx512F.PermuteVar16x32(t512, (w >> 12).AsInt32()) * Vector512.Load(px + 48);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 8).AsInt32()), Vector512.Load(px + 32), a0);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 12).AsInt32()), Vector512.Load(px + 48), a1);
         a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 16).AsInt32()), Vector512.Load(px + 64), a0);
         a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 20).AsInt32()), Vector512.Load(px + 80), a1);
-        a2 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 24).AsInt32()), Vector512.Load(px + 96), a2);
-        a3 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 28).AsInt32()), Vector512.Load(px + 112), a3);
-        return (a0 + a1) + (a2 + a3);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 24).AsInt32()), Vector512.Load(px + 96), a0);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 28).AsInt32()), Vector512.Load(px + 112), a1);
+        return a0 + a1;
     }
 }

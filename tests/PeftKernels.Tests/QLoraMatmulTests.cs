@@ -21,6 +21,7 @@ public class QLoraMatmulTests
             (1, 70, 33, 64, Quant4Type.Nf4, true), (1, 128, 20, 64, Quant4Type.Nf4, true), (1, 96, 40, 64, Quant4Type.Fp4, false),
             (1, 80, 24, 32, Quant4Type.Nf4, false), (1, 64, 16, 32, Quant4Type.Fp4, true), (2, 256, 9, 128, Quant4Type.Nf4, false), (1, 4096, 3, 4096, Quant4Type.Nf4, true), (1, 192, 21, 64, Quant4Type.Nf4, false), (1, 384, 70, 128, Quant4Type.Nf4, true), (1, 512, 65, 256, Quant4Type.Fp4, true), (1, 256, 130, 64, Quant4Type.Nf4, true), (3, 257, 40, 32, Quant4Type.Fp4, false), (4, 64, 64, 128, Quant4Type.Nf4, false),
             (5, 129, 31, 64, Quant4Type.Nf4, true), (17, 300, 65, 256, Quant4Type.Fp4, true), (64, 33, 129, 64, Quant4Type.Nf4, false),
+            (1, 384, 33, 64, Quant4Type.Fp4, false), (1, 640, 17, 64, Quant4Type.Nf4, true), (1, 1024, 7, 512, Quant4Type.Nf4, false),
         })
         {
             var x = TestUtil.Random(n * inF, n);
@@ -54,6 +55,7 @@ public class QLoraMatmulTests
         {
             (1, 70, 33, 64, Quant4Type.Nf4, true), (2, 64, 16, 32, Quant4Type.Fp4, false), (3, 257, 40, 32, Quant4Type.Nf4, false),
             (5, 129, 31, 64, Quant4Type.Nf4, true), (17, 300, 65, 256, Quant4Type.Fp4, true), (64, 33, 129, 64, Quant4Type.Nf4, false),
+            (1, 384, 33, 64, Quant4Type.Fp4, false), (1, 640, 17, 64, Quant4Type.Nf4, true), (1, 1024, 7, 512, Quant4Type.Nf4, false),
         })
         {
             var dy = TestUtil.Random(n * outF, n + 7);
