@@ -1,6 +1,6 @@
 // The small-m (n ≤ 4 rows of op(A)) paths of the GEMM driver: each streams op(B) once.
 //   Gemv:      op(B) columns contiguous (x·Wᵀ, W [out, in]): C[r, j] = Σ_p A[r, p]·W[j, p] as
-//              row dot products, threads taking contiguous ranges of j.
+//              row dot products, threads claiming ranges of j from a shared counter.
 //   GemvRows:  op(B) rows contiguous (g·W): C[r, :] += A[r, p]·W[p, :] as row axpys over
 //              column chunks that stay in L1.
 using System.Runtime.CompilerServices;
@@ -26,31 +26,50 @@ internal static unsafe partial class GemmDriver
 
             b.PrepareDot(rows, k, m);
             int parts = Math.Max(1, Math.Min(threads, n / 64));
+
+            // Each output element is one row's dot product, computed whole by whichever thread
+            // takes its range, so the result does not depend on the schedule: threads claim
+            // ranges of about 1/16 of a thread's share from a shared counter, and a thread that
+            // starts late or runs slow (another VM on its core) takes fewer.
+            int grain = parts == 1 ? n : Math.Max(16, n / (parts * 16));
+            int next = 0;
             CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
-                var (j0, j1) = CpuParallel.Split(n, parts, part);
                 float* sums = stackalloc float[RowDot.MaxRows];
-                for (int j = j0; j < j1; j++)
+                int j0;
+                while ((j0 = Interlocked.Add(ref next, grain) - grain) < n)
                 {
-                    new Span<float>(sums, RowDot.MaxRows).Clear();
-                    b.DotAdd(j, rows, k, m, path, sums);
-                    for (int r = 0; r < m; r++)
-                    {
-                        float* dst = c + ((long)r * ldc) + j;
-                        float v = alpha * sums[r];
-                        if (beta != 0f)
-                        {
-                            v += beta * *dst;
-                        }
-
-                        *dst = bias == null ? v : v + bias[j];
-                    }
+                    int j1 = Math.Min(n, j0 + grain);
+                    DotRange(b, j0, j1, rows, k, m, path, alpha, beta, c, ldc, bias, sums);
                 }
             });
         }
         finally
         {
             NativeMemory.AlignedFree(rows);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DotRange<TB>(TB b, int j0, int j1, float* rows, int k, int m, SimdPath path, float alpha,
+        float beta, float* c, int ldc, float* bias, float* sums)
+        where TB : struct, IPanelB
+    {
+        for (int j = j0; j < j1; j++)
+        {
+            new Span<float>(sums, RowDot.MaxRows).Clear();
+            b.DotAdd(j, rows, k, m, path, sums);
+            for (int r = 0; r < m; r++)
+            {
+                float* dst = c + ((long)r * ldc) + j;
+                float v = alpha * sums[r];
+                if (beta != 0f)
+                {
+                    v += beta * *dst;
+                }
+
+                *dst = bias == null ? v : v + bias[j];
+            }
         }
     }
 
