@@ -7,6 +7,7 @@
 //       (FLOPs as in LoraMatmulBench; Bytes with W at 4 bits).
 //   Quant4CodecBench  quantize / dequantize a 4096×4096 fp32 tensor: Bytes = 4·n + n/2 + n/64·4
 //       (fp32 side + codes + absmax), FLOPs 0.
+using System.Runtime.InteropServices;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Running;
 using PeftKernels.Kernels.Cpu;
@@ -209,7 +210,8 @@ public class Quant4GemvHotBench : IWorkload
 public unsafe class Quant4DotDecodeBench : IWorkload
 {
     private const int K = 8192;
-    private float[] _xp = [], _xq = [], _y = [], _table = [];
+    private float* _xp, _xq;
+    private float[] _y = [], _table = [];
     private QuantizedWeight _wq = null!;
 
     [Params(256, 8192)]
@@ -219,12 +221,12 @@ public unsafe class Quant4DotDecodeBench : IWorkload
     public void Setup()
     {
         var x = Workload.Random(K, seed: 1);
-        _xp = new float[K];
-        _xq = new float[K];
-        fixed (float* px = x, pp = _xp, pq = _xq)
+        _xp = (float*)NativeMemory.AlignedAlloc(K * sizeof(float), 64); // as the GEMV's pinned, aligned buffer
+        _xq = (float*)NativeMemory.AlignedAlloc(K * sizeof(float), 64);
+        fixed (float* px = x)
         {
-            Quant4Simd.PermuteForDot(px, K, pp);
-            Quant4Simd.PermuteForWideDot(px, K, pq);
+            Quant4Simd.PermuteForDot(px, K, _xp);
+            Quant4Simd.PermuteForWideDot(px, K, _xq);
         }
 
         _y = new float[Rows];
@@ -233,15 +235,23 @@ public unsafe class Quant4DotDecodeBench : IWorkload
         _table = Quant4Codes.Search(Quant4Type.Nf4).Values;
     }
 
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        NativeMemory.AlignedFree(_xp);
+        NativeMemory.AlignedFree(_xq);
+        _xp = _xq = null;
+    }
+
     [Benchmark(Baseline = true)]
     public void Broadcast8Bytes()
     {
         fixed (byte* q = _wq.Packed)
-        fixed (float* s = _wq.AbsmaxFp32(), xp = _xp)
+        fixed (float* s = _wq.AbsmaxFp32())
         {
             for (int j = 0; j < Rows; j++)
             {
-                _y[j] = Quant4Simd.DotRunPermuted(q, s, _table, 64, (long)j * K, K, xp);
+                _y[j] = Quant4Simd.DotRunPermuted(q, s, _table, 64, (long)j * K, K, _xp);
             }
         }
     }
@@ -250,11 +260,11 @@ public unsafe class Quant4DotDecodeBench : IWorkload
     public void Wide64Bytes()
     {
         fixed (byte* q = _wq.Packed)
-        fixed (float* s = _wq.AbsmaxFp32(), xq = _xq)
+        fixed (float* s = _wq.AbsmaxFp32())
         {
             for (int j = 0; j < Rows; j++)
             {
-                _y[j] = Quant4Simd.DotRunWide(q, s, _table, 64, (long)j * K, K, xq);
+                _y[j] = Quant4Simd.DotRunWide(q, s, _table, 64, (long)j * K, K, _xq);
             }
         }
     }
