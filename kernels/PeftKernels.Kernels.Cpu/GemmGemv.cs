@@ -55,7 +55,28 @@ internal static unsafe partial class GemmDriver
         float beta, float* c, int ldc, float* bias, float* sums)
         where TB : struct, IPanelB
     {
-        for (int j = j0; j < j1; j++)
+        int j = j0;
+        if (m == 1)
+        {
+            for (; j + 1 < j1; j += 2)
+            {
+                sums[0] = sums[1] = 0f;
+                b.DotAddPair(j, rows, path, sums);
+                for (int t = 0; t < 2; t++)
+                {
+                    float v = alpha * sums[t];
+                    float* dst = c + j + t;
+                    if (beta != 0f)
+                    {
+                        v += beta * *dst;
+                    }
+
+                    *dst = bias == null ? v : v + bias[j + t];
+                }
+            }
+        }
+
+        for (; j < j1; j++)
         {
             new Span<float>(sums, RowDot.MaxRows).Clear();
             b.DotAdd(j, rows, k, m, path, sums);

@@ -30,6 +30,13 @@ internal unsafe interface IPanelB
     /// <summary>result[r] += Σ_p a[r·lda + p] · op(B)[p, j] over this source's whole K, for r &lt; m.</summary>
     void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result);
 
+    /// <summary>
+    /// One row of op(A) against columns j and j + 1: result[0] += a · op(B)[:, j] and
+    /// result[1] += a · op(B)[:, j + 1], each equal bit for bit to <see cref="DotAdd"/> with
+    /// m = 1, so pairing never changes a result (a source may stream both columns at once).
+    /// </summary>
+    void DotAddPair(int j, float* a, SimdPath path, float* result);
+
     /// <summary>True when op(B)[p, :] is contiguous (B stored [k, n], unmasked) so the small-m path can stream rows.</summary>
     bool CanAxpy { get; }
 
@@ -198,6 +205,12 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
         RowDot.DotAdd(ptr + ((long)j * ld), a, lda, m, k, path, result);
 
+    public void DotAddPair(int j, float* a, SimdPath path, float* result)
+    {
+        DotAdd(j, a, k, 1, path, result);
+        DotAdd(j + 1, a, k, 1, path, result + 1);
+    }
+
     public bool CanAxpy => !trans && !mask.Active;
 
     public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path)
@@ -291,6 +304,12 @@ internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : 
     public void DotAdd(int j, float* a, int lda, int m, SimdPath path, float* result) =>
         RowDot.DotAddBf16(ptr + ((long)j * ld), a, lda, m, k, path, result);
 
+    public void DotAddPair(int j, float* a, SimdPath path, float* result)
+    {
+        DotAdd(j, a, k, 1, path, result);
+        DotAdd(j + 1, a, k, 1, path, result + 1);
+    }
+
     public bool CanAxpy => !trans;
 
     public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path)
@@ -338,6 +357,12 @@ internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : I
     {
         first.DotAdd(j, a, lda, m, path, result);
         second.DotAdd(j, a + k1, lda, m, path, result);
+    }
+
+    public void DotAddPair(int j, float* a, SimdPath path, float* result)
+    {
+        first.DotAddPair(j, a, path, result);
+        second.DotAddPair(j, a + k1, path, result);
     }
 
     public bool CanAxpy => first.CanAxpy && second.CanAxpy;

@@ -60,6 +60,12 @@ internal readonly unsafe struct F16B(Half* ptr, int ld, bool trans, int k) : IPa
         }
     }
 
+    public void DotAddPair(int j, float* a, SimdPath path, float* result)
+    {
+        DotAdd(j, a, k, 1, path, result);
+        DotAdd(j + 1, a, k, 1, path, result + 1);
+    }
+
     public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath path)
     {
         for (int p = pStart; p < pEnd; p++)

@@ -150,6 +150,19 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void DotAddPair(int j, float* a, SimdPath simd, float* result)
+    {
+        if (wide && blocksize == 64)
+        {
+            Quant4Simd.DotRunWidePair(packed, absmax, table, (long)j * ld, k, permuted, result);
+            return;
+        }
+
+        DotAdd(j, a, k, 1, simd, result);
+        DotAdd(j + 1, a, k, 1, simd, result + 1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void AxpyAdd(float* a, int lda, int m, int j0, int j1, int pStart, int pEnd, float* acc, int ldacc, SimdPath simd)
     {
         float* row = stackalloc float[j1 - j0];

@@ -404,6 +404,86 @@ internal static unsafe class Quant4Simd
     }
 
     /// <summary>
+    /// <see cref="DotRunWide"/> for block size 64 over two consecutive rows at once (elements
+    /// e0.. and e0 + count..): each 16 floats of x are loaded once for both rows, and the two
+    /// streams of codes are read side by side. Each row's operations and their order are those
+    /// of DotRunWide, so result[0] and result[1] gain exactly what two DotRunWide calls return.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void DotRunWidePair(byte* packed, float* absmax, float[] table, long e0, int count, float* xq, float* result)
+    {
+        Debug.Assert(WideDotApplies(64, count) && (e0 & 63) == 0, "whole 128-chunks of whole blocks only");
+        var t512 = Vector512.Create(table);
+        byte* p = packed + (e0 >> 1);
+        byte* q = p + (count >> 1);
+        byte* last = q - 64; // the first row's last chunk
+        float* s = absmax + (e0 >> 6);
+        float* u = s + (count >> 6);
+        var pA = Vector512<float>.Zero;
+        var pB = Vector512<float>.Zero;
+        var qA = Vector512<float>.Zero;
+        var qB = Vector512<float>.Zero;
+        for (; p < last; p += 64, q += 64, xq += 128, s += 2, u += 2)
+        {
+            Sse.Prefetch0(p + 4096); // 64 chunks ahead on each row's stream of codes
+            Sse.Prefetch0(q + 4096);
+            var (sumP, sumQ) = ChunkPairOffsetLoads(p, q, xq, t512);
+            pA = Vector512.FusedMultiplyAdd(sumP, Vector512.Create(s[0]), pA);
+            pB = Vector512.FusedMultiplyAdd(sumP, Vector512.Create(s[1]), pB);
+            qA = Vector512.FusedMultiplyAdd(sumQ, Vector512.Create(u[0]), qA);
+            qB = Vector512.FusedMultiplyAdd(sumQ, Vector512.Create(u[1]), qB);
+        }
+
+        var tailP = ChunkShifts(p, xq, t512);
+        var tailQ = ChunkShifts(q, xq, t512);
+        pA = Vector512.FusedMultiplyAdd(tailP, Vector512.Create(s[0]), pA);
+        pB = Vector512.FusedMultiplyAdd(tailP, Vector512.Create(s[1]), pB);
+        qA = Vector512.FusedMultiplyAdd(tailQ, Vector512.Create(u[0]), qA);
+        qB = Vector512.FusedMultiplyAdd(tailQ, Vector512.Create(u[1]), qB);
+        result[0] += Vector256.Sum(pA.GetLower()) + Vector256.Sum(pB.GetUpper());
+        result[1] += Vector256.Sum(qA.GetLower()) + Vector256.Sum(qB.GetUpper());
+    }
+
+    /// <summary><see cref="ChunkOffsetLoads"/> for two chunks (rows) against the same 128 floats of x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<float> P, Vector512<float> Q) ChunkPairOffsetLoads(byte* p, byte* q, float* px, Vector512<float> t512)
+    {
+        var w0 = Vector512.Load((uint*)p);
+        var w1 = Vector512.Load((uint*)(p + 1));
+        var w2 = Vector512.Load((uint*)(p + 2));
+        var w3 = Vector512.Load((uint*)(p + 3));
+        var v0 = Vector512.Load((uint*)q);
+        var v1 = Vector512.Load((uint*)(q + 1));
+        var v2 = Vector512.Load((uint*)(q + 2));
+        var v3 = Vector512.Load((uint*)(q + 3));
+        var x = Vector512.Load(px);
+        var a0 = Avx512F.PermuteVar16x32(t512, w0.AsInt32()) * x;
+        var b0 = Avx512F.PermuteVar16x32(t512, v0.AsInt32()) * x;
+        x = Vector512.Load(px + 16);
+        var a1 = Avx512F.PermuteVar16x32(t512, (w0 >> 4).AsInt32()) * x;
+        var b1 = Avx512F.PermuteVar16x32(t512, (v0 >> 4).AsInt32()) * x;
+        x = Vector512.Load(px + 32);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w1.AsInt32()), x, a0);
+        b0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, v1.AsInt32()), x, b0);
+        x = Vector512.Load(px + 48);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w1 >> 4).AsInt32()), x, a1);
+        b1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (v1 >> 4).AsInt32()), x, b1);
+        x = Vector512.Load(px + 64);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w2.AsInt32()), x, a0);
+        b0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, v2.AsInt32()), x, b0);
+        x = Vector512.Load(px + 80);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w2 >> 4).AsInt32()), x, a1);
+        b1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (v2 >> 4).AsInt32()), x, b1);
+        x = Vector512.Load(px + 96);
+        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w3.AsInt32()), x, a0);
+        b0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, v3.AsInt32()), x, b0);
+        x = Vector512.Load(px + 112);
+        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w3 >> 4).AsInt32()), x, a1);
+        b1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (v3 >> 4).AsInt32()), x, b1);
+        return (a0 + a1, b0 + b1);
+    }
+
+    /// <summary>
     /// The unscaled lane sums of one 128-code chunk (64 bytes at <paramref name="p"/>) against
     /// permuted x, the nibbles at bits 8o taken from loads at byte offsets o = 0..3: reads up
     /// to 3 bytes past the chunk, so never for a run's last chunk.

@@ -175,4 +175,45 @@ public class QLoraMatmulTests
         Assert.Equal(x[256..], xq[256..]);
         Assert.Equal(Enumerable.Range(0, 128), Enumerable.Range(0, 128).Select(Quant4Simd.WideElement).Order());
     }
+
+    /// <summary>
+    /// The two-row wide decode (the NF4 GEMV's path for pairs of output rows, block size 64)
+    /// returns for each row exactly what the one-row decode does, so how rows are paired never
+    /// changes a result. 1, 2, 3 and 5 chunks per row cover the offset-load loop and the
+    /// shift-only last chunk; rows are taken at every pair of a 5-row weight.
+    /// </summary>
+    [Fact]
+    public unsafe void WidePairDecodeEqualsTwoOneRowDecodesBitForBit()
+    {
+        if (!KernelOptions.IsSupported(SimdPath.Vector512))
+        {
+            return; // the wide decode is the Vector512 path only
+        }
+
+        float* pair = stackalloc float[2];
+        foreach (var (k, type) in new[] { (128, Quant4Type.Nf4), (256, Quant4Type.Fp4), (384, Quant4Type.Nf4), (640, Quant4Type.Nf4) })
+        {
+            const int rows = 5;
+            var wq = QuantizedWeight.Quantize(TestUtil.Random(rows * k, k), [rows, k], type, 64, true);
+            var xq = new float[k];
+            var table = Quant4Codes.Search(type).Values;
+            fixed (float* px = TestUtil.Random(k, 3), pq = xq)
+            fixed (byte* packed = wq.Packed)
+            fixed (float* absmax = wq.AbsmaxFp32())
+            {
+                Quant4Simd.PermuteForWideDot(px, k, pq);
+                for (int j = 0; j + 1 < rows; j++)
+                {
+                    pair[0] = 0.5f;
+                    pair[1] = -0.25f;
+                    Quant4Simd.DotRunWidePair(packed, absmax, table, (long)j * k, k, pq, pair);
+                    float single0 = 0.5f + Quant4Simd.DotRunWide(packed, absmax, table, 64, (long)j * k, k, pq);
+                    float single1 = -0.25f + Quant4Simd.DotRunWide(packed, absmax, table, 64, (long)(j + 1) * k, k, pq);
+                    Assert.Equal(BitConverter.SingleToInt32Bits(single0), BitConverter.SingleToInt32Bits(pair[0]));
+                    Assert.Equal(BitConverter.SingleToInt32Bits(single1), BitConverter.SingleToInt32Bits(pair[1]));
+                    Assert.NotEqual(0.5f, pair[0]);
+                }
+            }
+        }
+    }
 }
