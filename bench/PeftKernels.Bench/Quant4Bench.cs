@@ -203,7 +203,8 @@ public class Quant4GemvHotBench : IWorkload
 /// The two Vector512 row-dot decoders of the NF4 GEMV, one thread, each over every row of the
 /// weight: the 8-byte broadcast decode (<c>Quant4Simd.DotRunPermuted</c>, the GEMV's path for
 /// block size 32 and rows not a multiple of 128) as the baseline, and the 64-byte wide decode
-/// (<c>Quant4Simd.DotRunWide</c>, the path for block size ≥ 64). Rows = 256 keeps the 1 MiB of
+/// (<c>Quant4Simd.DotRunWide</c>, the path for block size ≥ 64), and that decode over pairs of rows
+/// (<c>Quant4Simd.DotRunWidePair</c>, the GEMV's path for block size 64). Rows = 256 keeps the 1 MiB of
 /// codes in L2 (decode cost only); rows = 8192 streams 36 MiB. FLOPs = 2·rows·K; Bytes = codes +
 /// fp32 absmax.
 /// </summary>
@@ -265,6 +266,20 @@ public unsafe class Quant4DotDecodeBench : IWorkload
             for (int j = 0; j < Rows; j++)
             {
                 _y[j] = Quant4Simd.DotRunWide(q, s, _table, 64, (long)j * K, K, _xq);
+            }
+        }
+    }
+
+    [Benchmark]
+    public void Wide64BytesPairs()
+    {
+        fixed (byte* q = _wq.Packed)
+        fixed (float* s = _wq.AbsmaxFp32(), y = _y)
+        {
+            for (int j = 0; j < Rows; j += 2)
+            {
+                y[j] = y[j + 1] = 0f;
+                Quant4Simd.DotRunWidePair(q, s, _table, (long)j * K, K, _xq, y + j);
             }
         }
     }
