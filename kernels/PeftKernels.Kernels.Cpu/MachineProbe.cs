@@ -72,6 +72,57 @@ public static unsafe class MachineProbe
         }
     }
 
+    /// <summary>
+    /// A buffer for read-bandwidth passes interleaved with a kernel's own runs, so the kernel
+    /// and the probe see the same moment of a shared machine. Every page is touched once when
+    /// it is created; a pass sums each thread's contiguous share as the probe above does.
+    /// </summary>
+    public sealed class ReadBuffer : IDisposable
+    {
+        private float* data;
+        private readonly long count;
+
+        /// <summary>Allocates and touches <paramref name="bytes"/> (rounded down to 256 bytes).</summary>
+        public ReadBuffer(long bytes)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 256L, nameof(bytes));
+            count = bytes / sizeof(float) / 64 * 64;
+            data = (float*)NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
+            for (long i = 0; i < count; i += int.MaxValue)
+            {
+                new Span<float>(data + i, (int)Math.Min(int.MaxValue, count - i)).Fill(1f);
+            }
+        }
+
+        /// <summary>Bytes read by one <see cref="Pass"/>.</summary>
+        public long Bytes => count * sizeof(float);
+
+        /// <summary>Reads the whole buffer once over <paramref name="threads"/> threads; returns GB/s.</summary>
+        public double Pass(int threads)
+        {
+            ObjectDisposedException.ThrowIf(data == null, this);
+            var sinks = new float[threads];
+            float* p = data;
+            long n = count;
+            var sw = Stopwatch.StartNew();
+            RunThreads(threads, t =>
+            {
+                long start = n * t / threads / 64 * 64, end = n * (t + 1) / threads / 64 * 64;
+                sinks[t] = SumLoop(p + start, end - start);
+            });
+            double seconds = sw.Elapsed.TotalSeconds;
+            GC.KeepAlive(sinks);
+            return Bytes / seconds / 1e9;
+        }
+
+        /// <summary>Frees the buffer.</summary>
+        public void Dispose()
+        {
+            NativeMemory.AlignedFree(data);
+            data = null;
+        }
+    }
+
     private static void RunThreads(int threads, Action<int> body)
     {
         var workers = new Thread[threads];
