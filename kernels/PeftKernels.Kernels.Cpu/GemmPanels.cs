@@ -24,7 +24,11 @@ internal unsafe interface IPanelB
     /// </summary>
     void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride);
 
-    /// <summary>Called once by the GEMV path with the materialised rows of op(A) before any <see cref="DotAdd"/>.</summary>
+    /// <summary>
+    /// Called once by the GEMV path with its own materialised copy of op(A)'s rows before any
+    /// <see cref="DotAdd"/>; a source may rewrite that copy in place (e.g. into the lane order
+    /// of its decode), and <see cref="DotAdd"/> / <see cref="DotAddPair"/> then receive the same pointer.
+    /// </summary>
     void PrepareDot(float* a, int lda, int m);
 
     /// <summary>result[r] += Σ_p a[r·lda + p] · op(B)[p, j] over this source's whole K, for r &lt; m.</summary>

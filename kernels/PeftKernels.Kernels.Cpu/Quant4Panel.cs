@@ -3,7 +3,6 @@
 // for op(B) = Wᵀ, transposes it into the micro-panel; the GEMV paths dequantize one row
 // chunk at a time and stream the packed bytes once (dot products for x·Wᵀ, row axpys for g·W).
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 
 namespace PeftKernels.Kernels.Cpu;
 
@@ -20,13 +19,12 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     private readonly int k;
     private readonly SimdPath path;
 
-    // One op(A) row permuted for the n = 1 GEMV on Vector512 when every weight row is a whole
-    // number of blocks (the usual in % blocksize == 0): for DotRunWide when it applies (block
-    // size ≥ 64, rows a multiple of 128), else for DotRunPermuted. The buffer is pinned (never
-    // moves) so the row can start on a 64-byte boundary: the 512-bit loads of x then never
-    // split a cache line.
-    private readonly float[]? permutedBuffer;
-    private readonly float* permuted;
+    // For the n = 1 GEMV on Vector512 when every weight row is a whole number of blocks (the
+    // usual in % blocksize == 0), PrepareDot permutes the GEMV's own copy of the op(A) row in
+    // place (64-byte aligned, so the 512-bit loads of x never split a cache line): for
+    // DotRunWide / DotRunWidePair when they apply (block size ≥ 64, rows a multiple of 128),
+    // else for DotRunPermuted. DotAdd and DotAddPair then read that row as x.
+    private readonly bool permute;
     private readonly bool wide;
 
     /// <summary>op(B) = dequant(w)ᵀ (trans, K = in: x·Wᵀ) or dequant(w) (K = out: g·W), w [out, in].</summary>
@@ -40,18 +38,11 @@ internal readonly unsafe struct Quant4Panel : IPanelB
         this.trans = trans;
         k = trans ? w.Shape[1] : w.Shape[0];
         this.path = path;
-        if (trans && path == SimdPath.Vector512 && ld % blocksize == 0)
-        {
-            permutedBuffer = GC.AllocateUninitializedArray<float>(k + 16, pinned: true);
-            permuted = AlignTo64((float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(permutedBuffer)));
-        }
-
-        wide = permuted != null && Quant4Simd.WideDotApplies(blocksize, k);
+        permute = trans && path == SimdPath.Vector512 && ld % blocksize == 0;
+        wide = permute && Quant4Simd.WideDotApplies(blocksize, k);
     }
 
     public bool CanDot => trans;
-
-    private static float* AlignTo64(float* p) => (float*)(((nuint)p + 63) & ~(nuint)63);
 
     public bool CanAxpy => !trans;
 
@@ -110,15 +101,15 @@ internal readonly unsafe struct Quant4Panel : IPanelB
 
     public void PrepareDot(float* a, int lda, int m)
     {
-        if (m == 1 && permuted != null)
+        if (m == 1 && permute)
         {
             if (wide)
             {
-                Quant4Simd.PermuteForWideDot(a, k, permuted);
+                Quant4Simd.PermuteForWideDotInPlace(a, k);
             }
             else
             {
-                Quant4Simd.PermuteForDot(a, k, permuted);
+                Quant4Simd.PermuteForDotInPlace(a, k);
             }
         }
     }
@@ -126,11 +117,11 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void DotAdd(int j, float* a, int lda, int m, SimdPath simd, float* result)
     {
-        if (m == 1 && permuted != null)
+        if (m == 1 && permute)
         {
             result[0] += wide
-                ? Quant4Simd.DotRunWide(packed, absmax, table, blocksize, (long)j * ld, k, permuted)
-                : Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, permuted);
+                ? Quant4Simd.DotRunWide(packed, absmax, table, blocksize, (long)j * ld, k, a)
+                : Quant4Simd.DotRunPermuted(packed, absmax, table, blocksize, (long)j * ld, k, a);
             return;
         }
 
@@ -154,7 +145,7 @@ internal readonly unsafe struct Quant4Panel : IPanelB
     {
         if (wide && blocksize == 64)
         {
-            Quant4Simd.DotRunWidePair(packed, absmax, table, (long)j * ld, k, permuted, result);
+            Quant4Simd.DotRunWidePair(packed, absmax, table, (long)j * ld, k, a, result);
             return;
         }
 

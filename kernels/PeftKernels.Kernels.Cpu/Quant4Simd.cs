@@ -340,6 +340,28 @@ internal static unsafe class Quant4Simd
     /// </summary>
     private const int PrefetchAhead = 8192;
 
+    /// <summary><see cref="PermuteForWideDot"/> with x and the result in one buffer, chunk by chunk through a stack copy.</summary>
+    public static void PermuteForWideDotInPlace(float* x, int count)
+    {
+        float* chunk = stackalloc float[128];
+        for (int q = 0; q + 128 <= count; q += 128)
+        {
+            new Span<float>(x + q, 128).CopyTo(new Span<float>(chunk, 128));
+            PermuteForWideDot(chunk, 128, x + q);
+        }
+    }
+
+    /// <summary><see cref="PermuteForDot"/> with x and the result in one buffer, group by group through a stack copy.</summary>
+    public static void PermuteForDotInPlace(float* x, int count)
+    {
+        float* group = stackalloc float[16];
+        for (int q = 0; q + 16 <= count; q += 16)
+        {
+            new Span<float>(x + q, 16).CopyTo(new Span<float>(group, 16));
+            PermuteForDot(group, 16, x + q);
+        }
+    }
+
     /// <summary>Whether <see cref="DotRunWide"/> serves rows of <paramref name="rowLength"/> codes.</summary>
     public static bool WideDotApplies(int blocksize, int rowLength) => blocksize >= 64 && rowLength % 128 == 0 && rowLength % blocksize == 0;
 

@@ -176,6 +176,30 @@ public class QLoraMatmulTests
         Assert.Equal(Enumerable.Range(0, 128), Enumerable.Range(0, 128).Select(Quant4Simd.WideElement).Order());
     }
 
+    /// <summary>The GEMV permutes its own copy of x in place: the same result as into a second buffer, for both decodes' orders.</summary>
+    [Fact]
+    public unsafe void InPlacePermutationsMatchTheCopyingOnes()
+    {
+        const int count = 300; // 2 whole 128-chunks (18 groups of 16) and a tail
+        var x = Enumerable.Range(0, count).Select(i => (float)i).ToArray();
+        var wide = new float[count];
+        var narrow = new float[count];
+        var wideInPlace = (float[])x.Clone();
+        var narrowInPlace = (float[])x.Clone();
+        fixed (float* px = x, pw = wide, pn = narrow, pwi = wideInPlace, pni = narrowInPlace)
+        {
+            Quant4Simd.PermuteForWideDot(px, count, pw);
+            Quant4Simd.PermuteForDot(px, count, pn);
+            Quant4Simd.PermuteForWideDotInPlace(pwi, count);
+            Quant4Simd.PermuteForDotInPlace(pni, count);
+        }
+
+        Assert.Equal(wide, wideInPlace);
+        Assert.Equal(narrow, narrowInPlace);
+        Assert.NotEqual(x, wideInPlace);
+        Assert.NotEqual(x, narrowInPlace);
+    }
+
     /// <summary>
     /// The two-row wide decode (the NF4 GEMV's path for pairs of output rows, block size 64)
     /// returns for each row exactly what the one-row decode does, so how rows are paired never
