@@ -62,17 +62,8 @@ internal static unsafe partial class GemmDriver
             {
                 sums[0] = sums[1] = 0f;
                 b.DotAddPair(j, rows, path, sums);
-                for (int t = 0; t < 2; t++)
-                {
-                    float v = alpha * sums[t];
-                    float* dst = c + j + t;
-                    if (beta != 0f)
-                    {
-                        v += beta * *dst;
-                    }
-
-                    *dst = bias == null ? v : v + bias[j + t];
-                }
+                Store(c + j, sums[0], alpha, beta, bias, j);
+                Store(c + j + 1, sums[1], alpha, beta, bias, j + 1);
             }
         }
 
@@ -82,16 +73,22 @@ internal static unsafe partial class GemmDriver
             b.DotAdd(j, rows, k, m, path, sums);
             for (int r = 0; r < m; r++)
             {
-                float* dst = c + ((long)r * ldc) + j;
-                float v = alpha * sums[r];
-                if (beta != 0f)
-                {
-                    v += beta * *dst;
-                }
-
-                *dst = bias == null ? v : v + bias[j];
+                Store(c + ((long)r * ldc) + j, sums[r], alpha, beta, bias, j);
             }
         }
+    }
+
+    /// <summary>*dst = alpha·sum (+ beta·*dst when beta ≠ 0) (+ bias[j] when there is a bias).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(float* dst, float sum, float alpha, float beta, float* bias, int j)
+    {
+        float v = alpha * sum;
+        if (beta != 0f)
+        {
+            v += beta * *dst;
+        }
+
+        *dst = bias == null ? v : v + bias[j];
     }
 
     /// <summary>
