@@ -16,8 +16,8 @@ public class DeviceDoraTests(GpuFixture gpu)
     [InlineData(true)]
     public void GradientsOnTheAcceleratorMatchTheCpu(bool quantized)
     {
-        var cpu = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Dora(quantized), Device.Cpu);
-        var device = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Dora(quantized), Accel);
+        var cpu = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Dora(quantized), Device.Cpu);
+        var device = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Dora(quantized), Accel);
 
         // q_proj and down_proj × (A, B, m): the magnitude gradients are among the 6.
         DeviceAdapterTestUtil.AssertSameGradients(cpu, device, 6, $"DoRA q{quantized}");
@@ -26,8 +26,8 @@ public class DeviceDoraTests(GpuFixture gpu)
     [Fact]
     public void DoraWithASecondActiveLoraAdapterMatchesTheCpu()
     {
-        var cpu = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Dora(false, withLora: true), Device.Cpu);
-        var device = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Dora(false, withLora: true), Accel);
+        var cpu = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Dora(false, withLora: true), Device.Cpu);
+        var device = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Dora(false, withLora: true), Accel);
 
         // DoRA fused, the LoRA branch added unscaled after it (as on the CPU): DoRA's 6 gradients and b's 4.
         DeviceAdapterTestUtil.AssertSameGradients(cpu, device, 10, "DoRA + LoRA");
@@ -35,15 +35,15 @@ public class DeviceDoraTests(GpuFixture gpu)
 
     [Fact]
     public void TrainerStepsOnTheAcceleratorMatchTheCpu() =>
-        DeviceAdapterTestUtil.AssertSameTraining(() => DeviceAdapterTestUtil.Dora(false), Accel, "DoRA");
+        DeviceAdapterTestUtil.AssertSameTraining(() => Testing.TinyLlama.Dora(false), Accel, "DoRA");
 
     [CudaFact]
     public void GradientsOnCudaMatchTheCpu()
     {
         foreach (bool quantized in new[] { false, true })
         {
-            var cpu = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Dora(quantized), Device.Cpu);
-            var cuda = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Dora(quantized), Device.Cuda());
+            var cpu = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Dora(quantized), Device.Cpu);
+            var cuda = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Dora(quantized), Device.Cuda());
             DeviceAdapterTestUtil.AssertSameGradients(cpu, cuda, 6, $"CUDA DoRA q{quantized}");
         }
     }

@@ -13,20 +13,20 @@ public class DeviceIa3Tests(GpuFixture gpu)
     [Fact]
     public void GradientsOnTheAcceleratorMatchTheCpu()
     {
-        var cpu = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Ia3(), Device.Cpu);
-        var device = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Ia3(), Accel);
+        var cpu = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Ia3(), Device.Cpu);
+        var device = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Ia3(), Accel);
         DeviceAdapterTestUtil.AssertSameGradients(cpu, device, 3, "IA³");
     }
 
     [Fact]
     public void TrainerStepsOnTheAcceleratorMatchTheCpu() =>
-        DeviceAdapterTestUtil.AssertSameTraining(DeviceAdapterTestUtil.Ia3, Accel, "IA³");
+        DeviceAdapterTestUtil.AssertSameTraining(Testing.TinyLlama.Ia3, Accel, "IA³");
 
     [CudaFact]
     public void GradientsOnCudaMatchTheCpu()
     {
-        var cpu = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Ia3(), Device.Cpu);
-        var cuda = DeviceAdapterTestUtil.LossAndGrads(DeviceAdapterTestUtil.Ia3(), Device.Cuda());
+        var cpu = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Ia3(), Device.Cpu);
+        var cuda = Testing.TinyLlama.LossAndGrads(Testing.TinyLlama.Ia3(), Device.Cuda());
         DeviceAdapterTestUtil.AssertSameGradients(cpu, cuda, 3, "CUDA IA³");
     }
 }

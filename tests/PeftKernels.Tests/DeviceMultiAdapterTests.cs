@@ -16,13 +16,13 @@ public class DeviceMultiAdapterTests(GpuFixture gpu)
     [Fact]
     public void TwoActiveAdaptersAreSummedOnTheAccelerator()
     {
-        var (model, peft) = DeviceAdapterTestUtil.TwoAdapters();
+        var (model, peft) = Testing.TinyLlama.TwoAdapters();
         peft.SetAdapter("a", "b");
         float[] Logits(Device device)
         {
             model.To(device);
             using var scope = Tape.NoGrad();
-            var logits = model.Forward(DeviceAdapterTestUtil.Inputs).Data;
+            var logits = model.Forward(Testing.TinyLlama.Inputs).Data;
             model.To(Device.Cpu);
             return logits;
         }
@@ -55,10 +55,10 @@ public class DeviceMultiAdapterTests(GpuFixture gpu)
     {
         (float Loss, float[][] Grads) Run(Device device)
         {
-            var (model, peft) = DeviceAdapterTestUtil.TwoAdapters(dropout: 0.25);
+            var (model, peft) = Testing.TinyLlama.TwoAdapters(dropout: 0.25);
             peft.SetAdapter("a", "b");
             model.Train();
-            return DeviceAdapterTestUtil.LossAndGrads(model, device);
+            return Testing.TinyLlama.LossAndGrads(model, device);
         }
 
         // The same masks on both devices (seeded by storage index), so the same tolerance as without dropout.
@@ -67,7 +67,7 @@ public class DeviceMultiAdapterTests(GpuFixture gpu)
 
     private static void AssertPerRowBatchMatchesTheCpu(Device on)
     {
-        var (model, peft) = DeviceAdapterTestUtil.TwoAdapters();
+        var (model, peft) = Testing.TinyLlama.TwoAdapters();
         string[] names = ["b", ForwardContext.BaseAdapterName, "a"];
         const int T = 4;
         int[] tokens = [.. Enumerable.Range(0, names.Length * T).Select(i => (i * 7) % 40)];

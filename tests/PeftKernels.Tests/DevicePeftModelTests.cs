@@ -19,7 +19,7 @@ public class DevicePeftModelTests(GpuFixture gpu)
     private static float[] Logits(LlamaForCausalLM model)
     {
         using var scope = Tape.NoGrad();
-        return (float[])model.Forward(DeviceAdapterTestUtil.Inputs).Data.Clone();
+        return (float[])model.Forward(Testing.TinyLlama.Inputs).Data.Clone();
     }
 
     /// <summary>fp32 through a layer of short dots in another order, and a merged weight rounded once: 1e-4 of the logit range.</summary>
@@ -29,7 +29,7 @@ public class DevicePeftModelTests(GpuFixture gpu)
     [Fact]
     public void MergeUnmergeAndMergeAndUnloadOnTheAcceleratorKeepTheOutputs()
     {
-        var (model, peft) = DeviceAdapterTestUtil.TwoAdapters();
+        var (model, peft) = Testing.TinyLlama.TwoAdapters();
         var cpu = Logits(model);
         model.To(Accel);
         var before = Logits(model);
@@ -53,12 +53,12 @@ public class DevicePeftModelTests(GpuFixture gpu)
     [Fact]
     public void AnAdapterLoadedIntoAModelOnTheAcceleratorRunsThere()
     {
-        var (model, peft) = DeviceAdapterTestUtil.TwoAdapters();
+        var (model, peft) = Testing.TinyLlama.TwoAdapters();
         var expected = Logits(model);
         using var folder = new TempFolder();
         peft.SaveAdapter(folder.Path, "a");
 
-        var fresh = DeviceAdapterTestUtil.OneLayer();
+        var fresh = Testing.TinyLlama.OneLayer();
         fresh.To(Accel);
         var loaded = new PeftModel(fresh);
         loaded.LoadAdapter(folder.File("a"), "a"); // a non-default adapter is saved in a subfolder of its name, as PEFT does
@@ -69,10 +69,10 @@ public class DevicePeftModelTests(GpuFixture gpu)
     [Fact]
     public void MergeAfterTrainingOnTheAcceleratorUsesTheTrainedValues()
     {
-        var (model, peft) = DeviceAdapterTestUtil.TwoAdapters();
+        var (model, peft) = Testing.TinyLlama.TwoAdapters();
         model.To(Accel);
         var initial = Logits(model);
-        var trainer = new Trainer(model, _ => (DeviceAdapterTestUtil.Inputs, DeviceAdapterTestUtil.Labels), 1,
+        var trainer = new Trainer(model, _ => (Testing.TinyLlama.Inputs, Testing.TinyLlama.Labels), 1,
             new TrainerOptions { Steps = 2, LearningRate = 5e-2 });
         trainer.Run();
         var trained = Logits(model);

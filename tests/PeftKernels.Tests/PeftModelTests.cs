@@ -17,18 +17,7 @@ public class PeftModelTests
     internal static LoraConfig Config(string targets, int r = 4, double alpha = 8) => Testing.TinyLlama.Lora(targets, r, alpha);
 
     /// <summary>Random B (and lora_B bias, and embedding A) so every adapter changes the output.</summary>
-    internal static void Randomize(Module model, string adapter, int seed)
-    {
-        foreach (var (module, a) in Lora.Adapters(model, adapter))
-        {
-            var target = module.EndsWith("embed_tokens", StringComparison.Ordinal) ? a.A : a.B;
-            TestUtil.Random(target.Data.Length, seed++, 0.5f).CopyTo(target.Data, 0);
-            if (a.Bias != null)
-            {
-                TestUtil.Random(a.Bias.Data.Length, seed++).CopyTo(a.Bias.Data, 0);
-            }
-        }
-    }
+    internal static void Randomize(Module model, string adapter, int seed) => Testing.TinyLlama.Randomize(model, adapter, seed);
 
     private static float[] Logits(LlamaForCausalLM model, int[]? tokens = null)
     {

@@ -42,17 +42,7 @@ internal static class TestUtil
         return (plus - minus) / (2 * double.CreateChecked(eps));
     }
 
-    public static float[] Random(int count, int seed, float range = 1f)
-    {
-        var rng = new Random(seed);
-        var data = new float[count];
-        for (int i = 0; i < count; i++)
-        {
-            data[i] = (float)((rng.NextDouble() * 2) - 1) * range;
-        }
-
-        return data;
-    }
+    public static float[] Random(int count, int seed, float range = 1f) => Testing.TinyLlama.Uniform(count, seed, range);
 
     public static ushort[] RandomBf16(int count, int seed) =>
         Random(count, seed).Select(Bf16Reference.FromSingle).ToArray();

@@ -188,17 +188,7 @@ internal static partial class KernelChecks
 /// <summary>Deterministic inputs and device downloads.</summary>
 internal static class Data
 {
-    public static float[] Random(int count, int seed, float range = 1f)
-    {
-        var rng = new Random(seed);
-        var data = new float[count];
-        for (int i = 0; i < count; i++)
-        {
-            data[i] = (float)((rng.NextDouble() * 2) - 1) * range;
-        }
-
-        return data;
-    }
+    public static float[] Random(int count, int seed, float range = 1f) => PeftKernels.Testing.TinyLlama.Uniform(count, seed, range);
 
     public static float[] Down(Accelerator accelerator, ArrayView1D<float, Stride1D.Dense> view)
     {

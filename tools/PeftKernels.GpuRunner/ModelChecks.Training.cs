@@ -66,15 +66,15 @@ internal static partial class ModelChecks
             }
 
             Lora.Apply(model, TinyLlama.Lora("all-linear"), seed: 2);
-            Randomize(model, "default", 5);
+            TinyLlama.Randomize(model, "default", 5);
             return model;
         }
 
         string what = quantized ? "QLoRA (NF4 base)" : "LoRA (fp32 base)";
         string shape = $"{Tiny}, r4 all-linear, 6 tokens, lr 1e-2";
-        SameGradients(report, what, LossAndGrads(Create(), Device.Cpu), LossAndGrads(Create(), device), atLeast: 14); // 7 Linears × 2 layers × (A, B)
-        var cpu = Train(Create(), Device.Cpu, AdapterOptions, Inputs, Labels);
-        var gpu = Train(Create(), device, AdapterOptions, Inputs, Labels);
+        SameGradients(report, what, TinyLlama.LossAndGrads(Create(), Device.Cpu), TinyLlama.LossAndGrads(Create(), device), atLeast: 14); // 7 Linears × 2 layers × (A, B)
+        var cpu = Train(Create(), Device.Cpu, AdapterOptions, TinyLlama.Inputs, TinyLlama.Labels);
+        var gpu = Train(Create(), device, AdapterOptions, TinyLlama.Inputs, TinyLlama.Labels);
         CompareLosses(report, what, shape, cpu, gpu);
 
         // On the device, gradients, clipping and AdamW stay there: every moment is in device memory.
@@ -84,58 +84,11 @@ internal static partial class ModelChecks
     private static void AdapterTraining(Device device, Report report, string what, Func<LlamaForCausalLM> create, int gradients)
     {
         string shape = $"{Tiny} 1 layer, 6 tokens, lr 1e-2";
-        SameGradients(report, what, LossAndGrads(create(), Device.Cpu), LossAndGrads(create(), device), gradients);
-        var cpu = Train(create(), Device.Cpu, AdapterOptions, Inputs, Labels);
-        var gpu = Train(create(), device, AdapterOptions, Inputs, Labels);
+        SameGradients(report, what, TinyLlama.LossAndGrads(create(), Device.Cpu), TinyLlama.LossAndGrads(create(), device), gradients);
+        var cpu = Train(create(), Device.Cpu, AdapterOptions, TinyLlama.Inputs, TinyLlama.Labels);
+        var gpu = Train(create(), device, AdapterOptions, TinyLlama.Inputs, TinyLlama.Labels);
         CompareLosses(report, what, shape, cpu, gpu);
         CompareParameters(report, what, shape, cpu, gpu, AdapterOptions, 1e-5, stateOnDevice: false);
-    }
-
-    /// <summary>
-    /// DoRA on q_proj and down_proj (r 4) of a one-layer tiny Llama, B random and m = norm·(1 + U(−0.3, 0.3)) so that
-    /// m / norm ≠ 1 (DeviceAdapterTestUtil.Dora).
-    /// </summary>
-    private static LlamaForCausalLM Dora(bool quantized)
-    {
-        var model = OneLayer();
-        if (quantized)
-        {
-            model.QuantizeLinears();
-        }
-
-        _ = new PeftModel(model, TinyLlama.Lora("q_proj,down_proj") with { UseDora = true });
-        Randomize(model, "default", 5);
-        int seed = 11;
-        foreach (var (module, a) in Lora.Adapters(model, "default"))
-        {
-            var linear = (Linear)model.NamedModules().First(m => m.Name == module).Module;
-            var norms = linear.WeightNorms(a);
-            var noise = Data.Random(norms.Length, seed++, 0.3f);
-            for (int o = 0; o < norms.Length; o++)
-            {
-                a.Magnitude!.Data[o] = norms[o] * (1 + noise[o]);
-            }
-        }
-
-        return model;
-    }
-
-    /// <summary>IA³ on PEFT's Llama defaults (k_proj, v_proj: output scaling; down_proj: input scaling), l = 1 + U(−0.3, 0.3).</summary>
-    private static LlamaForCausalLM Ia3()
-    {
-        var model = OneLayer();
-        new PeftModel(model).AddAdapter("default", new Ia3Config());
-        int seed = 3;
-        foreach (var adapter in model.NamedModules().Select(m => m.Module).OfType<Linear>().SelectMany(l => l.Ia3Adapters))
-        {
-            var noise = Data.Random(adapter.Features, seed++, 0.3f);
-            for (int i = 0; i < noise.Length; i++)
-            {
-                adapter.L.Data[i] = 1 + noise[i];
-            }
-        }
-
-        return model;
     }
 
     /// <summary>Every weight of the tiny qwen2-style Llama (attention biases, lm_head tied to the embedding) trainable, as `peft pretrain`.</summary>

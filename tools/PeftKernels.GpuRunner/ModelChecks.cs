@@ -23,8 +23,6 @@ namespace PeftKernels.GpuRunner;
 internal static partial class ModelChecks
 {
     private const string Tiny = "tiny Llama";
-    private static readonly int[] Inputs = [1, 7, 3, 39, 12, 5];
-    private static readonly int[] Labels = [7, 3, 39, 12, 5, 2];
 
     public static void RunAll(Accelerator acc, Report report)
     {
@@ -34,9 +32,9 @@ internal static partial class ModelChecks
             ("model logits", () => LogitsCheck(device, report)),
             ("model LoRA training", () => LoraTraining(device, report, quantized: false)),
             ("model QLoRA training", () => LoraTraining(device, report, quantized: true)),
-            ("model DoRA training", () => AdapterTraining(device, report, "DoRA", () => Dora(quantized: false), gradients: 6)), // q, down × (A, B, m)
-            ("model DoRA NF4 gradients", () => SameGradients(report, "DoRA (NF4 base)", LossAndGrads(Dora(true), Device.Cpu), LossAndGrads(Dora(true), device), 6)),
-            ("model IA³ training", () => AdapterTraining(device, report, "IA³", Ia3, gradients: 3)),
+            ("model DoRA training", () => AdapterTraining(device, report, "DoRA", () => TinyLlama.Dora(quantized: false), gradients: 6)), // q, down × (A, B, m)
+            ("model DoRA NF4 gradients", () => SameGradients(report, "DoRA (NF4 base)", TinyLlama.LossAndGrads(TinyLlama.Dora(true), Device.Cpu), TinyLlama.LossAndGrads(TinyLlama.Dora(true), device), 6)),
+            ("model IA³ training", () => AdapterTraining(device, report, "IA³", TinyLlama.Ia3, gradients: 3)),
             ("model full fine-tuning", () => FullTraining(device, report)),
             ("model two adapters", () => TwoAdapterChecks(device, report)),
             ("model generation", () => GenerationChecks(device, report)),
@@ -54,20 +52,6 @@ internal static partial class ModelChecks
         }
     }
 
-    /// <summary>Random B (and embedding A, and lora_B bias) so that every adapter changes the output.</summary>
-    private static void Randomize(Module model, string adapter, int seed)
-    {
-        foreach (var (module, a) in Lora.Adapters(model, adapter))
-        {
-            var target = module.EndsWith("embed_tokens", StringComparison.Ordinal) ? a.A : a.B;
-            Data.Random(target.Data.Length, seed++, 0.5f).CopyTo(target.Data, 0);
-            if (a.Bias != null)
-            {
-                Data.Random(a.Bias.Data.Length, seed++).CopyTo(a.Bias.Data, 0);
-            }
-        }
-    }
-
     /// <summary>The Qwen2-like tiny model (q/k/v biases), optionally NF4 with a randomized LoRA adapter on every Linear (DeviceTests.Model).</summary>
     private static LlamaForCausalLM Qwen2Like(bool quantizedWithLora)
     {
@@ -76,7 +60,7 @@ internal static partial class ModelChecks
         {
             model.QuantizeLinears();
             Lora.Apply(model, TinyLlama.Lora("all-linear"), seed: 2);
-            Randomize(model, "default", 5);
+            TinyLlama.Randomize(model, "default", 5);
         }
 
         return model;
@@ -192,15 +176,15 @@ internal static partial class ModelChecks
         // Both adapters active with dropout 0.25 in training mode: the branch masks must be the CPU's (seeded by storage index).
         (float Loss, float[][] Grads) Run(Device on)
         {
-            var (model, peft) = TwoAdapters(dropout: 0.25);
+            var (model, peft) = TinyLlama.TwoAdapters(dropout: 0.25);
             peft.SetAdapter("a", "b");
             model.Train();
-            return LossAndGrads(model, on);
+            return TinyLlama.LossAndGrads(model, on);
         }
 
         SameGradients(report, "two active LoRA adapters, dropout 0.25", Run(Device.Cpu), Run(device), atLeast: 20);
 
-        var (model, peft) = TwoAdapters(dropout: 0);
+        var (model, peft) = TinyLlama.TwoAdapters(dropout: 0);
         string[] names = ["b", ForwardContext.BaseAdapterName, "a"];
         const int T = 4;
         int[] tokens = [.. Enumerable.Range(0, names.Length * T).Select(i => (i * 7) % 40)];
@@ -229,36 +213,6 @@ internal static partial class ModelChecks
         bool distinct = !cpu.AsSpan(0, rowFloats).SequenceEqual(cpu.AsSpan(2 * rowFloats, rowFloats));
         Close(report, "per-row adapter batch logits (b, __base__, a)", $"{Tiny} 1 layer, batch 3 × {T}", pieces, 1e-4,
             "atol 1e-4 of each sequence's logit range" + (distinct ? "" : "; FAIL: adapters a and b give the same CPU logits"), distinct);
-    }
-
-    /// <summary>LoRA adapters "a" (q, v, down; r 4) and "b" (all linear layers, r 2) on a one-layer tiny Llama, both randomized; "a" active.</summary>
-    private static (LlamaForCausalLM Model, PeftModel Peft) TwoAdapters(double dropout)
-    {
-        var model = OneLayer();
-        var peft = new PeftModel(model, TinyLlama.Lora("q_proj,v_proj,down_proj") with { LoraDropout = dropout }, "a");
-        peft.AddAdapter("b", TinyLlama.Lora("all-linear", r: 2) with { LoraDropout = dropout }, seed: 3);
-        Randomize(model, "a", 4);
-        Randomize(model, "b", 5);
-        return (model, peft);
-    }
-
-    private static LlamaForCausalLM OneLayer() => TinyLlama.Model(LlamaConfig.Tiny(40) with { HeadDim = 16, NumHiddenLayers = 1 });
-
-    /// <summary>The loss on Inputs → Labels and the gradients of the trainable parameters (empty when one got none), computed on <paramref name="device"/>.</summary>
-    private static (float Loss, float[][] Grads) LossAndGrads(LlamaForCausalLM model, Device device)
-    {
-        model.To(device);
-        try
-        {
-            var loss = model.Loss(Inputs, Labels);
-            float value = loss.Item();
-            loss.Backward();
-            return (value, [.. model.NamedParameters().Where(p => p.Parameter.Trainable).Select(p => p.Parameter.Grad ?? [])]);
-        }
-        finally
-        {
-            model.To(Device.Cpu);
-        }
     }
 
     private static void SameGradients(Report report, string what, (float Loss, float[][] Grads) cpu, (float Loss, float[][] Grads) gpu, int atLeast)
