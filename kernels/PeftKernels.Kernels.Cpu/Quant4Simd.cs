@@ -521,12 +521,24 @@ internal static unsafe class Quant4Simd
     /// to 3 bytes past the chunk, so never for a run's last chunk.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> ChunkOffsetLoads(byte* p, float* px, Vector512<float> t512)
+    private static Vector512<float> ChunkOffsetLoads(byte* p, float* px, Vector512<float> t512) =>
+        ChunkSum(Vector512.Load((uint*)p), Vector512.Load((uint*)(p + 1)), Vector512.Load((uint*)(p + 2)), Vector512.Load((uint*)(p + 3)), px, t512);
+
+    /// <summary>As <see cref="ChunkOffsetLoads"/> from one 64-byte load and its shifts by 8, 16 and 24: reads the chunk only.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ChunkShifts(byte* p, float* px, Vector512<float> t512)
     {
-        var w0 = Vector512.Load((uint*)p);
-        var w1 = Vector512.Load((uint*)(p + 1));
-        var w2 = Vector512.Load((uint*)(p + 2));
-        var w3 = Vector512.Load((uint*)(p + 3));
+        var w = Vector512.Load((uint*)p);
+        return ChunkSum(w, w >> 8, w >> 16, w >> 24, px, t512);
+    }
+
+    /// <summary>
+    /// The lane sums of one chunk from its dwords aligned to bytes o = 0..3 (<paramref name="w0"/>..<paramref name="w3"/>:
+    /// the low nibble of byte o at bits 0..3): group 2o is wo itself, group 2o + 1 is wo >> 4; two accumulators.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ChunkSum(Vector512<uint> w0, Vector512<uint> w1, Vector512<uint> w2, Vector512<uint> w3, float* px, Vector512<float> t512)
+    {
         var a0 = Avx512F.PermuteVar16x32(t512, w0.AsInt32()) * Vector512.Load(px);
         var a1 = Avx512F.PermuteVar16x32(t512, (w0 >> 4).AsInt32()) * Vector512.Load(px + 16);
         a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w1.AsInt32()), Vector512.Load(px + 32), a0);
@@ -535,22 +547,6 @@ internal static unsafe class Quant4Simd
         a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w2 >> 4).AsInt32()), Vector512.Load(px + 80), a1);
         a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, w3.AsInt32()), Vector512.Load(px + 96), a0);
         a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w3 >> 4).AsInt32()), Vector512.Load(px + 112), a1);
-        return a0 + a1;
-    }
-
-    /// <summary>As <see cref="ChunkOffsetLoads"/> from one 64-byte load and seven shifts: reads the chunk only.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> ChunkShifts(byte* p, float* px, Vector512<float> t512)
-    {
-        var w = Vector512.Load((uint*)p);
-        var a0 = Avx512F.PermuteVar16x32(t512, w.AsInt32()) * Vector512.Load(px);
-        var a1 = Avx512F.PermuteVar16x32(t512, (w >> 4).AsInt32()) * Vector512.Load(px + 16);
-        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 8).AsInt32()), Vector512.Load(px + 32), a0);
-        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 12).AsInt32()), Vector512.Load(px + 48), a1);
-        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 16).AsInt32()), Vector512.Load(px + 64), a0);
-        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 20).AsInt32()), Vector512.Load(px + 80), a1);
-        a0 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 24).AsInt32()), Vector512.Load(px + 96), a0);
-        a1 = Vector512.FusedMultiplyAdd(Avx512F.PermuteVar16x32(t512, (w >> 28).AsInt32()), Vector512.Load(px + 112), a1);
         return a0 + a1;
     }
 }
