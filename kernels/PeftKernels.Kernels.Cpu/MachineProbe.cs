@@ -36,46 +36,21 @@ public static unsafe class MachineProbe
     /// <summary>Read bandwidth in GB/s over a buffer of <paramref name="bytes"/> split across threads, best of <paramref name="repeats"/>.</summary>
     public static double ReadBandwidthGBs(int threads, long bytes, int repeats = 5)
     {
-        long count = bytes / sizeof(float) / 64 * 64;
-        float* data = (float*)NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
-        try
+        using var buffer = new ReadBuffer(bytes);
+        buffer.Pass(threads); // warm-up, not counted
+        double best = 0;
+        for (int rep = 0; rep < repeats; rep++)
         {
-            new Span<float>(data, (int)Math.Min(count, int.MaxValue)).Fill(1f);
-            for (long i = int.MaxValue; i < count; i++)
-            {
-                data[i] = 1f;
-            }
-
-            double best = 0;
-            var sinks = new float[threads];
-            for (int rep = 0; rep < repeats + 1; rep++)
-            {
-                var sw = Stopwatch.StartNew();
-                RunThreads(threads, t =>
-                {
-                    long start = count * t / threads / 64 * 64, end = count * (t + 1) / threads / 64 * 64;
-                    sinks[t] = SumLoop(data + start, end - start);
-                });
-                double seconds = sw.Elapsed.TotalSeconds;
-                if (rep > 0)
-                {
-                    best = Math.Max(best, count * sizeof(float) / seconds / 1e9);
-                }
-            }
-
-            GC.KeepAlive(sinks);
-            return best;
+            best = Math.Max(best, buffer.Pass(threads));
         }
-        finally
-        {
-            NativeMemory.AlignedFree(data);
-        }
+
+        return best;
     }
 
     /// <summary>
-    /// A buffer for read-bandwidth passes interleaved with a kernel's own runs, so the kernel
-    /// and the probe see the same moment of a shared machine. Every page is touched once when
-    /// it is created; a pass sums each thread's contiguous share as the probe above does.
+    /// A buffer for read-bandwidth passes, also interleaved with a kernel's own runs so the
+    /// kernel and the probe see the same moment of a shared machine. Every page is touched once
+    /// when it is created; a pass sums each thread's contiguous share with 4 vector accumulators.
     /// </summary>
     public sealed class ReadBuffer : IDisposable
     {
