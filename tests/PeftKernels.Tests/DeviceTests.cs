@@ -1,6 +1,7 @@
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Gpu;
 using PeftKernels.Models;
+using PeftKernels.Ops;
 using PeftKernels.Peft;
 using Xunit;
 
@@ -91,11 +92,11 @@ public class DeviceTests(GpuFixture gpu)
         Assert.Equal(host.Data, back.Data);
 
         var bf16 = new Tensor(new ushort[] { 0x3F80, 0xC000 }, 2).To(Accel);
-        Assert.Equal([2f, -4f], Nn.Functional.Add(bf16, bf16).Data);
+        Assert.Equal([2f, -4f], Ops.Functional.Add(bf16, bf16).Data);
 
         var e = Assert.Throws<InvalidOperationException>(() => host.View(Accel));
         Assert.Contains("is on cpu", e.Message);
-        var mixed = Assert.Throws<ArgumentException>(() => Nn.Functional.Add(onDevice, host));
+        var mixed = Assert.Throws<ArgumentException>(() => Ops.Functional.Add(onDevice, host));
         Assert.Contains("b is on cpu", mixed.Message);
     }
 

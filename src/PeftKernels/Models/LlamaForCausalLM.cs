@@ -4,6 +4,7 @@
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Models;
 

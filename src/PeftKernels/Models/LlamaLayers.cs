@@ -7,6 +7,7 @@
 // cache's device: host arrays on the CPU, device buffers on an accelerator).
 using ILGPU.Runtime;
 using PeftKernels.Nn;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Models;
 
@@ -104,7 +105,7 @@ public sealed class LlamaAttention : Module
         var qView = q.View(device);
         var kView = k.View(device);
         var vView = v.View(device);
-        var o = Functional.DeviceTensor(device, q.Shape);
+        var o = OpChecks.DeviceTensor(device, q.Shape);
         var oView = o.View(device);
         var lse = cache.DeviceScratch((long)nh * t);
         for (int b = 0; b < batch; b++)

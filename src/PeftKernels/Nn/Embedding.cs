@@ -8,6 +8,7 @@
 using System.Numerics.Tensors;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Nn;
 

@@ -1,26 +1,8 @@
-// One named adapter of a layer, of either kind: LoRA (LoraAdapter, DoRA when it carries a
-// magnitude vector) or IA³ (Ia3Adapter). A layer keeps every kind in one list, so activation,
-// merging and removal work by name whatever the kind.
-// IA³ (peft-math.md): one learned vector l per layer, initialised to ones. Output scaling
-// (attention modules) l [out], stored [out, 1] as PEFT does: y = (x·Wᵀ + b) ⊙ l. Input
-// scaling (feed-forward modules) l [in], stored [1, in]: y = (x ⊙ l)·Wᵀ + b.
+// IA³ (docs/formats/methods.md#ia3): one learned vector l per layer, initialised to ones. Output
+// scaling (attention modules) l [out], stored [out, 1] as PEFT does: y = (x·Wᵀ + b) ⊙ l. Input
+// scaling (feed-forward modules) l [in], stored [1, in]: y = (x ⊙ l)·Wᵀ + b. The op is
+// Functional.ScaleColumns (Ops/Ia3.cs).
 namespace PeftKernels.Nn;
-
-/// <summary>A named adapter of one layer: <see cref="LoraAdapter"/> or <see cref="Ia3Adapter"/>.</summary>
-public abstract class LayerAdapter
-{
-    private protected LayerAdapter(string name)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(name);
-        Name = name;
-    }
-
-    /// <summary>The adapter name ("default" unless given).</summary>
-    public string Name { get; }
-
-    /// <summary>The adapter's parameters.</summary>
-    public abstract IEnumerable<Parameter> Parameters { get; }
-}
 
 /// <summary>An IA³ vector of one Linear layer: output scaling (l [out, 1]) or, for feed-forward modules, input scaling (l [1, in]).</summary>
 public sealed class Ia3Adapter : LayerAdapter

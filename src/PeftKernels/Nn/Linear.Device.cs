@@ -11,6 +11,7 @@ using ILGPU.Runtime;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Gpu;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Nn;
 
@@ -28,7 +29,7 @@ public sealed partial class Linear
             || (lora != null && lora.Parameters.Any(p => p.RequiresGrad)));
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
         var accelerator = device.Accelerator;
-        var output = Functional.DeviceTensor(device, shape);
+        var output = OpChecks.DeviceTensor(device, shape);
         var xv = x.View(device);
         var y = output.View(device);
         var w = Weight;
@@ -51,7 +52,7 @@ public sealed partial class Linear
             {
                 Tape.Record(output, () =>
                 {
-                    var dx = Functional.GradBuffer(device, x);
+                    var dx = DeviceGrad.Buffer(device, x);
                     var g = output.DeviceGrad;
                     if (dx != null && w.DType == TensorDType.Q4)
                     {
@@ -63,7 +64,7 @@ public sealed partial class Linear
                     }
 
                     accelerator.Synchronize();
-                    Functional.GiveGrad(x, dx);
+                    DeviceGrad.Give(x, dx);
                     WeightAndBiasGradsOnDevice(g, x, null);
                 });
             }
@@ -97,8 +98,8 @@ public sealed partial class Linear
         Tape.Record(output, () =>
         {
             var g = output.DeviceGrad;
-            var dx = Functional.GradBuffer(device, x);
-            var da = Functional.GradBuffer(device, a);
+            var dx = DeviceGrad.Buffer(device, x);
+            var da = DeviceGrad.Buffer(device, a);
             var db = accelerator.Allocate1D<float>(b.Count);
             if (w.DType == TensorDType.Q4)
             {
@@ -113,9 +114,9 @@ public sealed partial class Linear
 
             accelerator.Synchronize();
             h.Dispose();
-            Functional.GiveGrad(x, dx);
-            Functional.GiveGrad(a, da);
-            Functional.GiveGrad(b, db);
+            DeviceGrad.Give(x, dx);
+            DeviceGrad.Give(a, da);
+            DeviceGrad.Give(b, db);
             WeightAndBiasGradsOnDevice(g, x, lora);
         });
         return output;
@@ -132,7 +133,7 @@ public sealed partial class Linear
             var dw = accelerator.Allocate1D<float>(Weight.Count);
             GemmKernels.Multiply(accelerator, true, false, OutFeatures, InFeatures, n, 1f, g, x.View(device), 0f, dw.View);
             accelerator.Synchronize();
-            Functional.GiveGrad(Weight, dw);
+            DeviceGrad.Give(Weight, dw);
         }
 
         foreach (var (bias, scale) in new[] { (Bias, (float?)null), (lora?.Bias, lora?.Scale) })
@@ -147,7 +148,7 @@ public sealed partial class Linear
                 }
 
                 accelerator.Synchronize();
-                Functional.GiveGrad(bias, db);
+                DeviceGrad.Give(bias, db);
             }
         }
     }

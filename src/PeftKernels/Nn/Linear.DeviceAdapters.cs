@@ -15,6 +15,7 @@ using ILGPU.Runtime;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Gpu;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Nn;
 
@@ -33,7 +34,7 @@ public sealed partial class Linear
         string layer = $"Linear [{OutFeatures}, {InFeatures}] DoRA adapter '{lora.Name}'";
         var magnitude = lora.Magnitude!;
         bool record = Tape.IsRecording && (x.RequiresGrad || lora.Parameters.Any(p => p.RequiresGrad));
-        Functional.DeviceInferenceOnly(Tape.IsRecording && (Weight.RequiresGrad || Bias?.RequiresGrad == true || lora.Bias?.RequiresGrad == true),
+        OpChecks.DeviceInferenceOnly(Tape.IsRecording && (Weight.RequiresGrad || Bias?.RequiresGrad == true || lora.Bias?.RequiresGrad == true),
             $"{layer} (trainable base weight, bias or lora_B bias)");
         int n = x.Rows, inF = InFeatures, outF = OutFeatures, r = lora.Rank;
         var accelerator = device.Accelerator;
@@ -53,7 +54,7 @@ public sealed partial class Linear
         }
 
         DoraNormKernels.Divide(accelerator, magnitude.View(device), norms.View, c.View);
-        var output = Functional.DeviceTensor(device, shape);
+        var output = OpChecks.DeviceTensor(device, shape);
         var y = output.View(device);
 
         // z (the unscaled output) is kept only when dm is wanted; otherwise y is scaled in place.
@@ -99,8 +100,8 @@ public sealed partial class Linear
                 Ia3Kernels.Forward(accelerator, g, c.View, scaled.View, n, outF);
             }
 
-            var dx = Functional.GradBuffer(device, x);
-            var da = Functional.GradBuffer(device, a);
+            var dx = DeviceGrad.Buffer(device, x);
+            var da = DeviceGrad.Buffer(device, a);
             var db = accelerator.Allocate1D<float>(b.Count);
             if (w.DType == TensorDType.Q4)
             {
@@ -118,10 +119,10 @@ public sealed partial class Linear
             z?.Dispose();
             c.Dispose();
             norms.Dispose();
-            Functional.GiveGrad(x, dx);
-            Functional.GiveGrad(a, da);
-            Functional.GiveGrad(b, db);
-            Functional.GiveGrad(magnitude, dm);
+            DeviceGrad.Give(x, dx);
+            DeviceGrad.Give(a, da);
+            DeviceGrad.Give(b, db);
+            DeviceGrad.Give(magnitude, dm);
         });
         return output;
     }
@@ -131,13 +132,13 @@ public sealed partial class Linear
         var device = x.Device;
         var accelerator = device.Accelerator;
         string layer = $"Linear [{OutFeatures}, {InFeatures}]";
-        Functional.DeviceInferenceOnly(Tape.IsRecording && extras.Any(e => e.Adapter.Bias?.RequiresGrad == true), $"{layer} (trainable lora_B bias of an extra adapter)");
+        OpChecks.DeviceInferenceOnly(Tape.IsRecording && extras.Any(e => e.Adapter.Bias?.RequiresGrad == true), $"{layer} (trainable lora_B bias of an extra adapter)");
         bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || extras.Any(e => e.Adapter.A.RequiresGrad || e.Adapter.B.RequiresGrad));
         int n = x.Rows, inF = InFeatures, outF = OutFeatures;
         var output = y;
         if (record)
         {
-            output = Functional.DeviceTensor(device, shape);
+            output = OpChecks.DeviceTensor(device, shape);
             output.View(device).CopyFrom(y.View(device));
         }
 
@@ -167,21 +168,21 @@ public sealed partial class Linear
                 var copy = accelerator.Allocate1D<float>(g.Length);
                 copy.View.CopyFrom(g);
                 accelerator.Synchronize();
-                Functional.GiveGrad(y, copy);
+                DeviceGrad.Give(y, copy);
             }
 
             foreach (var (lora, rows, options, h) in branches)
             {
-                var dx = Functional.GradBuffer(device, x);
-                var da = Functional.GradBuffer(device, lora.A);
-                var db = Functional.GradBuffer(device, lora.B);
+                var dx = DeviceGrad.Buffer(device, x);
+                var da = DeviceGrad.Buffer(device, lora.A);
+                var db = DeviceGrad.Buffer(device, lora.B);
                 LoraBranchKernels.Backward(accelerator, g, x.View(device), rows, h.View, lora.A.View(device), lora.B.View(device), lora.Scale,
                     dx?.View ?? default, da?.View ?? default, db?.View ?? default, n, inF, outF, lora.Rank, options);
                 accelerator.Synchronize();
                 h.Dispose();
-                Functional.GiveGrad(x, dx);
-                Functional.GiveGrad(lora.A, da);
-                Functional.GiveGrad(lora.B, db);
+                DeviceGrad.Give(x, dx);
+                DeviceGrad.Give(lora.A, da);
+                DeviceGrad.Give(lora.B, db);
             }
         });
         return output;

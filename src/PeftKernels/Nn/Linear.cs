@@ -12,6 +12,7 @@
 // (the Ia3 kernel); several active IA³ vectors multiply, as in PEFT.
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Nn;
 

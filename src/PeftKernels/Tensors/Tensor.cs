@@ -340,7 +340,6 @@ public class Tensor
         if (HasMirror && DType == TensorDType.F32 && !hostDataStale)
         {
             deviceData!.View.CopyFromCPU(data!);
-            hostDataStale = false;
         }
     }
 
@@ -370,7 +369,9 @@ public class Tensor
 
     private float[]? Download()
     {
-        if (deviceData == null || quantized != null || bf16 != null)
+        // Only an fp32 tensor made on a device (no host original) downloads here; a bf16 / fp16 / 4-bit tensor's device copy
+        // is a widened or packed mirror of its host storage, never its fp32 Data.
+        if (deviceData == null || DType != TensorDType.F32)
         {
             return null;
         }

@@ -7,6 +7,7 @@
 // PromptWidth bytes, so prompts of any task line up and a mixed batch needs no attention mask;
 // one example per row; only the label characters (and the closing newline) carry a loss.
 using PeftKernels.Nn;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Cli.Demo;
 

@@ -1,57 +1,21 @@
+// Mean cross-entropy of logits [n, vocab] against labels [n], rows labelled IgnoreIndex (−100) skipped:
+//   lse_i = logsumexp(logits[i, :]);   loss = (1 / count) · Σ_{i: label ≠ −100} (lse_i − logits[i, label_i])
+//   dlogits[i, :] = (softmax(logits[i, :]) − onehot(label_i)) · dloss / count   (0 on ignored rows)
+// Fused log-softmax + NLL in vocabulary chunks; lse [n] is all that backward keeps. consumeLogits
+// lets backward overwrite the logits with their gradient (no second [n, vocab] buffer).
+// CPU: Kernels.Cpu.CrossEntropy; GPU: CrossEntropyKernels.
+using ILGPU;
+using ILGPU.Runtime;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Gpu;
 
-namespace PeftKernels.Nn;
+namespace PeftKernels.Ops;
 
 public static partial class Functional
 {
     /// <summary>The label value whose positions are ignored by the loss (PyTorch's ignore_index).</summary>
     public const int IgnoreIndex = -100;
-
-    /// <summary>
-    /// Causal grouped-query attention of q [batch·queryLength, heads·headDim] over k, v
-    /// [batch·keyLength, kvHeads·headDim]; the queries are the last queryLength positions.
-    /// Backward keeps only the per-row log-sum-exp, never the probability matrix.
-    /// </summary>
-    public static Tensor Attention(Tensor q, Tensor k, Tensor v, int batch, int heads, int kvHeads, int headDim, KernelOptions options = default)
-    {
-        ArgumentNullException.ThrowIfNull(q);
-        ArgumentNullException.ThrowIfNull(k);
-        ArgumentNullException.ThrowIfNull(v);
-        SameShape(k, v, "k", "v");
-        long queryRows = q.Count / ((long)heads * headDim), keyRows = k.Count / ((long)kvHeads * headDim);
-        if (batch <= 0 || queryRows % batch != 0 || keyRows % batch != 0)
-        {
-            throw new ArgumentException($"attention: q [{string.Join(", ", q.Shape)}] and k [{string.Join(", ", k.Shape)}] do not split into batch {batch}.", nameof(batch));
-        }
-
-        int tq = (int)(queryRows / batch), tk = (int)(keyRows / batch);
-        if (q.Device.IsGpu)
-        {
-            return AttentionOnDevice(q, k, v, batch, tq, tk, heads, kvHeads, headDim);
-        }
-
-        float scale = 1f / MathF.Sqrt(headDim);
-        var o = GC.AllocateUninitializedArray<float>(checked((int)q.Count));
-        var lse = GC.AllocateUninitializedArray<float>(batch * heads * tq);
-        Kernels.Cpu.Attention.Forward(q.Data, k.Data, v.Data, o, lse, batch, tq, tk, heads, kvHeads, headDim, scale, options);
-        var output = new Tensor(o, q.Shape);
-        if (Tape.IsRecording && (q.RequiresGrad || k.RequiresGrad || v.RequiresGrad))
-        {
-            Tape.Record(output, () =>
-            {
-                var dq = GC.AllocateUninitializedArray<float>(o.Length);
-                var dk = GC.AllocateUninitializedArray<float>(checked((int)k.Count));
-                var dv = GC.AllocateUninitializedArray<float>(checked((int)v.Count));
-                Kernels.Cpu.Attention.Backward(output.Grad!, q.Data, k.Data, v.Data, o, lse, dq, dk, dv, batch, tq, tk, heads, kvHeads, headDim, scale, options);
-                Grad.AddOwned(q, dq);
-                Grad.AddOwned(k, dk);
-                Grad.AddOwned(v, dv);
-            });
-        }
-
-        return output;
-    }
 
     /// <summary>
     /// Mean cross-entropy of logits [n, vocab] against labels [n] over the rows whose label is not
@@ -105,6 +69,37 @@ public static partial class Functional
             });
         }
 
+        return output;
+    }
+
+    private static Tensor CrossEntropyOnDevice(Tensor logits, int[] labels, int count)
+    {
+        var device = logits.Device;
+        var accelerator = device.Accelerator;
+        int n = logits.Rows, vocab = logits.Columns;
+        var deviceLabels = accelerator.Allocate1D(labels);
+        var lse = accelerator.Allocate1D<float>(n);
+        double sum = labels.Length == 0 ? 0 : CrossEntropyKernels.Forward(accelerator, logits.View(device), deviceLabels.View, lse.View, n, vocab);
+        accelerator.Synchronize();
+        var output = new Tensor([count == 0 ? 0f : (float)(sum / count)], 1);
+        if (!(Tape.ShouldRecord(logits) && count > 0))
+        {
+            deviceLabels.Dispose();
+            lse.Dispose();
+            return output;
+        }
+
+        Tape.Record(output, () =>
+        {
+            // The kernel works in place: the gradient starts as a copy of the logits.
+            var dlogits = accelerator.Allocate1D<float>(logits.Count);
+            dlogits.View.CopyFrom(logits.View(device));
+            CrossEntropyKernels.BackwardInPlace(accelerator, dlogits.View, deviceLabels.View, lse.View, output.Grad![0] / count, n, vocab);
+            accelerator.Synchronize();
+            deviceLabels.Dispose();
+            lse.Dispose();
+            DeviceGrad.Give(logits, dlogits);
+        });
         return output;
     }
 }

@@ -1,4 +1,5 @@
 using PeftKernels.Kernels.Cpu;
+using PeftKernels.Ops;
 
 namespace PeftKernels.Nn;
 

@@ -1,0 +1,113 @@
+// Embedding: rows of a table gathered by token id.
+//   forward   y[t, :] = W[ids[t], :]            W [vocab, dim] fp32 / bf16 / fp16, ids [n], y [n, dim] fp32
+//   backward  dW[ids[t], :] += dy[t, :]         a scatter-add in token order (repeated ids accumulate)
+// Token ids are checked on the host before anything runs (the GPU kernel does not check them).
+// CPU body here; GPU: EmbeddingKernels (device dW built deterministically, no atomics; a tied
+// lm_head adds its own dW). The module with LoRA adapters is Nn/Embedding.cs.
+using System.Numerics.Tensors;
+using ILGPU;
+using ILGPU.Runtime;
+using PeftKernels.Autograd;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Gpu;
+
+namespace PeftKernels.Ops;
+
+public static partial class Functional
+{
+    /// <summary>Rows of <paramref name="weight"/> [vocab, dim] selected by <paramref name="ids"/>: [ids.Length, dim].</summary>
+    public static Tensor Embedding(ReadOnlySpan<int> ids, Tensor weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Shape.Length != 2)
+        {
+            throw new ArgumentException($"embedding weight must be 2-D [vocab, dim]; got [{string.Join(", ", weight.Shape)}].", nameof(weight));
+        }
+
+        int vocab = weight.Shape[0], dim = weight.Shape[1];
+        for (int t = 0; t < ids.Length; t++)
+        {
+            if ((uint)ids[t] >= (uint)vocab)
+            {
+                throw new ArgumentOutOfRangeException(nameof(ids), $"token id {ids[t]} at position {t} is outside the vocabulary [0, {vocab}).");
+            }
+        }
+
+        if (weight.Device.IsGpu)
+        {
+            return EmbeddingOnDevice(ids, weight);
+        }
+
+        var y = new float[(long)ids.Length * dim];
+        for (int t = 0; t < ids.Length; t++)
+        {
+            int id = ids[t];
+            var row = y.AsSpan(t * dim, dim);
+            switch (weight.DType)
+            {
+                case TensorDType.F32:
+                    weight.Data.AsSpan(id * dim, dim).CopyTo(row);
+                    break;
+                case TensorDType.F16:
+                    TensorPrimitives.ConvertToSingle(weight.F16Values.AsSpan(id * dim, dim), row);
+                    break;
+                case TensorDType.BF16:
+                    var bits = weight.Bf16Bits.AsSpan(id * dim, dim);
+                    for (int j = 0; j < dim; j++)
+                    {
+                        row[j] = Bf16.ToSingle(bits[j]);
+                    }
+
+                    break;
+                default:
+                    throw new NotSupportedException($"embedding weight of dtype {weight.DType} is not supported (F32, BF16 or F16).");
+            }
+        }
+
+        var output = new Tensor(y, ids.Length, dim);
+        if (Tape.ShouldRecord(weight))
+        {
+            var saved = ids.ToArray();
+            Tape.Record(output, () =>
+            {
+                var dw = weight.GradOrCreate();
+                var dy = output.Grad!;
+                for (int t = 0; t < saved.Length; t++)
+                {
+                    var target = dw.AsSpan(saved[t] * dim, dim);
+                    TensorPrimitives.Add(target, dy.AsSpan(t * dim, dim), target);
+                }
+            });
+        }
+
+        return output;
+    }
+
+    private static Tensor EmbeddingOnDevice(ReadOnlySpan<int> ids, Tensor weight)
+    {
+        var device = weight.Device;
+        int vocab = weight.Shape[0], dim = weight.Shape[1];
+        var output = OpChecks.DeviceTensor(device, [ids.Length, dim]);
+        if (ids.Length == 0)
+        {
+            return output;
+        }
+
+        var accelerator = device.Accelerator;
+        using var deviceIds = accelerator.Allocate1D(ids.ToArray());
+        EmbeddingKernels.Forward(accelerator, weight.View(device), deviceIds.View, output.View(device), ids.Length, vocab, dim);
+        accelerator.Synchronize();
+        if (Tape.ShouldRecord(weight))
+        {
+            var saved = ids.ToArray();
+            Tape.Record(output, () =>
+            {
+                var dw = accelerator.Allocate1D<float>(weight.Count);
+                EmbeddingKernels.Backward(accelerator, output.DeviceGrad, saved, dw.View, vocab, dim);
+                DeviceGrad.Give(weight, dw);
+            });
+        }
+
+        return output;
+    }
+}

@@ -1,0 +1,67 @@
+// SwiGLU gating of the Llama MLP, element-wise over gate and up of the same shape:
+//   y = silu(gate) ⊙ up,  silu(g) = g·σ(g)
+//   d_up = dy ⊙ silu(gate);  d_gate = dy ⊙ up ⊙ σ(gate)·(1 + gate·(1 − σ(gate)))
+// CPU: Kernels.Cpu.SwiGlu; GPU: SwiGluKernels.
+using ILGPU;
+using ILGPU.Runtime;
+using PeftKernels.Autograd;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Gpu;
+
+namespace PeftKernels.Ops;
+
+public static partial class Functional
+{
+    /// <summary>silu(gate) ⊙ up, element-wise.</summary>
+    public static Tensor SwiGlu(Tensor gate, Tensor up, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(gate);
+        ArgumentNullException.ThrowIfNull(up);
+        OpChecks.SameShape(gate, up, "gate", "up");
+        if (gate.Device.IsGpu)
+        {
+            return SwiGluOnDevice(gate, up);
+        }
+
+        var y = GC.AllocateUninitializedArray<float>(checked((int)gate.Count));
+        Kernels.Cpu.SwiGlu.Forward(gate.Data, up.Data, y, options);
+        var output = new Tensor(y, gate.Shape);
+        if (Tape.ShouldRecord(gate, up))
+        {
+            Tape.Record(output, () =>
+            {
+                var dy = output.Grad!;
+                var dgate = GC.AllocateUninitializedArray<float>(y.Length);
+                var dup = GC.AllocateUninitializedArray<float>(y.Length);
+                Kernels.Cpu.SwiGlu.Backward(dy, gate.Data, up.Data, dgate, dup, options);
+                Grad.AddOwned(gate, dgate);
+                Grad.AddOwned(up, dup);
+            });
+        }
+
+        return output;
+    }
+
+    private static Tensor SwiGluOnDevice(Tensor gate, Tensor up)
+    {
+        var device = gate.Device;
+        OpChecks.SameDevice(device, up, nameof(up));
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, gate.Shape);
+        SwiGluKernels.Forward(accelerator, gate.View(device), up.View(device), output.View(device));
+        if (Tape.ShouldRecord(gate, up))
+        {
+            Tape.Record(output, () =>
+            {
+                var dgate = accelerator.Allocate1D<float>(gate.Count);
+                var dup = accelerator.Allocate1D<float>(up.Count);
+                SwiGluKernels.Backward(accelerator, output.DeviceGrad, gate.View(device), up.View(device), dgate.View, dup.View);
+                accelerator.Synchronize();
+                DeviceGrad.Give(gate, dgate);
+                DeviceGrad.Give(up, dup);
+            });
+        }
+
+        return output;
+    }
+}
