@@ -66,13 +66,30 @@ internal static class Grad
         }
     }
 
-    /// <summary>Adds the column sums of g [rows, cols] to <paramref name="t"/>.Grad ([cols]): the gradient of a broadcast bias.</summary>
-    public static void AddColumnSums(Tensor t, ReadOnlySpan<float> g, int rows, int cols)
+    /// <summary>
+    /// Adds scale·(column sums of g [rows, cols]) to <paramref name="t"/>.Grad ([cols]): the gradient of a broadcast bias
+    /// (scale 1), or of a LoRA lora_B bias that enters the output as s·bias_B (scale s).
+    /// </summary>
+    public static void AddColumnSums(Tensor t, ReadOnlySpan<float> g, int rows, int cols, float scale)
     {
-        var grad = t.GradOrCreate();
+        if (scale == 1f)
+        {
+            var grad = t.GradOrCreate();
+            for (int i = 0; i < rows; i++)
+            {
+                TensorPrimitives.Add(grad, g.Slice(i * cols, cols), grad);
+            }
+
+            return;
+        }
+
+        var sums = new float[cols];
         for (int i = 0; i < rows; i++)
         {
-            TensorPrimitives.Add(grad, g.Slice(i * cols, cols), grad);
+            TensorPrimitives.Add(sums, g.Slice(i * cols, cols), sums);
         }
+
+        TensorPrimitives.Multiply(sums, scale, sums);
+        AddOwned(t, sums);
     }
 }

@@ -1,23 +1,23 @@
-// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ. W [out, in] is fp32, bf16 or 4-bit. The first
-// active adapter runs through the fused kernels (LoraMatmul over fp32/bf16, QLoraMatmul over
-// 4-bit) so the base output and its branch are one GEMM; further active adapters, and the
-// adapters of a per-row batch (ForwardContext.AdapterNames), are added as separate branches
-// (LoraBranch). lora_bias: the fused adapter's s·bias_B rides in the kernel's bias argument.
-// Backward (chain rule as in LoraMatmul): dx = g·W (+ dh·A masked by dropout, per branch),
-// dA, dB from the kernel or the branch; dW = gᵀ·x only when W itself is trainable; db =
-// Σ_rows g when the bias is trainable; dbias_B = s·Σ_rows g.
-// DoRA (a LoRA adapter with a magnitude vector) runs as the fused adapter: see Linear.Dora.cs.
-// IA³ adapters wrap all of it: feed-forward ones scale the input first (x ⊙ l, the same x the
-// LoRA branches see), the others scale the output last ((…) ⊙ l), through Functional.ScaleColumns
-// (the Ia3 kernel); several active IA³ vectors multiply, as in PEFT.
-using PeftKernels.Autograd;
+// A linear layer y = x·Wᵀ + b over a weight of any storage (fp32, bf16, fp16, 4-bit), with its
+// adapters. It composes ops (src/PeftKernels/Ops) and holds the adapter slots; it never looks at
+// the weight's storage (the ops take any storage through one weight operand):
+//   no LoRA adapter      Functional.Gemm            y = x·Wᵀ + b
+//   LoRA / QLoRA / DoRA  Functional.LoraMatmul      the first active adapter fused with the base
+//                                                   GEMM (the DoRA one first, one DoRA at a time)
+//   further adapters     Functional.LoraBranch      added to y (several active adapters), or per
+//                                                   row (ForwardContext.AdapterNames)
+//   IA³                  Functional.ScaleColumns    feed-forward vectors scale the input first (the
+//                                                   same x the LoRA branches see), the others scale
+//                                                   the output last; several active vectors multiply
+// Each op runs on the host or on the input's device and records its own backward.
+// Equations: docs/formats/methods.md.
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Ops;
 
 namespace PeftKernels.Nn;
 
 /// <summary>A linear layer over a frozen or trainable weight, with optional LoRA adapters.</summary>
-public sealed partial class Linear : Module, ILoraLayer
+public sealed class Linear : Module, ILoraLayer
 {
     private readonly AdapterSlots slots = new();
 
@@ -110,8 +110,22 @@ public sealed partial class Linear : Module, ILoraLayer
     /// <summary>The LoRA adapters forward adds now (active, not merged; none when disabled).</summary>
     public IReadOnlyList<LoraAdapter> Active() => [.. slots.Running().OfType<LoraAdapter>()];
 
+    /// <summary>DoRA's row norms ‖W + s·B·A‖₂ of this layer's weight (any storage) for one of its LoRA adapters: [out].</summary>
+    /// <exception cref="ArgumentException">The adapter's shapes do not fit this layer.</exception>
+    public float[] WeightNorms(LoraAdapter adapter, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(adapter);
+        if (adapter.A.Shape[1] != InFeatures || adapter.B.Shape[0] != OutFeatures)
+        {
+            throw new ArgumentException($"adapter '{adapter.Name}' has A [{string.Join(", ", adapter.A.Shape)}] and B [{string.Join(", ", adapter.B.Shape)}]; "
+                + $"Linear [{OutFeatures}, {InFeatures}] needs A [r, {InFeatures}] and B [{OutFeatures}, r].", nameof(adapter));
+        }
+
+        return Functional.DoraNorms(Weight, adapter.Factors, options);
+    }
+
     /// <summary>
-    /// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ for x [.., in] (DoRA: see Linear.Dora.cs), wrapped by the active IA³ scalings;
+    /// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ for x [.., in] (DoRA on the fused adapter), wrapped by the active IA³ scalings;
     /// per-row adapters (plain LoRA only) when the context names them.
     /// </summary>
     /// <exception cref="NotSupportedException">Two DoRA adapters are active at once, or a per-row name is a DoRA or IA³ adapter.</exception>
@@ -124,16 +138,21 @@ public sealed partial class Linear : Module, ILoraLayer
             throw new ArgumentException($"Linear [{OutFeatures}, {InFeatures}] got input [{string.Join(", ", x.Shape)}]: last dimension must be {InFeatures}.", nameof(x));
         }
 
-        int[] shape = [.. x.Shape[..^1], OutFeatures];
         if (context.AdapterNames is { } names)
         {
             var groups = slots.Groups(names, x.Rows, $"Linear [{OutFeatures}, {InFeatures}]");
             if (groups.Count == 1 && groups[0].Rows.Length == x.Rows)
             {
-                return ForwardLora(x, groups[0].Adapter, [], shape, context);
+                return Functional.LoraMatmul(x, Weight, Bias, groups[0].Adapter.Factors, Options(groups[0].Adapter, context));
             }
 
-            return ForwardBase(x, shape, context, [.. groups.Select(g => ((LoraAdapter, int[]?))g)]);
+            var rowsOut = Functional.Gemm(x, Weight, Bias, context.Kernel);
+            foreach (var (adapter, rows) in groups)
+            {
+                rowsOut = Functional.LoraBranch(rowsOut, x, adapter.Factors, rows, Options(adapter, context));
+            }
+
+            return rowsOut;
         }
 
         var on = slots.Running();
@@ -151,7 +170,13 @@ public sealed partial class Linear : Module, ILoraLayer
                 + "are active together; activate one DoRA adapter at a time.");
         }
 
-        var y = loras.Count == 0 ? ForwardBase(input, shape, context, []) : ForwardLora(input, loras[0], [.. loras.Skip(1).Select(a => (a, (int[]?)null))], shape, context);
+        var y = loras.Count == 0 ? Functional.Gemm(input, Weight, Bias, context.Kernel)
+            : Functional.LoraMatmul(input, Weight, Bias, loras[0].Factors, Options(loras[0], context));
+        foreach (var extra in loras.Skip(1))
+        {
+            y = Functional.LoraBranch(y, input, extra.Factors, null, Options(extra, context));
+        }
+
         foreach (var ia3 in on.OfType<Ia3Adapter>().Where(a => !a.IsFeedforward))
         {
             y = Functional.ScaleColumns(y, ia3.L, context.Kernel);
@@ -192,230 +217,15 @@ public sealed partial class Linear : Module, ILoraLayer
         }
     }
 
-    private Tensor ForwardBase(Tensor x, int[] shape, ForwardContext context, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras)
-    {
-        if (x.Device.IsGpu)
-        {
-            return ForwardOnDevice(x, null, extras, shape, context);
-        }
-
-        int n = x.Rows, inF = InFeatures, outF = OutFeatures;
-        var w = Weight;
-        var y = GC.AllocateUninitializedArray<float>(checked(n * outF));
-        var k = context.Kernel;
-        switch (w.DType)
-        {
-            case TensorDType.F32:
-                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.Data, 0f, y, k);
-                AddBias(y, n);
-                break;
-            case TensorDType.BF16:
-                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.Bf16Bits, 0f, y, k);
-                AddBias(y, n);
-                break;
-            case TensorDType.F16:
-                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.F16Values, 0f, y, k);
-                AddBias(y, n);
-                break;
-            default:
-                Quant4Matmul.Forward(x.Data, w.Quantized, Bias?.Data ?? [], y, n, inF, outF, k);
-                break;
-        }
-
-        var branches = RunBranches(x, y, extras, context);
-        var output = new Tensor(y, shape);
-        if (Tape.IsRecording && (x.RequiresGrad || w.RequiresGrad || Bias?.RequiresGrad == true || branches.Any(b => b.NeedsGrad)))
-        {
-            Tape.Record(output, () =>
-            {
-                var g = output.Grad!;
-                if (x.RequiresGrad)
-                {
-                    Grad.Accumulate(x, dx =>
-                    {
-                        switch (w.DType)
-                        {
-                            case TensorDType.F32:
-                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.Data, 0f, dx, k);
-                                break;
-                            case TensorDType.BF16:
-                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.Bf16Bits, 0f, dx, k);
-                                break;
-                            case TensorDType.F16:
-                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.F16Values, 0f, dx, k);
-                                break;
-                            default:
-                                Quant4Matmul.Backward(g, w.Quantized, dx, n, inF, outF, k);
-                                break;
-                        }
-                    });
-                }
-
-                BackwardWeightAndBias(g, g, x, n, k);
-                BackwardBranches(branches, g, x, k);
-            });
-        }
-
-        return output;
-    }
-
-    private Tensor ForwardLora(Tensor x, LoraAdapter lora, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras, int[] shape, ForwardContext context)
-    {
-        if (x.Device.IsGpu)
-        {
-            return ForwardOnDevice(x, lora, extras, shape, context);
-        }
-
-        int n = x.Rows, inF = InFeatures, outF = OutFeatures, r = lora.Rank;
-        var w = Weight;
-        float s = lora.Scale;
-        var options = new LoraOptions(Training ? lora.Dropout : 0f, ForwardContext.Mix(lora.Seed, context.DropoutSeed), context.Kernel);
-        var y = GC.AllocateUninitializedArray<float>(checked(n * outF));
-        var h = GC.AllocateUninitializedArray<float>(checked(n * r));
-        var dora = lora.UseDora ? DoraForward(x, lora, y, h, n, options) : null;
-        if (dora == null)
-        {
-            FusedForward(x, lora, KernelBias(lora), y, h, n, options);
-        }
-
-        var branches = RunBranches(x, y, extras, context);
-        var output = new Tensor(y, shape);
-        var a = lora.A;
-        var b = lora.B;
-        if (Tape.IsRecording && (x.RequiresGrad || lora.Parameters.Any(p => p.RequiresGrad) || w.RequiresGrad
-            || Bias?.RequiresGrad == true || branches.Any(br => br.NeedsGrad)))
-        {
-            Tape.Record(output, () =>
-            {
-                var g = output.Grad!;
-
-                // DoRA: the fused kernel's output was scaled by m / norm, so its gradient is g ⊙ (m / norm).
-                var gl = dora == null ? g : dora.Backward(g, lora.Magnitude!, n, outF, context.Kernel);
-                float[] dx = x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
-                float[] da = a.RequiresGrad ? GC.AllocateUninitializedArray<float>(r * inF) : [];
-                var db = GC.AllocateUninitializedArray<float>(outF * r);
-                if (dx.Length != 0 || da.Length != 0 || b.RequiresGrad)
-                {
-                    switch (w.DType)
-                    {
-                        case TensorDType.F32:
-                            LoraMatmul.Backward(gl, x.Data, h, w.Data, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                        case TensorDType.BF16:
-                            LoraMatmul.Backward(gl, x.Data, h, w.Bf16Bits, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                        case TensorDType.F16:
-                            LoraMatmul.Backward(gl, x.Data, h, w.F16Values, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                        default:
-                            QLoraMatmul.Backward(gl, x.Data, h, w.Quantized, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                    }
-
-                    Grad.AddOwned(x, dx);
-                    Grad.AddOwned(a, da);
-                    Grad.AddOwned(b, db);
-                }
-
-                if (lora.Bias?.RequiresGrad == true)
-                {
-                    Grad.AddOwned(lora.Bias, LoraBranch.ScaledColumnSums(g, n, outF, s));
-                }
-
-                BackwardWeightAndBias(gl, g, x, n, context.Kernel);
-                BackwardBranches(branches, g, x, context.Kernel);
-            });
-        }
-
-        return output;
-    }
-
-    /// <summary>y = x·Wᵀ + bias + s·drop(x)·Aᵀ·Bᵀ and h = drop(x)·Aᵀ through the fused kernel of the weight's storage.</summary>
-    private void FusedForward(Tensor x, LoraAdapter lora, float[] bias, float[] y, float[] h, int n, in LoraOptions options)
-    {
-        int inF = InFeatures, outF = OutFeatures, r = lora.Rank;
-        var w = Weight;
-        switch (w.DType)
-        {
-            case TensorDType.F32:
-                LoraMatmul.Forward(x.Data, w.Data, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-            case TensorDType.BF16:
-                LoraMatmul.Forward(x.Data, w.Bf16Bits, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-            case TensorDType.F16:
-                LoraMatmul.Forward(x.Data, w.F16Values, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-            default:
-                QLoraMatmul.Forward(x.Data, w.Quantized, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-        }
-    }
-
-    /// <summary>The kernel's bias argument: the base bias, plus s·bias_B when the fused adapter has lora_bias.</summary>
-    private float[] KernelBias(LoraAdapter lora)
-    {
-        if (lora.Bias == null)
-        {
-            return Bias?.Data ?? [];
-        }
-
-        var bias = new float[OutFeatures];
-        System.Numerics.Tensors.TensorPrimitives.Multiply(lora.Bias.Data, lora.Scale, bias);
-        if (Bias != null)
-        {
-            System.Numerics.Tensors.TensorPrimitives.Add(bias, Bias.Data, bias);
-        }
-
-        return bias;
-    }
-
-    private List<LoraBranch> RunBranches(Tensor x, float[] y, IReadOnlyList<(LoraAdapter Adapter, int[]? Rows)> extras, ForwardContext context) =>
-        [.. extras.Select(e => LoraBranch.Run(x.Data, y, e.Adapter, e.Rows, Training ? e.Adapter.Dropout : 0f,
-            ForwardContext.Mix(e.Adapter.Seed, context.DropoutSeed), InFeatures, OutFeatures, context.Kernel))];
-
-    private void BackwardBranches(List<LoraBranch> branches, float[] g, Tensor x, KernelOptions k)
-    {
-        foreach (var branch in branches)
-        {
-            branch.Backward(g, x, InFeatures, OutFeatures, k);
-        }
-    }
+    /// <summary>This step's dropout of an adapter: its rate while training (0 in evaluation), its seed mixed with the step's.</summary>
+    private LoraOptions Options(LoraAdapter adapter, ForwardContext context) =>
+        new(Training ? adapter.Dropout : 0f, ForwardContext.Mix(adapter.Seed, context.DropoutSeed), context.Kernel);
 
     private void CheckBias(Parameter? bias)
     {
         if (bias != null && (bias.Count != OutFeatures || bias.DType != TensorDType.F32))
         {
             throw new ArgumentException($"Linear bias must be fp32 [{OutFeatures}]; got {bias.DType} [{string.Join(", ", bias.Shape)}].", nameof(bias));
-        }
-    }
-
-    private void AddBias(float[] y, int n)
-    {
-        if (Bias == null)
-        {
-            return;
-        }
-
-        var bias = Bias.Data;
-        for (int i = 0; i < n; i++)
-        {
-            System.Numerics.Tensors.TensorPrimitives.Add(y.AsSpan(i * OutFeatures, OutFeatures), bias, y.AsSpan(i * OutFeatures, OutFeatures));
-        }
-    }
-
-    /// <summary>dW += gWᵀ·x (trainable W only) and db += Σ_rows g (trainable bias); gW differs from g under DoRA's scaling.</summary>
-    private void BackwardWeightAndBias(float[] gW, float[] g, Tensor x, int n, KernelOptions k)
-    {
-        if (Weight.RequiresGrad)
-        {
-            var dw = Weight.GradOrCreate();
-            Gemm.Multiply(true, false, OutFeatures, InFeatures, n, 1f, gW, x.Data, 1f, dw, k);
-        }
-
-        if (Bias?.RequiresGrad == true)
-        {
-            Grad.AddColumnSums(Bias, g, n, OutFeatures);
         }
     }
 }

@@ -96,6 +96,9 @@ public sealed class LoraAdapter : LayerAdapter
     /// <summary>True for a DoRA adapter (it has a magnitude vector).</summary>
     public bool UseDora => Magnitude != null;
 
+    /// <summary>The factors as the ops (Functional.LoraMatmul, LoraBranch) take them.</summary>
+    public Ops.LoraFactors Factors => new(A, B, Scale, Bias, Magnitude, Name);
+
     /// <summary>The adapter's parameters: A, B, and the lora_B bias and DoRA magnitude when present.</summary>
     public override IEnumerable<Parameter> Parameters => new[] { A, B, Bias, Magnitude }.OfType<Parameter>();
 

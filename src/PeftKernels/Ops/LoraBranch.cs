@@ -1,0 +1,237 @@
+// One LoRA branch added to a layer's output outside the fused LoraMatmul: a second (third, …)
+// active adapter, or the rows of one adapter in a per-row batch. With R the branch's rows (all
+// rows, or a subset; "__base__" rows belong to none) and m = |R|:
+//   u = drop(x[R, :])                   [m, in]   (materialised only when p > 0)
+//   h = u · Aᵀ                          [m, r]
+//   y'[R, :] = y[R, :] + s · (h · Bᵀ + bias_B)    [m, out]   (other rows unchanged)
+// Backward, g = dL/dy' (chain rule through the two GEMMs and the mask):
+//   dy      = g                                    (passed on unchanged)
+//   dB      = s · g_Rᵀ · h              [out, r]
+//   dbias_B = s · Σ_rows g_R            [out]
+//   dh      = s · g_R · B               [m, r]
+//   dA      = dhᵀ · u                   [r, in]   (skipped when A is frozen: LoRA-FA)
+//   dx[R,:] += drop'(dh · A)            (the same mask and 1/(1 − p) scale as forward)
+// y is consumed: on the host its storage receives the sum (the output shares it); on a device the
+// sum is added in place in inference and into a copy while recording. CPU: the GEMM kernels here;
+// GPU: LoraBranchKernels (same mask for the gathered rows). Trainable lora_B biases are refused on a device.
+using System.Numerics.Tensors;
+using ILGPU;
+using ILGPU.Runtime;
+using PeftKernels.Autograd;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Kernels.Gpu;
+
+namespace PeftKernels.Ops;
+
+public static partial class Functional
+{
+    /// <summary>
+    /// y[R] + s·drop(x[R])·Aᵀ·Bᵀ (+ s·bias_B) for the rows R (all rows when <paramref name="rows"/> is null) of y [n, out] and
+    /// x [n, in]; <paramref name="y"/> is consumed (its storage may receive the sum) and must not be read afterwards.
+    /// </summary>
+    public static Tensor LoraBranch(Tensor y, Tensor x, LoraFactors lora, int[]? rows, in LoraOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(lora);
+        int n = x.Rows, inF = x.Columns, outF = y.Columns;
+        lora.Check(inF, outF, "LoRA branch");
+        if (y.Rows != n)
+        {
+            throw new ArgumentException($"LoRA branch, adapter '{lora.Name}': y [{string.Join(", ", y.Shape)}] and x [{string.Join(", ", x.Shape)}] have different row counts.", nameof(y));
+        }
+
+        if (rows != null && rows.Any(i => (uint)i >= (uint)n))
+        {
+            throw new ArgumentOutOfRangeException(nameof(rows), $"LoRA branch, adapter '{lora.Name}': a row index is outside [0, {n}).");
+        }
+
+        if (x.Device.IsGpu)
+        {
+            return LoraBranchOnDevice(y, x, lora, rows, options);
+        }
+
+        var k = options.Kernel;
+        int m = rows?.Length ?? n, r = lora.Rank;
+        float s = lora.Scale;
+        var xd = x.Data;
+        var yd = y.Data;
+        var xr = rows == null ? xd : GatherRows(xd, rows, inF);
+        var u = xr;
+        if (options.Dropout > 0)
+        {
+            u = ReferenceEquals(xr, xd) ? GC.AllocateUninitializedArray<float>(xr.Length) : xr;
+            Dropout.Apply(xr, u, options.Dropout, options.Seed, k);
+        }
+
+        var h = GC.AllocateUninitializedArray<float>(m * r);
+        Kernels.Cpu.Gemm.Multiply(false, true, m, r, inF, 1f, u, lora.A.Data, 0f, h, k);
+        if (rows == null)
+        {
+            Kernels.Cpu.Gemm.Multiply(false, true, m, outF, r, s, h, lora.B.Data, 1f, yd, k);
+        }
+        else
+        {
+            var yr = GC.AllocateUninitializedArray<float>(m * outF);
+            Kernels.Cpu.Gemm.Multiply(false, true, m, outF, r, s, h, lora.B.Data, 0f, yr, k);
+            for (int i = 0; i < m; i++)
+            {
+                var target = yd.AsSpan(rows[i] * outF, outF);
+                TensorPrimitives.Add(target, yr.AsSpan(i * outF, outF), target);
+            }
+        }
+
+        AddScaledBias(yd, m, outF, lora, rows);
+        bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || lora.RequiresGrad);
+        if (!record)
+        {
+            return y;
+        }
+
+        var output = new Tensor(yd, y.Shape);
+        var opts = options;
+        Tape.Record(output, () => BranchBackward(output.Grad!, y, x, lora, rows, u, h, opts));
+        return output;
+    }
+
+    private static void BranchBackward(float[] g, Tensor y, Tensor x, LoraFactors lora, int[]? rows, float[] u, float[] h, in LoraOptions options)
+    {
+        var k = options.Kernel;
+        int n = x.Rows, inF = x.Columns, outF = y.Columns, m = rows?.Length ?? n, r = lora.Rank;
+        float s = lora.Scale;
+        var gr = rows == null ? g : GatherRows(g, rows, outF);
+        if (lora.B.RequiresGrad)
+        {
+            var db = GC.AllocateUninitializedArray<float>(outF * r);
+            Kernels.Cpu.Gemm.Multiply(true, false, outF, r, m, s, gr, h, 0f, db, k);
+            Grad.AddOwned(lora.B, db);
+        }
+
+        if (lora.Bias?.RequiresGrad == true)
+        {
+            Grad.AddColumnSums(lora.Bias, gr, m, outF, s);
+        }
+
+        if (lora.A.RequiresGrad || x.RequiresGrad)
+        {
+            var dh = GC.AllocateUninitializedArray<float>(m * r);
+            Kernels.Cpu.Gemm.Multiply(false, false, m, r, outF, s, gr, lora.B.Data, 0f, dh, k);
+            if (lora.A.RequiresGrad)
+            {
+                var da = GC.AllocateUninitializedArray<float>(r * inF);
+                Kernels.Cpu.Gemm.Multiply(true, false, r, inF, m, 1f, dh, u, 0f, da, k);
+                Grad.AddOwned(lora.A, da);
+            }
+
+            if (x.RequiresGrad)
+            {
+                var dxr = GC.AllocateUninitializedArray<float>(m * inF);
+                Kernels.Cpu.Gemm.Multiply(false, false, m, inF, r, 1f, dh, lora.A.Data, 0f, dxr, k);
+                if (options.Dropout > 0)
+                {
+                    Dropout.Apply(dxr, dxr, options.Dropout, options.Seed, k);
+                }
+
+                Grad.AddOwned(x, rows == null ? dxr : ScatterRows(dxr, rows, n, inF));
+            }
+        }
+
+        // dy = g: y's storage is the output's, and nothing reads g after this node, so it is handed over without a copy.
+        Grad.AddOwned(y, g);
+    }
+
+    private static void AddScaledBias(float[] y, int m, int outF, LoraFactors lora, int[]? rows)
+    {
+        if (lora.Bias == null)
+        {
+            return;
+        }
+
+        var scaled = new float[outF];
+        TensorPrimitives.Multiply(lora.Bias.Data, lora.Scale, scaled);
+        for (int i = 0; i < m; i++)
+        {
+            var target = y.AsSpan((rows?[i] ?? i) * outF, outF);
+            TensorPrimitives.Add(target, scaled, target);
+        }
+    }
+
+    private static float[] GatherRows(float[] source, int[] rows, int cols)
+    {
+        var result = GC.AllocateUninitializedArray<float>(rows.Length * cols);
+        for (int i = 0; i < rows.Length; i++)
+        {
+            source.AsSpan(rows[i] * cols, cols).CopyTo(result.AsSpan(i * cols, cols));
+        }
+
+        return result;
+    }
+
+    private static float[] ScatterRows(float[] gathered, int[] rows, int n, int cols)
+    {
+        var result = new float[n * cols];
+        for (int i = 0; i < rows.Length; i++)
+        {
+            gathered.AsSpan(i * cols, cols).CopyTo(result.AsSpan(rows[i] * cols, cols));
+        }
+
+        return result;
+    }
+
+    private static Tensor LoraBranchOnDevice(Tensor y, Tensor x, LoraFactors lora, int[]? rows, LoraOptions options)
+    {
+        var device = x.Device;
+        OpChecks.SameDevice(device, y, nameof(y));
+        var accelerator = device.Accelerator;
+        int n = x.Rows, inF = x.Columns, outF = y.Columns, r = lora.Rank;
+        OpChecks.DeviceInferenceOnly(Tape.IsRecording && lora.Bias?.RequiresGrad == true,
+            $"Linear [{outF}, {inF}] adapter '{lora.Name}' (trainable lora_B bias of an extra adapter)");
+        bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || lora.A.RequiresGrad || lora.B.RequiresGrad);
+        var output = y;
+        if (record)
+        {
+            output = OpChecks.DeviceTensor(device, y.Shape);
+            output.View(device).CopyFrom(y.View(device));
+        }
+
+        var h = accelerator.Allocate1D<float>((long)(rows?.Length ?? n) * r);
+        using (var bias = lora.Bias == null ? null : accelerator.Allocate1D(ScaledLoraBias(lora)))
+        {
+            LoraBranchKernels.ForwardAccumulate(accelerator, x.View(device), rows, lora.A.View(device), lora.B.View(device), bias?.View ?? default, lora.Scale,
+                output.View(device), h.View, n, inF, outF, r, options);
+            accelerator.Synchronize();
+        }
+
+        if (!record)
+        {
+            h.Dispose();
+            return output;
+        }
+
+        var (a, b) = (lora.A, lora.B);
+        Tape.Record(output, () =>
+        {
+            var g = output.DeviceGrad;
+            DeviceGrad.GiveCopy(y, accelerator, g);
+            var dx = DeviceGrad.Buffer(device, x);
+            var da = DeviceGrad.Buffer(device, a);
+            var db = DeviceGrad.Buffer(device, b);
+            LoraBranchKernels.Backward(accelerator, g, x.View(device), rows, h.View, a.View(device), b.View(device), lora.Scale,
+                dx?.View ?? default, da?.View ?? default, db?.View ?? default, n, inF, outF, r, options);
+            accelerator.Synchronize();
+            h.Dispose();
+            DeviceGrad.Give(x, dx);
+            DeviceGrad.Give(a, da);
+            DeviceGrad.Give(b, db);
+        });
+        return output;
+    }
+
+    /// <summary>s·bias_B (the kernel adds it to each of the branch's rows).</summary>
+    private static float[] ScaledLoraBias(LoraFactors lora)
+    {
+        var bias = new float[lora.Bias!.Count];
+        TensorPrimitives.Multiply(lora.Bias.Data, lora.Scale, bias);
+        return bias;
+    }
+}
