@@ -1,8 +1,8 @@
-// Linear on an accelerator: y = x·Wᵀ + b through the GPU GEMM (fp32 weights, bf16 ones widened
-// to fp32 when uploaded), the fused 4-bit matmul, or with one active LoRA adapter the fused
-// LoraMatmul / QLoraMatmul kernels (y and h in one pass, as on the CPU). DoRA and extra branches
-// (several active adapters, per-row adapters) go to Linear.DeviceAdapters.cs.
-// Backward, g = dL/dy: without an adapter dx = g·W (GEMM, or the 4-bit dequant-matmul); with one,
+// Linear on an accelerator: y = x·Wᵀ + b through GemmKernels.Forward over the weight's device
+// operand (Weight.DeviceWeight: fp32, bf16 / fp16 widened to fp32 when uploaded, or 4-bit), or with
+// one active LoRA adapter the fused LoraMatmulKernels (y and h in one pass, as on the CPU). DoRA and
+// extra branches (several active adapters, per-row adapters) go to Linear.DeviceAdapters.cs.
+// Backward, g = dL/dy: without an adapter dx = g·W (GemmKernels.Backward); with one,
 // the fused LoRA backward gives dx, dA and dB (h kept from the forward, the same dropout mask).
 // A trainable (fp32) base weight gets dW = gᵀ·x (GEMM), a trainable bias db = Σ_rows g, a lora_B
 // bias s·Σ_rows g (full fine-tuning and pre-training on a device); all stay on the device.
@@ -34,18 +34,7 @@ public sealed partial class Linear
         var w = Weight;
         if (lora == null)
         {
-            if (w.DType == TensorDType.Q4)
-            {
-                Quant4MatmulKernels.Forward(accelerator, xv, w.QuantView(device), Bias?.View(device) ?? default, y, n, inF, outF);
-            }
-            else
-            {
-                GemmKernels.Multiply(accelerator, false, true, n, outF, inF, 1f, xv, w.View(device), 0f, y);
-                if (Bias != null)
-                {
-                    AddKernels.Forward(accelerator, y, Bias.View(device), y);
-                }
-            }
+            GemmKernels.Forward(accelerator, xv, w.DeviceWeight(device), Bias?.View(device) ?? default, y, n, inF, outF);
 
             if (record)
             {
@@ -53,13 +42,9 @@ public sealed partial class Linear
                 {
                     var dx = Functional.GradBuffer(device, x);
                     var g = output.DeviceGrad;
-                    if (dx != null && w.DType == TensorDType.Q4)
+                    if (dx != null)
                     {
-                        Quant4MatmulKernels.Backward(accelerator, g, w.QuantView(device), dx.View, n, inF, outF);
-                    }
-                    else if (dx != null)
-                    {
-                        GemmKernels.Multiply(accelerator, false, false, n, inF, outF, 1f, g, w.View(device), 0f, dx.View);
+                        GemmKernels.Backward(accelerator, g, w.DeviceWeight(device), dx.View, n, inF, outF);
                     }
 
                     accelerator.Synchronize();
@@ -76,14 +61,7 @@ public sealed partial class Linear
         var h = accelerator.Allocate1D<float>((long)n * r);
         using var loraBias = lora.Bias == null ? null : accelerator.Allocate1D(KernelBias(lora));
         var bias = loraBias?.View ?? Bias?.View(device) ?? default;
-        if (w.DType == TensorDType.Q4)
-        {
-            QLoraMatmulKernels.Forward(accelerator, xv, w.QuantView(device), bias, lora.A.View(device), lora.B.View(device), lora.Scale, y, h.View, n, inF, outF, r, options);
-        }
-        else
-        {
-            LoraMatmulKernels.Forward(accelerator, xv, w.View(device), bias, lora.A.View(device), lora.B.View(device), lora.Scale, y, h.View, n, inF, outF, r, options);
-        }
+        LoraMatmulKernels.Forward(accelerator, xv, w.DeviceWeight(device), bias, lora.A.View(device), lora.B.View(device), lora.Scale, y, h.View, n, inF, outF, r, options);
 
         accelerator.Synchronize();
         if (!record)
@@ -100,16 +78,8 @@ public sealed partial class Linear
             var dx = Functional.GradBuffer(device, x);
             var da = Functional.GradBuffer(device, a);
             var db = accelerator.Allocate1D<float>(b.Count);
-            if (w.DType == TensorDType.Q4)
-            {
-                QLoraMatmulKernels.Backward(accelerator, g, x.View(device), h.View, w.QuantView(device), a.View(device), b.View(device), lora.Scale,
-                    dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
-            }
-            else
-            {
-                LoraMatmulKernels.Backward(accelerator, g, x.View(device), h.View, w.View(device), a.View(device), b.View(device), lora.Scale,
-                    dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
-            }
+            LoraMatmulKernels.Backward(accelerator, g, x.View(device), h.View, w.DeviceWeight(device), a.View(device), b.View(device), lora.Scale,
+                dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
 
             accelerator.Synchronize();
             h.Dispose();

@@ -2,7 +2,7 @@
 // (several active adapters, per-row adapters), the math of Linear.Dora.cs and LoraBranch.cs.
 // DoRA (the fused adapter carries a magnitude m [out]; the norm is detached, as on the CPU):
 //   norm = ‖W + s·B·A‖₂ per row (DoraNormKernels, fp32 / widened bf16, fp16 / 4-bit W);  c = m / norm
-//   z = x·Wᵀ + s·drop(x)·Aᵀ·Bᵀ (LoraMatmulKernels / QLoraMatmulKernels, no bias);  y = c ⊙ z + b
+//   z = x·Wᵀ + s·drop(x)·Aᵀ·Bᵀ (LoraMatmulKernels over the device weight operand, no bias);  y = c ⊙ z + b
 //   backward, g = dL/dy: ĝ = g ⊙ c;  dm = (Σ_rows g ⊙ z) / norm;  dx, dA, dB from the LoRA backward with ĝ
 // Extra branches (LoraBranchKernels), rows R of each (all rows, or one adapter's rows of a per-row
 // batch; "__base__" rows belong to none): y'[R] = y[R] + s·drop(x[R])·Aᵀ·Bᵀ + s·bias_B, the dropout
@@ -43,14 +43,7 @@ public sealed partial class Linear
         var options = new LoraOptions(Training ? lora.Dropout : 0f, ForwardContext.Mix(lora.Seed, context.DropoutSeed));
         var norms = accelerator.Allocate1D<float>(outF);
         var c = accelerator.Allocate1D<float>(outF);
-        if (w.DType == TensorDType.Q4)
-        {
-            DoraNormKernels.RowNorms(accelerator, w.QuantView(device), a.View(device), b.View(device), lora.Scale, norms.View, inF, outF, r);
-        }
-        else
-        {
-            DoraNormKernels.RowNorms(accelerator, w.View(device), a.View(device), b.View(device), lora.Scale, norms.View, inF, outF, r);
-        }
+        DoraNormKernels.RowNorms(accelerator, w.DeviceWeight(device), a.View(device), b.View(device), lora.Scale, norms.View, inF, outF, r);
 
         DoraNormKernels.Divide(accelerator, magnitude.View(device), norms.View, c.View);
         var output = Functional.DeviceTensor(device, shape);
@@ -60,14 +53,7 @@ public sealed partial class Linear
         var z = record && magnitude.RequiresGrad ? accelerator.Allocate1D<float>((long)n * outF) : null;
         var zv = z?.View ?? y;
         var h = accelerator.Allocate1D<float>((long)n * r);
-        if (w.DType == TensorDType.Q4)
-        {
-            QLoraMatmulKernels.Forward(accelerator, x.View(device), w.QuantView(device), default, a.View(device), b.View(device), lora.Scale, zv, h.View, n, inF, outF, r, options);
-        }
-        else
-        {
-            LoraMatmulKernels.Forward(accelerator, x.View(device), w.View(device), default, a.View(device), b.View(device), lora.Scale, zv, h.View, n, inF, outF, r, options);
-        }
+        LoraMatmulKernels.Forward(accelerator, x.View(device), w.DeviceWeight(device), default, a.View(device), b.View(device), lora.Scale, zv, h.View, n, inF, outF, r, options);
 
         Ia3Kernels.Forward(accelerator, zv, c.View, y, n, outF);
         if (Bias != null)
@@ -102,16 +88,8 @@ public sealed partial class Linear
             var dx = Functional.GradBuffer(device, x);
             var da = Functional.GradBuffer(device, a);
             var db = accelerator.Allocate1D<float>(b.Count);
-            if (w.DType == TensorDType.Q4)
-            {
-                QLoraMatmulKernels.Backward(accelerator, scaled.View, x.View(device), h.View, w.QuantView(device), a.View(device), b.View(device), lora.Scale,
-                    dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
-            }
-            else
-            {
-                LoraMatmulKernels.Backward(accelerator, scaled.View, x.View(device), h.View, w.View(device), a.View(device), b.View(device), lora.Scale,
-                    dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
-            }
+            LoraMatmulKernels.Backward(accelerator, scaled.View, x.View(device), h.View, w.DeviceWeight(device), a.View(device), b.View(device), lora.Scale,
+                dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
 
             accelerator.Synchronize();
             h.Dispose();

@@ -1,8 +1,8 @@
 // DoRA on a Linear (peft-math.md; PEFT v0.20's DoraLinearLayer): the fused LoRA adapter
 // carries a magnitude m [out]. With c = m / norm:
-//   norm = ‖W + s·B·A‖₂ per output row   (DoraNorm.RowNorms over the fp32, bf16 or 4-bit W),
+//   norm = ‖W + s·B·A‖₂ per output row   (DoraNorm.RowNorms over the fp32, bf16, fp16 or 4-bit W),
 //                                         DETACHED: a constant in backward, as PEFT does
-//   z    = x·Wᵀ + s·drop(x)·Aᵀ·Bᵀ         (LoraMatmul / QLoraMatmul, bias passed empty)
+//   z    = x·Wᵀ + s·drop(x)·Aᵀ·Bᵀ         (LoraMatmul over the weight operand, bias passed empty)
 //   y    = c ⊙ z + b                      (Ia3.ScaleColumns; the bias is not scaled)
 // Backward, g = dL/dy (Ia3.ScaleColumnsBackward, then the LoRA kernel backward):
 //   ĝ  = g ⊙ c;  dm = Σ_rows g ⊙ z / norm;  dx, dA, dB from the LoRA backward with ĝ;
@@ -35,21 +35,7 @@ public sealed partial class Linear
 
         var norms = new float[OutFeatures];
         int r = adapter.Rank;
-        switch (Weight.DType)
-        {
-            case TensorDType.F32:
-                DoraNorm.RowNorms(Weight.Data, adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
-                break;
-            case TensorDType.BF16:
-                DoraNorm.RowNorms(Weight.Bf16Bits, adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
-                break;
-            case TensorDType.F16:
-                DoraNorm.RowNorms(Weight.ToFloat32(), adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
-                break;
-            default:
-                DoraNorm.RowNorms(Weight.Quantized, adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
-                break;
-        }
+        DoraNorm.RowNorms(Weight.AsWeight(), adapter.A.Data, adapter.B.Data, adapter.Scale, norms, InFeatures, OutFeatures, r, options);
 
         return norms;
     }

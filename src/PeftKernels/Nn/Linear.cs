@@ -1,6 +1,6 @@
-// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ. W [out, in] is fp32, bf16 or 4-bit. The first
-// active adapter runs through the fused kernels (LoraMatmul over fp32/bf16, QLoraMatmul over
-// 4-bit) so the base output and its branch are one GEMM; further active adapters, and the
+// y = x·Wᵀ + b + Σ_active s·drop(x)·Aᵀ·Bᵀ. W [out, in] is fp32, bf16, fp16 or 4-bit, handed to
+// the kernels as one operand (Weight.AsWeight()). The first active adapter runs through the fused
+// kernel (LoraMatmul, any storage) so the base output and its branch are one GEMM; further active adapters, and the
 // adapters of a per-row batch (ForwardContext.AdapterNames), are added as separate branches
 // (LoraBranch). lora_bias: the fused adapter's s·bias_B rides in the kernel's bias argument.
 // Backward (chain rule as in LoraMatmul): dx = g·W (+ dh·A masked by dropout, per branch),
@@ -202,24 +202,7 @@ public sealed partial class Linear : Module, ILoraLayer
         var w = Weight;
         var y = GC.AllocateUninitializedArray<float>(checked(n * outF));
         var k = context.Kernel;
-        switch (w.DType)
-        {
-            case TensorDType.F32:
-                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.Data, 0f, y, k);
-                AddBias(y, n);
-                break;
-            case TensorDType.BF16:
-                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.Bf16Bits, 0f, y, k);
-                AddBias(y, n);
-                break;
-            case TensorDType.F16:
-                Gemm.Multiply(false, true, n, outF, inF, 1f, x.Data, w.F16Values, 0f, y, k);
-                AddBias(y, n);
-                break;
-            default:
-                Quant4Matmul.Forward(x.Data, w.Quantized, Bias?.Data ?? [], y, n, inF, outF, k);
-                break;
-        }
+        Gemm.Forward(x.Data, w.AsWeight(), Bias?.Data ?? [], y, n, inF, outF, k);
 
         var branches = RunBranches(x, y, extras, context);
         var output = new Tensor(y, shape);
@@ -230,24 +213,7 @@ public sealed partial class Linear : Module, ILoraLayer
                 var g = output.Grad!;
                 if (x.RequiresGrad)
                 {
-                    Grad.Accumulate(x, dx =>
-                    {
-                        switch (w.DType)
-                        {
-                            case TensorDType.F32:
-                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.Data, 0f, dx, k);
-                                break;
-                            case TensorDType.BF16:
-                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.Bf16Bits, 0f, dx, k);
-                                break;
-                            case TensorDType.F16:
-                                Gemm.Multiply(false, false, n, inF, outF, 1f, g, w.F16Values, 0f, dx, k);
-                                break;
-                            default:
-                                Quant4Matmul.Backward(g, w.Quantized, dx, n, inF, outF, k);
-                                break;
-                        }
-                    });
+                    Grad.Accumulate(x, dx => Gemm.Backward(g, w.AsWeight(), dx, n, inF, outF, k));
                 }
 
                 BackwardWeightAndBias(g, g, x, n, k);
@@ -295,21 +261,7 @@ public sealed partial class Linear : Module, ILoraLayer
                 var db = GC.AllocateUninitializedArray<float>(outF * r);
                 if (dx.Length != 0 || da.Length != 0 || b.RequiresGrad)
                 {
-                    switch (w.DType)
-                    {
-                        case TensorDType.F32:
-                            LoraMatmul.Backward(gl, x.Data, h, w.Data, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                        case TensorDType.BF16:
-                            LoraMatmul.Backward(gl, x.Data, h, w.Bf16Bits, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                        case TensorDType.F16:
-                            LoraMatmul.Backward(gl, x.Data, h, w.F16Values, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                        default:
-                            QLoraMatmul.Backward(gl, x.Data, h, w.Quantized, a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
-                            break;
-                    }
+                    LoraMatmul.Backward(gl, x.Data, h, w.AsWeight(), a.Data, b.Data, s, dx, da, db, n, inF, outF, r, options);
 
                     Grad.AddOwned(x, dx);
                     Grad.AddOwned(a, da);
@@ -333,22 +285,7 @@ public sealed partial class Linear : Module, ILoraLayer
     private void FusedForward(Tensor x, LoraAdapter lora, float[] bias, float[] y, float[] h, int n, in LoraOptions options)
     {
         int inF = InFeatures, outF = OutFeatures, r = lora.Rank;
-        var w = Weight;
-        switch (w.DType)
-        {
-            case TensorDType.F32:
-                LoraMatmul.Forward(x.Data, w.Data, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-            case TensorDType.BF16:
-                LoraMatmul.Forward(x.Data, w.Bf16Bits, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-            case TensorDType.F16:
-                LoraMatmul.Forward(x.Data, w.F16Values, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-            default:
-                QLoraMatmul.Forward(x.Data, w.Quantized, bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
-                break;
-        }
+        LoraMatmul.Forward(x.Data, Weight.AsWeight(), bias, lora.A.Data, lora.B.Data, lora.Scale, y, h, n, inF, outF, r, options);
     }
 
     /// <summary>The kernel's bias argument: the base bias, plus s·bias_B when the fused adapter has lora_bias.</summary>
