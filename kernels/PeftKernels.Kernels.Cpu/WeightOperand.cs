@@ -112,7 +112,7 @@ public readonly struct WeightOperand
     {
         if (Rows != outFeatures || Cols != inFeatures)
         {
-            throw new ArgumentException($"w has shape [{Rows}, {Cols}] ({Storage}); expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", "w");
+            throw new ArgumentException($"w has shape [{Rows}, {Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]; a {Storage} weight).", "w");
         }
     }
 

@@ -61,7 +61,7 @@ public readonly struct DeviceWeightOperand
         if (Rows != outFeatures || Cols != inFeatures)
         {
             throw new ArgumentException(
-                $"w has shape [{Rows}, {Cols}] ({(IsQuantized ? "Q4" : "F32")}); expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", "w");
+                $"w has shape [{Rows}, {Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]; a {(IsQuantized ? "4-bit" : "dense fp32")} weight).", "w");
         }
     }
 }
