@@ -58,11 +58,11 @@ public class LoraMatmulBench : IWorkload
 
     [Benchmark]
     public void Forward() =>
-        LoraMatmul.Forward(_x, _w, ReadOnlySpan<float>.Empty, _a, _b, Scale, _y, _h, _n, _in, _out, _r, in _options);
+        LoraMatmul.Forward(_x, WeightOperand.F32(_w, _out, _in), ReadOnlySpan<float>.Empty, _a, _b, Scale, _y, _h, _n, _in, _out, _r, in _options);
 
     [Benchmark]
     public void Backward() =>
-        LoraMatmul.Backward(_dy, _x, _h, _w, _a, _b, Scale, _dx, _da, _db, _n, _in, _out, _r, in _options);
+        LoraMatmul.Backward(_dy, _x, _h, WeightOperand.F32(_w, _out, _in), _a, _b, Scale, _dx, _da, _db, _n, _in, _out, _r, in _options);
 
     public double Flops(BenchmarkCase benchmarkCase)
     {

@@ -133,7 +133,7 @@ public class QLoraBench : IWorkload
 
     [Benchmark(Baseline = true)]
     public void LoraForward() =>
-        LoraMatmul.Forward(_x, _w, ReadOnlySpan<float>.Empty, _a, _b, 2f, _y, _h, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
+        LoraMatmul.Forward(_x, WeightOperand.F32(_w, Shape.Out, Shape.In), ReadOnlySpan<float>.Empty, _a, _b, 2f, _y, _h, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
 
     [Benchmark]
     public void QLoraForward() =>
@@ -141,7 +141,7 @@ public class QLoraBench : IWorkload
 
     [Benchmark]
     public void LoraBackward() =>
-        LoraMatmul.Backward(_dy, _x, _h, _w, _a, _b, 2f, _dx, _da, _db, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
+        LoraMatmul.Backward(_dy, _x, _h, WeightOperand.F32(_w, Shape.Out, Shape.In), _a, _b, 2f, _dx, _da, _db, Shape.N, Shape.In, Shape.Out, Shape.R, in _options);
 
     [Benchmark]
     public void QLoraBackward() =>

@@ -1,6 +1,6 @@
 // DoRA's weight norm (peft-math.md): per output row i of V = W + s·B·A,
 //   norm_i = ‖V_i,:‖₂ = sqrt(Σ_p (W_ip + s·Σ_q B_iq·A_qp)²)
-// Shapes, row-major: W [out, in] (fp32, bf16 bit patterns, or a 4-bit QuantizedWeight),
+// Shapes, row-major: W [out, in] (a WeightOperand: fp32, bf16 bit patterns, fp16, or a 4-bit QuantizedWeight),
 // A [r, in], B [out, r], norms [out]. DoRA treats the norm as a constant in backward, so this
 // op has no backward.
 // B·A is never materialised: a block of rows of W is widened or dequantized into a scratch
@@ -9,6 +9,7 @@
 // product and sum separately, the vector paths fuse them), and its squares are summed in
 // double lanes. Every row is computed by the same code whatever the blocking or
 // the thread count, so the norms are bit-identical for any thread count.
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
@@ -21,8 +22,8 @@ public static unsafe class DoraNorm
     private const int MaxBlockRows = 16;
     private const long ParallelThreshold = 32 * 1024;
 
-    /// <summary>norms[i] = ‖w[i, :] + scale·(b·a)[i, :]‖₂ with an fp32 base weight.</summary>
-    /// <param name="w">Base weight [outFeatures, inFeatures].</param>
+    /// <summary>norms[i] = ‖w[i, :] + scale·(b·a)[i, :]‖₂, over any storage of the base weight.</summary>
+    /// <param name="w">Base weight [outFeatures, inFeatures]: fp32, bf16 or fp16 (widened exactly to fp32 one block of rows at a time) or 4-bit (dequantized one block of rows at a time).</param>
     /// <param name="a">LoRA A [rank, inFeatures].</param>
     /// <param name="b">LoRA B [outFeatures, rank].</param>
     /// <param name="scale">LoRA scale s (alpha / r, or alpha / sqrt(r) with rsLoRA).</param>
@@ -31,44 +32,46 @@ public static unsafe class DoraNorm
     /// <param name="outFeatures">Rows of w.</param>
     /// <param name="rank">LoRA rank r.</param>
     /// <param name="options">Threads and SIMD path.</param>
-    /// <exception cref="ArgumentException">A span's length differs from what the dims imply, or a dim is not positive.</exception>
-    public static void RowNorms(ReadOnlySpan<float> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
+    /// <exception cref="ArgumentException">A span's length or w's shape differs from what the dims imply, or a dim is not positive.</exception>
+    public static void RowNorms(in WeightOperand w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
         int inFeatures, int outFeatures, int rank, KernelOptions options = default)
     {
-        Validate(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
-        fixed (float* pw = w)
-        {
-            Run(new Fp32Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);
-        }
-    }
-
-    /// <summary>As <see cref="RowNorms(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, float, Span{float}, int, int, int, KernelOptions)"/>
-    /// with a bf16 base weight (bit patterns), widened exactly to fp32.</summary>
-    public static void RowNorms(ReadOnlySpan<ushort> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
-        int inFeatures, int outFeatures, int rank, KernelOptions options = default)
-    {
-        Validate(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
-        fixed (ushort* pw = w)
-        {
-            Run(new Bf16Rows(pw, inFeatures, options.ResolvePath()), a, b, scale, norms, inFeatures, outFeatures, rank, options);
-        }
-    }
-
-    /// <summary>As <see cref="RowNorms(ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float}, float, Span{float}, int, int, int, KernelOptions)"/>
-    /// with a 4-bit base weight of shape [outFeatures, inFeatures], dequantized one block of rows at a time.</summary>
-    /// <exception cref="ArgumentException">The shape of <paramref name="w"/> is not [outFeatures, inFeatures], or as the fp32 overload.</exception>
-    public static void RowNorms(QuantizedWeight w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
-        int inFeatures, int outFeatures, int rank, KernelOptions options = default)
-    {
-        ArgumentNullException.ThrowIfNull(w);
         Validate((int)Math.Min(w.Count, int.MaxValue), a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
-        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
-        var path = options.ResolvePath();
-        fixed (byte* pq = w.Packed)
-        fixed (float* pabs = w.AbsmaxFp32())
+        w.CheckShape(inFeatures, outFeatures);
+        switch (w.Storage)
         {
-            Run(new Quant4Rows(pq, pabs, Quant4Codes.Search(w.Type).Values, w.Blocksize, inFeatures, path), a, b, scale, norms,
-                inFeatures, outFeatures, rank, options);
+            case WeightStorage.F32:
+                fixed (float* pw = w.F32Span)
+                {
+                    Run(new Fp32Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            case WeightStorage.BF16:
+                fixed (ushort* pw = w.Bf16Span)
+                {
+                    Run(new Bf16Rows(pw, inFeatures, options.ResolvePath()), a, b, scale, norms, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            case WeightStorage.F16:
+                fixed (Half* pw = w.F16Span)
+                {
+                    Run(new F16Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            default:
+                var q = w.Quantized;
+                var path = options.ResolvePath();
+                fixed (byte* pq = q.Packed)
+                fixed (float* pabs = q.AbsmaxFp32())
+                {
+                    Run(new Quant4Rows(pq, pabs, Quant4Codes.Search(q.Type).Values, q.Blocksize, inFeatures, path), a, b, scale, norms,
+                        inFeatures, outFeatures, rank, options);
+                }
+
+                break;
         }
     }
 
@@ -257,6 +260,15 @@ public static unsafe class DoraNorm
             {
                 dst[j] = Bf16.ToSingle(src[j]);
             }
+        }
+    }
+
+    private readonly struct F16Rows(Half* w, int inFeatures) : IRowSource
+    {
+        public void Load(int row0, int count, float* dst)
+        {
+            int n = count * inFeatures;
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(w + ((long)row0 * inFeatures), n), new Span<float>(dst, n));
         }
     }
 

@@ -19,108 +19,119 @@ namespace PeftKernels.Kernels.Cpu;
 /// <param name="Kernel">Threads and SIMD path.</param>
 public readonly record struct LoraOptions(float Dropout = 0f, ulong Seed = 0, KernelOptions Kernel = default);
 
-/// <summary>Fused LoRA matmul forward and backward on the CPU.</summary>
+/// <summary>Fused LoRA matmul forward and backward on the CPU, one entry point per direction over any storage of the frozen weight.</summary>
 public static unsafe class LoraMatmul
 {
-    /// <summary>y = x·wᵀ + bias + scale·(x·aᵀ)·bᵀ and h = x·aᵀ (kept for backward).</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias,
-        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
-        int n, int inFeatures, int outFeatures, int rank) =>
-        Forward(x, w, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, default);
-
-    /// <summary>Forward with dropout and execution options.</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> w, ReadOnlySpan<float> bias,
-        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
-        fixed (float* pw = w)
-        {
-            ForwardCore(new DenseB(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
-        }
-    }
-
-    /// <summary>Forward with a bf16 base weight (bit patterns), widened in registers.</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<ushort> w, ReadOnlySpan<float> bias,
-        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
-        int n, int inFeatures, int outFeatures, int rank) =>
-        Forward(x, w, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, default);
-
-    /// <summary>Forward with a bf16 base weight, dropout and execution options.</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<ushort> w, ReadOnlySpan<float> bias,
-        ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
-        fixed (ushort* pw = w)
-        {
-            ForwardCore(new Bf16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
-        }
-    }
-
-    /// <summary>Forward with an fp16 base weight (widened while packing), dropout and execution options.</summary>
-    public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<Half> w, ReadOnlySpan<float> bias,
+    /// <summary>y = x·wᵀ + bias + scale·(drop(x)·aᵀ)·bᵀ and h = drop(x)·aᵀ (kept for backward), over any storage of w.</summary>
+    /// <param name="x">Input [n, inFeatures].</param>
+    /// <param name="w">Frozen weight [outFeatures, inFeatures]: fp32, bf16 and fp16 are widened in registers or while packing; 4-bit runs QLoraMatmul's body.</param>
+    /// <param name="bias">Bias [outFeatures], or empty.</param>
+    /// <param name="a">LoRA A [rank, inFeatures].</param>
+    /// <param name="b">LoRA B [outFeatures, rank].</param>
+    /// <param name="scale">LoRA scale s.</param>
+    /// <param name="y">Output [n, outFeatures].</param>
+    /// <param name="h">Output [n, rank]: drop(x)·aᵀ, needed by Backward.</param>
+    /// <param name="n">Rows (tokens).</param>
+    /// <param name="inFeatures">Input features.</param>
+    /// <param name="outFeatures">Output features.</param>
+    /// <param name="rank">LoRA rank r.</param>
+    /// <param name="options">Dropout of the LoRA branch, its seed, threads and SIMD path.</param>
+    /// <exception cref="ArgumentException">A span's length or w's shape differs from what the dims imply, a dim is out of range, or the dropout is not in [0, 1).</exception>
+    public static void Forward(ReadOnlySpan<float> x, in WeightOperand w, ReadOnlySpan<float> bias,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default)
     {
-        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
-        fixed (Half* pw = w)
+        if (w.Storage == WeightStorage.Q4)
         {
-            ForwardCore(new F16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+            QLoraMatmul.Forward(x, w.Quantized, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+            return;
+        }
+
+        ValidateForward(x.Length, CountOf(w), bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        w.CheckShape(inFeatures, outFeatures);
+        switch (w.Storage)
+        {
+            case WeightStorage.F32:
+                fixed (float* pw = w.F32Span)
+                {
+                    ForwardCore(new DenseB(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            case WeightStorage.BF16:
+                fixed (ushort* pw = w.Bf16Span)
+                {
+                    ForwardCore(new Bf16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            default:
+                fixed (Half* pw = w.F16Span)
+                {
+                    ForwardCore(new F16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
         }
     }
 
-    /// <summary>Backward with an fp16 base weight, dropout and execution options.</summary>
+    /// <summary>dx (skipped when empty), da (skipped when empty: LoRA-FA) and db, with w frozen, over any storage of w; the same dropout and seed as the forward.</summary>
+    /// <param name="dy">Gradient of y [n, outFeatures].</param>
+    /// <param name="x">Input [n, inFeatures]; may be empty when da is empty (LoRA-FA keeps only h).</param>
+    /// <param name="h">The forward's h [n, rank].</param>
+    /// <param name="w">Frozen weight [outFeatures, inFeatures], any storage.</param>
+    /// <param name="a">LoRA A [rank, inFeatures].</param>
+    /// <param name="b">LoRA B [outFeatures, rank].</param>
+    /// <param name="scale">LoRA scale s.</param>
+    /// <param name="dx">Output [n, inFeatures], or empty to skip.</param>
+    /// <param name="da">Output [rank, inFeatures], or empty to skip (LoRA-FA).</param>
+    /// <param name="db">Output [outFeatures, rank].</param>
+    /// <param name="n">Rows (tokens).</param>
+    /// <param name="inFeatures">Input features.</param>
+    /// <param name="outFeatures">Output features.</param>
+    /// <param name="rank">LoRA rank r.</param>
+    /// <param name="options">Dropout and seed, as in the forward; threads and SIMD path.</param>
+    /// <exception cref="ArgumentException">A span's length or w's shape differs from what the dims imply, a dim is out of range, or the dropout is not in [0, 1).</exception>
     public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
-        ReadOnlySpan<Half> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
+        in WeightOperand w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
         Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
         in LoraOptions options = default)
     {
-        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
-        fixed (Half* pw = w)
+        if (w.Storage == WeightStorage.Q4)
         {
-            BackwardCore(new F16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+            QLoraMatmul.Backward(dy, x, h, w.Quantized, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+            return;
+        }
+
+        ValidateBackward(dy.Length, x.Length, h.Length, CountOf(w), a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
+        w.CheckShape(inFeatures, outFeatures);
+        switch (w.Storage)
+        {
+            case WeightStorage.F32:
+                fixed (float* pw = w.F32Span)
+                {
+                    BackwardCore(new DenseB(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            case WeightStorage.BF16:
+                fixed (ushort* pw = w.Bf16Span)
+                {
+                    BackwardCore(new Bf16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
+            default:
+                fixed (Half* pw = w.F16Span)
+                {
+                    BackwardCore(new F16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+                }
+
+                break;
         }
     }
 
-    /// <summary>dx (skipped when empty), da (skipped when empty: LoRA-FA) and db, with w frozen.</summary>
-    /// <remarks><paramref name="x"/> may be empty when <paramref name="da"/> is empty (LoRA-FA keeps only h).</remarks>
-    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
-        ReadOnlySpan<float> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
-        Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank) =>
-        Backward(dy, x, h, w, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, default);
-
-    /// <summary>Backward with dropout and execution options (same dropout and seed as the forward).</summary>
-    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
-        ReadOnlySpan<float> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
-        Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
-        in LoraOptions options)
-    {
-        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
-        fixed (float* pw = w)
-        {
-            BackwardCore(new DenseB(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
-        }
-    }
-
-    /// <summary>Backward with a bf16 base weight (bit patterns).</summary>
-    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
-        ReadOnlySpan<ushort> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
-        Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank) =>
-        Backward(dy, x, h, w, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, default);
-
-    /// <summary>Backward with a bf16 base weight, dropout and execution options.</summary>
-    public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
-        ReadOnlySpan<ushort> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale,
-        Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
-        in LoraOptions options)
-    {
-        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
-        fixed (ushort* pw = w)
-        {
-            BackwardCore(new Bf16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
-        }
-    }
+    private static int CountOf(in WeightOperand w) => (int)Math.Min(w.Count, int.MaxValue);
 
     internal static void ForwardCore<TW>(TW wT, ReadOnlySpan<float> x, ReadOnlySpan<float> bias,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,

@@ -1,7 +1,7 @@
 // DoRA's weight norm on the GPU (DoraNorm's math, peft-math.md): per output row i of V = W + s·B·A,
 //   norm_i = ‖V_i,:‖₂ = sqrt(Σ_p (W_ip + Σ_q (s·B_iq)·A_qp)²)
-// Shapes, row-major: W [out, in] (fp32, bf16/fp16 mirrors widened to fp32 at upload, or a 4-bit
-// Quant4View dequantized per element as Quant4Operand does), A [r, in], B [out, r], norms [out].
+// Shapes, row-major: W [out, in] (a DeviceWeightOperand: fp32, bf16/fp16 mirrors widened to fp32
+// at upload, or a 4-bit Quant4View dequantized per element as Quant4Operand does), A [r, in], B [out, r], norms [out].
 // One warp per row (8 rows per group of 256 threads, no barriers): lane t builds V_ip for
 // p ≡ t (mod 32) in fp32 (the CPU's order: W first, then the q terms in order), squares it in
 // double and sums; the 32 lane sums are added by a xor butterfly (a fixed order, in double), and
@@ -16,9 +16,9 @@ public static class DoraNormKernels
 {
     private const int RowsPerGroup = 8;
 
-    /// <summary>norms[i] = ‖w[i, :] + scale·(b·a)[i, :]‖₂ with an fp32 base weight.</summary>
+    /// <summary>norms[i] = ‖w[i, :] + scale·(b·a)[i, :]‖₂ over a dense fp32 or a 4-bit base weight.</summary>
     /// <param name="accelerator">The device.</param>
-    /// <param name="w">Base weight [outFeatures, inFeatures].</param>
+    /// <param name="w">Base weight [outFeatures, inFeatures]: dense fp32, or 4-bit (dequantized per element as Quant4Operand does).</param>
     /// <param name="a">LoRA A [rank, inFeatures].</param>
     /// <param name="b">LoRA B [outFeatures, rank].</param>
     /// <param name="scale">LoRA scale s.</param>
@@ -26,26 +26,25 @@ public static class DoraNormKernels
     /// <param name="inFeatures">Columns of w.</param>
     /// <param name="outFeatures">Rows of w.</param>
     /// <param name="rank">LoRA rank r.</param>
-    /// <exception cref="ArgumentException">A view's length differs from what the dims imply, or a dim is not positive.</exception>
-    public static void RowNorms(Accelerator accelerator, FloatView w, FloatView a, FloatView b, float scale, FloatView norms,
-        int inFeatures, int outFeatures, int rank)
-    {
-        Validate(accelerator, w.Length, a, b, norms, inFeatures, outFeatures, rank);
-        GpuKernelCache.Get(accelerator, static acc => new Loaded<DenseOperand>(acc))
-            .Norms(new KernelConfig(GemmTiles.Ceil(outFeatures, RowsPerGroup), RowsPerGroup * GpuMath.WarpSize), new DenseOperand(w, inFeatures, false), a, b, scale, norms, inFeatures, outFeatures, rank);
-    }
-
-    /// <summary>As the fp32 overload with a 4-bit base weight of shape [outFeatures, inFeatures].</summary>
-    /// <exception cref="ArgumentException">The shape of <paramref name="w"/> is not [outFeatures, inFeatures], or as the fp32 overload.</exception>
-    public static void RowNorms(Accelerator accelerator, in Quant4View w, FloatView a, FloatView b, float scale, FloatView norms,
+    /// <exception cref="ArgumentException">A view's length or w's shape differs from what the dims imply, or a dim is not positive.</exception>
+    public static void RowNorms(Accelerator accelerator, in DeviceWeightOperand w, FloatView a, FloatView b, float scale, FloatView norms,
         int inFeatures, int outFeatures, int rank)
     {
         Validate(accelerator, w.Count, a, b, norms, inFeatures, outFeatures, rank);
-        GpuCheck.Require(w.Rows == outFeatures && w.Cols == inFeatures, nameof(w),
-            $"w has shape [{w.Rows}, {w.Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).");
-        var op = new Quant4Operand(w, GpuTables.For(accelerator).Table(w.Type), trans: false);
-        GpuKernelCache.Get(accelerator, static acc => new Loaded<Quant4Operand>(acc))
-            .Norms(new KernelConfig(GemmTiles.Ceil(outFeatures, RowsPerGroup), RowsPerGroup * GpuMath.WarpSize), op, a, b, scale, norms, inFeatures, outFeatures, rank);
+        w.CheckShape(inFeatures, outFeatures);
+        var config = new KernelConfig(GemmTiles.Ceil(outFeatures, RowsPerGroup), RowsPerGroup * GpuMath.WarpSize);
+        if (w.IsQuantized)
+        {
+            var q = w.QuantView;
+            var op = new Quant4Operand(q, GpuTables.For(accelerator).Table(q.Type), trans: false);
+            GpuKernelCache.Get(accelerator, static acc => new Loaded<Quant4Operand>(acc))
+                .Norms(config, op, a, b, scale, norms, inFeatures, outFeatures, rank);
+        }
+        else
+        {
+            GpuKernelCache.Get(accelerator, static acc => new Loaded<DenseOperand>(acc))
+                .Norms(config, new DenseOperand(w.DenseView, inFeatures, false), a, b, scale, norms, inFeatures, outFeatures, rank);
+        }
     }
 
     /// <summary>quotient[i] = numerator[i] / denominator[i] (IEEE fp32 division); the quotient may be the numerator.</summary>

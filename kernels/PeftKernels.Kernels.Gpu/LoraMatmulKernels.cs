@@ -11,16 +11,17 @@
 //   da = dhᵀ · drop(x)      [r, in]      (skipped when da is empty: LoRA-FA)
 //   dx = [g | dh] · [w ; a] [n, in]      (one GEMM, K = out + r, without dropout; with dropout
 //                                          dx = g·w, then dx += mask ⊙ (dh·a)/(1−p) in the epilogue)
-// The same code runs QLoRA (QLoraMatmulKernels) with w a 4-bit operand.
+// w is a DeviceWeightOperand: dense fp32 runs here; a 4-bit one runs QLoraMatmulKernels, which
+// calls the same ForwardCore / BackwardCore with a Quant4Operand (or its decode GEMV).
 namespace PeftKernels.Kernels.Gpu;
 
-/// <summary>Fused LoRA matmul forward and backward on an ILGPU accelerator (fp32 base weight).</summary>
+/// <summary>Fused LoRA matmul forward and backward on an ILGPU accelerator, over a dense fp32 or a 4-bit frozen weight.</summary>
 public static class LoraMatmulKernels
 {
     /// <summary>y = x·wᵀ + bias + scale·(drop(x)·aᵀ)·bᵀ and h = drop(x)·aᵀ (kept for backward).</summary>
     /// <param name="accelerator">The device.</param>
     /// <param name="x">Input [n, in].</param>
-    /// <param name="w">Frozen weight [out, in].</param>
+    /// <param name="w">Frozen weight [out, in]: dense fp32, or 4-bit (QLoraMatmulKernels' body).</param>
     /// <param name="bias">Bias [out], or empty.</param>
     /// <param name="a">LoRA A [r, in].</param>
     /// <param name="b">LoRA B [out, r].</param>
@@ -32,8 +33,8 @@ public static class LoraMatmulKernels
     /// <param name="outFeatures">Output features.</param>
     /// <param name="rank">LoRA rank r.</param>
     /// <param name="options">Dropout and seed of the LoRA branch (the Kernel part is ignored on the GPU).</param>
-    public static void Forward(Accelerator accelerator, FloatView x, FloatView w, FloatView bias, FloatView a, FloatView b, float scale,
-        FloatView y, FloatView h, int n, int inFeatures, int outFeatures, int rank, LoraOptions options = default) =>
+    public static void Forward(Accelerator accelerator, FloatView x, in DeviceWeightOperand w, FloatView bias, FloatView a, FloatView b, float scale,
+        FloatView y, FloatView h, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default) =>
         Forward(accelerator, x, w, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, GemmPath.Auto);
 
     /// <summary>dx (skipped when empty), da (skipped when empty: LoRA-FA) and db, with w frozen; the same dropout and seed as the forward.</summary>
@@ -41,7 +42,7 @@ public static class LoraMatmulKernels
     /// <param name="dy">Gradient of y [n, out].</param>
     /// <param name="x">Input [n, in]; may be empty when da is empty.</param>
     /// <param name="h">The forward's h [n, r].</param>
-    /// <param name="w">Frozen weight [out, in].</param>
+    /// <param name="w">Frozen weight [out, in]: dense fp32, or 4-bit (QLoraMatmulKernels' body).</param>
     /// <param name="a">LoRA A [r, in].</param>
     /// <param name="b">LoRA B [out, r].</param>
     /// <param name="scale">LoRA scale.</param>
@@ -54,22 +55,36 @@ public static class LoraMatmulKernels
     /// <param name="rank">LoRA rank r.</param>
     /// <param name="options">Dropout and seed, as in the forward.</param>
     /// <remarks>Allocates an [n, r] temporary and waits for the accelerator before freeing it.</remarks>
-    public static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView h, FloatView w, FloatView a, FloatView b, float scale,
-        FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, LoraOptions options = default) =>
+    public static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView h, in DeviceWeightOperand w, FloatView a, FloatView b, float scale,
+        FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default) =>
         Backward(accelerator, dy, x, h, w, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, GemmPath.Auto);
 
-    internal static void Forward(Accelerator accelerator, FloatView x, FloatView w, FloatView bias, FloatView a, FloatView b, float scale,
+    internal static void Forward(Accelerator accelerator, FloatView x, in DeviceWeightOperand w, FloatView bias, FloatView a, FloatView b, float scale,
         FloatView y, FloatView h, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options, GemmPath path)
     {
-        ValidateForward(accelerator, x, w.Length, bias, a, b, y, h, n, inFeatures, outFeatures, rank, options);
-        ForwardCore(accelerator, new DenseOperand(w, inFeatures, true), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, path);
+        if (w.IsQuantized)
+        {
+            QLoraMatmulKernels.Forward(accelerator, x, w.QuantView, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, path, allowGemv: true);
+            return;
+        }
+
+        ValidateForward(accelerator, x, w.Count, bias, a, b, y, h, n, inFeatures, outFeatures, rank, options);
+        w.CheckShape(inFeatures, outFeatures);
+        ForwardCore(accelerator, new DenseOperand(w.DenseView, inFeatures, true), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, path);
     }
 
-    internal static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView h, FloatView w, FloatView a, FloatView b, float scale,
+    internal static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView h, in DeviceWeightOperand w, FloatView a, FloatView b, float scale,
         FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options, GemmPath path)
     {
-        ValidateBackward(accelerator, dy, x, h, w.Length, a, b, dx, da, db, n, inFeatures, outFeatures, rank, options);
-        BackwardCore(accelerator, new DenseOperand(w, inFeatures, false), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, path);
+        if (w.IsQuantized)
+        {
+            QLoraMatmulKernels.Backward(accelerator, dy, x, h, w.QuantView, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, path);
+            return;
+        }
+
+        ValidateBackward(accelerator, dy, x, h, w.Count, a, b, dx, da, db, n, inFeatures, outFeatures, rank, options);
+        w.CheckShape(inFeatures, outFeatures);
+        BackwardCore(accelerator, new DenseOperand(w.DenseView, inFeatures, false), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, path);
     }
 
     // wT is op(B) = wᵀ [in, out]: the frozen weight read transposed.

@@ -16,6 +16,7 @@ public class DoraNormTests
         Fp32,
         Bf16,
         Nf4,
+        Fp16,
     }
 
     public static TheoryData<SimdPath, int> PathsAndThreads() => TestUtil.PathsAndThreads();
@@ -31,17 +32,22 @@ public class DoraNormTests
         switch (kind)
         {
             case WeightKind.Fp32:
-                DoraNorm.RowNorms(w32, a, b, scale, norms, inF, outF, r, options);
+                DoraNorm.RowNorms(WeightOperand.F32(w32, outF, inF), a, b, scale, norms, inF, outF, r, options);
                 break;
             case WeightKind.Bf16:
                 var w16 = w32.Select(Bf16Reference.FromSingle).ToArray();
                 w32 = TestUtil.Widen(w16);
-                DoraNorm.RowNorms(w16, a, b, scale, norms, inF, outF, r, options);
+                DoraNorm.RowNorms(WeightOperand.Bf16(w16, outF, inF), a, b, scale, norms, inF, outF, r, options);
+                break;
+            case WeightKind.Fp16:
+                var wHalf = w32.Select(v => (Half)v).ToArray();
+                w32 = wHalf.Select(v => (float)v).ToArray();
+                DoraNorm.RowNorms(WeightOperand.F16(wHalf, outF, inF), a, b, scale, norms, inF, outF, r, options);
                 break;
             default:
                 var wq = QuantizedWeight.Quantize(w32, [outF, inF], Quant4Type.Nf4, 64, doubleQuant: seed % 2 == 0);
                 w32 = wq.Dequantize();
-                DoraNorm.RowNorms(wq, a, b, scale, norms, inF, outF, r, options);
+                DoraNorm.RowNorms(WeightOperand.Quant4(wq), a, b, scale, norms, inF, outF, r, options);
                 break;
         }
 
@@ -80,6 +86,7 @@ public class DoraNormTests
             CheckCase(s, 9, 3, WeightKind.Fp32, path, threads, s);
             CheckCase(37, s, 2, WeightKind.Bf16, path, threads, s + 1);
             CheckCase(s, s, 1, WeightKind.Nf4, path, threads, s + 2);
+            CheckCase(s, 13, 4, WeightKind.Fp16, path, threads, s + 3);
         }
 
         foreach (int r in new[] { 1, 2, 7, 16, 17, 64 })
@@ -92,7 +99,7 @@ public class DoraNormTests
     [MemberData(nameof(PathsAndThreads))]
     public void BlockingAndParallelEdgesMatchReference(SimdPath path, int threads)
     {
-        foreach (var kind in new[] { WeightKind.Fp32, WeightKind.Bf16, WeightKind.Nf4 })
+        foreach (var kind in new[] { WeightKind.Fp32, WeightKind.Bf16, WeightKind.Nf4, WeightKind.Fp16 })
         {
             CheckCase(300, 129, 8, kind, path, threads, 1);   // parallel, 16-row blocks with a partial last block
             CheckCase(33_000, 3, 2, kind, path, threads, 2);  // rows longer than the scratch: one row per block
@@ -112,7 +119,7 @@ public class DoraNormTests
             float[] Run(int threads)
             {
                 var norms = new float[outF];
-                DoraNorm.RowNorms(w, a, b, 2f, norms, inF, outF, r, new KernelOptions(threads, path));
+                DoraNorm.RowNorms(WeightOperand.F32(w, outF, inF), a, b, 2f, norms, inF, outF, r, new KernelOptions(threads, path));
                 return norms;
             }
 
@@ -128,7 +135,7 @@ public class DoraNormTests
         var (inF, outF, r) = (50, 6, 4);
         var w = TestUtil.Random(outF * inF, 4);
         var norms = new float[outF];
-        DoraNorm.RowNorms(w, TestUtil.Random(r * inF, 5), new float[outF * r], 3f, norms, inF, outF, r);
+        DoraNorm.RowNorms(WeightOperand.F32(w, outF, inF), TestUtil.Random(r * inF, 5), new float[outF * r], 3f, norms, inF, outF, r);
         for (int i = 0; i < outF; i++)
         {
             double expected = Math.Sqrt(Enumerable.Range(0, inF).Sum(p => (double)w[(i * inF) + p] * w[(i * inF) + p]));
@@ -144,7 +151,7 @@ public class DoraNormTests
             from inF in Gen.Choose(1, 300)
             from outF in Gen.Choose(1, 100)
             from r in Gen.Choose(1, 32)
-            from kind in Gen.Choose(0, 2)
+            from kind in Gen.Choose(0, 3)
             from pathIndex in Gen.Choose(0, 2)
             from threads in Gen.Choose(1, 2)
             select (inF, outF, r, kind, pathIndex, threads);
@@ -156,22 +163,24 @@ public class DoraNormTests
     [Fact]
     public void BadInputsThrowClearErrors()
     {
-        float[] w = new float[12], a = new float[8], b = new float[6], norms = new float[3];
-        var ex = Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(new float[11], a, b, 1f, norms, 4, 3, 2));
+        float[] a = new float[8], b = new float[6], norms = new float[3];
+        var w = WeightOperand.F32(new float[12], 3, 4);
+        var ex = Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(WeightOperand.F32(new float[11], 3, 4), a, b, 1f, norms, 4, 3, 2));
         Assert.Equal("w", ex.ParamName);
         Assert.Contains("expected 12", ex.Message);
-        Assert.Contains("outFeatures·inFeatures", ex.Message);
+        Assert.Contains("rows·cols", ex.Message);
         Assert.Equal("a", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(w, new float[9], b, 1f, norms, 4, 3, 2)).ParamName);
         Assert.Equal("b", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(w, a, new float[5], 1f, norms, 4, 3, 2)).ParamName);
         Assert.Equal("norms", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(w, a, b, 1f, new float[4], 4, 3, 2)).ParamName);
         Assert.Equal("rank", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(w, [], [], 1f, norms, 4, 3, 0)).ParamName);
-        Assert.Equal("inFeatures", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(Array.Empty<float>(), [], b, 1f, norms, 0, 3, 2)).ParamName);
-        Assert.Equal("w", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(new ushort[13], a, b, 1f, norms, 4, 3, 2)).ParamName);
+        Assert.Equal("inFeatures", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(WeightOperand.F32(Array.Empty<float>(), 3, 0), [], b, 1f, norms, 0, 3, 2)).ParamName);
+        Assert.Equal("bits", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(WeightOperand.Bf16(new ushort[13], 3, 4), a, b, 1f, norms, 4, 3, 2)).ParamName);
+        Assert.Equal("w", Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(WeightOperand.F16(new Half[12], 4, 3), a, b, 1f, norms, 4, 3, 2)).ParamName);
 
         var wq = QuantizedWeight.Quantize(new float[12], [4, 3], Quant4Type.Nf4, 64, false);
-        ex = Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(wq, a, b, 1f, norms, 4, 3, 2));
+        ex = Assert.Throws<ArgumentException>(() => DoraNorm.RowNorms(WeightOperand.Quant4(wq), a, b, 1f, norms, 4, 3, 2));
         Assert.Equal("w", ex.ParamName);
         Assert.Contains("[3, 4]", ex.Message);
-        Assert.Throws<ArgumentNullException>(() => DoraNorm.RowNorms((QuantizedWeight)null!, a, b, 1f, norms, 4, 3, 2));
+        Assert.Throws<ArgumentNullException>(() => DoraNorm.RowNorms(WeightOperand.Quant4(null!), a, b, 1f, norms, 4, 3, 2));
     }
 }

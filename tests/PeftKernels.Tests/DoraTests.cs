@@ -91,11 +91,12 @@ public class DoraTests
         var g = TestUtil.Random(n * outF, 36);
 
         var norms = new float[outF];
-        DoraNorm.RowNorms(w, a, b, scale, norms, inF, outF, r);
+        var wo = WeightOperand.F32(w, outF, inF);
+        DoraNorm.RowNorms(wo, a, b, scale, norms, inF, outF, r);
         var c = m.Select((v, o) => v / norms[o]).ToArray();
         var z = new float[n * outF];
         var h = new float[n * r];
-        LoraMatmul.Forward(x, w, [], a, b, scale, z, h, n, inF, outF, r);
+        LoraMatmul.Forward(x, wo, [], a, b, scale, z, h, n, inF, outF, r);
         var y = new float[n * outF];
         Ia3.ScaleColumns(z, c, y, n, outF);
 
@@ -104,7 +105,7 @@ public class DoraTests
         Ia3.ScaleColumnsBackward(g, z, c, gHat, dc, n, outF);
         var dm = dc.Select((v, o) => v / norms[o]).ToArray();
         float[] dx = new float[n * inF], da = new float[r * inF], db = new float[outF * r];
-        LoraMatmul.Backward(gHat, x, h, w, a, b, scale, dx, da, db, n, inF, outF, r);
+        LoraMatmul.Backward(gHat, x, h, wo, a, b, scale, dx, da, db, n, inF, outF, r);
 
         double[] xd = TestUtil.ToDouble(x), wd = TestUtil.ToDouble(w), ad = TestUtil.ToDouble(a), bd = TestUtil.ToDouble(b), md = TestUtil.ToDouble(m);
         var normsRef = DoraNormReference.RowNorms(wd, ad, bd, scale, inF, outF, r);

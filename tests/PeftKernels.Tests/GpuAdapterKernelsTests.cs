@@ -147,15 +147,15 @@ public class GpuAdapterKernelsTests(GpuFixture gpu)
         if (quantized)
         {
             var q = QuantizedWeight.Quantize(wValues, [outF, inF], Quant4Type.Nf4, 64, doubleQuant: true);
-            DoraNorm.RowNorms(q, a, b, scale, expected, inF, outF, r);
+            DoraNorm.RowNorms(WeightOperand.Quant4(q), a, b, scale, expected, inF, outF, r);
             using var wq = Quant4Buffers.Upload(gpu.Accelerator, q);
-            DoraNormKernels.RowNorms(gpu.Accelerator, wq.View, da.View, db.View, scale, norms.View, inF, outF, r);
+            DoraNormKernels.RowNorms(gpu.Accelerator, DeviceWeightOperand.Quant4(wq.View), da.View, db.View, scale, norms.View, inF, outF, r);
         }
         else
         {
-            DoraNorm.RowNorms(wValues, a, b, scale, expected, inF, outF, r);
+            DoraNorm.RowNorms(WeightOperand.F32(wValues, outF, inF), a, b, scale, expected, inF, outF, r);
             using var dw = gpu.Upload(wValues);
-            DoraNormKernels.RowNorms(gpu.Accelerator, dw.View, da.View, db.View, scale, norms.View, inF, outF, r);
+            DoraNormKernels.RowNorms(gpu.Accelerator, DeviceWeightOperand.Dense(dw.View, outF, inF), da.View, db.View, scale, norms.View, inF, outF, r);
         }
 
         // Each row's fp32 entries (r + 1 terms, FMA-contracted or not) differ by a few ulps; the squares are summed
@@ -181,15 +181,15 @@ public class GpuAdapterKernelsTests(GpuFixture gpu)
         using var b = gpu.Upload(TestUtil.Random(6 * 2, 5));
         using var norms = gpu.Poisoned(6);
         Assert.Equal("a", Assert.Throws<ArgumentException>(() =>
-            DoraNormKernels.RowNorms(gpu.Accelerator, w.View, a.View, b.View, 1f, norms.View, 8, 6, 3)).ParamName);
+            DoraNormKernels.RowNorms(gpu.Accelerator, DeviceWeightOperand.Dense(w.View, 6, 8), a.View, b.View, 1f, norms.View, 8, 6, 3)).ParamName);
         Assert.Equal("norms", Assert.Throws<ArgumentException>(() =>
-            DoraNormKernels.RowNorms(gpu.Accelerator, w.View, a.View, b.View, 1f, norms.View.SubView(0, 5), 8, 6, 2)).ParamName);
+            DoraNormKernels.RowNorms(gpu.Accelerator, DeviceWeightOperand.Dense(w.View, 6, 8), a.View, b.View, 1f, norms.View.SubView(0, 5), 8, 6, 2)).ParamName);
         var qw = QuantizedWeight.Quantize(TestUtil.Random(6 * 64, 6), [6, 64], Quant4Type.Nf4, 64, doubleQuant: false);
         using var wq = Quant4Buffers.Upload(gpu.Accelerator, qw);
         using var a64 = gpu.Upload(TestUtil.Random(2 * 64, 7));
         using var norms12 = gpu.Poisoned(12);
         using var b12 = gpu.Upload(TestUtil.Random(12 * 2, 8));
         Assert.Contains("w has shape [6, 64]; expected [12, 32]", Assert.Throws<ArgumentException>(() =>
-            DoraNormKernels.RowNorms(gpu.Accelerator, wq.View, a64.View.SubView(0, 64), b12.View, 1f, norms12.View, 32, 12, 2)).Message);
+            DoraNormKernels.RowNorms(gpu.Accelerator, DeviceWeightOperand.Quant4(wq.View), a64.View.SubView(0, 64), b12.View, 1f, norms12.View, 32, 12, 2)).Message);
     }
 }

@@ -38,7 +38,7 @@ public class GpuLoraMatmulTests(GpuFixture gpu)
         using var ddy = gpu.Upload(dy);
         using var y = gpu.Poisoned(n * outF);
         using var h = gpu.Poisoned(n * r);
-        LoraMatmulKernels.Forward(gpu.Accelerator, dx_.View, dw.View, dbias.View, da_.View, db_.View, scale, y.View, h.View, n, inF, outF, r, options, path);
+        LoraMatmulKernels.Forward(gpu.Accelerator, dx_.View, DeviceWeightOperand.Dense(dw.View, outF, inF), dbias.View, da_.View, db_.View, scale, y.View, h.View, n, inF, outF, r, options, path);
 
         var (yRef, hRef) = LoraMatmulReference.Forward(TestUtil.ToDouble(x), TestUtil.ToDouble(w), TestUtil.ToDouble(bv),
             TestUtil.ToDouble(a), TestUtil.ToDouble(b), scale, n, inF, outF, r, dropout, seed);
@@ -50,7 +50,7 @@ public class GpuLoraMatmulTests(GpuFixture gpu)
         using var gx = gpu.Poisoned(n * inF);
         using var ga = gpu.Poisoned(r * inF);
         using var gb = gpu.Poisoned(outF * r);
-        LoraMatmulKernels.Backward(gpu.Accelerator, ddy.View, dx_.View, h.View, dw.View, da_.View, db_.View, scale, gx.View, ga.View, gb.View,
+        LoraMatmulKernels.Backward(gpu.Accelerator, ddy.View, dx_.View, h.View, DeviceWeightOperand.Dense(dw.View, outF, inF), da_.View, db_.View, scale, gx.View, ga.View, gb.View,
             n, inF, outF, r, options, path);
         var (dxRef, daRef, dbRef) = LoraMatmulReference.Backward(TestUtil.ToDouble(dy), TestUtil.ToDouble(x), TestUtil.ToDouble(hGpu),
             TestUtil.ToDouble(w), TestUtil.ToDouble(a), TestUtil.ToDouble(b), scale, n, inF, outF, r, dropout, seed);
@@ -70,16 +70,17 @@ public class GpuLoraMatmulTests(GpuFixture gpu)
         using var b = gpu.Upload(TestUtil.Random(outF * r, 5));
         using var db = gpu.Poisoned(outF * r);
         using var empty = gpu.Upload(Array.Empty<float>());
+        var wo = DeviceWeightOperand.Dense(w.View, outF, inF);
 
         // LoRA-FA: no x, no da, no dx; db alone must still be s·gᵀ·h.
-        LoraMatmulKernels.Backward(gpu.Accelerator, dy.View, empty.View, h.View, w.View, a.View, b.View, 2f, empty.View, empty.View, db.View, n, inF, outF, r);
+        LoraMatmulKernels.Backward(gpu.Accelerator, dy.View, empty.View, h.View, wo, a.View, b.View, 2f, empty.View, empty.View, db.View, n, inF, outF, r);
         var dbRef = new float[outF * r];
         GemmReference.Multiply(true, false, outF, r, n, 2f, gpu.Download(dy.View), gpu.Download(h.View), 0f, dbRef);
         TestUtil.AssertClose(gpu.Download(db.View), dbRef, 1e-5, 1e-5, "db (LoRA-FA)");
 
         // n = 0: every gradient is an empty sum.
         using var da = gpu.Poisoned(r * inF);
-        LoraMatmulKernels.Backward(gpu.Accelerator, empty.View, empty.View, empty.View, w.View, a.View, b.View, 2f, empty.View, da.View, db.View, 0, inF, outF, r);
+        LoraMatmulKernels.Backward(gpu.Accelerator, empty.View, empty.View, empty.View, wo, a.View, b.View, 2f, empty.View, da.View, db.View, 0, inF, outF, r);
         Assert.All(gpu.Download(da.View), v => Assert.Equal(0f, v));
         Assert.All(gpu.Download(db.View), v => Assert.Equal(0f, v));
     }
@@ -92,11 +93,11 @@ public class GpuLoraMatmulTests(GpuFixture gpu)
         using var v1 = gpu.Upload(new float[1]);
         using var empty = gpu.Upload(Array.Empty<float>());
         var e = Assert.Throws<ArgumentException>(() =>
-            LoraMatmulKernels.Forward(gpu.Accelerator, v6.View, v1.View, empty.View, v1.View, v1.View, 1f, v6.View, v5.View, 6, 1, 1, 1));
+            LoraMatmulKernels.Forward(gpu.Accelerator, v6.View, DeviceWeightOperand.Dense(v1.View, 1, 1), empty.View, v1.View, v1.View, 1f, v6.View, v5.View, 6, 1, 1, 1));
         Assert.Equal("h", e.ParamName);
         Assert.Contains("h has length 5; expected 6 (n·rank)", e.Message);
         e = Assert.Throws<ArgumentException>(() =>
-            LoraMatmulKernels.Forward(gpu.Accelerator, v6.View, v1.View, empty.View, v1.View, v1.View, 1f, v6.View, v6.View, 6, 1, 1, 1, new LoraOptions(1f)));
+            LoraMatmulKernels.Forward(gpu.Accelerator, v6.View, DeviceWeightOperand.Dense(v1.View, 1, 1), empty.View, v1.View, v1.View, 1f, v6.View, v6.View, 6, 1, 1, 1, new LoraOptions(1f)));
         Assert.Equal("options", e.ParamName);
     }
 }

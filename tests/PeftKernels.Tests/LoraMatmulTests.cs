@@ -50,15 +50,15 @@ public class LoraMatmulTests
         var h = Enumerable.Repeat(float.NaN, c.N * c.R).ToArray();
         if (c.Bf16)
         {
-            LoraMatmul.Forward(x, w16, bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
+            LoraMatmul.Forward(x, WeightOperand.Bf16(w16, c.Out, c.In), bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
         }
         else if (c.F16)
         {
-            LoraMatmul.Forward(x, wHalf, bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
+            LoraMatmul.Forward(x, WeightOperand.F16(wHalf, c.Out, c.In), bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
         }
         else
         {
-            LoraMatmul.Forward(x, w32, bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
+            LoraMatmul.Forward(x, WeightOperand.F32(w32, c.Out, c.In), bias, a, b, scale, y, h, c.N, c.In, c.Out, c.R, options);
         }
 
         string what = $"{c} {path} t{threads}";
@@ -73,15 +73,15 @@ public class LoraMatmulTests
         var xArg = skipDa ? [] : x;
         if (c.Bf16)
         {
-            LoraMatmul.Backward(dy, xArg, h, w16, a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
+            LoraMatmul.Backward(dy, xArg, h, WeightOperand.Bf16(w16, c.Out, c.In), a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
         }
         else if (c.F16)
         {
-            LoraMatmul.Backward(dy, xArg, h, wHalf, a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
+            LoraMatmul.Backward(dy, xArg, h, WeightOperand.F16(wHalf, c.Out, c.In), a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
         }
         else
         {
-            LoraMatmul.Backward(dy, xArg, h, w32, a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
+            LoraMatmul.Backward(dy, xArg, h, WeightOperand.F32(w32, c.Out, c.In), a, b, scale, dx, da, db, c.N, c.In, c.Out, c.R, options);
         }
 
         TestUtil.AssertClose(db, dbRef, Atol(c.N, dbRef) * scale, 1e-5, "db " + what);
@@ -181,7 +181,7 @@ public class LoraMatmulTests
         float[] Run(int threads)
         {
             var y = new float[n * outF];
-            LoraMatmul.Forward(x, w, [], a, b, 2f, y, new float[n * r], n, inF, outF, r, new LoraOptions(0.1f, 5, new KernelOptions(threads)));
+            LoraMatmul.Forward(x, WeightOperand.F32(w, outF, inF), [], a, b, 2f, y, new float[n * r], n, inF, outF, r, new LoraOptions(0.1f, 5, new KernelOptions(threads)));
             return y;
         }
 
@@ -251,7 +251,7 @@ public class LoraMatmulTests
     {
         float[] x = new float[6], w = new float[12], a = new float[6], b = new float[8], y = new float[8], h = new float[4];
         void Forward(float[] xs, float[] ws, float[] bias, float[] ys, int n = 2, int inF = 3, int outF = 4, int r = 2, float dropout = 0f) =>
-            LoraMatmul.Forward(xs, ws, bias, a, b, 1f, ys, h, n, inF, outF, r, new LoraOptions(dropout));
+            LoraMatmul.Forward(xs, WeightOperand.F32(ws, 4, 3), bias, a, b, 1f, ys, h, n, inF, outF, r, new LoraOptions(dropout));
 
         var ex = Assert.Throws<ArgumentException>(() => Forward(new float[5], w, [], y));
         Assert.Equal("x", ex.ParamName);
@@ -265,22 +265,24 @@ public class LoraMatmulTests
         Assert.Contains("dropout", Assert.Throws<ArgumentException>(() => Forward(x, w, [], y, dropout: 1f)).Message);
 
         float[] dy = new float[8], dx = new float[6], da = new float[6], db = new float[8];
-        ex = Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, x, h, w, a, b, 1f, dx, da, new float[7], 2, 3, 4, 2));
+        var wo = WeightOperand.F32(w, 4, 3);
+        ex = Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, x, h, wo, a, b, 1f, dx, da, new float[7], 2, 3, 4, 2));
         Assert.Equal("db", ex.ParamName);
-        Assert.Equal("da", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, x, h, w, a, b, 1f, dx, new float[5], db, 2, 3, 4, 2)).ParamName);
-        Assert.Equal("x", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, [], h, w, a, b, 1f, dx, da, db, 2, 3, 4, 2)).ParamName);
-        Assert.Equal("dy", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(new float[9], x, h, w, a, b, 1f, dx, da, db, 2, 3, 4, 2)).ParamName);
-        Assert.Equal("h", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, x, new float[3], w, a, b, 1f, dx, da, db, 2, 3, 4, 2)).ParamName);
+        Assert.Equal("da", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, x, h, wo, a, b, 1f, dx, new float[5], db, 2, 3, 4, 2)).ParamName);
+        Assert.Equal("x", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, [], h, wo, a, b, 1f, dx, da, db, 2, 3, 4, 2)).ParamName);
+        Assert.Equal("dy", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(new float[9], x, h, wo, a, b, 1f, dx, da, db, 2, 3, 4, 2)).ParamName);
+        Assert.Equal("h", Assert.Throws<ArgumentException>(() => LoraMatmul.Backward(dy, x, new float[3], wo, a, b, 1f, dx, da, db, 2, 3, 4, 2)).ParamName);
     }
 
     [Fact]
     public void ZeroTokensIsANoOpForwardAndZeroGradientBackward()
     {
         float[] w = new float[12], a = new float[6], b = new float[8];
-        LoraMatmul.Forward([], w, [], a, b, 1f, [], [], 0, 3, 4, 2);
+        var wo = WeightOperand.F32(w, 4, 3);
+        LoraMatmul.Forward([], wo, [], a, b, 1f, [], [], 0, 3, 4, 2);
         var da = Enumerable.Repeat(1f, 6).ToArray();
         var db = Enumerable.Repeat(1f, 8).ToArray();
-        LoraMatmul.Backward([], [], [], w, a, b, 1f, [], da, db, 0, 3, 4, 2);
+        LoraMatmul.Backward([], [], [], wo, a, b, 1f, [], da, db, 0, 3, 4, 2);
         Assert.All(da, v => Assert.Equal(0f, v));
         Assert.All(db, v => Assert.Equal(0f, v));
     }

@@ -127,7 +127,7 @@ public sealed class PeftIa3Tests : IDisposable
         var model = LlamaModelTests.TinyModel(PeftModelTests.Qwen2Like);
         if (storage == TensorDType.BF16)
         {
-            model = model.ToStorage(WeightStorage.BFloat16);
+            model = model.ToStorage(Models.WeightStorage.BFloat16);
         }
         else if (storage == TensorDType.Q4)
         {

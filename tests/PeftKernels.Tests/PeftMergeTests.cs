@@ -17,7 +17,7 @@ public class PeftMergeTests
         var model = LlamaModelTests.TinyModel(config);
         if (storage == TensorDType.BF16)
         {
-            model = model.ToStorage(WeightStorage.BFloat16);
+            model = model.ToStorage(Models.WeightStorage.BFloat16);
         }
         else if (storage == TensorDType.Q4)
         {

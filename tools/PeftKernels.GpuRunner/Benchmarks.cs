@@ -111,12 +111,13 @@ internal static class Benchmarks
         string shape = $"n{n} in{inF} out{outF} r{r}";
         double flopsBase = 2.0 * n * inF * outF;
         double baseFwd = Time(acc, runs, () => GemmKernels.Multiply(acc, false, true, n, outF, inF, 1f, x.View, w.View, 0f, y.View));
-        double fwd = Time(acc, runs, () => LoraMatmulKernels.Forward(acc, x.View, w.View, default, a.View, b.View, 2f, y.View, h.View, n, inF, outF, r));
+        var wo = DeviceWeightOperand.Dense(w.View, outF, inF);
+        double fwd = Time(acc, runs, () => LoraMatmulKernels.Forward(acc, x.View, wo, default, a.View, b.View, 2f, y.View, h.View, n, inF, outF, r));
         report.Add(new BenchResult("base GEMM forward x·Wᵀ", shape, baseFwd, flopsBase / baseFwd / 1e6, null, "baseline"));
         report.Add(new BenchResult("fused LoRA forward", shape, fwd, (flopsBase + (4.0 * n * r * (inF + outF) / 2)) / fwd / 1e6, null,
             Ratio(fwd / baseFwd, "× the base GEMM", "≤ 1.10×", fwd / baseFwd <= 1.10, percent: false)));
         double baseBwd = Time(acc, runs, () => GemmKernels.Multiply(acc, false, false, n, inF, outF, 1f, dy.View, w.View, 0f, dx.View));
-        double bwd = Time(acc, runs, () => LoraMatmulKernels.Backward(acc, dy.View, x.View, h.View, w.View, a.View, b.View, 2f, dx.View, da.View, db.View,
+        double bwd = Time(acc, runs, () => LoraMatmulKernels.Backward(acc, dy.View, x.View, h.View, wo, a.View, b.View, 2f, dx.View, da.View, db.View,
             n, inF, outF, r));
         report.Add(new BenchResult("base GEMM backward dy·W", shape, baseBwd, flopsBase / baseBwd / 1e6, null, "baseline"));
         report.Add(new BenchResult("fused LoRA backward (dx, dA, dB)", shape, bwd, null, null,

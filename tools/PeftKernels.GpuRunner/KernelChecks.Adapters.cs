@@ -37,8 +37,8 @@ internal static partial class KernelChecks
             var options = new LoraOptions(0.1f, 77);
             float[] xr = Gather(x, used, inF), dyr = Gather(dy, used, outF);
             float[] branch = new float[m * outF], h = new float[m * r], dxr = new float[m * inF], da = new float[r * inF], db = new float[outF * r];
-            LoraMatmul.Forward(xr, zeroW, bias, a, b, scale, branch, h, m, inF, outF, r, options);
-            LoraMatmul.Backward(dyr, xr, h, zeroW, a, b, scale, dxr, da, db, m, inF, outF, r, options);
+            LoraMatmul.Forward(xr, WeightOperand.F32(zeroW, outF, inF), bias, a, b, scale, branch, h, m, inF, outF, r, options);
+            LoraMatmul.Backward(dyr, xr, h, WeightOperand.F32(zeroW, outF, inF), a, b, scale, dxr, da, db, m, inF, outF, r, options);
             var y = (float[])y0.Clone();
             var dx = new float[n * inF];
             for (int i = 0; i < m; i++)
@@ -102,18 +102,18 @@ internal static partial class KernelChecks
         // sides: ≤ (r + 1)·2⁻²⁴ relative, doubled (as the test's 1e-6 at r ≤ 5).
         double rtol = 2 * (r + 1) * Math.Pow(2, -24);
         var expected = new float[outF];
-        DoraNorm.RowNorms(w, a, b, scale, expected, inF, outF, r);
+        DoraNorm.RowNorms(WeightOperand.F32(w, outF, inF), a, b, scale, expected, inF, outF, r);
         using (var gw = acc.Allocate1D(w))
         {
-            DoraNormKernels.RowNorms(acc, gw.View, ga.View, gb.View, scale, gnorms.View, inF, outF, r);
+            DoraNormKernels.RowNorms(acc, DeviceWeightOperand.Dense(gw.View, outF, inF), ga.View, gb.View, scale, gnorms.View, inF, outF, r);
             Compare(report, "dora row norms fp32", shape, Data.Down(acc, gnorms.View), expected, 0, rtol);
         }
 
         var q = QuantizedWeight.Quantize(w, [outF, inF], Quant4Type.Nf4, 64, true);
-        DoraNorm.RowNorms(q, a, b, scale, expected, inF, outF, r);
+        DoraNorm.RowNorms(WeightOperand.Quant4(q), a, b, scale, expected, inF, outF, r);
         using (var gq = Quant4Buffers.Upload(acc, q))
         {
-            DoraNormKernels.RowNorms(acc, gq.View, ga.View, gb.View, scale, gnorms.View, inF, outF, r);
+            DoraNormKernels.RowNorms(acc, DeviceWeightOperand.Quant4(gq.View), ga.View, gb.View, scale, gnorms.View, inF, outF, r);
             Compare(report, "dora row norms nf4", shape + " bs64 nested", Data.Down(acc, gnorms.View), expected, 0, rtol);
         }
 

@@ -84,8 +84,9 @@ internal static partial class KernelChecks
             var dy = Data.Random(n * outF, 6);
             var options = new LoraOptions(dropout, 1234);
             float[] y = new float[n * outF], h = new float[n * r], dx = new float[n * inF], da = new float[r * inF], db = new float[outF * r];
-            LoraMatmul.Forward(x, w, bias, a, b, 2f, y, h, n, inF, outF, r, options);
-            LoraMatmul.Backward(dy, x, h, w, a, b, 2f, dx, da, db, n, inF, outF, r, options);
+            var wo = WeightOperand.F32(w, outF, inF);
+            LoraMatmul.Forward(x, wo, bias, a, b, 2f, y, h, n, inF, outF, r, options);
+            LoraMatmul.Backward(dy, x, h, wo, a, b, 2f, dx, da, db, n, inF, outF, r, options);
             using var gx = acc.Allocate1D(x);
             using var gw = acc.Allocate1D(w);
             using var gbias = acc.Allocate1D(bias);
@@ -97,8 +98,9 @@ internal static partial class KernelChecks
             using var gdx = acc.Allocate1D<float>(n * inF);
             using var gda = acc.Allocate1D<float>(r * inF);
             using var gdb = acc.Allocate1D<float>(outF * r);
-            LoraMatmulKernels.Forward(acc, gx.View, gw.View, gbias.View, ga.View, gb.View, 2f, gy.View, gh.View, n, inF, outF, r, options);
-            LoraMatmulKernels.Backward(acc, gdy.View, gx.View, gh.View, gw.View, ga.View, gb.View, 2f, gdx.View, gda.View, gdb.View, n, inF, outF, r, options);
+            var gwo = DeviceWeightOperand.Dense(gw.View, outF, inF);
+            LoraMatmulKernels.Forward(acc, gx.View, gwo, gbias.View, ga.View, gb.View, 2f, gy.View, gh.View, n, inF, outF, r, options);
+            LoraMatmulKernels.Backward(acc, gdy.View, gx.View, gh.View, gwo, ga.View, gb.View, 2f, gdx.View, gda.View, gdb.View, n, inF, outF, r, options);
             string shape = $"n{n} in{inF} out{outF} r{r} p{dropout}";
             Compare(report, "lora forward h", shape, Data.Down(acc, gh.View), h, DotAtol(inF), 1e-5);
             Compare(report, "lora forward y", shape, Data.Down(acc, gy.View), y, DotAtol(inF + r, 3), 1e-5);
@@ -126,14 +128,14 @@ internal static partial class KernelChecks
             var x = Data.Random(n * 4096, 9);
             var dy = Data.Random(n * 1024, 10);
             float[] y = new float[n * 1024], dx = new float[n * 4096];
-            Quant4Matmul.Forward(x, w, [], y, n, 4096, 1024);
-            Quant4Matmul.Backward(dy, w, dx, n, 4096, 1024);
+            PeftKernels.Kernels.Cpu.Gemm.Forward(x, WeightOperand.Quant4(w), [], y, n, 4096, 1024);
+            PeftKernels.Kernels.Cpu.Gemm.Backward(dy, WeightOperand.Quant4(w), dx, n, 4096, 1024);
             using var gx = acc.Allocate1D(x);
             using var gdy = acc.Allocate1D(dy);
             using var gy = acc.Allocate1D<float>(n * 1024);
             using var gdx = acc.Allocate1D<float>(n * 4096);
-            Quant4MatmulKernels.Forward(acc, gx.View, wbuf.View, default, gy.View, n, 4096, 1024);
-            Quant4MatmulKernels.Backward(acc, gdy.View, wbuf.View, gdx.View, n, 4096, 1024);
+            GemmKernels.Forward(acc, gx.View, DeviceWeightOperand.Quant4(wbuf.View), default, gy.View, n, 4096, 1024);
+            GemmKernels.Backward(acc, gdy.View, DeviceWeightOperand.Quant4(wbuf.View), gdx.View, n, 4096, 1024);
             Compare(report, n <= Quant4MatmulKernels.GemvMaxRows ? "nf4 gemv forward" : "nf4 gemm forward", $"n{n} in4096 out1024", Data.Down(acc, gy.View), y, DotAtol(4096), 1e-5);
             Compare(report, "nf4 gemm backward dx", $"n{n} in4096 out1024", Data.Down(acc, gdx.View), dx, DotAtol(1024), 1e-5);
         }
@@ -151,8 +153,8 @@ internal static partial class KernelChecks
             var dy = Data.Random(n * outF, 15);
             var options = new LoraOptions(0.05f, 99);
             float[] y = new float[n * outF], h = new float[n * r], dx = new float[n * inF], da = new float[r * inF], db = new float[outF * r];
-            QLoraMatmul.Forward(x, q, [], a, b, 0.5f, y, h, n, inF, outF, r, options);
-            QLoraMatmul.Backward(dy, x, h, q, a, b, 0.5f, dx, da, db, n, inF, outF, r, options);
+            LoraMatmul.Forward(x, WeightOperand.Quant4(q), [], a, b, 0.5f, y, h, n, inF, outF, r, options);
+            LoraMatmul.Backward(dy, x, h, WeightOperand.Quant4(q), a, b, 0.5f, dx, da, db, n, inF, outF, r, options);
             using var wq = Quant4Buffers.Upload(acc, q);
             using var gx = acc.Allocate1D(x);
             using var ga = acc.Allocate1D(a);
@@ -163,8 +165,9 @@ internal static partial class KernelChecks
             using var gdx = acc.Allocate1D<float>(n * inF);
             using var gda = acc.Allocate1D<float>(r * inF);
             using var gdb = acc.Allocate1D<float>(outF * r);
-            QLoraMatmulKernels.Forward(acc, gx.View, wq.View, default, ga.View, gb.View, 0.5f, gy.View, gh.View, n, inF, outF, r, options);
-            QLoraMatmulKernels.Backward(acc, gdy.View, gx.View, gh.View, wq.View, ga.View, gb.View, 0.5f, gdx.View, gda.View, gdb.View, n, inF, outF, r, options);
+            var gwq = DeviceWeightOperand.Quant4(wq.View);
+            LoraMatmulKernels.Forward(acc, gx.View, gwq, default, ga.View, gb.View, 0.5f, gy.View, gh.View, n, inF, outF, r, options);
+            LoraMatmulKernels.Backward(acc, gdy.View, gx.View, gh.View, gwq, ga.View, gb.View, 0.5f, gdx.View, gda.View, gdb.View, n, inF, outF, r, options);
             string shape = $"n{n} in{inF} out{outF} r{r} nf4";
             Compare(report, "qlora forward y", shape, Data.Down(acc, gy.View), y, DotAtol(inF + r, 2), 1e-5);
             Compare(report, "qlora backward dx", shape, Data.Down(acc, gdx.View), dx, DotAtol(outF + r, r), 1e-5);

@@ -75,7 +75,7 @@ public sealed partial class PeftModel
             case LoraAdapter { UseDora: true } dora:
                 // The norm of W + s·B·A of the weight as it stands, as the forward computes it.
                 var norms = new float[outF];
-                DoraNorm.RowNorms(w, dora.A.Data, dora.B.Data, dora.Scale, norms, inF, outF, dora.Rank);
+                DoraNorm.RowNorms(WeightOperand.F32(w, outF, inF), dora.A.Data, dora.B.Data, dora.Scale, norms, inF, outF, dora.Rank);
                 AddDelta(layer, dora, w, 1f);
                 for (int o = 0; o < outF; o++)
                 {

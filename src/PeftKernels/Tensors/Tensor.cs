@@ -18,7 +18,7 @@ using Half = System.Half;
 namespace PeftKernels;
 
 /// <summary>A dense row-major tensor: fp32, bf16 or 4-bit storage, with an optional gradient.</summary>
-public class Tensor
+public partial class Tensor
 {
     private float[]? data;
     private MemoryBuffer1D<float, Stride1D.Dense>? deviceData;
