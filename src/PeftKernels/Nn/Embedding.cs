@@ -1,4 +1,4 @@
-// A token embedding table W [vocab, dim] (fp32 or bf16) with optional LoRA adapters
+// A token embedding table W [vocab, dim] (fp32, bf16 or fp16) with optional LoRA adapters
 // (PEFT's lora.Embedding): A [r, vocab], B [dim, r], scale s, no dropout. With ids [n]:
 //   after[t, :] = A[:, ids[t]]ᵀ                    [n, r]   (a gather of columns of A)
 //   y = W[ids, :] + Σ_active s · after · Bᵀ        [n, dim]

@@ -10,7 +10,7 @@
 //                                                   same x the LoRA branches see), the others scale
 //                                                   the output last; several active vectors multiply
 // Each op runs on the host or on the input's device and records its own backward.
-// Equations: docs/formats/methods.md.
+// Equations: docs/formats/methods.md#several-adapters-on-one-layer.
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Ops;
 

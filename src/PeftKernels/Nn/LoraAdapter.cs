@@ -1,6 +1,6 @@
 // One named LoRA adapter on a layer: A [r, in], B [out, r], scale s = alpha / r (rsLoRA:
 // alpha / sqrt(r)), dropout on the branch input, and optionally a bias on lora_B (lora_bias:
-// y += s·(h·Bᵀ + bias_B)). Init (peft-math.md): Linear A ~ kaiming-uniform(a = √5) =
+// y += s·(h·Bᵀ + bias_B)). Init (docs/formats/methods.md#lora-initialisation): Linear A ~ kaiming-uniform(a = √5) =
 // U(−1/√in, 1/√in), B = 0, so the wrapped layer starts equal to the base; "gaussian": A ~
 // N(0, 1/r). Embeddings follow PEFT the other way round: A = 0 [r, vocab], B ~ N(0, 1) [dim, r].
 // DoRA: a magnitude vector m [out] (PEFT's lora_magnitude_vector), initialised by the layer to

@@ -1,4 +1,4 @@
-// One LoRA branch added to a layer's output outside the fused LoraMatmul: a second (third, …)
+// One LoRA branch (docs/formats/methods.md#lora-branch) added to a layer output outside the fused LoraMatmul: a second (third, …)
 // active adapter, or the rows of one adapter in a per-row batch. With R the branch's rows (all
 // rows, or a subset; "__base__" rows belong to none) and m = |R|:
 //   u = drop(x[R, :])                   [m, in]   (materialised only when p > 0)

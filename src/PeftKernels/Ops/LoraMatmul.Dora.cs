@@ -7,7 +7,7 @@
 // Backward, g = dL/dy (Ia3.ScaleColumnsBackward, then the LoRA kernel backward):
 //   ĝ = g ⊙ c;  dm = Σ_rows g ⊙ z / norm;  dx, dA, dB from the LoRA backward with ĝ;
 //   dW = ĝᵀ·x only when W trains;  db = Σ_rows g.
-// Dropout: PEFT computes, in training with p > 0, x·Wᵀ + b + (c − 1)⊙(drop(x)·Wᵀ) + c⊙s·drop(x)·Aᵀ·Bᵀ
+// Dropout (docs/formats/methods.md#dora-dropout): PEFT computes, in training with p > 0, x·Wᵀ + b + (c − 1)⊙(drop(x)·Wᵀ) + c⊙s·drop(x)·Aᵀ·Bᵀ
 // (its DoRA base term sees the dropped x); this op computes the formula above, dropout on the
 // LoRA branch only as for plain LoRA. The two agree exactly with p = 0 and in evaluation mode;
 // with p > 0 training differs by (c − 1)⊙((x − drop(x))·Wᵀ), zero in expectation.

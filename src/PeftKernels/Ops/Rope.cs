@@ -1,4 +1,4 @@
-// Rotary position embedding, rotate-half form (HF Llama), x [n, heads·headDim], positions [n]:
+// Rotary position embedding, rotate-half form (HF Llama; docs/formats/llama-checkpoints.md#forward), x [n, heads·headDim], positions [n]:
 //   θ_j = positions[t] · invFreq[j];   y = x ⊙ cos θ + rotate_half(x) ⊙ sin θ
 //   backward: a rotation, so dx = the rotation of dy by −θ
 // CPU: Kernels.Cpu.Rope; GPU: RopeKernels (positions and frequencies uploaded per call).
