@@ -1,4 +1,4 @@
-// Public GEMM: C[m, n] = alpha · op(A) · op(B) + beta · C, row-major fp32 (B may be bf16).
+// Public GEMM: C[m, n] = alpha · op(A) · op(B) + beta · C, row-major fp32 (B may be bf16 or fp16).
 //   op(A) [m, k]: A stored [m, k], or [k, m] when transA.
 //   op(B) [k, n]: B stored [k, n], or [n, k] when transB (a weight [out, in] in x·Wᵀ).
 // beta = 0: C is write-only (never read), so it may be uninitialised.
