@@ -1,4 +1,4 @@
-// DoRA's weight norm (peft-math.md): per output row i of V = W + s·B·A,
+// DoRA's weight norm (docs/formats/methods.md#dora-norm): per output row i of V = W + s·B·A,
 //   norm_i = ‖V_i,:‖₂ = sqrt(Σ_p (W_ip + s·Σ_q B_iq·A_qp)²)
 // Shapes, row-major: W [out, in] (a WeightOperand: fp32, bf16 bit patterns, fp16, or a 4-bit QuantizedWeight),
 // A [r, in], B [out, r], norms [out]. DoRA treats the norm as a constant in backward, so this

@@ -4,7 +4,7 @@
 //   Backward, g = dL/dy (chain rule through the product):
 //     dx[i, j] = g[i, j] · l[j]
 //     dl[j]    = Σ_i g[i, j] · x[i, j]
-// One pair serves every IA³ use (peft-math.md): output scaling (x = x·Wᵀ + b, features = out),
+// One pair serves every IA³ use (docs/formats/methods.md#column-scaling): output scaling (x = x·Wᵀ + b, features = out),
 // input scaling (x = the layer input, features = in, then the frozen linear) and DoRA's
 // (m / norm) output scaling (x = x·Wᵀ + s·x·Aᵀ·Bᵀ). The chain rule through the linear around
 // it belongs to the caller.

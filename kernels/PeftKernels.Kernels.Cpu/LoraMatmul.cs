@@ -2,7 +2,7 @@
 // empty, a [r, in], b [out, r], h [n, r], y [n, out]; s = scale; drop() is the seeded
 // dropout of the LoRA branch (DropoutMask), regenerated in backward, never stored.
 //
-// Forward (two GEMMs, the second is the one-GEMM fusion of peft-math.md):
+// Forward (two GEMMs, the second is the one-GEMM fusion of docs/formats/methods.md#fused-lora-matmul):
 //   h = drop(x) · aᵀ                                (skinny: K = in, N = r)
 //   y = [x | s·h] · [w | b]ᵀ + bias                 (one GEMM, K = in + r; y written once)
 // Backward, g = dL/dy (chain rule through y = x·wᵀ + s·h·bᵀ, h = drop(x)·aᵀ):

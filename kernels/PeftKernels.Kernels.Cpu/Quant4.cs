@@ -1,4 +1,4 @@
-// 4-bit blockwise quantization byte-compatible with bitsandbytes (../shared/reference/nf4.md):
+// 4-bit blockwise quantization byte-compatible with bitsandbytes (docs/formats/4bit-formats.md#blockwise-quantization):
 //   absmax[b] = max |x| over block b; full blocks scale by the fp32 reciprocal 1f/absmax,
 //   the partial last block divides (and stores the 1e-38-clamped absmax); s is clamped to
 //   [−1, 1] and bucketized over fp32 midpoints of the sorted table (ties → lower code);

@@ -1,7 +1,7 @@
 // A 4-bit quantized tensor in bitsandbytes' layout: packed codes (two per byte, first element
 // high nibble), per-block fp32 absmax or, with double quantization, 8-bit absmax codes plus
 // fp32 nested absmax per 256 and an fp32 offset; the block size, quant type, original shape
-// and dtype. Every 4-bit kernel takes this type.
+// and dtype. Every CPU 4-bit kernel takes this type; the GPU ones its device upload (a Quant4View).
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>A 4-bit (NF4/FP4) quantized weight, optionally with double-quantized scales.</summary>

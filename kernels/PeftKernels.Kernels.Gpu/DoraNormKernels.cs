@@ -1,4 +1,4 @@
-// DoRA's weight norm on the GPU (DoraNorm's math, peft-math.md): per output row i of V = W + s·B·A,
+// DoRA's weight norm on the GPU (DoraNorm's math, docs/formats/methods.md#dora-norm): per output row i of V = W + s·B·A,
 //   norm_i = ‖V_i,:‖₂ = sqrt(Σ_p (W_ip + Σ_q (s·B_iq)·A_qp)²)
 // Shapes, row-major: W [out, in] (a DeviceWeightOperand: fp32, bf16/fp16 mirrors widened to fp32
 // at upload, or a 4-bit Quant4View dequantized per element as Quant4Operand does), A [r, in], B [out, r], norms [out].

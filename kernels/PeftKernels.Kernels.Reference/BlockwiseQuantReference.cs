@@ -1,4 +1,4 @@
-// Blockwise quantization as bitsandbytes defines it (../shared/reference/nf4.md), against any
+// Blockwise quantization as bitsandbytes defines it (docs/formats/4bit-formats.md#blockwise-quantization), against any
 // code table (the 16-entry NF4/FP4 tables, or the 256-entry dynamic map of double
 // quantization). The specification the fast kernels must match byte for byte:
 //   absmax[b] = max |x| over block b (fp32); scale by max(absmax, 1e-38f)

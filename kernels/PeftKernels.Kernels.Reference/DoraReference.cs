@@ -1,4 +1,4 @@
-// DoRA linear layer (peft-math.md), forward and backward in double, W frozen, no dropout.
+// DoRA linear layer (docs/formats/methods.md#dora), forward and backward in double, W frozen, no dropout.
 // Shapes, row-major: x [n, in], w [out, in], bias [out] or empty, a [r, in], b [out, r],
 // m [out] (the magnitude), s = scale, norm [out].
 //   norm = ‖w + s·b·a‖₂ row-wise (DoraNormReference), treated as a CONSTANT in backward

@@ -1,4 +1,4 @@
-// IA³ (peft-math.md) in double. Shapes, row-major: x [n, in], w [out, in], bias [out] or empty.
+// IA³ (docs/formats/methods.md#ia3) in double. Shapes, row-major: x [n, in], w [out, in], bias [out] or empty.
 // Column scaling (the kernel Ia3.ScaleColumns): x, y [n, f], l [f]
 //   y = x ⊙ l            dx = g ⊙ l,  dl = Σ_rows g ⊙ x
 // Output scaling (attention modules, l [out]):

@@ -8,7 +8,7 @@ namespace PeftKernels.Tests;
 
 public class GemmTests
 {
-    // Awkward sizes from DESIGN.md plus the blocking constants ±1 of every path:
+    // Awkward sizes (1, 2, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, …) plus the blocking constants ±1 of every path:
     // MR 12/6/4 (24 for the narrow V512 kernel), NR 32/16/4, KC 512, MC 24·MR = 288 (V512) / 144 (V256).
     private static readonly int[] AwkwardSizes = [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129];
     private static readonly int[] KBoundaries = [255, 256, 257, 511, 512, 513, 1023, 1025];

@@ -3,7 +3,7 @@ using PeftKernels.Models;
 namespace PeftKernels.Tests;
 
 /// <summary>
-/// A hand-written double-precision Llama forward (llama-format.md), straight from the formulas:
+/// A hand-written double-precision Llama forward (docs/formats/llama-checkpoints.md#forward), straight from the formulas:
 /// no kernels, no tiling, no online softmax. Weights are read from a model's parameters
 /// (widened or dequantized to double); the named LoRA adapters each add s·((x·Aᵀ)·Bᵀ + bias_B),
 /// and on the embedding s·A[:, id]ᵀ·Bᵀ. A DoRA adapter adds PEFT's (c − 1)⊙(x·Wᵀ) + c⊙s·(x·Aᵀ)·Bᵀ

@@ -1,5 +1,5 @@
-// PeftModel.AddWeightedAdapter and FederatedAverage on a tiny Llama (peft-math.md, "Combining
-// adapters"): each combination type against its formula at the model level (cat exactly, svd
+// PeftModel.AddWeightedAdapter and FederatedAverage on a tiny Llama (docs/formats/methods.md#weighted-combination):
+// each combination type against its formula at the model level (cat exactly, svd
 // within its truncation, linear by its √|w·s| factors, the pruning types against
 // AdapterCombination itself), the new adapter's config and files, and federated averaging.
 using PeftKernels.Autograd;

@@ -1,4 +1,4 @@
-// DoRA (use_dora) through PeftModel (peft-math.md): the Linear-level forward and backward
+// DoRA (use_dora) through PeftModel (docs/formats/methods.md#dora): the Linear-level forward and backward
 // against DoraReference (norm held constant) and finite differences, over fp32, bf16 and 4-bit
 // bases; the magnitude's init; logits against the double-precision reference (with a plain
 // LoRA adapter beside it); merge / unmerge; the adapter folder (lora_magnitude_vector).

@@ -1,4 +1,4 @@
-// IA³ adapters through PeftModel (peft-math.md, peft-format.md): the Linear-level forward and
+// IA³ adapters through PeftModel (docs/formats/methods.md#ia3, peft-adapters.md#tensor-keys): the Linear-level forward and
 // backward against Ia3Reference and finite differences over fp32, bf16 and 4-bit bases, the
 // Llama defaults, logits against the double-precision reference, merge / unmerge, the adapter
 // folder both ways, and IA³ next to LoRA on the same layers.

@@ -46,26 +46,21 @@ public class Quant4Tests
         Assert.Equal(0f, dyn[127]);
         Assert.Equal(5.500000384017767e-07f, dyn[128]);
         Assert.Equal(1f, dyn[255]);
-        string? file = FindShared("reference/dynamic-map.txt");
-        if (file != null)
-        {
-            var expected = File.ReadAllLines(file).Where(l => l.Length > 0).Select(l => float.Parse(l, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
-            Assert.Equal(expected, dyn);
-        }
+        // The independent copy of the table in the repository (docs/formats/4bit-formats.md#dynamic-map).
+        string file = Path.Combine(RepositoryRoot(), "docs", "formats", "dynamic-map.txt");
+        var expected = File.ReadAllLines(file).Where(l => l.Length > 0).Select(l => float.Parse(l, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(expected, dyn);
     }
 
-    private static string? FindShared(string relative)
+    private static string RepositoryRoot()
     {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "PeftKernels.sln")))
         {
-            string candidate = Path.Combine(dir.FullName, "shared", relative);
-            if (File.Exists(candidate))
-            {
-                return candidate;
-            }
+            dir = dir.Parent;
         }
 
-        return null;
+        return dir?.FullName ?? throw new DirectoryNotFoundException("repository root (PeftKernels.sln) not found above the test assembly");
     }
 
     [Fact]

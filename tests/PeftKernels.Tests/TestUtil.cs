@@ -24,7 +24,7 @@ internal static class TestUtil
         return data;
     }
 
-    /// <summary>FsCheck config with a fixed seed, so property tests are deterministic (DESIGN.md); failures print the case.</summary>
+    /// <summary>FsCheck config with a fixed seed, so property tests are deterministic; failures print the case.</summary>
     public static Config Seeded(int maxTest, ulong seed) =>
         Config.QuickThrowOnFailure.WithMaxTest(maxTest)
             .WithReplay(FSharpOption<Replay>.Some(new Replay(new Rnd(seed), FSharpOption<int>.None)));

@@ -1,4 +1,4 @@
-// The Llama decoder (llama-format.md), pre-norm:
+// The Llama decoder (docs/formats/llama-checkpoints.md#forward), pre-norm:
 //   h   = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
 //   out = h + down_proj(silu(gate_proj(n2)) ⊙ up_proj(n2)),                 n2 = rmsnorm(h)
 // Activations are [B·T, features] row-major, which is exactly the [B, T, heads, headDim]

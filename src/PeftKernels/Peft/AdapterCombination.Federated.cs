@@ -1,4 +1,4 @@
-// Federated averaging (FedAvg) of clients' adapters for one module (peft-math.md):
+// Federated averaging (FedAvg) of clients' adapters for one module (docs/formats/methods.md#federated-averaging):
 //   θ = Σ_k n_k·θ_k / Σ_k n_k
 // element-wise over every tensor θ (lora_A, lora_B, and any other adapter tensor), with n_k the
 // client's sample count. The clients must share the adapter config (same rank, shapes and

@@ -1,5 +1,5 @@
 // Combining LoRA adapters of one module into one new adapter, as PEFT v0.20's
-// LoraModel.add_weighted_adapter does (peft-math.md, "Combining adapters"). Inputs: adapters i
+// LoraModel.add_weighted_adapter does (docs/formats/methods.md#weighted-combination). Inputs: adapters i
 // with Aᵢ [rᵢ, in], Bᵢ [out, rᵢ], scale sᵢ, and weights wᵢ; ΔWᵢ = sᵢ·Bᵢ·Aᵢ. The result's scale
 // is 1 (PEFT writes lora_alpha = r_new and must not set use_rslora, so s = alpha / r = 1).
 //   linear, ties, dare_linear, dare_ties, magnitude_prune (equal ranks r; result rank r):
@@ -12,7 +12,7 @@
 //     ΔW ≈ U_k·Σ_k·V_kᵀ, B = U_k·Σ_k, A = V_kᵀ; optional clamp of both factors to ±quantile(clamp).
 //     (older PEFT releases weighted the ΔWᵢ by wᵢsᵢ, applying sᵢ twice; PEFT fixed that in 2026.)
 // A single adapter is always combined with "linear" (and keeps its rank), as PEFT does.
-// Negative weights: the sign goes on A only (peft-math.md), so B·A keeps it.
+// Negative weights: the sign goes on A only (docs/formats/methods.md#weighted-combination), so B·A keeps it.
 // Everything is computed in double and rounded to fp32 once at the end, except the products of
 // the subspace iteration that a large dense *_svd combination uses (fp32, LowRankApproximation).
 namespace PeftKernels.Peft;

@@ -1,5 +1,5 @@
 // Which modules a LoRA config touches and the on-disk key of every tensor it owns, in PEFT's
-// layout (peft-format.md; get_peft_model_state_dict of PEFT v0.20, adapter name removed):
+// layout (docs/formats/peft-adapters.md#tensor-keys; get_peft_model_state_dict of PEFT v0.20, adapter name removed):
 //   Linear target     <P><m>.lora_A.weight [r, in], <P><m>.lora_B.weight [out, r],
 //                     <P><m>.lora_B.bias [out] (lora_bias)
 //   DoRA (use_dora)   <P><m>.lora_magnitude_vector [out] (PEFT drops the ".weight" of its

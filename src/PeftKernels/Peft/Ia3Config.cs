@@ -1,4 +1,4 @@
-// adapter_config.json for IA³ (peft-format.md, PEFT v0.20's IA3Config): target_modules,
+// adapter_config.json for IA³ (docs/formats/peft-adapters.md#ia3-config, PEFT v0.20's IA3Config): target_modules,
 // feedforward_modules (the targets whose INPUT is scaled; the others scale their output),
 // exclude_modules, fan_in_fan_out, init_ia3_weights, modules_to_save. Null targets mean the
 // architecture default; for Llama: targets [k_proj, v_proj, down_proj], feedforward

@@ -1,4 +1,4 @@
-// adapter_config.json for LoRA (peft-format.md, PEFT v0.20 field names and defaults). Written
+// adapter_config.json for LoRA (docs/formats/peft-adapters.md#lora-config, PEFT v0.20 names and defaults). Written
 // as PEFT writes it (json.dumps(indent=2, sort_keys=True)); read tolerantly: unknown fields
 // are ignored and the smallest config {"peft_type": "LORA", "target_modules": [...]} loads.
 // use_dora adds DoRA's magnitude vector (Linear targets only; PEFT refuses lora_bias with it).

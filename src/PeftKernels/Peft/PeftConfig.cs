@@ -1,4 +1,4 @@
-// adapter_config.json (peft-format.md, PEFT v0.20 field names): the fields every PEFT method
+// adapter_config.json (docs/formats/peft-adapters.md#adapter_configjson, PEFT v0.20 field names): the fields every PEFT method
 // shares, and the dispatch on peft_type ("LORA" → LoraConfig, "IA3" → Ia3Config). Written as
 // PEFT writes it (json.dumps(indent=2, sort_keys=True)); read tolerantly (unknown fields are
 // ignored). The JSON helpers here are shared by the method configs.

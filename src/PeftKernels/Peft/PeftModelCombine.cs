@@ -1,4 +1,4 @@
-// New adapters built from existing ones, module by module (peft-math.md, "Combining adapters"):
+// New adapters built from existing ones, module by module (docs/formats/methods.md#weighted-combination):
 //   AddWeightedAdapter  PEFT's add_weighted_adapter: on every module that carries at least one
 //       of the plain LoRA adapters, AdapterCombination.Combine of the factors present there
 //       (weights as given; each module's DARE drops seeded by (seed, module name)). The new

@@ -1,4 +1,4 @@
-// The adapter folder in PEFT layout (peft-format.md), for LoRA, DoRA and IA³ adapters: adapter_config.json +
+// The PEFT adapter folder (docs/formats/peft-adapters.md#adapter-folder) of LoRA, DoRA and IA³ adapters: adapter_config.json +
 // adapter_model.safetensors (metadata {"format": "pt"}, fp32, keys sorted as the safetensors
 // library orders one-dtype files) at the folder root for "default", else in <folder>/<name>/.
 // Saving refuses zero-element tensors before writing anything; each file is written atomically,

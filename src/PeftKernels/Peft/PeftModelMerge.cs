@@ -1,4 +1,4 @@
-// Merging adapters into the base weights (peft-math.md), per layer carrying the adapter:
+// Merging adapters into the base weights (docs/formats/methods.md#merging-and-unmerging), per layer carrying the adapter:
 //   LoRA Linear     W ← W + s·B·A        ([out, r]·[r, in])         b ← b + s·bias_B (lora_bias)
 //   LoRA Embedding  W ← W + s·(B·A)ᵀ = W + s·Aᵀ·Bᵀ  ([vocab, r]·[r, dim])
 //   DoRA            W ← (m / norm)[:, None] ⊙ (W + s·B·A), norm = ‖W + s·B·A‖ row-wise

@@ -1,4 +1,4 @@
-// PEFT's module matching (peft-format.md): a list entry matches a module whose full name
+// PEFT's module matching (docs/formats/peft-adapters.md#target-matching): a list entry matches a module whose full name
 // equals it or ends with "." + entry; a string is a regex that must match the full name;
 // "all-linear" is every Linear except the output layer (lm_head). layers_to_transform keeps
 // only modules under "<layers_pattern>.<i>." with i in the list.

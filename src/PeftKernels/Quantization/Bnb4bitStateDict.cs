@@ -1,4 +1,4 @@
-// The state-dict keys of a bitsandbytes Linear4bit weight (../shared/reference/nf4.md), for a
+// The state-dict keys of a bitsandbytes Linear4bit weight (docs/formats/4bit-formats.md#state-dict-layout), for a
 // module whose weight key is P.weight, in the order Linear4bit._save_to_state_dict emits them:
 //   P.weight                                   U8  [(n+1)/2, 1]   packed codes
 //   P.weight.absmax                            F32 [blocks]       (U8 codes when nested)

@@ -4,7 +4,7 @@
 // buffer of its own size when backward first reaches it.
 // Devices: a tensor made by a GPU op lives on its accelerator only (immutable once written);
 // reading Data downloads it once and keeps the host copy. A host tensor (a parameter, say)
-// can carry a device mirror made once by To(device) / Module.To(device): bf16 is widened to
+// can carry a device mirror made once by To(device) / Module.To(device): bf16 and fp16 are widened to
 // fp32 and 4-bit is uploaded packed (Quant4Buffers); the host copy stays the original.
 // Training on a device: a mirrored fp32 parameter accumulates its gradient in a device buffer
 // (Grad downloads it lazily, for host readers), and an optimizer that steps the mirror marks the
@@ -17,7 +17,7 @@ using Half = System.Half;
 
 namespace PeftKernels;
 
-/// <summary>A dense row-major tensor: fp32, bf16 or 4-bit storage, with an optional gradient.</summary>
+/// <summary>A dense row-major tensor: fp32, bf16, fp16 or 4-bit storage, with an optional gradient.</summary>
 public partial class Tensor
 {
     private float[]? data;
