@@ -40,21 +40,21 @@ public static unsafe class DoraNorm
         w.CheckShape(inFeatures, outFeatures);
         switch (w.Storage)
         {
-            case WeightStorage.F32:
+            case WeightFormat.F32:
                 fixed (float* pw = w.F32Span)
                 {
                     Run(new Fp32Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);
                 }
 
                 break;
-            case WeightStorage.BF16:
+            case WeightFormat.BF16:
                 fixed (ushort* pw = w.Bf16Span)
                 {
                     Run(new Bf16Rows(pw, inFeatures, options.ResolvePath()), a, b, scale, norms, inFeatures, outFeatures, rank, options);
                 }
 
                 break;
-            case WeightStorage.F16:
+            case WeightFormat.F16:
                 fixed (Half* pw = w.F16Span)
                 {
                     Run(new F16Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);

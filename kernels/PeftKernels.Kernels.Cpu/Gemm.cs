@@ -62,7 +62,7 @@ public static unsafe class Gemm
     public static void Forward(ReadOnlySpan<float> x, in WeightOperand w, ReadOnlySpan<float> bias, Span<float> y,
         int n, int inFeatures, int outFeatures, KernelOptions options = default)
     {
-        if (w.Storage == WeightStorage.Q4)
+        if (w.Storage == WeightFormat.Q4)
         {
             Quant4Matmul.Forward(x, w.Quantized, bias, y, n, inFeatures, outFeatures, options);
             return;
@@ -78,10 +78,10 @@ public static unsafe class Gemm
         Check.Length("y", y.Length, (long)n * outFeatures, "n·outFeatures");
         switch (w.Storage)
         {
-            case WeightStorage.F32:
+            case WeightFormat.F32:
                 Multiply(false, true, n, outFeatures, inFeatures, 1f, x, w.F32Span, 0f, y, options);
                 break;
-            case WeightStorage.BF16:
+            case WeightFormat.BF16:
                 Multiply(false, true, n, outFeatures, inFeatures, 1f, x, w.Bf16Span, 0f, y, options);
                 break;
             default:
@@ -112,7 +112,7 @@ public static unsafe class Gemm
     public static void Backward(ReadOnlySpan<float> dy, in WeightOperand w, Span<float> dx,
         int n, int inFeatures, int outFeatures, KernelOptions options = default)
     {
-        if (w.Storage == WeightStorage.Q4)
+        if (w.Storage == WeightFormat.Q4)
         {
             Quant4Matmul.Backward(dy, w.Quantized, dx, n, inFeatures, outFeatures, options);
             return;
@@ -123,10 +123,10 @@ public static unsafe class Gemm
         Check.Length("dx", dx.Length, (long)n * inFeatures, "n·inFeatures");
         switch (w.Storage)
         {
-            case WeightStorage.F32:
+            case WeightFormat.F32:
                 Multiply(false, false, n, inFeatures, outFeatures, 1f, dy, w.F32Span, 0f, dx, options);
                 break;
-            case WeightStorage.BF16:
+            case WeightFormat.BF16:
                 Multiply(false, false, n, inFeatures, outFeatures, 1f, dy, w.Bf16Span, 0f, dx, options);
                 break;
             default:

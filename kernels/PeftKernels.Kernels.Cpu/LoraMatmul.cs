@@ -41,7 +41,7 @@ public static unsafe class LoraMatmul
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default)
     {
-        if (w.Storage == WeightStorage.Q4)
+        if (w.Storage == WeightFormat.Q4)
         {
             QLoraMatmul.Forward(x, w.Quantized, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
             return;
@@ -51,14 +51,14 @@ public static unsafe class LoraMatmul
         w.CheckShape(inFeatures, outFeatures);
         switch (w.Storage)
         {
-            case WeightStorage.F32:
+            case WeightFormat.F32:
                 fixed (float* pw = w.F32Span)
                 {
                     ForwardCore(new DenseB(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
                 }
 
                 break;
-            case WeightStorage.BF16:
+            case WeightFormat.BF16:
                 fixed (ushort* pw = w.Bf16Span)
                 {
                     ForwardCore(new Bf16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
@@ -97,7 +97,7 @@ public static unsafe class LoraMatmul
         Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
         in LoraOptions options = default)
     {
-        if (w.Storage == WeightStorage.Q4)
+        if (w.Storage == WeightFormat.Q4)
         {
             QLoraMatmul.Backward(dy, x, h, w.Quantized, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
             return;
@@ -107,14 +107,14 @@ public static unsafe class LoraMatmul
         w.CheckShape(inFeatures, outFeatures);
         switch (w.Storage)
         {
-            case WeightStorage.F32:
+            case WeightFormat.F32:
                 fixed (float* pw = w.F32Span)
                 {
                     BackwardCore(new DenseB(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
                 }
 
                 break;
-            case WeightStorage.BF16:
+            case WeightFormat.BF16:
                 fixed (ushort* pw = w.Bf16Span)
                 {
                     BackwardCore(new Bf16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);

@@ -7,7 +7,7 @@
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>The storage type of a frozen weight operand.</summary>
-public enum WeightStorage
+public enum WeightFormat
 {
     /// <summary>fp32 values.</summary>
     F32,
@@ -30,7 +30,7 @@ public readonly struct WeightOperand
     private readonly ReadOnlyMemory<Half> f16;
     private readonly QuantizedWeight? q4;
 
-    private WeightOperand(WeightStorage storage, int rows, int cols,
+    private WeightOperand(WeightFormat storage, int rows, int cols,
         ReadOnlyMemory<float> f32 = default, ReadOnlyMemory<ushort> bf16 = default, ReadOnlyMemory<Half> f16 = default, QuantizedWeight? q4 = null)
     {
         Storage = storage;
@@ -43,7 +43,7 @@ public readonly struct WeightOperand
     }
 
     /// <summary>The storage type.</summary>
-    public WeightStorage Storage { get; }
+    public WeightFormat Storage { get; }
 
     /// <summary>Rows of W (out features).</summary>
     public int Rows { get; }
@@ -71,7 +71,7 @@ public readonly struct WeightOperand
     public static WeightOperand F32(ReadOnlyMemory<float> w, int rows, int cols)
     {
         CheckDims(w.Length, rows, cols, nameof(w));
-        return new WeightOperand(WeightStorage.F32, rows, cols, f32: w);
+        return new WeightOperand(WeightFormat.F32, rows, cols, f32: w);
     }
 
     /// <summary>A bf16 weight [rows, cols] given as bit patterns (not copied).</summary>
@@ -79,7 +79,7 @@ public readonly struct WeightOperand
     public static WeightOperand Bf16(ReadOnlyMemory<ushort> bits, int rows, int cols)
     {
         CheckDims(bits.Length, rows, cols, nameof(bits));
-        return new WeightOperand(WeightStorage.BF16, rows, cols, bf16: bits);
+        return new WeightOperand(WeightFormat.BF16, rows, cols, bf16: bits);
     }
 
     /// <summary>An fp16 weight [rows, cols] (not copied).</summary>
@@ -87,7 +87,7 @@ public readonly struct WeightOperand
     public static WeightOperand F16(ReadOnlyMemory<Half> values, int rows, int cols)
     {
         CheckDims(values.Length, rows, cols, nameof(values));
-        return new WeightOperand(WeightStorage.F16, rows, cols, f16: values);
+        return new WeightOperand(WeightFormat.F16, rows, cols, f16: values);
     }
 
     /// <summary>A 4-bit weight; its shape must be 2-D, [rows, cols].</summary>
@@ -101,7 +101,7 @@ public readonly struct WeightOperand
             throw new ArgumentException($"w has shape [{string.Join(", ", w.Shape)}]; a weight operand is 2-D [rows, cols].", nameof(w));
         }
 
-        return new WeightOperand(WeightStorage.Q4, w.Shape[0], w.Shape[1], q4: w);
+        return new WeightOperand(WeightFormat.Q4, w.Shape[0], w.Shape[1], q4: w);
     }
 
     /// <inheritdoc/>

@@ -14,17 +14,17 @@ public class WeightOperandTests
     public static TheoryData<SimdPath, int> PathsAndThreads() => TestUtil.PathsAndThreads();
 
     /// <summary>An operand of each storage over the same random weight, and the fp32 values each one stands for.</summary>
-    private static (WeightOperand Operand, float[] Values) Make(WeightStorage storage, int rows, int cols, int seed)
+    private static (WeightOperand Operand, float[] Values) Make(WeightFormat storage, int rows, int cols, int seed)
     {
         var w = TestUtil.Random(rows * cols, seed);
         switch (storage)
         {
-            case WeightStorage.F32:
+            case WeightFormat.F32:
                 return (WeightOperand.F32(w, rows, cols), w);
-            case WeightStorage.BF16:
+            case WeightFormat.BF16:
                 var bits = w.Select(Bf16Reference.FromSingle).ToArray();
                 return (WeightOperand.Bf16(bits, rows, cols), TestUtil.Widen(bits));
-            case WeightStorage.F16:
+            case WeightFormat.F16:
                 var half = w.Select(v => (Half)v).ToArray();
                 return (WeightOperand.F16(half, rows, cols), half.Select(v => (float)v).ToArray());
             default:
@@ -33,7 +33,7 @@ public class WeightOperandTests
         }
     }
 
-    private static readonly WeightStorage[] Storages = [WeightStorage.F32, WeightStorage.BF16, WeightStorage.F16, WeightStorage.Q4];
+    private static readonly WeightFormat[] Storages = [WeightFormat.F32, WeightFormat.BF16, WeightFormat.F16, WeightFormat.Q4];
 
     // Awkward sizes: odd, prime, one past a vector width, a single row (the GEMV path) and K past a cache block.
     private static readonly (int N, int In, int Out)[] Shapes = [(1, 37, 29), (3, 65, 17), (7, 129, 33), (17, 300, 9), (2, 257, 70)];
