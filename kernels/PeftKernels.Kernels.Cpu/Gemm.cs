@@ -70,31 +70,3 @@ public static unsafe class Gemm
         Check.Length("c", cLength, (long)m * n, "m·n");
     }
 }
-
-/// <summary>Argument checks shared by the public kernel entry points.</summary>
-internal static class Check
-{
-    public static void NonNegative(int value, string name)
-    {
-        if (value < 0)
-        {
-            throw new ArgumentException($"{name} must be >= 0, got {value}.", name);
-        }
-    }
-
-    public static void Positive(int value, string name)
-    {
-        if (value <= 0)
-        {
-            throw new ArgumentException($"{name} must be > 0, got {value}.", name);
-        }
-    }
-
-    public static void Length(string name, long actual, long expected, string formula)
-    {
-        if (actual != expected)
-        {
-            throw new ArgumentException($"{name} has length {actual}; expected {expected} ({formula}).", name);
-        }
-    }
-}

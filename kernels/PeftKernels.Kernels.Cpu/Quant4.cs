@@ -1,4 +1,4 @@
-// 4-bit blockwise quantization byte-compatible with bitsandbytes (../shared/reference/nf4.md):
+// 4-bit blockwise quantization byte-compatible with bitsandbytes (docs/formats/4bit-formats.md):
 //   absmax[b] = max |x| over block b; full blocks scale by the fp32 reciprocal 1f/absmax,
 //   the partial last block divides (and stores the 1e-38-clamped absmax); s is clamped to
 //   [−1, 1] and bucketized over fp32 midpoints of the sorted table (ties → lower code);
@@ -17,13 +17,13 @@ namespace PeftKernels.Kernels.Cpu;
 public static unsafe partial class Quant4
 {
     /// <summary>The block size of the nested (double) quantization of the absmax.</summary>
-    public const int NestedBlocksize = 256;
+    public const int NestedBlocksize = Quant4Blocks.NestedBlocksize;
 
     /// <summary>True for the block sizes bitsandbytes allows: 32, 64, …, 4096.</summary>
-    public static bool IsValidBlocksize(int blocksize) => blocksize is >= 32 and <= 4096 && (blocksize & (blocksize - 1)) == 0;
+    public static bool IsValidBlocksize(int blocksize) => Quant4Blocks.IsValidBlocksize(blocksize);
 
     /// <summary>Blocks of a tensor of <paramref name="count"/> elements.</summary>
-    public static int BlockCount(long count, int blocksize) => (int)((count + blocksize - 1) / blocksize);
+    public static int BlockCount(long count, int blocksize) => Quant4Blocks.BlockCount(count, blocksize);
 
     /// <summary>Quantizes fp32 values: <paramref name="packed"/> gets (n+1)/2 bytes, <paramref name="absmax"/> one value per block.</summary>
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> packed, Span<float> absmax, Quant4Type type, int blocksize, KernelOptions options = default)

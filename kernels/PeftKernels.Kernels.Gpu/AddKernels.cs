@@ -18,7 +18,7 @@ public static class AddKernels
         GpuCheck.NotNull(accelerator);
         GpuCheck.FitsInt(a.Length, "a");
         Check.Length(nameof(y), y.Length, a.Length, "a.Length");
-        GpuCheck.Require(a.Length == 0 || (b.Length > 0 && a.Length % b.Length == 0), nameof(b),
+        Check.Require(a.Length == 0 || (b.Length > 0 && a.Length % b.Length == 0), nameof(b),
             $"b has {b.Length} elements; it must be non-empty and divide a's {a.Length} (a row of a, or all of it).");
         if (a.Length != 0)
         {

@@ -140,11 +140,11 @@ public static partial class AttentionKernels
         Check.Positive(heads, "heads");
         Check.Positive(kvHeads, "kvHeads");
         Check.Positive(headDim, "headDim");
-        GpuCheck.Require(headDim <= MaxHeadDim, nameof(headDim), $"headDim must be <= {MaxHeadDim} on the GPU, got {headDim}.");
-        GpuCheck.Require(heads % kvHeads == 0, nameof(kvHeads), $"heads ({heads}) must be a multiple of kvHeads ({kvHeads}).");
-        GpuCheck.Require(keyLength >= queryLength, nameof(keyLength),
+        Check.Require(headDim <= MaxHeadDim, nameof(headDim), $"headDim must be <= {MaxHeadDim} on the GPU, got {headDim}.");
+        Check.Require(heads % kvHeads == 0, nameof(kvHeads), $"heads ({heads}) must be a multiple of kvHeads ({kvHeads}).");
+        Check.Require(keyLength >= queryLength, nameof(keyLength),
             $"keyLength ({keyLength}) must be >= queryLength ({queryLength}): the queries are the last queryLength key positions.");
-        GpuCheck.Require(float.IsFinite(scale), nameof(scale), $"scale must be finite, got {scale}.");
+        Check.Require(float.IsFinite(scale), nameof(scale), $"scale must be finite, got {scale}.");
         var d = new Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         GpuCheck.FitsInt(d.QueryElements, "q");
         GpuCheck.FitsInt(d.KeyElements, "k");

@@ -41,7 +41,7 @@ public static class DoraNormKernels
         int inFeatures, int outFeatures, int rank)
     {
         Validate(accelerator, w.Count, a, b, norms, inFeatures, outFeatures, rank);
-        GpuCheck.Require(w.Rows == outFeatures && w.Cols == inFeatures, nameof(w),
+        Check.Require(w.Rows == outFeatures && w.Cols == inFeatures, nameof(w),
             $"w has shape [{w.Rows}, {w.Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).");
         var op = new Quant4Operand(w, GpuTables.For(accelerator).Table(w.Type), trans: false);
         GpuKernelCache.Get(accelerator, static acc => new Loaded<Quant4Operand>(acc))

@@ -27,7 +27,7 @@ public static class Ia3Kernels
         Validate(accelerator, n, dim, l);
         Check.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
         Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
+        Check.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
         Check.Length(nameof(dl), dl.Length, dim, "dim");
         if (dx.Length != 0)
         {

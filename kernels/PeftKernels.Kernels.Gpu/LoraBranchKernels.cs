@@ -39,7 +39,7 @@ public static class LoraBranchKernels
         Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
         Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
         Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
+        Check.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
         Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
         Check.Length(nameof(h), h.Length, (long)m * rank, "m·rank (m = rows of the branch)");
         GpuCheck.FitsInt(x.Length, nameof(x));
@@ -103,9 +103,9 @@ public static class LoraBranchKernels
         Check.Length(nameof(h), h.Length, (long)m * rank, "m·rank (m = rows of the branch)");
         Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
         Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank, or empty to skip");
+        Check.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
+        Check.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip");
+        Check.LengthOrEmpty(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank, or empty to skip");
         GpuCheck.FitsInt((long)n * inFeatures, nameof(x));
         GpuCheck.FitsInt(dy.Length, nameof(dy));
         if (rows != null && dx.Length != 0)
@@ -200,13 +200,13 @@ public static class LoraBranchKernels
             return n;
         }
 
-        GpuCheck.Require(rows.Length <= n, nameof(rows), $"rows has {rows.Length} entries; there are only n = {n} rows.");
+        Check.Require(rows.Length <= n, nameof(rows), $"rows has {rows.Length} entries; there are only n = {n} rows.");
         var seen = new bool[n];
         for (int i = 0; i < rows.Length; i++)
         {
             int row = rows[i];
-            GpuCheck.Require((uint)row < (uint)n, nameof(rows), $"rows[{i}] = {row} is outside [0, {n}).");
-            GpuCheck.Require(!seen[row], nameof(rows), $"rows[{i}] = {row} appears twice; a branch's rows must be distinct.");
+            Check.Require((uint)row < (uint)n, nameof(rows), $"rows[{i}] = {row} is outside [0, {n}).");
+            Check.Require(!seen[row], nameof(rows), $"rows[{i}] = {row} appears twice; a branch's rows must be distinct.");
             seen[row] = true;
         }
 

@@ -147,7 +147,7 @@ public static class LoraMatmulKernels
         Check.Positive(inFeatures, "inFeatures");
         Check.Positive(outFeatures, "outFeatures");
         Check.Positive(rank, "rank");
-        GpuCheck.Require(options.Dropout >= 0f && options.Dropout < 1f, nameof(options), $"dropout must be in [0, 1), got {options.Dropout}.");
+        Check.Require(options.Dropout >= 0f && options.Dropout < 1f, nameof(options), $"dropout must be in [0, 1), got {options.Dropout}.");
     }
 
     internal static void ValidateForward(Accelerator accelerator, FloatView x, long w, FloatView bias, FloatView a, FloatView b, FloatView y, FloatView h,
@@ -156,7 +156,7 @@ public static class LoraMatmulKernels
         ValidateDims(accelerator, n, inFeatures, outFeatures, rank, options);
         Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
         Check.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
+        Check.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
         Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
         Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
         Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
@@ -178,8 +178,8 @@ public static class LoraMatmulKernels
         Check.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
         Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
         Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
+        Check.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
+        Check.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
         Check.Length(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank");
         FitInt((long)n * inFeatures, w, dy.Length);
     }

@@ -30,7 +30,7 @@ public static class Quant4MatmulKernels
     {
         ValidateDims(accelerator, w, n, inFeatures, outFeatures);
         Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
+        Check.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
         Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
         GpuCheck.FitsInt(x.Length, nameof(x));
         GpuCheck.FitsInt(y.Length, nameof(y));

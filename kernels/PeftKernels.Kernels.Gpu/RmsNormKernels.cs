@@ -18,7 +18,7 @@ public static class RmsNormKernels
     public static void Forward(Accelerator accelerator, FloatView x, FloatView weight, float eps, FloatView y, FloatView rstd, int n, int dim)
     {
         Validate(accelerator, n, dim, weight);
-        GpuCheck.Require(eps >= 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and >= 0, got {eps}.");
+        Check.Require(eps >= 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and >= 0, got {eps}.");
         Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
         Check.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
         Check.Length(nameof(rstd), rstd.Length, n, "n");
@@ -36,8 +36,8 @@ public static class RmsNormKernels
         Check.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
         Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
         Check.Length(nameof(rstd), rstd.Length, n, "n");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(dweight), dweight.Length, dim, "dim, or empty to skip");
+        Check.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
+        Check.LengthOrEmpty(nameof(dweight), dweight.Length, dim, "dim, or empty to skip");
         if (dx.Length != 0 && n != 0)
         {
             Loaded.For(accelerator).Backward(new KernelConfig(n, Threads), dy, x, weight, rstd, dx, dim);

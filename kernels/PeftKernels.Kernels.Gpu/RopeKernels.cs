@@ -43,7 +43,7 @@ public static class RopeKernels
         GpuCheck.NotNull(accelerator);
         Check.NonNegative(n, "n");
         Check.Positive(heads, "heads");
-        GpuCheck.Require(headDim > 0 && headDim % 2 == 0, nameof(headDim),
+        Check.Require(headDim > 0 && headDim % 2 == 0, nameof(headDim),
             $"headDim must be even and > 0 (rotate-half pairs element j with j + headDim/2), got {headDim}.");
         long total = (long)n * heads * headDim;
         Check.Length(srcName, src.Length, total, "n·heads·headDim");

@@ -1,8 +1,8 @@
 // The code tables of 4-bit and 8-bit blockwise quantization, defined once (values from
-// bitsandbytes; ../shared/reference/nf4.md and dynamic-map.txt), and the search tables the
+// bitsandbytes; see docs/formats/4bit-formats.md), and the search tables the
 // kernels derive from them: the table stably sorted, fp32 midpoints of neighbours, and the
 // sorted index → code map (identity for NF4 and the dynamic map, a permutation for FP4).
-namespace PeftKernels.Kernels.Cpu;
+namespace PeftKernels.Kernels;
 
 /// <summary>4-bit quantization data types.</summary>
 public enum Quant4Type
