@@ -38,9 +38,7 @@ public static unsafe class AdamW
         float beta2, float eps, float weightDecay, int step, KernelOptions options = default)
     {
         int count = param.Length;
-        Check.Length("grad", grad.Length, count, "param.Length");
-        Check.Length("m", m.Length, count, "param.Length");
-        Check.Length("v", v.Length, count, "param.Length");
+        AdamWShapes.Step(count, grad.Length, m.Length, v.Length);
         var k = Coefficients.Create(lr, beta1, beta2, eps, weightDecay, step);
         if (count == 0)
         {

@@ -35,7 +35,7 @@ public static unsafe class DoraNorm
     public static void RowNorms(ReadOnlySpan<float> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
         int inFeatures, int outFeatures, int rank, KernelOptions options = default)
     {
-        Validate(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        DoraNormShapes.RowNorms(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
         fixed (float* pw = w)
         {
             Run(new Fp32Rows(pw, inFeatures), a, b, scale, norms, inFeatures, outFeatures, rank, options);
@@ -47,7 +47,7 @@ public static unsafe class DoraNorm
     public static void RowNorms(ReadOnlySpan<ushort> w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
         int inFeatures, int outFeatures, int rank, KernelOptions options = default)
     {
-        Validate(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        DoraNormShapes.RowNorms(w.Length, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
         fixed (ushort* pw = w)
         {
             Run(new Bf16Rows(pw, inFeatures, options.ResolvePath()), a, b, scale, norms, inFeatures, outFeatures, rank, options);
@@ -61,8 +61,8 @@ public static unsafe class DoraNorm
         int inFeatures, int outFeatures, int rank, KernelOptions options = default)
     {
         ArgumentNullException.ThrowIfNull(w);
-        Validate((int)Math.Min(w.Count, int.MaxValue), a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
-        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
+        DoraNormShapes.RowNorms(w.Count, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        Quant4MatmulShapes.WeightShape(w.Shape, inFeatures, outFeatures);
         var path = options.ResolvePath();
         fixed (byte* pq = w.Packed)
         fixed (float* pabs = w.AbsmaxFp32())
@@ -70,17 +70,6 @@ public static unsafe class DoraNorm
             Run(new Quant4Rows(pq, pabs, Quant4Codes.Search(w.Type).Values, w.Blocksize, inFeatures, path), a, b, scale, norms,
                 inFeatures, outFeatures, rank, options);
         }
-    }
-
-    private static void Validate(int w, int a, int b, int norms, int inFeatures, int outFeatures, int rank)
-    {
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length("norms", norms, outFeatures, "outFeatures");
     }
 
     private static void Run<TRows>(TRows rows, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,

@@ -12,7 +12,7 @@ public static unsafe class Gemm
     public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float beta, Span<float> c, KernelOptions options = default)
     {
-        Validate(m, n, k, a.Length, b.Length, c.Length);
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         fixed (float* pb = b)
         {
             Run(transA, m, n, k, alpha, a, new DenseB(pb, transB ? k : n, transB, k), beta, c, options);
@@ -24,7 +24,7 @@ public static unsafe class Gemm
     public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, ReadOnlySpan<ushort> b, float beta, Span<float> c, KernelOptions options = default)
     {
-        Validate(m, n, k, a.Length, b.Length, c.Length);
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         fixed (ushort* pb = b)
         {
             Run(transA, m, n, k, alpha, a, new Bf16B(pb, transB ? k : n, transB, k), beta, c, options);
@@ -36,7 +36,7 @@ public static unsafe class Gemm
     public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, ReadOnlySpan<Half> b, float beta, Span<float> c, KernelOptions options = default)
     {
-        Validate(m, n, k, a.Length, b.Length, c.Length);
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         fixed (Half* pb = b)
         {
             Run(transA, m, n, k, alpha, a, new F16B(pb, transB ? k : n, transB, k), beta, c, options);
@@ -58,15 +58,5 @@ public static unsafe class Gemm
         {
             GemmDriver.Run(path, threads, new DenseA(pa, transA ? m : k, transA), sb, m, n, k, alpha, beta, pc, n, null);
         }
-    }
-
-    private static void Validate(int m, int n, int k, int aLength, int bLength, int cLength)
-    {
-        Check.NonNegative(m, "m");
-        Check.NonNegative(n, "n");
-        Check.NonNegative(k, "k");
-        Check.Length("a", aLength, (long)m * k, "m·k");
-        Check.Length("b", bLength, (long)k * n, "k·n");
-        Check.Length("c", cLength, (long)m * n, "m·n");
     }
 }

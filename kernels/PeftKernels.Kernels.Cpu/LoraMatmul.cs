@@ -27,7 +27,7 @@ public static unsafe class LoraMatmul
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
-        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Forward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         fixed (float* pw = w)
         {
             ForwardCore(new DenseB(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
@@ -45,7 +45,7 @@ public static unsafe class LoraMatmul
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
-        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Forward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         fixed (ushort* pw = w)
         {
             ForwardCore(new Bf16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
@@ -57,7 +57,7 @@ public static unsafe class LoraMatmul
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default)
     {
-        ValidateForward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Forward(x.Length, w.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         fixed (Half* pw = w)
         {
             ForwardCore(new F16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
@@ -70,7 +70,7 @@ public static unsafe class LoraMatmul
         Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
         in LoraOptions options = default)
     {
-        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Backward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
         fixed (Half* pw = w)
         {
             BackwardCore(new F16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
@@ -90,7 +90,7 @@ public static unsafe class LoraMatmul
         Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
         in LoraOptions options)
     {
-        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Backward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
         fixed (float* pw = w)
         {
             BackwardCore(new DenseB(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
@@ -109,7 +109,7 @@ public static unsafe class LoraMatmul
         Span<float> dx, Span<float> da, Span<float> db, int n, int inFeatures, int outFeatures, int rank,
         in LoraOptions options)
     {
-        ValidateBackward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Backward(dy.Length, x.Length, h.Length, w.Length, a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
         fixed (ushort* pw = w)
         {
             BackwardCore(new Bf16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
@@ -178,61 +178,5 @@ public static unsafe class LoraMatmul
                     new GemmEpilogue(outFeatures, mask, inFeatures));
             }
         }
-    }
-
-    private static void ValidateDims(int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        if (!(options.Dropout >= 0f && options.Dropout < 1f))
-        {
-            throw new ArgumentException($"dropout must be in [0, 1), got {options.Dropout}.", nameof(options));
-        }
-    }
-
-    internal static void ValidateForward(int x, int w, int bias, int a, int b, int y, int h,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        ValidateDims(n, inFeatures, outFeatures, rank, options);
-        Check.Length("x", x, (long)n * inFeatures, "n·inFeatures");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        if (bias != 0)
-        {
-            Check.Length("bias", bias, outFeatures, "outFeatures, or empty");
-        }
-
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length("y", y, (long)n * outFeatures, "n·outFeatures");
-        Check.Length("h", h, (long)n * rank, "n·rank");
-    }
-
-    internal static void ValidateBackward(int dy, int x, int h, int w, int a, int b, int dx, int da, int db,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        ValidateDims(n, inFeatures, outFeatures, rank, options);
-        Check.Length("dy", dy, (long)n * outFeatures, "n·outFeatures");
-        if (da != 0 || x != 0)
-        {
-            Check.Length("x", x, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
-        }
-
-        Check.Length("h", h, (long)n * rank, "n·rank");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
-        if (dx != 0)
-        {
-            Check.Length("dx", dx, (long)n * inFeatures, "n·inFeatures, or empty to skip");
-        }
-
-        if (da != 0)
-        {
-            Check.Length("da", da, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
-        }
-
-        Check.Length("db", db, (long)outFeatures * rank, "outFeatures·rank");
     }
 }

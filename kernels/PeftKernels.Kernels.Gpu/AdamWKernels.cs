@@ -38,9 +38,7 @@ public static class AdamWKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = param.Length;
-        Check.Length(nameof(grad), grad.Length, count, "param.Length");
-        Check.Length(nameof(m), m.Length, count, "param.Length");
-        Check.Length(nameof(v), v.Length, count, "param.Length");
+        AdamWShapes.Step(count, grad.Length, m.Length, v.Length);
         GpuCheck.FitsInt(count, nameof(param));
         var k = Coefficients.Create(lr, beta1, beta2, eps, weightDecay, step);
         if (count == 0)
@@ -67,7 +65,7 @@ public static class AdamWKernels
         int groups = Math.Min(GemmTiles.Ceil(count, ReduceThreads * ElementsPerThread), MaxReduceGroups);
         using var partials = accelerator.Allocate1D<double>(groups);
         GpuKernelCache.Get(accelerator, static a => new Loaded(a)).SumOfSquares(new KernelConfig(groups, ReduceThreads), x, partials.View, count);
-        accelerator.Synchronize();
+        GpuLaunch.ForHostValue(accelerator);
         double total = 0;
         foreach (double partial in partials.GetAsArray1D())
         {

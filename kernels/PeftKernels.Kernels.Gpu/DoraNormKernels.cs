@@ -41,8 +41,7 @@ public static class DoraNormKernels
         int inFeatures, int outFeatures, int rank)
     {
         Validate(accelerator, w.Count, a, b, norms, inFeatures, outFeatures, rank);
-        Check.Require(w.Rows == outFeatures && w.Cols == inFeatures, nameof(w),
-            $"w has shape [{w.Rows}, {w.Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).");
+        Quant4MatmulShapes.WeightShape([w.Rows, w.Cols], inFeatures, outFeatures);
         var op = new Quant4Operand(w, GpuTables.For(accelerator).Table(w.Type), trans: false);
         GpuKernelCache.Get(accelerator, static acc => new Loaded<Quant4Operand>(acc))
             .Norms(new KernelConfig(GemmTiles.Ceil(outFeatures, RowsPerGroup), RowsPerGroup * GpuMath.WarpSize), op, a, b, scale, norms, inFeatures, outFeatures, rank);
@@ -102,13 +101,7 @@ public static class DoraNormKernels
     private static void Validate(Accelerator accelerator, long w, FloatView a, FloatView b, FloatView norms, int inFeatures, int outFeatures, int rank)
     {
         GpuCheck.NotNull(accelerator);
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length(nameof(norms), norms.Length, outFeatures, "outFeatures");
+        DoraNormShapes.RowNorms(w, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
         GpuCheck.FitsInt(w, "w");
         GpuCheck.FitsInt(a.Length, nameof(a));
     }

@@ -49,12 +49,7 @@ public static class GemmKernels
         FloatView a, FloatView b, float beta, FloatView c, GemmPath path, bool allowTf32 = false)
     {
         GpuCheck.NotNull(accelerator);
-        Check.NonNegative(m, "m");
-        Check.NonNegative(n, "n");
-        Check.NonNegative(k, "k");
-        Check.Length("a", a.Length, (long)m * k, "m·k");
-        Check.Length("b", b.Length, (long)k * n, "k·n");
-        Check.Length("c", c.Length, (long)m * n, "m·n");
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         GpuCheck.FitsInt(a.Length, "a");
         GpuCheck.FitsInt(b.Length, "b");
         GpuCheck.FitsInt(c.Length, "c");

@@ -90,7 +90,7 @@ public sealed class Quant4Buffers : IDisposable
             using var codes = accelerator.Allocate1D(weight.NestedCodes);
             using var nested = accelerator.Allocate1D(weight.NestedAbsmax!);
             Quant4Kernels.DequantizeNested(accelerator, codes.View, nested.View, weight.NestedOffset, absmax.View);
-            accelerator.Synchronize();
+            GpuLaunch.BeforeFree(accelerator);
         }
         else
         {

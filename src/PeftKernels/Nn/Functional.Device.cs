@@ -222,14 +222,14 @@ public static partial class Functional
         var accelerator = device.Accelerator;
         var output = DeviceTensor(device, x.Shape);
         int n = x.Rows, dim = x.Columns;
-        Ia3Kernels.Forward(accelerator, x.View(device), l.View(device), output.View(device), n, dim);
+        Ia3Kernels.ScaleColumns(accelerator, x.View(device), l.View(device), output.View(device), n, dim);
         if (Tape.ShouldRecord(x, l))
         {
             Tape.Record(output, () =>
             {
                 var dx = GradBuffer(device, x);
                 var dl = accelerator.Allocate1D<float>(dim);
-                Ia3Kernels.Backward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
+                Ia3Kernels.ScaleColumnsBackward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
                 accelerator.Synchronize();
                 GiveGrad(x, dx);
                 GiveGrad(l, dl);
@@ -278,6 +278,7 @@ public static partial class Functional
         var device = logits.Device;
         var accelerator = device.Accelerator;
         int n = logits.Rows, vocab = logits.Columns;
+        CrossEntropyKernels.CheckLabels(labels, vocab); // the launchers never download them
         var deviceLabels = accelerator.Allocate1D(labels);
         var lse = accelerator.Allocate1D<float>(n);
         double sum = labels.Length == 0 ? 0 : CrossEntropyKernels.Forward(accelerator, logits.View(device), deviceLabels.View, lse.View, n, vocab);

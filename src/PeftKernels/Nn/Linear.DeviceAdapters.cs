@@ -69,7 +69,7 @@ public sealed partial class Linear
             LoraMatmulKernels.Forward(accelerator, x.View(device), w.View(device), default, a.View(device), b.View(device), lora.Scale, zv, h.View, n, inF, outF, r, options);
         }
 
-        Ia3Kernels.Forward(accelerator, zv, c.View, y, n, outF);
+        Ia3Kernels.ScaleColumns(accelerator, zv, c.View, y, n, outF);
         if (Bias != null)
         {
             AddKernels.Forward(accelerator, y, Bias.View(device), y);
@@ -91,12 +91,12 @@ public sealed partial class Linear
             var dm = z != null ? accelerator.Allocate1D<float>(outF) : null;
             if (dm != null)
             {
-                Ia3Kernels.Backward(accelerator, g, z!.View, c.View, scaled.View, dm.View, n, outF);
+                Ia3Kernels.ScaleColumnsBackward(accelerator, g, z!.View, c.View, scaled.View, dm.View, n, outF);
                 DoraNormKernels.Divide(accelerator, dm.View, norms.View, dm.View);
             }
             else
             {
-                Ia3Kernels.Forward(accelerator, g, c.View, scaled.View, n, outF);
+                Ia3Kernels.ScaleColumns(accelerator, g, c.View, scaled.View, n, outF);
             }
 
             var dx = Functional.GradBuffer(device, x);
