@@ -8,7 +8,7 @@
 // Backward of gradScale·loss, in place over the logits:
 //   dz_ij = gradScale·(exp(z_ij − lse_i) − [j = label_i]),  and 0 on ignored rows
 // Labels live on the device and are not checked here (GpuLaunch's rule): the caller checks them on
-// the host before upload (CrossEntropyShapes.Labels); an out-of-range label would index outside the row.
+// the host before upload (CheckLabels); an out-of-range label would index outside the row.
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Fused softmax cross-entropy forward and in-place backward on an ILGPU accelerator.</summary>
@@ -22,7 +22,7 @@ public static class CrossEntropyKernels
     /// <summary>
     /// Writes lse (log-sum-exp of every row, ignored rows too) and returns Σ over rows with label ≠ −100 of
     /// (lse_i − logits[i, label_i]). Waits for the accelerator once (the loss is a host value).
-    /// Each label must be in [0, vocab) or −100; the caller checks them on the host (CrossEntropyShapes.Labels).
+    /// Each label must be in [0, vocab) or −100; the caller checks them on the host (<see cref="CheckLabels"/>).
     /// </summary>
     public static double Forward(Accelerator accelerator, FloatView logits, IntView labels, FloatView lse, int n, int vocab)
     {

@@ -49,7 +49,7 @@ public static class Ia3Kernels
 
         if (dl.Length != 0)
         {
-            ColumnSums.Run(accelerator, new ProductTerm(dy, x, features), dl, n, features);
+            ColumnSumsKernels.Run(accelerator, new ProductTerm(dy, x, features), dl, n, features);
         }
     }
 

@@ -40,7 +40,7 @@ public static class RmsNormKernels
 
         if (dweight.Length != 0)
         {
-            ColumnSums.Run(accelerator, new DwTerm(dy, x, rstd, dim), dweight, n, dim);
+            ColumnSumsKernels.Run(accelerator, new DwTerm(dy, x, rstd, dim), dweight, n, dim);
         }
     }
 

@@ -1,6 +1,7 @@
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
+using Embedding = PeftKernels.Nn.Embedding;
 using Xunit;
 
 namespace PeftKernels.Tests;

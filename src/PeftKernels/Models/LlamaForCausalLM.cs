@@ -4,6 +4,7 @@
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
+using Embedding = PeftKernels.Nn.Embedding;
 
 namespace PeftKernels.Models;
 

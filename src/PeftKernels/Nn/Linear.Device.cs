@@ -140,11 +140,8 @@ public sealed partial class Linear
             if (bias?.RequiresGrad == true)
             {
                 var db = accelerator.Allocate1D<float>(OutFeatures);
-                AddKernels.ColumnSums(accelerator, g, db.View, n, OutFeatures);
-                if (scale is float s)
-                {
-                    AdamWKernels.Scale(accelerator, db.View, s);
-                }
+                db.MemSetToZero();
+                ColumnSumsKernels.Add(accelerator, g, db.View, n, OutFeatures, scale ?? 1f);
 
                 accelerator.Synchronize();
                 Functional.GiveGrad(bias, db);
