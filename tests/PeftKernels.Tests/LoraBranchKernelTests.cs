@@ -137,7 +137,7 @@ public class LoraBranchKernelTests
         Assert.Contains("h has length 8; expected 4 (m·rank (m = rows of the branch))", e.Message);
         e = Assert.Throws<ArgumentException>(() => CpuLoraBranch.Backward(y, x, null, new float[8], a, b, 1f, [], [], [], 4, 2, 2, 2, new LoraOptions(1f)));
         Assert.Equal("options", e.ParamName);
-        e = Assert.Throws<ArgumentException>(() => CpuLoraBranch.Backward(y, x, null, new float[8], a, b, 1f, y, [], [], 4, 2, 2, 2));
+        e = Assert.Throws<ArgumentException>(() => CpuLoraBranch.Backward(y, x, null, new float[8], a, b, 1f, new float[5], [], [], 4, 2, 2, 2));
         Assert.Equal("dx", e.ParamName);
     }
 }
