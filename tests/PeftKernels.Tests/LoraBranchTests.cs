@@ -1,8 +1,8 @@
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
-using Embedding = PeftKernels.Nn.Embedding;
 using Xunit;
+using Embedding = PeftKernels.Nn.Embedding;
 
 namespace PeftKernels.Tests;
 
