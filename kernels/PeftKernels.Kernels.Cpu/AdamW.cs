@@ -12,6 +12,7 @@
 // sums are added in block order, so the result is the same for any thread count.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using Coefficients = PeftKernels.Kernels.AdamWCoefficients;
 
 namespace PeftKernels.Kernels.Cpu;
 
@@ -37,29 +38,13 @@ public static unsafe class AdamW
         float beta2, float eps, float weightDecay, int step, KernelOptions options = default)
     {
         int count = param.Length;
-        Check.Length("grad", grad.Length, count, "param.Length");
-        Check.Length("m", m.Length, count, "param.Length");
-        Check.Length("v", v.Length, count, "param.Length");
-        Require(lr >= 0f && float.IsFinite(lr), nameof(lr), $"lr must be finite and >= 0, got {lr}.");
-        Require(beta1 >= 0f && beta1 < 1f, nameof(beta1), $"beta1 must be in [0, 1), got {beta1}.");
-        Require(beta2 >= 0f && beta2 < 1f, nameof(beta2), $"beta2 must be in [0, 1), got {beta2}.");
-        Require(eps > 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and > 0, got {eps}.");
-        Require(weightDecay >= 0f && float.IsFinite(weightDecay), nameof(weightDecay), $"weightDecay must be finite and >= 0, got {weightDecay}.");
-        Require(step >= 1, nameof(step), $"step must be >= 1 (1-based), got {step}.");
+        AdamWShapes.Step(count, grad.Length, m.Length, v.Length);
+        var k = Coefficients.Create(lr, beta1, beta2, eps, weightDecay, step);
         if (count == 0)
         {
             return;
         }
 
-        var k = new Coefficients(
-            Decay: (float)(1.0 - ((double)lr * weightDecay)),
-            Beta1: beta1,
-            OneMinusBeta1: (float)(1.0 - beta1),
-            Beta2: beta2,
-            OneMinusBeta2: (float)(1.0 - beta2),
-            StepSize: (float)(lr / (1.0 - Math.Pow(beta1, step))),
-            SqrtBc2: (float)Math.Sqrt(1.0 - Math.Pow(beta2, step)),
-            Eps: eps);
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
         int parts = count < ParallelThreshold ? 1 : Math.Min(threads, count / (ParallelThreshold / 2));
@@ -145,17 +130,6 @@ public static unsafe class AdamW
             });
         }
     }
-
-    private static void Require(bool ok, string name, string message)
-    {
-        if (!ok)
-        {
-            throw new ArgumentException(message, name);
-        }
-    }
-
-    private readonly record struct Coefficients(float Decay, float Beta1, float OneMinusBeta1, float Beta2, float OneMinusBeta2,
-        float StepSize, float SqrtBc2, float Eps);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void StepRun(float* p, float* g, float* m, float* v, int count, Coefficients k, SimdPath path)

@@ -57,12 +57,8 @@ public static unsafe partial class Attention
     public static void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o, Span<float> lse,
         int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale, KernelOptions options = default)
     {
-        var dims = Validate(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        Check.Length("q", q.Length, dims.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length("k", k.Length, dims.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length("v", v.Length, dims.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length("o", o.Length, dims.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length("lse", lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
+        AttentionShapes.Forward(q.Length, k.Length, v.Length, o.Length, lse.Length, batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
+        var dims = new Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
         if (dims.QueryElements == 0)
@@ -113,16 +109,9 @@ public static unsafe partial class Attention
         ReadOnlySpan<float> o, ReadOnlySpan<float> lse, Span<float> dq, Span<float> dk, Span<float> dv,
         int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale, KernelOptions options = default)
     {
-        var dims = Validate(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        Check.Length("dO", dO.Length, dims.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length("q", q.Length, dims.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length("k", k.Length, dims.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length("v", v.Length, dims.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length("o", o.Length, dims.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length("lse", lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
-        Check.Length("dq", dq.Length, dims.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length("dk", dk.Length, dims.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length("dv", dv.Length, dims.KeyElements, "batch·keyLength·kvHeads·headDim");
+        AttentionShapes.Backward(dO.Length, q.Length, k.Length, v.Length, o.Length, lse.Length, dq.Length, dk.Length, dv.Length,
+            batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
+        var dims = new Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
         if (dims.QueryElements == 0)
@@ -149,34 +138,6 @@ public static unsafe partial class Attention
                     break;
             }
         }
-    }
-
-    private static Dims Validate(int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
-    {
-        Check.NonNegative(batch, "batch");
-        Check.NonNegative(queryLength, "queryLength");
-        Check.NonNegative(keyLength, "keyLength");
-        Check.Positive(heads, "heads");
-        Check.Positive(kvHeads, "kvHeads");
-        Check.Positive(headDim, "headDim");
-        if (heads % kvHeads != 0)
-        {
-            throw new ArgumentException($"heads ({heads}) must be a multiple of kvHeads ({kvHeads}).", nameof(kvHeads));
-        }
-
-        if (keyLength < queryLength)
-        {
-            throw new ArgumentException(
-                $"keyLength ({keyLength}) must be >= queryLength ({queryLength}): the queries are the last queryLength key positions.",
-                nameof(keyLength));
-        }
-
-        if (!float.IsFinite(scale))
-        {
-            throw new ArgumentException($"scale must be finite, got {scale}.", nameof(scale));
-        }
-
-        return new Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
     }
 
     /// <summary>Workers for <paramref name="units"/> units of <paramref name="work"/> multiply-adds in all.</summary>

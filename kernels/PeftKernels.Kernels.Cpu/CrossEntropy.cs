@@ -17,7 +17,7 @@ namespace PeftKernels.Kernels.Cpu;
 public static unsafe class CrossEntropy
 {
     /// <summary>The label of a row that takes no part in the loss (as torch's ignore_index).</summary>
-    public const int IgnoreIndex = -100;
+    public const int IgnoreIndex = CrossEntropyShapes.IgnoreIndex;
 
     private const int ChunkSize = 4096;
     private const int ParallelThreshold = 32 * 1024;
@@ -133,20 +133,8 @@ public static unsafe class CrossEntropy
 
     private static void Validate(int logits, ReadOnlySpan<int> labels, int lse, int n, int vocab)
     {
-        Check.NonNegative(n, "n");
-        Check.Positive(vocab, "vocab");
-        Check.Length("logits", logits, (long)n * vocab, "n·vocab");
-        Check.Length("labels", labels.Length, n, "n");
-        Check.Length("lse", lse, n, "n");
-        for (int i = 0; i < labels.Length; i++)
-        {
-            int label = labels[i];
-            if (label != IgnoreIndex && (uint)label >= (uint)vocab)
-            {
-                throw new ArgumentException(
-                    $"labels[{i}] is {label}; a label must be in [0, {vocab}) (vocab) or {IgnoreIndex} (ignored).", nameof(labels));
-            }
-        }
+        CrossEntropyShapes.Validate(logits, labels.Length, lse, n, vocab);
+        CrossEntropyShapes.Labels(labels, vocab);
     }
 
     private static float LogSumExp(float* row, int vocab, SimdPath path)

@@ -36,7 +36,7 @@ public static unsafe class DoraNorm
     public static void RowNorms(in WeightOperand w, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,
         int inFeatures, int outFeatures, int rank, KernelOptions options = default)
     {
-        Validate((int)Math.Min(w.Count, int.MaxValue), a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
+        DoraNormShapes.RowNorms(w.Count, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
         w.CheckShape(inFeatures, outFeatures);
         switch (w.Storage)
         {
@@ -73,17 +73,6 @@ public static unsafe class DoraNorm
 
                 break;
         }
-    }
-
-    private static void Validate(int w, int a, int b, int norms, int inFeatures, int outFeatures, int rank)
-    {
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length("norms", norms, outFeatures, "outFeatures");
     }
 
     private static void Run<TRows>(TRows rows, ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> norms,

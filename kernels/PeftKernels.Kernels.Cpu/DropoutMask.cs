@@ -2,9 +2,9 @@ using System.Runtime.CompilerServices;
 
 namespace PeftKernels.Kernels.Cpu;
 
-// The LoRA-branch dropout mask, regenerated from (seed, storage index of x) instead of
-// stored: keep ⇔ (splitmix64(seed + index·φ) >> 40) ≥ round(p·2²⁴); kept values are scaled
-// by 1/(1 − p). Same function as DropoutReference (a test pins them equal).
+// The LoRA-branch dropout mask of the CPU kernels: (seed, threshold, 1/(1 − p)) around the
+// shared DropoutHash (keep ⇔ (splitmix64(seed + index·φ) >> 40) ≥ round(p·2²⁴)), the same
+// function the GPU kernels use. DropoutReference recomputes it (a test pins them equal).
 internal readonly struct DropoutMask
 {
     public readonly ulong Seed;
@@ -16,21 +16,14 @@ internal readonly struct DropoutMask
     {
         Seed = seed;
         Active = p > 0;
-        Threshold = (uint)Math.Round((double)p * (1 << 24));
-        KeepScale = Active ? (float)(1.0 / (1.0 - p)) : 1f;
+        Threshold = DropoutHash.Threshold(p);
+        KeepScale = DropoutHash.KeepScale(p);
     }
 
     public static DropoutMask None => default;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public bool Keep(long index)
-    {
-        ulong z = Seed + ((ulong)index * 0x9E3779B97F4A7C15UL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        z ^= z >> 31;
-        return (uint)(z >> 40) >= Threshold;
-    }
+    public bool Keep(long index) => DropoutHash.Keep(Seed, Threshold, index);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Apply(float value, long index) => Keep(index) ? value * KeepScale : 0f;

@@ -18,7 +18,7 @@ public static unsafe class Gemm
     public static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float beta, Span<float> c, KernelOptions options = default)
     {
-        Validate(m, n, k, a.Length, b.Length, c.Length);
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         fixed (float* pb = b)
         {
             Run(transA, m, n, k, alpha, a, new DenseB(pb, transB ? k : n, transB, k), beta, c, options);
@@ -30,7 +30,7 @@ public static unsafe class Gemm
     internal static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, ReadOnlySpan<ushort> b, float beta, Span<float> c, KernelOptions options = default)
     {
-        Validate(m, n, k, a.Length, b.Length, c.Length);
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         fixed (ushort* pb = b)
         {
             Run(transA, m, n, k, alpha, a, new Bf16B(pb, transB ? k : n, transB, k), beta, c, options);
@@ -42,7 +42,7 @@ public static unsafe class Gemm
     internal static void Multiply(bool transA, bool transB, int m, int n, int k, float alpha,
         ReadOnlySpan<float> a, ReadOnlySpan<Half> b, float beta, Span<float> c, KernelOptions options = default)
     {
-        Validate(m, n, k, a.Length, b.Length, c.Length);
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         fixed (Half* pb = b)
         {
             Run(transA, m, n, k, alpha, a, new F16B(pb, transB ? k : n, transB, k), beta, c, options);
@@ -158,43 +158,5 @@ public static unsafe class Gemm
         Check.Positive(inFeatures, "inFeatures");
         Check.Positive(outFeatures, "outFeatures");
         w.CheckShape(inFeatures, outFeatures);
-    }
-
-    private static void Validate(int m, int n, int k, int aLength, int bLength, int cLength)
-    {
-        Check.NonNegative(m, "m");
-        Check.NonNegative(n, "n");
-        Check.NonNegative(k, "k");
-        Check.Length("a", aLength, (long)m * k, "m·k");
-        Check.Length("b", bLength, (long)k * n, "k·n");
-        Check.Length("c", cLength, (long)m * n, "m·n");
-    }
-}
-
-/// <summary>Argument checks shared by the public kernel entry points.</summary>
-internal static class Check
-{
-    public static void NonNegative(int value, string name)
-    {
-        if (value < 0)
-        {
-            throw new ArgumentException($"{name} must be >= 0, got {value}.", name);
-        }
-    }
-
-    public static void Positive(int value, string name)
-    {
-        if (value <= 0)
-        {
-            throw new ArgumentException($"{name} must be > 0, got {value}.", name);
-        }
-    }
-
-    public static void Length(string name, long actual, long expected, string formula)
-    {
-        if (actual != expected)
-        {
-            throw new ArgumentException($"{name} has length {actual}; expected {expected} ({formula}).", name);
-        }
     }
 }

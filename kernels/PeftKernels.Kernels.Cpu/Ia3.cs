@@ -34,10 +34,7 @@ public static unsafe class Ia3
     public static void ScaleColumns(ReadOnlySpan<float> x, ReadOnlySpan<float> l, Span<float> y, int n, int features,
         KernelOptions options = default)
     {
-        ValidateDims(n, features);
-        Check.Length("x", x.Length, (long)n * features, "n·features");
-        Check.Length("l", l.Length, features, "features");
-        Check.Length("y", y.Length, (long)n * features, "n·features");
+        Ia3Shapes.ScaleColumns(x.Length, l.Length, y.Length, n, features);
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
         if (n == 0)
@@ -76,23 +73,7 @@ public static unsafe class Ia3
     public static void ScaleColumnsBackward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> l,
         Span<float> dx, Span<float> dl, int n, int features, KernelOptions options = default)
     {
-        ValidateDims(n, features);
-        Check.Length("dy", dy.Length, (long)n * features, "n·features");
-        if (dl.Length != 0 || x.Length != 0)
-        {
-            Check.Length("x", x.Length, (long)n * features, "n·features (x may be empty only when dl is empty)");
-        }
-
-        Check.Length("l", l.Length, features, "features");
-        if (dx.Length != 0)
-        {
-            Check.Length("dx", dx.Length, (long)n * features, "n·features, or empty to skip");
-        }
-
-        if (dl.Length != 0)
-        {
-            Check.Length("dl", dl.Length, features, "features, or empty to skip");
-        }
+        Ia3Shapes.ScaleColumnsBackward(dy.Length, x.Length, l.Length, dx.Length, dl.Length, n, features);
 
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
@@ -164,12 +145,6 @@ public static unsafe class Ia3
                 });
             }
         }
-    }
-
-    private static void ValidateDims(int n, int features)
-    {
-        Check.NonNegative(n, "n");
-        Check.Positive(features, "features");
     }
 
     /// <summary>y = x ⊙ l (y may equal x).</summary>

@@ -13,12 +13,6 @@
 //                                           the K ≥ out blocks are masked and scaled by 1/(1−p))
 namespace PeftKernels.Kernels.Cpu;
 
-/// <summary>Options of the LoRA kernels: dropout of the LoRA branch and execution options.</summary>
-/// <param name="Dropout">Drop probability p in [0, 1) applied to x on the LoRA branch only.</param>
-/// <param name="Seed">Seed of the dropout mask; forward and backward of one step must use the same seed.</param>
-/// <param name="Kernel">Threads and SIMD path.</param>
-public readonly record struct LoraOptions(float Dropout = 0f, ulong Seed = 0, KernelOptions Kernel = default);
-
 /// <summary>Fused LoRA matmul forward and backward on the CPU, one entry point per direction over any storage of the frozen weight.</summary>
 public static unsafe class LoraMatmul
 {
@@ -47,7 +41,7 @@ public static unsafe class LoraMatmul
             return;
         }
 
-        ValidateForward(x.Length, CountOf(w), bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Forward(x.Length, CountOf(w), bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         w.CheckShape(inFeatures, outFeatures);
         switch (w.Storage)
         {
@@ -103,7 +97,7 @@ public static unsafe class LoraMatmul
             return;
         }
 
-        ValidateBackward(dy.Length, x.Length, h.Length, CountOf(w), a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulShapes.Backward(dy.Length, x.Length, h.Length, CountOf(w), a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
         w.CheckShape(inFeatures, outFeatures);
         switch (w.Storage)
         {
@@ -195,61 +189,5 @@ public static unsafe class LoraMatmul
                     new GemmEpilogue(outFeatures, mask, inFeatures));
             }
         }
-    }
-
-    private static void ValidateDims(int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        if (!(options.Dropout >= 0f && options.Dropout < 1f))
-        {
-            throw new ArgumentException($"dropout must be in [0, 1), got {options.Dropout}.", nameof(options));
-        }
-    }
-
-    internal static void ValidateForward(int x, int w, int bias, int a, int b, int y, int h,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        ValidateDims(n, inFeatures, outFeatures, rank, options);
-        Check.Length("x", x, (long)n * inFeatures, "n·inFeatures");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        if (bias != 0)
-        {
-            Check.Length("bias", bias, outFeatures, "outFeatures, or empty");
-        }
-
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length("y", y, (long)n * outFeatures, "n·outFeatures");
-        Check.Length("h", h, (long)n * rank, "n·rank");
-    }
-
-    internal static void ValidateBackward(int dy, int x, int h, int w, int a, int b, int dx, int da, int db,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        ValidateDims(n, inFeatures, outFeatures, rank, options);
-        Check.Length("dy", dy, (long)n * outFeatures, "n·outFeatures");
-        if (da != 0 || x != 0)
-        {
-            Check.Length("x", x, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
-        }
-
-        Check.Length("h", h, (long)n * rank, "n·rank");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
-        if (dx != 0)
-        {
-            Check.Length("dx", dx, (long)n * inFeatures, "n·inFeatures, or empty to skip");
-        }
-
-        if (da != 0)
-        {
-            Check.Length("da", da, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
-        }
-
-        Check.Length("db", db, (long)outFeatures * rank, "outFeatures·rank");
     }
 }

@@ -16,9 +16,8 @@ public static unsafe class QLoraMatmul
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options = default)
     {
         ArgumentNullException.ThrowIfNull(w);
-        LoraMatmul.ValidateForward(x.Length, (int)Math.Min(w.Count, int.MaxValue), bias.Length, a.Length, b.Length, y.Length, h.Length,
+        QLoraMatmulShapes.Forward(w.Shape, w.Count, x.Length, bias.Length, a.Length, b.Length, y.Length, h.Length,
             n, inFeatures, outFeatures, rank, options);
-        CheckShape(w, inFeatures, outFeatures);
         var path = options.Kernel.ResolvePath();
         fixed (byte* pq = w.Packed)
         fixed (float* pabs = w.AbsmaxFp32())
@@ -35,23 +34,14 @@ public static unsafe class QLoraMatmul
         in LoraOptions options = default)
     {
         ArgumentNullException.ThrowIfNull(w);
-        LoraMatmul.ValidateBackward(dy.Length, x.Length, h.Length, (int)Math.Min(w.Count, int.MaxValue), a.Length, b.Length, dx.Length, da.Length, db.Length,
+        QLoraMatmulShapes.Backward(w.Shape, w.Count, dy.Length, x.Length, h.Length, a.Length, b.Length, dx.Length, da.Length, db.Length,
             n, inFeatures, outFeatures, rank, options);
-        CheckShape(w, inFeatures, outFeatures);
         var path = options.Kernel.ResolvePath();
         fixed (byte* pq = w.Packed)
         fixed (float* pabs = w.AbsmaxFp32())
         {
             var panel = new Quant4Panel(w, pq, pabs, false, path);
             LoraMatmul.BackwardCore(panel, dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
-        }
-    }
-
-    internal static void CheckShape(QuantizedWeight w, int inFeatures, int outFeatures)
-    {
-        if (w.Shape.Length != 2 || w.Shape[0] != outFeatures || w.Shape[1] != inFeatures)
-        {
-            throw new ArgumentException($"w has shape [{string.Join(", ", w.Shape)}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));
         }
     }
 }

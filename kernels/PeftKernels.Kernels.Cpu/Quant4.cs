@@ -17,13 +17,13 @@ namespace PeftKernels.Kernels.Cpu;
 public static unsafe partial class Quant4
 {
     /// <summary>The block size of the nested (double) quantization of the absmax.</summary>
-    public const int NestedBlocksize = 256;
+    public const int NestedBlocksize = Quant4Blocks.NestedBlocksize;
 
     /// <summary>True for the block sizes bitsandbytes allows: 32, 64, …, 4096.</summary>
-    public static bool IsValidBlocksize(int blocksize) => blocksize is >= 32 and <= 4096 && (blocksize & (blocksize - 1)) == 0;
+    public static bool IsValidBlocksize(int blocksize) => Quant4Blocks.IsValidBlocksize(blocksize);
 
     /// <summary>Blocks of a tensor of <paramref name="count"/> elements.</summary>
-    public static int BlockCount(long count, int blocksize) => (int)((count + blocksize - 1) / blocksize);
+    public static int BlockCount(long count, int blocksize) => Quant4Blocks.BlockCount(count, blocksize);
 
     /// <summary>Quantizes fp32 values: <paramref name="packed"/> gets (n+1)/2 bytes, <paramref name="absmax"/> one value per block.</summary>
     public static void Quantize(ReadOnlySpan<float> x, Span<byte> packed, Span<float> absmax, Quant4Type type, int blocksize, KernelOptions options = default)

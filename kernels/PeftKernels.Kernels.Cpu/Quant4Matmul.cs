@@ -12,14 +12,8 @@ public static unsafe class Quant4Matmul
     public static void Forward(ReadOnlySpan<float> x, QuantizedWeight w, ReadOnlySpan<float> bias, Span<float> y,
         int n, int inFeatures, int outFeatures, KernelOptions options = default)
     {
-        CheckDims(w, n, inFeatures, outFeatures);
-        Check.Length("x", x.Length, (long)n * inFeatures, "n·inFeatures");
-        if (bias.Length != 0)
-        {
-            Check.Length("bias", bias.Length, outFeatures, "outFeatures, or empty");
-        }
-
-        Check.Length("y", y.Length, (long)n * outFeatures, "n·outFeatures");
+        ArgumentNullException.ThrowIfNull(w);
+        Quant4MatmulShapes.Forward(w.Shape, x.Length, bias.Length, y.Length, n, inFeatures, outFeatures);
         if (n == 0)
         {
             return;
@@ -40,9 +34,8 @@ public static unsafe class Quant4Matmul
     public static void Backward(ReadOnlySpan<float> dy, QuantizedWeight w, Span<float> dx,
         int n, int inFeatures, int outFeatures, KernelOptions options = default)
     {
-        CheckDims(w, n, inFeatures, outFeatures);
-        Check.Length("dy", dy.Length, (long)n * outFeatures, "n·outFeatures");
-        Check.Length("dx", dx.Length, (long)n * inFeatures, "n·inFeatures");
+        ArgumentNullException.ThrowIfNull(w);
+        Quant4MatmulShapes.Backward(w.Shape, dy.Length, dx.Length, n, inFeatures, outFeatures);
         if (n == 0)
         {
             return;
@@ -56,14 +49,5 @@ public static unsafe class Quant4Matmul
             var panel = new Quant4Panel(w, pq, pabs, false, path);
             GemmDriver.Run(path, threads, new DenseA(pdy, outFeatures, false), panel, n, inFeatures, outFeatures, 1f, 0f, pdx, inFeatures, null);
         }
-    }
-
-    private static void CheckDims(QuantizedWeight w, int n, int inFeatures, int outFeatures)
-    {
-        ArgumentNullException.ThrowIfNull(w);
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        QLoraMatmul.CheckShape(w, inFeatures, outFeatures);
     }
 }

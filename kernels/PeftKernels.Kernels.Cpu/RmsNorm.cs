@@ -33,16 +33,7 @@ public static unsafe class RmsNorm
     public static void Forward(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> y, Span<float> rstd,
         int n, int dim, KernelOptions options = default)
     {
-        ValidateDims(n, dim);
-        if (!(eps >= 0f && float.IsFinite(eps)))
-        {
-            throw new ArgumentException($"eps must be finite and >= 0, got {eps}.", nameof(eps));
-        }
-
-        Check.Length("x", x.Length, (long)n * dim, "n·dim");
-        Check.Length("weight", weight.Length, dim, "dim");
-        Check.Length("y", y.Length, (long)n * dim, "n·dim");
-        Check.Length("rstd", rstd.Length, n, "n");
+        RmsNormShapes.Forward(x.Length, weight.Length, y.Length, rstd.Length, n, dim, eps);
         if (n == 0)
         {
             return;
@@ -82,20 +73,7 @@ public static unsafe class RmsNorm
     public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<float> rstd,
         Span<float> dx, Span<float> dweight, int n, int dim, KernelOptions options = default)
     {
-        ValidateDims(n, dim);
-        Check.Length("dy", dy.Length, (long)n * dim, "n·dim");
-        Check.Length("x", x.Length, (long)n * dim, "n·dim");
-        Check.Length("weight", weight.Length, dim, "dim");
-        Check.Length("rstd", rstd.Length, n, "n");
-        if (dx.Length != 0)
-        {
-            Check.Length("dx", dx.Length, (long)n * dim, "n·dim, or empty to skip");
-        }
-
-        if (dweight.Length != 0)
-        {
-            Check.Length("dweight", dweight.Length, dim, "dim, or empty to skip");
-        }
+        RmsNormShapes.Backward(dy.Length, x.Length, weight.Length, rstd.Length, dx.Length, dweight.Length, n, dim);
 
         bool wantDx = dx.Length != 0, wantDw = dweight.Length != 0;
         if (!wantDx && !wantDw)
@@ -166,12 +144,6 @@ public static unsafe class RmsNorm
                 });
             }
         }
-    }
-
-    private static void ValidateDims(int n, int dim)
-    {
-        Check.NonNegative(n, "n");
-        Check.Positive(dim, "dim");
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

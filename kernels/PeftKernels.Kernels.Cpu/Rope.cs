@@ -62,7 +62,7 @@ public static unsafe class Rope
     /// </summary>
     public static float[] InverseFrequencies(int headDim, double theta)
     {
-        CheckHeadDim(headDim);
+        RopeShapes.HeadDim(headDim);
         if (!(theta > 0 && double.IsFinite(theta)))
         {
             throw new ArgumentException($"theta must be finite and > 0, got {theta}.", nameof(theta));
@@ -123,33 +123,12 @@ public static unsafe class Rope
         return inv;
     }
 
-    private static void CheckHeadDim(int headDim)
-    {
-        if (headDim <= 0 || headDim % 2 != 0)
-        {
-            throw new ArgumentException(
-                $"headDim must be even and > 0 (rotate-half pairs element j with j + headDim/2), got {headDim}.", nameof(headDim));
-        }
-    }
-
     private static void Rotate(ReadOnlySpan<float> src, ReadOnlySpan<int> positions, ReadOnlySpan<float> invFreq, Span<float> dst,
         int n, int heads, int headDim, KernelOptions options, bool transpose, string srcName, string dstName)
     {
-        Check.NonNegative(n, "n");
-        Check.Positive(heads, "heads");
-        CheckHeadDim(headDim);
+        RopeShapes.Rotate(srcName, src.Length, positions.Length, invFreq.Length, dstName, dst.Length, n, heads, headDim);
+        RopeShapes.Positions(positions);
         long total = (long)n * heads * headDim;
-        Check.Length(srcName, src.Length, total, "n·heads·headDim");
-        Check.Length("positions", positions.Length, n, "n");
-        Check.Length("invFreq", invFreq.Length, headDim / 2, "headDim/2");
-        Check.Length(dstName, dst.Length, total, "n·heads·headDim");
-        for (int t = 0; t < positions.Length; t++)
-        {
-            if (positions[t] < 0)
-            {
-                throw new ArgumentException($"positions[{t}] is {positions[t]}; positions must be >= 0.", nameof(positions));
-            }
-        }
 
         if (src.Overlaps(dst, out int offset) && offset != 0)
         {

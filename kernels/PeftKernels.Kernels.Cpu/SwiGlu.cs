@@ -22,8 +22,7 @@ public static unsafe class SwiGlu
     public static void Forward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> y, KernelOptions options = default)
     {
         int count = gate.Length;
-        Check.Length("up", up.Length, count, "gate.Length");
-        Check.Length("y", y.Length, count, "gate.Length");
+        SwiGluShapes.Forward(count, up.Length, y.Length);
         if (count == 0)
         {
             return;
@@ -48,10 +47,7 @@ public static unsafe class SwiGlu
         Span<float> dgate, Span<float> dup, KernelOptions options = default)
     {
         int count = dy.Length;
-        Check.Length("gate", gate.Length, count, "dy.Length");
-        Check.Length("up", up.Length, count, "dy.Length");
-        Check.Length("dgate", dgate.Length, count, "dy.Length");
-        Check.Length("dup", dup.Length, count, "dy.Length");
+        SwiGluShapes.Backward(count, gate.Length, up.Length, dgate.Length, dup.Length);
         if (count == 0)
         {
             return;

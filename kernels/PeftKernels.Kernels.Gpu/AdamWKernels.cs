@@ -14,6 +14,8 @@
 // order depends on the length only, so the result
 // is deterministic (it differs from the CPU's block order by double rounding only, ~1e-16
 // relative). Scale: x ← factor·x, an IEEE-rounded multiply (bit-identical to the CPU).
+using Coefficients = PeftKernels.Kernels.AdamWCoefficients;
+
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Fused AdamW step on an ILGPU accelerator.</summary>
@@ -36,30 +38,14 @@ public static class AdamWKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = param.Length;
-        Check.Length(nameof(grad), grad.Length, count, "param.Length");
-        Check.Length(nameof(m), m.Length, count, "param.Length");
-        Check.Length(nameof(v), v.Length, count, "param.Length");
+        AdamWShapes.Step(count, grad.Length, m.Length, v.Length);
         GpuCheck.FitsInt(count, nameof(param));
-        GpuCheck.Require(lr >= 0f && float.IsFinite(lr), nameof(lr), $"lr must be finite and >= 0, got {lr}.");
-        GpuCheck.Require(beta1 >= 0f && beta1 < 1f, nameof(beta1), $"beta1 must be in [0, 1), got {beta1}.");
-        GpuCheck.Require(beta2 >= 0f && beta2 < 1f, nameof(beta2), $"beta2 must be in [0, 1), got {beta2}.");
-        GpuCheck.Require(eps > 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and > 0, got {eps}.");
-        GpuCheck.Require(weightDecay >= 0f && float.IsFinite(weightDecay), nameof(weightDecay), $"weightDecay must be finite and >= 0, got {weightDecay}.");
-        GpuCheck.Require(step >= 1, nameof(step), $"step must be >= 1 (1-based), got {step}.");
+        var k = Coefficients.Create(lr, beta1, beta2, eps, weightDecay, step);
         if (count == 0)
         {
             return;
         }
 
-        var k = new Coefficients(
-            Decay: (float)(1.0 - ((double)lr * weightDecay)),
-            Beta1: beta1,
-            OneMinusBeta1: (float)(1.0 - beta1),
-            Beta2: beta2,
-            OneMinusBeta2: (float)(1.0 - beta2),
-            StepSize: (float)(lr / (1.0 - Math.Pow(beta1, step))),
-            SqrtBc2: (float)Math.Sqrt(1.0 - Math.Pow(beta2, step)),
-            Eps: eps);
         GpuKernelCache.Get(accelerator, static a => new Loaded(a)).Step((int)count, param, grad, m, v, k);
     }
 
@@ -79,7 +65,7 @@ public static class AdamWKernels
         int groups = Math.Min(GemmTiles.Ceil(count, ReduceThreads * ElementsPerThread), MaxReduceGroups);
         using var partials = accelerator.Allocate1D<double>(groups);
         GpuKernelCache.Get(accelerator, static a => new Loaded(a)).SumOfSquares(new KernelConfig(groups, ReduceThreads), x, partials.View, count);
-        accelerator.Synchronize();
+        GpuLaunch.ForHostValue(accelerator);
         double total = 0;
         foreach (double partial in partials.GetAsArray1D())
         {
@@ -97,7 +83,7 @@ public static class AdamWKernels
     {
         GpuCheck.NotNull(accelerator);
         GpuCheck.FitsInt(x.Length, nameof(x));
-        GpuCheck.Require(float.IsFinite(factor), nameof(factor), $"factor must be finite, got {factor}.");
+        Check.Require(float.IsFinite(factor), nameof(factor), $"factor must be finite, got {factor}.");
         if (x.Length != 0)
         {
             GpuKernelCache.Get(accelerator, static a => new Loaded(a)).Scale((int)x.Length, x, factor);
@@ -147,9 +133,6 @@ public static class AdamWKernels
         v[i] = vi;
         param[i] = p;
     }
-
-    internal readonly record struct Coefficients(float Decay, float Beta1, float OneMinusBeta1, float Beta2, float OneMinusBeta2,
-        float StepSize, float SqrtBc2, float Eps);
 
     private sealed class Loaded(Accelerator accelerator)
     {

@@ -1,8 +1,8 @@
 // Broadcast add on the GPU: a [n, dim], b [dim] or [n, dim] (repeated over the rows of a), y [n, dim]:
 //   y_ij = a_ij + b_(i·dim + j) mod |b|
 // Residual connections (|b| = |a|) and bias rows (|b| = dim). Backward (autograd level):
-// da = dy, db = dy or its column sums: ColumnSums, db_j = Σ_i dy_ij (deterministic, no atomics,
-// see ColumnSums). y may be a itself (in place).
+// da = dy, db = dy or its column sums (ColumnSumsKernels.Add, deterministic, no atomics).
+// y may be a itself (in place).
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Element-wise and bias-row addition on an ILGPU accelerator.</summary>
@@ -18,7 +18,7 @@ public static class AddKernels
         GpuCheck.NotNull(accelerator);
         GpuCheck.FitsInt(a.Length, "a");
         Check.Length(nameof(y), y.Length, a.Length, "a.Length");
-        GpuCheck.Require(a.Length == 0 || (b.Length > 0 && a.Length % b.Length == 0), nameof(b),
+        Check.Require(a.Length == 0 || (b.Length > 0 && a.Length % b.Length == 0), nameof(b),
             $"b has {b.Length} elements; it must be non-empty and divide a's {a.Length} (a row of a, or all of it).");
         if (a.Length != 0)
         {
@@ -26,33 +26,7 @@ public static class AddKernels
         }
     }
 
-    /// <summary>db[j] = Σ_i dy[i, j]: the gradient of a bias row added to every row.</summary>
-    /// <param name="accelerator">The device.</param>
-    /// <param name="dy">dy [n, dim].</param>
-    /// <param name="db">db [dim], overwritten.</param>
-    /// <param name="n">Rows.</param>
-    /// <param name="dim">Columns.</param>
-    public static void ColumnSums(Accelerator accelerator, FloatView dy, FloatView db, int n, int dim)
-    {
-        GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.Positive(dim, "dim");
-        Check.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
-        Check.Length(nameof(db), db.Length, dim, "dim");
-        GpuCheck.FitsInt(dy.Length, nameof(dy));
-        Gpu.ColumnSums.Run(accelerator, new RowTerm(dy, dim), db, n, dim);
-    }
-
     internal static void AddKernel(Index1D i, FloatView a, FloatView b, FloatView y, int period) => y[i] = a[i] + b[i % period];
-
-    /// <summary>dy[i, j].</summary>
-    internal readonly struct RowTerm(FloatView dy, int dim) : IColumnTerm
-    {
-        private readonly FloatView dy = dy;
-        private readonly int dim = dim;
-
-        public float Term(int i, int j) => dy[(i * dim) + j];
-    }
 
     private sealed class Loaded
     {

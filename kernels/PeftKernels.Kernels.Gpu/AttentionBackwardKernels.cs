@@ -38,16 +38,10 @@ public static partial class AttentionKernels
     public static void Backward(Accelerator accelerator, FloatView dO, FloatView q, FloatView k, FloatView v, FloatView o, FloatView lse,
         FloatView dq, FloatView dk, FloatView dv, int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
-        var d = Validate(accelerator, batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        Check.Length(nameof(dO), dO.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length(nameof(q), q.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length(nameof(k), k.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length(nameof(v), v.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length(nameof(o), o.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length(nameof(lse), lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
-        Check.Length(nameof(dq), dq.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length(nameof(dk), dk.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length(nameof(dv), dv.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
+        GpuCheck.NotNull(accelerator);
+        AttentionShapes.Backward(dO.Length, q.Length, k.Length, v.Length, o.Length, lse.Length, dq.Length, dk.Length, dv.Length,
+            batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
+        var d = DeviceDims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         if (d.KeyElements == 0)
         {
             return;

@@ -39,12 +39,9 @@ public static partial class AttentionKernels
     public static void Forward(Accelerator accelerator, FloatView q, FloatView k, FloatView v, FloatView o, FloatView lse,
         int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
-        var d = Validate(accelerator, batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        Check.Length(nameof(q), q.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length(nameof(k), k.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length(nameof(v), v.Length, d.KeyElements, "batch·keyLength·kvHeads·headDim");
-        Check.Length(nameof(o), o.Length, d.QueryElements, "batch·queryLength·heads·headDim");
-        Check.Length(nameof(lse), lse.Length, (long)batch * heads * queryLength, "batch·heads·queryLength");
+        GpuCheck.NotNull(accelerator);
+        AttentionShapes.Forward(q.Length, k.Length, v.Length, o.Length, lse.Length, batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
+        var d = DeviceDims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         if (d.QueryElements == 0)
         {
             return;
@@ -131,20 +128,10 @@ public static partial class AttentionKernels
         }
     }
 
-    private static Dims Validate(Accelerator accelerator, int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
+    /// <summary>The GPU's own limits, after the shared shape checks: headDim fits the kernels' tiles, element counts fit int.</summary>
+    private static Dims DeviceDims(int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
-        GpuCheck.NotNull(accelerator);
-        Check.NonNegative(batch, "batch");
-        Check.NonNegative(queryLength, "queryLength");
-        Check.NonNegative(keyLength, "keyLength");
-        Check.Positive(heads, "heads");
-        Check.Positive(kvHeads, "kvHeads");
-        Check.Positive(headDim, "headDim");
-        GpuCheck.Require(headDim <= MaxHeadDim, nameof(headDim), $"headDim must be <= {MaxHeadDim} on the GPU, got {headDim}.");
-        GpuCheck.Require(heads % kvHeads == 0, nameof(kvHeads), $"heads ({heads}) must be a multiple of kvHeads ({kvHeads}).");
-        GpuCheck.Require(keyLength >= queryLength, nameof(keyLength),
-            $"keyLength ({keyLength}) must be >= queryLength ({queryLength}): the queries are the last queryLength key positions.");
-        GpuCheck.Require(float.IsFinite(scale), nameof(scale), $"scale must be finite, got {scale}.");
+        Check.Require(headDim <= MaxHeadDim, nameof(headDim), $"headDim must be <= {MaxHeadDim} on the GPU, got {headDim}.");
         var d = new Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         GpuCheck.FitsInt(d.QueryElements, "q");
         GpuCheck.FitsInt(d.KeyElements, "k");

@@ -3,49 +3,48 @@
 //   lse_i = log Σ_j exp(z_ij)  = m_i + log Σ_j exp(z_ij − m_i),  m_i = max_j z_ij
 //           (one group of 256 threads per row: group max, then the group sum of exp, fixed trees)
 //   loss  = Σ_{i: label_i ≠ −100} (lse_i − z_{i,label_i})   in double, in row order, on the host
-//           (the kernel gathers z_{i,label_i}; the host adds exactly as the CPU kernel does)
+//           (the kernel writes each row's term (double)lse_i − (double)z_{i,label_i}, or +0 on an
+//           ignored row; the host adds them in row order exactly as the CPU kernel does)
 // Backward of gradScale·loss, in place over the logits:
 //   dz_ij = gradScale·(exp(z_ij − lse_i) − [j = label_i]),  and 0 on ignored rows
-// Labels are checked on the host (one copy of n ints): an out-of-range label would index outside the row.
+// Labels live on the device and are not checked here (GpuLaunch's rule): the caller checks them on
+// the host before upload (CheckLabels); an out-of-range label would index outside the row.
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Fused softmax cross-entropy forward and in-place backward on an ILGPU accelerator.</summary>
 public static class CrossEntropyKernels
 {
     /// <summary>The label of a row that takes no part in the loss (as torch's ignore_index).</summary>
-    public const int IgnoreIndex = -100;
+    public const int IgnoreIndex = CrossEntropyShapes.IgnoreIndex;
 
     private const int Threads = 256;
 
     /// <summary>
     /// Writes lse (log-sum-exp of every row, ignored rows too) and returns Σ over rows with label ≠ −100 of
-    /// (lse_i − logits[i, label_i]). Waits for the accelerator (the loss is a host value).
+    /// (lse_i − logits[i, label_i]). Waits for the accelerator once (the loss is a host value).
+    /// Each label must be in [0, vocab) or −100; the caller checks them on the host (<see cref="CheckLabels"/>).
     /// </summary>
     public static double Forward(Accelerator accelerator, FloatView logits, IntView labels, FloatView lse, int n, int vocab)
     {
-        var hostLabels = Validate(accelerator, logits, labels, lse.Length, n, vocab);
+        Validate(accelerator, logits, labels, lse.Length, n, vocab);
         if (n == 0)
         {
             return 0;
         }
 
-        using var target = accelerator.Allocate1D<float>(n);
-        Loaded.For(accelerator).Forward(new KernelConfig(n, Threads), logits, labels, lse, target.View, vocab);
-        accelerator.Synchronize();
-        float[] lseHost = lse.GetAsArray1D(), targetHost = target.View.GetAsArray1D();
+        using var terms = accelerator.Allocate1D<double>(n);
+        Loaded.For(accelerator).Forward(new KernelConfig(n, Threads), logits, labels, lse, terms.View, vocab);
+        GpuLaunch.ForHostValue(accelerator);
         double loss = 0;
-        for (int i = 0; i < n; i++)
+        foreach (double term in terms.GetAsArray1D())
         {
-            if (hostLabels[i] != IgnoreIndex)
-            {
-                loss += (double)lseHost[i] - targetHost[i];
-            }
+            loss += term;
         }
 
         return loss;
     }
 
-    /// <summary>Overwrites <paramref name="logits"/> with gradScale·(softmax − onehot(label)) per row; rows labelled −100 become zeros.</summary>
+    /// <summary>Overwrites <paramref name="logits"/> with gradScale·(softmax − onehot(label)) per row; rows labelled −100 become zeros. Enqueues only.</summary>
     public static void BackwardInPlace(Accelerator accelerator, FloatView logits, IntView labels, FloatView lse, float gradScale, int n, int vocab)
     {
         Validate(accelerator, logits, labels, lse.Length, n, vocab);
@@ -55,7 +54,7 @@ public static class CrossEntropyKernels
         }
     }
 
-    internal static void ForwardKernel(FloatView logits, IntView labels, FloatView lse, FloatView target, int vocab)
+    internal static void ForwardKernel(FloatView logits, IntView labels, FloatView lse, ArrayView1D<double, Stride1D.Dense> terms, int vocab)
     {
         var scratch = SharedMemory.Allocate<float>(GpuMath.WarpSize);
         int i = Grid.IdxX, row = i * vocab;
@@ -75,9 +74,10 @@ public static class CrossEntropyKernels
         sum = GpuMath.GroupSum(sum, scratch);
         if (Group.IdxX == 0)
         {
-            lse[i] = max + MathF.Log(sum);
+            float rowLse = max + MathF.Log(sum);
+            lse[i] = rowLse;
             int label = labels[i];
-            target[i] = label == IgnoreIndex ? 0f : logits[row + label];
+            terms[i] = label == IgnoreIndex ? 0.0 : (double)rowLse - logits[row + label];
         }
     }
 
@@ -94,43 +94,30 @@ public static class CrossEntropyKernels
         logits[index] = j == label ? gradScale * (p - 1f) : gradScale * p;
     }
 
-    private static int[] Validate(Accelerator accelerator, FloatView logits, IntView labels, long lse, int n, int vocab)
+    /// <summary>
+    /// The host check of the labels that <see cref="Forward"/> and <see cref="BackwardInPlace"/> do not make (they
+    /// never download them): each label is in [0, vocab) or −100. Call it before uploading the labels.
+    /// </summary>
+    /// <param name="labels">The labels, on the host.</param>
+    /// <param name="vocab">Columns of the logits.</param>
+    /// <exception cref="ArgumentException">A label is out of range.</exception>
+    public static void CheckLabels(ReadOnlySpan<int> labels, int vocab) => CrossEntropyShapes.Labels(labels, vocab);
+
+    private static void Validate(Accelerator accelerator, FloatView logits, IntView labels, long lse, int n, int vocab)
     {
         GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.Positive(vocab, "vocab");
-        Check.Length(nameof(logits), logits.Length, (long)n * vocab, "n·vocab");
-        Check.Length(nameof(labels), labels.Length, n, "n");
-        Check.Length(nameof(lse), lse, n, "n");
+        CrossEntropyShapes.Validate(logits.Length, labels.Length, lse, n, vocab);
         GpuCheck.FitsInt(logits.Length, nameof(logits));
-        if (n == 0)
-        {
-            return [];
-        }
-
-        accelerator.Synchronize();
-        int[] host = labels.GetAsArray1D();
-        for (int i = 0; i < host.Length; i++)
-        {
-            int label = host[i];
-            if (label != IgnoreIndex && (uint)label >= (uint)vocab)
-            {
-                throw new ArgumentException(
-                    $"labels[{i}] is {label}; a label must be in [0, {vocab}) (vocab) or {IgnoreIndex} (ignored).", nameof(labels));
-            }
-        }
-
-        return host;
     }
 
     private sealed class Loaded
     {
-        public readonly Action<KernelConfig, FloatView, IntView, FloatView, FloatView, int> Forward;
+        public readonly Action<KernelConfig, FloatView, IntView, FloatView, ArrayView1D<double, Stride1D.Dense>, int> Forward;
         public readonly Action<Index1D, FloatView, IntView, FloatView, float, int> Backward;
 
         private Loaded(Accelerator accelerator)
         {
-            Forward = accelerator.LoadStreamKernel<FloatView, IntView, FloatView, FloatView, int>(ForwardKernel);
+            Forward = accelerator.LoadStreamKernel<FloatView, IntView, FloatView, ArrayView1D<double, Stride1D.Dense>, int>(ForwardKernel);
             Backward = accelerator.LoadAutoGroupedStreamKernel<Index1D, FloatView, IntView, FloatView, float, int>(BackwardKernel);
         }
 

@@ -101,13 +101,7 @@ public static class DoraNormKernels
     private static void Validate(Accelerator accelerator, long w, FloatView a, FloatView b, FloatView norms, int inFeatures, int outFeatures, int rank)
     {
         GpuCheck.NotNull(accelerator);
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length(nameof(norms), norms.Length, outFeatures, "outFeatures");
+        DoraNormShapes.RowNorms(w, a.Length, b.Length, norms.Length, inFeatures, outFeatures, rank);
         GpuCheck.FitsInt(w, "w");
         GpuCheck.FitsInt(a.Length, nameof(a));
     }

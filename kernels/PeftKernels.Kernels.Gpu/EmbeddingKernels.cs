@@ -4,13 +4,15 @@
 // without atomics: the host groups the token positions by id (ids are host data anyway), stable,
 // so each group lists its tokens in ascending order; one thread per (distinct id, column) sums its
 // group in that order, starting from 0, exactly as the CPU loop over tokens does (bit-identical).
-// Ids are validated on the host (0 ≤ id < vocab) before upload; the device does not check them.
+// Forward's ids live on the device and are not checked here (GpuLaunch's rule): the caller checks them
+// on the host before upload (EmbeddingShapes.Ids). Backward's ids are host data (it groups them) and it
+// checks them itself; it waits once, at the end, before freeing its staged index buffers.
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>Token embedding lookup on an ILGPU accelerator.</summary>
 public static class EmbeddingKernels
 {
-    /// <summary>y[t, :] = weight[ids[t], :].</summary>
+    /// <summary>y[t, :] = weight[ids[t], :]. Enqueues only; the ids are not checked (EmbeddingShapes.Ids on the host).</summary>
     /// <param name="accelerator">The device.</param>
     /// <param name="weight">The table [vocab, dim].</param>
     /// <param name="ids">Token ids [n], each in [0, vocab).</param>
@@ -21,12 +23,7 @@ public static class EmbeddingKernels
     public static void Forward(Accelerator accelerator, FloatView weight, IntView ids, FloatView y, int n, int vocab, int dim)
     {
         GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.NonNegative(vocab, "vocab");
-        Check.Positive(dim, "dim");
-        Check.Length(nameof(weight), weight.Length, (long)vocab * dim, "vocab·dim");
-        Check.Length(nameof(ids), ids.Length, n, "n");
-        Check.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
+        EmbeddingShapes.Forward(weight.Length, ids.Length, y.Length, n, vocab, dim);
         GpuCheck.FitsInt(weight.Length, "weight");
         GpuCheck.FitsInt(y.Length, "y");
         if (n != 0)
@@ -35,7 +32,7 @@ public static class EmbeddingKernels
         }
     }
 
-    /// <summary>dw = the scatter-add of the rows of dy into the rows ids (dw[v, :] = Σ over t with ids[t] = v of dy[t, :]; other rows 0); synchronizes.</summary>
+    /// <summary>dw = the scatter-add of the rows of dy into the rows ids (dw[v, :] = Σ over t with ids[t] = v of dy[t, :]; other rows 0); waits once before freeing its staged index buffers.</summary>
     /// <param name="accelerator">The device.</param>
     /// <param name="dy">Gradient of the output [n, dim], n = ids.Length.</param>
     /// <param name="ids">Token ids [n] of the forward (host), each in [0, vocab).</param>
@@ -46,27 +43,19 @@ public static class EmbeddingKernels
     {
         GpuCheck.NotNull(accelerator);
         int n = ids.Length;
-        Check.NonNegative(vocab, "vocab");
-        Check.Positive(dim, "dim");
-        Check.Length(nameof(dy), dy.Length, (long)n * dim, "ids.Length·dim");
-        Check.Length(nameof(dw), dw.Length, (long)vocab * dim, "vocab·dim");
+        EmbeddingShapes.Backward(dy.Length, dw.Length, n, vocab, dim);
         GpuCheck.FitsInt(dw.Length, "dw");
         GpuCheck.FitsInt(dy.Length, "dy");
+        EmbeddingShapes.Ids(ids, vocab);
         var keys = new long[n];
         for (int t = 0; t < n; t++)
         {
-            if ((uint)ids[t] >= (uint)vocab)
-            {
-                throw new ArgumentOutOfRangeException(nameof(ids), $"token id {ids[t]} at position {t} is outside the vocabulary [0, {vocab}).");
-            }
-
             keys[t] = ((long)ids[t] << 32) | (uint)t;
         }
 
         dw.MemSetToZero();
         if (n == 0)
         {
-            accelerator.Synchronize();
             return;
         }
 
@@ -91,8 +80,17 @@ public static class EmbeddingKernels
         using var deviceRows = accelerator.Allocate1D(rows.ToArray());
         using var deviceOffsets = accelerator.Allocate1D(offsets.ToArray());
         Loaded.For(accelerator).Scatter(rows.Count * dim, dy, deviceRows.View, deviceOffsets.View, deviceOrder.View, dw, dim);
-        accelerator.Synchronize();
+        GpuLaunch.BeforeFree(accelerator);
     }
+
+    /// <summary>
+    /// The host check of the token ids that <see cref="Forward"/> does not make (it never downloads them): each id is in
+    /// [0, vocab). Call it before uploading the ids.
+    /// </summary>
+    /// <param name="ids">The token ids, on the host.</param>
+    /// <param name="vocab">Rows of the table.</param>
+    /// <exception cref="ArgumentOutOfRangeException">An id is out of range.</exception>
+    public static void CheckIds(ReadOnlySpan<int> ids, int vocab) => EmbeddingShapes.Ids(ids, vocab);
 
     internal static void ScatterKernel(Index1D i, FloatView dy, IntView rows, IntView offsets, IntView order, FloatView dw, int dim)
     {

@@ -62,7 +62,7 @@ public static class GemmKernels
 
         ValidateOperand(accelerator, w, n, inFeatures, outFeatures);
         Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
+        Check.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
         Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
         Multiply(accelerator, false, true, n, outFeatures, inFeatures, 1f, x, w.DenseView, 0f, y, GemmPath.Auto);
 
@@ -107,12 +107,7 @@ public static class GemmKernels
         FloatView a, FloatView b, float beta, FloatView c, GemmPath path, bool allowTf32 = false)
     {
         GpuCheck.NotNull(accelerator);
-        Check.NonNegative(m, "m");
-        Check.NonNegative(n, "n");
-        Check.NonNegative(k, "k");
-        Check.Length("a", a.Length, (long)m * k, "m·k");
-        Check.Length("b", b.Length, (long)k * n, "k·n");
-        Check.Length("c", c.Length, (long)m * n, "m·n");
+        GemmShapes.Multiply(m, n, k, a.Length, b.Length, c.Length);
         GpuCheck.FitsInt(a.Length, "a");
         GpuCheck.FitsInt(b.Length, "b");
         GpuCheck.FitsInt(c.Length, "c");

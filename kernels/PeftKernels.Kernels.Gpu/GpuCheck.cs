@@ -1,5 +1,6 @@
-// Argument checks of the public GPU launchers beyond the CPU kernels' Check (whose
-// NonNegative / Positive / Length they call directly, so the messages are the same).
+// Argument checks that only the GPU launchers need, beyond the shared Check and the per-op shape
+// checks of the kernel core (which both devices call, so the messages are the same): a live
+// accelerator, and element counts that fit the kernels' 32-bit indices.
 namespace PeftKernels.Kernels.Gpu;
 
 internal static class GpuCheck
@@ -13,29 +14,12 @@ internal static class GpuCheck
         }
     }
 
-    /// <summary>Length check of a view that may also be empty (an optional input or a skipped output).</summary>
-    public static void LengthOrEmpty(string name, long actual, long expected, string formula)
-    {
-        if (actual != 0)
-        {
-            Check.Length(name, actual, expected, formula);
-        }
-    }
-
     /// <summary>Element counts are indexed with 32-bit ints inside the kernels.</summary>
     public static void FitsInt(long count, string what)
     {
         if (count > int.MaxValue)
         {
             throw new ArgumentException($"{what} has {count} elements; the GPU kernels index with 32-bit ints (at most {int.MaxValue}).", what);
-        }
-    }
-
-    public static void Require(bool condition, string name, string message)
-    {
-        if (!condition)
-        {
-            throw new ArgumentException(message, name);
         }
     }
 }

@@ -33,9 +33,9 @@ internal static class GpuKernelCatalog
             list.Add(new("GemmTensorCore.EmulatedKernel" + pair, Method(typeof(GemmTensorCore), nameof(GemmTensorCore.EmulatedKernel)).MakeGenericMethod(a, b), false));
         }
 
-        list.Add(new("ColumnSums.Kernel<Ia3>", Method(typeof(ColumnSums), nameof(ColumnSums.Kernel)).MakeGenericMethod(typeof(Ia3Kernels.ProductTerm)), false));
-        list.Add(new("ColumnSums.Kernel<AddRows>", Method(typeof(ColumnSums), nameof(ColumnSums.Kernel)).MakeGenericMethod(typeof(AddKernels.RowTerm)), false));
-        list.Add(new("ColumnSums.Kernel<RmsNormDw>", Method(typeof(ColumnSums), nameof(ColumnSums.Kernel)).MakeGenericMethod(typeof(RmsNormKernels.DwTerm)), false));
+        list.Add(new("ColumnSumsKernels.Kernel<Ia3>", Method(typeof(ColumnSumsKernels), nameof(ColumnSumsKernels.Kernel)).MakeGenericMethod(typeof(Ia3Kernels.ProductTerm)), false));
+        list.Add(new("ColumnSumsKernels.Kernel<Rows>", Method(typeof(ColumnSumsKernels), nameof(ColumnSumsKernels.Kernel)).MakeGenericMethod(typeof(ColumnSumsKernels.RowTerm)), false));
+        list.Add(new("ColumnSumsKernels.Kernel<RmsNormDw>", Method(typeof(ColumnSumsKernels), nameof(ColumnSumsKernels.Kernel)).MakeGenericMethod(typeof(RmsNormKernels.DwTerm)), false));
         Add(list, typeof(Quant4Kernels), nameof(Quant4Kernels.DequantizeKernel), true);
         Add(list, typeof(Quant4Kernels), nameof(Quant4Kernels.NestedKernel), true);
         Add(list, typeof(Quant4MatmulKernels), nameof(Quant4MatmulKernels.GemvKernel), false);

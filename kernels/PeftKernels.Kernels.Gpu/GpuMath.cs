@@ -4,7 +4,8 @@
 //    where the CPU kernel promises "no FMA" (AdamW, nested absmax), the GPU emits mul.rn/add.rn.
 //  - WarpSum / WarpMax: xor-butterfly over the 32 lanes; every lane ends with the same value
 //    (fp32 addition is commutative, so each lane adds the same pairs), in a fixed order.
-//  - Dropout: the LoRA-branch mask of DropoutMask, keep ⇔ (splitmix64(seed + index·φ) >> 40) ≥ threshold.
+//  - GpuDropout: the LoRA-branch mask around the shared DropoutHash (the CPU kernels' function),
+//    keep ⇔ (splitmix64(seed + index·φ) >> 40) ≥ threshold.
 using System.Runtime.CompilerServices;
 using ILGPU.Runtime.Cuda;
 
@@ -147,21 +148,14 @@ internal readonly struct GpuDropout
     {
         Seed = seed;
         ActiveFlag = p > 0 ? 1 : 0;
-        Threshold = (uint)Math.Round((double)p * (1 << 24));
-        KeepScale = p > 0 ? (float)(1.0 / (1.0 - p)) : 1f;
+        Threshold = DropoutHash.Threshold(p);
+        KeepScale = DropoutHash.KeepScale(p);
     }
 
     public bool Active => ActiveFlag != 0;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public bool Keep(long index)
-    {
-        ulong z = Seed + ((ulong)index * 0x9E3779B97F4A7C15UL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        z ^= z >> 31;
-        return (uint)(z >> 40) >= Threshold;
-    }
+    public bool Keep(long index) => DropoutHash.Keep(Seed, Threshold, index);
 
     /// <summary>drop(value) for the element at storage index <paramref name="index"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -11,6 +11,8 @@
 //   dx[R,:] = drop'(dh · a), 0 elsewhere   [n, in]  (the same mask and 1/(1 − p) in the epilogue)
 // The rows are gathered into / scattered from contiguous temporaries (GatherRowsKernel,
 // ScatterAddRowsKernel); the GEMMs are the GemmTiles core over dense operands.
+// GpuLaunch's rule: without temporaries (all rows, forward) the launcher only enqueues; with
+// temporaries (a row subset, or the backward's dh) it waits once, at the end, before freeing them.
 namespace PeftKernels.Kernels.Gpu;
 
 /// <summary>An extra LoRA branch (all rows or a subset of rows) on an ILGPU accelerator, forward and backward.</summary>
@@ -35,13 +37,8 @@ public static class LoraBranchKernels
     public static void ForwardAccumulate(Accelerator accelerator, FloatView x, int[]? rows, FloatView a, FloatView b, FloatView bias, float scale,
         FloatView y, FloatView h, int n, int inFeatures, int outFeatures, int rank, LoraOptions options = default)
     {
-        int m = ValidateRows(accelerator, rows, n, inFeatures, outFeatures, rank, options);
-        Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
-        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
-        Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
-        Check.Length(nameof(h), h.Length, (long)m * rank, "m·rank (m = rows of the branch)");
+        GpuCheck.NotNull(accelerator);
+        int m = LoraBranchShapes.Forward(x.Length, rows, a.Length, b.Length, bias.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         GpuCheck.FitsInt(x.Length, nameof(x));
         GpuCheck.FitsInt(y.Length, nameof(y));
         if (m == 0)
@@ -69,7 +66,7 @@ public static class LoraBranchKernels
         GemmTiles.Run(accelerator, new DenseOperand(h, rank, false, scale), new DenseOperand(b, rank, true),
             new GemmEpilogue(yr.View, outFeatures, 1f, 0f, bias), m, outFeatures, rank);
         kernels.ScatterAdd(m * outFeatures, yr.View, deviceRows.View, y, outFeatures);
-        accelerator.Synchronize();
+        GpuLaunch.BeforeFree(accelerator);
     }
 
     /// <summary>dx (zero outside the rows R; skipped when empty), da (skipped when empty: LoRA-FA) and db (skipped when empty), all overwritten; the same rows, dropout and seed as the forward.</summary>
@@ -93,19 +90,9 @@ public static class LoraBranchKernels
     public static void Backward(Accelerator accelerator, FloatView dy, FloatView x, int[]? rows, FloatView h, FloatView a, FloatView b, float scale,
         FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, LoraOptions options = default)
     {
-        int m = ValidateRows(accelerator, rows, n, inFeatures, outFeatures, rank, options);
-        Check.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
-        if (da.Length != 0 || x.Length != 0)
-        {
-            Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
-        }
-
-        Check.Length(nameof(h), h.Length, (long)m * rank, "m·rank (m = rows of the branch)");
-        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank, or empty to skip");
+        GpuCheck.NotNull(accelerator);
+        int m = LoraBranchShapes.Backward(dy.Length, x.Length, rows, h.Length, a.Length, b.Length, dx.Length, da.Length, db.Length,
+            n, inFeatures, outFeatures, rank, options);
         GpuCheck.FitsInt((long)n * inFeatures, nameof(x));
         GpuCheck.FitsInt(dy.Length, nameof(dy));
         if (rows != null && dx.Length != 0)
@@ -123,7 +110,6 @@ public static class LoraBranchKernels
                 }
             }
 
-            accelerator.Synchronize();
             return;
         }
 
@@ -145,7 +131,11 @@ public static class LoraBranchKernels
 
         if (dx.Length == 0 && da.Length == 0)
         {
-            accelerator.Synchronize();
+            if (deviceRows != null)
+            {
+                GpuLaunch.BeforeFree(accelerator); // deviceRows and gathered
+            }
+
             return;
         }
 
@@ -153,9 +143,10 @@ public static class LoraBranchKernels
         using var dh = accelerator.Allocate1D<float>((long)m * rank);
         GemmTiles.Run(accelerator, new DenseOperand(gr, outFeatures, false), new DenseOperand(b, rank, false),
             new GemmEpilogue(dh.View, rank, scale, 0f), m, rank, outFeatures);
+        using var xr = da.Length == 0 || deviceRows == null ? null : accelerator.Allocate1D<float>((long)m * inFeatures);
+        using var dxr = dx.Length == 0 || deviceRows == null ? null : accelerator.Allocate1D<float>((long)m * inFeatures);
         if (da.Length != 0)
         {
-            using var xr = deviceRows == null ? null : accelerator.Allocate1D<float>((long)m * inFeatures);
             var xv = x;
             if (xr != null)
             {
@@ -165,21 +156,19 @@ public static class LoraBranchKernels
 
             GemmTiles.Run(accelerator, new DenseOperand(dh.View, rank, true), new DenseOperand(xv, inFeatures, false, 1f, mask),
                 new GemmEpilogue(da, inFeatures, 1f, 0f), rank, inFeatures, m);
-            accelerator.Synchronize();
         }
 
         if (dx.Length != 0)
         {
-            using var dxr = deviceRows == null ? null : accelerator.Allocate1D<float>((long)m * inFeatures);
             GemmTiles.Run(accelerator, new DenseOperand(dh.View, rank, false), new DenseOperand(a, inFeatures, false),
                 new GemmEpilogue(dxr?.View ?? dx, inFeatures, 1f, 0f, mask: mask), m, inFeatures, rank);
             if (dxr != null)
             {
                 kernels.ScatterAdd(m * inFeatures, dxr.View, deviceRows!.View, dx, inFeatures);
             }
-
-            accelerator.Synchronize();
         }
+
+        GpuLaunch.BeforeFree(accelerator); // dh and the row temporaries
     }
 
     internal static void GatherRowsKernel(Index1D i, FloatView source, IntView rows, FloatView target, int cols) =>
@@ -190,27 +179,6 @@ public static class LoraBranchKernels
     {
         int at = (rows[i / cols] * cols) + (i % cols);
         target[at] += source[i];
-    }
-
-    private static int ValidateRows(Accelerator accelerator, int[]? rows, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        LoraMatmulKernels.ValidateDims(accelerator, n, inFeatures, outFeatures, rank, options);
-        if (rows == null)
-        {
-            return n;
-        }
-
-        GpuCheck.Require(rows.Length <= n, nameof(rows), $"rows has {rows.Length} entries; there are only n = {n} rows.");
-        var seen = new bool[n];
-        for (int i = 0; i < rows.Length; i++)
-        {
-            int row = rows[i];
-            GpuCheck.Require((uint)row < (uint)n, nameof(rows), $"rows[{i}] = {row} is outside [0, {n}).");
-            GpuCheck.Require(!seen[row], nameof(rows), $"rows[{i}] = {row} appears twice; a branch's rows must be distinct.");
-            seen[row] = true;
-        }
-
-        return rows.Length;
     }
 
     private sealed class Loaded

@@ -152,54 +152,27 @@ public static class LoraMatmulKernels
             }
         }
 
-        accelerator.Synchronize();
-    }
-
-    internal static void ValidateDims(Accelerator accelerator, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
-    {
-        GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
-        GpuCheck.Require(options.Dropout >= 0f && options.Dropout < 1f, nameof(options), $"dropout must be in [0, 1), got {options.Dropout}.");
+        GpuLaunch.BeforeFree(accelerator);
     }
 
     internal static void ValidateForward(Accelerator accelerator, FloatView x, long w, FloatView bias, FloatView a, FloatView b, FloatView y, FloatView h,
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
-        ValidateDims(accelerator, n, inFeatures, outFeatures, rank, options);
-        Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
-        Check.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
-        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
-        Check.Length(nameof(h), h.Length, (long)n * rank, "n·rank");
+        GpuCheck.NotNull(accelerator);
+        LoraMatmulShapes.Forward(x.Length, w, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         FitInt(x.Length, w, y.Length);
     }
 
     internal static void ValidateBackward(Accelerator accelerator, FloatView dy, FloatView x, FloatView h, long w, FloatView a, FloatView b,
         FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
-        ValidateDims(accelerator, n, inFeatures, outFeatures, rank, options);
-        Check.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
-        if (da.Length != 0 || x.Length != 0)
-        {
-            Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
-        }
-
-        Check.Length(nameof(h), h.Length, (long)n * rank, "n·rank");
-        Check.Length(nameof(w), w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length(nameof(a), a.Length, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length(nameof(b), b.Length, (long)outFeatures * rank, "outFeatures·rank");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(da), da.Length, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
-        Check.Length(nameof(db), db.Length, (long)outFeatures * rank, "outFeatures·rank");
+        GpuCheck.NotNull(accelerator);
+        LoraMatmulShapes.Backward(dy.Length, x.Length, h.Length, w, a.Length, b.Length, dx.Length, da.Length, db.Length,
+            n, inFeatures, outFeatures, rank, options);
         FitInt((long)n * inFeatures, w, dy.Length);
     }
 
-    private static void FitInt(long x, long w, long y)
+    internal static void FitInt(long x, long w, long y)
     {
         GpuCheck.FitsInt(x, nameof(x));
         GpuCheck.FitsInt(w, nameof(w));

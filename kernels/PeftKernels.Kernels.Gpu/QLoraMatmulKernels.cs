@@ -22,8 +22,9 @@ public static class QLoraMatmulKernels
     internal static void Forward(Accelerator accelerator, FloatView x, in Quant4View w, FloatView bias, FloatView a, FloatView b, float scale,
         FloatView y, FloatView h, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options, GemmPath path, bool allowGemv)
     {
-        LoraMatmulKernels.ValidateForward(accelerator, x, w.Count, bias, a, b, y, h, n, inFeatures, outFeatures, rank, options);
-        CheckShape(w, inFeatures, outFeatures);
+        GpuCheck.NotNull(accelerator);
+        QLoraMatmulShapes.Forward([w.Rows, w.Cols], w.Count, x.Length, bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
+        LoraMatmulKernels.FitInt(x.Length, w.Count, y.Length);
         if (allowGemv && n > 0 && n <= Quant4MatmulKernels.GemvMaxRows)
         {
             var mask = new GpuDropout(options.Dropout, options.Seed);
@@ -42,17 +43,11 @@ public static class QLoraMatmulKernels
     internal static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView h, in Quant4View w, FloatView a, FloatView b, float scale,
         FloatView dx, FloatView da, FloatView db, int n, int inFeatures, int outFeatures, int rank, in LoraOptions options, GemmPath path)
     {
-        LoraMatmulKernels.ValidateBackward(accelerator, dy, x, h, w.Count, a, b, dx, da, db, n, inFeatures, outFeatures, rank, options);
-        CheckShape(w, inFeatures, outFeatures);
+        GpuCheck.NotNull(accelerator);
+        QLoraMatmulShapes.Backward([w.Rows, w.Cols], w.Count, dy.Length, x.Length, h.Length, a.Length, b.Length, dx.Length, da.Length, db.Length,
+            n, inFeatures, outFeatures, rank, options);
+        LoraMatmulKernels.FitInt((long)n * inFeatures, w.Count, dy.Length);
         var op = new Quant4Operand(w, GpuTables.For(accelerator).Table(w.Type), trans: false);
         LoraMatmulKernels.BackwardCore(accelerator, op, dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, path);
-    }
-
-    private static void CheckShape(in Quant4View w, int inFeatures, int outFeatures)
-    {
-        if (w.Rows != outFeatures || w.Cols != inFeatures)
-        {
-            throw new ArgumentException($"w has shape [{w.Rows}, {w.Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));
-        }
     }
 }

@@ -20,13 +20,13 @@ public readonly struct Quant4View
     /// <param name="cols">Columns (in features).</param>
     public Quant4View(ByteView packed, FloatView absmax, Quant4Type type, int blocksize, int rows, int cols)
     {
-        GpuCheck.Require(Quant4.IsValidBlocksize(blocksize), nameof(blocksize), $"blocksize must be a power of two in 32..4096, got {blocksize}.");
+        Check.Require(Quant4Blocks.IsValidBlocksize(blocksize), nameof(blocksize), $"blocksize must be a power of two in 32..4096, got {blocksize}.");
         Check.NonNegative(rows, nameof(rows));
         Check.NonNegative(cols, nameof(cols));
         long count = (long)rows * cols;
         GpuCheck.FitsInt(count, "w");
         Check.Length(nameof(packed), packed.Length, (count + 1) / 2, "(rows·cols + 1) / 2");
-        Check.Length(nameof(absmax), absmax.Length, Quant4.BlockCount(count, blocksize), "ceil(rows·cols / blocksize)");
+        Check.Length(nameof(absmax), absmax.Length, Quant4Blocks.BlockCount(count, blocksize), "ceil(rows·cols / blocksize)");
         Packed = packed;
         Absmax = absmax;
         Type = type;
@@ -80,7 +80,7 @@ public sealed class Quant4Buffers : IDisposable
     {
         GpuCheck.NotNull(accelerator);
         ArgumentNullException.ThrowIfNull(weight);
-        GpuCheck.Require(weight.Shape.Length is 1 or 2, nameof(weight), $"weight has shape [{string.Join(", ", weight.Shape)}]; the GPU kernels take [rows, cols] or [cols].");
+        Check.Require(weight.Shape.Length is 1 or 2, nameof(weight), $"weight has shape [{string.Join(", ", weight.Shape)}]; the GPU kernels take [rows, cols] or [cols].");
         int rows = weight.Shape.Length == 2 ? weight.Shape[0] : 1, cols = weight.Shape[^1];
         var packed = accelerator.Allocate1D(weight.Packed);
         MemoryBuffer1D<float, Stride1D.Dense> absmax;
@@ -90,7 +90,7 @@ public sealed class Quant4Buffers : IDisposable
             using var codes = accelerator.Allocate1D(weight.NestedCodes);
             using var nested = accelerator.Allocate1D(weight.NestedAbsmax!);
             Quant4Kernels.DequantizeNested(accelerator, codes.View, nested.View, weight.NestedOffset, absmax.View);
-            accelerator.Synchronize();
+            GpuLaunch.BeforeFree(accelerator);
         }
         else
         {
@@ -130,7 +130,7 @@ public static class Quant4Kernels
     {
         GpuCheck.NotNull(accelerator);
         Check.Length(nameof(absmax), absmax.Length, codes.Length, "codes length");
-        Check.Length(nameof(nestedAbsmax), nestedAbsmax.Length, Quant4.BlockCount(codes.Length, Quant4.NestedBlocksize), "ceil(codes length / 256)");
+        Check.Length(nameof(nestedAbsmax), nestedAbsmax.Length, Quant4Blocks.BlockCount(codes.Length, Quant4Blocks.NestedBlocksize), "ceil(codes length / 256)");
         GpuCheck.FitsInt(codes.Length, nameof(codes));
         if (codes.Length == 0)
         {

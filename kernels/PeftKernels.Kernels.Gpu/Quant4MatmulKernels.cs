@@ -28,10 +28,8 @@ public static class Quant4MatmulKernels
     internal static void Forward(Accelerator accelerator, FloatView x, in Quant4View w, FloatView bias, FloatView y,
         int n, int inFeatures, int outFeatures, GemmPath path, bool allowGemv = true)
     {
-        ValidateDims(accelerator, w, n, inFeatures, outFeatures);
-        Check.Length(nameof(x), x.Length, (long)n * inFeatures, "n·inFeatures");
-        GpuCheck.LengthOrEmpty(nameof(bias), bias.Length, outFeatures, "outFeatures, or empty");
-        Check.Length(nameof(y), y.Length, (long)n * outFeatures, "n·outFeatures");
+        GpuCheck.NotNull(accelerator);
+        Quant4MatmulShapes.Forward([w.Rows, w.Cols], x.Length, bias.Length, y.Length, n, inFeatures, outFeatures);
         GpuCheck.FitsInt(x.Length, nameof(x));
         GpuCheck.FitsInt(y.Length, nameof(y));
         if (n == 0)
@@ -52,9 +50,8 @@ public static class Quant4MatmulKernels
 
     internal static void Backward(Accelerator accelerator, FloatView dy, in Quant4View w, FloatView dx, int n, int inFeatures, int outFeatures, GemmPath path)
     {
-        ValidateDims(accelerator, w, n, inFeatures, outFeatures);
-        Check.Length(nameof(dy), dy.Length, (long)n * outFeatures, "n·outFeatures");
-        Check.Length(nameof(dx), dx.Length, (long)n * inFeatures, "n·inFeatures");
+        GpuCheck.NotNull(accelerator);
+        Quant4MatmulShapes.Backward([w.Rows, w.Cols], dy.Length, dx.Length, n, inFeatures, outFeatures);
         GpuCheck.FitsInt(dy.Length, nameof(dy));
         GpuCheck.FitsInt(dx.Length, nameof(dx));
         var op = new Quant4Operand(w, GpuTables.For(accelerator).Table(w.Type), trans: false);
@@ -139,18 +136,6 @@ public static class Quant4MatmulKernels
             {
                 y[(3 * d.Out) + j] = s3 + b;
             }
-        }
-    }
-
-    private static void ValidateDims(Accelerator accelerator, in Quant4View w, int n, int inFeatures, int outFeatures)
-    {
-        GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        if (w.Rows != outFeatures || w.Cols != inFeatures)
-        {
-            throw new ArgumentException($"w has shape [{w.Rows}, {w.Cols}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));
         }
     }
 

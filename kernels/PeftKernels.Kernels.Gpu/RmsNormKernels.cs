@@ -17,11 +17,9 @@ public static class RmsNormKernels
     /// <summary>y = weight ⊙ (x · rstd) per row, with rstd = 1/sqrt(mean(x²) + eps) written to <paramref name="rstd"/>.</summary>
     public static void Forward(Accelerator accelerator, FloatView x, FloatView weight, float eps, FloatView y, FloatView rstd, int n, int dim)
     {
-        Validate(accelerator, n, dim, weight);
-        GpuCheck.Require(eps >= 0f && float.IsFinite(eps), nameof(eps), $"eps must be finite and >= 0, got {eps}.");
-        Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
-        Check.Length(nameof(y), y.Length, (long)n * dim, "n·dim");
-        Check.Length(nameof(rstd), rstd.Length, n, "n");
+        GpuCheck.NotNull(accelerator);
+        RmsNormShapes.Forward(x.Length, weight.Length, y.Length, rstd.Length, n, dim, eps);
+        GpuCheck.FitsInt((long)n * dim, "x");
         if (n != 0)
         {
             Loaded.For(accelerator).Forward(new KernelConfig(n, Threads), x, weight, y, rstd, dim, eps);
@@ -32,12 +30,9 @@ public static class RmsNormKernels
     public static void Backward(Accelerator accelerator, FloatView dy, FloatView x, FloatView weight, FloatView rstd,
         FloatView dx, FloatView dweight, int n, int dim)
     {
-        Validate(accelerator, n, dim, weight);
-        Check.Length(nameof(dy), dy.Length, (long)n * dim, "n·dim");
-        Check.Length(nameof(x), x.Length, (long)n * dim, "n·dim");
-        Check.Length(nameof(rstd), rstd.Length, n, "n");
-        GpuCheck.LengthOrEmpty(nameof(dx), dx.Length, (long)n * dim, "n·dim, or empty to skip");
-        GpuCheck.LengthOrEmpty(nameof(dweight), dweight.Length, dim, "dim, or empty to skip");
+        GpuCheck.NotNull(accelerator);
+        RmsNormShapes.Backward(dy.Length, x.Length, weight.Length, rstd.Length, dx.Length, dweight.Length, n, dim);
+        GpuCheck.FitsInt((long)n * dim, "x");
         if (dx.Length != 0 && n != 0)
         {
             Loaded.For(accelerator).Backward(new KernelConfig(n, Threads), dy, x, weight, rstd, dx, dim);
@@ -45,7 +40,7 @@ public static class RmsNormKernels
 
         if (dweight.Length != 0)
         {
-            ColumnSums.Run(accelerator, new DwTerm(dy, x, rstd, dim), dweight, n, dim);
+            ColumnSumsKernels.Run(accelerator, new DwTerm(dy, x, rstd, dim), dweight, n, dim);
         }
     }
 
@@ -90,15 +85,6 @@ public static class RmsNormKernels
         {
             dx[row + j] = r * ((weight[j] * dy[row + j]) - (x[row + j] * c));
         }
-    }
-
-    private static void Validate(Accelerator accelerator, int n, int dim, FloatView weight)
-    {
-        GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.Positive(dim, "dim");
-        Check.Length(nameof(weight), weight.Length, dim, "dim");
-        GpuCheck.FitsInt((long)n * dim, "x");
     }
 
     /// <summary>g[i, j]·(x[i, j]·rstd[i]).</summary>

@@ -41,15 +41,8 @@ public static class RopeKernels
         int n, int heads, int headDim, float sinSign, string srcName, string dstName)
     {
         GpuCheck.NotNull(accelerator);
-        Check.NonNegative(n, "n");
-        Check.Positive(heads, "heads");
-        GpuCheck.Require(headDim > 0 && headDim % 2 == 0, nameof(headDim),
-            $"headDim must be even and > 0 (rotate-half pairs element j with j + headDim/2), got {headDim}.");
+        RopeShapes.Rotate(srcName, src.Length, positions.Length, invFreq.Length, dstName, dst.Length, n, heads, headDim);
         long total = (long)n * heads * headDim;
-        Check.Length(srcName, src.Length, total, "n·heads·headDim");
-        Check.Length(nameof(positions), positions.Length, n, "n");
-        Check.Length(nameof(invFreq), invFreq.Length, headDim / 2, "headDim/2");
-        Check.Length(dstName, dst.Length, total, "n·heads·headDim");
         GpuCheck.FitsInt(total, srcName);
         if (n == 0)
         {

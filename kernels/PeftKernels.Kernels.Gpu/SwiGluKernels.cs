@@ -16,8 +16,7 @@ public static class SwiGluKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = gate.Length;
-        Check.Length(nameof(up), up.Length, count, "gate.Length");
-        Check.Length(nameof(y), y.Length, count, "gate.Length");
+        SwiGluShapes.Forward(count, up.Length, y.Length);
         GpuCheck.FitsInt(count, nameof(gate));
         if (count != 0)
         {
@@ -30,10 +29,7 @@ public static class SwiGluKernels
     {
         GpuCheck.NotNull(accelerator);
         long count = dy.Length;
-        Check.Length(nameof(gate), gate.Length, count, "dy.Length");
-        Check.Length(nameof(up), up.Length, count, "dy.Length");
-        Check.Length(nameof(dgate), dgate.Length, count, "dy.Length");
-        Check.Length(nameof(dup), dup.Length, count, "dy.Length");
+        SwiGluShapes.Backward(count, gate.Length, up.Length, dgate.Length, dup.Length);
         GpuCheck.FitsInt(count, nameof(dy));
         if (count != 0)
         {

@@ -45,8 +45,8 @@ public class GpuElementwiseTests(GpuFixture gpu)
         using var y = gpu.Poisoned(n * dim);
         using var dx = gpu.Poisoned(n * dim);
         using var dl = gpu.Poisoned(dim);
-        Ia3Kernels.Forward(gpu.Accelerator, dx_.View, dl_.View, y.View, n, dim);
-        Ia3Kernels.Backward(gpu.Accelerator, ddy.View, dx_.View, dl_.View, dx.View, dl.View, n, dim);
+        Ia3Kernels.ScaleColumns(gpu.Accelerator, dx_.View, dl_.View, y.View, n, dim);
+        Ia3Kernels.ScaleColumnsBackward(gpu.Accelerator, ddy.View, dx_.View, dl_.View, dx.View, dl.View, n, dim);
         var (yRef, dxRef, dlRef) = Ia3Reference(x, l, dy, n, dim);
         TestUtil.AssertClose(gpu.Download(y.View), yRef, 0, 1e-7, "y");
         TestUtil.AssertClose(gpu.Download(dx.View), dxRef, 0, 1e-7, "dx");
@@ -196,7 +196,7 @@ public class GpuElementwiseTests(GpuFixture gpu)
         Assert.Equal("up", e.ParamName);
         e = Assert.Throws<ArgumentException>(() => AdamWKernels.Step(gpu.Accelerator, v4.View, v4.View, v3.View, v4.View, 1e-3f, 0.9f, 0.999f, 1e-8f, 0f, 1));
         Assert.Equal("m", e.ParamName);
-        e = Assert.Throws<ArgumentException>(() => Ia3Kernels.Forward(gpu.Accelerator, v4.View, v3.View, v4.View, 2, 2));
+        e = Assert.Throws<ArgumentException>(() => Ia3Kernels.ScaleColumns(gpu.Accelerator, v4.View, v3.View, v4.View, 2, 2));
         Assert.Equal("l", e.ParamName);
         e = Assert.Throws<ArgumentException>(() => RmsNormKernels.Forward(gpu.Accelerator, v4.View, v4.View, 1e-5f, v4.View, v3.View, 1, 4));
         Assert.Equal("rstd", e.ParamName);

@@ -38,7 +38,7 @@ public class GpuTrainingKernelTests(GpuFixture gpu)
         Assert.Equal(EmbeddingBackwardReference(dy, ids, vocab, dim), gpu.Download(dw.View));
     }
 
-    /// <summary>db_j = Σ_i dy_ij against a double reference: n fp32 additions (DotAtol).</summary>
+    /// <summary>db_j += scale·Σ_i dy_ij against a double reference: n fp32 additions (DotAtol).</summary>
     [Theory]
     [InlineData(1, 1)]
     [InlineData(17, 33)]
@@ -53,9 +53,15 @@ public class GpuTrainingKernelTests(GpuFixture gpu)
         }
 
         using var ddy = gpu.Upload(dy);
-        using var db = gpu.Poisoned(dim);
-        AddKernels.ColumnSums(gpu.Accelerator, ddy.View, db.View, n, dim);
+        using var db = gpu.Upload(new float[dim]);
+        ColumnSumsKernels.Add(gpu.Accelerator, ddy.View, db.View, n, dim);
         TestUtil.AssertClose(gpu.Download(db.View), expected, TestUtil.DotAtol(n), 1e-6, "db");
+
+        // Accumulating into a non-zero gradient, scaled (the LoRA bias: db += s·Σ dy).
+        var start = TestUtil.Random(dim, 5);
+        using var db2 = gpu.Upload(start);
+        ColumnSumsKernels.Add(gpu.Accelerator, ddy.View, db2.View, n, dim, 0.37f);
+        TestUtil.AssertClose(gpu.Download(db2.View), [.. expected.Select((v, j) => start[j] + (0.37 * v))], TestUtil.DotAtol(n), 1e-6, "db scaled");
     }
 
     /// <summary>
@@ -92,8 +98,8 @@ public class GpuTrainingKernelTests(GpuFixture gpu)
         Assert.Equal("dw", e.ParamName);
         e = Assert.Throws<ArgumentException>(() => EmbeddingKernels.Backward(gpu.Accelerator, v3.View, [1, 0], v4.View, 2, 2));
         Assert.Equal("dy", e.ParamName);
-        e = Assert.Throws<ArgumentException>(() => AddKernels.ColumnSums(gpu.Accelerator, v4.View, v3.View, 2, 2));
-        Assert.Equal("db", e.ParamName);
+        e = Assert.Throws<ArgumentException>(() => ColumnSumsKernels.Add(gpu.Accelerator, v4.View, v3.View, 2, 2));
+        Assert.Equal("dst", e.ParamName);
         e = Assert.Throws<ArgumentException>(() => AdamWKernels.Scale(gpu.Accelerator, v4.View, float.NaN));
         Assert.Equal("factor", e.ParamName);
     }

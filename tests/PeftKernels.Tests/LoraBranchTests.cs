@@ -2,6 +2,7 @@ using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
 using Xunit;
+using Embedding = PeftKernels.Nn.Embedding;
 
 namespace PeftKernels.Tests;
 

@@ -4,7 +4,7 @@
 //   LoraMatmul on the gathered rows with a zero base weight (the same math and the same mask, which
 //   is seeded by the gathered storage index on both sides), scattered back;
 // - DoraNormKernels.RowNorms (fp32 and NF4 base) against the CPU DoraNorm, Divide against x / y;
-// - AdamWKernels.SumOfSquares and Scale against the CPU AdamW's; AddKernels.ColumnSums against a
+// - AdamWKernels.SumOfSquares and Scale against the CPU AdamW's; ColumnSumsKernels.Add against a
 //   double sum; EmbeddingKernels.Backward against the CPU autograd's fp32 scatter-add loop.
 using ILGPU;
 using ILGPU.Runtime;
@@ -152,7 +152,8 @@ internal static partial class KernelChecks
 
         using var gdy = acc.Allocate1D(dy);
         using var gdb = acc.Allocate1D<float>(dim);
-        AddKernels.ColumnSums(acc, gdy.View, gdb.View, n, dim);
+        gdb.MemSetToZero();
+        ColumnSumsKernels.Add(acc, gdy.View, gdb.View, n, dim);
         Compare(report, "bias column sums (vs double)", $"{n}x{dim}", Data.Down(acc, gdb.View), [.. sums.Select(s => (float)s)], DotAtol(n), 1e-6);
 
         // Token ids with repeats (1000 distinct of 32000) and rows that never occur (their gradient is exactly 0).

@@ -40,8 +40,8 @@ internal static partial class KernelChecks
         using var gy = acc.Allocate1D<float>(n * dim);
         using var gdx = acc.Allocate1D<float>(n * dim);
         using var gdl = acc.Allocate1D<float>(dim);
-        Ia3Kernels.Forward(acc, gx.View, gl.View, gy.View, n, dim);
-        Ia3Kernels.Backward(acc, gdy.View, gx.View, gl.View, gdx.View, gdl.View, n, dim);
+        Ia3Kernels.ScaleColumns(acc, gx.View, gl.View, gy.View, n, dim);
+        Ia3Kernels.ScaleColumnsBackward(acc, gdy.View, gx.View, gl.View, gdx.View, gdl.View, n, dim);
         Compare(report, "ia3 forward y", $"{n}x{dim}", Data.Down(acc, gy.View), y, 0, 0, "(bit-exact)");
         Compare(report, "ia3 backward dx", $"{n}x{dim}", Data.Down(acc, gdx.View), dx, 0, 0, "(bit-exact)");
         Compare(report, "ia3 backward dl (vs double)", $"{n}x{dim}", Data.Down(acc, gdl.View), dl, DotAtol(n), 1e-5);

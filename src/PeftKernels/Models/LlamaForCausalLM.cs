@@ -5,6 +5,7 @@ using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
 using PeftKernels.Ops;
+using Embedding = PeftKernels.Nn.Embedding;
 
 namespace PeftKernels.Models;
 

@@ -77,6 +77,7 @@ public static partial class Functional
         var device = logits.Device;
         var accelerator = device.Accelerator;
         int n = logits.Rows, vocab = logits.Columns;
+        CrossEntropyKernels.CheckLabels(labels, vocab); // the launchers never download them
         var deviceLabels = accelerator.Allocate1D(labels);
         var lse = accelerator.Allocate1D<float>(n);
         double sum = labels.Length == 0 ? 0 : CrossEntropyKernels.Forward(accelerator, logits.View(device), deviceLabels.View, lse.View, n, vocab);

@@ -57,14 +57,14 @@ public static partial class Functional
         var accelerator = device.Accelerator;
         var output = OpChecks.DeviceTensor(device, x.Shape);
         int n = x.Rows, dim = x.Columns;
-        Ia3Kernels.Forward(accelerator, x.View(device), l.View(device), output.View(device), n, dim);
+        Ia3Kernels.ScaleColumns(accelerator, x.View(device), l.View(device), output.View(device), n, dim);
         if (Tape.ShouldRecord(x, l))
         {
             Tape.Record(output, () =>
             {
                 var dx = DeviceGrad.Buffer(device, x);
                 var dl = accelerator.Allocate1D<float>(dim);
-                Ia3Kernels.Backward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
+                Ia3Kernels.ScaleColumnsBackward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
                 accelerator.Synchronize();
                 DeviceGrad.Give(x, dx);
                 DeviceGrad.Give(l, dl);

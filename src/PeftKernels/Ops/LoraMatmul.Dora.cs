@@ -104,7 +104,7 @@ public static partial class Functional
         var zv = z?.View ?? y;
         var h = accelerator.Allocate1D<float>((long)n * r);
         LoraMatmulKernels.Forward(accelerator, x.View(device), w, default, a.View(device), b.View(device), lora.Scale, zv, h.View, n, inF, outF, r, options);
-        Ia3Kernels.Forward(accelerator, zv, c.View, y, n, outF);
+        Ia3Kernels.ScaleColumns(accelerator, zv, c.View, y, n, outF);
         if (bias != null)
         {
             AddKernels.Forward(accelerator, y, bias.View(device), y);
@@ -126,12 +126,12 @@ public static partial class Functional
             var dm = z != null ? accelerator.Allocate1D<float>(outF) : null;
             if (dm != null)
             {
-                Ia3Kernels.Backward(accelerator, g, z!.View, c.View, scaled.View, dm.View, n, outF);
+                Ia3Kernels.ScaleColumnsBackward(accelerator, g, z!.View, c.View, scaled.View, dm.View, n, outF);
                 DoraNormKernels.Divide(accelerator, dm.View, norms.View, dm.View);
             }
             else
             {
-                Ia3Kernels.Forward(accelerator, g, c.View, scaled.View, n, outF);
+                Ia3Kernels.ScaleColumns(accelerator, g, c.View, scaled.View, n, outF);
             }
 
             var dx = DeviceGrad.Buffer(device, x);

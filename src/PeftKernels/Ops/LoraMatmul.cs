@@ -172,10 +172,7 @@ public static partial class Functional
     /// <summary>db = scale·Σ_rows g on the device.</summary>
     private static void ColumnSumsOnDevice(Accelerator accelerator, ArrayView1D<float, Stride1D.Dense> g, ArrayView1D<float, Stride1D.Dense> db, int n, int cols, float scale)
     {
-        AddKernels.ColumnSums(accelerator, g, db, n, cols);
-        if (scale != 1f)
-        {
-            AdamWKernels.Scale(accelerator, db, scale);
-        }
+        db.MemSetToZero();
+        ColumnSumsKernels.Add(accelerator, g, db, n, cols, scale);
     }
 }

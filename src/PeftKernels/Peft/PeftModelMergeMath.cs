@@ -5,6 +5,7 @@
 // unmerge, as PEFT does.
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
+using Embedding = PeftKernels.Nn.Embedding;
 
 namespace PeftKernels.Peft;
 

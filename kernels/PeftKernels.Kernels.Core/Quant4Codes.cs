@@ -2,7 +2,7 @@
 // bitsandbytes; docs/formats/4bit-formats.md#code-tables), and the search tables the
 // kernels derive from them: the table stably sorted, fp32 midpoints of neighbours, and the
 // sorted index → code map (identity for NF4 and the dynamic map, a permutation for FP4).
-namespace PeftKernels.Kernels.Cpu;
+namespace PeftKernels.Kernels;
 
 /// <summary>4-bit quantization data types.</summary>
 public enum Quant4Type

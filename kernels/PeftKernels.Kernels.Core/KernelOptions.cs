@@ -1,7 +1,9 @@
+// Execution options of the CPU kernels (threads, SIMD width). They live in the shared core because
+// the option records of other ops (LoraOptions) and the GPU launchers' callers carry them too.
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
-namespace PeftKernels.Kernels.Cpu;
+namespace PeftKernels.Kernels;
 
 /// <summary>Which vector width a CPU kernel uses.</summary>
 public enum SimdPath
