@@ -67,29 +67,14 @@ internal static class Grad
     }
 
     /// <summary>
-    /// Adds scale·(column sums of g [rows, cols]) to <paramref name="t"/>.Grad ([cols]): the gradient of a broadcast bias
-    /// (scale 1), or of a LoRA lora_B bias that enters the output as s·bias_B (scale s).
+    /// Adds scale·(column sums of g [rows, cols]) to <paramref name="t"/>.Grad ([cols]) through the ColumnSums kernel: the gradient
+    /// of a broadcast bias (scale 1), or of a LoRA lora_B bias that enters the output as s·bias_B (scale s).
     /// </summary>
     public static void AddColumnSums(Tensor t, ReadOnlySpan<float> g, int rows, int cols, float scale)
     {
-        if (scale == 1f)
+        if (t.RequiresGrad)
         {
-            var grad = t.GradOrCreate();
-            for (int i = 0; i < rows; i++)
-            {
-                TensorPrimitives.Add(grad, g.Slice(i * cols, cols), grad);
-            }
-
-            return;
+            Kernels.Cpu.ColumnSums.Add(g, t.GradOrCreate(), rows, cols, scale);
         }
-
-        var sums = new float[cols];
-        for (int i = 0; i < rows; i++)
-        {
-            TensorPrimitives.Add(sums, g.Slice(i * cols, cols), sums);
-        }
-
-        TensorPrimitives.Multiply(sums, scale, sums);
-        AddOwned(t, sums);
     }
 }

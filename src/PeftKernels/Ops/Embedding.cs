@@ -2,7 +2,7 @@
 //   forward   y[t, :] = W[ids[t], :]            W [vocab, dim] fp32 / bf16 / fp16, ids [n], y [n, dim] fp32
 //   backward  dW[ids[t], :] += dy[t, :]         a scatter-add in token order (repeated ids accumulate)
 // Token ids are checked on the host before anything runs (the GPU kernel does not check them).
-// CPU body here; GPU: EmbeddingKernels (device dW built deterministically, no atomics; a tied
+// CPU: Kernels.Cpu.Embedding; GPU: EmbeddingKernels (device dW built deterministically, no atomics; a tied
 // lm_head adds its own dW). The module with LoRA adapters is Nn/Embedding.cs.
 using System.Numerics.Tensors;
 using ILGPU;
@@ -39,45 +39,26 @@ public static partial class Functional
         }
 
         var y = new float[(long)ids.Length * dim];
-        for (int t = 0; t < ids.Length; t++)
+        switch (weight.DType)
         {
-            int id = ids[t];
-            var row = y.AsSpan(t * dim, dim);
-            switch (weight.DType)
-            {
-                case TensorDType.F32:
-                    weight.Data.AsSpan(id * dim, dim).CopyTo(row);
-                    break;
-                case TensorDType.F16:
-                    TensorPrimitives.ConvertToSingle(weight.F16Values.AsSpan(id * dim, dim), row);
-                    break;
-                case TensorDType.BF16:
-                    var bits = weight.Bf16Bits.AsSpan(id * dim, dim);
-                    for (int j = 0; j < dim; j++)
-                    {
-                        row[j] = Bf16.ToSingle(bits[j]);
-                    }
-
-                    break;
-                default:
-                    throw new NotSupportedException($"embedding weight of dtype {weight.DType} is not supported (F32, BF16 or F16).");
-            }
+            case TensorDType.F32:
+                Kernels.Cpu.Embedding.Forward(weight.Data, ids, y, vocab, dim);
+                break;
+            case TensorDType.F16:
+                Kernels.Cpu.Embedding.Forward(weight.F16Values, ids, y, vocab, dim);
+                break;
+            case TensorDType.BF16:
+                Kernels.Cpu.Embedding.Forward(weight.Bf16Bits, ids, y, vocab, dim);
+                break;
+            default:
+                throw new NotSupportedException($"embedding weight of dtype {weight.DType} is not supported (F32, BF16 or F16).");
         }
 
         var output = new Tensor(y, ids.Length, dim);
         if (Tape.ShouldRecord(weight))
         {
             var saved = ids.ToArray();
-            Tape.Record(output, () =>
-            {
-                var dw = weight.GradOrCreate();
-                var dy = output.Grad!;
-                for (int t = 0; t < saved.Length; t++)
-                {
-                    var target = dw.AsSpan(saved[t] * dim, dim);
-                    TensorPrimitives.Add(target, dy.AsSpan(t * dim, dim), target);
-                }
-            });
+            Tape.Record(output, () => Kernels.Cpu.Embedding.Backward(output.Grad!, saved, weight.GradOrCreate(), vocab, dim));
         }
 
         return output;

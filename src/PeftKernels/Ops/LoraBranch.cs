@@ -12,7 +12,7 @@
 //   dA      = dhᵀ · u                   [r, in]   (skipped when A is frozen: LoRA-FA)
 //   dx[R,:] += drop'(dh · A)            (the same mask and 1/(1 − p) scale as forward)
 // y is consumed: on the host its storage receives the sum (the output shares it); on a device the
-// sum is added in place in inference and into a copy while recording. CPU: the GEMM kernels here;
+// sum is added in place in inference and into a copy while recording. CPU: Kernels.Cpu.LoraBranch;
 // GPU: LoraBranchKernels (same mask for the gathered rows). Trainable lora_B biases are refused on a device.
 using System.Numerics.Tensors;
 using ILGPU;
@@ -51,37 +51,11 @@ public static partial class Functional
             return LoraBranchOnDevice(y, x, lora, rows, options);
         }
 
-        var k = options.Kernel;
         int m = rows?.Length ?? n, r = lora.Rank;
-        float s = lora.Scale;
-        var xd = x.Data;
         var yd = y.Data;
-        var xr = rows == null ? xd : GatherRows(xd, rows, inF);
-        var u = xr;
-        if (options.Dropout > 0)
-        {
-            u = ReferenceEquals(xr, xd) ? GC.AllocateUninitializedArray<float>(xr.Length) : xr;
-            Dropout.Apply(xr, u, options.Dropout, options.Seed, k);
-        }
-
         var h = GC.AllocateUninitializedArray<float>(m * r);
-        Kernels.Cpu.Gemm.Multiply(false, true, m, r, inF, 1f, u, lora.A.Data, 0f, h, k);
-        if (rows == null)
-        {
-            Kernels.Cpu.Gemm.Multiply(false, true, m, outF, r, s, h, lora.B.Data, 1f, yd, k);
-        }
-        else
-        {
-            var yr = GC.AllocateUninitializedArray<float>(m * outF);
-            Kernels.Cpu.Gemm.Multiply(false, true, m, outF, r, s, h, lora.B.Data, 0f, yr, k);
-            for (int i = 0; i < m; i++)
-            {
-                var target = yd.AsSpan(rows[i] * outF, outF);
-                TensorPrimitives.Add(target, yr.AsSpan(i * outF, outF), target);
-            }
-        }
-
-        AddScaledBias(yd, m, outF, lora, rows);
+        Kernels.Cpu.LoraBranch.ForwardAccumulate(x.Data, rows, lora.A.Data, lora.B.Data, lora.Bias == null ? [] : ScaledLoraBias(lora), lora.Scale,
+            yd, h, n, inF, outF, r, options);
         bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || lora.RequiresGrad);
         if (!record)
         {
@@ -90,70 +64,32 @@ public static partial class Functional
 
         var output = new Tensor(yd, y.Shape);
         var opts = options;
-        Tape.Record(output, () => BranchBackward(output.Grad!, y, x, lora, rows, u, h, opts));
+        Tape.Record(output, () => BranchBackward(output.Grad!, y, x, lora, rows, h, opts));
         return output;
     }
 
-    private static void BranchBackward(float[] g, Tensor y, Tensor x, LoraFactors lora, int[]? rows, float[] u, float[] h, in LoraOptions options)
+    private static void BranchBackward(float[] g, Tensor y, Tensor x, LoraFactors lora, int[]? rows, float[] h, in LoraOptions options)
     {
-        var k = options.Kernel;
-        int n = x.Rows, inF = x.Columns, outF = y.Columns, m = rows?.Length ?? n, r = lora.Rank;
-        float s = lora.Scale;
-        var gr = rows == null ? g : GatherRows(g, rows, outF);
-        if (lora.B.RequiresGrad)
+        int n = x.Rows, inF = x.Columns, outF = y.Columns, r = lora.Rank;
+        var (a, b) = (lora.A, lora.B);
+        if (a.RequiresGrad || b.RequiresGrad || x.RequiresGrad)
         {
-            var db = GC.AllocateUninitializedArray<float>(outF * r);
-            Kernels.Cpu.Gemm.Multiply(true, false, outF, r, m, s, gr, h, 0f, db, k);
-            Grad.AddOwned(lora.B, db);
+            float[] dx = x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
+            float[] da = a.RequiresGrad ? GC.AllocateUninitializedArray<float>(r * inF) : [];
+            float[] db = b.RequiresGrad ? GC.AllocateUninitializedArray<float>(outF * r) : [];
+            Kernels.Cpu.LoraBranch.Backward(g, x.Data, rows, h, a.Data, b.Data, lora.Scale, dx, da, db, n, inF, outF, r, options);
+            Grad.AddOwned(x, dx);
+            Grad.AddOwned(a, da);
+            Grad.AddOwned(b, db);
         }
 
         if (lora.Bias?.RequiresGrad == true)
         {
-            Grad.AddColumnSums(lora.Bias, gr, m, outF, s);
-        }
-
-        if (lora.A.RequiresGrad || x.RequiresGrad)
-        {
-            var dh = GC.AllocateUninitializedArray<float>(m * r);
-            Kernels.Cpu.Gemm.Multiply(false, false, m, r, outF, s, gr, lora.B.Data, 0f, dh, k);
-            if (lora.A.RequiresGrad)
-            {
-                var da = GC.AllocateUninitializedArray<float>(r * inF);
-                Kernels.Cpu.Gemm.Multiply(true, false, r, inF, m, 1f, dh, u, 0f, da, k);
-                Grad.AddOwned(lora.A, da);
-            }
-
-            if (x.RequiresGrad)
-            {
-                var dxr = GC.AllocateUninitializedArray<float>(m * inF);
-                Kernels.Cpu.Gemm.Multiply(false, false, m, inF, r, 1f, dh, lora.A.Data, 0f, dxr, k);
-                if (options.Dropout > 0)
-                {
-                    Dropout.Apply(dxr, dxr, options.Dropout, options.Seed, k);
-                }
-
-                Grad.AddOwned(x, rows == null ? dxr : ScatterRows(dxr, rows, n, inF));
-            }
+            Grad.AddColumnSums(lora.Bias, rows == null ? g : GatherRows(g, rows, outF), rows?.Length ?? n, outF, lora.Scale);
         }
 
         // dy = g: y's storage is the output's, and nothing reads g after this node, so it is handed over without a copy.
         Grad.AddOwned(y, g);
-    }
-
-    private static void AddScaledBias(float[] y, int m, int outF, LoraFactors lora, int[]? rows)
-    {
-        if (lora.Bias == null)
-        {
-            return;
-        }
-
-        var scaled = new float[outF];
-        TensorPrimitives.Multiply(lora.Bias.Data, lora.Scale, scaled);
-        for (int i = 0; i < m; i++)
-        {
-            var target = y.AsSpan((rows?[i] ?? i) * outF, outF);
-            TensorPrimitives.Add(target, scaled, target);
-        }
     }
 
     private static float[] GatherRows(float[] source, int[] rows, int cols)
@@ -162,17 +98,6 @@ public static partial class Functional
         for (int i = 0; i < rows.Length; i++)
         {
             source.AsSpan(rows[i] * cols, cols).CopyTo(result.AsSpan(i * cols, cols));
-        }
-
-        return result;
-    }
-
-    private static float[] ScatterRows(float[] gathered, int[] rows, int n, int cols)
-    {
-        var result = new float[n * cols];
-        for (int i = 0; i < rows.Length; i++)
-        {
-            gathered.AsSpan(i * cols, cols).CopyTo(result.AsSpan(rows[i] * cols, cols));
         }
 
         return result;
