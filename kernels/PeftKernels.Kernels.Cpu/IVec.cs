@@ -44,8 +44,6 @@ internal unsafe interface IVec<TV>
 
     static abstract TV Div(TV a, TV b);
 
-    static abstract TV Neg(TV a);
-
     static abstract TV Sqrt(TV a);
 
     /// <summary>The native maximum (MaxNative: which operand a NaN or a ±0 pair yields is the ISA's choice).</summary>
@@ -53,9 +51,6 @@ internal unsafe interface IVec<TV>
 
     /// <summary>The IEEE 754:2019 maximum (Vector.Max, MathF.Max): NaN propagates, +0 &gt; −0.</summary>
     static abstract TV MaxIeee(TV a, TV b);
-
-    /// <summary>value where test ≠ 0, else +0 (selects a product's limit where a factor over/underflowed).</summary>
-    static abstract TV ZeroWhereZero(TV test, TV value);
 
     /// <summary>The fast clamped exp (Cody–Waite reduction, degree-5 polynomial; see ExpPolynomial).</summary>
     static abstract TV Exp(TV x);

@@ -56,9 +56,6 @@ internal readonly unsafe struct V512 : IWidenVec<Vector512<float>, Vector512<dou
     public static Vector512<float> Div(Vector512<float> a, Vector512<float> b) => a / b;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Neg(Vector512<float> a) => -a;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Sqrt(Vector512<float> a) => Vector512.Sqrt(a);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -66,10 +63,6 @@ internal readonly unsafe struct V512 : IWidenVec<Vector512<float>, Vector512<dou
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> MaxIeee(Vector512<float> a, Vector512<float> b) => Vector512.Max(a, b);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> ZeroWhereZero(Vector512<float> test, Vector512<float> value) =>
-        Vector512.ConditionalSelect(Vector512.Equals(test, Vector512<float>.Zero), Vector512<float>.Zero, value);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Exp(Vector512<float> x)
@@ -156,9 +149,6 @@ internal readonly unsafe struct V256 : IWidenVec<Vector256<float>, Vector256<dou
     public static Vector256<float> Div(Vector256<float> a, Vector256<float> b) => a / b;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Neg(Vector256<float> a) => -a;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Sqrt(Vector256<float> a) => Vector256.Sqrt(a);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -166,10 +156,6 @@ internal readonly unsafe struct V256 : IWidenVec<Vector256<float>, Vector256<dou
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> MaxIeee(Vector256<float> a, Vector256<float> b) => Vector256.Max(a, b);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> ZeroWhereZero(Vector256<float> test, Vector256<float> value) =>
-        Vector256.ConditionalSelect(Vector256.Equals(test, Vector256<float>.Zero), Vector256<float>.Zero, value);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Exp(Vector256<float> x)
@@ -260,9 +246,6 @@ internal readonly unsafe struct V1 : IVec<float>
     public static float Div(float a, float b) => a / b;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Neg(float a) => -a;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sqrt(float a) => MathF.Sqrt(a);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -270,9 +253,6 @@ internal readonly unsafe struct V1 : IVec<float>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float MaxIeee(float a, float b) => MathF.Max(a, b);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float ZeroWhereZero(float test, float value) => test == 0f ? 0f : value;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Exp(float x) => MathF.Exp(x);
