@@ -134,41 +134,12 @@ public static unsafe class AdamW
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void StepRun(float* p, float* g, float* m, float* v, int count, Coefficients k, SimdPath path)
     {
-        int i = 0;
-        if (path == SimdPath.Vector512)
+        int i = path switch
         {
-            Vector512<float> decay = Vector512.Create(k.Decay), b1 = Vector512.Create(k.Beta1), c1 = Vector512.Create(k.OneMinusBeta1);
-            Vector512<float> b2 = Vector512.Create(k.Beta2), c2 = Vector512.Create(k.OneMinusBeta2);
-            Vector512<float> stepSize = Vector512.Create(k.StepSize), sqrtBc2 = Vector512.Create(k.SqrtBc2), eps = Vector512.Create(k.Eps);
-            for (; i <= count - 16; i += 16)
-            {
-                Vector512<float> gi = Vector512.Load(g + i);
-                Vector512<float> pi = Vector512.Load(p + i) * decay;
-                Vector512<float> mi = (b1 * Vector512.Load(m + i)) + (c1 * gi);
-                Vector512<float> vi = (b2 * Vector512.Load(v + i)) + (c2 * gi * gi);
-                pi -= stepSize * (mi / ((Vector512.Sqrt(vi) / sqrtBc2) + eps));
-                mi.Store(m + i);
-                vi.Store(v + i);
-                pi.Store(p + i);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<float> decay = Vector256.Create(k.Decay), b1 = Vector256.Create(k.Beta1), c1 = Vector256.Create(k.OneMinusBeta1);
-            Vector256<float> b2 = Vector256.Create(k.Beta2), c2 = Vector256.Create(k.OneMinusBeta2);
-            Vector256<float> stepSize = Vector256.Create(k.StepSize), sqrtBc2 = Vector256.Create(k.SqrtBc2), eps = Vector256.Create(k.Eps);
-            for (; i <= count - 8; i += 8)
-            {
-                Vector256<float> gi = Vector256.Load(g + i);
-                Vector256<float> pi = Vector256.Load(p + i) * decay;
-                Vector256<float> mi = (b1 * Vector256.Load(m + i)) + (c1 * gi);
-                Vector256<float> vi = (b2 * Vector256.Load(v + i)) + (c2 * gi * gi);
-                pi -= stepSize * (mi / ((Vector256.Sqrt(vi) / sqrtBc2) + eps));
-                mi.Store(m + i);
-                vi.Store(v + i);
-                pi.Store(p + i);
-            }
-        }
+            SimdPath.Vector512 => StepRun<Vector512<float>, V512>(p, g, m, v, count, k),
+            SimdPath.Vector256 => StepRun<Vector256<float>, V256>(p, g, m, v, count, k),
+            _ => 0,
+        };
 
         for (; i < count; i++)
         {
@@ -183,69 +154,61 @@ public static unsafe class AdamW
         }
     }
 
+    /// <summary>The step over the whole vectors, the scalar path's operations lane by lane; returns where they end.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static double BlockSumOfSquares(float* x, int count, SimdPath path)
+    private static int StepRun<TV, T>(float* p, float* g, float* m, float* v, int count, Coefficients k)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
     {
-        int i = 0;
-        double sum = 0;
-        if (path == SimdPath.Vector512)
+        int w = T.Width, i = 0;
+        TV decay = T.Splat(k.Decay), b1 = T.Splat(k.Beta1), c1 = T.Splat(k.OneMinusBeta1);
+        TV b2 = T.Splat(k.Beta2), c2 = T.Splat(k.OneMinusBeta2);
+        TV stepSize = T.Splat(k.StepSize), sqrtBc2 = T.Splat(k.SqrtBc2), eps = T.Splat(k.Eps);
+        for (; i <= count - w; i += w)
         {
-            Vector512<double> a0 = default, a1 = default;
-            for (; i <= count - 16; i += 16)
-            {
-                var (lo, hi) = Vector512.Widen(Vector512.Load(x + i));
-                a0 = Vector512.FusedMultiplyAdd(lo, lo, a0);
-                a1 = Vector512.FusedMultiplyAdd(hi, hi, a1);
-            }
-
-            sum = Vector512.Sum(a0 + a1);
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<double> a0 = default, a1 = default;
-            for (; i <= count - 8; i += 8)
-            {
-                var (lo, hi) = Vector256.Widen(Vector256.Load(x + i));
-                a0 = Vector256.FusedMultiplyAdd(lo, lo, a0);
-                a1 = Vector256.FusedMultiplyAdd(hi, hi, a1);
-            }
-
-            sum = Vector256.Sum(a0 + a1);
+            TV gi = T.Load(g + i);
+            TV pi = T.Mul(T.Load(p + i), decay);
+            TV mi = T.Add(T.Mul(b1, T.Load(m + i)), T.Mul(c1, gi));
+            TV vi = T.Add(T.Mul(b2, T.Load(v + i)), T.Mul(T.Mul(c2, gi), gi));
+            pi = T.Sub(pi, T.Mul(stepSize, T.Div(mi, T.Add(T.Div(T.Sqrt(vi), sqrtBc2), eps))));
+            T.Store(m + i, mi);
+            T.Store(v + i, vi);
+            T.Store(p + i, pi);
         }
 
-        for (; i < count; i++)
-        {
-            double d = x[i];
-            sum += d * d;
-        }
-
-        return sum;
+        return i;
     }
+
+    private static double BlockSumOfSquares(float* x, int count, SimdPath path) => WideSums.SumOfSquares(x, count, path);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ScaleRun(float* x, int count, float factor, SimdPath path)
     {
-        int i = 0;
-        if (path == SimdPath.Vector512)
+        int i = path switch
         {
-            var f = Vector512.Create(factor);
-            for (; i <= count - 16; i += 16)
-            {
-                (Vector512.Load(x + i) * f).Store(x + i);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            var f = Vector256.Create(factor);
-            for (; i <= count - 8; i += 8)
-            {
-                (Vector256.Load(x + i) * f).Store(x + i);
-            }
-        }
+            SimdPath.Vector512 => ScaleRun<Vector512<float>, V512>(x, count, factor),
+            SimdPath.Vector256 => ScaleRun<Vector256<float>, V256>(x, count, factor),
+            _ => 0,
+        };
 
         for (; i < count; i++)
         {
             x[i] *= factor;
         }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int ScaleRun<TV, T>(float* x, int count, float factor)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, i = 0;
+        var f = T.Splat(factor);
+        for (; i <= count - w; i += w)
+        {
+            T.Store(x + i, T.Mul(T.Load(x + i), f));
+        }
+
+        return i;
     }
 }

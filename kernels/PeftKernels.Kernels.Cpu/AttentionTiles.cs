@@ -1,4 +1,4 @@
-// Tile operations of the attention kernels, over IVec<TV> (AttentionVectors.cs).
+// Tile operations of the attention kernels, over IVec<TV> (IVec.cs, SimdVectors.cs).
 //   MulAdd  C[r, 0:n] = (acc ? C[r, 0:n] : 0) + Σ_{p<k} A[r·ars + p·acs] · B[p·ldb + 0:n],  r < rows
 //           every product of forward and backward is one call: the output row is vectorised,
 //           A is broadcast (so A may be read transposed: ars = 1, acs = ld), B streamed by rows.

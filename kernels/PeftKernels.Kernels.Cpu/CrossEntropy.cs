@@ -166,29 +166,11 @@ public static unsafe class CrossEntropy
         float max = float.NegativeInfinity;
         if (path == SimdPath.Vector512 && count >= 16)
         {
-            Vector512<float> a = Vector512.Load(x);
-            for (j = 16; j <= count - 16; j += 16)
-            {
-                a = Vector512.Max(a, Vector512.Load(x + j));
-            }
-
-            for (int l = 0; l < Vector512<float>.Count; l++)
-            {
-                max = MathF.Max(max, a.GetElement(l));
-            }
+            max = Max<Vector512<float>, V512>(x, count, out j);
         }
         else if (path == SimdPath.Vector256 && count >= 8)
         {
-            Vector256<float> a = Vector256.Load(x);
-            for (j = 8; j <= count - 8; j += 8)
-            {
-                a = Vector256.Max(a, Vector256.Load(x + j));
-            }
-
-            for (int l = 0; l < Vector256<float>.Count; l++)
-            {
-                max = MathF.Max(max, a.GetElement(l));
-            }
+            max = Max<Vector256<float>, V256>(x, count, out j);
         }
 
         for (; j < count; j++)
@@ -196,6 +178,29 @@ public static unsafe class CrossEntropy
             max = MathF.Max(max, x[j]);
         }
 
+        return max;
+    }
+
+    /// <summary>The IEEE max over the whole vectors (count ≥ Width), folded lane by lane in order, and where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Max<TV, T>(float* x, int count, out int end)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, j;
+        TV a = T.Load(x);
+        for (j = w; j <= count - w; j += w)
+        {
+            a = T.MaxIeee(a, T.Load(x + j));
+        }
+
+        float max = float.NegativeInfinity;
+        for (int l = 0; l < w; l++)
+        {
+            max = MathF.Max(max, T.Lane(a, l));
+        }
+
+        end = j;
         return max;
     }
 
@@ -207,35 +212,11 @@ public static unsafe class CrossEntropy
         float sum = 0f;
         if (path == SimdPath.Vector512)
         {
-            Vector512<float> m = Vector512.Create(max), a0 = default, a1 = default;
-            for (; j <= count - 32; j += 32)
-            {
-                a0 += Vector512.Exp(Vector512.Load(x + j) - m);
-                a1 += Vector512.Exp(Vector512.Load(x + j + 16) - m);
-            }
-
-            for (; j <= count - 16; j += 16)
-            {
-                a0 += Vector512.Exp(Vector512.Load(x + j) - m);
-            }
-
-            sum = Vector512.Sum(a0 + a1);
+            sum = SumExp<Vector512<float>, V512>(x, count, max, out j);
         }
         else if (path == SimdPath.Vector256)
         {
-            Vector256<float> m = Vector256.Create(max), a0 = default, a1 = default;
-            for (; j <= count - 16; j += 16)
-            {
-                a0 += Vector256.Exp(Vector256.Load(x + j) - m);
-                a1 += Vector256.Exp(Vector256.Load(x + j + 8) - m);
-            }
-
-            for (; j <= count - 8; j += 8)
-            {
-                a0 += Vector256.Exp(Vector256.Load(x + j) - m);
-            }
-
-            sum = Vector256.Sum(a0 + a1);
+            sum = SumExp<Vector256<float>, V256>(x, count, max, out j);
         }
 
         for (; j < count; j++)
@@ -246,31 +227,59 @@ public static unsafe class CrossEntropy
         return sum;
     }
 
+    /// <summary>Σ exp(x − max) over the whole vectors (two accumulators), and where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float SumExp<TV, T>(float* x, int count, float max, out int end)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, j = 0;
+        TV m = T.Splat(max), a0 = default, a1 = default;
+        for (; j <= count - (2 * w); j += 2 * w)
+        {
+            a0 = T.Add(a0, T.ExpBcl(T.Sub(T.Load(x + j), m)));
+            a1 = T.Add(a1, T.ExpBcl(T.Sub(T.Load(x + j + w), m)));
+        }
+
+        for (; j <= count - w; j += w)
+        {
+            a0 = T.Add(a0, T.ExpBcl(T.Sub(T.Load(x + j), m)));
+        }
+
+        end = j;
+        return T.Sum(T.Add(a0, a1));
+    }
+
     /// <summary>x ← scale · exp(x − lse).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void SoftmaxRow(float* x, int count, float lse, float scale, SimdPath path)
     {
-        int j = 0;
-        if (path == SimdPath.Vector512)
+        int j = path switch
         {
-            Vector512<float> l = Vector512.Create(lse), s = Vector512.Create(scale);
-            for (; j <= count - 16; j += 16)
-            {
-                (s * Vector512.Exp(Vector512.Load(x + j) - l)).Store(x + j);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<float> l = Vector256.Create(lse), s = Vector256.Create(scale);
-            for (; j <= count - 8; j += 8)
-            {
-                (s * Vector256.Exp(Vector256.Load(x + j) - l)).Store(x + j);
-            }
-        }
+            SimdPath.Vector512 => SoftmaxRow<Vector512<float>, V512>(x, count, lse, scale),
+            SimdPath.Vector256 => SoftmaxRow<Vector256<float>, V256>(x, count, lse, scale),
+            _ => 0,
+        };
 
         for (; j < count; j++)
         {
             x[j] = scale * MathF.Exp(x[j] - lse);
         }
+    }
+
+    /// <summary>x ← scale · exp(x − lse) over the whole vectors; returns where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int SoftmaxRow<TV, T>(float* x, int count, float lse, float scale)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, j = 0;
+        TV l = T.Splat(lse), s = T.Splat(scale);
+        for (; j <= count - w; j += w)
+        {
+            T.Store(x + j, T.Mul(s, T.ExpBcl(T.Sub(T.Load(x + j), l))));
+        }
+
+        return j;
     }
 }

@@ -134,29 +134,12 @@ public static unsafe class DoraNorm
     private static void Update4(float* v, float* a, int length, float c0, float c1, float c2, float c3, SimdPath path)
     {
         float* a1 = a + length, a2 = a1 + length, a3 = a2 + length;
-        int j = 0;
-        if (path == SimdPath.Vector512)
+        int j = path switch
         {
-            Vector512<float> v0 = Vector512.Create(c0), v1 = Vector512.Create(c1), v2 = Vector512.Create(c2), v3 = Vector512.Create(c3);
-            for (; j <= length - 16; j += 16)
-            {
-                var x = Vector512.FusedMultiplyAdd(v0, Vector512.Load(a + j), Vector512.Load(v + j));
-                x = Vector512.FusedMultiplyAdd(v1, Vector512.Load(a1 + j), x);
-                x = Vector512.FusedMultiplyAdd(v2, Vector512.Load(a2 + j), x);
-                Vector512.FusedMultiplyAdd(v3, Vector512.Load(a3 + j), x).Store(v + j);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<float> v0 = Vector256.Create(c0), v1 = Vector256.Create(c1), v2 = Vector256.Create(c2), v3 = Vector256.Create(c3);
-            for (; j <= length - 8; j += 8)
-            {
-                var x = Vector256.FusedMultiplyAdd(v0, Vector256.Load(a + j), Vector256.Load(v + j));
-                x = Vector256.FusedMultiplyAdd(v1, Vector256.Load(a1 + j), x);
-                x = Vector256.FusedMultiplyAdd(v2, Vector256.Load(a2 + j), x);
-                Vector256.FusedMultiplyAdd(v3, Vector256.Load(a3 + j), x).Store(v + j);
-            }
-        }
+            SimdPath.Vector512 => Update4<Vector512<float>, V512>(v, a, length, c0, c1, c2, c3),
+            SimdPath.Vector256 => Update4<Vector256<float>, V256>(v, a, length, c0, c1, c2, c3),
+            _ => 0,
+        };
 
         for (; j < length; j++)
         {
@@ -164,49 +147,28 @@ public static unsafe class DoraNorm
         }
     }
 
-    /// <summary>Σ v[j]² in double lanes (each fp32 value widened exactly, squared and summed in double).</summary>
+    /// <summary><see cref="Update4(float*, float*, int, float, float, float, float, SimdPath)"/> over the whole vectors; returns where they end.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static double SumOfSquares(float* v, int count, SimdPath path)
+    private static int Update4<TV, T>(float* v, float* a, int length, float c0, float c1, float c2, float c3)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
     {
-        int j = 0;
-        double sum = 0;
-        if (path == SimdPath.Vector512)
+        float* a1 = a + length, a2 = a1 + length, a3 = a2 + length;
+        int w = T.Width, j = 0;
+        TV v0 = T.Splat(c0), v1 = T.Splat(c1), v2 = T.Splat(c2), v3 = T.Splat(c3);
+        for (; j <= length - w; j += w)
         {
-            Vector512<double> lo = default, hi = default;
-            for (; j <= count - 16; j += 16)
-            {
-                var x = Vector512.Load(v + j);
-                var xl = Vector512.WidenLower(x);
-                var xh = Vector512.WidenUpper(x);
-                lo = Vector512.FusedMultiplyAdd(xl, xl, lo);
-                hi = Vector512.FusedMultiplyAdd(xh, xh, hi);
-            }
-
-            sum = Vector512.Sum(lo + hi);
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<double> lo = default, hi = default;
-            for (; j <= count - 8; j += 8)
-            {
-                var x = Vector256.Load(v + j);
-                var xl = Vector256.WidenLower(x);
-                var xh = Vector256.WidenUpper(x);
-                lo = Vector256.FusedMultiplyAdd(xl, xl, lo);
-                hi = Vector256.FusedMultiplyAdd(xh, xh, hi);
-            }
-
-            sum = Vector256.Sum(lo + hi);
+            var x = T.Fma(v0, T.Load(a + j), T.Load(v + j));
+            x = T.Fma(v1, T.Load(a1 + j), x);
+            x = T.Fma(v2, T.Load(a2 + j), x);
+            T.Store(v + j, T.Fma(v3, T.Load(a3 + j), x));
         }
 
-        for (; j < count; j++)
-        {
-            double x = v[j];
-            sum += x * x;
-        }
-
-        return sum;
+        return j;
     }
+
+    /// <summary>Σ v[j]² in double lanes (each fp32 value widened exactly, squared and summed in double).</summary>
+    private static double SumOfSquares(float* v, int count, SimdPath path) => WideSums.SumOfSquares(v, count, path);
 
     /// <summary>Writes rows [row0, row0 + count) of the base weight, widened to fp32, contiguously at dst.</summary>
     private interface IRowSource
@@ -229,26 +191,33 @@ public static unsafe class DoraNorm
         public void Load(int row0, int count, float* dst)
         {
             ushort* src = w + ((long)row0 * inFeatures);
-            long n = (long)count * inFeatures, j = 0;
-            if (path == SimdPath.Vector512)
+            long n = (long)count * inFeatures;
+            long j = path switch
             {
-                for (; j <= n - 16; j += 16)
-                {
-                    Bf16.Load512(src + j).Store(dst + j);
-                }
-            }
-            else if (path == SimdPath.Vector256)
-            {
-                for (; j <= n - 8; j += 8)
-                {
-                    Bf16.Load256(src + j).Store(dst + j);
-                }
-            }
+                SimdPath.Vector512 => Widen<Vector512<float>, V512>(src, dst, n),
+                SimdPath.Vector256 => Widen<Vector256<float>, V256>(src, dst, n),
+                _ => 0,
+            };
 
             for (; j < n; j++)
             {
                 dst[j] = Bf16.ToSingle(src[j]);
             }
+        }
+
+        /// <summary>dst = src widened, over the whole vectors; returns where they end.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private static long Widen<TV, T>(ushort* src, float* dst, long n)
+            where TV : unmanaged
+            where T : struct, IVec<TV>
+        {
+            long w = T.Width, j = 0;
+            for (; j <= n - w; j += w)
+            {
+                T.Store(dst + j, T.LoadWidened<ushort, Bf16Load>(src + j));
+            }
+
+            return j;
         }
     }
 

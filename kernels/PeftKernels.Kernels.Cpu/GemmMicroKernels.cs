@@ -5,7 +5,9 @@
 // MR·NR/width independent FMAs (enough to hide FMA latency on two FMA ports).
 // Generated shape: Vector512 12×32 (24 zmm accumulators), Vector512 24×16 for outputs at
 // most 16 wide (LoRA's rank-sized GEMMs), Vector256 6×16 (12 ymm, fits the 16 registers
-// of AVX2), scalar 4×4.
+// of AVX2), scalar 4×4. The k loops are not one body over IVec: each shape holds its own number of
+// accumulators (MR × NR/width, sized to the register file), and accumulators must be named locals to
+// live in registers. The epilogue (alpha, beta, bias, store) is one body, MicroTile.Store.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -21,6 +23,30 @@ internal unsafe interface IMicroKernel
     static abstract SimdPath Path { get; }
 
     static abstract void Run(float* a, float* b, int kc, float* c, int ldc, float alpha, float beta, float* bias);
+}
+
+/// <summary>The epilogue of a micro-kernel tile, one vector of one row.</summary>
+internal static unsafe class MicroTile
+{
+    /// <summary>dst = alpha·acc (+ beta·dst when beta ≠ 0) (+ bias when given).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store<TV, T>(float* dst, TV acc, TV alpha, TV vbeta, float beta, float* bias)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        acc = T.Mul(acc, alpha);
+        if (beta != 0f)
+        {
+            acc = T.Fma(vbeta, T.Load(dst), acc);
+        }
+
+        if (bias != null)
+        {
+            acc = T.Add(acc, T.Load(bias));
+        }
+
+        T.Store(dst, acc);
+    }
 }
 
 internal readonly unsafe struct Vector512Kernel : IMicroKernel
@@ -116,21 +142,8 @@ internal readonly unsafe struct Vector512Kernel : IMicroKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void Store(float* dst, Vector512<float> acc, Vector512<float> alpha, Vector512<float> vbeta, float beta, float* bias)
-    {
-        acc *= alpha;
-        if (beta != 0f)
-        {
-            acc = Vector512.FusedMultiplyAdd(vbeta, Vector512.Load(dst), acc);
-        }
-
-        if (bias != null)
-        {
-            acc += Vector512.Load(bias);
-        }
-
-        Vector512.Store(acc, dst);
-    }
+    internal static void Store(float* dst, Vector512<float> acc, Vector512<float> alpha, Vector512<float> vbeta, float beta, float* bias) =>
+        MicroTile.Store<Vector512<float>, V512>(dst, acc, alpha, vbeta, beta, bias);
 }
 
 internal readonly unsafe struct Vector512NarrowKernel : IMicroKernel
@@ -262,21 +275,8 @@ internal readonly unsafe struct Vector256Kernel : IMicroKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(float* dst, Vector256<float> acc, Vector256<float> alpha, Vector256<float> vbeta, float beta, float* bias)
-    {
-        acc *= alpha;
-        if (beta != 0f)
-        {
-            acc = Vector256.FusedMultiplyAdd(vbeta, Vector256.Load(dst), acc);
-        }
-
-        if (bias != null)
-        {
-            acc += Vector256.Load(bias);
-        }
-
-        Vector256.Store(acc, dst);
-    }
+    private static void Store(float* dst, Vector256<float> acc, Vector256<float> alpha, Vector256<float> vbeta, float beta, float* bias) =>
+        MicroTile.Store<Vector256<float>, V256>(dst, acc, alpha, vbeta, beta, bias);
 }
 
 internal readonly unsafe struct ScalarKernel : IMicroKernel

@@ -153,41 +153,11 @@ public static unsafe class RmsNorm
         float sum = 0;
         if (path == SimdPath.Vector512)
         {
-            Vector512<float> a0 = default, a1 = default;
-            for (; j <= count - 32; j += 32)
-            {
-                var v0 = Vector512.Load(x + j);
-                var v1 = Vector512.Load(x + j + 16);
-                a0 = Vector512.FusedMultiplyAdd(v0, v0, a0);
-                a1 = Vector512.FusedMultiplyAdd(v1, v1, a1);
-            }
-
-            for (; j <= count - 16; j += 16)
-            {
-                var v0 = Vector512.Load(x + j);
-                a0 = Vector512.FusedMultiplyAdd(v0, v0, a0);
-            }
-
-            sum = Vector512.Sum(a0 + a1);
+            sum = SumOfSquares<Vector512<float>, V512>(x, count, out j);
         }
         else if (path == SimdPath.Vector256)
         {
-            Vector256<float> a0 = default, a1 = default;
-            for (; j <= count - 16; j += 16)
-            {
-                var v0 = Vector256.Load(x + j);
-                var v1 = Vector256.Load(x + j + 8);
-                a0 = Vector256.FusedMultiplyAdd(v0, v0, a0);
-                a1 = Vector256.FusedMultiplyAdd(v1, v1, a1);
-            }
-
-            for (; j <= count - 8; j += 8)
-            {
-                var v0 = Vector256.Load(x + j);
-                a0 = Vector256.FusedMultiplyAdd(v0, v0, a0);
-            }
-
-            sum = Vector256.Sum(a0 + a1);
+            sum = SumOfSquares<Vector256<float>, V256>(x, count, out j);
         }
 
         for (; j < count; j++)
@@ -198,32 +168,63 @@ public static unsafe class RmsNorm
         return sum;
     }
 
+    /// <summary>Σ x² over the whole vectors of x (two accumulators), and where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float SumOfSquares<TV, T>(float* x, int count, out int end)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, j = 0;
+        TV a0 = default, a1 = default;
+        for (; j <= count - (2 * w); j += 2 * w)
+        {
+            var v0 = T.Load(x + j);
+            var v1 = T.Load(x + j + w);
+            a0 = T.Fma(v0, v0, a0);
+            a1 = T.Fma(v1, v1, a1);
+        }
+
+        for (; j <= count - w; j += w)
+        {
+            var v0 = T.Load(x + j);
+            a0 = T.Fma(v0, v0, a0);
+        }
+
+        end = j;
+        return T.Sum(T.Add(a0, a1));
+    }
+
     /// <summary>y = w ⊙ (x · r).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void NormaliseRow(float* x, float* w, float r, float* y, int count, SimdPath path)
     {
-        int j = 0;
-        if (path == SimdPath.Vector512)
+        int j = path switch
         {
-            var rv = Vector512.Create(r);
-            for (; j <= count - 16; j += 16)
-            {
-                (Vector512.Load(w + j) * (Vector512.Load(x + j) * rv)).Store(y + j);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            var rv = Vector256.Create(r);
-            for (; j <= count - 8; j += 8)
-            {
-                (Vector256.Load(w + j) * (Vector256.Load(x + j) * rv)).Store(y + j);
-            }
-        }
+            SimdPath.Vector512 => NormaliseRow<Vector512<float>, V512>(x, w, r, y, count),
+            SimdPath.Vector256 => NormaliseRow<Vector256<float>, V256>(x, w, r, y, count),
+            _ => 0,
+        };
 
         for (; j < count; j++)
         {
             y[j] = w[j] * (x[j] * r);
         }
+    }
+
+    /// <summary>y = w ⊙ (x · r) over the whole vectors; returns where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int NormaliseRow<TV, T>(float* x, float* w, float r, float* y, int count)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int wd = T.Width, j = 0;
+        var rv = T.Splat(r);
+        for (; j <= count - wd; j += wd)
+        {
+            T.Store(y + j, T.Mul(T.Load(w + j), T.Mul(T.Load(x + j), rv)));
+        }
+
+        return j;
     }
 
     /// <summary>Σ_j (w_j·g_j)·x_j.</summary>
@@ -234,35 +235,11 @@ public static unsafe class RmsNorm
         float sum = 0;
         if (path == SimdPath.Vector512)
         {
-            Vector512<float> a0 = default, a1 = default;
-            for (; j <= count - 32; j += 32)
-            {
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(w + j) * Vector512.Load(g + j), Vector512.Load(x + j), a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(w + j + 16) * Vector512.Load(g + j + 16), Vector512.Load(x + j + 16), a1);
-            }
-
-            for (; j <= count - 16; j += 16)
-            {
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(w + j) * Vector512.Load(g + j), Vector512.Load(x + j), a0);
-            }
-
-            sum = Vector512.Sum(a0 + a1);
+            sum = WeightedDot<Vector512<float>, V512>(w, g, x, count, out j);
         }
         else if (path == SimdPath.Vector256)
         {
-            Vector256<float> a0 = default, a1 = default;
-            for (; j <= count - 16; j += 16)
-            {
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + j) * Vector256.Load(g + j), Vector256.Load(x + j), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(w + j + 8) * Vector256.Load(g + j + 8), Vector256.Load(x + j + 8), a1);
-            }
-
-            for (; j <= count - 8; j += 8)
-            {
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + j) * Vector256.Load(g + j), Vector256.Load(x + j), a0);
-            }
-
-            sum = Vector256.Sum(a0 + a1);
+            sum = WeightedDot<Vector256<float>, V256>(w, g, x, count, out j);
         }
 
         for (; j < count; j++)
@@ -273,27 +250,39 @@ public static unsafe class RmsNorm
         return sum;
     }
 
+    /// <summary>Σ (w·g)·x over the whole vectors (two accumulators), and where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float WeightedDot<TV, T>(float* w, float* g, float* x, int count, out int end)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int wd = T.Width, j = 0;
+        TV a0 = default, a1 = default;
+        for (; j <= count - (2 * wd); j += 2 * wd)
+        {
+            a0 = T.Fma(T.Mul(T.Load(w + j), T.Load(g + j)), T.Load(x + j), a0);
+            a1 = T.Fma(T.Mul(T.Load(w + j + wd), T.Load(g + j + wd)), T.Load(x + j + wd), a1);
+        }
+
+        for (; j <= count - wd; j += wd)
+        {
+            a0 = T.Fma(T.Mul(T.Load(w + j), T.Load(g + j)), T.Load(x + j), a0);
+        }
+
+        end = j;
+        return T.Sum(T.Add(a0, a1));
+    }
+
     /// <summary>dx = r·(w ⊙ g − x·c).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void DxRow(float* w, float* g, float* x, float r, float c, float* dx, int count, SimdPath path)
     {
-        int j = 0;
-        if (path == SimdPath.Vector512)
+        int j = path switch
         {
-            Vector512<float> rv = Vector512.Create(r), cv = Vector512.Create(c);
-            for (; j <= count - 16; j += 16)
-            {
-                (rv * ((Vector512.Load(w + j) * Vector512.Load(g + j)) - (Vector512.Load(x + j) * cv))).Store(dx + j);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            Vector256<float> rv = Vector256.Create(r), cv = Vector256.Create(c);
-            for (; j <= count - 8; j += 8)
-            {
-                (rv * ((Vector256.Load(w + j) * Vector256.Load(g + j)) - (Vector256.Load(x + j) * cv))).Store(dx + j);
-            }
-        }
+            SimdPath.Vector512 => DxRow<Vector512<float>, V512>(w, g, x, r, c, dx, count),
+            SimdPath.Vector256 => DxRow<Vector256<float>, V256>(w, g, x, r, c, dx, count),
+            _ => 0,
+        };
 
         for (; j < count; j++)
         {
@@ -301,31 +290,52 @@ public static unsafe class RmsNorm
         }
     }
 
+    /// <summary>dx = r·(w ⊙ g − x·c) over the whole vectors; returns where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int DxRow<TV, T>(float* w, float* g, float* x, float r, float c, float* dx, int count)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int wd = T.Width, j = 0;
+        TV rv = T.Splat(r), cv = T.Splat(c);
+        for (; j <= count - wd; j += wd)
+        {
+            T.Store(dx + j, T.Mul(rv, T.Sub(T.Mul(T.Load(w + j), T.Load(g + j)), T.Mul(T.Load(x + j), cv))));
+        }
+
+        return j;
+    }
+
     /// <summary>acc += g ⊙ (x · r).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void DwRowAdd(float* g, float* x, float r, float* acc, int count, SimdPath path)
     {
-        int j = 0;
-        if (path == SimdPath.Vector512)
+        int j = path switch
         {
-            var rv = Vector512.Create(r);
-            for (; j <= count - 16; j += 16)
-            {
-                Vector512.FusedMultiplyAdd(Vector512.Load(g + j), Vector512.Load(x + j) * rv, Vector512.Load(acc + j)).Store(acc + j);
-            }
-        }
-        else if (path == SimdPath.Vector256)
-        {
-            var rv = Vector256.Create(r);
-            for (; j <= count - 8; j += 8)
-            {
-                Vector256.FusedMultiplyAdd(Vector256.Load(g + j), Vector256.Load(x + j) * rv, Vector256.Load(acc + j)).Store(acc + j);
-            }
-        }
+            SimdPath.Vector512 => DwRowAdd<Vector512<float>, V512>(g, x, r, acc, count),
+            SimdPath.Vector256 => DwRowAdd<Vector256<float>, V256>(g, x, r, acc, count),
+            _ => 0,
+        };
 
         for (; j < count; j++)
         {
             acc[j] += g[j] * (x[j] * r);
         }
+    }
+
+    /// <summary>acc += g ⊙ (x · r) over the whole vectors; returns where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int DwRowAdd<TV, T>(float* g, float* x, float r, float* acc, int count)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int wd = T.Width, j = 0;
+        var rv = T.Splat(r);
+        for (; j <= count - wd; j += wd)
+        {
+            T.Store(acc + j, T.Fma(T.Load(g + j), T.Mul(T.Load(x + j), rv), T.Load(acc + j)));
+        }
+
+        return j;
     }
 }

@@ -38,55 +38,11 @@ internal static unsafe class RowDot
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         if (path == SimdPath.Vector512)
         {
-            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
-            for (; p <= k - 16; p += 16)
-            {
-                Vector512<float> bv = TLoad.Load512(b + p);
-                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a0 + p), bv, c0);
-                if (m > 1)
-                {
-                    c1 = Vector512.FusedMultiplyAdd(Vector512.Load(a1 + p), bv, c1);
-                    if (m > 2)
-                    {
-                        c2 = Vector512.FusedMultiplyAdd(Vector512.Load(a2 + p), bv, c2);
-                        if (m > 3)
-                        {
-                            c3 = Vector512.FusedMultiplyAdd(Vector512.Load(a3 + p), bv, c3);
-                        }
-                    }
-                }
-            }
-
-            s0 = Vector512.Sum(c0);
-            s1 = Vector512.Sum(c1);
-            s2 = Vector512.Sum(c2);
-            s3 = Vector512.Sum(c3);
+            p = DotAdd<T, TLoad, Vector512<float>, V512>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3);
         }
         else if (path == SimdPath.Vector256)
         {
-            Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-            for (; p <= k - 8; p += 8)
-            {
-                Vector256<float> bv = TLoad.Load256(b + p);
-                c0 = Vector256.FusedMultiplyAdd(Vector256.Load(a0 + p), bv, c0);
-                if (m > 1)
-                {
-                    c1 = Vector256.FusedMultiplyAdd(Vector256.Load(a1 + p), bv, c1);
-                    if (m > 2)
-                    {
-                        c2 = Vector256.FusedMultiplyAdd(Vector256.Load(a2 + p), bv, c2);
-                        if (m > 3)
-                        {
-                            c3 = Vector256.FusedMultiplyAdd(Vector256.Load(a3 + p), bv, c3);
-                        }
-                    }
-                }
-            }
-
-            s0 = Vector256.Sum(c0);
-            s1 = Vector256.Sum(c1);
-            s2 = Vector256.Sum(c2);
-            s3 = Vector256.Sum(c3);
+            p = DotAdd<T, TLoad, Vector256<float>, V256>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3);
         }
 
         for (; p < k; p++)
@@ -116,6 +72,42 @@ internal static unsafe class RowDot
     }
 
     /// <summary>One row: four independent accumulators so the loop is bound by loads, not FMA latency.</summary>
+    /// <summary>The m (≤ 4) row sums over the whole vectors, one accumulator a row; returns where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int DotAdd<T, TLoad, TV, TVec>(T* b, float* a0, float* a1, float* a2, float* a3, int m, int k,
+        out float s0, out float s1, out float s2, out float s3)
+        where T : unmanaged
+        where TLoad : IWidenLoad<T>
+        where TV : unmanaged
+        where TVec : struct, IVec<TV>
+    {
+        int w = TVec.Width, p = 0;
+        TV c0 = default, c1 = default, c2 = default, c3 = default;
+        for (; p <= k - w; p += w)
+        {
+            TV bv = TVec.LoadWidened<T, TLoad>(b + p);
+            c0 = TVec.Fma(TVec.Load(a0 + p), bv, c0);
+            if (m > 1)
+            {
+                c1 = TVec.Fma(TVec.Load(a1 + p), bv, c1);
+                if (m > 2)
+                {
+                    c2 = TVec.Fma(TVec.Load(a2 + p), bv, c2);
+                    if (m > 3)
+                    {
+                        c3 = TVec.Fma(TVec.Load(a3 + p), bv, c3);
+                    }
+                }
+            }
+        }
+
+        s0 = TVec.Sum(c0);
+        s1 = TVec.Sum(c1);
+        s2 = TVec.Sum(c2);
+        s3 = TVec.Sum(c3);
+        return p;
+    }
+
     private static float Dot512(float* b, float* a, int k)
     {
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
