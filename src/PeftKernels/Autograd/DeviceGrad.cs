@@ -43,6 +43,15 @@ internal static class DeviceGrad
         }
     }
 
+    /// <summary>Hands each owned gradient to its tensor, in order (see <see cref="Give(Tensor, MemoryBuffer1D{float, Stride1D.Dense}?)"/>).</summary>
+    public static void Give(params (Tensor Tensor, MemoryBuffer1D<float, Stride1D.Dense>? Owned)[] grads)
+    {
+        foreach (var (t, owned) in grads)
+        {
+            Give(t, owned);
+        }
+    }
+
     /// <summary>A device copy of <paramref name="g"/> handed to <paramref name="t"/> (dy passed on unchanged, as by Add).</summary>
     public static void GiveCopy(Tensor t, Accelerator accelerator, ArrayView1D<float, Stride1D.Dense> g)
     {

@@ -1,10 +1,6 @@
 // Element-wise sum (the residual connections): y = a + b, a and b of one shape; da = db = dy.
 // CPU: TensorPrimitives.Add; GPU: AddKernels.
 using System.Numerics.Tensors;
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 

@@ -4,11 +4,7 @@
 // Backward recomputes P from q, k and lse (only lse [batch·heads·tq] is saved, never P):
 //   dv = Pᵀ·do;  dP = do·vᵀ;  D = rowsum(do ⊙ o);  dS = P ⊙ (dP − D);  dq = dS·k/√hd;  dk = dSᵀ·q/√hd
 // CPU: Kernels.Cpu.Attention (+ AttentionBackward); GPU: AttentionKernels (+ AttentionBackwardKernels).
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -86,9 +82,7 @@ public static partial class Functional
                 dq.View, dk.View, dv.View, batch, tq, tk, heads, kvHeads, headDim, scale);
             accelerator.Synchronize();
             lse.Dispose();
-            DeviceGrad.Give(q, dq);
-            DeviceGrad.Give(k, dk);
-            DeviceGrad.Give(v, dv);
+            DeviceGrad.Give((q, dq), (k, dk), (v, dv));
         });
         return output;
     }

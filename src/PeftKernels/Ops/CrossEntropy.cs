@@ -4,11 +4,7 @@
 // Fused log-softmax + NLL in vocabulary chunks; lse [n] is all that backward keeps. consumeLogits
 // lets backward overwrite the logits with their gradient (no second [n, vocab] buffer).
 // CPU: Kernels.Cpu.CrossEntropy; GPU: CrossEntropyKernels.
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 

@@ -5,11 +5,7 @@
 // CPU: Kernels.Cpu.Embedding; GPU: EmbeddingKernels (device dW built deterministically, no atomics; a tied
 // lm_head adds its own dW). The module with LoRA adapters is Nn/Embedding.cs.
 using System.Numerics.Tensors;
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 

@@ -6,11 +6,7 @@
 //             db = Σ_rows dy  only when the bias trains
 // CPU: Kernels.Cpu.Gemm (Forward/Backward over a WeightOperand); GPU: GemmKernels (over a
 // DeviceWeightOperand). BaseGrads is shared with LoraMatmul, whose W and b get the same gradients.
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 

@@ -3,11 +3,7 @@
 //   dx = dy ⊙ l (broadcast over rows);   dl[j] = Σ_i dy[i, j] · x[i, j]
 // Linear applies it to the input (feed-forward IA³) or the output (the others); DoRA's c ⊙ z
 // uses the same kernel. CPU: Kernels.Cpu.Ia3; GPU: Ia3Kernels. Equations: docs/formats/methods.md.
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -66,8 +62,7 @@ public static partial class Functional
                 var dl = accelerator.Allocate1D<float>(dim);
                 Ia3Kernels.ScaleColumnsBackward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
                 accelerator.Synchronize();
-                DeviceGrad.Give(x, dx);
-                DeviceGrad.Give(l, dl);
+                DeviceGrad.Give((x, dx), (l, dl));
             });
         }
 

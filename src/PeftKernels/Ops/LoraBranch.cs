@@ -15,11 +15,7 @@
 // sum is added in place in inference and into a copy while recording. CPU: Kernels.Cpu.LoraBranch;
 // GPU: LoraBranchKernels (same mask for the gathered rows). Trainable lora_B biases are refused on a device.
 using System.Numerics.Tensors;
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -130,7 +126,7 @@ public static partial class Functional
         if (!record)
         {
             h.Dispose();
-            return output;
+            return y;
         }
 
         var (a, b) = (lora.A, lora.B);
@@ -145,9 +141,7 @@ public static partial class Functional
                 dx?.View ?? default, da?.View ?? default, db?.View ?? default, n, inF, outF, r, options);
             accelerator.Synchronize();
             h.Dispose();
-            DeviceGrad.Give(x, dx);
-            DeviceGrad.Give(a, da);
-            DeviceGrad.Give(b, db);
+            DeviceGrad.Give((x, dx), (a, da), (b, db));
         });
         return output;
     }

@@ -13,11 +13,7 @@
 // with p > 0 training differs by (c − 1)⊙((x − drop(x))·Wᵀ), zero in expectation.
 // On a device, trainable base weights, biases and lora_B biases are refused under DoRA.
 using System.Numerics.Tensors;
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -144,10 +140,7 @@ public static partial class Functional
             z?.Dispose();
             c.Dispose();
             norms.Dispose();
-            DeviceGrad.Give(x, dx);
-            DeviceGrad.Give(a, da);
-            DeviceGrad.Give(b, db);
-            DeviceGrad.Give(magnitude, dm);
+            DeviceGrad.Give((x, dx), (a, da), (b, db), (magnitude, dm));
         });
         return output;
     }

@@ -9,11 +9,7 @@
 //   dW = gᵀ·x only when W trains;  db = Σ_rows g;  dbias_B = s·Σ_rows g   (Functional.BaseGrads)
 // CPU: Kernels.Cpu.LoraMatmul (QLoraMatmul for 4-bit) over a WeightOperand; GPU: LoraMatmulKernels
 // over a DeviceWeightOperand. Further adapters on the same layer are LoraBranch ops added after it.
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -161,9 +157,7 @@ public static partial class Functional
                 dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
             accelerator.Synchronize();
             h.Dispose();
-            DeviceGrad.Give(x, dx);
-            DeviceGrad.Give(a, da);
-            DeviceGrad.Give(b, db);
+            DeviceGrad.Give((x, dx), (a, da), (b, db));
             BaseGradsOnDevice(g, x, weight, bias, lora.Bias == null ? null : (lora.Bias, lora.Scale));
         });
         return output;

@@ -1,6 +1,5 @@
 // What every op in this folder shares: a new uninitialised tensor on a device, and the argument
 // checks that name the tensor and the expected versus actual shape or device.
-using PeftKernels.Autograd;
 
 namespace PeftKernels.Ops;
 

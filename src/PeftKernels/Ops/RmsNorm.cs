@@ -2,11 +2,7 @@
 //   forward   rstd = 1 / sqrt(mean(x²) + eps);   y = w ⊙ x · rstd        (rstd [n] saved for backward)
 //   backward  x̂ = x·rstd;  dw = Σ_rows dy ⊙ x̂;  dx = rstd · (dy⊙w − x̂ · mean(dy⊙w⊙x̂))
 // CPU: Kernels.Cpu.RmsNorm; GPU: RmsNormKernels. The module is Nn/RmsNormLayer.cs.
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -80,8 +76,7 @@ public static partial class Functional
                 dx?.View ?? default, dw?.View ?? default, n, dim);
             accelerator.Synchronize();
             rstd.Dispose();
-            DeviceGrad.Give(x, dx);
-            DeviceGrad.Give(weight, dw);
+            DeviceGrad.Give((x, dx), (weight, dw));
         });
         return output;
     }

@@ -2,11 +2,7 @@
 //   θ_j = positions[t] · invFreq[j];   y = x ⊙ cos θ + rotate_half(x) ⊙ sin θ
 //   backward: a rotation, so dx = the rotation of dy by −θ
 // CPU: Kernels.Cpu.Rope; GPU: RopeKernels (positions and frequencies uploaded per call).
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 

@@ -2,11 +2,7 @@
 //   y = silu(gate) ⊙ up,  silu(g) = g·σ(g)
 //   d_up = dy ⊙ silu(gate);  d_gate = dy ⊙ up ⊙ σ(gate)·(1 + gate·(1 − σ(gate)))
 // CPU: Kernels.Cpu.SwiGlu; GPU: SwiGluKernels.
-using ILGPU;
-using ILGPU.Runtime;
-using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels.Ops;
 
@@ -57,8 +53,7 @@ public static partial class Functional
                 var dup = accelerator.Allocate1D<float>(up.Count);
                 SwiGluKernels.Backward(accelerator, output.DeviceGrad, gate.View(device), up.View(device), dgate.View, dup.View);
                 accelerator.Synchronize();
-                DeviceGrad.Give(gate, dgate);
-                DeviceGrad.Give(up, dup);
+                DeviceGrad.Give((gate, dgate), (up, dup));
             });
         }
 

@@ -13,7 +13,6 @@ using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Gpu;
-using Half = System.Half;
 
 namespace PeftKernels;
 
