@@ -1,7 +1,3 @@
-using PeftKernels.Kernels.Gpu;
-using PeftKernels.Kernels.Reference;
-using Xunit;
-
 namespace PeftKernels.Tests;
 
 [Collection("Gpu")]

@@ -1,7 +1,4 @@
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
-using PeftKernels.Kernels.Reference;
-using Xunit;
 
 namespace PeftKernels.Tests;
 
