@@ -1,3 +1,5 @@
+// AttentionKernels forward and backward against the reference (grouped-query heads and a decode step included).
+
 namespace PeftKernels.Tests;
 
 [Collection("Gpu")]

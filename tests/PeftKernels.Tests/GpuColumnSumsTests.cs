@@ -1,5 +1,4 @@
 // ColumnSumsKernels.Add (bias gradients: db += scale·Σ_i dy_i) against a double reference.
-using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;
 

@@ -1,3 +1,4 @@
+// CrossEntropyKernels forward and backward against the reference; labels are checked on the host.
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;

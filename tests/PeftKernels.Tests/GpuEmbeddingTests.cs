@@ -1,6 +1,5 @@
 // EmbeddingKernels.Backward against the CPU autograd's scatter-add; BadInputsAreNamed also covers
 // the argument checks of the ColumnSums and AdamW Scale launchers (one test, kept whole).
-using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;
 

@@ -1,3 +1,5 @@
+// GemmKernels' naive, tiled and TF32 tensor-core paths against the reference GEMM.
+
 namespace PeftKernels.Tests;
 
 [Collection("Gpu")]

@@ -1,5 +1,4 @@
 // Ia3Kernels against a double reference of IA³ (y = x ⊙ l and its gradients), itself checked by finite differences.
-using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;
 

@@ -1,7 +1,6 @@
 // LoraBranchKernels (all rows and a subset of rows, with and without dropout) against
 // LoraMatmulReference over the gathered rows with a zero base weight (the same math and the same
 // gathered-index mask as the CPU's LoraBranch), and bad inputs.
-using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;
 

@@ -1,4 +1,4 @@
-using PeftKernels.Kernels.Cpu;
+// LoraMatmulKernels forward and backward (dense fp32 base) against the reference, skipped gradients, bad lengths.
 
 namespace PeftKernels.Tests;
 

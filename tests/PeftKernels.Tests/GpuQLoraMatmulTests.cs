@@ -1,3 +1,4 @@
+// QLoraMatmulKernels forward and backward (4-bit base) against the reference on the dequantized weight.
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;

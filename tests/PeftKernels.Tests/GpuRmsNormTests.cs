@@ -1,5 +1,4 @@
 // RmsNormKernels forward and backward against the reference.
-using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;
 

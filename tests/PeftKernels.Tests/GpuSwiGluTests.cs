@@ -1,6 +1,5 @@
 // SwiGluKernels against the reference; BadLengthsNameTheView also covers the argument checks of
 // the AdamW, IA³ and RMSNorm launchers (one test, kept whole).
-using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Tests;
 
