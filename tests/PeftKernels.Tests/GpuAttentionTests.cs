@@ -1,6 +1,4 @@
-using PeftKernels.Kernels.Gpu;
-using PeftKernels.Kernels.Reference;
-using Xunit;
+// AttentionKernels forward and backward against the reference (grouped-query heads and a decode step included).
 
 namespace PeftKernels.Tests;
 

@@ -1,7 +1,5 @@
+// CrossEntropyKernels forward and backward against the reference; labels are checked on the host.
 using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
-using PeftKernels.Kernels.Reference;
-using Xunit;
 
 namespace PeftKernels.Tests;
 

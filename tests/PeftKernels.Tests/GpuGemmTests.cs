@@ -1,6 +1,4 @@
-using PeftKernels.Kernels.Gpu;
-using PeftKernels.Kernels.Reference;
-using Xunit;
+// GemmKernels' naive, tiled and TF32 tensor-core paths against the reference GEMM.
 
 namespace PeftKernels.Tests;
 

@@ -1,7 +1,4 @@
-using PeftKernels.Kernels.Cpu;
-using PeftKernels.Kernels.Gpu;
-using PeftKernels.Kernels.Reference;
-using Xunit;
+// LoraMatmulKernels forward and backward (dense fp32 base) against the reference, skipped gradients, bad lengths.
 
 namespace PeftKernels.Tests;
 
@@ -12,8 +9,7 @@ public class GpuLoraMatmulTests(GpuFixture gpu)
     /// As LoraMatmulTests: an output that is a sum of K fp32 products is reordered by the GPU GEMM;
     /// 4·K·2⁻²⁴·max(1, max|ref|) bounds that with margin and stays far below one wrong product.
     /// </summary>
-    private static double Atol(int k, double[] reference) =>
-        4.0 * Math.Max(k, 16) * Math.Pow(2, -24) * Math.Max(1.0, reference.Max(Math.Abs));
+    private static double Atol(int k, double[] reference) => GpuTolerance.LoraAtol(k, reference);
 
     [Theory]
     [InlineData(5, 33, 17, 3, true, 0f, GemmPath.Naive)]

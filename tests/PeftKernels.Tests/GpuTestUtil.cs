@@ -78,3 +78,14 @@ internal static class CudaProbe
     /// <summary>Null when a CUDA device is present, else why not.</summary>
     public static string? Reason => Probe.Value;
 }
+
+/// <summary>Tolerances shared by the GPU tests of the LoRA family (LoraMatmul, QLoraMatmul, LoraBranch).</summary>
+internal static class GpuTolerance
+{
+    /// <summary>
+    /// As LoraMatmulTests: an output that is a sum of K fp32 products is reordered by the GPU GEMM;
+    /// 4·K·2⁻²⁴·max(1, max|ref|) bounds that with margin and stays far below one wrong product.
+    /// </summary>
+    public static double LoraAtol(int k, double[] reference) =>
+        4.0 * Math.Max(k, 16) * Math.Pow(2, -24) * Math.Max(1.0, reference.Max(Math.Abs));
+}

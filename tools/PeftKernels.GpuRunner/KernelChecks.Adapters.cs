@@ -1,5 +1,6 @@
 // The adapter and full-training kernels, CUDA vs CPU (see KernelChecks.cs; the comparisons of
-// tests/GpuAdapterKernelsTests.cs and GpuTrainingKernelTests.cs at moderate shapes):
+// tests/PeftKernels.Tests/GpuLoraBranchTests.cs, GpuDoraNormTests.cs, GpuAdamWTests.cs,
+// GpuColumnSumsTests.cs and GpuEmbeddingTests.cs at moderate shapes):
 // - LoraBranchKernels over all rows and over a row subset (unsorted), with dropout, against the CPU
 //   LoraMatmul on the gathered rows with a zero base weight (the same math and the same mask, which
 //   is seeded by the gathered storage index on both sides), scattered back;
@@ -64,7 +65,7 @@ internal static partial class KernelChecks
             LoraBranchKernels.ForwardAccumulate(acc, gx.View, rows, ga.View, gb.View, gbias.View, scale, gy.View, gh.View, n, inF, outF, r, options);
             LoraBranchKernels.Backward(acc, gdy.View, gx.View, rows, gh.View, ga.View, gb.View, scale, gdx.View, gda.View, gdb.View, n, inF, outF, r, options);
 
-            // As GpuAdapterKernelsTests (K-term fp32 sums relative to max(1, max|ref|)), doubled: both sides round.
+            // As GpuLoraBranchTests (K-term fp32 sums relative to max(1, max|ref|)), doubled: both sides round.
             string shape = $"n{n} in{inF} out{outF} r{r} p0.1 rows {(subset ? $"{m} of {n}, reversed" : "all")}";
             Compare(report, "lora branch h", shape, Data.Down(acc, gh.View), h, DotAtol(inF, MaxAbs(h)), 1e-5);
             Compare(report, "lora branch y (accumulated)", shape, Data.Down(acc, gy.View), y, DotAtol(inF + r, MaxAbs(y)) * (1 + scale), 1e-5);

@@ -1,6 +1,6 @@
 // Every GPU kernel on the CUDA accelerator against the CPU kernel (or, for IA³, the double
 // reference) at moderate shapes. Pass/fail per output: |gpu − cpu| ≤ atol + rtol·|cpu|, with the
-// tolerance of the matching unit test, doubled because both sides round (see tests/Gpu*Tests.cs).
+// tolerance of the matching unit test, doubled because both sides round (see tests/PeftKernels.Tests/Gpu<Stem>Tests.cs).
 using ILGPU;
 using ILGPU.Runtime;
 using PeftKernels.Kernels.Cpu;

@@ -1,17 +1,17 @@
 // The runner's results: device facts, kernel checks (max abs / rel error against the CPU kernels,
 // with the tolerance that decides pass/fail) and benchmarks (median time, throughput, ratios),
-// written as results.json and results.md (files written to a temporary name, then renamed).
+// written as results.json and results.md (files written to a temporary name, then renamed). The
+// benchmark rows (BenchResult) come from the bodies in bench/PeftKernels.Bench.Gpu.
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using PeftKernels.Bench.Gpu;
 
 namespace PeftKernels.GpuRunner;
 
 internal sealed record CheckResult(string Kernel, string Shape, double MaxAbs, double MaxRel, double Atol, double Rtol, bool Pass, string Note);
 
-internal sealed record BenchResult(string Name, string Shape, double MedianMs, double? Gflops, double? GBps, string Comparison);
-
-internal sealed class Report(string device, int runs)
+internal sealed class Report(string device, int runs) : IBenchReport
 {
     public string Device { get; } = device;
 

@@ -7,6 +7,7 @@
 //   tokens/s   = 128 / generation time (prefill included) and 127 / decode time
 //   GFLOP/s    = 2 × (base parameters) × (32 + 127 positions) / generation time
 //   GB/s       = bytes of the weights every decode step reads (Linears + lm_head) × 127 / decode time
+// Target: none set (issue 6 asks for the tokens/s figures, fp32 and NF4).
 using System.Diagnostics;
 using System.Globalization;
 using ILGPU.Runtime;
@@ -14,14 +15,19 @@ using PeftKernels.Autograd;
 using PeftKernels.Models;
 using PeftKernels.Nn;
 
-namespace PeftKernels.GpuRunner;
+namespace PeftKernels.Bench.Gpu;
 
-internal static class DecodeBench
+/// <summary>The decode benchmark: greedy generation of the ~125M Llama with the KV cache on the device, fp32 and NF4 base.</summary>
+public static class DecodeGpuBench
 {
     private const int Prompt = 32;
     private const int NewTokens = 128;
 
-    public static void Run(Accelerator acc, Report report, int runs)
+    /// <summary>Times greedy generation and prefill, for an fp32 base and for an NF4 base.</summary>
+    /// <param name="acc">The accelerator the model runs on.</param>
+    /// <param name="report">Where the rows go.</param>
+    /// <param name="runs">Timed generations per storage (at least 3).</param>
+    public static void Run(Accelerator acc, IBenchReport report, int runs)
     {
         foreach (bool nf4 in new[] { false, true })
         {
@@ -29,7 +35,7 @@ internal static class DecodeBench
         }
     }
 
-    private static void Run(Accelerator acc, Report report, int runs, bool nf4)
+    private static void Run(Accelerator acc, IBenchReport report, int runs, bool nf4)
     {
         var config = LlamaConfig.Llama125M();
         var model = LlamaForCausalLM.Create(config, seed: 1);
@@ -67,7 +73,7 @@ internal static class DecodeBench
                 prefill[s] = clock.Elapsed.TotalMilliseconds;
             }
 
-            double total = Median(generate), first = Median(prefill), decode = Math.Max(total - first, 1e-3);
+            double total = GpuBenchTiming.Median(generate), first = GpuBenchTiming.Median(prefill), decode = Math.Max(total - first, 1e-3);
             int steps = NewTokens - 1;
             var inv = CultureInfo.InvariantCulture;
             report.Add(new BenchResult($"greedy generation, ~125M Llama ({(nf4 ? "NF4" : "fp32")} base, KV cache on the device)",
@@ -81,12 +87,5 @@ internal static class DecodeBench
         {
             model.To(Device.Cpu);
         }
-    }
-
-    private static double Median(double[] samples)
-    {
-        var sorted = samples.Order().ToArray();
-        int n = sorted.Length;
-        return n % 2 == 1 ? sorted[n / 2] : (sorted[(n / 2) - 1] + sorted[n / 2]) / 2;
     }
 }
