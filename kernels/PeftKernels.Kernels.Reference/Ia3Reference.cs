@@ -57,7 +57,7 @@ public static class Ia3Reference
     {
         var z = LinearReference.Forward(x, w, bias, n, inFeatures, outFeatures);
         var (gl, dl) = ScaleColumnsBackward(dy, z, l, n, outFeatures);
-        return (TimesW(gl, w, n, inFeatures, outFeatures), dl);
+        return (LinearReference.InputGradient(gl, w, n, inFeatures, outFeatures), dl);
     }
 
     /// <summary>Input scaling: y = (x ⊙ l)·wᵀ + bias with l [in]. <paramref name="bias"/> may be empty.</summary>
@@ -68,7 +68,7 @@ public static class Ia3Reference
     public static (double[] Dx, double[] Dl) InputScalingBackward(double[] dy, double[] x, double[] w, double[] l,
         int n, int inFeatures, int outFeatures)
     {
-        var gw = TimesW(dy, w, n, inFeatures, outFeatures);
+        var gw = LinearReference.InputGradient(dy, w, n, inFeatures, outFeatures);
         return ScaleColumnsBackward(gw, x, l, n, inFeatures);
     }
 
@@ -90,25 +90,4 @@ public static class Ia3Reference
     /// <summary>Input-scaling merge: returns w·diag(l).</summary>
     public static double[] MergeInputScaling(double[] w, double[] l, int inFeatures, int outFeatures) =>
         ScaleColumns(w, l, outFeatures, inFeatures);
-
-    /// <summary>g·w: [n, in] from g [n, out].</summary>
-    private static double[] TimesW(double[] g, double[] w, int n, int inFeatures, int outFeatures)
-    {
-        var result = new double[n * inFeatures];
-        for (int i = 0; i < n; i++)
-        {
-            for (int p = 0; p < inFeatures; p++)
-            {
-                double sum = 0;
-                for (int o = 0; o < outFeatures; o++)
-                {
-                    sum += g[(i * outFeatures) + o] * w[(o * inFeatures) + p];
-                }
-
-                result[(i * inFeatures) + p] = sum;
-            }
-        }
-
-        return result;
-    }
 }

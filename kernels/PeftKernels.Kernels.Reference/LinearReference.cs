@@ -1,9 +1,10 @@
-// The dense linear map y = x·wᵀ + bias in double, shared by the references that need one (Ia3Reference,
-// LoraBranchReference). Shapes, row-major: x [n, in], w [out, in], bias [out] or empty (no bias), y [n, out].
-// Each y[i, o] sums bias[o] then x[i, p]·w[o, p] for p in order: a plain loop, the spec of a matmul.
+// The dense linear map y = x·wᵀ + bias and its input gradient dx = g·w in double, shared by the
+// references that need them (Ia3Reference, LoraBranchReference, LoraMatmulReference). Shapes, row-major:
+// x, dx [n, in], w [out, in], bias [out] or empty (no bias), y, g [n, out]. Each y[i, o] sums bias[o]
+// (or 0) then x[i, p]·w[o, p] for p in order; each dx[i, p] sums g[i, o]·w[o, p] from 0 for o in order.
 namespace PeftKernels.Kernels.Reference;
 
-/// <summary>Naive double-precision x·wᵀ + bias, shared by the references.</summary>
+/// <summary>Naive double-precision x·wᵀ + bias and g·w, shared by the references.</summary>
 internal static class LinearReference
 {
     /// <summary>x·wᵀ + bias: [n, out]; <paramref name="bias"/> may be empty.</summary>
@@ -25,5 +26,26 @@ internal static class LinearReference
         }
 
         return y;
+    }
+
+    /// <summary>g·w: [n, in] from g [n, out] and w [out, in].</summary>
+    public static double[] InputGradient(double[] g, double[] w, int n, int inFeatures, int outFeatures)
+    {
+        var result = new double[n * inFeatures];
+        for (int i = 0; i < n; i++)
+        {
+            for (int p = 0; p < inFeatures; p++)
+            {
+                double sum = 0;
+                for (int o = 0; o < outFeatures; o++)
+                {
+                    sum += g[(i * outFeatures) + o] * w[(o * inFeatures) + p];
+                }
+
+                result[(i * inFeatures) + p] = sum;
+            }
+        }
+
+        return result;
     }
 }
