@@ -40,44 +40,10 @@ public static class LoraMatmulReference
         float dropout = 0f, ulong seed = 0)
     {
         double[] xd = DropoutReference.Apply(x, dropout, seed);
-        double[] dh = LinearReference.InputGradient(dy, b, n, rank, outFeatures);
-        for (int k = 0; k < dh.Length; k++)
-        {
-            dh[k] = scale * dh[k];
-        }
-
-        var db = new double[outFeatures * rank];
-        var da = new double[rank * inFeatures];
+        double[] dh = Scaled(LinearReference.InputGradient(dy, b, n, rank, outFeatures), scale);
+        double[] db = Scaled(LinearReference.WeightGradient(dy, h, n, rank, outFeatures), scale);
+        double[] da = LinearReference.WeightGradient(dh, xd, n, inFeatures, rank);
         var dx = new double[n * inFeatures];
-
-        for (int o = 0; o < outFeatures; o++)
-        {
-            for (int q = 0; q < rank; q++)
-            {
-                double sum = 0;
-                for (int i = 0; i < n; i++)
-                {
-                    sum += dy[(i * outFeatures) + o] * h[(i * rank) + q];
-                }
-
-                db[(o * rank) + q] = scale * sum;
-            }
-        }
-
-        for (int q = 0; q < rank; q++)
-        {
-            for (int p = 0; p < inFeatures; p++)
-            {
-                double sum = 0;
-                for (int i = 0; i < n; i++)
-                {
-                    sum += dh[(i * rank) + q] * xd[(i * inFeatures) + p];
-                }
-
-                da[(q * inFeatures) + p] = sum;
-            }
-        }
-
         uint threshold = DropoutReference.Threshold(dropout);
         double keepScale = dropout == 0 ? 1.0 : 1.0 / (1.0 - dropout);
         double[] baseDx = LinearReference.InputGradient(dy, w, n, inFeatures, outFeatures);
@@ -89,5 +55,16 @@ public static class LoraMatmulReference
         }
 
         return (dx, da, db);
+    }
+
+    /// <summary>scale·v, in place.</summary>
+    private static double[] Scaled(double[] v, double scale)
+    {
+        for (int k = 0; k < v.Length; k++)
+        {
+            v[k] = scale * v[k];
+        }
+
+        return v;
     }
 }
