@@ -14,11 +14,29 @@ internal static class Check
         }
     }
 
+    /// <summary>Each dim is ≥ 0, checked in order (the first failing one throws).</summary>
+    public static void NonNegative(params ReadOnlySpan<(int Value, string Name)> dims)
+    {
+        foreach (var (value, name) in dims)
+        {
+            NonNegative(value, name);
+        }
+    }
+
     public static void Positive(int value, string name)
     {
         if (value <= 0)
         {
             throw new ArgumentException($"{name} must be > 0, got {value}.", name);
+        }
+    }
+
+    /// <summary>Each dim is > 0, checked in order (the first failing one throws).</summary>
+    public static void Positive(params ReadOnlySpan<(int Value, string Name)> dims)
+    {
+        foreach (var (value, name) in dims)
+        {
+            Positive(value, name);
         }
     }
 

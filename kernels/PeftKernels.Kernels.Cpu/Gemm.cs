@@ -76,18 +76,7 @@ public static unsafe class Gemm
         }
 
         Check.Length("y", y.Length, (long)n * outFeatures, "n·outFeatures");
-        switch (w.Storage)
-        {
-            case WeightFormat.F32:
-                Multiply(false, true, n, outFeatures, inFeatures, 1f, x, w.F32Span, 0f, y, options);
-                break;
-            case WeightFormat.BF16:
-                Multiply(false, true, n, outFeatures, inFeatures, 1f, x, w.Bf16Span, 0f, y, options);
-                break;
-            default:
-                Multiply(false, true, n, outFeatures, inFeatures, 1f, x, w.F16Span, 0f, y, options);
-                break;
-        }
+        MultiplyByWeight(true, n, outFeatures, inFeatures, x, w, y, options);
 
         // The bias is added after the whole sum (not in the GEMM's first K block), row by row.
         if (bias.Length != 0)
@@ -121,16 +110,22 @@ public static unsafe class Gemm
         ValidateOperand(w, n, inFeatures, outFeatures);
         Check.Length("dy", dy.Length, (long)n * outFeatures, "n·outFeatures");
         Check.Length("dx", dx.Length, (long)n * inFeatures, "n·inFeatures");
+        MultiplyByWeight(false, n, inFeatures, outFeatures, dy, w, dx, options);
+    }
+
+    /// <summary>c = a · op(w) with a dense (fp32, bf16 or fp16) weight: the Multiply overload of w's storage.</summary>
+    private static void MultiplyByWeight(bool transB, int m, int n, int k, ReadOnlySpan<float> a, in WeightOperand w, Span<float> c, KernelOptions options)
+    {
         switch (w.Storage)
         {
             case WeightFormat.F32:
-                Multiply(false, false, n, inFeatures, outFeatures, 1f, dy, w.F32Span, 0f, dx, options);
+                Multiply(false, transB, m, n, k, 1f, a, w.F32Span, 0f, c, options);
                 break;
             case WeightFormat.BF16:
-                Multiply(false, false, n, inFeatures, outFeatures, 1f, dy, w.Bf16Span, 0f, dx, options);
+                Multiply(false, transB, m, n, k, 1f, a, w.Bf16Span, 0f, c, options);
                 break;
             default:
-                Multiply(false, false, n, inFeatures, outFeatures, 1f, dy, w.F16Span, 0f, dx, options);
+                Multiply(false, transB, m, n, k, 1f, a, w.F16Span, 0f, c, options);
                 break;
         }
     }

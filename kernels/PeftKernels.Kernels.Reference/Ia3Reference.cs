@@ -49,26 +49,26 @@ public static class Ia3Reference
 
     /// <summary>Output scaling: y = (x·wᵀ + bias) ⊙ l with l [out]. <paramref name="bias"/> may be empty.</summary>
     public static double[] OutputScalingForward(double[] x, double[] w, double[] bias, double[] l, int n, int inFeatures, int outFeatures) =>
-        ScaleColumns(Linear(x, w, bias, n, inFeatures, outFeatures), l, n, outFeatures);
+        ScaleColumns(LinearReference.Forward(x, w, bias, n, inFeatures, outFeatures), l, n, outFeatures);
 
     /// <summary>Output scaling backward: dx = (g ⊙ l)·w and dl = Σ_rows g ⊙ (x·wᵀ + bias).</summary>
     public static (double[] Dx, double[] Dl) OutputScalingBackward(double[] dy, double[] x, double[] w, double[] bias, double[] l,
         int n, int inFeatures, int outFeatures)
     {
-        var z = Linear(x, w, bias, n, inFeatures, outFeatures);
+        var z = LinearReference.Forward(x, w, bias, n, inFeatures, outFeatures);
         var (gl, dl) = ScaleColumnsBackward(dy, z, l, n, outFeatures);
-        return (TimesW(gl, w, n, inFeatures, outFeatures), dl);
+        return (LinearReference.InputGradient(gl, w, n, inFeatures, outFeatures), dl);
     }
 
     /// <summary>Input scaling: y = (x ⊙ l)·wᵀ + bias with l [in]. <paramref name="bias"/> may be empty.</summary>
     public static double[] InputScalingForward(double[] x, double[] w, double[] bias, double[] l, int n, int inFeatures, int outFeatures) =>
-        Linear(ScaleColumns(x, l, n, inFeatures), w, bias, n, inFeatures, outFeatures);
+        LinearReference.Forward(ScaleColumns(x, l, n, inFeatures), w, bias, n, inFeatures, outFeatures);
 
     /// <summary>Input scaling backward: dx = (g·w) ⊙ l and dl = Σ_rows x ⊙ (g·w).</summary>
     public static (double[] Dx, double[] Dl) InputScalingBackward(double[] dy, double[] x, double[] w, double[] l,
         int n, int inFeatures, int outFeatures)
     {
-        var gw = TimesW(dy, w, n, inFeatures, outFeatures);
+        var gw = LinearReference.InputGradient(dy, w, n, inFeatures, outFeatures);
         return ScaleColumnsBackward(gw, x, l, n, inFeatures);
     }
 
@@ -90,46 +90,4 @@ public static class Ia3Reference
     /// <summary>Input-scaling merge: returns w·diag(l).</summary>
     public static double[] MergeInputScaling(double[] w, double[] l, int inFeatures, int outFeatures) =>
         ScaleColumns(w, l, outFeatures, inFeatures);
-
-    /// <summary>x·wᵀ + bias: [n, out].</summary>
-    private static double[] Linear(double[] x, double[] w, double[] bias, int n, int inFeatures, int outFeatures)
-    {
-        var y = new double[n * outFeatures];
-        for (int i = 0; i < n; i++)
-        {
-            for (int o = 0; o < outFeatures; o++)
-            {
-                double sum = bias.Length == 0 ? 0 : bias[o];
-                for (int p = 0; p < inFeatures; p++)
-                {
-                    sum += x[(i * inFeatures) + p] * w[(o * inFeatures) + p];
-                }
-
-                y[(i * outFeatures) + o] = sum;
-            }
-        }
-
-        return y;
-    }
-
-    /// <summary>g·w: [n, in] from g [n, out].</summary>
-    private static double[] TimesW(double[] g, double[] w, int n, int inFeatures, int outFeatures)
-    {
-        var result = new double[n * inFeatures];
-        for (int i = 0; i < n; i++)
-        {
-            for (int p = 0; p < inFeatures; p++)
-            {
-                double sum = 0;
-                for (int o = 0; o < outFeatures; o++)
-                {
-                    sum += g[(i * outFeatures) + o] * w[(o * inFeatures) + p];
-                }
-
-                result[(i * inFeatures) + p] = sum;
-            }
-        }
-
-        return result;
-    }
 }

@@ -17,19 +17,14 @@ public static class LoraBranchReference
         int[] r = rows ?? [.. Enumerable.Range(0, n)];
         int m = r.Length;
         double[] u = DropoutReference.Apply(GatherRows(x, r, inFeatures), dropout, seed);
-        double[] h = MatMulTransB(u, a, m, rank, inFeatures);
+        double[] h = LinearReference.Forward(u, a, [], m, inFeatures, rank);
+        double[] hb = LinearReference.Forward(h, b, [], m, rank, outFeatures);
         var result = (double[])y.Clone();
         for (int i = 0; i < m; i++)
         {
             for (int o = 0; o < outFeatures; o++)
             {
-                double sum = 0;
-                for (int q = 0; q < rank; q++)
-                {
-                    sum += h[(i * rank) + q] * b[(o * rank) + q];
-                }
-
-                result[(r[i] * outFeatures) + o] += (scale * sum) + (bias.Length == 0 ? 0 : bias[o]);
+                result[(r[i] * outFeatures) + o] += (scale * hb[(i * outFeatures) + o]) + (bias.Length == 0 ? 0 : bias[o]);
             }
         }
 
@@ -90,26 +85,6 @@ public static class LoraBranchReference
         for (int i = 0; i < rows.Length; i++)
         {
             Array.Copy(source, rows[i] * cols, result, i * cols, cols);
-        }
-
-        return result;
-    }
-
-    private static double[] MatMulTransB(double[] left, double[] right, int rows, int cols, int inner)
-    {
-        var result = new double[rows * cols];
-        for (int i = 0; i < rows; i++)
-        {
-            for (int j = 0; j < cols; j++)
-            {
-                double sum = 0;
-                for (int p = 0; p < inner; p++)
-                {
-                    sum += left[(i * inner) + p] * right[(j * inner) + p];
-                }
-
-                result[(i * cols) + j] = sum;
-            }
         }
 
         return result;

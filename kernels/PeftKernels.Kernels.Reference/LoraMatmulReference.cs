@@ -18,36 +18,16 @@ public static class LoraMatmulReference
         double scale, int n, int inFeatures, int outFeatures, int rank, float dropout = 0f, ulong seed = 0)
     {
         double[] xd = DropoutReference.Apply(x, dropout, seed);
-        var h = new double[n * rank];
+        double[] h = LinearReference.Forward(xd, a, [], n, inFeatures, rank);
+        double[] baseY = LinearReference.Forward(x, w, [], n, inFeatures, outFeatures);
+        double[] hb = LinearReference.Forward(h, b, [], n, rank, outFeatures);
         var y = new double[n * outFeatures];
         for (int i = 0; i < n; i++)
         {
-            for (int q = 0; q < rank; q++)
-            {
-                double sum = 0;
-                for (int p = 0; p < inFeatures; p++)
-                {
-                    sum += xd[(i * inFeatures) + p] * a[(q * inFeatures) + p];
-                }
-
-                h[(i * rank) + q] = sum;
-            }
-
             for (int o = 0; o < outFeatures; o++)
             {
-                double baseSum = 0;
-                for (int p = 0; p < inFeatures; p++)
-                {
-                    baseSum += x[(i * inFeatures) + p] * w[(o * inFeatures) + p];
-                }
-
-                double lora = 0;
-                for (int q = 0; q < rank; q++)
-                {
-                    lora += h[(i * rank) + q] * b[(o * rank) + q];
-                }
-
-                y[(i * outFeatures) + o] = baseSum + (bias.Length == 0 ? 0 : bias[o]) + (scale * lora);
+                int index = (i * outFeatures) + o;
+                y[index] = baseY[index] + (bias.Length == 0 ? 0 : bias[o]) + (scale * hb[index]);
             }
         }
 
@@ -60,76 +40,31 @@ public static class LoraMatmulReference
         float dropout = 0f, ulong seed = 0)
     {
         double[] xd = DropoutReference.Apply(x, dropout, seed);
-        var dh = new double[n * rank];
-        var db = new double[outFeatures * rank];
-        var da = new double[rank * inFeatures];
+        double[] dh = Scaled(LinearReference.InputGradient(dy, b, n, rank, outFeatures), scale);
+        double[] db = Scaled(LinearReference.WeightGradient(dy, h, n, rank, outFeatures), scale);
+        double[] da = LinearReference.WeightGradient(dh, xd, n, inFeatures, rank);
         var dx = new double[n * inFeatures];
-        for (int i = 0; i < n; i++)
-        {
-            for (int q = 0; q < rank; q++)
-            {
-                double sum = 0;
-                for (int o = 0; o < outFeatures; o++)
-                {
-                    sum += dy[(i * outFeatures) + o] * b[(o * rank) + q];
-                }
-
-                dh[(i * rank) + q] = scale * sum;
-            }
-        }
-
-        for (int o = 0; o < outFeatures; o++)
-        {
-            for (int q = 0; q < rank; q++)
-            {
-                double sum = 0;
-                for (int i = 0; i < n; i++)
-                {
-                    sum += dy[(i * outFeatures) + o] * h[(i * rank) + q];
-                }
-
-                db[(o * rank) + q] = scale * sum;
-            }
-        }
-
-        for (int q = 0; q < rank; q++)
-        {
-            for (int p = 0; p < inFeatures; p++)
-            {
-                double sum = 0;
-                for (int i = 0; i < n; i++)
-                {
-                    sum += dh[(i * rank) + q] * xd[(i * inFeatures) + p];
-                }
-
-                da[(q * inFeatures) + p] = sum;
-            }
-        }
-
         uint threshold = DropoutReference.Threshold(dropout);
         double keepScale = dropout == 0 ? 1.0 : 1.0 / (1.0 - dropout);
-        for (int i = 0; i < n; i++)
+        double[] baseDx = LinearReference.InputGradient(dy, w, n, inFeatures, outFeatures);
+        double[] loraDx = LinearReference.InputGradient(dh, a, n, inFeatures, rank);
+        for (int index = 0; index < dx.Length; index++)
         {
-            for (int p = 0; p < inFeatures; p++)
-            {
-                double baseSum = 0;
-                for (int o = 0; o < outFeatures; o++)
-                {
-                    baseSum += dy[(i * outFeatures) + o] * w[(o * inFeatures) + p];
-                }
-
-                double lora = 0;
-                for (int q = 0; q < rank; q++)
-                {
-                    lora += dh[(i * rank) + q] * a[(q * inFeatures) + p];
-                }
-
-                int index = (i * inFeatures) + p;
-                bool keep = dropout == 0 || DropoutReference.Keep(seed, index, threshold);
-                dx[index] = baseSum + (keep ? lora * keepScale : 0.0);
-            }
+            bool keep = dropout == 0 || DropoutReference.Keep(seed, index, threshold);
+            dx[index] = baseDx[index] + (keep ? loraDx[index] * keepScale : 0.0);
         }
 
         return (dx, da, db);
+    }
+
+    /// <summary>scale·v, in place.</summary>
+    private static double[] Scaled(double[] v, double scale)
+    {
+        for (int k = 0; k < v.Length; k++)
+        {
+            v[k] = scale * v[k];
+        }
+
+        return v;
     }
 }

@@ -15,12 +15,14 @@ public class LoraBranchKernelTests
 
     public static TheoryData<SimdPath, int> PathsAndThreads() => TestUtil.PathsAndThreads();
 
+    /// <summary>Random x [n, inF], a [r, inF], b [outF, r] from the seeds seed, seed + 1, seed + 2.</summary>
+    private static (float[] X, float[] A, float[] B) Operands(int n, int inF, int outF, int r, int seed) =>
+        (TestUtil.Random(n * inF, seed), TestUtil.Random(r * inF, seed + 1), TestUtil.Random(outF * r, seed + 2));
+
     private static void CheckCase(int n, int inF, int outF, int r, int[]? rows, float dropout, bool bias, SimdPath path, int threads)
     {
         int m = rows?.Length ?? n;
-        var x = TestUtil.Random(n * inF, 1);
-        var a = TestUtil.Random(r * inF, 2);
-        var b = TestUtil.Random(outF * r, 3);
+        var (x, a, b) = Operands(n, inF, outF, r, 1);
         var biasValues = bias ? TestUtil.Random(outF, 4) : [];
         var y0 = TestUtil.Random(n * outF, 5);
         var dy = TestUtil.Random(n * outF, 6);
@@ -75,9 +77,7 @@ public class LoraBranchKernelTests
     public void EmptyBranchAndSkippedGradients()
     {
         const int n = 4, inF = 6, outF = 5, r = 2;
-        var x = TestUtil.Random(n * inF, 7);
-        var a = TestUtil.Random(r * inF, 8);
-        var b = TestUtil.Random(outF * r, 9);
+        var (x, a, b) = Operands(n, inF, outF, r, 7);
         var dy = TestUtil.Random(n * outF, 10);
 
         // No rows: y is untouched, every gradient is zero.
@@ -108,9 +108,7 @@ public class LoraBranchKernelTests
     public void AllRowsEqualLoraMatmulWithAZeroBase()
     {
         const int n = 7, inF = 19, outF = 11, r = 3;
-        var x = TestUtil.Random(n * inF, 12);
-        var a = TestUtil.Random(r * inF, 13);
-        var b = TestUtil.Random(outF * r, 14);
+        var (x, a, b) = Operands(n, inF, outF, r, 12);
         var options = new LoraOptions(0.25f, 5);
         var hMatmul = new float[n * r];
         var yMatmul = new float[n * outF];

@@ -25,12 +25,7 @@ internal static class AttentionShapes
         int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim, float scale)
     {
         Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
-        long query = (long)batch * queryLength * heads * headDim, key = (long)batch * keyLength * kvHeads * headDim;
-        Check.Length("q", q, query, "batch·queryLength·heads·headDim");
-        Check.Length("k", k, key, "batch·keyLength·kvHeads·headDim");
-        Check.Length("v", v, key, "batch·keyLength·kvHeads·headDim");
-        Check.Length("o", o, query, "batch·queryLength·heads·headDim");
-        Check.Length("lse", lse, (long)batch * heads * queryLength, "batch·heads·queryLength");
+        ForwardTensors(q, k, v, o, lse, batch, queryLength, keyLength, heads, kvHeads, headDim);
     }
 
     public static void Backward(long dO, long q, long k, long v, long o, long lse, long dq, long dk, long dv,
@@ -39,13 +34,21 @@ internal static class AttentionShapes
         Dims(batch, queryLength, keyLength, heads, kvHeads, headDim, scale);
         long query = (long)batch * queryLength * heads * headDim, key = (long)batch * keyLength * kvHeads * headDim;
         Check.Length("dO", dO, query, "batch·queryLength·heads·headDim");
+        ForwardTensors(q, k, v, o, lse, batch, queryLength, keyLength, heads, kvHeads, headDim);
+        Check.Length("dq", dq, query, "batch·queryLength·heads·headDim");
+        Check.Length("dk", dk, key, "batch·keyLength·kvHeads·headDim");
+        Check.Length("dv", dv, key, "batch·keyLength·kvHeads·headDim");
+    }
+
+    /// <summary>The lengths of the forward's tensors q, k, v, o and lse (the backward reads them all); dims already checked.</summary>
+    private static void ForwardTensors(long q, long k, long v, long o, long lse,
+        int batch, int queryLength, int keyLength, int heads, int kvHeads, int headDim)
+    {
+        long query = (long)batch * queryLength * heads * headDim, key = (long)batch * keyLength * kvHeads * headDim;
         Check.Length("q", q, query, "batch·queryLength·heads·headDim");
         Check.Length("k", k, key, "batch·keyLength·kvHeads·headDim");
         Check.Length("v", v, key, "batch·keyLength·kvHeads·headDim");
         Check.Length("o", o, query, "batch·queryLength·heads·headDim");
         Check.Length("lse", lse, (long)batch * heads * queryLength, "batch·heads·queryLength");
-        Check.Length("dq", dq, query, "batch·queryLength·heads·headDim");
-        Check.Length("dk", dk, key, "batch·keyLength·kvHeads·headDim");
-        Check.Length("dv", dv, key, "batch·keyLength·kvHeads·headDim");
     }
 }

@@ -8,12 +8,9 @@ internal static class DoraNormShapes
 {
     public static void RowNorms(long w, long a, long b, long norms, int inFeatures, int outFeatures, int rank)
     {
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
+        AdapterShapes.Features(inFeatures, outFeatures, rank);
         Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
+        AdapterShapes.Matrices(a, b, inFeatures, outFeatures, rank);
         Check.Length("norms", norms, outFeatures, "outFeatures");
     }
 }

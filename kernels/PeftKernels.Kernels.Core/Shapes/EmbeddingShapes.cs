@@ -10,8 +10,7 @@ internal static class EmbeddingShapes
 {
     public static void Forward(long weight, long ids, long y, int n, int vocab, int dim)
     {
-        Check.NonNegative(n, "n");
-        Check.NonNegative(vocab, "vocab");
+        Check.NonNegative((n, "n"), (vocab, "vocab"));
         Check.Positive(dim, "dim");
         Check.Length("weight", weight, (long)vocab * dim, "vocab·dim");
         Check.Length("ids", ids, n, "n");

@@ -8,9 +8,7 @@ internal static class GemmShapes
 {
     public static void Multiply(int m, int n, int k, long a, long b, long c)
     {
-        Check.NonNegative(m, "m");
-        Check.NonNegative(n, "n");
-        Check.NonNegative(k, "k");
+        Check.NonNegative((m, "m"), (n, "n"), (k, "k"));
         Check.Length("a", a, (long)m * k, "m·k");
         Check.Length("b", b, (long)k * n, "k·n");
         Check.Length("c", c, (long)m * n, "m·n");

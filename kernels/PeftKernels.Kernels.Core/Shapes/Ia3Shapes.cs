@@ -9,8 +9,7 @@ internal static class Ia3Shapes
 {
     public static void ScaleColumns(long x, long l, long y, int n, int features)
     {
-        Check.NonNegative(n, "n");
-        Check.Positive(features, "features");
+        Dims(n, features);
         Check.Length("x", x, (long)n * features, "n·features");
         Check.Length("l", l, features, "features");
         Check.Length("y", y, (long)n * features, "n·features");
@@ -18,8 +17,7 @@ internal static class Ia3Shapes
 
     public static void ScaleColumnsBackward(long dy, long x, long l, long dx, long dl, int n, int features)
     {
-        Check.NonNegative(n, "n");
-        Check.Positive(features, "features");
+        Dims(n, features);
         Check.Length("dy", dy, (long)n * features, "n·features");
         if (dl != 0 || x != 0)
         {
@@ -29,5 +27,11 @@ internal static class Ia3Shapes
         Check.Length("l", l, features, "features");
         Check.LengthOrEmpty("dx", dx, (long)n * features, "n·features, or empty to skip");
         Check.LengthOrEmpty("dl", dl, features, "features, or empty to skip");
+    }
+
+    private static void Dims(int n, int features)
+    {
+        Check.NonNegative(n, "n");
+        Check.Positive(features, "features");
     }
 }

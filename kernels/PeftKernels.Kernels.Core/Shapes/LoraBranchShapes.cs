@@ -36,8 +36,7 @@ internal static class LoraBranchShapes
     {
         int m = Rows(rows, n, inFeatures, outFeatures, rank, options);
         Check.Length("x", x, (long)n * inFeatures, "n·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
+        AdapterShapes.Matrices(a, b, inFeatures, outFeatures, rank);
         Check.LengthOrEmpty("bias", bias, outFeatures, "outFeatures, or empty");
         Check.Length("y", y, (long)n * outFeatures, "n·outFeatures");
         Check.Length("h", h, (long)m * rank, "m·rank (m = rows of the branch)");
@@ -49,15 +48,9 @@ internal static class LoraBranchShapes
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         int m = Rows(rows, n, inFeatures, outFeatures, rank, options);
-        Check.Length("dy", dy, (long)n * outFeatures, "n·outFeatures");
-        if (da != 0 || x != 0)
-        {
-            Check.Length("x", x, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
-        }
-
+        AdapterShapes.BackwardInputs(dy, x, da, n, inFeatures, outFeatures);
         Check.Length("h", h, (long)m * rank, "m·rank (m = rows of the branch)");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
+        AdapterShapes.Matrices(a, b, inFeatures, outFeatures, rank);
         Check.LengthOrEmpty("dx", dx, (long)n * inFeatures, "n·inFeatures, or empty to skip");
         Check.LengthOrEmpty("da", da, (long)rank * inFeatures, "rank·inFeatures, or empty to skip");
         Check.LengthOrEmpty("db", db, (long)outFeatures * rank, "outFeatures·rank, or empty to skip");

@@ -11,9 +11,7 @@ internal static class LoraMatmulShapes
     public static void Dims(int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         Check.NonNegative(n, "n");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        Check.Positive(rank, "rank");
+        AdapterShapes.Features(inFeatures, outFeatures, rank);
         Check.Require(options.Dropout >= 0f && options.Dropout < 1f, nameof(options), $"dropout must be in [0, 1), got {options.Dropout}.");
     }
 
@@ -24,8 +22,7 @@ internal static class LoraMatmulShapes
         Check.Length("x", x, (long)n * inFeatures, "n·inFeatures");
         Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
         Check.LengthOrEmpty("bias", bias, outFeatures, "outFeatures, or empty");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
+        AdapterShapes.Matrices(a, b, inFeatures, outFeatures, rank);
         Check.Length("y", y, (long)n * outFeatures, "n·outFeatures");
         Check.Length("h", h, (long)n * rank, "n·rank");
     }
@@ -34,16 +31,10 @@ internal static class LoraMatmulShapes
         int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
     {
         Dims(n, inFeatures, outFeatures, rank, options);
-        Check.Length("dy", dy, (long)n * outFeatures, "n·outFeatures");
-        if (da != 0 || x != 0)
-        {
-            Check.Length("x", x, (long)n * inFeatures, "n·inFeatures (x may be empty only when da is empty)");
-        }
-
+        AdapterShapes.BackwardInputs(dy, x, da, n, inFeatures, outFeatures);
         Check.Length("h", h, (long)n * rank, "n·rank");
         Check.Length("w", w, (long)outFeatures * inFeatures, "outFeatures·inFeatures");
-        Check.Length("a", a, (long)rank * inFeatures, "rank·inFeatures");
-        Check.Length("b", b, (long)outFeatures * rank, "outFeatures·rank");
+        AdapterShapes.Matrices(a, b, inFeatures, outFeatures, rank);
         Check.LengthOrEmpty("dx", dx, (long)n * inFeatures, "n·inFeatures, or empty to skip");
         Check.LengthOrEmpty("da", da, (long)rank * inFeatures, "rank·inFeatures, or empty to skip (LoRA-FA)");
         Check.Length("db", db, (long)outFeatures * rank, "outFeatures·rank");
