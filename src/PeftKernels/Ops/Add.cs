@@ -39,22 +39,10 @@ public static partial class Functional
         return output;
     }
 
-    private static Tensor AddOnDevice(Tensor a, Tensor b)
-    {
-        var device = a.Device;
-        OpChecks.SameDevice(device, b, nameof(b));
-        var accelerator = device.Accelerator;
-        var output = OpChecks.DeviceTensor(device, a.Shape);
-        AddKernels.Forward(accelerator, a.View(device), b.View(device), output.View(device));
-        if (Tape.ShouldRecord(a, b))
+    private static Tensor AddOnDevice(Tensor a, Tensor b) =>
+        OpChecks.TwoInputsOnDevice(a, b, nameof(b), AddKernels.Forward, (accelerator, dy) =>
         {
-            Tape.Record(output, () =>
-            {
-                DeviceGrad.GiveCopy(a, accelerator, output.DeviceGrad);
-                DeviceGrad.GiveCopy(b, accelerator, output.DeviceGrad);
-            });
-        }
-
-        return output;
-    }
+            DeviceGrad.GiveCopy(a, accelerator, dy);
+            DeviceGrad.GiveCopy(b, accelerator, dy);
+        });
 }

@@ -29,6 +29,27 @@ internal static class OpChecks
         }
     }
 
+    /// <summary>
+    /// An element-wise op of two same-shaped inputs on their device: <paramref name="forward"/> writes y from (a, b); while
+    /// recording, <paramref name="backward"/> receives dy and hands the inputs their gradients.
+    /// </summary>
+    public static Tensor TwoInputsOnDevice(Tensor a, Tensor b, string nameB,
+        Action<Accelerator, ArrayView1D<float, Stride1D.Dense>, ArrayView1D<float, Stride1D.Dense>, ArrayView1D<float, Stride1D.Dense>> forward,
+        Action<Accelerator, ArrayView1D<float, Stride1D.Dense>> backward)
+    {
+        var device = a.Device;
+        SameDevice(device, b, nameB);
+        var accelerator = device.Accelerator;
+        var output = DeviceTensor(device, a.Shape);
+        forward(accelerator, a.View(device), b.View(device), output.View(device));
+        if (Tape.ShouldRecord(a, b))
+        {
+            Tape.Record(output, () => backward(accelerator, output.DeviceGrad));
+        }
+
+        return output;
+    }
+
     /// <summary>Checks that two inputs of an element-wise op have the same shape.</summary>
     public static void SameShape(Tensor a, Tensor b, string nameA, string nameB)
     {

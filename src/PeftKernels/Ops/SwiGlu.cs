@@ -38,25 +38,14 @@ public static partial class Functional
         return output;
     }
 
-    private static Tensor SwiGluOnDevice(Tensor gate, Tensor up)
-    {
-        var device = gate.Device;
-        OpChecks.SameDevice(device, up, nameof(up));
-        var accelerator = device.Accelerator;
-        var output = OpChecks.DeviceTensor(device, gate.Shape);
-        SwiGluKernels.Forward(accelerator, gate.View(device), up.View(device), output.View(device));
-        if (Tape.ShouldRecord(gate, up))
+    private static Tensor SwiGluOnDevice(Tensor gate, Tensor up) =>
+        OpChecks.TwoInputsOnDevice(gate, up, nameof(up), SwiGluKernels.Forward, (accelerator, dy) =>
         {
-            Tape.Record(output, () =>
-            {
-                var dgate = accelerator.Allocate1D<float>(gate.Count);
-                var dup = accelerator.Allocate1D<float>(up.Count);
-                SwiGluKernels.Backward(accelerator, output.DeviceGrad, gate.View(device), up.View(device), dgate.View, dup.View);
-                accelerator.Synchronize();
-                DeviceGrad.Give((gate, dgate), (up, dup));
-            });
-        }
-
-        return output;
-    }
+            var device = gate.Device;
+            var dgate = accelerator.Allocate1D<float>(gate.Count);
+            var dup = accelerator.Allocate1D<float>(up.Count);
+            SwiGluKernels.Backward(accelerator, dy, gate.View(device), up.View(device), dgate.View, dup.View);
+            accelerator.Synchronize();
+            DeviceGrad.Give((gate, dgate), (up, dup));
+        });
 }
