@@ -12,6 +12,10 @@
 //   dv_j = Σ_i p_ij dO_i          dp_ij = dO_i·v_j          ds_ij = p_ij (dp_ij − D_i)
 //   dq_i = scale Σ_j ds_ij k_j    dk_j  = scale Σ_i ds_ij q_i
 // with dk, dv summed over the H / Hkv query heads of a group (chain rule through the shared k, v).
+// NaN: a NaN score makes the row's running max m NaN (ScaledMax keeps it; MathF.Max, exp and the
+// rescale by exp(m_old − m) carry it), so that row's o and lse are NaN, as softmax gives in PyTorch;
+// keys past a row's causal horizon never enter its max. (A NaN value at a masked key inside a visited
+// key tile still reaches earlier rows as 0·NaN in P·V, as softmax(S)·V does in PyTorch's eager attention.)
 // Parallel units: forward (b, kv head, query tile); backward (b, kv head), each owning its dk/dv
 // slice and the dq rows of its query heads, so every sum runs in one fixed order: results are
 // bit-identical for any thread count.

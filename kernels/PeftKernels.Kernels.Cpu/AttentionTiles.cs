@@ -293,7 +293,10 @@ public static unsafe partial class Attention
     // vector width), so a last partial vector is read whole and masked instead of finished in
     // scalar code: the diagonal tiles would otherwise spend more time in scalar exp than in the FMAs.
 
-    /// <summary>max over c &lt; n of scale·s[c].</summary>
+    /// <summary>
+    /// max over c &lt; n of scale·s[c]; NaN if any of them is NaN (the IEEE maximum keeps a NaN lane, and the lane sum
+    /// reports it), so the caller's running max, and through it the row's output and lse, become NaN.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float ScaledMax<TV, T>(float* s, int n, float scale)
         where TV : unmanaged
@@ -303,15 +306,16 @@ public static unsafe partial class Attention
         TV vs = T.Splat(scale), m = T.Splat(float.NegativeInfinity);
         for (; c <= n - w; c += w)
         {
-            m = T.Max(m, T.Mul(T.Load(s + c), vs));
+            m = T.MaxIeee(m, T.Mul(T.Load(s + c), vs));
         }
 
         if (c < n)
         {
-            m = T.Max(m, T.KeepFirst(T.Mul(T.Load(s + c), vs), n - c, float.NegativeInfinity));
+            m = T.MaxIeee(m, T.KeepFirst(T.Mul(T.Load(s + c), vs), n - c, float.NegativeInfinity));
         }
 
-        return T.MaxAcross(m);
+        float max = T.MaxAcross(m);
+        return float.IsNaN(T.Sum(m)) ? float.NaN : max;
     }
 
     /// <summary>s[c] = exp(scale·s[c] − shift) for c &lt; n, 0 up to the end of the last vector; returns their sum.</summary>
