@@ -23,7 +23,7 @@ internal static class OptionChecks
         int[] values = parse.GetValue(option) ?? [];
         foreach (int v in values)
         {
-            Check(v >= 0, option, "an integer >= 0 (0 = all processors)", v.ToString(CultureInfo.InvariantCulture));
+            Check(v >= 0, option, ">= 0 (0 = all processors)", v.ToString(CultureInfo.InvariantCulture));
         }
 
         return values;
@@ -33,7 +33,7 @@ internal static class OptionChecks
     internal static int AtLeast(this ParseResult parse, Option<int> option, int min, string note = "")
     {
         int v = parse.GetValue(option);
-        Check(v >= min, option, $"an integer >= {min}{note}", v.ToString(CultureInfo.InvariantCulture));
+        Check(v >= min, option, $">= {min}{note}", v.ToString(CultureInfo.InvariantCulture));
         return v;
     }
 
@@ -48,9 +48,9 @@ internal static class OptionChecks
     private static double InRange(Option option, double v, double min, double max, bool minOpen, bool maxOpen)
     {
         bool inside = double.IsFinite(v) && (minOpen ? v > min : v >= min) && (maxOpen ? v < max : v <= max);
-        string range = double.IsNegativeInfinity(min) && double.IsPositiveInfinity(max) ? "a finite number"
-            : double.IsPositiveInfinity(max) ? $"a finite number {(minOpen ? ">" : ">=")} {Number(min)}"
-            : $"a number in {(minOpen ? "(" : "[")}{Number(min)}, {Number(max)}{(maxOpen ? ")" : "]")}";
+        string range = double.IsNegativeInfinity(min) && double.IsPositiveInfinity(max) ? "finite"
+            : double.IsPositiveInfinity(max) ? $"{(minOpen ? ">" : ">=")} {Number(min)} and finite"
+            : $"in {(minOpen ? "(" : "[")}{Number(min)}, {Number(max)}{(maxOpen ? ")" : "]")}";
         Check(inside, option, range, Number(v));
         return v;
     }
