@@ -13,20 +13,23 @@ internal static class BenchCommand
     public static Command Create()
     {
         var quick = new Option<bool>("--quick") { Description = "Reduced shapes and repeats (under a minute)." };
-        var threads = new Option<int[]>("--threads") { Description = "Thread counts to run (default: 1 and the processor count).", AllowMultipleArgumentsPerToken = true };
+        var threads = new Option<int[]>("--threads") { Description = "Thread counts to run, 0 = all processors (default: 1 and the processor count).", AllowMultipleArgumentsPerToken = true };
         var command = new Command("bench", "Benchmark the CPU kernels: GEMM and fused LoRA forward/backward, against the measured FMA peak and read bandwidth.")
         {
             quick,
             threads,
         };
-        command.SetAction(parse =>
+        command.SetAction(parse => Cli.Guard(parse, log =>
         {
-            int[] counts = parse.GetValue(threads) is { Length: > 0 } t ? t : [.. new[] { 1, Environment.ProcessorCount }.Distinct()];
-            Run(parse.GetValue(quick), counts, Console.Out);
+            Run(parse.GetValue(quick), ThreadCounts(parse.Threads(threads)), log);
             return 0;
-        });
+        }));
         return command;
     }
+
+    /// <summary>The thread counts to run: 0 means all processors, as on the other verbs; none given means 1 and the processor count.</summary>
+    internal static int[] ThreadCounts(int[] given) =>
+        given.Length > 0 ? [.. given.Select(t => t == 0 ? Environment.ProcessorCount : t)] : [.. new[] { 1, Environment.ProcessorCount }.Distinct()];
 
     private static void Run(bool quick, int[] threadCounts, TextWriter output)
     {

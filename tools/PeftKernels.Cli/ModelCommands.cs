@@ -25,7 +25,7 @@ internal static class ModelCommands
         var model = ModelOption();
         var adapter = AdapterOption();
         var tokens = new Option<string>("--tokens") { Required = true, HelpName = "ids", Description = "Comma-separated token ids, at least two." };
-        var threads = ThreadsOption();
+        var threads = OptionChecks.ThreadsOption();
         var device = DeviceOption();
         var command = new Command("score", "Causal-LM loss and perplexity of a token sequence (mean over the N−1 predicted positions), as one JSON line.")
         {
@@ -34,10 +34,11 @@ internal static class ModelCommands
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             var ids = ParseTokens(parse.GetRequiredValue(tokens), "--tokens");
+            var kernel = new KernelOptions(parse.Threads(threads));
             var on = ParseDevice(parse.GetRequiredValue(device));
             var lm = LoadModel(parse.GetRequiredValue(model), parse.GetValue(adapter));
             lm.To(on);
-            double loss = lm.Score(ids, new ForwardContext(0, new KernelOptions(parse.GetValue(threads))));
+            double loss = lm.Score(ids, new ForwardContext(0, kernel));
             log.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["tokens"] = ids.Length, ["loss"] = loss, ["perplexity"] = Math.Exp(loss) }));
             return 0;
         }));
@@ -54,7 +55,7 @@ internal static class ModelCommands
         var temperature = new Option<float>("--temperature") { HelpName = "t", Description = "0 = greedy; > 0 samples from softmax(logits / t).", DefaultValueFactory = _ => 0f };
         var topP = new Option<float>("--top-p") { HelpName = "p", Description = "Nucleus sampling mass in (0, 1].", DefaultValueFactory = _ => 1f };
         var seed = new Option<int>("--seed") { Description = "Sampler seed.", DefaultValueFactory = _ => 0 };
-        var threads = ThreadsOption();
+        var threads = OptionChecks.ThreadsOption();
         var device = DeviceOption();
         var command = new Command("generate", "Generate tokens after a prompt (greedy, or temperature / top-p sampling) with a KV cache.")
         {
@@ -70,6 +71,9 @@ internal static class ModelCommands
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
+            int newTokens = parse.AtLeast(maxNew, 0);
+            float t = parse.InRange(temperature, 0, double.PositiveInfinity), p = parse.InRange(topP, 0, 1, minOpen: true);
+            var kernel = new KernelOptions(parse.Threads(threads));
             var on = ParseDevice(parse.GetRequiredValue(device));
             var lm = LoadModel(folder, parse.GetValue(adapter));
             lm.To(on);
@@ -83,8 +87,8 @@ internal static class ModelCommands
             }
 
             var stops = lm.Config.EosTokenId ?? (tokenizer.EosId is int eos ? [eos] : null);
-            var options = new GenerationOptions(parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(seed), stops);
-            var generated = lm.Generate(ids, parse.GetValue(maxNew), options, new ForwardContext(0, new KernelOptions(parse.GetValue(threads))));
+            var options = new GenerationOptions(t, p, parse.GetValue(seed), stops);
+            var generated = lm.Generate(ids, newTokens, options, new ForwardContext(0, kernel));
             log.WriteLine(text != null ? text + tokenizer.Decode(generated) : string.Join(",", generated));
             return 0;
         }));
@@ -119,7 +123,7 @@ internal static class ModelCommands
         var accum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var warmup = new Option<int>("--warmup") { Description = "Linear warm-up steps.", DefaultValueFactory = _ => 0 };
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, batches and dropout.", DefaultValueFactory = _ => 0 };
-        var threads = ThreadsOption();
+        var threads = OptionChecks.ThreadsOption();
         var device = DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors)." };
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
@@ -130,16 +134,15 @@ internal static class ModelCommands
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
+            int rank = parse.AtLeast(r, 1), stepCount = parse.AtLeast(steps, 1), b = parse.AtLeast(batch, 1), t = parse.AtLeast(seq, 1);
+            int accumulation = parse.AtLeast(accum, 1), warmupSteps = parse.AtLeast(warmup, 0);
+            double loraAlpha = parse.InRange(alpha, double.NegativeInfinity, double.PositiveInfinity), loraDropout = parse.InRange(dropout, 0, 1, maxOpen: true);
+            double peak = parse.InRange(lr, 0, double.PositiveInfinity), ratio = parse.InRange(loraPlus, 0, double.PositiveInfinity, minOpen: true);
+            var kernel = new KernelOptions(parse.Threads(threads));
             var on = ParseDevice(parse.GetRequiredValue(device));
-            if (!(parse.GetValue(loraPlus) > 0))
-            {
-                throw new ArgumentException($"--lora-plus-ratio must be > 0; got {parse.GetValue(loraPlus)}.");
-            }
-
             var lm = LlamaForCausalLM.Load(folder);
             var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
             var dataset = TextDataset.Load(parse.GetRequiredValue(data), tokenizer);
-            int b = parse.GetValue(batch), t = parse.GetValue(seq);
             if (dataset.Tokens.Length < t + 1)
             {
                 throw new ArgumentException($"--data has {dataset.Tokens.Length} tokens; --seq {t} needs at least {t + 1}.");
@@ -152,7 +155,7 @@ internal static class ModelCommands
             }
 
             string kind = parse.GetValue(method)!;
-            if (kind == "ia3" && parse.GetValue(loraPlus) != 1)
+            if (kind == "ia3" && ratio != 1)
             {
                 throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
             }
@@ -162,9 +165,9 @@ internal static class ModelCommands
                 ? peft.AddAdapter("default", Ia3(parse.GetValue(targets), Path.GetFullPath(folder)), parse.GetValue(seed))
                 : peft.AddAdapter("default", new LoraConfig
                 {
-                    R = parse.GetValue(r),
-                    LoraAlpha = parse.GetValue(alpha),
-                    LoraDropout = parse.GetValue(dropout),
+                    R = rank,
+                    LoraAlpha = loraAlpha,
+                    LoraDropout = loraDropout,
                     TargetModules = TargetModules.Parse(parse.GetValue(targets) ?? "q_proj,v_proj"),
                     UseRsLora = parse.GetValue(rslora),
                     UseDora = kind == "dora",
@@ -178,13 +181,13 @@ internal static class ModelCommands
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
             var options = new TrainerOptions
             {
-                Steps = parse.GetValue(steps),
-                LearningRate = parse.GetValue(lr),
-                WarmupSteps = parse.GetValue(warmup),
-                GradientAccumulation = parse.GetValue(accum),
-                LoraPlusRatio = parse.GetValue(loraPlus),
+                Steps = stepCount,
+                LearningRate = peak,
+                WarmupSteps = warmupSteps,
+                GradientAccumulation = accumulation,
+                LoraPlusRatio = ratio,
                 Seed = parse.GetValue(seed),
-                Kernel = new KernelOptions(parse.GetValue(threads)),
+                Kernel = kernel,
             };
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
@@ -234,9 +237,6 @@ internal static class ModelCommands
 
     internal static Option<string> DeviceOption() =>
         new("--device") { HelpName = "cpu|cuda", Description = "Where the model runs: cpu, or cuda (the first CUDA GPU; an error when there is none).", DefaultValueFactory = _ => "cpu" };
-
-    private static Option<int> ThreadsOption() =>
-        new("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };
 
     private static LlamaForCausalLM LoadModel(string folder, string? adapter)
     {

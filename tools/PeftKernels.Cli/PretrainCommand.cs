@@ -23,7 +23,7 @@ internal static class PretrainCommand
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence.", DefaultValueFactory = _ => 64 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (10% linear warm-up, cosine decay to 10%).", DefaultValueFactory = _ => 3e-3 };
         var seed = new Option<int>("--seed") { Description = "Seed of the initial weights and the batches.", DefaultValueFactory = _ => 0 };
-        var threads = new Option<int>("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };
+        var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output Hugging Face model folder." };
         var command = new Command("pretrain", "Pre-train a small Llama from scratch on a text file (byte-level vocabulary) and save it as a Hugging Face folder.")
@@ -32,9 +32,11 @@ internal static class PretrainCommand
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
+            int stepCount = parse.AtLeast(steps, 1), batchSize = parse.AtLeast(batch, 1), seqLength = parse.AtLeast(seq, 1);
+            double peak = parse.InRange(lr, 0, double.PositiveInfinity);
+            var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
-            var model = Pretrain(parse.GetRequiredValue(config), parse.GetRequiredValue(data), parse.GetValue(steps), parse.GetValue(batch), parse.GetValue(seq),
-                parse.GetValue(lr), parse.GetValue(seed), new KernelOptions(parse.GetValue(threads)), log, on);
+            var model = Pretrain(parse.GetRequiredValue(config), parse.GetRequiredValue(data), stepCount, batchSize, seqLength, peak, parse.GetValue(seed), kernel, log, on);
             string outDir = parse.GetRequiredValue(output);
             model.Save(outDir);
             log.WriteLine($"saved {model.Config.ParameterCount():N0}-parameter model to {Path.GetFullPath(outDir)}");

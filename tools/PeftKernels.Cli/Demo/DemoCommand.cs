@@ -1,6 +1,6 @@
 // The `peft demo` verb: options (--device cpu|cuda as the other verbs), the console
 // (Spectre.Console over the invocation's output, live progress bars only on an interactive
-// terminal) and the runner. A bad --device fails before anything is written.
+// terminal) and the runner. A bad --device or --threads fails before anything is written.
 using System.CommandLine;
 using Spectre.Console;
 
@@ -13,7 +13,7 @@ internal static class DemoCommand
         var output = new Option<string>("--out") { HelpName = "dir", Description = "Output folder (base model, adapters, loss.png, metrics.json).", DefaultValueFactory = _ => "./peft-demo" };
         var fast = new Option<bool>("--fast") { Description = "A shorter run (tiny base, fewer steps) for tests and quick looks." };
         var seed = new Option<int>("--seed") { Description = "Seed of the data, the weights and training.", DefaultValueFactory = _ => 0 };
-        var threads = new Option<int>("--threads") { Description = "Kernel threads (0 = all processors).", DefaultValueFactory = _ => 0 };
+        var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
         var command = new Command("demo", "The whole story on a small Llama, no downloads: pre-train, fail a task, QLoRA-fine-tune, save, merge, serve two adapters in one batch.")
         {
@@ -21,9 +21,10 @@ internal static class DemoCommand
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
+            int threadCount = parse.Threads(threads);
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             var (console, live) = TrainingView.ConsoleFor(log);
-            new DemoRunner(new DemoOptions(parse.GetRequiredValue(output), parse.GetValue(fast), parse.GetValue(seed), parse.GetValue(threads), on), console, live).Run();
+            new DemoRunner(new DemoOptions(parse.GetRequiredValue(output), parse.GetValue(fast), parse.GetValue(seed), threadCount, on), console, live).Run();
             return 0;
         }));
         return command;
