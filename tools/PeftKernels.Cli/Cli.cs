@@ -34,7 +34,7 @@ public static class Cli
             return body(parse.InvocationConfiguration.Output);
         }
         catch (Exception e) when (e is ArgumentException or InvalidDataException or IOException or UnauthorizedAccessException
-            or NotSupportedException or KeyNotFoundException or RegexMatchTimeoutException)
+            or NotSupportedException or KeyNotFoundException or RegexMatchTimeoutException or Training.TrainingDivergedException)
         {
             string message = string.Join(' ', e.Message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries));
             string parameter = e is ArgumentException { ParamName: { } name } ? $" (Parameter '{name}')" : "";

@@ -9,6 +9,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -39,6 +40,7 @@ internal static class ModelCommands
             var lm = LoadModel(parse.GetRequiredValue(model), parse.GetValue(adapter));
             lm.To(on);
             double loss = lm.Score(ids, new ForwardContext(0, kernel));
+            CheckLogits(lm, ids[..^1], kernel);
             log.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["tokens"] = ids.Length, ["loss"] = loss, ["perplexity"] = Math.Exp(loss) }));
             return 0;
         }));
@@ -88,6 +90,7 @@ internal static class ModelCommands
 
             var stops = lm.Config.EosTokenId ?? (tokenizer.EosId is int eos ? [eos] : null);
             var options = new GenerationOptions(t, p, parse.GetValue(seed), stops);
+            CheckLogits(lm, ids, kernel);
             var generated = lm.Generate(ids, newTokens, options, new ForwardContext(0, kernel));
             log.WriteLine(text != null ? text + tokenizer.Decode(generated) : string.Join(",", generated));
             return 0;
@@ -247,6 +250,30 @@ internal static class ModelCommands
         }
 
         return lm;
+    }
+
+    /// <summary>Refuses a model whose logits over <paramref name="tokens"/> hold a NaN or infinity, naming the first such row (token position).</summary>
+    private static void CheckLogits(LlamaForCausalLM lm, int[] tokens, KernelOptions kernel)
+    {
+        float[] logits;
+        using (Tape.NoGrad())
+        {
+            logits = lm.Forward(tokens, 1, null, new ForwardContext(0, kernel)).Data;
+        }
+
+        int vocab = lm.Config.VocabSize;
+        for (int row = 0; row < tokens.Length; row++)
+        {
+            var span = logits.AsSpan(row * vocab, vocab);
+            for (int j = 0; j < span.Length; j++)
+            {
+                if (!float.IsFinite(span[j]))
+                {
+                    throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                        $"the logits are not finite: row {row} (token position {row}, token id {tokens[row]}) has {span[j]} at vocabulary index {j}; the model or adapter weights hold NaN or infinite values."));
+                }
+            }
+        }
     }
 
     private static int[] ParseTokens(string text, string option)

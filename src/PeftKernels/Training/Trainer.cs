@@ -3,6 +3,8 @@
 // grad. Every random choice of a micro-step (its batch and its dropout masks) is a function of
 // (seed, micro-step index) only, so a run resumed from a checkpoint at step k replays exactly
 // the batches and masks of the uninterrupted run, and gives the same losses bit for bit.
+// A non-finite loss or gradient norm stops the run with TrainingDivergedException before the
+// optimizer update, so the parameters keep the last finite step's values.
 using System.Diagnostics;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
@@ -148,7 +150,20 @@ public sealed partial class Trainer
                     tokens += inputs.Length;
                 }
 
+                double stepLoss = lossSum / accum;
+                if (!double.IsFinite(stepLoss))
+                {
+                    Optimizer.ZeroGrad();
+                    throw new TrainingDivergedException(Step + 1, stepLoss, "loss", stepLoss);
+                }
+
                 double norm = Optimizer.ClipGradNorm(Options.MaxGradNorm, Options.Kernel);
+                if (!double.IsFinite(norm))
+                {
+                    Optimizer.ZeroGrad();
+                    throw new TrainingDivergedException(Step + 1, stepLoss, "gradient norm", norm);
+                }
+
                 double lr = Schedule.At(Step);
                 Optimizer.Step(lr, Options.Kernel);
                 Optimizer.ZeroGrad();
