@@ -1,0 +1,107 @@
+// Non-finite numbers are never silent: a diverged training step stops the Trainer (and `peft
+// train` / `peft pretrain`) naming the step, before the update and before anything is saved; `peft
+// score` and `peft generate` refuse logits that hold NaN, naming the first such row.
+using System.CommandLine;
+using PeftKernels.Models;
+using PeftKernels.Peft;
+using PeftKernels.Training;
+using Xunit;
+
+namespace PeftKernels.Tests;
+
+/// <summary>Diverged training stops naming the step and saves nothing; score and generate refuse non-finite logits.</summary>
+public sealed class NonFiniteTrainingTests : IDisposable
+{
+    private readonly TempFolder folder = new();
+
+    public void Dispose() => folder.Dispose();
+
+    /// <summary>A tiny model folder whose lm_head weight holds one NaN (row 0: the logit of vocabulary index 0).</summary>
+    private string NanHeadModel()
+    {
+        string path = System.IO.Path.Combine(folder.Path, "nan-model");
+        var lm = LlamaModelTests.TinyModel(LlamaConfig.Tiny(256) with { HeadDim = 16 }, seed: 4, scale: 5f);
+        lm.LmHead.Weight.Data[7] = float.NaN;
+        lm.Save(path);
+        return path;
+    }
+
+    private static (int[] Inputs, int[] Labels) Batch(Random rng)
+    {
+        var inputs = new int[2 * 8];
+        for (int i = 0; i < inputs.Length; i++)
+        {
+            inputs[i] = rng.Next(40);
+        }
+
+        return (inputs, [.. inputs.Select(x => (x + 1) % 40)]);
+    }
+
+    [Fact]
+    public void TrainerStopsAtTheFirstNonFiniteLossWithoutUpdatingTheParameters()
+    {
+        var model = LlamaForCausalLM.Create(LlamaConfig.Tiny(40), seed: 3);
+        Lora.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8 }, seed: 2);
+        var trainer = new Trainer(model, Batch, 2, new TrainerOptions { Steps = 5, LearningRate = 1e-2, Seed = 1 });
+        trainer.Run(untilStep: 2);
+        var trainable = model.NamedParameters().Where(p => p.Parameter.Trainable).Select(p => p.Parameter).ToList();
+        var before = trainable.Select(p => p.Data.ToArray()).ToList();
+
+        Array.Fill(model.LmHead.Weight.Data, float.NaN);
+        var e = Assert.Throws<TrainingDivergedException>(() => trainer.Run());
+        Assert.Equal(3, e.Step);
+        Assert.True(double.IsNaN(e.Loss));
+        Assert.Equal("training diverged at step 3: loss NaN", e.Message);
+        Assert.Equal(2, trainer.Step);
+        for (int i = 0; i < trainable.Count; i++)
+        {
+            Assert.Equal(before[i], trainable[i].Data);
+        }
+    }
+
+    [Fact]
+    public void TrainOnANanBaseFailsNamingTheStepAndWritesNoAdapter()
+    {
+        string model = NanHeadModel();
+        string data = folder.File("data.txt");
+        File.WriteAllText(data, string.Join("\n\n", Enumerable.Range(0, 20).Select(i => $"abcabc {i} abcabc")));
+        string adapter = System.IO.Path.Combine(folder.Path, "adapter");
+        var (code, _, error) = Invoke("train", "--model", model, "--data", data, "--r", "4", "--steps", "3", "--batch", "2", "--seq", "8", "--out", adapter);
+        Assert.Equal(1, code);
+        Assert.Equal("error: training diverged at step 1: loss NaN\n", error);
+        Assert.False(Directory.Exists(adapter) || File.Exists(adapter));
+    }
+
+    [Fact]
+    public void PretrainThatDivergesFailsNamingTheStepAndWritesNoModel()
+    {
+        string data = folder.File("corpus.txt");
+        File.WriteAllText(data, string.Join("\n\n", Enumerable.Range(0, 20).Select(i => $"the cat sat on the mat {i}.")));
+        string output = System.IO.Path.Combine(folder.Path, "pretrained");
+        var (code, _, error) = Invoke("pretrain", "--data", data, "--steps", "20", "--batch", "2", "--seq", "16", "--lr", "1e30", "--out", output);
+        Assert.Equal(1, code);
+        Assert.Matches(@"^error: training diverged at step \d+: (loss|gradient norm) (NaN|-?Infinity)\n$", error);
+        Assert.False(Directory.Exists(output) || File.Exists(output));
+    }
+
+    [Fact]
+    public void ScoreAndGenerateRefuseNonFiniteLogitsNamingTheFirstRow()
+    {
+        string model = NanHeadModel();
+        var scored = Invoke("score", "--model", model, "--tokens", "1,2,3");
+        Assert.Equal((1, ""), (scored.Code, scored.Output));
+        Assert.True(scored.Error.StartsWith("error: the logits are not finite: row 0 (token position 0, token id 1) has NaN at vocabulary index 0;", StringComparison.Ordinal), scored.Error);
+
+        var generated = Invoke("generate", "--model", model, "--prompt-tokens", "5,6", "--max-new-tokens", "2");
+        Assert.Equal((1, ""), (generated.Code, generated.Output));
+        Assert.True(generated.Error.StartsWith("error: the logits are not finite: row 0 (token position 0, token id 5) has NaN at vocabulary index 0;", StringComparison.Ordinal), generated.Error);
+    }
+
+    private static (int Code, string Output, string Error) Invoke(params string[] args)
+    {
+        var output = new StringWriter { NewLine = "\n" };
+        var error = new StringWriter { NewLine = "\n" };
+        int code = Cli.Cli.Build().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        return (code, output.ToString(), error.ToString());
+    }
+}
