@@ -1,7 +1,7 @@
 // Embedding: rows of a table gathered by token id.
 //   forward   y[t, :] = W[ids[t], :]            W [vocab, dim] fp32 / bf16 / fp16, ids [n], y [n, dim] fp32
 //   backward  dW[ids[t], :] += dy[t, :]         a scatter-add in token order (repeated ids accumulate)
-// Token ids are checked on the host before anything runs (the GPU kernel does not check them).
+// Token ids are checked on the host (by the CPU kernel, or before upload for the GPU kernel).
 // CPU: Kernels.Cpu.Embedding; GPU: EmbeddingKernels (device dW built deterministically, no atomics; a tied
 // lm_head adds its own dW). The module with LoRA adapters is Nn/Embedding.cs.
 using System.Numerics.Tensors;
@@ -21,14 +21,6 @@ public static partial class Functional
         }
 
         int vocab = weight.Shape[0], dim = weight.Shape[1];
-        for (int t = 0; t < ids.Length; t++)
-        {
-            if ((uint)ids[t] >= (uint)vocab)
-            {
-                throw new ArgumentOutOfRangeException(nameof(ids), $"token id {ids[t]} at position {t} is outside the vocabulary [0, {vocab}).");
-            }
-        }
-
         if (weight.Device.IsGpu)
         {
             return EmbeddingOnDevice(ids, weight);
@@ -64,6 +56,7 @@ public static partial class Functional
     {
         var device = weight.Device;
         int vocab = weight.Shape[0], dim = weight.Shape[1];
+        EmbeddingKernels.CheckIds(ids, vocab); // the CPU kernel checks them itself; the GPU kernel cannot
         var output = OpChecks.DeviceTensor(device, [ids.Length, dim]);
         if (ids.Length == 0)
         {

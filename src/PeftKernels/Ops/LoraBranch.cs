@@ -50,7 +50,7 @@ public static partial class Functional
         int m = rows?.Length ?? n, r = lora.Rank;
         var yd = y.Data;
         var h = GC.AllocateUninitializedArray<float>(m * r);
-        Kernels.Cpu.LoraBranch.ForwardAccumulate(x.Data, rows, lora.A.Data, lora.B.Data, lora.Bias == null ? [] : ScaledLoraBias(lora), lora.Scale,
+        Kernels.Cpu.LoraBranch.ForwardAccumulate(x.Data, rows, lora.A.Data, lora.B.Data, KernelBias(null, lora), lora.Scale,
             yd, h, n, inF, outF, r, options);
         bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || lora.RequiresGrad);
         if (!record)
@@ -116,7 +116,7 @@ public static partial class Functional
         }
 
         var h = accelerator.Allocate1D<float>((long)(rows?.Length ?? n) * r);
-        using (var bias = lora.Bias == null ? null : accelerator.Allocate1D(ScaledLoraBias(lora)))
+        using (var bias = lora.Bias == null ? null : accelerator.Allocate1D(KernelBias(null, lora)))
         {
             LoraBranchKernels.ForwardAccumulate(accelerator, x.View(device), rows, lora.A.View(device), lora.B.View(device), bias?.View ?? default, lora.Scale,
                 output.View(device), h.View, n, inF, outF, r, options);
@@ -144,13 +144,5 @@ public static partial class Functional
             DeviceGrad.Give((x, dx), (a, da), (b, db));
         });
         return output;
-    }
-
-    /// <summary>s·bias_B (the kernel adds it to each of the branch's rows).</summary>
-    private static float[] ScaledLoraBias(LoraFactors lora)
-    {
-        var bias = new float[lora.Bias!.Count];
-        TensorPrimitives.Multiply(lora.Bias.Data, lora.Scale, bias);
-        return bias;
     }
 }
