@@ -19,9 +19,9 @@ public static class Cli
         root.Subcommands.Add(QuantizeCommands.CreateDequantize());
         root.Subcommands.Add(ModelCommands.CreateScore());
         root.Subcommands.Add(ModelCommands.CreateGenerate());
-        root.Subcommands.Add(ModelCommands.CreateTrain());
+        root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(PretrainCommand.Create());
-        root.Subcommands.Add(AdapterCommands.CreateMerge());
+        root.Subcommands.Add(MergeCommand.Create());
         root.Subcommands.Add(AdapterCommands.CreateAdapters());
         return root;
     }

@@ -1,0 +1,159 @@
+// `peft merge`: loads the base and each adapter (LoRA, DoRA or IA³). Without --combination it
+//   scales LoRA adapter i's update by --weight i (a plain weighted sum of the ΔW_i: its
+//   lora_B, and lora_B bias, times w_i); with --combination (linear, cat, svd, ties,
+//   dare_linear, dare_ties, magnitude_prune, and the *_svd types; --density for the
+//   pruning ones) it builds one adapter with PeftModel.AddWeightedAdapter and merges
+//   that. It merges (safe merge with --safe) and writes a complete model folder. It compares the
+//   logits of a fixed 16-token probe before (adapters unmerged) and after (merged,
+//   stored in the output dtype) and prints that difference with the merge's storage
+//   rounding, so a 4-bit base states the error merging introduced.
+using System.CommandLine;
+using System.Globalization;
+using PeftKernels.Autograd;
+using PeftKernels.Models;
+using PeftKernels.Peft;
+
+namespace PeftKernels.Cli;
+
+internal static class MergeCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model") { Required = true, HelpName = "dir", Description = "Hugging Face model folder (fp32, bf16, or 4-bit from `peft quantize`)." };
+        var adapters = new Option<string[]>("--adapter") { Required = true, HelpName = "dir", Arity = ArgumentArity.OneOrMore, Description = "PEFT adapter folder (LoRA, DoRA or IA³); repeat for several." };
+        var weights = new Option<double[]>("--weight")
+        {
+            HelpName = "w",
+            Arity = ArgumentArity.OneOrMore,
+            Description = "Weight of each --adapter, in order (default 1 each): ΔW = Σ wᵢ·ΔWᵢ, or the weights of --combination. Plain LoRA adapters only.",
+        };
+        var combination = new Option<string?>("--combination")
+        {
+            HelpName = "type",
+            Description = "Combine the LoRA adapters into one first, as PEFT's add_weighted_adapter: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune (or an *_svd variant).",
+        };
+        var density = new Option<double?>("--density") { HelpName = "d", Description = "Fraction of entries kept by ties, dare_linear, dare_ties and magnitude_prune." };
+        var safe = new Option<bool>("--safe") { Description = "Check every merged value is finite; refuse (and write nothing) otherwise." };
+        var dtype = new Option<string?>("--dtype") { Description = "Storage of the output weights (default: as the base stores them; a 4-bit base keeps its original dtype)." };
+        dtype.AcceptOnlyFromAmong("f32", "bf16");
+        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output model folder (config.json, model.safetensors, tokenizer files)." };
+        var command = new Command("merge", "Merge one or several adapters into a model and write a complete Hugging Face model folder.")
+        {
+            model, adapters, weights, combination, density, safe, dtype, output,
+        };
+        command.SetAction(parse => Cli.Guard(parse, log =>
+        {
+            string modelDir = parse.GetRequiredValue(model), outDir = parse.GetRequiredValue(output);
+            string[] dirs = parse.GetRequiredValue(adapters);
+            double[] w = parse.GetValue(weights) ?? [];
+            if (w.Length != 0 && w.Length != dirs.Length)
+            {
+                throw new ArgumentException($"--weight is given {w.Length} time(s) for {dirs.Length} --adapter folder(s); give one weight per adapter, or none.");
+            }
+
+            if (string.Equals(Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar), Path.GetFullPath(modelDir).TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
+            {
+                throw new ArgumentException("--out must differ from --model (the base folder is read, never overwritten).");
+            }
+
+            string? type = parse.GetValue(combination);
+            if (parse.GetValue(density) != null && type == null)
+            {
+                throw new ArgumentException("--density applies to --combination; give one.");
+            }
+
+            var lm = LlamaForCausalLM.Load(modelDir);
+            var peft = new PeftModel(lm);
+            string[] names = [.. dirs.Select((_, i) => dirs.Length == 1 ? "default" : $"adapter{i}")];
+            for (int i = 0; i < dirs.Length; i++)
+            {
+                var config = peft.LoadAdapter(dirs[i], names[i]);
+                if (w.Length != 0 && type == null)
+                {
+                    if (config is not LoraConfig { UseDora: false })
+                    {
+                        throw new ArgumentException($"--weight scales LoRA updates; {dirs[i]} is {(config is Ia3Config ? "IA³" : "DoRA")}.");
+                    }
+
+                    Scale(lm, names[i], w[i]);
+                }
+            }
+
+            string combined = "";
+            if (type != null)
+            {
+                double[] cw = w.Length == 0 ? [.. dirs.Select(_ => 1.0)] : w;
+                peft.AddWeightedAdapter(names, cw, "combined", type, density: parse.GetValue(density));
+                combined = string.Create(CultureInfo.InvariantCulture, $" combined with {AdapterCombination.PeftName(AdapterCombination.ParseType(type))} "
+                    + $"into one adapter of rank {((LoraConfig)peft.Adapters["combined"]).R} and");
+                names = ["combined"];
+            }
+
+            int[] probe = [.. Enumerable.Range(0, Math.Min(16, lm.Config.MaxPositionEmbeddings)).Select(i => (int)(((i * 7919L) + 13) % lm.Config.VocabSize))];
+            float[] before;
+            MergeReport report;
+            try
+            {
+                peft.SetAdapter(names);
+                before = Logits(lm, probe);
+                peft.MergeAndUnload(out report, parse.GetValue(safe));
+            }
+            catch (InvalidOperationException e)
+            {
+                throw new InvalidDataException(e.Message, e);
+            }
+
+            var merged = parse.GetValue(dtype) switch
+            {
+                "f32" => lm.ToStorage(WeightStorage.Float32),
+                "bf16" => lm.ToStorage(WeightStorage.BFloat16),
+                _ => lm,
+            };
+            float[] after = Logits(merged, probe);
+            double maxDiff = 0, sumDiff = 0, maxLogit = before.Max(Math.Abs);
+            for (int i = 0; i < before.Length; i++)
+            {
+                double d = Math.Abs(after[i] - (double)before[i]);
+                maxDiff = Math.Max(maxDiff, d);
+                sumDiff += d;
+            }
+
+            merged.Save(outDir);
+            var weightsText = w.Length == 0 ? "" : $" with weights {string.Join(", ", w.Select(v => v.ToString("G", CultureInfo.InvariantCulture)))}";
+            log.WriteLine($"merged {dirs.Length} adapter(s){weightsText}{combined} into {report.Modules.Select(m => m.Module).Distinct().Count()} module(s)");
+            if (report.FromQuantizedBase)
+            {
+                var q = report.Modules.Where(m => m.BaseDType == TensorDType.Q4).ToList();
+                log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"merging into a 4-bit base: {q.Count} layer(s) dequantized and kept as {string.Join("/", q.Select(m => m.MergedDType).Distinct())} "
+                    + $"({ModelCommands.Mib(q.Sum(m => m.BytesBefore))} → {ModelCommands.Mib(q.Sum(m => m.BytesAfter))}), not re-quantized"));
+            }
+
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"merge error: merged weights differ from W + ΔW (fp32) by max {report.MaxAbsError:G3} (mean {report.MeanAbsError:G3}); "
+                + $"the written model's logits on a {probe.Length}-token probe differ from the unmerged adapters by max {maxDiff:G3} "
+                + $"(mean {sumDiff / before.Length:G3}, {maxDiff / Math.Max(maxLogit, 1e-30):G3} of the largest |logit|)"));
+            log.WriteLine($"wrote {Path.GetFullPath(outDir)}");
+            return 0;
+        }));
+        return command;
+    }
+
+    private static void Scale(LlamaForCausalLM lm, string adapter, double weight)
+    {
+        foreach (var (_, a) in Lora.Adapters(lm, adapter))
+        {
+            System.Numerics.Tensors.TensorPrimitives.Multiply(a.B.Data, (float)weight, a.B.Data);
+            if (a.Bias != null)
+            {
+                System.Numerics.Tensors.TensorPrimitives.Multiply(a.Bias.Data, (float)weight, a.Bias.Data);
+            }
+        }
+    }
+
+    private static float[] Logits(LlamaForCausalLM lm, int[] tokens)
+    {
+        using var scope = Tape.NoGrad();
+        return lm.Forward(tokens).Data;
+    }
+}
