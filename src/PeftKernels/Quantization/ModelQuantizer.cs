@@ -6,7 +6,9 @@
 //   dequantize: each 4-bit weight (found by its quant_state key) becomes one plain tensor of
 //               the chosen dtype, name and shape restored; error = cast(dequant) − dequant.
 // Every other tensor is copied byte for byte; "__metadata__" is kept; config and tokenizer
-// files are copied; the index is rewritten with the new keys and total_size.
+// files are copied; the index is rewritten with the new keys and total_size. A folder output
+// is never the input folder, inside it, or a folder holding it; writing into an existing one
+// removes the model files of the old output that were not written again (CheckpointWriter).
 using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 
@@ -32,7 +34,7 @@ public static class ModelQuantizer
     /// or "norm" (case-insensitive); <see cref="QuantizeOptions.Include"/> replaces that default exclusion,
     /// <see cref="QuantizeOptions.Exclude"/> removes matches.
     /// </remarks>
-    /// <exception cref="ArgumentException">Invalid options, or the output is the input.</exception>
+    /// <exception cref="ArgumentException">Invalid options, or the output is the input (or, for folders, inside it or holding it).</exception>
     /// <exception cref="FileNotFoundException">The input, or a shard its index names, does not exist.</exception>
     /// <exception cref="InvalidDataException">A malformed file or index, a non-finite weight, or a key the 4-bit keys would overwrite.</exception>
     public static ConversionReport Quantize(string input, string output, QuantizeOptions options, TextWriter log)
@@ -66,7 +68,7 @@ public static class ModelQuantizer
     /// <see cref="DequantizeOptions.DType"/> in <paramref name="output"/>, writes the report table to
     /// <paramref name="log"/> and returns it. Input and output forms are as for <see cref="Quantize"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">Invalid options, or the output is the input.</exception>
+    /// <exception cref="ArgumentException">Invalid options, or the output is the input (or, for folders, inside it or holding it).</exception>
     /// <exception cref="FileNotFoundException">The input, or a shard its index names, does not exist.</exception>
     /// <exception cref="InvalidDataException">A malformed file, index or 4-bit weight, or a value outside the float16 range.</exception>
     public static ConversionReport Dequantize(string input, string output, DequantizeOptions options, TextWriter log)
@@ -138,7 +140,7 @@ public static class ModelQuantizer
         var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
         int copied = 0;
         long before = 0, after = 0;
-        using var writer = new CheckpointWriter(checkpoint.IsFolder ? outputFull : Path.GetDirectoryName(outputFull)!);
+        using var writer = checkpoint.IsFolder ? new CheckpointWriter(outputFull, ownsFolder: true) : new CheckpointWriter(Path.GetDirectoryName(outputFull)!);
         foreach (string shard in checkpoint.Shards)
         {
             var tensors = new List<SafeTensor>();
