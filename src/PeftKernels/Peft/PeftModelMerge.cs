@@ -322,8 +322,8 @@ public sealed partial class PeftModel
             int count = values.Count(v => !float.IsFinite(v));
             string at = columns > 0 && values.Length > columns ? $"[{bad / columns}, {bad % columns}]" : $"[{bad}]";
             undo?.Invoke();
-            throw new InvalidOperationException(
-                $"safe merge of adapter '{adapter}' into '{module}.{what}' gives {count} non-finite value(s) of {values.Length}, the first {value} at {at}; nothing was merged.");
+            throw new InvalidOperationException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"safe merge of adapter '{adapter}' into '{module}.{what}' gives {count} non-finite value(s) of {values.Length}, the first {value} at {at}; nothing was merged."));
         }
     }
 
