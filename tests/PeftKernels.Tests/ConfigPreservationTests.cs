@@ -168,6 +168,20 @@ public sealed class ConfigPreservationTests : IDisposable
     }
 
     [Fact]
+    public void DequantizeDropsQuantizationConfigAndKeepsEveryOtherKey()
+    {
+        string quantized = Path.Combine(folder.Path, "q4"), output = Path.Combine(folder.Path, "restored");
+        Assert.Equal(0, Invoke("quantize", ModelFolder, quantized).Code);
+        string source = RichConfig.Replace("\"pretraining_tp\": 1,", "\"pretraining_tp\": 1,\n  \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true},",
+            StringComparison.Ordinal);
+        File.WriteAllText(Path.Combine(quantized, "config.json"), source);
+        var (code, text, error) = Invoke("dequantize", quantized, output);
+        Assert.Equal((0, ""), (code, error));
+        Assert.Contains("config.json: dropped quantization_config", text);
+        Assert.Equal(Keys(RichConfig), Keys(Read(output, "config.json")));
+    }
+
+    [Fact]
     public void AFreshModelWritesTheKeysTransformersWritesSorted()
     {
         string output = Path.Combine(folder.Path, "fresh");
