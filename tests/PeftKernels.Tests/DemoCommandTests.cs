@@ -16,7 +16,7 @@ public sealed class DemoCommandTests : IDisposable
     public void Dispose() => folder.Dispose();
 
     [Fact]
-    public void FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cpu", "cpu");
+    public void FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cpu", "cpu", overOldOutput: true);
 
     [CudaFact]
     public void FastDemoOnCudaFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cuda", Device.Cuda().Name);
@@ -64,12 +64,21 @@ public sealed class DemoCommandTests : IDisposable
         return (code, writer.ToString(), error.ToString());
     }
 
-    private void AssertFastDemo(string device, string deviceName)
+    /// <summary>A fast demo run; <paramref name="overOldOutput"/>: with --overwrite over an older output whose base was sharded.</summary>
+    private void AssertFastDemo(string device, string deviceName, bool overOldOutput = false)
     {
-        string output = Path.Combine(folder.Path, "demo");
+        string output = Path.Combine(folder.Path, "demo"), oldBase = Path.Combine(output, "base");
+        if (overOldOutput)
+        {
+            Directory.CreateDirectory(oldBase);
+            File.WriteAllText(Path.Combine(oldBase, "model.safetensors.index.json"), "{}");
+            File.WriteAllText(Path.Combine(oldBase, "model-00001-of-00002.safetensors"), "old");
+        }
+
         string[] args = device == "cpu" ? ["demo", "--fast", "--out", output] : ["demo", "--fast", "--device", device, "--out", output];
-        var (code, log, error) = Invoke(args);
+        var (code, log, error) = Invoke(overOldOutput ? [.. args, "--overwrite"] : args);
         Assert.Equal((0, ""), (code, error));
+        Assert.Equal(["config.json", "model.safetensors"], Directory.EnumerateFiles(oldBase).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         foreach (string step in new[] { "1 Pre-train", "2 The base model", "3 QLoRA", "4 Save the adapter", "5 Merge", "6 A second adapter", "7 Serve both", "8 Summary" })
         {
             Assert.Contains(step, log);

@@ -56,7 +56,7 @@ public sealed class QuantizeCommandTests : IDisposable
 
     [Theory]
     [InlineData("missing", "does not exist")]
-    [InlineData("same", "is the input")]
+    [InlineData("same", "is the same path as input")]
     [InlineData("--blocksize=100", "option --blocksize: 100")]
     [InlineData("--include=(", "option --include")]
     [InlineData("corrupt", "corrupt.safetensors")]

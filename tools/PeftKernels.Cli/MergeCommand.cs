@@ -7,6 +7,12 @@
 //   logits of a fixed 16-token probe before (adapters unmerged) and after (merged,
 //   stored in the output dtype) and prints that difference with the merge's storage
 //   rounding, so a 4-bit base states the error merging introduced.
+// Up front, before anything is loaded: --weight values finite, --combination and --density
+// valid, --out neither an input nor inside one nor holding one, and new or empty unless
+// --overwrite. Every tensor it would write is checked finite (merged or not, with or without
+// --safe): a non-finite result is refused, naming each tensor, its count and its first bad
+// element, and nothing is written. A 4-bit base is written dequantized, so the 4-bit count
+// covers every 4-bit weight, merged or not.
 using System.CommandLine;
 using System.Globalization;
 using PeftKernels.Autograd;
@@ -33,13 +39,23 @@ internal static class MergeCommand
             Description = "Combine the LoRA adapters into one first, as PEFT's add_weighted_adapter: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune (or an *_svd variant).",
         };
         var density = new Option<double?>("--density") { HelpName = "d", Description = "Fraction of entries kept by ties, dare_linear, dare_ties and magnitude_prune." };
-        var safe = new Option<bool>("--safe") { Description = "Check every merged value is finite; refuse (and write nothing) otherwise." };
+        var safe = new Option<bool>("--safe")
+        {
+            Description = "Check each merged value as it is merged (PEFT's safe_merge) and stop at the first non-finite one. "
+                + "Every written tensor is checked either way: a non-finite result is never written.",
+        };
         var dtype = new Option<string?>("--dtype") { Description = "Storage of the output weights (default: as the base stores them; a 4-bit base keeps its original dtype)." };
         dtype.AcceptOnlyFromAmong("f32", "bf16");
-        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output model folder (config.json, model.safetensors, tokenizer files)." };
+        var output = new Option<string>("--out")
+        {
+            Required = true,
+            HelpName = "dir",
+            Description = "Output model folder (config.json, model.safetensors, tokenizer files): new or empty, outside every input.",
+        };
+        var overwrite = OutputPaths.OverwriteOption();
         var command = new Command("merge", "Merge one or several adapters into a model and write a complete Hugging Face model folder.")
         {
-            model, adapters, weights, combination, density, safe, dtype, output,
+            model, adapters, weights, combination, density, safe, dtype, output, overwrite,
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
@@ -51,18 +67,34 @@ internal static class MergeCommand
                 throw new ArgumentException($"--weight is given {w.Length} time(s) for {dirs.Length} --adapter folder(s); give one weight per adapter, or none.");
             }
 
-            if (string.Equals(Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar), Path.GetFullPath(modelDir).TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
+            foreach (double v in w.Where(v => !double.IsFinite(v)))
             {
-                throw new ArgumentException("--out must differ from --model (the base folder is read, never overwritten).");
+                throw new ArgumentException($"--weight must be finite; got {v.ToString(CultureInfo.InvariantCulture)}.");
             }
 
             string? type = parse.GetValue(combination);
-            if (parse.GetValue(density) != null && type == null)
+            if (parse.GetValue(density) is { } kept)
             {
-                throw new ArgumentException("--density applies to --combination; give one.");
+                if (type == null)
+                {
+                    throw new ArgumentException("--density applies to --combination; give one.");
+                }
+
+                if (!(kept >= 0 && kept <= 1))
+                {
+                    throw new ArgumentException($"--density must be in [0, 1]; got {kept.ToString(CultureInfo.InvariantCulture)}.");
+                }
             }
 
+            if (type != null)
+            {
+                AdapterCombination.ParseType(type);
+            }
+
+            OutputPaths.Check("--out", outDir, OutputKind.Folder, parse.GetValue(overwrite), [("--model", modelDir), .. dirs.Select(a => ("--adapter", (string?)a))]);
             var lm = LlamaForCausalLM.Load(modelDir);
+            var quantized = lm.NamedParameters().Where(p => p.Parameter.DType == TensorDType.Q4)
+                .ToDictionary(p => p.Name, p => p.Parameter.ByteSize, StringComparer.Ordinal);
             var peft = new PeftModel(lm);
             string[] names = [.. dirs.Select((_, i) => dirs.Length == 1 ? "default" : $"adapter{i}")];
             for (int i = 0; i < dirs.Length; i++)
@@ -109,6 +141,7 @@ internal static class MergeCommand
                 "bf16" => lm.ToStorage(WeightStorage.BFloat16),
                 _ => lm,
             };
+            RefuseNonFinite(merged);
             float[] after = Logits(merged, probe);
             double maxDiff = 0, sumDiff = 0, maxLogit = before.Max(Math.Abs);
             for (int i = 0; i < before.Length; i++)
@@ -121,16 +154,18 @@ internal static class MergeCommand
             merged.Save(outDir);
             var weightsText = w.Length == 0 ? "" : $" with weights {string.Join(", ", w.Select(v => v.ToString("G", CultureInfo.InvariantCulture)))}";
             log.WriteLine($"merged {dirs.Length} adapter(s){weightsText}{combined} into {report.Modules.Select(m => m.Module).Distinct().Count()} module(s)");
-            if (report.FromQuantizedBase)
+            if (quantized.Count > 0)
             {
-                var q = report.Modules.Where(m => m.BaseDType == TensorDType.Q4).ToList();
+                var written = merged.NamedParameters().Where(p => quantized.ContainsKey(p.Name)).Select(p => WrittenAs(p.Parameter)).ToList();
+                int mergedCount = report.Modules.Where(m => m.BaseDType == TensorDType.Q4).Select(m => m.Module).Distinct().Count();
                 log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"merging into a 4-bit base: {q.Count} layer(s) dequantized and kept as {string.Join("/", q.Select(m => m.MergedDType).Distinct())} "
-                    + $"({ModelCommands.Mib(q.Sum(m => m.BytesBefore))} → {ModelCommands.Mib(q.Sum(m => m.BytesAfter))}), not re-quantized"));
+                    $"merging into a 4-bit base: {quantized.Count} 4-bit weight(s) dequantized ({mergedCount} of them merged) and kept as "
+                    + $"{string.Join("/", written.Select(x => x.DType).Distinct())} "
+                    + $"({ModelCommands.Mib(quantized.Values.Sum())} → {ModelCommands.Mib(written.Sum(x => x.Bytes))}), not re-quantized"));
             }
 
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"merge error: merged weights differ from W + ΔW (fp32) by max {report.MaxAbsError:G3} (mean {report.MeanAbsError:G3}); "
+                $"numerical difference: merged weights differ from W + ΔW (fp32) by max {report.MaxAbsError:G3} (mean {report.MeanAbsError:G3}); "
                 + $"the written model's logits on a {probe.Length}-token probe differ from the unmerged adapters by max {maxDiff:G3} "
                 + $"(mean {sumDiff / before.Length:G3}, {maxDiff / Math.Max(maxLogit, 1e-30):G3} of the largest |logit|)"));
             log.WriteLine($"wrote {Path.GetFullPath(outDir)}");
@@ -138,6 +173,46 @@ internal static class MergeCommand
         }));
         return command;
     }
+
+    /// <summary>Refuses a model with a non-finite value in any tensor Save would write: each such tensor, its count and first bad element.</summary>
+    private static void RefuseNonFinite(LlamaForCausalLM model)
+    {
+        var bad = new List<string>();
+        int tensors = 0;
+        foreach (var (name, p) in model.NamedParameters())
+        {
+            float[] values = p.DType == TensorDType.F32 ? p.Data : p.ToFloat32();
+            int first = Array.FindIndex(values, v => !float.IsFinite(v));
+            if (first < 0)
+            {
+                continue;
+            }
+
+            tensors++;
+            if (bad.Count < 3)
+            {
+                int columns = p.Shape[^1];
+                string at = p.Shape.Length == 2 ? $"[{first / columns}, {first % columns}]" : $"[{first}]";
+                int count = values.Count(v => !float.IsFinite(v));
+                bad.Add(string.Create(CultureInfo.InvariantCulture, $"'{name}' has {count} of {values.Length} (the first {values[first]} at {at})"));
+            }
+        }
+
+        if (tensors > 0)
+        {
+            throw new InvalidDataException($"the merged model has non-finite values in {tensors} tensor(s): {string.Join("; ", bad)}"
+                + (tensors > bad.Count ? $"; and {tensors - bad.Count} more" : "") + "; nothing was written.");
+        }
+    }
+
+    /// <summary>How Save writes a weight: its storage name and bytes (a 4-bit weight dequantized in its original dtype).</summary>
+    private static (string DType, long Bytes) WrittenAs(Parameter p) => p.DType switch
+    {
+        TensorDType.Q4 when p.Quantized.DType is "bfloat16" => ("BF16", p.Count * 2),
+        TensorDType.Q4 when p.Quantized.DType is "float16" => ("F16", p.Count * 2),
+        TensorDType.Q4 => ("F32", p.Count * 4),
+        _ => (p.DType.ToString(), p.ByteSize),
+    };
 
     private static void Scale(LlamaForCausalLM lm, string adapter, double weight)
     {

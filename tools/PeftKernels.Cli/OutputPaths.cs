@@ -7,6 +7,11 @@
 //   - a file where a folder is expected (or the reverse) is refused;
 //   - the folder the output will be written in (the nearest existing ancestor) must accept a
 //     new file: a probe file is created and deleted there.
+// Paths are compared after resolving symbolic links of their existing part (so a link to an
+// input folder is that folder), case-insensitively where the file system usually is (Windows,
+// macOS). With --overwrite, replacing is the writer's job: a model folder keeps no model file
+// of the old output that the new one does not write (CheckpointWriter), a file is replaced
+// atomically.
 // Every failure is an ArgumentException naming the option, the path and what was wrong, which
 // Cli.Guard prints as one "error: ..." line with exit code 1.
 using System.CommandLine;
@@ -51,7 +56,7 @@ internal static class OutputPaths
             }
 
             string input = Normalize(inputPath);
-            if (input == full)
+            if (string.Equals(input, full, Comparison))
             {
                 throw new ArgumentException($"{option} {path} is the same path as {inputOption}; an input is never overwritten: write somewhere else.");
             }
@@ -97,17 +102,37 @@ internal static class OutputPaths
         return full;
     }
 
-    /// <summary>Full path without a trailing separator, so that "a/b/" and "a/b" compare equal.</summary>
-    private static string Normalize(string path)
+    private static StringComparison Comparison =>
+        OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+
+    /// <summary>
+    /// Full path without a trailing separator, so that "a/b/" and "a/b" compare equal, with every symbolic link along
+    /// its existing part resolved (a path through a link to a folder is a path in that folder).
+    /// </summary>
+    internal static string Normalize(string path)
     {
-        string full = Path.GetFullPath(path);
-        return full.Length > 1 ? full.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar) : full;
+        string full = Trim(Path.GetFullPath(path));
+        string root = Path.GetPathRoot(full) ?? "";
+        string resolved = root;
+        foreach (string part in full[root.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries))
+        {
+            resolved = Path.Combine(resolved, part);
+            FileSystemInfo info = Directory.Exists(resolved) ? new DirectoryInfo(resolved) : new FileInfo(resolved);
+            if (info.Exists && info.LinkTarget != null && info.ResolveLinkTarget(returnFinalTarget: true) is { } target)
+            {
+                resolved = Trim(Path.GetFullPath(target.FullName));
+            }
+        }
+
+        return Trim(resolved);
     }
 
-    /// <summary>Whether <paramref name="path"/> lies strictly below <paramref name="folder"/>.</summary>
-    private static bool IsInside(string path, string folder) =>
-        path.Length > folder.Length && path.StartsWith(folder, StringComparison.Ordinal)
-        && (path[folder.Length] == Path.DirectorySeparatorChar || folder.EndsWith(Path.DirectorySeparatorChar));
+    private static string Trim(string full) => Path.TrimEndingDirectorySeparator(full);
+
+    /// <summary>Whether <paramref name="path"/> lies strictly below <paramref name="folder"/> (both normalized).</summary>
+    internal static bool IsInside(string path, string folder) =>
+        path.Length > folder.Length && path.StartsWith(folder, Comparison)
+        && (path[folder.Length] == Path.DirectorySeparatorChar || Path.EndsInDirectorySeparator(folder));
 
     /// <summary>Creates and deletes a probe file in the nearest existing ancestor of <paramref name="folder"/>.</summary>
     private static void ProbeWritable(string option, string path, string folder)

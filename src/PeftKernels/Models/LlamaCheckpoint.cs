@@ -5,8 +5,13 @@
 // (frozen), F16 stays fp16 (the GEMM widens it while packing), a bitsandbytes 4-bit Linear
 // weight (Bnb4bitStateDict keys, e.g. from `peft quantize`) stays 4-bit; norm weights and
 // biases are always fp32. tie_word_embeddings is written as the weights are actually shared.
-// Saving writes config.json + model.safetensors (+ tokenizer files of the source folder)
-// through the staged writer, so the folder is complete or untouched.
+// Saving writes config.json + model.safetensors (+ tokenizer and generation_config files of the
+// source folder) through the staged writer, so the folder is complete or untouched; the model
+// files of an earlier output in that folder that were not written again are removed (an old
+// index or shards, a tokenizer the source lacks), and the source folder itself (or a folder
+// inside it, or one holding it) is refused. config.json keeps every key of the source's
+// (LlamaConfigJson) but torch_dtype and tie_word_embeddings, set to what is written, and
+// quantization_config, dropped: the weights written are never 4-bit.
 using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
@@ -97,12 +102,19 @@ public sealed partial class LlamaForCausalLM
     }
 
     /// <summary>
-    /// Saves config.json + model.safetensors (and the source folder's tokenizer files) to <paramref name="folder"/>.
-    /// 4-bit weights are written dequantized in their original dtype; LoRA adapters are not part of the base (save them separately or merge first).
+    /// Saves config.json + model.safetensors (and the source folder's tokenizer and generation_config files) to
+    /// <paramref name="folder"/>, replacing the model files of an earlier model there. 4-bit weights are written
+    /// dequantized in their original dtype; LoRA adapters are not part of the base (save them separately or merge first).
     /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="folder"/> is the folder the model was loaded from, is inside it, or holds it.</exception>
     public void Save(string folder)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
+        if (SourceFolder != null)
+        {
+            Checkpoint.CheckFolderOutput(SourceFolder, Path.GetFullPath(folder), folder);
+        }
+
         var tensors = new List<SafeTensor>();
         foreach (var (name, p) in NamedParameters())
         {
@@ -118,8 +130,8 @@ public sealed partial class LlamaForCausalLM
         bool anyF16 = tensors.Any(t => t.DType == SafeTensorDType.F16);
         bool tied = ReferenceEquals(LmHead.Weight, Model.EmbedTokens.Weight);
         var config = Config with { TorchDtype = anyBf16 ? "bfloat16" : anyF16 ? "float16" : "float32", TieWordEmbeddings = tied };
-        using var writer = new CheckpointWriter(folder);
-        if (SourceFolder != null && !string.Equals(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar), SourceFolder.TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
+        using var writer = new CheckpointWriter(folder, ownsFolder: true);
+        if (SourceFolder != null)
         {
             foreach (string file in TokenizerFiles.Where(f => File.Exists(Path.Combine(SourceFolder, f))))
             {
@@ -128,7 +140,7 @@ public sealed partial class LlamaForCausalLM
         }
 
         writer.StageSafeTensors(Checkpoint.SingleName, tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        config.Save(writer.StagePath("config.json"));
+        config.Save(writer.StagePath("config.json"), ["quantization_config"]);
         writer.Commit();
     }
 
@@ -180,6 +192,13 @@ public sealed partial class LlamaForCausalLM
                     var bits = new ushort[values.Length];
                     Bf16.FromSingle(values, bits);
                     return SafeTensor.FromBf16Bits(name, bits, shape);
+                }
+
+                if (q.DType == "float16")
+                {
+                    var halves = new Half[values.Length];
+                    System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(values, halves);
+                    return SafeTensor.FromHalf(name, halves, shape);
                 }
 
                 return SafeTensor.FromFloat32(name, values, shape);

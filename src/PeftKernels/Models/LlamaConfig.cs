@@ -93,6 +93,12 @@ public sealed record LlamaConfig
     /// <summary>The architectures list of config.json.</summary>
     public string[] Architectures { get; init; } = ["LlamaForCausalLM"];
 
+    /// <summary>
+    /// The config.json object this configuration was read from (null for one built in code). Saving keeps its keys and
+    /// values, rewriting only the modelled keys whose value changed; see LlamaConfigJson.
+    /// </summary>
+    internal System.Text.Json.JsonElement? SourceJson { get; init; }
+
     /// <summary>Whether o_proj has a bias: Llama's attention_bias covers it, Qwen2's q/k/v biases do not.</summary>
     public bool AttentionOutputBias => AttentionBias && ModelType != "qwen2";
 
@@ -116,13 +122,20 @@ public sealed record LlamaConfig
         return config;
     }
 
-    /// <summary>Validates, then writes an HF-compatible config.json atomically (head_dim always written).</summary>
+    /// <summary>
+    /// Validates, then writes an HF-compatible config.json atomically. A configuration loaded from a file keeps every key
+    /// of that file unchanged (unknown ones included) but those whose modelled value differs, which are rewritten in place;
+    /// one built in code gets every key transformers writes for a LlamaConfig.
+    /// </summary>
     /// <exception cref="InvalidOperationException">The configuration is invalid.</exception>
-    public void Save(string configJsonPath)
+    public void Save(string configJsonPath) => Save(configJsonPath, []);
+
+    /// <summary>As <see cref="Save(string)"/>, leaving out the source file's <paramref name="dropKeys"/> (e.g. a quantization_config that no longer applies).</summary>
+    internal void Save(string configJsonPath, IReadOnlyCollection<string> dropKeys)
     {
         ArgumentNullException.ThrowIfNull(configJsonPath);
         Validate();
-        LlamaConfigJson.Write(this, configJsonPath);
+        LlamaConfigJson.Write(this, configJsonPath, dropKeys);
     }
 
     /// <summary>Checks sizes, head counts, epsilon, θ, token ids and rope scaling.</summary>

@@ -210,7 +210,7 @@ public sealed partial class PeftModel
         var linear = layer as Linear;
         if (MergedBias(linear, adapter) is { } merged)
         {
-            CheckFinite(merged, safe, module, adapter.Name, "bias");
+            CheckFinite(merged, safe, module, adapter.Name, "bias", merged.Length);
             biasBefore = (float[])linear!.Bias!.Data.Clone();
             merged.CopyTo(linear.Bias.Data, 0);
         }
@@ -220,7 +220,7 @@ public sealed partial class PeftModel
             // Safe: keep the exact original until the whole call succeeds, so a refusal restores it bit for bit.
             var exact = safe ? (float[])w.Data.Clone() : null;
             Apply(layer, adapter, w.Data, undo: false);
-            CheckFinite(w.Data, safe, module, adapter.Name, "weight", () =>
+            CheckFinite(w.Data, safe, module, adapter.Name, "weight", w.Shape[^1], () =>
             {
                 exact!.CopyTo(w.Data, 0);
                 biasBefore?.CopyTo(linear!.Bias!.Data, 0);
@@ -231,7 +231,7 @@ public sealed partial class PeftModel
 
         var values = w.ToFloat32();
         Apply(layer, adapter, values, undo: false);
-        CheckFinite(values, safe, module, adapter.Name, "weight", () => biasBefore?.CopyTo(linear!.Bias!.Data, 0));
+        CheckFinite(values, safe, module, adapter.Name, "weight", w.Shape[^1], () => biasBefore?.CopyTo(linear!.Bias!.Data, 0));
         bool toBf16 = w.DType == TensorDType.BF16 || (w.DType == TensorDType.Q4 && w.Quantized.DType == "bfloat16");
         Parameter replacement;
         double max = 0, sum = 0;
@@ -304,7 +304,11 @@ public sealed partial class PeftModel
         merges.RemoveAt(merges.Count - 1);
     }
 
-    private static void CheckFinite(float[] values, bool safe, string module, string adapter, string what, Action? undo = null)
+    /// <summary>
+    /// With <paramref name="safe"/>, refuses merged values that are not all finite, naming the tensor, the count and the
+    /// first bad element (index and value, read before <paramref name="undo"/> restores the original).
+    /// </summary>
+    private static void CheckFinite(float[] values, bool safe, string module, string adapter, string what, int columns, Action? undo = null)
     {
         if (!safe)
         {
@@ -314,8 +318,12 @@ public sealed partial class PeftModel
         int bad = Array.FindIndex(values, v => !float.IsFinite(v));
         if (bad >= 0)
         {
+            float value = values[bad];
+            int count = values.Count(v => !float.IsFinite(v));
+            string at = columns > 0 && values.Length > columns ? $"[{bad / columns}, {bad % columns}]" : $"[{bad}]";
             undo?.Invoke();
-            throw new InvalidOperationException($"safe merge of adapter '{adapter}' into '{module}' {what} gives the non-finite value {values[bad]} at element {bad}; nothing was merged.");
+            throw new InvalidOperationException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"safe merge of adapter '{adapter}' into '{module}.{what}' gives {count} non-finite value(s) of {values.Length}, the first {value} at {at}; nothing was merged."));
         }
     }
 

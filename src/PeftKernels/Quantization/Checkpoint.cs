@@ -91,8 +91,35 @@ internal sealed class Checkpoint
             throw new ArgumentException($"the input '{input}' is a folder, so the output must be a folder; '{output}' is a file.", nameof(output));
         }
 
+        CheckFolderOutput(inputFull, outputFull, output);
         return OpenFolderCore(inputFull, input);
     }
+
+    /// <summary>Refuses a model-folder output <paramref name="outputFull"/> inside the input folder <paramref name="inputFull"/> or containing it.</summary>
+    /// <exception cref="ArgumentException">The output overlaps the input.</exception>
+    internal static void CheckFolderOutput(string inputFull, string outputFull, string output)
+    {
+        inputFull = Path.TrimEndingDirectorySeparator(inputFull);
+        outputFull = Path.TrimEndingDirectorySeparator(outputFull);
+        if (string.Equals(inputFull, outputFull, StringComparison.Ordinal))
+        {
+            throw new ArgumentException($"the output '{output}' is the input folder {inputFull}; write to another folder.", nameof(output));
+        }
+
+        if (IsBelow(outputFull, inputFull))
+        {
+            throw new ArgumentException($"the output '{output}' is inside the input folder {inputFull}; write to a folder outside it.", nameof(output));
+        }
+
+        if (IsBelow(inputFull, outputFull))
+        {
+            throw new ArgumentException($"the output '{output}' contains the input folder {inputFull}; write to a folder outside it.", nameof(output));
+        }
+    }
+
+    private static bool IsBelow(string path, string folder) =>
+        path.Length > folder.Length && path.StartsWith(folder, StringComparison.Ordinal)
+        && (path[folder.Length] == Path.DirectorySeparatorChar || Path.EndsInDirectorySeparator(folder));
 
     /// <summary>Resolves and validates a model folder (sharded or single-file) for reading.</summary>
     public static Checkpoint OpenFolder(string folder)

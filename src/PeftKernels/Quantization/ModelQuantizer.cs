@@ -6,7 +6,12 @@
 //   dequantize: each 4-bit weight (found by its quant_state key) becomes one plain tensor of
 //               the chosen dtype, name and shape restored; error = cast(dequant) − dequant.
 // Every other tensor is copied byte for byte; "__metadata__" is kept; config and tokenizer
-// files are copied; the index is rewritten with the new keys and total_size.
+// files are copied (dequantize drops config.json's quantization_config, which no longer applies,
+// and keeps every other key as written); the index is rewritten with the new keys and total_size. A folder output
+// is never the input folder, inside it, or a folder holding it; writing into an existing one
+// removes the model files of the old output that were not written again (CheckpointWriter).
+using System.Text.Encodings.Web;
+using System.Text.Json;
 using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 
@@ -32,7 +37,7 @@ public static class ModelQuantizer
     /// or "norm" (case-insensitive); <see cref="QuantizeOptions.Include"/> replaces that default exclusion,
     /// <see cref="QuantizeOptions.Exclude"/> removes matches.
     /// </remarks>
-    /// <exception cref="ArgumentException">Invalid options, or the output is the input.</exception>
+    /// <exception cref="ArgumentException">Invalid options, or the output is the input (or, for folders, inside it or holding it).</exception>
     /// <exception cref="FileNotFoundException">The input, or a shard its index names, does not exist.</exception>
     /// <exception cref="InvalidDataException">A malformed file or index, a non-finite weight, or a key the 4-bit keys would overwrite.</exception>
     public static ConversionReport Quantize(string input, string output, QuantizeOptions options, TextWriter log)
@@ -57,7 +62,7 @@ public static class ModelQuantizer
 
         string type = BnbQuantState.TypeName(options.Type);
         log.WriteLine($"quantize {type}, blocksize {options.Blocksize}, double-quant {(options.DoubleQuant ? "on" : "off")}: {input} -> {output}");
-        return Run("quantize", checkpoint, output, log, _ => false,
+        return Run("quantize", checkpoint, output, log, _ => false, [],
             (file, info) => selected.ContainsKey(info.Name) ? QuantizeOne(file, info, options) : null);
     }
 
@@ -66,7 +71,7 @@ public static class ModelQuantizer
     /// <see cref="DequantizeOptions.DType"/> in <paramref name="output"/>, writes the report table to
     /// <paramref name="log"/> and returns it. Input and output forms are as for <see cref="Quantize"/>.
     /// </summary>
-    /// <exception cref="ArgumentException">Invalid options, or the output is the input.</exception>
+    /// <exception cref="ArgumentException">Invalid options, or the output is the input (or, for folders, inside it or holding it).</exception>
     /// <exception cref="FileNotFoundException">The input, or a shard its index names, does not exist.</exception>
     /// <exception cref="InvalidDataException">A malformed file, index or 4-bit weight, or a value outside the float16 range.</exception>
     public static ConversionReport Dequantize(string input, string output, DequantizeOptions options, TextWriter log)
@@ -114,7 +119,7 @@ public static class ModelQuantizer
         }
 
         log.WriteLine($"dequantize to {options.DType.HeaderName()}: {input} -> {output}");
-        return Run("dequantize", checkpoint, output, log, parts.Contains,
+        return Run("dequantize", checkpoint, output, log, parts.Contains, ["quantization_config"],
             (file, info) => weights.TryGetValue(info.Name, out long before) ? DequantizeOne(file, info.Name, before, options) : null);
     }
 
@@ -131,14 +136,14 @@ public static class ModelQuantizer
 
     /// <summary>Converts shard by shard, staging every output file, then commits them (index last) and reports.</summary>
     private static ConversionReport Run(string operation, Checkpoint checkpoint, string output, TextWriter log,
-        Func<string, bool> dropped, Converter convert)
+        Func<string, bool> dropped, string[] droppedConfigKeys, Converter convert)
     {
         string outputFull = Path.TrimEndingDirectorySeparator(Path.GetFullPath(output));
         var rows = new List<TensorConversion>();
         var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
         int copied = 0;
         long before = 0, after = 0;
-        using var writer = new CheckpointWriter(checkpoint.IsFolder ? outputFull : Path.GetDirectoryName(outputFull)!);
+        using var writer = checkpoint.IsFolder ? new CheckpointWriter(outputFull, ownsFolder: true) : new CheckpointWriter(Path.GetDirectoryName(outputFull)!);
         foreach (string shard in checkpoint.Shards)
         {
             var tensors = new List<SafeTensor>();
@@ -184,7 +189,15 @@ public static class ModelQuantizer
 
         foreach (string other in checkpoint.OtherFiles())
         {
-            writer.StageCopy(checkpoint.ShardPath(other), other);
+            if (other == "config.json" && WithoutKeys(checkpoint.ShardPath(other), droppedConfigKeys) is { } json)
+            {
+                AtomicFile.Write(writer.StagePath(other), stream => stream.Write(json));
+                log.WriteLine($"  config.json: dropped {string.Join(", ", droppedConfigKeys)}");
+            }
+            else
+            {
+                writer.StageCopy(checkpoint.ShardPath(other), other);
+            }
         }
 
         foreach (string folder in checkpoint.SubFolders())
@@ -202,6 +215,52 @@ public static class ModelQuantizer
             outputFull, rows, copied, before, after, files);
         report.WriteTable(log);
         return report;
+    }
+
+    /// <summary>
+    /// The JSON object of <paramref name="path"/> without <paramref name="keys"/> (other keys as written), or null when it
+    /// has none of them or is not a JSON object (then it is copied as it is: the conversion does not read it).
+    /// </summary>
+    private static byte[]? WithoutKeys(string path, string[] keys)
+    {
+        if (keys.Length == 0)
+        {
+            return null;
+        }
+
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(File.ReadAllBytes(path));
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+
+        using (document)
+        {
+            var root = document.RootElement;
+            if (root.ValueKind != JsonValueKind.Object || !keys.Any(k => root.TryGetProperty(k, out _)))
+            {
+                return null;
+            }
+
+            using var stream = new MemoryStream();
+            using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+            {
+                w.WriteStartObject();
+                foreach (var property in root.EnumerateObject().Where(p => !keys.Contains(p.Name)))
+                {
+                    property.WriteTo(w);
+                }
+
+                w.WriteEndObject();
+            }
+
+            stream.WriteByte((byte)'\n');
+            return stream.ToArray();
+        }
     }
 
     private static (IReadOnlyList<SafeTensor>, TensorConversion) QuantizeOne(SafeTensorsFile file, SafeTensorInfo info, QuantizeOptions options)
