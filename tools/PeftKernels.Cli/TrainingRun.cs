@@ -233,6 +233,11 @@ internal sealed class TrainingRun
             throw new InvalidDataException($"{path}: expected a JSON object of strings ({e.Message}).", e);
         }
 
+        if (saved.GetValueOrDefault("verb") is { } verb && runArgs.GetValueOrDefault("verb") is { } now && verb != now)
+        {
+            throw new ArgumentException($"--resume {checkpoint} was written by peft {verb}, not peft {now}.");
+        }
+
         var mismatches = saved.Keys.Union(runArgs.Keys).Order(StringComparer.Ordinal)
             .Select(key => (Key: key, Then: saved.GetValueOrDefault(key), Now: runArgs.GetValueOrDefault(key)))
             .Where(m => m.Then != m.Now)
