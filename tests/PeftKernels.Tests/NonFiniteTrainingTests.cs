@@ -184,6 +184,21 @@ public sealed class NonFiniteTrainingTests : IDisposable
         Assert.All(kept.NamedParameters(), p => Assert.True(p.Parameter.Data.All(float.IsFinite), $"{p.Name} is not finite in {last}"));
     }
 
+    [Fact]
+    public void AnUpdateThatOverflowsIsNeverSavedAsAGoodCheckpoint()
+    {
+        var model = LlamaForCausalLM.Create(LlamaConfig.Tiny(40), seed: 3);
+        Lora.Apply(model, new LoraConfig { R = 4, LoraAlpha = 8 }, seed: 2);
+        var trainer = new Trainer(model, Batch, 2, new TrainerOptions { Steps = 3, Seed = 1 });
+        trainer.Run(untilStep: 1);
+        var (name, parameter) = model.NamedParameters().First(p => p.Parameter.Trainable);
+        parameter.Data[5] = float.PositiveInfinity;
+        string checkpoint = System.IO.Path.Combine(folder.Path, "checkpoint");
+        var e = Assert.Throws<TrainingDivergedException>(() => trainer.SaveCheckpoint(checkpoint));
+        Assert.Equal($"training diverged at step 1: the update made {name}[5] = ∞", e.Message.Replace("Infinity", "∞", StringComparison.Ordinal));
+        Assert.False(Directory.Exists(checkpoint));
+    }
+
     private static List<float[]> Snapshot(Trainer trainer) =>
         [.. trainer.Optimizer.State.SelectMany(s => new[] { s.Parameter.Data.ToArray(), s.M.ToArray(), s.V.ToArray() })];
 

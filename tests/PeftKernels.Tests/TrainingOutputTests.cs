@@ -163,6 +163,19 @@ public sealed class TrainingOutputTests : IDisposable
     }
 
     [Fact]
+    public void ALearningRateBeyondFloat32IsRefusedUpFront()
+    {
+        string output = folder.File("out");
+        var pretrain = Invoke(Pretrain("--lr", "1e39", "--out", output));
+        Assert.Equal((1, ""), (pretrain.Code, pretrain.Output));
+        Assert.Equal("error: --lr must be in [0, 3.4028234663852886E+38]; got 1E+39.\n", pretrain.Error);
+        var train = Invoke(Train(ConfigOnly, "--lr", "1e38", "--lora-plus-ratio", "16", "--out", output));
+        Assert.Equal((1, ""), (train.Code, train.Output));
+        Assert.Equal("error: --lr × --lora-plus-ratio must be at most 3.4028235E+38 (lora_B's learning rate, float32); got 1E+38 × 16 = 1.6E+39.\n", train.Error);
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Fact]
     public void ResumeContinuesIntoItsOwnRunFolderButRefusesAnotherRunsCheckpoint()
     {
         string run = folder.File("run");

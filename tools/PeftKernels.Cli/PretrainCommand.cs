@@ -41,7 +41,7 @@ internal static class PretrainCommand
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             int stepCount = parse.AtLeast(steps, 1), batchSize = parse.AtLeast(batch, 1), seqLength = parse.AtLeast(seq, 1);
-            double peak = parse.InRange(lr, 0, double.PositiveInfinity);
+            double peak = parse.InRange(lr, 0, float.MaxValue);
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             string size = parse.GetRequiredValue(config);

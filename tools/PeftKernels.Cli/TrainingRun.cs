@@ -10,7 +10,9 @@
 //   --resume DIR (a checkpoint folder, or a run folder: its newest checkpoint) loads that state
 //   after checking that every option in training_args.json equals this run's, and removes what a
 //   killed run left half-written in --out. A resumed run gives the same bytes as one never stopped.
-//   A diverged step stops the run (exit 1) before its update and names the last good checkpoint;
+//   A diverged step (a non-finite loss or gradient norm, or an update that left a parameter
+//   non-finite, found when a checkpoint or the final output is about to be written) stops the run
+//   (exit 1), writes nothing of it and names the last good checkpoint;
 //   the final files are written only after the last step, staged and moved into --out.
 using System.CommandLine;
 using System.Globalization;
@@ -149,6 +151,7 @@ internal sealed class TrainingRun
                     }, keep);
                 }
             });
+            trainer.EnsureFiniteParameters();
         }
         catch (TrainingDivergedException e)
         {

@@ -109,6 +109,11 @@ public sealed partial class Trainer
             throw new ArgumentException($"steps ({options.Steps}), gradient accumulation ({options.GradientAccumulation}) and batch ({batch}) must be positive.");
         }
 
+        if (options.MaxSkippedSteps < 0)
+        {
+            throw new ArgumentException($"MaxSkippedSteps must be >= 0; got {options.MaxSkippedSteps}.", nameof(options));
+        }
+
         this.model = model;
         this.sampler = sampler;
         this.batch = batch;

@@ -24,9 +24,11 @@ public sealed partial class Trainer
     public const string StateJsonFile = "trainer_state.json";
 
     /// <summary>Writes a checkpoint of the trainable weights, optimizer moments, step, seed and losses.</summary>
+    /// <exception cref="TrainingDivergedException">A trainable parameter is not finite (nothing is written).</exception>
     public void SaveCheckpoint(string folder)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
+        EnsureFiniteParameters();
         var names = NamesByParameter();
         var tensors = new List<SafeTensor>();
         foreach (var (p, _, m, v) in Optimizer.State)
@@ -145,6 +147,26 @@ public sealed partial class Trainer
         losses.AddRange(savedLosses);
         skipped.Clear();
         skipped.AddRange(savedSkipped);
+    }
+
+    /// <summary>
+    /// Throws <see cref="TrainingDivergedException"/> naming the first trainable parameter element that is NaN or infinite: an update can
+    /// overflow even when the step's loss and gradient norm were finite, and such a state must never be saved as a good one.
+    /// </summary>
+    public void EnsureFiniteParameters()
+    {
+        foreach (var (name, p) in model.NamedParameters().Where(e => e.Parameter.Trainable))
+        {
+            float[] data = p.Data;
+            for (int i = 0; i < data.Length; i++)
+            {
+                if (!float.IsFinite(data[i]))
+                {
+                    throw new TrainingDivergedException(string.Create(CultureInfo.InvariantCulture,
+                        $"training diverged at step {Step}: the update made {name}[{i}] = {data[i]}"));
+                }
+            }
+        }
     }
 
     private static JsonDocument ParseState(string jsonPath)
