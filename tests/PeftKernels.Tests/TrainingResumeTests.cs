@@ -130,6 +130,18 @@ public sealed class TrainingResumeTests : IDisposable
     }
 
     [Fact]
+    public void SaveTotalLimitKeepsTheNewestCheckpointsOfARun()
+    {
+        string run = folder.File("run");
+        var (code, _, error) = Invoke([.. PretrainArgs(5), "--save-every", "1", "--save-total-limit", "2", "--out", run]);
+        Assert.Equal((0, ""), (code, error));
+        Assert.Equal(["checkpoint-4", "checkpoint-5", "config.json", "model.safetensors"],
+            Directory.EnumerateFileSystemEntries(run).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal(["config.json", "model.safetensors", Trainer.StateJsonFile, Trainer.StateTensorsFile, "training_args.json"],
+            Directory.EnumerateFileSystemEntries(CheckpointFolders.PathOf(run, 5)).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
     public void SaveKeepsOnlyTheNewestCheckpointsAndAFailedWriteLeavesNothing()
     {
         string run = folder.File("run");

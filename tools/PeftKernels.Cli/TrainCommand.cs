@@ -61,7 +61,7 @@ internal static class TrainCommand
             int rank = parse.AtLeast(r, 1), stepCount = parse.AtLeast(steps, 1), b = parse.AtLeast(batch, 1), t = parse.AtLeast(seq, 1);
             int accumulation = parse.AtLeast(accum, 1), warmupSteps = parse.AtLeast(warmup, 0);
             double loraAlpha = parse.InRange(alpha, double.NegativeInfinity, double.PositiveInfinity), loraDropout = parse.InRange(dropout, 0, 1, maxOpen: true);
-            double peak = parse.InRange(lr, 0, float.MaxValue), ratio = parse.InRange(loraPlus, 0, float.MaxValue, minOpen: true);
+            double peak = parse.InRange(lr, 0, float.MaxValue), ratio = parse.InRange(loraPlus, 0, double.PositiveInfinity, minOpen: true);
             if (peak * ratio > float.MaxValue)
             {
                 throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"--lr × --lora-plus-ratio must be at most {float.MaxValue} (lora_B's learning rate, float32); got {peak} × {ratio} = {peak * ratio}."));
