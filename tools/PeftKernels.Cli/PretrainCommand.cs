@@ -2,8 +2,10 @@
 // every weight of a freshly initialised Llama (seeded) on a text file with the byte-level tokenizer
 // (vocab 256), on the CPU or a CUDA GPU (weights, gradients and AdamW moments stay there), and
 // saves a Hugging Face folder. Deterministic: the same data, options and seed give the
-// same bytes on any machine with the same SIMD path (kernels are bit-identical across thread counts).
+// same bytes on any machine with the same SIMD path (kernels are bit-identical across thread counts),
+// and a run resumed from a --save-every checkpoint (--resume) the same bytes as one never stopped.
 using System.CommandLine;
+using System.Globalization;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Models;
 using PeftKernels.Text;
@@ -25,56 +27,81 @@ internal static class PretrainCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the initial weights and the batches.", DefaultValueFactory = _ => 0 };
         var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
-        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output Hugging Face model folder." };
+        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output Hugging Face model folder (and its checkpoints)." };
+        var run = new TrainingRun();
         var command = new Command("pretrain", "Pre-train a small Llama from scratch on a text file (byte-level vocabulary) and save it as a Hugging Face folder.")
         {
             config, data, steps, batch, seq, lr, seed, threads, device, output,
         };
+        foreach (var option in run.Options)
+        {
+            command.Options.Add(option);
+        }
+
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             int stepCount = parse.AtLeast(steps, 1), batchSize = parse.AtLeast(batch, 1), seqLength = parse.AtLeast(seq, 1);
-            double peak = parse.InRange(lr, 0, double.PositiveInfinity);
+            double peak = parse.InRange(lr, 0, float.MaxValue);
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
-            var model = Pretrain(parse.GetRequiredValue(config), parse.GetRequiredValue(data), stepCount, batchSize, seqLength, peak, parse.GetValue(seed), kernel, log, on);
-            string outDir = parse.GetRequiredValue(output);
-            model.Save(outDir);
-            log.WriteLine($"saved {model.Config.ParameterCount():N0}-parameter model to {Path.GetFullPath(outDir)}");
+            string size = parse.GetRequiredValue(config);
+            var tokenizer = new ByteTokenizer();
+            var modelConfig = size == "small" ? LlamaConfig.Small(tokenizer.VocabSize) : LlamaConfig.Tiny(tokenizer.VocabSize);
+            if (seqLength > modelConfig.MaxPositionEmbeddings)
+            {
+                throw new ArgumentException($"--seq must be at most {modelConfig.MaxPositionEmbeddings} (max_position_embeddings of the {size} config); got {seqLength}.");
+            }
+
+            string dataPath = parse.GetRequiredValue(data);
+            TrainingRun.CheckReadableFile("--data", dataPath);
+            int seedValue = parse.GetValue(seed);
+            var args = new Dictionary<string, string>(StringComparer.Ordinal)
+            {
+                ["verb"] = "pretrain",
+                ["--config"] = size,
+                ["--data"] = "sha256:" + TrainingRun.Sha256(dataPath),
+                ["--steps"] = stepCount.ToString(CultureInfo.InvariantCulture),
+                ["--batch"] = batchSize.ToString(CultureInfo.InvariantCulture),
+                ["--seq"] = seqLength.ToString(CultureInfo.InvariantCulture),
+                ["--lr"] = TrainingRun.Arg(peak),
+                ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
+            };
+            run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--data", dataPath));
+
+            var dataset = TextDataset.Load(dataPath, tokenizer);
+            if (dataset.Tokens.Length < seqLength + 1)
+            {
+                throw new ArgumentException($"--data has {dataset.Tokens.Length} tokens; --seq {seqLength} needs at least {seqLength + 1}.");
+            }
+
+            var model = LlamaForCausalLM.Create(modelConfig, seedValue);
+            foreach (var (_, p) in model.NamedParameters())
+            {
+                p.Trainable = true;
+            }
+
+            var options = run.Apply(parse, new TrainerOptions
+            {
+                Steps = stepCount,
+                LearningRate = peak,
+                WarmupSteps = Math.Max(1, stepCount / 10),
+                MinLearningRateRatio = 0.1,
+                WeightDecay = 0.01,
+                Seed = seedValue,
+                Kernel = kernel,
+            });
+            model.To(on);
+            var trainer = new Trainer(model, rng => dataset.Batch(batchSize, seqLength, rng), batchSize, options);
+            log.WriteLine($"pre-training a {size} Llama ({modelConfig.ParameterCount():N0} parameters) on {dataset.Tokens.Length:N0} byte tokens: {stepCount} steps of {batchSize}×{seqLength} on {on}");
+            run.Run(trainer, log, model.Save, () =>
+            {
+                model.To(Device.Cpu);
+                model.Freeze();
+            });
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"saved {modelConfig.ParameterCount():N0}-parameter model to {run.OutFolder}; final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
             return 0;
         }));
         return command;
-    }
-
-    /// <summary>Trains a fresh model on <paramref name="device"/> (default: the CPU); reports progress on <paramref name="log"/>; returns it on the CPU.</summary>
-    internal static LlamaForCausalLM Pretrain(string size, string dataPath, int steps, int batch, int seq, double lr, int seed, KernelOptions kernel, TextWriter log,
-        Device? device = null, Action<TrainingProgress>? observe = null)
-    {
-        var tokenizer = new ByteTokenizer();
-        var dataset = TextDataset.Load(dataPath, tokenizer);
-        var config = size == "small" ? LlamaConfig.Small(tokenizer.VocabSize) : LlamaConfig.Tiny(tokenizer.VocabSize);
-        var model = LlamaForCausalLM.Create(config, seed);
-        foreach (var (_, p) in model.NamedParameters())
-        {
-            p.Trainable = true;
-        }
-
-        var options = new TrainerOptions
-        {
-            Steps = steps,
-            LearningRate = lr,
-            WarmupSteps = Math.Max(1, steps / 10),
-            MinLearningRateRatio = 0.1,
-            WeightDecay = 0.01,
-            Seed = seed,
-            Kernel = kernel,
-        };
-        var on = device ?? Device.Cpu;
-        model.To(on);
-        var trainer = new Trainer(model, rng => dataset.Batch(batch, seq, rng), batch, options);
-        log.WriteLine($"pre-training a {size} Llama ({config.ParameterCount():N0} parameters) on {dataset.Tokens.Length:N0} byte tokens: {steps} steps of {batch}×{seq} on {on}");
-        TrainingView.Run(trainer, log, observe);
-        model.To(Device.Cpu);
-        model.Freeze();
-        return model;
     }
 }

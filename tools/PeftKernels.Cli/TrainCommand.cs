@@ -44,11 +44,16 @@ internal static class TrainCommand
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, batches and dropout.", DefaultValueFactory = _ => 0 };
         var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
-        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors)." };
+        var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
+        var run = new TrainingRun();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
+        foreach (var option in run.Options)
+        {
+            command.Options.Add(option);
+        }
 
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
@@ -56,67 +61,116 @@ internal static class TrainCommand
             int rank = parse.AtLeast(r, 1), stepCount = parse.AtLeast(steps, 1), b = parse.AtLeast(batch, 1), t = parse.AtLeast(seq, 1);
             int accumulation = parse.AtLeast(accum, 1), warmupSteps = parse.AtLeast(warmup, 0);
             double loraAlpha = parse.InRange(alpha, double.NegativeInfinity, double.PositiveInfinity), loraDropout = parse.InRange(dropout, 0, 1, maxOpen: true);
-            double peak = parse.InRange(lr, 0, double.PositiveInfinity), ratio = parse.InRange(loraPlus, 0, double.PositiveInfinity, minOpen: true);
+            double peak = parse.InRange(lr, 0, float.MaxValue), ratio = parse.InRange(loraPlus, 0, double.PositiveInfinity, minOpen: true);
+            if (peak * ratio > float.MaxValue)
+            {
+                throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"--lr × --lora-plus-ratio must be at most {float.MaxValue} (lora_B's learning rate, float32); got {peak} × {ratio} = {peak * ratio}."));
+            }
+
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
-            var lm = LlamaForCausalLM.Load(folder);
-            var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
-            var dataset = TextDataset.Load(parse.GetRequiredValue(data), tokenizer);
-            if (dataset.Tokens.Length < t + 1)
-            {
-                throw new ArgumentException($"--data has {dataset.Tokens.Length} tokens; --seq {t} needs at least {t + 1}.");
-            }
-
-            if (parse.GetValue(method) == "qlora")
-            {
-                var (before, after) = lm.QuantizeLinears();
-                log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
-            }
-
             string kind = parse.GetValue(method)!;
             if (kind == "ia3" && ratio != 1)
             {
                 throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
             }
 
+            var targetModules = TargetModules.Parse(parse.GetValue(targets) ?? "q_proj,v_proj");
+            var config = ModelConfig(folder);
+            if (t > config.MaxPositionEmbeddings)
+            {
+                throw new ArgumentException($"--seq must be at most {config.MaxPositionEmbeddings} (max_position_embeddings in {Path.Combine(folder, "config.json")}); got {t}.");
+            }
+
+            string dataPath = parse.GetRequiredValue(data);
+            TrainingRun.CheckReadableFile("--data", dataPath);
+            int seedValue = parse.GetValue(seed);
+            var args = new Dictionary<string, string>(StringComparer.Ordinal)
+            {
+                ["verb"] = "train",
+                ["--model"] = Path.GetFullPath(folder),
+                ["--data"] = "sha256:" + TrainingRun.Sha256(dataPath),
+                ["--method"] = kind,
+                ["--r"] = rank.ToString(CultureInfo.InvariantCulture),
+                ["--alpha"] = TrainingRun.Arg(loraAlpha),
+                ["--dropout"] = TrainingRun.Arg(loraDropout),
+                ["--targets"] = parse.GetValue(targets) ?? "(default)",
+                ["--rslora"] = parse.GetValue(rslora) ? "true" : "false",
+                ["--lr"] = TrainingRun.Arg(peak),
+                ["--lora-plus-ratio"] = TrainingRun.Arg(ratio),
+                ["--steps"] = stepCount.ToString(CultureInfo.InvariantCulture),
+                ["--batch"] = b.ToString(CultureInfo.InvariantCulture),
+                ["--seq"] = t.ToString(CultureInfo.InvariantCulture),
+                ["--grad-accum"] = accumulation.ToString(CultureInfo.InvariantCulture),
+                ["--warmup"] = warmupSteps.ToString(CultureInfo.InvariantCulture),
+                ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
+            };
+            run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
+
+            var lm = LlamaForCausalLM.Load(folder);
+            var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
+            var dataset = TextDataset.Load(dataPath, tokenizer);
+            if (dataset.Tokens.Length < t + 1)
+            {
+                throw new ArgumentException($"--data has {dataset.Tokens.Length} tokens; --seq {t} needs at least {t + 1}.");
+            }
+
+            if (kind == "qlora")
+            {
+                var (before, after) = lm.QuantizeLinears();
+                log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
+            }
+
             var peft = new PeftModel(lm);
             var wrapped = kind == "ia3"
-                ? peft.AddAdapter("default", Ia3(parse.GetValue(targets), Path.GetFullPath(folder)), parse.GetValue(seed))
+                ? peft.AddAdapter("default", Ia3(parse.GetValue(targets), Path.GetFullPath(folder)), seedValue)
                 : peft.AddAdapter("default", new LoraConfig
                 {
                     R = rank,
                     LoraAlpha = loraAlpha,
                     LoraDropout = loraDropout,
-                    TargetModules = TargetModules.Parse(parse.GetValue(targets) ?? "q_proj,v_proj"),
+                    TargetModules = targetModules,
                     UseRsLora = parse.GetValue(rslora),
                     UseDora = kind == "dora",
                     BaseModelNameOrPath = Path.GetFullPath(folder),
-                }, parse.GetValue(seed));
-            if (parse.GetValue(method) == "lora-fa")
+                }, seedValue);
+            if (kind == "lora-fa")
             {
                 peft.FreezeLoraA();
             }
 
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
-            var options = new TrainerOptions
+            var options = run.Apply(parse, new TrainerOptions
             {
                 Steps = stepCount,
                 LearningRate = peak,
                 WarmupSteps = warmupSteps,
                 GradientAccumulation = accumulation,
                 LoraPlusRatio = ratio,
-                Seed = parse.GetValue(seed),
+                Seed = seedValue,
                 Kernel = kernel,
-            };
+            });
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
-            TrainingView.Run(trainer, log);
-            string outDir = parse.GetRequiredValue(output);
-            peft.SaveAdapter(outDir);
-            log.WriteLine($"saved adapter to {Path.GetFullPath(outDir)} ({ModelCommands.Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.Losses[^1]:F4}");
+            run.Run(trainer, log, dir => peft.SaveAdapter(dir));
+            string outDir = run.OutFolder;
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"saved adapter to {outDir} ({ModelCommands.Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>The model folder's config.json, read without loading any weight.</summary>
+    internal static LlamaConfig ModelConfig(string folder)
+    {
+        string configPath = Path.Combine(folder, "config.json");
+        if (!Directory.Exists(folder))
+        {
+            throw new ArgumentException(File.Exists(folder) ? $"--model {folder} is a file; expected a model folder." : $"--model {folder} does not exist.");
+        }
+
+        return File.Exists(configPath) ? LlamaConfig.Load(configPath) : throw new ArgumentException($"--model {folder} has no config.json.");
     }
 
     /// <summary>IA³ with the Llama defaults, or the given targets with the default feed-forward modules among them.</summary>

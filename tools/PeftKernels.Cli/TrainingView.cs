@@ -1,6 +1,7 @@
 // Training progress on the console: a live Spectre.Console progress bar (step, loss, tokens/s,
 // learning rate, ETA) when stdout is an interactive terminal, else plain lines (a fixed number
-// per run) so logs and tests get the same facts without control codes. Every verb that trains
+// per run, plus one per skipped non-finite step) so logs and tests get the same facts without
+// control codes. Every verb that trains
 // (train, pretrain, demo) goes through here.
 using System.Globalization;
 using PeftKernels.Training;
@@ -47,7 +48,7 @@ internal static class TrainingView
             trainer.Run(new ProgressCallback<TrainingProgress>(p =>
             {
                 observe?.Invoke(p);
-                if (p.Step % every == 0 || p.Step == total)
+                if (p.Step % every == 0 || p.Step == total || p.Skipped)
                 {
                     console.WriteLine(indent + Describe(p));
                 }
@@ -69,6 +70,9 @@ internal static class TrainingView
             });
     }
 
-    private static string Describe(TrainingProgress p) => string.Create(CultureInfo.InvariantCulture,
+    private static string Describe(TrainingProgress p) => p.Skipped
+        ? string.Create(CultureInfo.InvariantCulture,
+            $"step {p.Step}/{p.TotalSteps}  skipped: {(double.IsFinite(p.Loss) ? "grad-norm" : "loss")} {(double.IsFinite(p.Loss) ? p.GradNorm : p.Loss)} is not finite; no update ({p.SkippedSteps} skipped so far)")
+        : string.Create(CultureInfo.InvariantCulture,
         $"step {p.Step}/{p.TotalSteps}  loss {p.Loss:F4}  {p.TokensPerSecond:F0} tok/s  lr {p.LearningRate:E2}  grad-norm {p.GradNorm:F3}  eta {p.Eta:hh\\:mm\\:ss}");
 }

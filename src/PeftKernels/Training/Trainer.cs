@@ -4,8 +4,13 @@
 // (seed, micro-step index) only, so a run resumed from a checkpoint at step k replays exactly
 // the batches and masks of the uninterrupted run, and gives the same losses bit for bit.
 // A non-finite loss or gradient norm stops the run with TrainingDivergedException before the
-// optimizer update, so the parameters keep the last finite step's values.
+// optimizer update, so the parameters keep the last finite step's values. With
+// SkipNonFiniteSteps such a step is skipped instead, as mixed-precision loss scalers do: no
+// update, the AdamW moments and bias-correction count untouched, but the step is counted (its
+// batches are consumed and the schedule moves on), recorded in SkippedSteps and reported; more
+// than MaxSkippedSteps skipped steps stop the run as a divergence.
 using System.Diagnostics;
+using System.Globalization;
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Models;
@@ -40,6 +45,15 @@ public sealed record TrainerOptions
     /// <summary>Clip the global gradient norm to this (0 = no clipping).</summary>
     public double MaxGradNorm { get; init; } = 1.0;
 
+    /// <summary>
+    /// Skip a step whose loss or gradient norm is NaN or infinite (no optimizer update, moments untouched) instead of
+    /// stopping with <see cref="TrainingDivergedException"/>.
+    /// </summary>
+    public bool SkipNonFiniteSteps { get; init; }
+
+    /// <summary>With <see cref="SkipNonFiniteSteps"/>: the most steps that may be skipped; the next non-finite step stops the run.</summary>
+    public int MaxSkippedSteps { get; init; } = int.MaxValue;
+
     /// <summary>Seed of batches and dropout.</summary>
     public int Seed { get; init; }
 
@@ -65,7 +79,14 @@ public sealed record TrainerOptions
 /// <param name="Elapsed">Wall time since the run (or resume) started.</param>
 /// <param name="Eta">Estimated time to the last step.</param>
 public sealed record TrainingProgress(int Step, int TotalSteps, double Loss, double TokensPerSecond, double LearningRate, double GradNorm,
-    TimeSpan Elapsed, TimeSpan Eta);
+    TimeSpan Elapsed, TimeSpan Eta)
+{
+    /// <summary>Whether this step was skipped for a non-finite loss or gradient norm (no update; see <see cref="TrainerOptions.SkipNonFiniteSteps"/>).</summary>
+    public bool Skipped { get; init; }
+
+    /// <summary>Steps skipped so far in the run (including before a resume).</summary>
+    public int SkippedSteps { get; init; }
+}
 
 /// <summary>Trains the trainable parameters of a causal LM.</summary>
 public sealed partial class Trainer
@@ -74,6 +95,8 @@ public sealed partial class Trainer
     private readonly Func<Random, (int[] Inputs, int[] Labels)> sampler;
     private readonly int batch;
     private readonly List<double> losses = [];
+    private readonly List<int> skipped = [];
+    private int step;
 
     /// <summary>Creates a trainer; <paramref name="sampler"/> returns (inputs, next-token labels) of <paramref name="batch"/> rows from the given generator.</summary>
     public Trainer(LlamaForCausalLM model, Func<Random, (int[] Inputs, int[] Labels)> sampler, int batch, TrainerOptions options)
@@ -84,6 +107,11 @@ public sealed partial class Trainer
         if (options.Steps <= 0 || options.GradientAccumulation <= 0 || batch <= 0)
         {
             throw new ArgumentException($"steps ({options.Steps}), gradient accumulation ({options.GradientAccumulation}) and batch ({batch}) must be positive.");
+        }
+
+        if (options.MaxSkippedSteps < 0)
+        {
+            throw new ArgumentException($"MaxSkippedSteps must be >= 0; got {options.MaxSkippedSteps}.", nameof(options));
         }
 
         this.model = model;
@@ -115,11 +143,17 @@ public sealed partial class Trainer
     /// <summary>The learning-rate schedule.</summary>
     public LearningRateSchedule Schedule { get; }
 
-    /// <summary>Optimizer steps done.</summary>
-    public int Step => Optimizer.StepCount;
+    /// <summary>Training steps done (skipped steps included; the optimizer's update count is <see cref="AdamWOptimizer.StepCount"/>).</summary>
+    public int Step => step;
 
-    /// <summary>The loss of every step done, in order (including steps before a resume).</summary>
+    /// <summary>The loss of every step done, in order (including steps before a resume; a skipped step's is non-finite).</summary>
     public IReadOnlyList<double> Losses => losses;
+
+    /// <summary>The 1-based steps skipped for a non-finite loss or gradient norm, in order (including before a resume).</summary>
+    public IReadOnlyList<int> SkippedSteps => skipped;
+
+    /// <summary>The loss of the last step that updated the parameters (NaN before the first).</summary>
+    public double LastFiniteLoss => losses.LastOrDefault(double.IsFinite, double.NaN);
 
     private long allocatedAtLastCollect;
 
@@ -151,28 +185,49 @@ public sealed partial class Trainer
                 }
 
                 double stepLoss = lossSum / accum;
-                if (!double.IsFinite(stepLoss))
+                double norm = double.NaN;
+                string? bad = !double.IsFinite(stepLoss) ? "loss" : null;
+                if (bad == null)
                 {
-                    Optimizer.ZeroGrad();
-                    throw new TrainingDivergedException(Step + 1, stepLoss, "loss", stepLoss);
-                }
-
-                double norm = Optimizer.ClipGradNorm(Options.MaxGradNorm, Options.Kernel);
-                if (!double.IsFinite(norm))
-                {
-                    Optimizer.ZeroGrad();
-                    throw new TrainingDivergedException(Step + 1, stepLoss, "gradient norm", norm);
+                    norm = Optimizer.ClipGradNorm(Options.MaxGradNorm, Options.Kernel);
+                    bad = double.IsFinite(norm) ? null : "gradient norm";
                 }
 
                 double lr = Schedule.At(Step);
-                Optimizer.Step(lr, Options.Kernel);
-                Optimizer.ZeroGrad();
-                losses.Add(lossSum / accum);
+                if (bad != null)
+                {
+                    Optimizer.ZeroGrad();
+                    double value = bad == "loss" ? stepLoss : norm;
+                    if (!Options.SkipNonFiniteSteps)
+                    {
+                        throw new TrainingDivergedException(Step + 1, stepLoss, bad, value);
+                    }
+
+                    if (skipped.Count >= Options.MaxSkippedSteps)
+                    {
+                        throw new TrainingDivergedException(string.Create(CultureInfo.InvariantCulture,
+                            $"training diverged at step {Step + 1}: {bad} {value}, and {skipped.Count} non-finite step(s) were already skipped, the most allowed"));
+                    }
+
+                    skipped.Add(Step + 1);
+                }
+                else
+                {
+                    Optimizer.Step(lr, Options.Kernel);
+                    Optimizer.ZeroGrad();
+                }
+
+                losses.Add(stepLoss);
+                step++;
                 CollectIfDue();
                 double seconds = clock.Elapsed.TotalSeconds;
                 int done = Step - first;
                 var eta = TimeSpan.FromSeconds(seconds / Math.Max(1, done) * (end - Step));
-                progress?.Report(new TrainingProgress(Step, Options.Steps, lossSum / accum, tokens / Math.Max(seconds, 1e-9), lr, norm, clock.Elapsed, eta));
+                progress?.Report(new TrainingProgress(Step, Options.Steps, stepLoss, tokens / Math.Max(seconds, 1e-9), lr, norm, clock.Elapsed, eta)
+                {
+                    Skipped = bad != null,
+                    SkippedSteps = skipped.Count,
+                });
             }
         }
         finally

@@ -1,10 +1,14 @@
 // A training checkpoint folder: trainer_state.safetensors holds, per trainable parameter (by
 // its model path), its values ("param.<name>") and AdamW moments ("exp_avg.<name>",
-// "exp_avg_sq.<name>"); trainer_state.json holds the step, the seed (the whole RNG state: a
-// micro-step's randomness is derived from seed and index) and the losses so far. Both are
+// "exp_avg_sq.<name>"); trainer_state.json holds the step (the data position: a micro-step's
+// batch and dropout masks are derived from seed and micro-step index only), the optimizer's
+// update count (AdamW's bias-correction t: lower than the step by the skipped steps), the seed,
+// the losses so far (a skipped step's non-finite loss as the string "NaN", "Infinity" or
+// "-Infinity") and the skipped steps. Both are
 // staged and renamed into place together, so a checkpoint is complete or absent. For a model on a
 // GPU device, saving downloads the trained values and moments, and loading uploads them again
 // (into the parameters' mirrors and the optimizer's device moments).
+using System.Globalization;
 using System.Text.Json;
 using PeftKernels.IO;
 using PeftKernels.Quantization;
@@ -20,9 +24,11 @@ public sealed partial class Trainer
     public const string StateJsonFile = "trainer_state.json";
 
     /// <summary>Writes a checkpoint of the trainable weights, optimizer moments, step, seed and losses.</summary>
+    /// <exception cref="TrainingDivergedException">A trainable parameter is not finite (nothing is written).</exception>
     public void SaveCheckpoint(string folder)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
+        EnsureFiniteParameters();
         var names = NamesByParameter();
         var tensors = new List<SafeTensor>();
         foreach (var (p, _, m, v) in Optimizer.State)
@@ -41,13 +47,28 @@ public sealed partial class Trainer
             using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
             json.WriteStartObject();
             json.WriteNumber("step", Step);
+            json.WriteNumber("optimizer_step", Optimizer.StepCount);
             json.WriteNumber("total_steps", Options.Steps);
             json.WriteNumber("seed", Options.Seed);
             json.WriteNumber("gradient_accumulation", Options.GradientAccumulation);
             json.WriteStartArray("losses");
             foreach (double l in losses)
             {
-                json.WriteNumberValue(l);
+                if (double.IsFinite(l))
+                {
+                    json.WriteNumberValue(l);
+                }
+                else
+                {
+                    json.WriteStringValue(l.ToString(CultureInfo.InvariantCulture));
+                }
+            }
+
+            json.WriteEndArray();
+            json.WriteStartArray("skipped_steps");
+            foreach (int s in skipped)
+            {
+                json.WriteNumberValue(s);
             }
 
             json.WriteEndArray();
@@ -61,14 +82,34 @@ public sealed partial class Trainer
     public void LoadCheckpoint(string folder)
     {
         string jsonPath = Path.Combine(folder, StateJsonFile);
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(jsonPath));
+        if (!File.Exists(jsonPath))
+        {
+            throw new InvalidDataException($"{folder} is not a training checkpoint: it has no {StateJsonFile}.");
+        }
+
+        using var doc = ParseState(jsonPath);
         var root = doc.RootElement;
-        int step = root.GetProperty("step").GetInt32();
-        int seed = root.GetProperty("seed").GetInt32();
-        int accum = root.GetProperty("gradient_accumulation").GetInt32();
+        int step = StateInt(root, "step", jsonPath);
+        int seed = StateInt(root, "seed", jsonPath);
+        int accum = StateInt(root, "gradient_accumulation", jsonPath);
+        int updates = root.TryGetProperty("optimizer_step", out _) ? StateInt(root, "optimizer_step", jsonPath) : step;
         if (seed != Options.Seed || accum != Options.GradientAccumulation)
         {
             throw new InvalidDataException($"{jsonPath}: saved with seed {seed} and gradient accumulation {accum}; this trainer has {Options.Seed} and {Options.GradientAccumulation}.");
+        }
+
+        if (step < 0 || step > Options.Steps || updates < 0 || updates > step)
+        {
+            throw new InvalidDataException($"{jsonPath}: step {step} with {updates} optimizer updates does not fit a run of {Options.Steps} steps.");
+        }
+
+        var savedLosses = StateArray(root, "losses", jsonPath).Select(e => e.ValueKind == JsonValueKind.String
+            ? double.Parse(e.GetString()!, NumberStyles.Float, CultureInfo.InvariantCulture)
+            : e.GetDouble()).ToList();
+        var savedSkipped = root.TryGetProperty("skipped_steps", out _) ? StateArray(root, "skipped_steps", jsonPath).Select(e => e.GetInt32()).ToList() : [];
+        if (savedLosses.Count != step || savedSkipped.Count != step - updates)
+        {
+            throw new InvalidDataException($"{jsonPath}: {savedLosses.Count} losses and {savedSkipped.Count} skipped steps do not fit step {step} with {updates} optimizer updates.");
         }
 
         var names = NamesByParameter();
@@ -100,9 +141,59 @@ public sealed partial class Trainer
             Optimizer.SetMoments(index++, loaded[1], loaded[2]);
         }
 
-        Optimizer.StepCount = step;
+        Optimizer.StepCount = updates;
+        this.step = step;
         losses.Clear();
-        losses.AddRange(root.GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()));
+        losses.AddRange(savedLosses);
+        skipped.Clear();
+        skipped.AddRange(savedSkipped);
+    }
+
+    /// <summary>
+    /// Throws <see cref="TrainingDivergedException"/> naming the first trainable parameter element that is NaN or infinite: an update can
+    /// overflow even when the step's loss and gradient norm were finite, and such a state must never be saved as a good one.
+    /// </summary>
+    public void EnsureFiniteParameters()
+    {
+        foreach (var (name, p) in model.NamedParameters().Where(e => e.Parameter.Trainable))
+        {
+            float[] data = p.Data;
+            for (int i = 0; i < data.Length; i++)
+            {
+                if (!float.IsFinite(data[i]))
+                {
+                    throw new TrainingDivergedException(string.Create(CultureInfo.InvariantCulture,
+                        $"training diverged at step {Step}: the update made {name}[{i}] = {data[i]}"));
+                }
+            }
+        }
+    }
+
+    private static JsonDocument ParseState(string jsonPath)
+    {
+        try
+        {
+            return JsonDocument.Parse(File.ReadAllBytes(jsonPath));
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{jsonPath} is not valid JSON: {e.Message}", e);
+        }
+    }
+
+    private static int StateInt(JsonElement root, string key, string jsonPath) =>
+        root.ValueKind == JsonValueKind.Object && root.TryGetProperty(key, out var value) && value.TryGetInt32(out int result)
+            ? result
+            : throw new InvalidDataException($"{jsonPath}: \"{key}\" must be an integer.");
+
+    private static IEnumerable<JsonElement> StateArray(JsonElement root, string key, string jsonPath)
+    {
+        if (!root.TryGetProperty(key, out var value) || value.ValueKind != JsonValueKind.Array)
+        {
+            throw new InvalidDataException($"{jsonPath}: \"{key}\" must be an array.");
+        }
+
+        return value.EnumerateArray().ToList();
     }
 
     private Dictionary<Parameter, string> NamesByParameter() =>
