@@ -60,6 +60,7 @@ internal static class TrainCommand
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             var lm = LlamaForCausalLM.Load(folder);
+            LoadWarnings.Print(parse, lm.NonFiniteTensors);
             var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
             var dataset = TextDataset.Load(parse.GetRequiredValue(data), tokenizer);
             if (dataset.Tokens.Length < t + 1)
