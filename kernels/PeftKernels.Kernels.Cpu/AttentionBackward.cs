@@ -7,6 +7,8 @@
 //   dV += Pᵀ·dO               dP = dO·Vᵀ
 //   dS = scale·P ⊙ (dP − D)   dQ += dS·K       dK += dSᵀ·Q
 // Only the per-row lse (from the forward) and D = rowsum(dO ⊙ o) are kept, never a whole P.
+// A diagonal tile with a non-finite q, dO, k or v runs dV, dQ, dK over the visible pairs only, so a
+// NaN at a masked position never reaches another position's gradient (AttentionMasking.cs).
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -109,6 +111,12 @@ public static unsafe partial class Attention
                         int rows = Math.Min(QueryTile, d.QueryLength - i0);
                         long row0 = d.QRow(b, i0, h);
                         float* qb = io.Q + row0, dob = io.DO + row0;
+                        // A diagonal tile (row 0 sees first < width keys) with a non-finite operand runs the
+                        // products over the visible pairs only (AttentionMasking.cs).
+                        int first = i0 + d.Offset + 1 - j0;
+                        bool exact = first < width && !(AllFinite(qb, rows, d.QStride, hd) && AllFinite(dob, rows, d.QStride, hd)
+                            && AllFinite(kTile + ((long)first * d.KStride), width - first, d.KStride, hd)
+                            && AllFinite(vTile + ((long)first * d.KStride), width - first, d.KStride, hd));
                         ProductWithKeys(qb, kTile, kt, p, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
@@ -118,15 +126,31 @@ public static unsafe partial class Attention
                             new Span<float>(p + (r * KeyTile) + visible, width - visible).Clear();
                         }
 
-                        MulAdd<TV, T>(p, 1, KeyTile, dob, d.QStride, dvTile, d.KStride, width, hd, rows, true);
+                        if (exact)
+                        {
+                            KeysOverSeeingRows<TV, T>(p, dob, d.QStride, dvTile, d.KStride, rows, first, width, hd);
+                        }
+                        else
+                        {
+                            MulAdd<TV, T>(p, 1, KeyTile, dob, d.QStride, dvTile, d.KStride, width, hd, rows, true);
+                        }
+
                         ProductWithKeys(dob, vTile, vt, dp, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
                             SoftmaxGrad<TV, T>(p + (r * KeyTile), dp + (r * KeyTile), width, rowD[(hh * d.QueryLength) + i0 + r], d.Scale);
                         }
 
-                        MulAdd<TV, T>(p, KeyTile, 1, kTile, d.KStride, io.Dq + row0, d.QStride, rows, hd, width, true);
-                        MulAdd<TV, T>(p, 1, KeyTile, qb, d.QStride, dkTile, d.KStride, width, hd, rows, true);
+                        if (exact)
+                        {
+                            RowsOverVisibleKeys<TV, T>(p, kTile, d.KStride, io.Dq + row0, d.QStride, rows, first, width, hd);
+                            KeysOverSeeingRows<TV, T>(p, qb, d.QStride, dkTile, d.KStride, rows, first, width, hd);
+                        }
+                        else
+                        {
+                            MulAdd<TV, T>(p, KeyTile, 1, kTile, d.KStride, io.Dq + row0, d.QStride, rows, hd, width, true);
+                            MulAdd<TV, T>(p, 1, KeyTile, qb, d.QStride, dkTile, d.KStride, width, hd, rows, true);
+                        }
                     }
                 }
             }
