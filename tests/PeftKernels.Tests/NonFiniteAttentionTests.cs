@@ -43,7 +43,7 @@ public class NonFiniteAttentionTests
     }
 
     /// <summary>Each element: NaN where the reference is NaN, the same infinity where it is infinite, else finite and close.</summary>
-    private static void AssertPattern(float[] actual, double[] expected, double tolerance, string what)
+    internal static void AssertPattern(float[] actual, double[] expected, double tolerance, string what)
     {
         for (int i = 0; i < actual.Length; i++)
         {
