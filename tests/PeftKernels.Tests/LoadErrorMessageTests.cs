@@ -138,6 +138,22 @@ public sealed class LoadErrorMessageTests : IDisposable
         Assert.Equal($"{truncated}: line 2: invalid UTF-8 at byte offset 4 (byte 2 of the line, 0xC3); training data must be UTF-8 text.", e.Message);
     }
 
+    [Fact]
+    public void LibraryRangeErrorsNameTheValueWithoutTheRuntimesActualValueLine()
+    {
+        var lm = LlamaForCausalLM.Load(ModelFolder);
+        var generate = Assert.Throws<ArgumentOutOfRangeException>(() => lm.Generate([1], -3));
+        Assert.Equal("maxNewTokens must be >= 0; got -3. (Parameter 'maxNewTokens')", generate.Message);
+        using var cache = lm.CreateCache(4);
+        var truncate = Assert.Throws<ArgumentOutOfRangeException>(() => cache.Truncate(2));
+        Assert.Equal("the cache can be truncated to [0, 0] positions (those stored); got 2. (Parameter 'length')", truncate.Message);
+        var data = new TextDataset([1, 2, 3, 4, 5]);
+        var windows = Assert.Throws<ArgumentOutOfRangeException>(() => data.Sequential(0, 2).ToList());
+        Assert.Equal("batch and seq must be positive; got batch 0, seq 2. (Parameter 'batch')", windows.Message);
+        var count = Assert.Throws<ArgumentOutOfRangeException>(() => new TextDataset([1], -1));
+        Assert.Equal("documentCount must be >= 0; got -1. (Parameter 'documentCount')", count.Message);
+    }
+
     private static (int Code, string Output, string Error) Invoke(params string[] args)
     {
         var output = new StringWriter { NewLine = "\n" };

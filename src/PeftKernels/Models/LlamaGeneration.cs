@@ -34,7 +34,7 @@ public sealed partial class LlamaForCausalLM
 
         if (maxNewTokens < 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(maxNewTokens), maxNewTokens, "must be >= 0.");
+            throw new ArgumentOutOfRangeException(nameof(maxNewTokens), string.Create(CultureInfo.InvariantCulture, $"maxNewTokens must be >= 0; got {maxNewTokens}."));
         }
 
         if (!(options.Temperature >= 0 && float.IsFinite(options.Temperature)) || !(options.TopP > 0 && options.TopP <= 1))

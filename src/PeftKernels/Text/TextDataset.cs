@@ -21,7 +21,10 @@ public sealed class TextDataset
     public TextDataset(int[] tokens, int documentCount = 1)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        ArgumentOutOfRangeException.ThrowIfNegative(documentCount);
+        if (documentCount < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(documentCount), string.Create(CultureInfo.InvariantCulture, $"documentCount must be >= 0; got {documentCount}."));
+        }
         Tokens = tokens;
         DocumentCount = documentCount;
     }
@@ -112,8 +115,11 @@ public sealed class TextDataset
 
     private void CheckWindow(int batch, int seq)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(seq);
+        if (batch <= 0 || seq <= 0)
+        {
+            throw new ArgumentOutOfRangeException(batch <= 0 ? nameof(batch) : nameof(seq),
+                string.Create(CultureInfo.InvariantCulture, $"batch and seq must be positive; got batch {batch}, seq {seq}."));
+        }
         if ((long)batch * seq > Array.MaxLength)
         {
             throw new ArgumentException($"batch × seq = {(long)batch * seq} is too large for one array.", nameof(batch));
