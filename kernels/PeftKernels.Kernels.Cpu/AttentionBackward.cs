@@ -7,8 +7,9 @@
 //   dV += Pᵀ·dO               dP = dO·Vᵀ
 //   dS = scale·P ⊙ (dP − D)   dQ += dS·K       dK += dSᵀ·Q
 // Only the per-row lse (from the forward) and D = rowsum(dO ⊙ o) are kept, never a whole P.
-// A diagonal tile with a non-finite q, dO, k or v runs dV, dQ, dK over the visible pairs only, so a
-// NaN at a masked position never reaches another position's gradient (AttentionMasking.cs).
+// dS at masked pairs stays 0 (never computed from a dp that a masked non-finite v makes NaN); a diagonal tile with a
+// non-finite k or a row with a non-finite q or dO (seen as a non-finite lse or D) runs dV, dQ, dK over
+// the visible pairs only, so a NaN at a masked position never reaches another position's gradient.
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -102,6 +103,7 @@ public static unsafe partial class Attention
                     Pack(vTile, d.KStride, width, hd, vt, KeyTile);
                 }
 
+                bool kFinite = AllFinite(kTile, width, d.KStride, hd);
                 for (int hh = 0; hh < d.Group; hh++)
                 {
                     int h = (g * d.Group) + hh;
@@ -111,12 +113,12 @@ public static unsafe partial class Attention
                         int rows = Math.Min(QueryTile, d.QueryLength - i0);
                         long row0 = d.QRow(b, i0, h);
                         float* qb = io.Q + row0, dob = io.DO + row0;
-                        // A diagonal tile (row 0 sees first < width keys) with a non-finite operand runs the
-                        // products over the visible pairs only (AttentionMasking.cs).
+                        // A diagonal tile (row 0 sees first < width keys) whose masked pairs could meet a non-finite
+                        // operand runs the products over the visible pairs only (AttentionMasking.cs): a non-finite
+                        // k in the tile, or a row whose q or dO is non-finite (then its lse or D is too).
                         int first = i0 + d.Offset + 1 - j0;
-                        bool exact = first < width && !(AllFinite(qb, rows, d.QStride, hd) && AllFinite(dob, rows, d.QStride, hd)
-                            && AllFinite(kTile + ((long)first * d.KStride), width - first, d.KStride, hd)
-                            && AllFinite(vTile + ((long)first * d.KStride), width - first, d.KStride, hd));
+                        bool partial = first < width;
+                        bool exact = partial && !(kFinite && AllFinite(lse + i0, 1, 0, rows) && AllFinite(rowD + (hh * d.QueryLength) + i0, 1, 0, rows));
                         ProductWithKeys(qb, kTile, kt, p, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
@@ -138,7 +140,8 @@ public static unsafe partial class Attention
                         ProductWithKeys(dob, vTile, vt, dp, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
-                            SoftmaxGrad<TV, T>(p + (r * KeyTile), dp + (r * KeyTile), width, rowD[(hh * d.QueryLength) + i0 + r], d.Scale);
+                            // Over the visible keys only: dS stays 0 at masked pairs, where dp is NaN if a masked v is.
+                            SoftmaxGrad<TV, T>(p + (r * KeyTile), dp + (r * KeyTile), Math.Min(width, first + r), rowD[(hh * d.QueryLength) + i0 + r], d.Scale);
                         }
 
                         if (exact)

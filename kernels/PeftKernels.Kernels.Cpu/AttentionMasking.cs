@@ -14,6 +14,7 @@ namespace PeftKernels.Kernels.Cpu;
 public static unsafe partial class Attention
 {
     /// <summary>Whether all <paramref name="rows"/> rows of <paramref name="n"/> floats at <paramref name="x"/> (row stride <paramref name="stride"/>) are finite.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static bool AllFinite(float* x, int rows, int stride, int n)
     {
         for (int r = 0; r < rows; r++)
