@@ -18,6 +18,18 @@ public static class ProblemList
         return items.Count > shown ? string.Create(CultureInfo.InvariantCulture, $"{text}; … and {items.Count - shown} more") : text;
     }
 
+    /// <summary>
+    /// "N problems: " followed by each non-empty group cut by <see cref="Join{T}"/> (the first few of every kind, e.g. shape
+    /// mismatches, missing and unexpected tensors, so one kind never hides another).
+    /// </summary>
+    public static string CountGroups(string noun, params IReadOnlyCollection<string>[] groups)
+    {
+        ArgumentNullException.ThrowIfNull(groups);
+        int total = groups.Sum(g => g.Count);
+        string text = string.Join("; ", groups.Where(g => g.Count > 0).Select(g => Join(g)));
+        return string.Create(CultureInfo.InvariantCulture, $"{total} {noun}{(total == 1 ? "" : "s")}: {text}");
+    }
+
     /// <summary>"N problem(s): " followed by <see cref="Join{T}"/>.</summary>
     public static string Count<T>(IReadOnlyCollection<T> items, string noun, int shown = Shown)
     {

@@ -43,6 +43,8 @@ public sealed partial class LlamaForCausalLM
         var files = new Dictionary<string, SafeTensorsFile>();
         var used = new HashSet<string>(StringComparer.Ordinal);
         var problems = new List<string>();
+        var missing = new List<string>();
+        var unexpected = new List<string>();
         var nonFinite = new List<NonFiniteTensor>();
         try
         {
@@ -50,7 +52,7 @@ public sealed partial class LlamaForCausalLM
             {
                 if (!checkpoint.ByName.TryGetValue(name, out var entry))
                 {
-                    problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
+                    missing.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
                     return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
                 }
 
@@ -79,13 +81,13 @@ public sealed partial class LlamaForCausalLM
                 if (!used.Contains(t.Name) && !t.Name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)
                     && !(config.TieWordEmbeddings && t.Name == "lm_head.weight"))
                 {
-                    problems.Add($"unexpected tensor '{t.Name}'");
+                    unexpected.Add($"unexpected tensor '{t.Name}' [{string.Join(", ", t.Info.Shape)}]");
                 }
             }
 
-            if (problems.Count > 0)
+            if (problems.Count + missing.Count + unexpected.Count > 0)
             {
-                throw new InvalidDataException($"{folder}: the checkpoint does not match config.json: {ProblemList.Count(problems, "problem")}.");
+                throw new InvalidDataException($"{folder}: the checkpoint does not match config.json: {ProblemList.CountGroups("problem", problems, missing, unexpected)}.");
             }
 
             model.SourceFolder = Path.GetFullPath(folder);

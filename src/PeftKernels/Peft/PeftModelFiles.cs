@@ -59,6 +59,7 @@ public sealed partial class PeftModel
         using var file = SafeTensorsFile.Open(weightsPath);
         var known = expected.SelectMany(e => e.Keys).ToHashSet(StringComparer.Ordinal);
         var problems = new List<string>();
+        var missing = new List<string>();
         var present = new List<string>();
         foreach (var e in expected)
         {
@@ -67,7 +68,7 @@ public sealed partial class PeftModel
             {
                 if (e.Required)
                 {
-                    problems.Add($"missing key '{e.Keys[0]}' (module '{e.Module}' {e.Role}, shape [{string.Join(", ", e.Shape)}])");
+                    missing.Add($"missing key '{e.Keys[0]}' (module '{e.Module}' {e.Role}, shape [{string.Join(", ", e.Shape)}])");
                 }
 
                 continue;
@@ -88,10 +89,10 @@ public sealed partial class PeftModel
             }
         }
 
-        problems.AddRange(file.Names.Where(k => !known.Contains(k)).Select(k => $"unexpected key '{k}' [{string.Join(", ", file.GetInfo(k).Shape)}]"));
-        if (problems.Count > 0)
+        var unexpected = file.Names.Where(k => !known.Contains(k)).Select(k => $"unexpected key '{k}' [{string.Join(", ", file.GetInfo(k).Shape)}]").ToList();
+        if (problems.Count + missing.Count + unexpected.Count > 0)
         {
-            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {ProblemList.Count(problems, "problem")}.");
+            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {ProblemList.CountGroups("problem", problems, missing, unexpected)}.");
         }
 
         var values = present.ToDictionary(k => k, file.ReadFloat32, StringComparer.Ordinal);
