@@ -14,8 +14,12 @@
 // with dk, dv summed over the H / Hkv query heads of a group (chain rule through the shared k, v).
 // NaN: a NaN score makes the row's running max m NaN (ScaledMax keeps it; MathF.Max, exp and the
 // rescale by exp(m_old − m) carry it), so that row's o and lse are NaN, as softmax gives in PyTorch;
-// keys past a row's causal horizon never enter its max. (A NaN value at a masked key inside a visited
-// key tile still reaches earlier rows as 0·NaN in P·V, as softmax(S)·V does in PyTorch's eager attention.)
+// an infinite q or k gives an infinite score, so the row is NaN as well (∞ − ∞, as PyTorch's
+// softmax); an infinite v makes the outputs of the rows that see it ±Inf or NaN. Masked keys never
+// contribute, whatever they hold: a NaN or ±Inf at a future position reaches no earlier query, in the
+// outputs nor in any gradient, independent of the tiling (AttentionMasking.cs), as with PyTorch's
+// fused SDPA kernels and as a KV-cache decode sees it. (PyTorch's eager softmax(S)·V instead spreads a
+// NaN value to every row as 0·NaN; masking is the point of a causal model, so we keep it exact.)
 // Parallel units: forward (b, kv head, query tile); backward (b, kv head), each owning its dk/dv
 // slice and the dq rows of its query heads, so every sum runs in one fixed order: results are
 // bit-identical for any thread count.
@@ -260,7 +264,10 @@ public static unsafe partial class Attention
             new Span<float>(l, groupRows).Clear();
 
             // Keys after the last row's horizon are masked for every row of the tile: never visited.
-            int keyEnd = i0 + rows + d.Offset;
+            // Keys from the first row's horizon on are masked for some rows: if V holds a non-finite value
+            // there, P·V runs over each row's visible keys only (AttentionMasking.cs).
+            int keyEnd = i0 + rows + d.Offset, horizon = i0 + d.Offset + 1;
+            bool exact = keyEnd > horizon && !AllFinite(vb + ((long)horizon * d.KStride), keyEnd - horizon, d.KStride, hd);
             for (int j0 = 0; j0 < keyEnd; j0 += KeyTile)
             {
                 int width = Math.Min(KeyTile, keyEnd - j0);
@@ -300,7 +307,14 @@ public static unsafe partial class Attention
                         }
                     }
 
-                    MulAdd<TV, T>(s, KeyTile, 1, vb + ((long)j0 * d.KStride), d.KStride, accH, hd, rows, hd, width, true);
+                    if (exact && j0 + width > horizon)
+                    {
+                        RowsOverVisibleKeys<TV, T>(s, vb + ((long)j0 * d.KStride), d.KStride, accH, hd, rows, horizon - j0, width, hd);
+                    }
+                    else
+                    {
+                        MulAdd<TV, T>(s, KeyTile, 1, vb + ((long)j0 * d.KStride), d.KStride, accH, hd, rows, hd, width, true);
+                    }
                 }
             }
 

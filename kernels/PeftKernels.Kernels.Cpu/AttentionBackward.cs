@@ -7,6 +7,9 @@
 //   dV += Pᵀ·dO               dP = dO·Vᵀ
 //   dS = scale·P ⊙ (dP − D)   dQ += dS·K       dK += dSᵀ·Q
 // Only the per-row lse (from the forward) and D = rowsum(dO ⊙ o) are kept, never a whole P.
+// dS at masked pairs stays 0 (never computed from a dp that a masked non-finite v makes NaN); a diagonal tile with a
+// non-finite k or a row with a non-finite q or dO (seen as a non-finite lse or D) runs dV, dQ, dK over
+// the visible pairs only, so a NaN at a masked position never reaches another position's gradient.
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -100,6 +103,7 @@ public static unsafe partial class Attention
                     Pack(vTile, d.KStride, width, hd, vt, KeyTile);
                 }
 
+                bool kFinite = AllFinite(kTile, width, d.KStride, hd);
                 for (int hh = 0; hh < d.Group; hh++)
                 {
                     int h = (g * d.Group) + hh;
@@ -109,6 +113,12 @@ public static unsafe partial class Attention
                         int rows = Math.Min(QueryTile, d.QueryLength - i0);
                         long row0 = d.QRow(b, i0, h);
                         float* qb = io.Q + row0, dob = io.DO + row0;
+                        // A diagonal tile (row 0 sees first < width keys) whose masked pairs could meet a non-finite
+                        // operand runs the products over the visible pairs only (AttentionMasking.cs): a non-finite
+                        // k in the tile, or a row whose q or dO is non-finite (then its lse or D is too).
+                        int first = i0 + d.Offset + 1 - j0;
+                        bool partial = first < width;
+                        bool exact = partial && !(kFinite && AllFinite(lse + i0, 1, 0, rows) && AllFinite(rowD + (hh * d.QueryLength) + i0, 1, 0, rows));
                         ProductWithKeys(qb, kTile, kt, p, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
@@ -118,15 +128,32 @@ public static unsafe partial class Attention
                             new Span<float>(p + (r * KeyTile) + visible, width - visible).Clear();
                         }
 
-                        MulAdd<TV, T>(p, 1, KeyTile, dob, d.QStride, dvTile, d.KStride, width, hd, rows, true);
+                        if (exact)
+                        {
+                            KeysOverSeeingRows<TV, T>(p, dob, d.QStride, dvTile, d.KStride, rows, first, width, hd);
+                        }
+                        else
+                        {
+                            MulAdd<TV, T>(p, 1, KeyTile, dob, d.QStride, dvTile, d.KStride, width, hd, rows, true);
+                        }
+
                         ProductWithKeys(dob, vTile, vt, dp, rows, width);
                         for (int r = 0; r < rows; r++)
                         {
-                            SoftmaxGrad<TV, T>(p + (r * KeyTile), dp + (r * KeyTile), width, rowD[(hh * d.QueryLength) + i0 + r], d.Scale);
+                            // Over the visible keys only: dS stays 0 at masked pairs, where dp is NaN if a masked v is.
+                            SoftmaxGrad<TV, T>(p + (r * KeyTile), dp + (r * KeyTile), Math.Min(width, first + r), rowD[(hh * d.QueryLength) + i0 + r], d.Scale);
                         }
 
-                        MulAdd<TV, T>(p, KeyTile, 1, kTile, d.KStride, io.Dq + row0, d.QStride, rows, hd, width, true);
-                        MulAdd<TV, T>(p, 1, KeyTile, qb, d.QStride, dkTile, d.KStride, width, hd, rows, true);
+                        if (exact)
+                        {
+                            RowsOverVisibleKeys<TV, T>(p, kTile, d.KStride, io.Dq + row0, d.QStride, rows, first, width, hd);
+                            KeysOverSeeingRows<TV, T>(p, qb, d.QStride, dkTile, d.KStride, rows, first, width, hd);
+                        }
+                        else
+                        {
+                            MulAdd<TV, T>(p, KeyTile, 1, kTile, d.KStride, io.Dq + row0, d.QStride, rows, hd, width, true);
+                            MulAdd<TV, T>(p, 1, KeyTile, qb, d.QStride, dkTile, d.KStride, width, hd, rows, true);
+                        }
                     }
                 }
             }

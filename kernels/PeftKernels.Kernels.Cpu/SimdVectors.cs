@@ -3,7 +3,7 @@
 // Fast vector exp (Exp; the BCL's Vector512.Exp, ExpBcl here, costs ~2 ns an element, as much as the
 // products of an attention tile):
 //   x clamped to [−87.3, 88.3] (e^−87.3 ≈ 1e−38: a softmax term that small is 0 next to the
-//   row's max term 1), n = round(x·log₂e), r = x − n·ln2 in two FMA steps (Cody–Waite,
+//   row's max term 1; a NaN stays NaN, so a NaN shift such as a NaN lse gives NaN), n = round(x·log₂e), r = x − n·ln2 in two FMA steps (Cody–Waite,
 //   |r| ≤ ln2/2), e^r = 1 + r + r²·P(r) with the degree-5 Cephes expf polynomial, and
 //   e^x = 2ⁿ·e^r by adding n to the exponent bits. Error ≤ 2 ulp over the clamped range.
 using System.Runtime.CompilerServices;
@@ -67,7 +67,8 @@ internal readonly unsafe struct V512 : IWidenVec<Vector512<float>, Vector512<dou
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Exp(Vector512<float> x)
     {
-        x = Vector512.MinNative(Vector512.MaxNative(x, Vector512.Create(ExpPolynomial.ExpMin)), Vector512.Create(ExpPolynomial.ExpMax));
+        // The clamp keeps a NaN: x86's max/min return their second operand when either is NaN (Arm's return NaN).
+        x = Vector512.MinNative(Vector512.Create(ExpPolynomial.ExpMax), Vector512.MaxNative(Vector512.Create(ExpPolynomial.ExpMin), x));
         var n = Vector512.Round(x * Vector512.Create(ExpPolynomial.Log2E));
         var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-ExpPolynomial.Ln2Hi), x);
         r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-ExpPolynomial.Ln2Lo), r);
@@ -160,7 +161,8 @@ internal readonly unsafe struct V256 : IWidenVec<Vector256<float>, Vector256<dou
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Exp(Vector256<float> x)
     {
-        x = Vector256.MinNative(Vector256.MaxNative(x, Vector256.Create(ExpPolynomial.ExpMin)), Vector256.Create(ExpPolynomial.ExpMax));
+        // The clamp keeps a NaN: x86's max/min return their second operand when either is NaN (Arm's return NaN).
+        x = Vector256.MinNative(Vector256.Create(ExpPolynomial.ExpMax), Vector256.MaxNative(Vector256.Create(ExpPolynomial.ExpMin), x));
         var n = Vector256.Round(x * Vector256.Create(ExpPolynomial.Log2E));
         var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-ExpPolynomial.Ln2Hi), x);
         r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-ExpPolynomial.Ln2Lo), r);

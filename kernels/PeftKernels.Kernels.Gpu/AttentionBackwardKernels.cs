@@ -4,6 +4,8 @@
 //   ds_ij = p_ij (dp_ij − D_i)
 //   dq_i = scale Σ_j ds_ij k_j        dk_j = scale Σ_i ds_ij q_i        dv_j = Σ_i p_ij dO_i
 // with dk, dv summed over the H / Hkv query heads of a kv head (chain rule through the shared k, v).
+// Every sum runs over the visible (query, key) pairs only, so a NaN at a masked position never
+// reaches another position's gradient as 0·NaN.
 // Two kernels, no atomics, each output owned by one thread and summed in a fixed order:
 //   dq:     as the forward: 4 warps = 4 query rows, K/V tiles of 32 keys in shared memory, lane = key.
 //   dk, dv: one group per (b, kv head, tile of 16 keys), 128 threads; query rows (every head of the
@@ -110,7 +112,8 @@ public static partial class AttentionKernels
 
             sds[(warp * KeyTile) + lane] = ds;
             Warp.Barrier();
-            for (int r = 0; r < KeyTile; r++)
+            int seen = rowValid ? Math.Min(KeyTile, i + offset + 1 - j0) : 0;
+            for (int r = 0; r < seen; r++)
             {
                 acc.AddRow(sds[(warp * KeyTile) + r], sk, r * KStride, lane, d.HeadDim);
             }
@@ -196,10 +199,12 @@ public static partial class AttentionKernels
                 sp[(pairRow * BackKeys) + pairKey] = p;
                 sds[(pairRow * BackKeys) + pairKey] = ds;
                 Group.Barrier();
+                // Only the rows that see this thread's key (r ≥ key − offset − c0): a masked pair adds nothing, not even 0·NaN.
+                int firstSeeing = Math.Max(0, j0 + ownKey - offset - c0);
                 for (int e = ownLane; e < d.HeadDim; e += BackRows)
                 {
                     float dkv = dkAcc[(ownKey * MaxHeadDim) + e], dvv = dvAcc[(ownKey * MaxHeadDim) + e];
-                    for (int r = 0; r < BackRows; r++)
+                    for (int r = firstSeeing; r < BackRows; r++)
                     {
                         dvv += sp[(r * BackKeys) + ownKey] * sdo[(r * MaxHeadDim) + e];
                         dkv += sds[(r * BackKeys) + ownKey] * sq[(r * MaxHeadDim) + e];

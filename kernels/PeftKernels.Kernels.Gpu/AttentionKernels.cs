@@ -8,7 +8,9 @@
 // tiles of 32 keys (K rows padded to 129 floats), lane l scores key l of the tile, then the online
 // softmax: m' = max(m, max_l s_l), p_l = exp(s_l − m'), ℓ' = ℓ·exp(m − m') + Σ_l p_l,
 // o' = o·exp(m − m') + Σ_l p_l v_l (lane owns dims lane, lane + 32, …). Every sum runs in a fixed
-// order (butterfly over lanes, keys ascending), so results are the same on every run.
+// order (butterfly over lanes, keys ascending), so results are the same on every run. Masked keys
+// never contribute, whatever they hold: each row's sums stop at its causal horizon, so a NaN or ±Inf
+// at a future position reaches no earlier query (as the CPU kernel, Attention.cs).
 // Backward (AttentionBackwardKernels.cs): FlashAttention-2's formulas, p recomputed from lse, no atomics.
 namespace PeftKernels.Kernels.Gpu;
 
@@ -100,7 +102,10 @@ public static partial class AttentionKernels
             sp[(warp * KeyTile) + lane] = p;
             Warp.Barrier();
             acc.Scale(alpha);
-            for (int r = 0; r < KeyTile; r++)
+
+            // Only the keys this row sees (warp-uniform bound): a masked key adds nothing, not even 0·NaN.
+            int seen = rowValid ? Math.Min(KeyTile, i + offset + 1 - j0) : 0;
+            for (int r = 0; r < seen; r++)
             {
                 acc.AddRow(sp[(warp * KeyTile) + r], sv, r * MaxHeadDim, lane, d.HeadDim);
             }

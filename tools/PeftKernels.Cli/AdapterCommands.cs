@@ -1,5 +1,6 @@
 // `peft adapters inspect`: prints the config, every tensor (name, dtype, shape), the parameter
-// count and the file size of a PEFT adapter folder.
+// count and the file size of a PEFT adapter folder, and warns (stderr) about non-finite values and
+// LoRA shapes that disagree with the config's r or with each other (AdapterChecks.cs).
 using System.CommandLine;
 using System.Globalization;
 using PeftKernels.Autograd;
@@ -51,6 +52,11 @@ internal static class AdapterCommands
             long size = new FileInfo(weightsPath).Length;
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"trainable params: {parameters:N0}"));
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"file size: {size:N0} bytes ({ModelCommands.Mib(size)})"));
+            foreach (string warning in AdapterChecks.Warnings(file, config))
+            {
+                parse.InvocationConfiguration.Error.WriteLine($"warning: {warning}");
+            }
+
             var others = Directory.EnumerateDirectories(dir).Where(d => File.Exists(Path.Combine(d, Lora.ConfigFile))).Select(d => Path.GetFileName(d)).Order(StringComparer.Ordinal).ToList();
             if (others.Count > 0)
             {

@@ -111,6 +111,8 @@ internal static class MergeCommand
                 }
             }
 
+            LoadWarnings.Print(parse, [.. lm.NonFiniteTensors, .. names.SelectMany(n => peft.NonFiniteTensors(n))]);
+
             string combined = "";
             if (type != null)
             {

@@ -7,6 +7,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using PeftKernels.Autograd;
+using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -34,10 +35,10 @@ internal static class ModelCommands
             var ids = ParseTokens(parse.GetRequiredValue(tokens), "--tokens");
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ParseDevice(parse.GetRequiredValue(device));
-            var lm = LoadModel(parse.GetRequiredValue(model), parse.GetValue(adapter));
+            var (lm, nonFinite) = LoadModel(parse, parse.GetRequiredValue(model), parse.GetValue(adapter));
             lm.To(on);
             double loss = lm.Score(ids, new ForwardContext(0, kernel));
-            CheckLogits(lm, ids[..^1], kernel);
+            CheckLogits(lm, ids[..^1], kernel, nonFinite);
             log.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object> { ["tokens"] = ids.Length, ["loss"] = loss, ["perplexity"] = Math.Exp(loss) }));
             return 0;
         }));
@@ -74,7 +75,7 @@ internal static class ModelCommands
             float t = parse.InRange(temperature, 0, double.PositiveInfinity), p = parse.InRange(topP, 0, 1, minOpen: true);
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ParseDevice(parse.GetRequiredValue(device));
-            var lm = LoadModel(folder, parse.GetValue(adapter));
+            var (lm, nonFinite) = LoadModel(parse, folder, parse.GetValue(adapter));
             lm.To(on);
             var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
             string? text = parse.GetValue(prompt);
@@ -87,8 +88,17 @@ internal static class ModelCommands
 
             var stops = lm.Config.EosTokenId ?? (tokenizer.EosId is int eos ? [eos] : null);
             var options = new GenerationOptions(t, p, parse.GetValue(seed), stops);
-            CheckLogits(lm, ids, kernel);
-            var generated = lm.Generate(ids, newTokens, options, new ForwardContext(0, kernel));
+            CheckLogits(lm, ids, kernel, nonFinite);
+            int[] generated;
+            try
+            {
+                generated = lm.Generate(ids, newTokens, options, new ForwardContext(0, kernel));
+            }
+            catch (InvalidDataException e)
+            {
+                throw new InvalidDataException($"{e.Message}; {Cause(nonFinite)}.", e);
+            }
+
             log.WriteLine(text != null ? text + tokenizer.Decode(generated) : string.Join(",", generated));
             return 0;
         }));
@@ -118,19 +128,33 @@ internal static class ModelCommands
     internal static Option<string> DeviceOption() =>
         new("--device") { HelpName = "cpu|cuda", Description = "Where the model runs: cpu, or cuda (the first CUDA GPU; an error when there is none).", DefaultValueFactory = _ => "cpu" };
 
-    private static LlamaForCausalLM LoadModel(string folder, string? adapter)
+    /// <summary>The model (and adapter), with the non-finite tensors of both printed as warnings and returned.</summary>
+    private static (LlamaForCausalLM Model, List<NonFiniteTensor> NonFinite) LoadModel(ParseResult parse, string folder, string? adapter)
     {
         var lm = LlamaForCausalLM.Load(folder);
+        var nonFinite = lm.NonFiniteTensors.ToList();
         if (adapter != null)
         {
-            new PeftModel(lm).LoadAdapter(adapter);
+            var peft = new PeftModel(lm);
+            peft.LoadAdapter(adapter);
+            nonFinite.AddRange(peft.NonFiniteTensors());
         }
 
-        return lm;
+        LoadWarnings.Print(parse, nonFinite);
+        return (lm, nonFinite);
     }
 
-    /// <summary>Refuses a model whose logits over <paramref name="tokens"/> hold a NaN or infinity, naming the first such row (token position).</summary>
-    private static void CheckLogits(LlamaForCausalLM lm, int[] tokens, KernelOptions kernel)
+    /// <summary>What the error of non-finite logits says about the weights: the first non-finite tensor, or that all are finite.</summary>
+    private static string Cause(IReadOnlyList<NonFiniteTensor> nonFinite) => nonFinite.Count == 0
+        ? "every weight is finite, so an intermediate value overflowed"
+        : string.Create(CultureInfo.InvariantCulture,
+            $"the weights hold NaN or infinite values: {nonFinite[0]}{(nonFinite.Count > 1 ? $" (and {nonFinite.Count - 1} more tensor(s))" : "")}");
+
+    /// <summary>
+    /// Refuses a model whose logits over <paramref name="tokens"/> hold a NaN or infinity, naming the first such row (token
+    /// position) and the first non-finite weight tensor of the load, if any.
+    /// </summary>
+    private static void CheckLogits(LlamaForCausalLM lm, int[] tokens, KernelOptions kernel, IReadOnlyList<NonFiniteTensor> nonFinite)
     {
         float[] logits;
         using (Tape.NoGrad())
@@ -147,7 +171,7 @@ internal static class ModelCommands
                 if (!float.IsFinite(span[j]))
                 {
                     throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                        $"the logits are not finite: row {row} (token position {row}, token id {tokens[row]}) has {span[j]} at vocabulary index {j}; the model or adapter weights hold NaN or infinite values."));
+                        $"the logits are not finite: row {row} (token position {row}, token id {tokens[row]}) has {span[j]} at vocabulary index {j}; {Cause(nonFinite)}."));
                 }
             }
         }

@@ -108,6 +108,7 @@ internal static class TrainCommand
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
+            LoadWarnings.Print(parse, lm.NonFiniteTensors);
             var tokenizer = HfTokenizer.ForModel(folder, lm.Config.VocabSize);
             var dataset = TextDataset.Load(dataPath, tokenizer);
             if (dataset.Tokens.Length < t + 1)

@@ -81,7 +81,7 @@ public sealed class KvCache : IDisposable
     {
         if (length < 0 || length > Length)
         {
-            throw new ArgumentOutOfRangeException(nameof(length), length, $"must be in [0, {Length}] (the positions stored).");
+            throw new ArgumentOutOfRangeException(nameof(length), $"the cache can be truncated to [0, {Length}] positions (those stored); got {length}.");
         }
 
         Length = length;

@@ -36,7 +36,10 @@ public sealed partial class LlamaForCausalLM
 {
     private static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
 
-    /// <summary>Loads a Hugging Face model folder.</summary>
+    /// <summary>
+    /// Loads a Hugging Face model folder. Weights holding NaN or infinite values load as they are (as in PyTorch) and are
+    /// listed in <see cref="NonFiniteTensors"/>, for the caller to warn about.
+    /// </summary>
     /// <exception cref="InvalidDataException">A tensor is missing, unexpected, or has the wrong shape or dtype.</exception>
     public static LlamaForCausalLM Load(string folder, WeightStorage storage = WeightStorage.AsStored)
     {
@@ -45,13 +48,16 @@ public sealed partial class LlamaForCausalLM
         var files = new Dictionary<string, SafeTensorsFile>();
         var used = new HashSet<string>(StringComparer.Ordinal);
         var problems = new List<string>();
+        var missing = new List<string>();
+        var unexpected = new List<string>();
+        var nonFinite = new List<NonFiniteTensor>();
         try
         {
             var model = Build(config, (name, shape) =>
             {
                 if (!checkpoint.ByName.TryGetValue(name, out var entry))
                 {
-                    problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
+                    missing.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
                     return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
                 }
 
@@ -62,34 +68,35 @@ public sealed partial class LlamaForCausalLM
                     files.Add(entry.Shard, file);
                 }
 
-                if (shape.Length == 2 && Bnb4bitStateDict.IsQuantized(file, name))
-                {
-                    return ReadQuantized(file, name, shape, storage, used, problems);
-                }
-
-                if (!entry.Info.Shape.SequenceEqual(shape.Select(d => (long)d)))
+                bool quantized = shape.Length == 2 && Bnb4bitStateDict.IsQuantized(file, name);
+                if (!quantized && !entry.Info.Shape.SequenceEqual(shape.Select(d => (long)d)))
                 {
                     problems.Add($"tensor '{name}' has shape [{string.Join(", ", entry.Info.Shape)}], expected [{string.Join(", ", shape)}]");
                     return new Parameter(new float[shape.Aggregate(1L, (a, d) => a * d)], shape);
                 }
 
-                return ReadParameter(file, name, entry.Info.DType, shape, storage);
+                var read = quantized
+                    ? ReadQuantized(file, name, shape, storage, used, problems)
+                    : ReadParameter(file, name, entry.Info.DType, shape, storage);
+                nonFinite.AddRange(NonFiniteTensor.Scan(file.Path, name, read));
+                return read;
             });
             foreach (var t in checkpoint.Tensors)
             {
                 if (!used.Contains(t.Name) && !t.Name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)
                     && !(config.TieWordEmbeddings && t.Name == "lm_head.weight"))
                 {
-                    problems.Add($"unexpected tensor '{t.Name}'");
+                    unexpected.Add($"unexpected tensor '{t.Name}' [{string.Join(", ", t.Info.Shape)}]");
                 }
             }
 
-            if (problems.Count > 0)
+            if (problems.Count + missing.Count + unexpected.Count > 0)
             {
-                throw new InvalidDataException($"{folder}: the checkpoint does not match config.json: {string.Join("; ", problems)}.");
+                throw new InvalidDataException($"{folder}: the checkpoint does not match config.json: {ProblemList.CountGroups("problem", problems, missing, unexpected)}.");
             }
 
             model.SourceFolder = Path.GetFullPath(folder);
+            model.NonFiniteTensors = nonFinite;
             return model;
         }
         finally

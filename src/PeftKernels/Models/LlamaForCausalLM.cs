@@ -2,6 +2,7 @@
 // config says so). Causal LM loss: logits at position t predict token t+1, mean cross-entropy
 // over the labels that are not −100; the caller passes inputs and already-shifted labels.
 using PeftKernels.Autograd;
+using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Nn;
 using PeftKernels.Ops;
@@ -33,6 +34,12 @@ public sealed partial class LlamaForCausalLM : Module
 
     /// <summary>The folder the model was loaded from (tokenizer files live there), or null.</summary>
     public string? SourceFolder { get; private set; }
+
+    /// <summary>
+    /// The weights that held NaN or infinite values when <see cref="Load"/> read them, in model order (embedding, layers,
+    /// norm, lm_head); empty for a clean or a created model.
+    /// </summary>
+    public IReadOnlyList<NonFiniteTensor> NonFiniteTensors { get; private set; } = [];
 
     /// <summary>A randomly initialised fp32 model (HF init: N(0, 0.02²) weights, zero biases, unit norms), seeded.</summary>
     public static LlamaForCausalLM Create(LlamaConfig config, int seed = 0)

@@ -2,7 +2,10 @@
 // position per step. Greedy when temperature is 0; else sample from softmax(logits / T)
 // restricted to the smallest set of most likely tokens whose mass reaches top-p (nucleus),
 // with a seeded generator so a run is reproducible. On a GPU device the cache lives there too and
-// each step downloads only the last position's logits row for the sampler.
+// each step downloads only the last position's logits row for the sampler. A row with NaN or ±Inf
+// is refused (InvalidDataException naming the step) rather than turned into token 0 by argmax:
+// sampling has no distribution then (torch.multinomial raises on such probabilities).
+using System.Globalization;
 using ILGPU.Runtime;
 using PeftKernels.Autograd;
 using PeftKernels.Nn;
@@ -19,6 +22,7 @@ public sealed record GenerationOptions(float Temperature = 0f, float TopP = 1f, 
 public sealed partial class LlamaForCausalLM
 {
     /// <summary>Generates up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>; returns only the new tokens.</summary>
+    /// <exception cref="InvalidDataException">The logits row of a step holds NaN or an infinity (the step and position are named).</exception>
     public int[] Generate(int[] prompt, int maxNewTokens, GenerationOptions? options = null, ForwardContext? context = null)
     {
         ArgumentNullException.ThrowIfNull(prompt);
@@ -30,12 +34,13 @@ public sealed partial class LlamaForCausalLM
 
         if (maxNewTokens < 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(maxNewTokens), maxNewTokens, "must be >= 0.");
+            throw new ArgumentOutOfRangeException(nameof(maxNewTokens), string.Create(CultureInfo.InvariantCulture, $"maxNewTokens must be >= 0; got {maxNewTokens}."));
         }
 
-        if (options.Temperature < 0 || !(options.TopP > 0 && options.TopP <= 1))
+        if (!(options.Temperature >= 0 && float.IsFinite(options.Temperature)) || !(options.TopP > 0 && options.TopP <= 1))
         {
-            throw new ArgumentException($"temperature must be >= 0 and top-p in (0, 1]; got {options.Temperature} and {options.TopP}.", nameof(options));
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                $"temperature must be finite and >= 0, and top-p in (0, 1]; got temperature {options.Temperature} and top-p {options.TopP}."), nameof(options));
         }
 
         using var scope = Tape.NoGrad();
@@ -47,6 +52,13 @@ public sealed partial class LlamaForCausalLM
         for (int step = 0; step < maxNewTokens; step++)
         {
             LastRow(logits, last);
+            int bad = FirstNonFinite(last);
+            if (bad >= 0)
+            {
+                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                    $"the logits are not finite at generation step {step + 1} (sequence position {prompt.Length + step - 1}): {last[bad]} at vocabulary index {bad}"));
+            }
+
             int next = options.Temperature == 0 ? ArgMax(last) : Sample(last, options.Temperature, options.TopP, rng);
             output.Add(next);
             if (options.StopTokens?.Contains(next) == true || step == maxNewTokens - 1)
@@ -77,6 +89,20 @@ public sealed partial class LlamaForCausalLM
         {
             logits.Data.AsSpan((int)at, row.Length).CopyTo(row);
         }
+    }
+
+    /// <summary>Index of the first NaN or infinite value of <paramref name="row"/>, or −1.</summary>
+    private static int FirstNonFinite(ReadOnlySpan<float> row)
+    {
+        for (int i = 0; i < row.Length; i++)
+        {
+            if (!float.IsFinite(row[i]))
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 
     /// <summary>Index of the largest logit (the first one on ties, as torch.argmax).</summary>

@@ -45,7 +45,7 @@ public sealed class Ia3Adapter : LayerAdapter
     {
         if (features <= 0)
         {
-            throw new ArgumentOutOfRangeException(nameof(features), features, $"IA³ adapter '{name}' needs a positive feature count.");
+            throw new ArgumentOutOfRangeException(nameof(features), $"IA³ adapter '{name}' needs a positive feature count; got {features}.");
         }
 
         var l = new float[features];

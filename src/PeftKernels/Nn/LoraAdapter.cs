@@ -50,7 +50,7 @@ public sealed class LoraAdapter : LayerAdapter
 
         if (!(dropout >= 0f && dropout < 1f))
         {
-            throw new ArgumentOutOfRangeException(nameof(dropout), dropout, $"LoRA dropout of adapter '{name}' must be in [0, 1).");
+            throw new ArgumentOutOfRangeException(nameof(dropout), $"LoRA dropout of adapter '{name}' must be in [0, 1); got {dropout.ToString(System.Globalization.CultureInfo.InvariantCulture)}.");
         }
 
         Alpha = alpha;
@@ -139,5 +139,5 @@ public sealed class LoraAdapter : LayerAdapter
     }
 
     private static int Positive(int rank, string name) =>
-        rank > 0 ? rank : throw new ArgumentOutOfRangeException(nameof(rank), rank, $"LoRA rank of adapter '{name}' must be positive.");
+        rank > 0 ? rank : throw new ArgumentOutOfRangeException(nameof(rank), $"LoRA rank of adapter '{name}' must be positive; got {rank}.");
 }

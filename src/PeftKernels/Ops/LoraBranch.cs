@@ -123,6 +123,9 @@ public static partial class Functional
             accelerator.Synchronize();
         }
 
+        // y may be an uploaded tensor with a host mirror: accumulating into it on the device makes the mirror stale.
+        output.MarkMirrorChanged();
+
         if (!record)
         {
             h.Dispose();

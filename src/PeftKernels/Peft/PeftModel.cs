@@ -105,6 +105,7 @@ public sealed partial class PeftModel
 
         saved.Remove(name);
         configs.RemoveAll(c => c.Name == name);
+        loadedNonFinite.Remove(name);
         active = [.. active.Where(a => a != name)];
         if (active.Length == 0 && configs.Count > 0)
         {

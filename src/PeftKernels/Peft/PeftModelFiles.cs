@@ -3,9 +3,10 @@
 // library orders one-dtype files) at the folder root for "default", else in <folder>/<name>/.
 // Saving refuses zero-element tensors before writing anything; each file is written atomically,
 // weights first, so a complete config implies complete weights. Loading is strict and changes
-// nothing until every check passed: all missing and unexpected keys, shape mismatches (naming
-// the module, both shapes and a disagreeing rank) and non-float dtypes are reported in one
-// error; F16/BF16 tensors are cast to fp32 exactly.
+// nothing until every check passed: missing and unexpected keys, shape mismatches (naming
+// the key, the module, both shapes and a disagreeing rank) and non-float dtypes are reported in one
+// error (the first few and a count of the rest); F16/BF16 tensors are cast to fp32 exactly. Tensors
+// holding NaN or ±Inf load as they are (as in PyTorch) and are listed by NonFiniteTensors.
 using PeftKernels.IO;
 using PeftKernels.Nn;
 
@@ -13,12 +14,15 @@ namespace PeftKernels.Peft;
 
 public sealed partial class PeftModel
 {
+    private readonly Dictionary<string, IReadOnlyList<NonFiniteTensor>> loadedNonFinite = new(StringComparer.Ordinal);
+
     /// <summary>
     /// Loads a PEFT adapter folder (peft_type LORA, with or without DoRA, or IA3) as <paramref name="name"/> (trainable or frozen);
-    /// the first adapter becomes active. Returns its config (<see cref="LoraConfig"/> or <see cref="Ia3Config"/>).
+    /// the first adapter becomes active. Returns its config (<see cref="LoraConfig"/> or <see cref="Ia3Config"/>). Tensors with
+    /// NaN or infinite values load as they are and are listed by <see cref="NonFiniteTensors"/>.
     /// </summary>
     /// <exception cref="FileNotFoundException">The folder lacks adapter_config.json or adapter_model.safetensors.</exception>
-    /// <exception cref="InvalidDataException">Bad config or safetensors file, or tensors that do not fit the model (every problem listed).</exception>
+    /// <exception cref="InvalidDataException">Bad config or safetensors file, or tensors that do not fit the model (the first few problems and a count).</exception>
     public PeftConfig LoadAdapter(string folder, string name = "default", bool trainable = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
@@ -55,6 +59,7 @@ public sealed partial class PeftModel
         using var file = SafeTensorsFile.Open(weightsPath);
         var known = expected.SelectMany(e => e.Keys).ToHashSet(StringComparer.Ordinal);
         var problems = new List<string>();
+        var missing = new List<string>();
         var present = new List<string>();
         foreach (var e in expected)
         {
@@ -63,7 +68,7 @@ public sealed partial class PeftModel
             {
                 if (e.Required)
                 {
-                    problems.Add($"missing key '{e.Keys[0]}'");
+                    missing.Add($"missing key '{e.Keys[0]}' (module '{e.Module}' {e.Role}, shape [{string.Join(", ", e.Shape)}])");
                 }
 
                 continue;
@@ -76,7 +81,7 @@ public sealed partial class PeftModel
             }
             else if (!info.Shape.SequenceEqual(e.Shape.Select(d => (long)d)))
             {
-                problems.Add(ShapeProblem(e, info.Shape));
+                problems.Add($"'{key}': {ShapeProblem(e, info.Shape)}");
             }
             else
             {
@@ -84,15 +89,25 @@ public sealed partial class PeftModel
             }
         }
 
-        problems.AddRange(file.Names.Where(k => !known.Contains(k)).Select(k => $"unexpected key '{k}'"));
-        if (problems.Count > 0)
+        var unexpected = file.Names.Where(k => !known.Contains(k)).Select(k => $"unexpected key '{k}' [{string.Join(", ", file.GetInfo(k).Shape)}]").ToList();
+        if (problems.Count + missing.Count + unexpected.Count > 0)
         {
-            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {string.Join("; ", problems)}.");
+            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {ProblemList.CountGroups("problem", problems, missing, unexpected)}.");
         }
 
-        inject(present.ToDictionary(k => k, file.ReadFloat32, StringComparer.Ordinal));
+        var values = present.ToDictionary(k => k, file.ReadFloat32, StringComparer.Ordinal);
+        var nonFinite = present.SelectMany(k => NonFiniteTensor.Scan(weightsPath, k, values[k])).ToList();
+        inject(values);
+        loadedNonFinite[name] = nonFinite;
         return config;
     }
+
+    /// <summary>
+    /// The tensors of adapter <paramref name="name"/> that held NaN or infinite values when <see cref="LoadAdapter"/> read them
+    /// (they load as they are, as in PyTorch); empty for a clean, a created or an unknown adapter.
+    /// </summary>
+    public IReadOnlyList<NonFiniteTensor> NonFiniteTensors(string name = "default") =>
+        loadedNonFinite.TryGetValue(name, out var list) ? list : [];
 
     /// <summary>Writes one adapter in PEFT layout: at the folder root for "default", else in <c>folder/name/</c>.</summary>
     /// <exception cref="InvalidOperationException">A tensor has zero elements (nothing is written).</exception>

@@ -4,7 +4,13 @@
 // (label t is the token after input t). Documents come from a .jsonl file (one JSON object per
 // line with a "text" string; also any file whose first non-blank line starts with '{') or from
 // plain text, where blank lines separate documents and the lines of one document keep their '\n'.
+// Text is UTF-8 (a BOM is skipped; a UTF-16/32 BOM selects that encoding): an invalid byte sequence is
+// refused naming the line and byte offset, as Python's UnicodeDecodeError in PyTorch/HF datasets
+// loaders, instead of being replaced by U+FFFD and trained on.
+using System.Buffers;
+using System.Globalization;
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace PeftKernels.Text;
 
@@ -15,7 +21,10 @@ public sealed class TextDataset
     public TextDataset(int[] tokens, int documentCount = 1)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        ArgumentOutOfRangeException.ThrowIfNegative(documentCount);
+        if (documentCount < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(documentCount), string.Create(CultureInfo.InvariantCulture, $"documentCount must be >= 0; got {documentCount}."));
+        }
         Tokens = tokens;
         DocumentCount = documentCount;
     }
@@ -27,12 +36,15 @@ public sealed class TextDataset
     public int DocumentCount { get; }
 
     /// <summary>Reads and tokenizes a .jsonl or plain-text corpus.</summary>
-    /// <exception cref="InvalidDataException">A JSON line is invalid or lacks a "text" string (the message names the line), or the file holds no document.</exception>
+    /// <exception cref="InvalidDataException">
+    /// The file is not valid UTF-8 (the message names the line and byte offset), a JSON line is invalid or lacks a "text" string
+    /// (the message names the line), or the file holds no document.
+    /// </exception>
     public static TextDataset Load(string path, ITokenizer tokenizer)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(tokenizer);
-        string[] lines = File.ReadAllLines(path);
+        string[] lines = ReadLines(path);
         string? first = lines.FirstOrDefault(l => !string.IsNullOrWhiteSpace(l));
         bool jsonl = path.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase) || (first?.TrimStart().StartsWith('{') ?? false);
         var documents = jsonl ? JsonLines(lines, path) : Paragraphs(lines);
@@ -103,8 +115,11 @@ public sealed class TextDataset
 
     private void CheckWindow(int batch, int seq)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(seq);
+        if (batch <= 0 || seq <= 0)
+        {
+            throw new ArgumentOutOfRangeException(batch <= 0 ? nameof(batch) : nameof(seq),
+                string.Create(CultureInfo.InvariantCulture, $"batch and seq must be positive; got batch {batch}, seq {seq}."));
+        }
         if ((long)batch * seq > Array.MaxLength)
         {
             throw new ArgumentException($"batch × seq = {(long)batch * seq} is too large for one array.", nameof(batch));
@@ -115,6 +130,44 @@ public sealed class TextDataset
             throw new ArgumentException(
                 $"the token stream has {Tokens.Length} tokens, fewer than the seq + 1 = {(long)seq + 1} of one window.", nameof(seq));
         }
+    }
+
+    /// <summary>The file's lines (split as File.ReadAllLines does), refusing invalid UTF-8.</summary>
+    private static string[] ReadLines(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        bool utf16or32 = bytes.Length >= 2 && ((bytes[0] == 0xFF && bytes[1] == 0xFE) || (bytes[0] == 0xFE && bytes[1] == 0xFF))
+            || (bytes.Length >= 4 && bytes[0] == 0 && bytes[1] == 0 && bytes[2] == 0xFE && bytes[3] == 0xFF);
+        string text;
+        if (utf16or32)
+        {
+            text = File.ReadAllText(path);
+        }
+        else
+        {
+            int start = bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]) ? 3 : 0;
+            var chars = new char[bytes.Length - start];
+            var status = Utf8.ToUtf16(bytes.AsSpan(start), chars, out int read, out int written, replaceInvalidSequences: false);
+            if (status != OperationStatus.Done)
+            {
+                int offset = start + read;
+                int line = bytes.AsSpan(0, offset).Count((byte)'\n') + 1;
+                int lineStart = bytes.AsSpan(0, offset).LastIndexOf((byte)'\n') + 1;
+                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                    $"{path}: line {line}: invalid UTF-8 at byte offset {offset} (byte {offset - lineStart + 1} of the line, 0x{bytes[offset]:X2}); training data must be UTF-8 text."));
+            }
+
+            text = new string(chars, 0, written);
+        }
+
+        var lines = new List<string>();
+        using var reader = new StringReader(text);
+        while (reader.ReadLine() is { } line)
+        {
+            lines.Add(line);
+        }
+
+        return [.. lines];
     }
 
     private static List<string> JsonLines(string[] lines, string path)
