@@ -116,6 +116,14 @@ public sealed record LlamaConfig
         return config;
     }
 
+    /// <summary>Parses and validates the bytes of a config.json; <paramref name="path"/> names it in errors.</summary>
+    internal static LlamaConfig Parse(byte[] utf8, string path)
+    {
+        var config = LlamaConfigJson.Parse(utf8, path);
+        config.Validate(path, fromFile: true);
+        return config;
+    }
+
     /// <summary>Validates, then writes an HF-compatible config.json atomically (head_dim always written).</summary>
     /// <exception cref="InvalidOperationException">The configuration is invalid.</exception>
     public void Save(string configJsonPath)
