@@ -106,7 +106,18 @@ public static class FuzzTargets
 
     private static void UseTokenizer(ITokenizer tokenizer)
     {
+        // A loaded tokenizer must be usable: a positive vocabulary that holds every id it encodes to.
+        if (tokenizer.VocabSize <= 0)
+        {
+            throw new InvalidOperationException($"loaded a tokenizer with VocabSize {tokenizer.VocabSize}");
+        }
+
         int[] ids = tokenizer.Encode(Sentence);
+        if (ids.Any(id => id < 0 || id >= tokenizer.VocabSize))
+        {
+            throw new InvalidOperationException($"encoded to an id outside [0, {tokenizer.VocabSize})");
+        }
+
         _ = tokenizer.Decode(ids);
     }
 }

@@ -73,7 +73,10 @@ public static class SeedInputs
     private static byte[] SentencePieceSeed()
     {
         (string Piece, float Score, int Type)[] pieces =
-            [("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3), ("<0x41>", 0, 6), ("▁", -1, 1), ("h", -2, 1), ("e", -3, 1), ("l", -4, 1), ("o", -5, 1), ("▁hello", -6, 1)];
+        [
+            ("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3), .. Enumerable.Range(0, 256).Select(b => ($"<0x{b:X2}>", 0f, 6)),
+            ("▁", -1, 1), ("h", -2, 1), ("e", -3, 1), ("l", -4, 1), ("o", -5, 1), ("▁hello", -6, 1),
+        ];
         var model = new List<byte>();
         foreach (var (piece, score, type) in pieces)
         {

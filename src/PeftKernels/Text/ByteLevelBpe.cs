@@ -23,6 +23,7 @@ internal sealed class ByteLevelBpe
 
     private static readonly char[] ByteToChar = BuildByteToChar();
 
+    private readonly string path;
     private readonly BpeTokenizer bpe;
     private readonly Dictionary<string, int> vocab;
     private readonly Dictionary<string, int> added;
@@ -31,9 +32,10 @@ internal sealed class ByteLevelBpe
     private readonly NormalizationForm[] normalization;
     private readonly bool ignoreMerges;
 
-    private ByteLevelBpe(BpeTokenizer bpe, Dictionary<string, int> vocab, Dictionary<string, int> added, HashSet<int> specialIds,
+    private ByteLevelBpe(string path, BpeTokenizer bpe, Dictionary<string, int> vocab, Dictionary<string, int> added, HashSet<int> specialIds,
         RegexPreTokenizer preTokenizer, NormalizationForm[] normalization, bool ignoreMerges)
     {
+        this.path = path;
         this.bpe = bpe;
         this.vocab = vocab;
         this.added = added;
@@ -107,8 +109,14 @@ internal sealed class ByteLevelBpe
             throw new InvalidDataException($"{path}: the pre_tokenizer pattern is not a valid regular expression: {e.Message}", e);
         }
 
+        if (regex.IsMatch(string.Empty))
+        {
+            // Microsoft.ML.Tokenizers' RegexPreTokenizer never moves past an empty match.
+            throw new NotSupportedException($"{path}: the pre_tokenizer pattern \"{(pattern.Length > 60 ? pattern[..60] + "…" : pattern)}\" matches the empty string; only patterns that match at least one character are supported.");
+        }
+
         var splitter = new RegexPreTokenizer(regex, added);
-        return new ByteLevelBpe(bpe, vocab, added, specialIds, splitter, normalization, ignoreMerges);
+        return new ByteLevelBpe(path, bpe, vocab, added, specialIds, splitter, normalization, ignoreMerges);
     }
 
     public int[] Encode(string text)
@@ -121,6 +129,12 @@ internal sealed class ByteLevelBpe
         var ids = new List<int>();
         foreach (var (offset, length) in preTokenizer.PreTokenize(text))
         {
+            if (length == 0)
+            {
+                // A lookaround-only match: RegexPreTokenizer would return it forever.
+                throw new NotSupportedException($"{path}: the pre_tokenizer pattern matched the empty string at offset {offset} of the text; only patterns that match at least one character are supported.");
+            }
+
             string piece = text.Substring(offset, length);
             if (added.TryGetValue(piece, out int id) || (ignoreMerges && vocab.TryGetValue(ToByteLevel(piece), out id)))
             {

@@ -143,6 +143,11 @@ public sealed class HfTokenizer : ITokenizer
 
     private static HfTokenizer FromSentencePiece(Stream stream, string model, TokenizerConfig config, Dictionary<string, int> added)
     {
+        if (stream.Length == 0)
+        {
+            throw new InvalidDataException($"{model}: the file is empty; expected a SentencePiece model (protobuf ModelProto).");
+        }
+
         LlamaTokenizer tokenizer;
         try
         {
@@ -164,8 +169,26 @@ public sealed class HfTokenizer : ITokenizer
         int? bos = config.Bos.Resolve(IdOf, tokenizer.BeginningOfSentenceId >= 0 ? tokenizer.BeginningOfSentenceId : null);
         int? eos = config.Eos.Resolve(IdOf, tokenizer.EndOfSentenceId >= 0 ? tokenizer.EndOfSentenceId : null);
         return new HfTokenizer(vocabSize, bos, eos,
-            text => [.. tokenizer.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false)],
+            text => CheckEncoded([.. tokenizer.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false)], vocabSize, model),
             ids => tokenizer.Decode(ids, considerSpecialTokens: false));
+    }
+
+    /// <summary>
+    /// The ids SentencePiece encoded, checked against the vocabulary: with byte fallback it emits
+    /// "&lt;0x00&gt;"'s id + byte without checking that the model has all 256 byte pieces.
+    /// </summary>
+    private static int[] CheckEncoded(int[] ids, int vocabSize, string model)
+    {
+        foreach (int id in ids)
+        {
+            if ((uint)id >= (uint)vocabSize)
+            {
+                throw new InvalidDataException(
+                    $"{model}: encoding gave id {id}, outside the model's {vocabSize} pieces (are its byte-fallback pieces <0x00>..<0xFF> incomplete?).");
+            }
+        }
+
+        return ids;
     }
 
     /// <summary>The vocabulary size (largest id + 1) after checking the largest id against <see cref="InputLimits.MaxTokenId"/>.</summary>
