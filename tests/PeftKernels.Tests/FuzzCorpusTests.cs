@@ -2,8 +2,10 @@
 // and one crash-* file per reader bug the fuzzers found) through the harness afl-fuzz runs
 // (tools/PeftKernels.Fuzz/FuzzTargets.cs, compiled into this assembly): each input must be
 // accepted or refused with InvalidDataException / NotSupportedException, within a time limit.
+using System.CommandLine;
 using System.Diagnostics;
 using PeftKernels.Fuzz;
+using PeftKernels.Models;
 using Xunit;
 
 namespace PeftKernels.Tests;
@@ -46,6 +48,42 @@ public sealed class FuzzCorpusTests
         }
 
         Assert.True(failures.Count == 0, $"{failures.Count} of {files.Length} {target} inputs escaped the policy:\n" + string.Join("\n", failures));
+    }
+
+    /// <summary>The crash-* inputs of the readers a CLI verb loads from a model folder, as (target, file name in the folder).</summary>
+    public static TheoryData<string, string> CrashInputs()
+    {
+        var data = new TheoryData<string, string>();
+        foreach (var (target, file) in new[] { (FuzzTargets.ConfigJson, "config.json"), (FuzzTargets.TokenizerJson, "tokenizer.json"), (FuzzTargets.TokenizerModel, "tokenizer.model") })
+        {
+            foreach (string crash in Directory.GetFiles(Path.Combine(CorpusRoot(), target), "crash-*").Order(StringComparer.Ordinal))
+            {
+                data.Add(Path.GetRelativePath(CorpusRoot(), crash), file);
+            }
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(CrashInputs))]
+    public async Task GenerateRefusesEachCrashInputWithOneLineNamingTheFile(string crash, string file)
+    {
+        using var folder = new TempFolder();
+        string model = Path.Combine(folder.Path, "model");
+        LlamaModelTests.TinyModel(LlamaConfig.Tiny(256) with { HeadDim = 16 }, seed: 4, scale: 1f).Save(model);
+        string path = Path.Combine(model, file);
+        File.Copy(Path.Combine(CorpusRoot(), crash), path, overwrite: true);
+
+        var output = new StringWriter { NewLine = "\n" };
+        var error = new StringWriter { NewLine = "\n" };
+        var run = Task.Run(() => Cli.Cli.Build().Parse(["generate", "--model", model, "--prompt", "Hi, wörld!", "--max-new-tokens", "1"])
+            .Invoke(new InvocationConfiguration { Output = output, Error = error }));
+        Assert.True(await Task.WhenAny(run, Task.Delay(TimeSpan.FromSeconds(30))) == run, $"{crash}: generate did not finish in 30 s");
+
+        Assert.Equal(1, await run);
+        Assert.StartsWith($"error: {path}: ", error.ToString());
+        Assert.Single(error.ToString().TrimEnd('\n').Split('\n'));
     }
 
     [Fact]
