@@ -77,7 +77,7 @@ public sealed class FuzzCorpusTests
 
         var output = new StringWriter { NewLine = "\n" };
         var error = new StringWriter { NewLine = "\n" };
-        var run = Task.Run(() => Cli.Cli.Build().Parse(["generate", "--model", model, "--prompt", "Hi, wörld!", "--max-new-tokens", "1"])
+        var run = Task.Run(() => Cli.Cli.Build().Parse(["generate", "--model", model, "--prompt", "Hello, wörld!", "--max-new-tokens", "1"])
             .Invoke(new InvocationConfiguration { Output = output, Error = error }));
         Assert.True(await Task.WhenAny(run, Task.Delay(TimeSpan.FromSeconds(30))) == run, $"{crash}: generate did not finish in 30 s");
 

@@ -30,9 +30,9 @@ if [ ! -x "$sharpfuzz" ]; then
     dotnet tool install SharpFuzz.CommandLine --version 2.3.0 --tool-path "$here/.tools" > /dev/null
 fi
 
-dotnet build "$root/tools/PeftKernels.Fuzz" -c Release -warnaserror -nologo -v q > /dev/null
-rm -rf "$work/app"
 mkdir -p "$work"
+dotnet build "$root/tools/PeftKernels.Fuzz" -c Release -warnaserror -nologo -v q > "$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
+rm -rf "$work/app"
 cp -r "$root/tools/PeftKernels.Fuzz/bin/Release/net10.0" "$work/app"
 "$sharpfuzz" "$work/app/PeftKernels.dll"
 if [[ "$target" == tokenizer-* ]]; then
