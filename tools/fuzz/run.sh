@@ -9,6 +9,8 @@
 # Findings land in $FUZZ_WORK/out/TARGET/default/{crashes,hangs}; replay one with
 #   dotnet $FUZZ_WORK/app/PeftKernels.Fuzz.dll --replay TARGET FILE
 # Prints afl's fuzzer_stats figures at the end (execs_done, run_time, execs_per_sec, crashes, hangs).
+# FUZZ_TIMEOUT_MS (default 1000) is afl's per-execution limit: an input slower than this is a hang.
+# SharpFuzz's in-process fork server dies when afl kills a slow execution, so afl stops there.
 set -euo pipefail
 
 target=${1:?usage: tools/fuzz/run.sh TARGET SECONDS [EXECS]}
@@ -53,7 +55,7 @@ limit=(-V "$seconds")
 # No CPU binding (the machine is shared); no core-dump handler check.
 AFL_SKIP_BIN_CHECK=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
 AFL_NO_UI=1 DOTNET_TieredPGO=0 \
-    afl-fuzz -i "$corpus" -o "$out" -t 1000 -m none "${dict[@]}" "${limit[@]}" -- \
+    afl-fuzz -i "$corpus" -o "$out" -t "${FUZZ_TIMEOUT_MS:-1000}" -m none "${dict[@]}" "${limit[@]}" -- \
     dotnet "$work/app/PeftKernels.Fuzz.dll" "$target" > "$out.log" 2>&1 || { tail -30 "$out.log" >&2; exit 1; }
 
 stats="$out/default/fuzzer_stats"
