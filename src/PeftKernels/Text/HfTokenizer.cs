@@ -153,7 +153,7 @@ public sealed class HfTokenizer : ITokenizer
         {
             tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens: added.Count > 0 ? added : null);
         }
-        catch (Exception e) when (e is InvalidProtocolBufferException || e is not IOException)
+        catch (Exception e) when (e is InvalidProtocolBufferException || e is not (IOException or OutOfMemoryException))
         {
             // Google.Protobuf's InvalidProtocolBufferException is an IOException: it is a bad file, not a failed read.
             throw new InvalidDataException($"{model}: not a SentencePiece model this library can read: {e.Message}", e);
