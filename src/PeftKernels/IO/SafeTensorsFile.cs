@@ -61,26 +61,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             view = mapping.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
             view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
             pointer += view.PointerOffset;
-
-            ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(pointer, 8));
-            if (headerLength == 0)
-            {
-                throw new InvalidDataException($"{path}: the header length is 0; expected a JSON object of at least 2 bytes.");
-            }
-
-            if (headerLength > SafeTensorsHeader.MaxHeaderBytes)
-            {
-                throw new InvalidDataException($"{path}: the header length {headerLength} exceeds the limit of {SafeTensorsHeader.MaxHeaderBytes} bytes.");
-            }
-
-            if (8 + (long)headerLength > length)
-            {
-                throw new InvalidDataException($"{path}: the header length is {headerLength} but the file has only {length - 8} bytes after the 8-byte length.");
-            }
-
-            long dataStart = 8 + (long)headerLength;
-            var (tensors, metadata) = SafeTensorsHeader.Parse(
-                new ReadOnlySpan<byte>(pointer + 8, (int)headerLength), length - dataStart, path);
+            var (tensors, metadata, dataStart) = ParseLayout(pointer, length, path);
             return new SafeTensorsFile(path, mapping, view, pointer, tensors, metadata, dataStart);
         }
         catch
@@ -95,6 +76,39 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             stream.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Reads and validates the header of the <paramref name="length"/>-byte file at <paramref name="file"/>:
+    /// the tensors, the metadata and where the data section starts. The header length is checked
+    /// against <see cref="SafeTensorsHeader.MaxHeaderBytes"/> and the file length before any byte of it is read.
+    /// </summary>
+    internal static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata, long DataStart) ParseLayout(byte* file, long length, string path)
+    {
+        if (length < 8)
+        {
+            throw new InvalidDataException($"{path}: the file is {length} bytes long; a safetensors file needs at least 8 (the header length).");
+        }
+
+        ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(file, 8));
+        if (headerLength == 0)
+        {
+            throw new InvalidDataException($"{path}: the header length is 0; expected a JSON object of at least 2 bytes.");
+        }
+
+        if (headerLength > SafeTensorsHeader.MaxHeaderBytes)
+        {
+            throw new InvalidDataException($"{path}: the header length {headerLength} exceeds the limit of {SafeTensorsHeader.MaxHeaderBytes} bytes.");
+        }
+
+        if (8 + (long)headerLength > length)
+        {
+            throw new InvalidDataException($"{path}: the header length is {headerLength} but the file has only {length - 8} bytes after the 8-byte length.");
+        }
+
+        long dataStart = 8 + (long)headerLength;
+        var (tensors, metadata) = SafeTensorsHeader.Parse(new ReadOnlySpan<byte>(file + 8, (int)headerLength), length - dataStart, path);
+        return (tensors, metadata, dataStart);
     }
 
     /// <summary>True when the file has a tensor of this name.</summary>

@@ -122,6 +122,14 @@ public sealed record LlamaConfig
         return config;
     }
 
+    /// <summary>Parses and validates the bytes of a config.json; <paramref name="path"/> names it in errors.</summary>
+    internal static LlamaConfig Parse(byte[] utf8, string path)
+    {
+        var config = LlamaConfigJson.Parse(utf8, path);
+        config.Validate(path, fromFile: true);
+        return config;
+    }
+
     /// <summary>
     /// Validates, then writes an HF-compatible config.json atomically. A configuration loaded from a file keeps every key
     /// of that file unchanged (unknown ones included) but those whose modelled value differs, which are rewritten in place;

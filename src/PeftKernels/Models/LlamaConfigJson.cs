@@ -23,12 +23,16 @@ namespace PeftKernels.Models;
 
 internal static class LlamaConfigJson
 {
-    public static LlamaConfig Read(string path)
+    public static LlamaConfig Read(string path) => Parse(InputLimits.ReadAllBytes(path, InputLimits.MaxConfigJsonBytes), path);
+
+    /// <summary>Parses the bytes of a config.json read from <paramref name="path"/> (named in every error).</summary>
+    public static LlamaConfig Parse(byte[] utf8, string path)
     {
+        InputLimits.CheckUtf8(utf8, path);
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(File.ReadAllBytes(path));
+            document = JsonDocument.Parse(utf8);
         }
         catch (JsonException e)
         {

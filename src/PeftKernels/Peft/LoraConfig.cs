@@ -143,30 +143,31 @@ public sealed record LoraConfig : PeftConfig
             Bias = ConfigJson.Str(root, "bias") ?? "none",
             UseRsLora = ConfigJson.Bool(root, "use_rslora") ?? false,
             UseDora = ConfigJson.Bool(root, "use_dora") ?? false,
-            InitLoraWeights = root.TryGetProperty("init_lora_weights", out var iw) ? iw.ValueKind switch
+            InitLoraWeights = ConfigJson.Get(root, "init_lora_weights") is { } iw ? iw.ValueKind switch
             {
                 JsonValueKind.True => "default",
                 JsonValueKind.String => iw.GetString()!,
-                _ => throw new InvalidDataException($"init_lora_weights must be true or a string; found {iw.ValueKind}."),
+                _ => throw ConfigJson.WrongType("init_lora_weights", "true or a string", iw),
             } : "default",
-            LayersToTransform = root.TryGetProperty("layers_to_transform", out var lt) ? lt.ValueKind switch
-            {
-                JsonValueKind.Number => [lt.GetInt32()],
-                JsonValueKind.Array => [.. lt.EnumerateArray().Select(e => e.GetInt32())],
-                _ => null,
-            } : null,
-            LayersPattern = root.TryGetProperty("layers_pattern", out var lp) ? lp.ValueKind switch
-            {
-                JsonValueKind.String => lp.GetString(),
-                JsonValueKind.Array => string.Join("|", lp.EnumerateArray().Select(e => e.GetString())),
-                _ => null,
-            } : null,
-            RankPattern = root.TryGetProperty("rank_pattern", out var rp) && rp.ValueKind == JsonValueKind.Object
-                ? rp.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt32()) : new Dictionary<string, int>(),
-            AlphaPattern = root.TryGetProperty("alpha_pattern", out var ap) && ap.ValueKind == JsonValueKind.Object
-                ? ap.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble()) : new Dictionary<string, double>(),
+            LayersToTransform = ConfigJson.IntOrInts(root, "layers_to_transform"),
+            LayersPattern = ConfigJson.Get(root, "layers_pattern") is { } lp
+                ? TargetModules.CheckRegex(lp.ValueKind == JsonValueKind.String ? lp.GetString()! : string.Join("|", ConfigJson.Strings(root, "layers_pattern")!), "layers_pattern")
+                : null,
+            RankPattern = CheckKeys(ConfigJson.Map<int>(root, "rank_pattern", "an integer", e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int r) ? r : null), "rank_pattern"),
+            AlphaPattern = CheckKeys(ConfigJson.Map<double>(root, "alpha_pattern", "a number", e => e.ValueKind == JsonValueKind.Number ? e.GetDouble() : null), "alpha_pattern"),
             LoraBias = ConfigJson.Bool(root, "lora_bias") ?? false,
         }, root);
+    }
+
+    /// <summary>Checks that every key of a rank/alpha pattern is a valid regular expression (PEFT matches "(^|.*\\.)key$").</summary>
+    private static Dictionary<string, T> CheckKeys<T>(Dictionary<string, T> pattern, string field)
+    {
+        foreach (string key in pattern.Keys)
+        {
+            TargetModules.CheckRegex($@"(^|.*\.){key}$", $"{field} key \"{key}\"");
+        }
+
+        return pattern;
     }
 
     private protected override void AddFields(SortedDictionary<string, Action<Utf8JsonWriter>> fields)

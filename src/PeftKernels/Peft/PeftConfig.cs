@@ -68,7 +68,10 @@ public abstract record PeftConfig
 
     /// <summary>Reads adapter_config.json of any supported method (peft_type "LORA" or "IA3").</summary>
     /// <exception cref="InvalidDataException">The JSON is invalid, peft_type is missing or unsupported, or a field is bad.</exception>
-    public static PeftConfig Load(string path) => ConfigJson.Read<PeftConfig>(path, ["LORA", "IA3"], (type, root) => type == "IA3"
+    public static PeftConfig Load(string path) => Parse(InputLimits.ReadAllBytes(path, InputLimits.MaxConfigJsonBytes), path);
+
+    /// <summary>Parses the bytes of an adapter_config.json; <paramref name="path"/> names it in errors.</summary>
+    internal static PeftConfig Parse(byte[] utf8, string path) => ConfigJson.Read<PeftConfig>(utf8, path, ["LORA", "IA3"], (type, root) => type == "IA3"
         ? Ia3Config.FromJson(root)
         : LoraConfig.FromJson(root));
 
@@ -79,8 +82,7 @@ public abstract record PeftConfig
     private protected static T WithCommon<T>(T config, JsonElement root)
         where T : PeftConfig => (T)(((PeftConfig)config) with
         {
-            ModulesToSave = root.TryGetProperty("modules_to_save", out var ms) && ms.ValueKind == JsonValueKind.Array
-                ? [.. ms.EnumerateArray().Select(e => e.GetString()!)] : null,
+            ModulesToSave = ConfigJson.Strings(root, "modules_to_save"),
             TaskType = ConfigJson.Str(root, "task_type"),
             BaseModelNameOrPath = ConfigJson.Str(root, "base_model_name_or_path"),
             Revision = ConfigJson.Str(root, "revision"),
@@ -92,12 +94,17 @@ internal static class ConfigJson
 {
     /// <summary>Parses the file, checks peft_type is one of <paramref name="types"/> and builds the config, every failure an InvalidDataException naming the file.</summary>
     public static T Read<T>(string path, string[] types, Func<string, JsonElement, T> build)
+        where T : PeftConfig => Read(InputLimits.ReadAllBytes(path, InputLimits.MaxConfigJsonBytes), path, types, build);
+
+    /// <summary>As <see cref="Read{T}(string, string[], Func{string, JsonElement, T})"/>, from the bytes of the file at <paramref name="path"/>.</summary>
+    public static T Read<T>(byte[] utf8, string path, string[] types, Func<string, JsonElement, T> build)
         where T : PeftConfig
     {
+        InputLimits.CheckUtf8(utf8, path);
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(utf8);
         }
         catch (JsonException ex)
         {
@@ -112,10 +119,16 @@ internal static class ConfigJson
                 throw new InvalidDataException($"{path}: the adapter config must be a JSON object.");
             }
 
-            string? peftType = root.TryGetProperty("peft_type", out var pt) && pt.ValueKind == JsonValueKind.String ? pt.GetString() : null;
+            string expected = string.Join(" or ", types.Select(t => $"\"{t}\""));
+            if (root.TryGetProperty("peft_type", out var pt) && pt.ValueKind != JsonValueKind.String)
+            {
+                throw new InvalidDataException($"{path}: \"peft_type\" must be a string ({expected}); it is {Describe(pt)}.");
+            }
+
+            string? peftType = pt.ValueKind == JsonValueKind.String ? pt.GetString() : null;
             if (peftType == null || !types.Contains(peftType))
             {
-                throw new InvalidDataException($"{path}: peft_type is {(peftType == null ? "missing" : $"\"{peftType}\"")}; expected {string.Join(" or ", types.Select(t => $"\"{t}\""))}.");
+                throw new InvalidDataException($"{path}: peft_type is {(peftType == null ? "missing" : $"\"{peftType}\"")}; expected {expected}.");
             }
 
             try
@@ -196,16 +209,77 @@ internal static class ConfigJson
         root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
 
     public static int? Int(JsonElement root, string name) => Get(root, name) is { } v
-        ? (v.TryGetInt32(out int i) ? i : throw new InvalidDataException($"{name} must be an integer; found {v}.")) : null;
+        ? (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i : throw WrongType(name, "an integer", v)) : null;
 
     public static double? Num(JsonElement root, string name) => Get(root, name) is { } v
-        ? (v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw new InvalidDataException($"{name} must be a number; found {v}.")) : null;
+        ? (v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw WrongType(name, "a number", v)) : null;
 
     public static bool? Bool(JsonElement root, string name) => Get(root, name) is { } v
-        ? (v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw new InvalidDataException($"{name} must be true or false; found {v}.")) : null;
+        ? (v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw WrongType(name, "true or false", v)) : null;
 
     public static string? Str(JsonElement root, string name) => Get(root, name) is { } v
-        ? (v.ValueKind == JsonValueKind.String ? v.GetString() : throw new InvalidDataException($"{name} must be a string; found {v}.")) : null;
+        ? (v.ValueKind == JsonValueKind.String ? v.GetString() : throw WrongType(name, "a string", v)) : null;
+
+    /// <summary>A list of strings, or null when absent or null.</summary>
+    public static string[]? Strings(JsonElement root, string name) => Get(root, name) is { } v
+        ? (v.ValueKind == JsonValueKind.Array && v.EnumerateArray().All(e => e.ValueKind == JsonValueKind.String)
+            ? [.. v.EnumerateArray().Select(e => e.GetString()!)]
+            : throw WrongType(name, "a list of strings", v))
+        : null;
+
+    /// <summary>An integer or a list of integers, or null when absent or null.</summary>
+    public static int[]? IntOrInts(JsonElement root, string name) => Get(root, name) is { } v
+        ? v.ValueKind switch
+        {
+            JsonValueKind.Number when v.TryGetInt32(out int single) => [single],
+            JsonValueKind.Array when v.EnumerateArray().All(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out _)) =>
+                [.. v.EnumerateArray().Select(e => e.GetInt32())],
+            _ => throw WrongType(name, "an integer or a list of integers", v),
+        }
+        : null;
+
+    /// <summary>A JSON object whose values are read by <paramref name="value"/>; empty when absent or null.</summary>
+    public static Dictionary<string, TValue> Map<TValue>(JsonElement root, string name, string expected, Func<JsonElement, TValue?> value)
+        where TValue : struct
+    {
+        var map = new Dictionary<string, TValue>(StringComparer.Ordinal);
+        if (Get(root, name) is not { } v)
+        {
+            return map;
+        }
+
+        if (v.ValueKind != JsonValueKind.Object)
+        {
+            throw WrongType(name, $"an object of module name → {expected}", v);
+        }
+
+        foreach (var entry in v.EnumerateObject())
+        {
+            map[entry.Name] = value(entry.Value) ?? throw WrongType($"{name}[\"{entry.Name}\"]", expected, entry.Value);
+        }
+
+        return map;
+    }
+
+    /// <summary>"\"r\" must be an integer; it is \"16\" (a string)." (the caller adds the file).</summary>
+    public static InvalidDataException WrongType(string name, string expected, JsonElement actual) =>
+        new($"\"{name}\" must be {expected}; it is {Describe(actual)}.");
+
+    /// <summary>A JSON value as written (cut at 60 characters) and its JSON type.</summary>
+    public static string Describe(JsonElement value)
+    {
+        string raw = value.GetRawText();
+        string kind = value.ValueKind switch
+        {
+            JsonValueKind.Object => "an object",
+            JsonValueKind.Array => "a list",
+            JsonValueKind.String => "a string",
+            JsonValueKind.Number => "a number",
+            JsonValueKind.True or JsonValueKind.False => "a boolean",
+            _ => "null",
+        };
+        return $"{(raw.Length > 60 ? raw[..60] + "…" : raw)} ({kind})";
+    }
 
     public static TargetModules? Targets(JsonElement root, string name) =>
         root.TryGetProperty(name, out var v) ? TargetModules.Read(v, name) : null;

@@ -97,12 +97,27 @@ public sealed record TargetModules
         return value.ValueKind switch
         {
             JsonValueKind.Null or JsonValueKind.Undefined => null,
-            JsonValueKind.String => FromRegex(value.GetString()!),
+            JsonValueKind.String => FromRegex(CheckRegex(value.GetString()!, field)),
             JsonValueKind.Array => FromList([.. value.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String
                 ? e.GetString()!
-                : throw new InvalidDataException($"{field} must hold strings; found {e.ValueKind}."))]),
-            _ => throw new InvalidDataException($"{field} must be a string, a list of strings or null; found {value.ValueKind}."),
+                : throw ConfigJson.WrongType(field, "a string, a list of strings or null", value))]),
+            _ => throw ConfigJson.WrongType(field, "a string, a list of strings or null", value),
         };
+    }
+
+    /// <summary>Returns <paramref name="pattern"/> when it is a valid .NET regular expression.</summary>
+    /// <exception cref="InvalidDataException">It is not; the message names <paramref name="field"/>.</exception>
+    internal static string CheckRegex(string pattern, string field)
+    {
+        try
+        {
+            _ = new Regex(pattern, RegexOptions.CultureInvariant);
+            return pattern;
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{field} \"{(pattern.Length > 60 ? pattern[..60] + "…" : pattern)}\" is not a valid regular expression: {e.Message}", e);
+        }
     }
 
     /// <summary>Layer index of a module under "…{layersPattern}.{i}.…", or null.</summary>

@@ -12,6 +12,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
+using PeftKernels.IO;
 
 namespace PeftKernels.Text;
 
@@ -22,6 +23,7 @@ internal sealed class ByteLevelBpe
 
     private static readonly char[] ByteToChar = BuildByteToChar();
 
+    private readonly string path;
     private readonly BpeTokenizer bpe;
     private readonly Dictionary<string, int> vocab;
     private readonly Dictionary<string, int> added;
@@ -30,9 +32,10 @@ internal sealed class ByteLevelBpe
     private readonly NormalizationForm[] normalization;
     private readonly bool ignoreMerges;
 
-    private ByteLevelBpe(BpeTokenizer bpe, Dictionary<string, int> vocab, Dictionary<string, int> added, HashSet<int> specialIds,
+    private ByteLevelBpe(string path, BpeTokenizer bpe, Dictionary<string, int> vocab, Dictionary<string, int> added, HashSet<int> specialIds,
         RegexPreTokenizer preTokenizer, NormalizationForm[] normalization, bool ignoreMerges)
     {
+        this.path = path;
         this.bpe = bpe;
         this.vocab = vocab;
         this.added = added;
@@ -48,13 +51,16 @@ internal sealed class ByteLevelBpe
     /// <summary>The id of a token string (added tokens first, then the model vocabulary), or null.</summary>
     public int? IdOf(string token) => added.TryGetValue(token, out int id) || vocab.TryGetValue(token, out id) ? id : null;
 
-    public static ByteLevelBpe Load(string path)
+    public static ByteLevelBpe Load(string path) => Parse(InputLimits.ReadAllBytes(path, InputLimits.MaxTokenizerBytes), path);
+
+    /// <summary>Parses the bytes of a tokenizer.json; <paramref name="path"/> names it in errors.</summary>
+    public static ByteLevelBpe Parse(byte[] utf8, string path)
     {
-        using var document = HfTokenizer.ParseJson(path);
+        using var document = HfTokenizer.ParseJson(utf8, path);
         var root = document.RootElement;
-        var model = root.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.Object
+        var model = Element(root, "model") is { ValueKind: JsonValueKind.Object } m
             ? m : throw new InvalidDataException($"{path}: \"model\" is missing or not an object.");
-        string type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "(none)";
+        string type = TypeOf(model);
         if (type != "BPE")
         {
             throw new NotSupportedException($"{path}: model type \"{type}\" is not supported; only byte-level \"BPE\" is (or a tokenizer.model file).");
@@ -70,7 +76,7 @@ internal sealed class ByteLevelBpe
 
         foreach (string key in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
         {
-            if (Element(model, key) is { } affix && affix.GetString() is { Length: > 0 } text)
+            if (String(model, key, $"model.{key}", path) is { Length: > 0 } text)
             {
                 throw new NotSupportedException($"{path}: model.{key} = \"{text}\" is not supported.");
             }
@@ -83,9 +89,34 @@ internal sealed class ByteLevelBpe
         var normalization = Normalization(Element(root, "normalizer"), path);
         bool ignoreMerges = Element(model, "ignore_merges") is { ValueKind: JsonValueKind.True };
 
-        var bpe = BpeTokenizer.Create(new BpeOptions(vocab) { Merges = merges, ByteLevel = true, SpecialTokens = added });
-        var splitter = new RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled), added);
-        return new ByteLevelBpe(bpe, vocab, added, specialIds, splitter, normalization, ignoreMerges);
+        BpeTokenizer bpe;
+        try
+        {
+            bpe = BpeTokenizer.Create(new BpeOptions(vocab) { Merges = merges, ByteLevel = true, SpecialTokens = added });
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or KeyNotFoundException)
+        {
+            throw new InvalidDataException($"{path}: the BPE model (vocab, merges, added_tokens) is inconsistent: {e.Message}", e);
+        }
+
+        Regex regex;
+        try
+        {
+            regex = new Regex(pattern, RegexOptions.Compiled);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{path}: the pre_tokenizer pattern is not a valid regular expression: {e.Message}", e);
+        }
+
+        if (regex.IsMatch(string.Empty))
+        {
+            // Microsoft.ML.Tokenizers' RegexPreTokenizer never moves past an empty match.
+            throw new NotSupportedException($"{path}: the pre_tokenizer pattern \"{(pattern.Length > 60 ? pattern[..60] + "…" : pattern)}\" matches the empty string; only patterns that match at least one character are supported.");
+        }
+
+        var splitter = new RegexPreTokenizer(regex, added);
+        return new ByteLevelBpe(path, bpe, vocab, added, specialIds, splitter, normalization, ignoreMerges);
     }
 
     public int[] Encode(string text)
@@ -98,6 +129,12 @@ internal sealed class ByteLevelBpe
         var ids = new List<int>();
         foreach (var (offset, length) in preTokenizer.PreTokenize(text))
         {
+            if (length == 0)
+            {
+                // A lookaround-only match: RegexPreTokenizer would return it forever.
+                throw new NotSupportedException($"{path}: the pre_tokenizer pattern matched the empty string at offset {offset} of the text; only patterns that match at least one character are supported.");
+            }
+
             string piece = text.Substring(offset, length);
             if (added.TryGetValue(piece, out int id) || (ignoreMerges && vocab.TryGetValue(ToByteLevel(piece), out id)))
             {
@@ -141,7 +178,23 @@ internal sealed class ByteLevelBpe
     }
 
     private static JsonElement? Element(JsonElement obj, string key) =>
-        obj.TryGetProperty(key, out var value) && value.ValueKind != JsonValueKind.Null ? value : null;
+        obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(key, out var value) && value.ValueKind != JsonValueKind.Null ? value : null;
+
+    /// <summary>A string value, or null when absent or null.</summary>
+    private static string? String(JsonElement obj, string key, string field, string path) => Element(obj, key) is { } value
+        ? (value.ValueKind == JsonValueKind.String ? value.GetString() : throw WrongType(field, "a string", value, path))
+        : null;
+
+    /// <summary>The items of a list, none when absent or null.</summary>
+    private static IEnumerable<JsonElement> Items(JsonElement obj, string key, string field, string path) => Element(obj, key) is { } value
+        ? (value.ValueKind == JsonValueKind.Array ? value.EnumerateArray() : throw WrongType(field, "a list", value, path))
+        : [];
+
+    private static InvalidDataException WrongType(string field, string expected, JsonElement value, string path)
+    {
+        string raw = value.GetRawText();
+        return new($"{path}: \"{field}\" must be {expected}; it is {(raw.Length > 60 ? raw[..60] + "…" : raw)} ({value.ValueKind.ToString().ToLowerInvariant()}).");
+    }
 
     private static string TypeOf(JsonElement obj) =>
         obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()! : "(none)";
@@ -171,18 +224,18 @@ internal sealed class ByteLevelBpe
 
                 return Element(p, "use_regex") is { ValueKind: JsonValueKind.False } ? null : Gpt2Pattern;
             case "Split":
-                bool isolated = Element(p, "behavior") is { } behavior && behavior.GetString() == "Isolated";
+                bool isolated = String(p, "behavior", "pre_tokenizer.behavior", path) == "Isolated";
                 if (!isolated || Element(p, "invert") is { ValueKind: JsonValueKind.True })
                 {
                     throw new NotSupportedException($"{path}: pre_tokenizer Split is supported with behavior \"Isolated\" and invert false only.");
                 }
 
                 var pattern = Element(p, "pattern") ?? throw new InvalidDataException($"{path}: pre_tokenizer Split has no \"pattern\".");
-                return Element(pattern, "Regex")?.GetString() ?? Regex.Escape(Element(pattern, "String")?.GetString()
+                return String(pattern, "Regex", "pre_tokenizer.pattern.Regex", path) ?? Regex.Escape(String(pattern, "String", "pre_tokenizer.pattern.String", path)
                     ?? throw new InvalidDataException($"{path}: pre_tokenizer Split pattern has neither \"Regex\" nor \"String\"."));
             case "Sequence":
-                var patterns = (Element(p, "pretokenizers") ?? throw new InvalidDataException($"{path}: pre_tokenizer Sequence has no \"pretokenizers\"."))
-                    .EnumerateArray().Select(e => Pattern(e, path)).OfType<string>().ToList();
+                _ = Element(p, "pretokenizers") ?? throw new InvalidDataException($"{path}: pre_tokenizer Sequence has no \"pretokenizers\".");
+                var patterns = Items(p, "pretokenizers", "pre_tokenizer.pretokenizers", path).Select(e => Pattern(e, path)).OfType<string>().ToList();
                 return patterns.Count <= 1 ? patterns.FirstOrDefault()
                     : throw new NotSupportedException($"{path}: a pre_tokenizer Sequence with {patterns.Count} splitting steps is not supported (one at most).");
             default:
@@ -203,7 +256,7 @@ internal sealed class ByteLevelBpe
             "NFD" => [NormalizationForm.FormD],
             "NFKC" => [NormalizationForm.FormKC],
             "NFKD" => [NormalizationForm.FormKD],
-            "Sequence" => [.. (Element(n, "normalizers")?.EnumerateArray() ?? []).SelectMany(e => Normalization(e, path))],
+            "Sequence" => [.. Items(n, "normalizers", "normalizer.normalizers", path).SelectMany(e => Normalization(e, path))],
             string other => throw new NotSupportedException($"{path}: normalizer type \"{other}\" is not supported (NFC, NFD, NFKC, NFKD, Sequence are)."),
         };
     }
@@ -218,9 +271,9 @@ internal sealed class ByteLevelBpe
         var result = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var entry in vocab.EnumerateObject())
         {
-            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0)
+            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id is < 0 or > InputLimits.MaxTokenId)
             {
-                throw new InvalidDataException($"{path}: model.vocab[\"{entry.Name}\"] = {entry.Value.GetRawText()}; expected a non-negative integer id.");
+                throw new InvalidDataException($"{path}: model.vocab[\"{entry.Name}\"] = {entry.Value.GetRawText()}; expected an integer id in 0..{InputLimits.MaxTokenId}.");
             }
 
             result[entry.Name] = id;
@@ -234,7 +287,7 @@ internal sealed class ByteLevelBpe
     {
         var merges = new List<string>();
         int index = 0;
-        foreach (var merge in Element(model, "merges")?.EnumerateArray() ?? [])
+        foreach (var merge in Items(model, "merges", "model.merges", path))
         {
             string? text = merge.ValueKind switch
             {
@@ -255,12 +308,12 @@ internal sealed class ByteLevelBpe
         var added = new Dictionary<string, int>(StringComparer.Ordinal);
         var special = new HashSet<int>();
         int index = 0;
-        foreach (var token in Element(root, "added_tokens")?.EnumerateArray() ?? [])
+        foreach (var token in Items(root, "added_tokens", "added_tokens", path))
         {
             if (Element(token, "content") is not { ValueKind: JsonValueKind.String } content
-                || Element(token, "id") is not { ValueKind: JsonValueKind.Number } id || !id.TryGetInt32(out int value) || value < 0)
+                || Element(token, "id") is not { ValueKind: JsonValueKind.Number } id || !id.TryGetInt32(out int value) || value is < 0 or > InputLimits.MaxTokenId)
             {
-                throw new InvalidDataException($"{path}: added_tokens[{index}] needs a string \"content\" and a non-negative integer \"id\".");
+                throw new InvalidDataException($"{path}: added_tokens[{index}] needs a string \"content\" and an integer \"id\" in 0..{InputLimits.MaxTokenId}.");
             }
 
             added[content.GetString()!] = value;

@@ -7,7 +7,9 @@
 // {"content": ...}; null means none), else the SentencePiece model's own, else none.
 // Encode never adds BOS/EOS; callers (TextDataset) do.
 using System.Text.Json;
+using Google.Protobuf;
 using Microsoft.ML.Tokenizers;
+using PeftKernels.IO;
 
 namespace PeftKernels.Text;
 
@@ -94,11 +96,25 @@ public sealed class HfTokenizer : ITokenizer
     /// <inheritdoc/>
     public string Decode(ReadOnlySpan<int> ids) => decode([.. ids]);
 
-    internal static JsonDocument ParseJson(string path)
+    /// <summary>Parses a tokenizer.json as <see cref="Load"/> does, without tokenizer_config.json; <paramref name="path"/> names it in errors.</summary>
+    internal static HfTokenizer ParseTokenizerJson(byte[] utf8, string path) =>
+        FromByteLevelBpe(ByteLevelBpe.Parse(utf8, path), TokenizerConfig.None);
+
+    /// <summary>Parses a tokenizer.model as <see cref="Load"/> does, without tokenizer.json or tokenizer_config.json.</summary>
+    internal static HfTokenizer ParseSentencePiece(byte[] model, string path)
     {
+        using var stream = new MemoryStream(model, writable: false);
+        return FromSentencePiece(stream, path, TokenizerConfig.None, []);
+    }
+
+    internal static JsonDocument ParseJson(string path, long limit) => ParseJson(InputLimits.ReadAllBytes(path, limit), path);
+
+    internal static JsonDocument ParseJson(byte[] utf8, string path)
+    {
+        InputLimits.CheckUtf8(utf8, path);
         try
         {
-            return JsonDocument.Parse(File.ReadAllBytes(path));
+            return JsonDocument.Parse(utf8);
         }
         catch (JsonException e)
         {
@@ -106,48 +122,89 @@ public sealed class HfTokenizer : ITokenizer
         }
     }
 
-    private static HfTokenizer LoadByteLevelBpe(string folder, string json)
-    {
-        var bpe = ByteLevelBpe.Load(json);
-        var config = ReadConfig(folder);
-        return new HfTokenizer(bpe.VocabSize, config.Bos.Resolve(bpe.IdOf, null), config.Eos.Resolve(bpe.IdOf, null), bpe.Encode, bpe.Decode);
-    }
+    private static HfTokenizer LoadByteLevelBpe(string folder, string json) => FromByteLevelBpe(ByteLevelBpe.Load(json), ReadConfig(folder));
+
+    private static HfTokenizer FromByteLevelBpe(ByteLevelBpe bpe, TokenizerConfig config) =>
+        new(bpe.VocabSize, config.Bos.Resolve(bpe.IdOf, null), config.Eos.Resolve(bpe.IdOf, null), bpe.Encode, bpe.Decode);
 
     private static HfTokenizer LoadSentencePiece(string folder, string model, string json)
     {
         var config = ReadConfig(folder);
         var added = File.Exists(json) ? AddedTokensOfJson(json) : config.AddedTokens;
-        LlamaTokenizer tokenizer;
-        using (var stream = File.OpenRead(model))
+        long length = new FileInfo(model).Length;
+        if (length > InputLimits.MaxTokenizerBytes)
         {
-            try
-            {
-                tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens: added.Count > 0 ? added : null);
-            }
-            catch (Exception e) when (e is not IOException)
-            {
-                throw new InvalidDataException($"{model}: not a SentencePiece model this library can read: {e.Message}", e);
-            }
+            throw new InvalidDataException($"{model}: the file is {length} bytes; the limit for a tokenizer.model is {InputLimits.MaxTokenizerBytes} bytes.");
+        }
+
+        using var stream = File.OpenRead(model);
+        return FromSentencePiece(stream, model, config, added);
+    }
+
+    private static HfTokenizer FromSentencePiece(Stream stream, string model, TokenizerConfig config, Dictionary<string, int> added)
+    {
+        if (stream.Length == 0)
+        {
+            throw new InvalidDataException($"{model}: the file is empty; expected a SentencePiece model (protobuf ModelProto).");
+        }
+
+        LlamaTokenizer tokenizer;
+        try
+        {
+            tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens: added.Count > 0 ? added : null);
+        }
+        catch (Exception e) when (e is InvalidProtocolBufferException || e is not (IOException or OutOfMemoryException))
+        {
+            // Google.Protobuf's InvalidProtocolBufferException is an IOException: it is a bad file, not a failed read.
+            throw new InvalidDataException($"{model}: not a SentencePiece model this library can read: {e.Message}", e);
         }
 
         int? IdOf(string token) => added.TryGetValue(token, out int id) || tokenizer.Vocabulary.TryGetValue(token, out id) ? id : null;
-        int vocabSize = tokenizer.Vocabulary.Values.Concat(added.Values).Max() + 1;
+        if (tokenizer.Vocabulary.Count == 0)
+        {
+            throw new InvalidDataException($"{model}: the SentencePiece model has no pieces; expected a vocabulary of at least one.");
+        }
+
+        int vocabSize = CheckIds(tokenizer.Vocabulary.Values.Concat(added.Values).Max(), model);
         int? bos = config.Bos.Resolve(IdOf, tokenizer.BeginningOfSentenceId >= 0 ? tokenizer.BeginningOfSentenceId : null);
         int? eos = config.Eos.Resolve(IdOf, tokenizer.EndOfSentenceId >= 0 ? tokenizer.EndOfSentenceId : null);
         return new HfTokenizer(vocabSize, bos, eos,
-            text => [.. tokenizer.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false)],
+            text => CheckEncoded([.. tokenizer.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false)], vocabSize, model),
             ids => tokenizer.Decode(ids, considerSpecialTokens: false));
     }
 
+    /// <summary>
+    /// The ids SentencePiece encoded, checked against the vocabulary: with byte fallback it emits
+    /// "&lt;0x00&gt;"'s id + byte without checking that the model has all 256 byte pieces.
+    /// </summary>
+    private static int[] CheckEncoded(int[] ids, int vocabSize, string model)
+    {
+        foreach (int id in ids)
+        {
+            if ((uint)id >= (uint)vocabSize)
+            {
+                throw new InvalidDataException(
+                    $"{model}: encoding gave id {id}, outside the model's {vocabSize} pieces (are its byte-fallback pieces <0x00>..<0xFF> incomplete?).");
+            }
+        }
+
+        return ids;
+    }
+
+    /// <summary>The vocabulary size (largest id + 1) after checking the largest id against <see cref="InputLimits.MaxTokenId"/>.</summary>
+    internal static int CheckIds(int maxId, string file) =>
+        maxId is >= 0 and <= InputLimits.MaxTokenId ? maxId + 1
+            : throw new InvalidDataException($"{file}: token id {maxId} is outside 0..{InputLimits.MaxTokenId} (the largest vocabulary this library loads).");
+
     private static Dictionary<string, int> AddedTokensOfJson(string json)
     {
-        using var document = ParseJson(json);
+        using var document = ParseJson(json, InputLimits.MaxTokenizerBytes);
         var added = new Dictionary<string, int>(StringComparer.Ordinal);
-        if (document.RootElement.TryGetProperty("added_tokens", out var list) && list.ValueKind == JsonValueKind.Array)
+        if (document.RootElement.ValueKind == JsonValueKind.Object && document.RootElement.TryGetProperty("added_tokens", out var list) && list.ValueKind == JsonValueKind.Array)
         {
             foreach (var token in list.EnumerateArray())
             {
-                if (token.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String
+                if (token.ValueKind == JsonValueKind.Object && token.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String
                     && token.TryGetProperty("id", out var id) && id.TryGetInt32(out int value))
                 {
                     added[content.GetString()!] = value;
@@ -163,17 +220,22 @@ public sealed class HfTokenizer : ITokenizer
         string path = Path.Combine(folder, ConfigFile);
         if (!File.Exists(path))
         {
-            return new TokenizerConfig(SpecialToken.Unstated, SpecialToken.Unstated, []);
+            return TokenizerConfig.None;
         }
 
-        using var document = ParseJson(path);
+        using var document = ParseJson(path, InputLimits.MaxConfigJsonBytes);
         var root = document.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidDataException($"{path}: expected a JSON object; found {root.ValueKind}.");
+        }
+
         var added = new Dictionary<string, int>(StringComparer.Ordinal);
         if (root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
         {
             foreach (var entry in decoder.EnumerateObject())
             {
-                if (int.TryParse(entry.Name, out int id) && entry.Value.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String)
+                if (int.TryParse(entry.Name, out int id) && entry.Value.ValueKind == JsonValueKind.Object && entry.Value.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String)
                 {
                     added[content.GetString()!] = id;
                 }
@@ -183,7 +245,10 @@ public sealed class HfTokenizer : ITokenizer
         return new TokenizerConfig(SpecialToken.Read(root, "bos_token", path), SpecialToken.Read(root, "eos_token", path), added);
     }
 
-    private sealed record TokenizerConfig(SpecialToken Bos, SpecialToken Eos, Dictionary<string, int> AddedTokens);
+    private sealed record TokenizerConfig(SpecialToken Bos, SpecialToken Eos, Dictionary<string, int> AddedTokens)
+    {
+        public static TokenizerConfig None => new(SpecialToken.Unstated, SpecialToken.Unstated, []);
+    }
 
     /// <summary>A bos_token/eos_token entry: unstated (key absent), stated as none (null), or a token string.</summary>
     private sealed record SpecialToken(bool Stated, string? Content, string Key, string File)
