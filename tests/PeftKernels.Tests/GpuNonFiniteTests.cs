@@ -10,6 +10,7 @@ using PeftKernels.Kernels.Gpu;
 using PeftKernels.Kernels.Reference;
 using PeftKernels.Ops;
 using Xunit;
+using static PeftKernels.Tests.NonFiniteTests;
 
 namespace PeftKernels.Tests;
 
@@ -20,32 +21,6 @@ public class GpuNonFiniteTests(GpuFixture gpu)
     private Device Accel => Device.FromAccelerator(gpu.Accelerator);
 
     private Tensor On(float[] values, params int[] shape) => new Tensor(values, shape).To(Accel);
-
-    private static float[] With(float[] values, int index, float poison)
-    {
-        values[index] = poison;
-        return values;
-    }
-
-    private static void AssertNaN(float[] y, IEnumerable<int> indices, string what)
-    {
-        foreach (int i in indices)
-        {
-            Assert.True(float.IsNaN(y[i]), $"{what}: element {i} is {y[i]}, expected NaN");
-        }
-    }
-
-    private static void AssertFinite(float[] y, IEnumerable<int> indices, string what)
-    {
-        foreach (int i in indices)
-        {
-            Assert.True(float.IsFinite(y[i]), $"{what}: element {i} is {y[i]}, expected finite");
-        }
-    }
-
-    private static IEnumerable<int> Row(int row, int columns) => Enumerable.Range(row * columns, columns);
-
-    private static IEnumerable<int> Column(int column, int rows, int columns) => Enumerable.Range(0, rows).Select(r => (r * columns) + column);
 
     [Fact]
     public void EmbeddingRmsNormAndElementwiseOpsPropagate()

@@ -39,13 +39,13 @@ public class NonFiniteTests
         return data;
     }
 
-    private static float[] With(float[] values, int index, float poison)
+    internal static float[] With(float[] values, int index, float poison)
     {
         values[index] = poison;
         return values;
     }
 
-    private static void AssertNaN(float[] y, IEnumerable<int> indices, string what)
+    internal static void AssertNaN(float[] y, IEnumerable<int> indices, string what)
     {
         foreach (int i in indices)
         {
@@ -53,7 +53,7 @@ public class NonFiniteTests
         }
     }
 
-    private static void AssertFinite(float[] y, IEnumerable<int> indices, string what)
+    internal static void AssertFinite(float[] y, IEnumerable<int> indices, string what)
     {
         foreach (int i in indices)
         {
@@ -61,9 +61,9 @@ public class NonFiniteTests
         }
     }
 
-    private static IEnumerable<int> Row(int row, int columns) => Enumerable.Range(row * columns, columns);
+    internal static IEnumerable<int> Row(int row, int columns) => Enumerable.Range(row * columns, columns);
 
-    private static IEnumerable<int> Column(int column, int rows, int columns) => Enumerable.Range(0, rows).Select(r => (r * columns) + column);
+    internal static IEnumerable<int> Column(int column, int rows, int columns) => Enumerable.Range(0, rows).Select(r => (r * columns) + column);
 
     [Fact]
     public void EmbeddingCopiesANaNRowToEveryLookup()

@@ -6,6 +6,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using PeftKernels.Text;
 using Xunit;
+using static PeftKernels.Fuzz.ProtoWriter;
 
 namespace PeftKernels.Tests;
 
@@ -284,30 +285,5 @@ public sealed class TokenizerTests : IDisposable
         Varint(normalizer, 5, 1);
         Bytes(model, 3, [.. normalizer]);
         return [.. model];
-
-        static void Raw(List<byte> o, ulong v)
-        {
-            for (; v >= 0x80; v >>= 7)
-            {
-                o.Add((byte)(v | 0x80));
-            }
-
-            o.Add((byte)v);
-        }
-
-        static void Tag(List<byte> o, int field, int wireType) => Raw(o, (ulong)((field << 3) | wireType));
-
-        static void Varint(List<byte> o, int field, long value)
-        {
-            Tag(o, field, 0);
-            Raw(o, (ulong)value);
-        }
-
-        static void Bytes(List<byte> o, int field, byte[] value)
-        {
-            Tag(o, field, 2);
-            Raw(o, (ulong)value.Length);
-            o.AddRange(value);
-        }
     }
 }

@@ -8,6 +8,7 @@ using PeftKernels.Kernels.Cpu;
 using PeftKernels.Models;
 using PeftKernels.Peft;
 using PeftKernels.Quantization;
+using static PeftKernels.Fuzz.ProtoWriter;
 
 namespace PeftKernels.Fuzz;
 
@@ -103,30 +104,5 @@ public static class SeedInputs
         Varint(normalizer, 5, 1);
         Bytes(model, 3, [.. normalizer]);
         return [.. model];
-
-        static void Raw(List<byte> o, ulong v)
-        {
-            for (; v >= 0x80; v >>= 7)
-            {
-                o.Add((byte)(v | 0x80));
-            }
-
-            o.Add((byte)v);
-        }
-
-        static void Tag(List<byte> o, int field, int wireType) => Raw(o, (ulong)((field << 3) | wireType));
-
-        static void Varint(List<byte> o, int field, long value)
-        {
-            Tag(o, field, 0);
-            Raw(o, (ulong)value);
-        }
-
-        static void Bytes(List<byte> o, int field, byte[] value)
-        {
-            Tag(o, field, 2);
-            Raw(o, (ulong)value.Length);
-            o.AddRange(value);
-        }
     }
 }
