@@ -159,6 +159,33 @@ public class PagedKvCacheTests
     }
 
     [Fact]
+    public void APrefixLookupIsVerifiedAndEndsWithItsLastHolder()
+    {
+        var pool = Pool();
+        var prompt = Tokens(9, 5);
+        var a = pool.CreateSequence();
+        Fill(a, prompt);
+        ulong first = KvBlockPool.ChainHash(KvBlockPool.RootHash, prompt.AsSpan(0, 4));
+        Assert.Equal(a.BlockTable[0], pool.Lookup(first, -1, prompt.AsSpan(0, 4)));
+
+        // The same hash with other tokens or another parent (a collision) finds nothing.
+        int[] other = [.. prompt[..4]];
+        other[3]++;
+        Assert.Equal(-1, pool.Lookup(first, -1, other));
+        Assert.Equal(-1, pool.Lookup(first, a.BlockTable[1], prompt.AsSpan(0, 4)));
+
+        var b = pool.CreateSequence();
+        Assert.Equal(8, b.SharePrefix(prompt));
+        a.Free();
+        var c = pool.CreateSequence();
+        Assert.Equal(8, c.SharePrefix(prompt)); // B still holds the blocks
+        b.Free();
+        c.Free();
+        Assert.Equal(0, pool.IndexedBlocks);
+        Assert.Equal(0, pool.CreateSequence().SharePrefix(prompt));
+    }
+
+    [Fact]
     public void AppendingToAForkCopiesTheSharedPartialBlockAndLeavesTheOtherUnchanged()
     {
         var pool = Pool();
