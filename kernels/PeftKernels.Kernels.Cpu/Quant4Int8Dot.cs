@@ -1,0 +1,142 @@
+// One row dot product of the integer 4-bit GEMV (Quant4Int8Gemv), per SIMD path. A chunk is 32
+// weights (16 packed bytes) against 32 int8 activations stored in lane order (even elements,
+// then odd: the high then the low nibbles). Per chunk: nibbles → byte shuffle through the int8
+// table → |w| (u8) and q·sign(w) (s8) → u8·s8 pair sums (s16, cannot saturate) → s16 pair sums
+// (s32, 8 lanes), or one AvxVnni u8·s8 dot → the same 8 lanes. The lanes times the chunk's
+// scale are added with FMA into acc[8·(c mod 2) + lane]: Vector512 takes two chunks per step
+// (chunk c in lanes 0..7, c + 1 in 8..15), Vector256 keeps two accumulators, scalar indexes them.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace PeftKernels.Kernels.Cpu;
+
+internal static unsafe class Quant4Int8Dot
+{
+    private const int Chunk = Quant4Int8Gemv.Chunk;
+    private const float TableScale = 1f / 127f;
+
+    /// <summary>The 16 accumulators reduced: halves added, then 8 → 4 → 2 → 1 (upper half onto lower).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Reduce16(float* acc)
+    {
+        float* v = stackalloc float[8];
+        for (int l = 0; l < 8; l++)
+        {
+            v[l] = acc[l] + acc[8 + l];
+        }
+
+        for (int width = 4; width >= 1; width /= 2)
+        {
+            for (int l = 0; l < width; l++)
+            {
+                v[l] += v[l + width];
+            }
+        }
+
+        return v[0];
+    }
+
+    /// <summary>The scale of chunk <paramref name="c"/>: sx · (absmax · 1/127).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Scale(float* sx, float* absmax, long e0, int shift, int c) =>
+        sx[c] * (absmax[(e0 + ((long)c * Chunk)) >> shift] * TableScale);
+
+    /// <summary>Chunks [c0, c1) of a row added into acc, one element at a time.</summary>
+    public static void ScalarChunks(byte* row, sbyte* q, float* sx, float* absmax, long e0, int shift, int c0, int c1,
+        Vector128<sbyte> table, float* acc)
+    {
+        sbyte* t8 = stackalloc sbyte[16];
+        table.Store(t8);
+        for (int c = c0; c < c1; c++)
+        {
+            float s = Scale(sx, absmax, e0, shift, c);
+            byte* b = row + (c * (Chunk / 2));
+            sbyte* qc = q + (c * Chunk);
+            for (int l = 0; l < 8; l++)
+            {
+                int lane = 0;
+                for (int p = 4 * l; p < (4 * l) + 4; p++)
+                {
+                    int code = p < 16 ? b[p] >> 4 : b[p - 16] & 0xF;
+                    lane += t8[code] * qc[p];
+                }
+
+                int a = (8 * (c & 1)) + l;
+                acc[a] = MathF.FusedMultiplyAdd(lane, s, acc[a]);
+            }
+        }
+    }
+
+    /// <summary>A whole row into acc (overwritten), two chunks per 512-bit step.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Row512(byte* row, sbyte* q, float* sx, float* absmax, long e0, int shift, int chunks,
+        Vector128<sbyte> table, float* acc)
+    {
+        var t256 = Vector256.Create(table, table);
+        var t512 = Vector512.Create(t256, t256);
+        var mask = Vector256.Create((byte)0x0F);
+        var order = Vector512.Create(0ul, 1, 4, 5, 2, 3, 6, 7);
+        var ones = Vector512.Create((short)1);
+        var sum = Vector512<float>.Zero;
+        int c = 0;
+        for (; c + 1 < chunks; c += 2)
+        {
+            var v = Vector256.Load(row + (c * (Chunk / 2)));
+            var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+            var lo = v & mask;
+            var index = Avx512F.PermuteVar8x64(Vector512.Create(hi, lo).AsUInt64(), order).AsSByte();
+            var wt = Avx512BW.Shuffle(t512, index);
+            var qv = Vector512.Load(q + (c * Chunk));
+            var signed = Vector512.ConditionalSelect(Vector512.LessThan(wt, Vector512<sbyte>.Zero), -qv, qv);
+            var lanes = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(wt), signed), ones);
+            var scale = Vector512.Create(Vector256.Create(Scale(sx, absmax, e0, shift, c)), Vector256.Create(Scale(sx, absmax, e0, shift, c + 1)));
+            sum = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(lanes), scale, sum);
+        }
+
+        sum.Store(acc);
+        ScalarChunks(row, q, sx, absmax, e0, shift, c, chunks, table, acc);
+    }
+
+    /// <summary>A whole row into acc (overwritten), one chunk per 256-bit step.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Row256(byte* row, sbyte* q, float* sx, float* absmax, long e0, int shift, int chunks,
+        Vector128<sbyte> table, float* acc)
+    {
+        var t256 = Vector256.Create(table, table);
+        var even = Vector256<float>.Zero;
+        var odd = Vector256<float>.Zero;
+        int c = 0;
+        for (; c + 1 < chunks; c += 2)
+        {
+            even = Fma.MultiplyAdd(Lanes256(row, q, c, t256), Vector256.Create(Scale(sx, absmax, e0, shift, c)), even);
+            odd = Fma.MultiplyAdd(Lanes256(row, q, c + 1, t256), Vector256.Create(Scale(sx, absmax, e0, shift, c + 1)), odd);
+        }
+
+        if (c < chunks)
+        {
+            even = Fma.MultiplyAdd(Lanes256(row, q, c, t256), Vector256.Create(Scale(sx, absmax, e0, shift, c)), even);
+        }
+
+        even.Store(acc);
+        odd.Store(acc + 8);
+    }
+
+    /// <summary>The 8 int32 lanes of chunk <paramref name="c"/>, as fp32 (exact: |lane| ≤ 4·127² &lt; 2²⁴).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Lanes256(byte* row, sbyte* q, int c, Vector256<sbyte> t256)
+    {
+        var v = Vector128.Load(row + (c * (Chunk / 2)));
+        var mask = Vector128.Create((byte)0x0F);
+        var hi = Sse2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
+        var lo = v & mask;
+        var wt = Avx2.Shuffle(t256, Vector256.Create(hi, lo).AsSByte());
+        var qv = Vector256.Load(q + (c * Chunk));
+        var magnitude = Avx2.Abs(wt);
+        var signed = Avx2.Sign(qv, wt);
+        var lanes = AvxVnni.IsSupported
+            ? AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, magnitude, signed)
+            : Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(magnitude, signed), Vector256.Create((short)1));
+        return Avx.ConvertToVector256Single(lanes);
+    }
+}
