@@ -16,25 +16,27 @@ internal static unsafe class Quant4Int8Dot
     private const int Chunk = Quant4Int8Gemv.Chunk;
     private const float TableScale = 1f / 127f;
 
-    /// <summary>The 16 accumulators reduced: halves added, then 8 → 4 → 2 → 1 (upper half onto lower).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// <summary>The 16 accumulators reduced in place: halves added, then 8 → 4 → 2 → 1 (upper half onto lower).</summary>
     public static float Reduce16(float* acc)
     {
-        float* v = stackalloc float[8];
-        for (int l = 0; l < 8; l++)
-        {
-            v[l] = acc[l] + acc[8 + l];
-        }
-
-        for (int width = 4; width >= 1; width /= 2)
+        for (int width = 8; width >= 1; width /= 2)
         {
             for (int l = 0; l < width; l++)
             {
-                v[l] += v[l + width];
+                acc[l] += acc[l + width];
             }
         }
 
-        return v[0];
+        return acc[0];
+    }
+
+    /// <summary>The last three steps of <see cref="Reduce16(float*)"/> on a vector: 8 → 4 → 2 → 1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Reduce8(Vector256<float> v)
+    {
+        var v4 = v.GetLower() + v.GetUpper();
+        var v2 = v4 + Vector128.Shuffle(v4, Vector128.Create(2, 3, 0, 1));
+        return v2.ToScalar() + v2.GetElement(1);
     }
 
     /// <summary>The scale of chunk <paramref name="c"/>: sx · (absmax · 1/127).</summary>
@@ -68,40 +70,68 @@ internal static unsafe class Quant4Int8Dot
         }
     }
 
-    /// <summary>A whole row into acc (overwritten), two chunks per 512-bit step.</summary>
+    /// <summary>
+    /// A whole row's dot product, two chunks per 512-bit step. The 32 packed bytes of chunks c, c + 1
+    /// are broadcast to both halves and shifted by 4 (lower half) or 0 (upper half) bits, so the
+    /// activations are stored pair-interleaved (see Quant4Int8Gemv.QuantizeRows) and the int32
+    /// lanes hold: 0..3 chunk c lanes 0..3, 4..7 chunk c + 1 lanes 0..3, 8..11 chunk c lanes 4..7,
+    /// 12..15 chunk c + 1 lanes 4..7 (accumulators 0..3, 8..11, 4..7, 12..15 of the specification).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Row512(byte* row, sbyte* q, float* sx, float* absmax, long e0, int shift, int chunks,
-        Vector128<sbyte> table, float* acc)
+    public static float Row512(byte* row, sbyte* q, float* sx, float* sxPairs, float* absmax, long e0, int shift, int chunks,
+        Vector128<sbyte> table, bool onePairScale)
     {
         var t256 = Vector256.Create(table, table);
         var t512 = Vector512.Create(t256, t256);
-        var mask = Vector256.Create((byte)0x0F);
-        var order = Vector512.Create(0ul, 1, 4, 5, 2, 3, 6, 7);
+        var mask = Vector512.Create((byte)0x0F);
+        var shifts = Vector512.Create(Vector256.Create((ushort)4), Vector256<ushort>.Zero);
         var ones = Vector512.Create((short)1);
+        var spread = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
         var sum = Vector512<float>.Zero;
         int c = 0;
         for (; c + 1 < chunks; c += 2)
         {
-            var v = Vector256.Load(row + (c * (Chunk / 2)));
-            var hi = Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & mask;
-            var lo = v & mask;
-            var index = Avx512F.PermuteVar8x64(Vector512.Create(hi, lo).AsUInt64(), order).AsSByte();
-            var wt = Avx512BW.Shuffle(t512, index);
+            var v = Vector512.Create(Vector256.Load(row + (c * (Chunk / 2))));
+            var index = Avx512BW.ShiftRightLogicalVariable(v.AsUInt16(), shifts).AsByte() & mask;
+            var wt = Avx512BW.Shuffle(t512, index.AsSByte());
             var qv = Vector512.Load(q + (c * Chunk));
             var signed = Vector512.ConditionalSelect(Vector512.LessThan(wt, Vector512<sbyte>.Zero), -qv, qv);
             var lanes = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(wt), signed), ones);
-            var scale = Vector512.Create(Vector256.Create(Scale(sx, absmax, e0, shift, c)), Vector256.Create(Scale(sx, absmax, e0, shift, c + 1)));
+            Vector512<float> wscale;
+            float a0 = absmax[(e0 + ((long)c * Chunk)) >> shift] * TableScale;
+            if (onePairScale)
+            {
+                wscale = Vector512.Create(a0);
+            }
+            else
+            {
+                float a1 = absmax[(e0 + ((long)(c + 1) * Chunk)) >> shift] * TableScale;
+                wscale = Avx512F.PermuteVar16x32(Vector128.Create(a0, a1, 0f, 0f).ToVector256Unsafe().ToVector512Unsafe(), spread);
+            }
+
+            var scale = Vector512.Load(sxPairs + (c * 8)) * wscale;
             sum = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(lanes), scale, sum);
         }
 
-        sum.Store(acc);
-        ScalarChunks(row, q, sx, absmax, e0, shift, c, chunks, table, acc);
+        var q0 = sum.GetLower().GetLower();
+        var q1 = sum.GetLower().GetUpper();
+        var q2 = sum.GetUpper().GetLower();
+        var q3 = sum.GetUpper().GetUpper();
+        if (c < chunks)
+        {
+            // The last chunk of an odd count, stored unpaired: specification accumulators 0..7 are q0, q2.
+            var tail = Fma.MultiplyAdd(Lanes256(row, q, c, t256), Vector256.Create(Scale(sx, absmax, e0, shift, c)), Vector256.Create(q0, q2));
+            q0 = tail.GetLower();
+            q2 = tail.GetUpper();
+        }
+
+        // Specification: v[l] = acc[l] + acc[8 + l] → [q0 + q1, q2 + q3], then 8 → 4 → 2 → 1.
+        return Reduce8(Vector256.Create(q0 + q1, q2 + q3));
     }
 
-    /// <summary>A whole row into acc (overwritten), one chunk per 256-bit step.</summary>
+    /// <summary>A whole row's dot product, one chunk per 256-bit step.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Row256(byte* row, sbyte* q, float* sx, float* absmax, long e0, int shift, int chunks,
-        Vector128<sbyte> table, float* acc)
+    public static float Row256(byte* row, sbyte* q, float* sx, float* absmax, long e0, int shift, int chunks, Vector128<sbyte> table)
     {
         var t256 = Vector256.Create(table, table);
         var even = Vector256<float>.Zero;
@@ -118,8 +148,7 @@ internal static unsafe class Quant4Int8Dot
             even = Fma.MultiplyAdd(Lanes256(row, q, c, t256), Vector256.Create(Scale(sx, absmax, e0, shift, c)), even);
         }
 
-        even.Store(acc);
-        odd.Store(acc + 8);
+        return Reduce8(even + odd);
     }
 
     /// <summary>The 8 int32 lanes of chunk <paramref name="c"/>, as fp32 (exact: |lane| ≤ 4·127² &lt; 2²⁴).</summary>

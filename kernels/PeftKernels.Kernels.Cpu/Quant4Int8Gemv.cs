@@ -60,10 +60,11 @@ public static unsafe class Quant4Int8Gemv
         int threads = options.ResolveThreads();
         int chunks = inFeatures / Chunk;
         sbyte[] q = ArrayPool<sbyte>.Shared.Rent(n * inFeatures);
-        float[] sx = ArrayPool<float>.Shared.Rent(n * chunks);
+        bool pairs = path == SimdPath.Vector512;
+        float[] sx = ArrayPool<float>.Shared.Rent(n * chunks * (pairs ? 9 : 1));
         try
         {
-            QuantizeRows(x, n, inFeatures, q, sx);
+            QuantizeRows(x, n, inFeatures, q, sx, pairs);
             var table = Quant4Codes.Table(w.Type);
             sbyte* t8 = stackalloc sbyte[16];
             for (int k = 0; k < 16; k++)
@@ -93,8 +94,11 @@ public static unsafe class Quant4Int8Gemv
     }
 
     // Each chunk's int8 values are stored in lane order: the 16 even elements, then the 16 odd
-    // ones (the high and the low nibbles of the chunk's 16 packed bytes).
-    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, sbyte[] q, float[] sx)
+    // ones (the high and the low nibbles of the chunk's 16 packed bytes). With pairs (the
+    // Vector512 path) two chunks c, c + 1 (c even) are interleaved as the 512-bit nibble split
+    // holds them: evens of c, evens of c + 1, odds of c, odds of c + 1; and after the n·chunks
+    // scales each pair gets its scale vector [sx_c ×4, sx_c+1 ×4, sx_c ×4, sx_c+1 ×4].
+    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, sbyte[] q, float[] sx, bool pairs)
     {
         int chunks = inFeatures / Chunk;
         for (int r = 0; r < n; r++)
@@ -111,10 +115,21 @@ public static unsafe class Quant4Int8Gemv
 
                 float inverse = max == 0f ? 0f : 127f / max;
                 sx[(r * chunks) + c] = max == 0f ? 0f : max / 127f;
-                for (int p = 0; p < Chunk; p++)
+                bool paired = pairs && (c | 1) < chunks;
+                int pairBase = (r * inFeatures) + ((c & ~1) * Chunk) + ((c & 1) * 16);
+                for (int i = 0; i < Chunk; i++)
                 {
-                    int e = p < 16 ? 2 * p : (2 * (p - 16)) + 1;
-                    q[e0 + p] = (sbyte)MathF.Round(v[e] * inverse);
+                    int dst = paired ? pairBase + ((i & 1) * Chunk) + (i >> 1) : e0 + ((i & 1) * 16) + (i >> 1);
+                    q[dst] = (sbyte)MathF.Round(v[i] * inverse);
+                }
+            }
+
+            for (int c = 0; pairs && c + 1 < chunks; c += 2)
+            {
+                int at = (n * chunks) + (((r * chunks) + c) * 8);
+                for (int l = 0; l < 16; l++)
+                {
+                    sx[at + l] = sx[(r * chunks) + c + ((l >> 2) & 1)];
                 }
             }
         }
@@ -127,6 +142,7 @@ public static unsafe class Quant4Int8Gemv
         public void Run(int j0, int j1)
         {
             int chunks = inFeatures / Chunk;
+            bool onePairScale = inFeatures % (2 * Chunk) == 0 && blockShift >= 6; // both chunks of a pair in one weight block
             float* acc = stackalloc float[16];
             for (int j = j0; j < j1; j++)
             {
@@ -136,21 +152,23 @@ public static unsafe class Quant4Int8Gemv
                 {
                     sbyte* qr = q + ((long)r * inFeatures);
                     float* sr = sx + ((long)r * chunks);
+                    float* sv = sx + ((long)n * chunks) + ((long)r * chunks * 8);
+                    float v;
                     if (path == SimdPath.Vector512)
                     {
-                        Quant4Int8Dot.Row512(row, qr, sr, absmax, e0, blockShift, chunks, table, acc);
+                        v = Quant4Int8Dot.Row512(row, qr, sr, sv, absmax, e0, blockShift, chunks, table, onePairScale);
                     }
                     else if (path == SimdPath.Vector256)
                     {
-                        Quant4Int8Dot.Row256(row, qr, sr, absmax, e0, blockShift, chunks, table, acc);
+                        v = Quant4Int8Dot.Row256(row, qr, sr, absmax, e0, blockShift, chunks, table);
                     }
                     else
                     {
                         new Span<float>(acc, 16).Clear();
                         Quant4Int8Dot.ScalarChunks(row, qr, sr, absmax, e0, blockShift, 0, chunks, table, acc);
+                        v = Quant4Int8Dot.Reduce16(acc);
                     }
 
-                    float v = Quant4Int8Dot.Reduce16(acc);
                     y[((long)r * outFeatures) + j] = bias == null ? v : v + bias[j];
                 }
             }
