@@ -81,8 +81,12 @@ internal static unsafe class Quant4Int8Dot
     public static float Row512(byte* row, sbyte* q, float* sx, float* sxPairs, float* absmax, long e0, int shift, int chunks,
         Vector128<sbyte> table, bool onePairScale)
     {
+        // The sign comes from the code's bit 3: NF4 codes 0..7 are ≤ 0 and 8..15 ≥ 0; FP4's are the
+        // other way round, so its sums come out negated (exactly) and are negated back at the end.
         var t256 = Vector256.Create(table, table);
-        var t512 = Vector512.Create(t256, t256);
+        var magnitudes = Avx512BW.Abs(Vector512.Create(t256, t256)).AsSByte();
+        bool flip = table.GetElement(15) < 0;
+        var eight = Vector512.Create((byte)8);
         var mask = Vector512.Create((byte)0x0F);
         var shifts = Vector512.Create(Vector256.Create((ushort)4), Vector256<ushort>.Zero);
         var ones = Vector512.Create((short)1);
@@ -91,12 +95,12 @@ internal static unsafe class Quant4Int8Dot
         int c = 0;
         for (; c + 1 < chunks; c += 2)
         {
-            var v = Vector512.Create(Vector256.Load(row + (c * (Chunk / 2))));
+            var v = Avx512F.BroadcastVector256ToVector512((ulong*)(row + (c * (Chunk / 2))));
             var index = Avx512BW.ShiftRightLogicalVariable(v.AsUInt16(), shifts).AsByte() & mask;
-            var wt = Avx512BW.Shuffle(t512, index.AsSByte());
+            var magnitude = Avx512BW.Shuffle(magnitudes, index.AsSByte()).AsByte();
             var qv = Vector512.Load(q + (c * Chunk));
-            var signed = Vector512.ConditionalSelect(Vector512.LessThan(wt, Vector512<sbyte>.Zero), -qv, qv);
-            var lanes = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(wt), signed), ones);
+            var signed = Vector512.ConditionalSelect(Vector512.LessThan(index, eight).AsSByte(), -qv, qv);
+            var lanes = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitude, signed), ones);
             Vector512<float> wscale;
             float a0 = absmax[(e0 + ((long)c * Chunk)) >> shift] * TableScale;
             if (onePairScale)
@@ -120,13 +124,17 @@ internal static unsafe class Quant4Int8Dot
         if (c < chunks)
         {
             // The last chunk of an odd count, stored unpaired: specification accumulators 0..7 are q0, q2.
-            var tail = Fma.MultiplyAdd(Lanes256(row, q, c, t256), Vector256.Create(Scale(sx, absmax, e0, shift, c)), Vector256.Create(q0, q2));
+            var lanes = Lanes256(row, q, c, t256);
+            var tail = Fma.MultiplyAdd(flip ? -lanes : lanes, Vector256.Create(Scale(sx, absmax, e0, shift, c)), Vector256.Create(q0, q2));
             q0 = tail.GetLower();
             q2 = tail.GetUpper();
         }
 
         // Specification: v[l] = acc[l] + acc[8 + l] → [q0 + q1, q2 + q3], then 8 → 4 → 2 → 1.
-        return Reduce8(Vector256.Create(q0 + q1, q2 + q3));
+        // Negated sums are exact negations of the specification's, or zero where it is +0 (never −0
+        // without a bias, since every scale is ≥ 0): 0 − r restores both.
+        float r = Reduce8(Vector256.Create(q0 + q1, q2 + q3));
+        return flip ? 0f - r : r;
     }
 
     /// <summary>A whole row's dot product, one chunk per 256-bit step.</summary>
