@@ -93,27 +93,31 @@ internal static unsafe class Quant4Int8Dot
         var spread = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
         var sum = Vector512<float>.Zero;
         int c = 0;
-        for (; c + 1 < chunks; c += 2)
+        byte* pw = row;
+        sbyte* pq = q;
+        float* ps = sxPairs;
+        long e = e0;
+        for (; c + 1 < chunks; c += 2, pw += Chunk, pq += 2 * Chunk, ps += 16, e += 2 * Chunk)
         {
-            var v = Avx512F.BroadcastVector256ToVector512((ulong*)(row + (c * (Chunk / 2))));
+            var v = Avx512F.BroadcastVector256ToVector512((ulong*)pw);
             var index = Avx512BW.ShiftRightLogicalVariable(v.AsUInt16(), shifts).AsByte() & mask;
             var magnitude = Avx512BW.Shuffle(magnitudes, index.AsSByte()).AsByte();
-            var qv = Vector512.Load(q + (c * Chunk));
+            var qv = Vector512.Load(pq);
             var signed = Vector512.ConditionalSelect(Vector512.LessThan(index, eight).AsSByte(), -qv, qv);
             var lanes = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(magnitude, signed), ones);
             Vector512<float> wscale;
-            float a0 = absmax[(e0 + ((long)c * Chunk)) >> shift] * TableScale;
+            float a0 = absmax[e >> shift] * TableScale;
             if (onePairScale)
             {
                 wscale = Vector512.Create(a0);
             }
             else
             {
-                float a1 = absmax[(e0 + ((long)(c + 1) * Chunk)) >> shift] * TableScale;
+                float a1 = absmax[(e + Chunk) >> shift] * TableScale;
                 wscale = Avx512F.PermuteVar16x32(Vector128.Create(a0, a1, 0f, 0f).ToVector256Unsafe().ToVector512Unsafe(), spread);
             }
 
-            var scale = Vector512.Load(sxPairs + (c * 8)) * wscale;
+            var scale = Vector512.Load(ps) * wscale;
             sum = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(lanes), scale, sum);
         }
 
