@@ -1,0 +1,177 @@
+// Integer 4-bit decode GEMV: y [n, out] = x [n, in] · Wᵀ + bias, W a QuantizedWeight [out, in]
+// (NF4/FP4, any blocksize, with or without double quantization), for small n (decode).
+// The fp32 path (Quant4Matmul) decodes every weight to fp32 and spends one FMA per weight;
+// this one reads the same packed bytes and works on integers, as llama.cpp's Q4_0 does:
+//   activations: each row of x quantized per chunk of 32 to int8, q = round(x·127/max|x|),
+//                scale sx = max|x|/127 (once per call; in % 32 == 0).
+//   weights:     the 16 code values as int8, t8 = round(table·127), table scale 1/127; a
+//                byte shuffle is the lookup (16 codes fit one 128-bit lane).
+//   dot:         per chunk, 32 int8·int8 products summed exactly into 8 int32 lanes:
+//                Avx512BW / Avx2 MultiplyAddAdjacent (|w|·sign(q, w) as u8·s8 pairs → s16, no
+//                saturation since 2·127·127 < 2¹⁵; then s16 pairs → s32), or AvxVnni's
+//                u8·s8 dot where the processor has it (the same lanes, the same integers).
+//   scale:       each chunk's lanes × (sx · (absmax · 1/127)) accumulated in fp32 with FMA
+//                into 16 accumulators (even chunks 0..7, odd chunks 8..15), then reduced in
+//                a fixed order: bit-identical on every SIMD path and thread count, and equal
+//                to Quant4Int8GemvReference.
+// Error against the exact fp32 dequant GEMV (per output; stated in the reference's header,
+// measured in Quant4Int8GemvTests): Σ_i |x_i|·absmax_i/254 + sx_i·|w_i|/2 + sx_i·absmax_i/508.
+// The exact path stays the default; this one is chosen by the caller.
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>Integer 4-bit GEMV (int8 activations · int8 code table) for decode: y = x·Wᵀ + bias, approximately.</summary>
+public static unsafe class Quant4Int8Gemv
+{
+    /// <summary>Elements per activation chunk (one fp32 scale each); inFeatures must be a multiple of it.</summary>
+    public const int Chunk = 32;
+
+    private const float TableScale = 1f / 127f;
+
+    /// <summary>
+    /// y [n, out] = x [n, in] · Wᵀ + bias (bias empty or [out]) with int8 activations and an int8 code
+    /// table; <paramref name="inFeatures"/> must be a multiple of <see cref="Chunk"/>.
+    /// </summary>
+    public static void Forward(ReadOnlySpan<float> x, QuantizedWeight w, ReadOnlySpan<float> bias, Span<float> y,
+        int n, int inFeatures, int outFeatures, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        Quant4MatmulShapes.Forward(w.Shape, x.Length, bias.Length, y.Length, n, inFeatures, outFeatures);
+        if (inFeatures % Chunk != 0)
+        {
+            throw new ArgumentException($"inFeatures must be a multiple of {Chunk} for the integer 4-bit GEMV, got {inFeatures}.", nameof(inFeatures));
+        }
+
+        if (n == 0)
+        {
+            return;
+        }
+
+        var path = options.ResolvePath();
+        if (path == SimdPath.Vector512 && !Avx512BW.IsSupported)
+        {
+            path = SimdPath.Vector256;
+        }
+
+        int threads = options.ResolveThreads();
+        int chunks = inFeatures / Chunk;
+        sbyte[] q = ArrayPool<sbyte>.Shared.Rent(n * inFeatures);
+        bool pairs = path == SimdPath.Vector512;
+        float[] sx = ArrayPool<float>.Shared.Rent(n * chunks * (pairs ? 9 : 1));
+        try
+        {
+            QuantizeRows(x, n, inFeatures, q, sx, pairs);
+            var table = Quant4Codes.Table(w.Type);
+            sbyte* t8 = stackalloc sbyte[16];
+            for (int k = 0; k < 16; k++)
+            {
+                t8[k] = (sbyte)MathF.Round(table[k] * 127f);
+            }
+
+            fixed (byte* pw = w.Packed)
+            fixed (float* pabs = w.AbsmaxFp32(), pb = bias, py = y, psx = sx)
+            fixed (sbyte* pq = q)
+            {
+                var job = new Job(pw, pabs, pq, psx, bias.Length == 0 ? null : pb, py, Vector128.Load(t8), n, inFeatures, outFeatures,
+                    System.Numerics.BitOperations.Log2((uint)w.Blocksize), path);
+                int parts = Math.Max(1, Math.Min(threads, outFeatures / 64));
+                CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+                {
+                    var (j0, j1) = CpuParallel.Split(outFeatures, parts, part);
+                    job.Run(j0, j1);
+                });
+            }
+        }
+        finally
+        {
+            ArrayPool<sbyte>.Shared.Return(q);
+            ArrayPool<float>.Shared.Return(sx);
+        }
+    }
+
+    // Each chunk's int8 values are stored in lane order: the 16 even elements, then the 16 odd
+    // ones (the high and the low nibbles of the chunk's 16 packed bytes). With pairs (the
+    // Vector512 path) two chunks c, c + 1 (c even) are interleaved as the 512-bit nibble split
+    // holds them: evens of c, evens of c + 1, odds of c, odds of c + 1; and after the n·chunks
+    // scales each pair gets its scale vector [sx_c ×4, sx_c+1 ×4, sx_c ×4, sx_c+1 ×4].
+    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, sbyte[] q, float[] sx, bool pairs)
+    {
+        int chunks = inFeatures / Chunk;
+        for (int r = 0; r < n; r++)
+        {
+            for (int c = 0; c < chunks; c++)
+            {
+                int e0 = (r * inFeatures) + (c * Chunk);
+                var v = x.Slice(e0, Chunk);
+                float max = 0f;
+                foreach (float e in v)
+                {
+                    max = MathF.Max(max, MathF.Abs(e));
+                }
+
+                float inverse = max == 0f ? 0f : 127f / max;
+                sx[(r * chunks) + c] = max == 0f ? 0f : max / 127f;
+                bool paired = pairs && (c | 1) < chunks;
+                int pairBase = (r * inFeatures) + ((c & ~1) * Chunk) + ((c & 1) * 16);
+                for (int i = 0; i < Chunk; i++)
+                {
+                    int dst = paired ? pairBase + ((i & 1) * Chunk) + (i >> 1) : e0 + ((i & 1) * 16) + (i >> 1);
+                    q[dst] = (sbyte)MathF.Round(v[i] * inverse);
+                }
+            }
+
+            for (int c = 0; pairs && c + 1 < chunks; c += 2)
+            {
+                int at = (n * chunks) + (((r * chunks) + c) * 8);
+                for (int l = 0; l < 16; l++)
+                {
+                    sx[at + l] = sx[(r * chunks) + c + ((l >> 2) & 1)];
+                }
+            }
+        }
+    }
+
+    private readonly struct Job(byte* w, float* absmax, sbyte* q, float* sx, float* bias, float* y, Vector128<sbyte> table,
+        int n, int inFeatures, int outFeatures, int blockShift, SimdPath path)
+    {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public void Run(int j0, int j1)
+        {
+            int chunks = inFeatures / Chunk;
+            bool onePairScale = inFeatures % (2 * Chunk) == 0 && blockShift >= 6; // both chunks of a pair in one weight block
+            float* acc = stackalloc float[16];
+            for (int j = j0; j < j1; j++)
+            {
+                long e0 = (long)j * inFeatures;
+                byte* row = w + (e0 >> 1);
+                for (int r = 0; r < n; r++)
+                {
+                    sbyte* qr = q + ((long)r * inFeatures);
+                    float* sr = sx + ((long)r * chunks);
+                    float* sv = sx + ((long)n * chunks) + ((long)r * chunks * 8);
+                    float v;
+                    if (path == SimdPath.Vector512)
+                    {
+                        v = Quant4Int8Dot.Row512(row, qr, sr, sv, absmax, e0, blockShift, chunks, table, onePairScale);
+                    }
+                    else if (path == SimdPath.Vector256)
+                    {
+                        v = Quant4Int8Dot.Row256(row, qr, sr, absmax, e0, blockShift, chunks, table);
+                    }
+                    else
+                    {
+                        new Span<float>(acc, 16).Clear();
+                        Quant4Int8Dot.ScalarChunks(row, qr, sr, absmax, e0, blockShift, 0, chunks, table, acc);
+                        v = Quant4Int8Dot.Reduce16(acc);
+                    }
+
+                    y[((long)r * outFeatures) + j] = bias == null ? v : v + bias[j];
+                }
+            }
+        }
+    }
+}
