@@ -214,99 +214,157 @@ public static unsafe class SegmentedLora
     private static void Tile(float* x, int* rows, float* scale, int m, float* a, float* b, int rank, float* y, float* h,
         int inFeatures, int outFeatures, SimdPath path)
     {
-        float* x0 = x + ((long)rows[0] * inFeatures);
-        float* x1 = m > 1 ? x + ((long)rows[1] * inFeatures) : x0;
-        float* x2 = m > 2 ? x + ((long)rows[2] * inFeatures) : x0;
-        float* x3 = m > 3 ? x + ((long)rows[3] * inFeatures) : x0;
-        for (int q = 0; q < rank; q++)
+        var xr = stackalloc float*[TileRows];
+        var yr = stackalloc float*[TileRows];
+        for (int j = 0; j < TileRows; j++)
         {
-            Dot(a + ((long)q * inFeatures), x0, x1, x2, x3, m, inFeatures, path, out h[q], out h[rank + q], out h[(2 * rank) + q], out h[(3 * rank) + q]);
+            xr[j] = x + ((long)rows[j < m ? j : 0] * inFeatures);
+            yr[j] = y + ((long)rows[j < m ? j : 0] * outFeatures);
+        }
+
+        // Weight rows per block: 4 independent chains for a lone row, 2 × m for more (8 accumulators at most).
+        int block = m == 1 ? 4 : 2;
+        var d = stackalloc float[TileRows * TileRows];
+        for (int q = 0; q < rank; q += block)
+        {
+            int nw = Math.Min(block, rank - q);
+            Dot(a + ((long)q * inFeatures), inFeatures, nw, xr, m, inFeatures, path, d);
+            for (int i = 0; i < nw; i++)
+            {
+                for (int j = 0; j < m; j++)
+                {
+                    h[(j * rank) + q + i] = d[(i * TileRows) + j];
+                }
+            }
         }
 
         // The dots over r use the widest path whose vector fits in r (r = 8 on AVX-512 takes 256-bit lanes).
         var rankPath = path == SimdPath.Scalar || rank < 8 ? SimdPath.Scalar
             : path == SimdPath.Vector512 && rank >= 16 ? SimdPath.Vector512 : SimdPath.Vector256;
-        float* y0 = y + ((long)rows[0] * outFeatures);
-        float* y1 = m > 1 ? y + ((long)rows[1] * outFeatures) : y0;
-        float* y2 = m > 2 ? y + ((long)rows[2] * outFeatures) : y0;
-        float* y3 = m > 3 ? y + ((long)rows[3] * outFeatures) : y0;
-        float s0 = scale[0], s1 = m > 1 ? scale[1] : 0f, s2 = m > 2 ? scale[2] : 0f, s3 = m > 3 ? scale[3] : 0f;
-        for (int o = 0; o < outFeatures; o++)
+        var hr = stackalloc float*[TileRows];
+        for (int j = 0; j < TileRows; j++)
         {
-            Dot(b + ((long)o * rank), h, h + rank, h + (2 * rank), h + (3 * rank), m, rank, rankPath, out float d0, out float d1, out float d2, out float d3);
-            y0[o] += s0 * d0;
-            if (m > 1)
+            hr[j] = h + (j * rank);
+        }
+
+        for (int o = 0; o < outFeatures; o += block)
+        {
+            int nw = Math.Min(block, outFeatures - o);
+            Dot(b + ((long)o * rank), rank, nw, hr, m, rank, rankPath, d);
+            for (int i = 0; i < nw; i++)
             {
-                y1[o] += s1 * d1;
-                if (m > 2)
+                for (int j = 0; j < m; j++)
                 {
-                    y2[o] += s2 * d2;
-                    if (m > 3)
-                    {
-                        y3[o] += s3 * d3;
-                    }
+                    yr[j][o + i] += scale[j] * d[(i * TileRows) + j];
                 }
             }
         }
     }
 
-    /// <summary>s_j = w · r_j (length k) for the first m rows; a row's sum does not depend on m or on the other rows.</summary>
+    /// <summary>
+    /// d[i·4 + j] = w_i · r_j (length k) for the nw weight rows w_i = w + i·ldw and the first m rows r_j (nw·m ≤ 8,
+    /// or nw = 4 with m = 1). Each sum is one accumulator's chain of FMAs over whole vectors, its lanes summed,
+    /// then a scalar tail: the same operations whatever nw, m and the other rows are.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot(float* w, float* r0, float* r1, float* r2, float* r3, int m, int k, SimdPath path,
-        out float s0, out float s1, out float s2, out float s3)
+    private static void Dot(float* w, long ldw, int nw, float** r, int m, int k, SimdPath path, float* d)
     {
         int p = 0;
-        s0 = s1 = s2 = s3 = 0f;
         if (path == SimdPath.Vector512)
         {
-            p = Dot<Vector512<float>, V512>(w, r0, r1, r2, r3, m, k, out s0, out s1, out s2, out s3);
+            p = m == 1 ? Dot4x1<Vector512<float>, V512>(w, ldw, nw, r[0], k, d) : Dot2x4<Vector512<float>, V512>(w, ldw, nw, r, m, k, d);
         }
         else if (path == SimdPath.Vector256)
         {
-            p = Dot<Vector256<float>, V256>(w, r0, r1, r2, r3, m, k, out s0, out s1, out s2, out s3);
+            p = m == 1 ? Dot4x1<Vector256<float>, V256>(w, ldw, nw, r[0], k, d) : Dot2x4<Vector256<float>, V256>(w, ldw, nw, r, m, k, d);
+        }
+        else
+        {
+            new Span<float>(d, TileRows * TileRows).Clear();
         }
 
-        for (; p < k; p++)
+        for (int i = 0; i < nw; i++)
         {
-            float wv = w[p];
-            s0 += r0[p] * wv;
-            s1 += r1[p] * wv;
-            s2 += r2[p] * wv;
-            s3 += r3[p] * wv;
+            float* wi = w + (i * ldw);
+            for (int j = 0; j < m; j++)
+            {
+                float* rj = r[j];
+                float s = d[(i * TileRows) + j];
+                for (int t = p; t < k; t++)
+                {
+                    s += rj[t] * wi[t];
+                }
+
+                d[(i * TileRows) + j] = s;
+            }
         }
     }
 
-    /// <summary>The whole vectors of the m row sums, one accumulator a row; returns where they end.</summary>
+    /// <summary>Up to 4 weight rows against one row: d[i·4] over the whole vectors; returns where they end.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static int Dot<TV, TVec>(float* w, float* r0, float* r1, float* r2, float* r3, int m, int k,
-        out float s0, out float s1, out float s2, out float s3)
+    private static int Dot4x1<TV, TVec>(float* w, long ldw, int nw, float* r0, int k, float* d)
         where TV : unmanaged
         where TVec : struct, IVec<TV>
     {
         int width = TVec.Width, p = 0;
+        float* w0 = w, w1 = nw > 1 ? w + ldw : w, w2 = nw > 2 ? w + (2 * ldw) : w, w3 = nw > 3 ? w + (3 * ldw) : w;
         TV c0 = default, c1 = default, c2 = default, c3 = default;
         for (; p <= k - width; p += width)
         {
-            TV wv = TVec.Load(w + p);
-            c0 = TVec.Fma(TVec.Load(r0 + p), wv, c0);
-            if (m > 1)
+            TV x = TVec.Load(r0 + p);
+            c0 = TVec.Fma(x, TVec.Load(w0 + p), c0);
+            c1 = TVec.Fma(x, TVec.Load(w1 + p), c1);
+            c2 = TVec.Fma(x, TVec.Load(w2 + p), c2);
+            c3 = TVec.Fma(x, TVec.Load(w3 + p), c3);
+        }
+
+        d[0] = TVec.Sum(c0);
+        d[TileRows] = TVec.Sum(c1);
+        d[2 * TileRows] = TVec.Sum(c2);
+        d[3 * TileRows] = TVec.Sum(c3);
+        return p;
+    }
+
+    /// <summary>Up to 2 weight rows against up to 4 rows: d[i·4 + j] over the whole vectors; returns where they end.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int Dot2x4<TV, TVec>(float* w, long ldw, int nw, float** r, int m, int k, float* d)
+        where TV : unmanaged
+        where TVec : struct, IVec<TV>
+    {
+        int width = TVec.Width, p = 0;
+        float* w0 = w, w1 = nw > 1 ? w + ldw : w;
+        float* r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+        TV c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
+        for (; p <= k - width; p += width)
+        {
+            TV a0 = TVec.Load(w0 + p), a1 = TVec.Load(w1 + p), x = TVec.Load(r0 + p);
+            c00 = TVec.Fma(x, a0, c00);
+            c10 = TVec.Fma(x, a1, c10);
+            x = TVec.Load(r1 + p);
+            c01 = TVec.Fma(x, a0, c01);
+            c11 = TVec.Fma(x, a1, c11);
+            if (m > 2)
             {
-                c1 = TVec.Fma(TVec.Load(r1 + p), wv, c1);
-                if (m > 2)
+                x = TVec.Load(r2 + p);
+                c02 = TVec.Fma(x, a0, c02);
+                c12 = TVec.Fma(x, a1, c12);
+                if (m > 3)
                 {
-                    c2 = TVec.Fma(TVec.Load(r2 + p), wv, c2);
-                    if (m > 3)
-                    {
-                        c3 = TVec.Fma(TVec.Load(r3 + p), wv, c3);
-                    }
+                    x = TVec.Load(r3 + p);
+                    c03 = TVec.Fma(x, a0, c03);
+                    c13 = TVec.Fma(x, a1, c13);
                 }
             }
         }
 
-        s0 = TVec.Sum(c0);
-        s1 = TVec.Sum(c1);
-        s2 = TVec.Sum(c2);
-        s3 = TVec.Sum(c3);
+        d[0] = TVec.Sum(c00);
+        d[1] = TVec.Sum(c01);
+        d[2] = TVec.Sum(c02);
+        d[3] = TVec.Sum(c03);
+        d[TileRows] = TVec.Sum(c10);
+        d[TileRows + 1] = TVec.Sum(c11);
+        d[TileRows + 2] = TVec.Sum(c12);
+        d[TileRows + 3] = TVec.Sum(c13);
         return p;
     }
 }
