@@ -9,11 +9,13 @@
 // running one LoraBranch per adapter costs a gather, a scatter and two small GEMMs per adapter. Here
 // no rank is padded to the largest (an adapter costs r_k·(in + out) per row) and nothing is copied.
 // How: rows sharing an adapter are cut into tiles of up to 4 rows (BGMV: rows ordered by adapter by a
-// counting sort; SGMV: consecutive rows of a segment); a tile streams A_k's rows once against its 4
-// x rows (h, fp32 dots of length in), then B_k's rows once against its 4 h rows (dots of length r_k),
-// and adds s·(B·h) to its rows of y. Each row's dots use the same operations whichever tile it is in
-// (one accumulator vector per row, lanes summed in Vector.Sum's order, then a scalar tail), and tiles
-// write disjoint rows, so y is bit-identical for any thread count and any grouping (SGMV = BGMV).
+// counting sort; SGMV: consecutive rows of a segment); a tile streams A_k once against its x rows
+// (h = fp32 dots of length in), then B_k once against its h rows (dots of length r_k; on AVX-512 a rank
+// below 16 takes 256-bit lanes), and adds s·(B·h) to its rows of y. Several weight rows go at a time
+// (4 for a lone row, 2 for 2–4 rows) so the FMA chains are independent. Every dot is one accumulator's
+// chain of FMAs over whole vectors, its lanes summed in Vector.Sum's order, then a scalar tail: the same
+// operations whichever tile a row is in and whatever shares it; tiles write disjoint rows and are split
+// over threads in contiguous runs, so y is bit-identical for any thread count and grouping (SGMV = BGMV).
 // Scratch comes from ArrayPool (no managed allocation per call once warm, apart from the closure).
 using System.Buffers;
 using System.Runtime.CompilerServices;
@@ -174,13 +176,29 @@ public static unsafe class SegmentedLora
 
         var path = options.ResolvePath();
         int threads = options.ResolveThreads();
-        long work = 0;
-        for (int t = 0; t < count; t++)
-        {
-            work += (long)tiles[(3 * t) + 1] * adapters.Ranks[tiles[(3 * t) + 2]] * (inFeatures + outFeatures);
-        }
 
-        int parts = work < ParallelThreshold ? 1 : Math.Min(threads, count);
+        // Tile t's work is rows·r·(in + out); a thread takes a contiguous run of tiles of about equal work.
+        var prefix = ArrayPool<long>.Shared.Rent(count + 1);
+        try
+        {
+            prefix[0] = 0;
+            for (int t = 0; t < count; t++)
+            {
+                prefix[t + 1] = prefix[t] + ((long)tiles[(3 * t) + 1] * adapters.Ranks[tiles[(3 * t) + 2]] * (inFeatures + outFeatures));
+            }
+
+            int parts = prefix[count] < ParallelThreshold ? 1 : Math.Min(threads, count);
+            Run(x, order, rowScale, tiles, prefix, count, parts, threads, adapters, y, maxRank, inFeatures, outFeatures, path);
+        }
+        finally
+        {
+            ArrayPool<long>.Shared.Return(prefix);
+        }
+    }
+
+    private static void Run(ReadOnlySpan<float> x, int[] order, float[] rowScale, int[] tiles, long[] prefix, int count, int parts, int threads,
+        in SegmentedLoraAdapters adapters, Span<float> y, int maxRank, int inFeatures, int outFeatures, SimdPath path)
+    {
         fixed (float* px = x, py = y, pf = adapters.Factors, ps = rowScale)
         fixed (int* po = order, pt = tiles, pr = adapters.Ranks, pa = adapters.AOffsets, pb = adapters.BOffsets)
         {
@@ -188,7 +206,7 @@ public static unsafe class SegmentedLora
             int* os = po, ts = pt, rs = pr, aos = pa, bos = pb;
             CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
             {
-                var (t0, t1) = CpuParallel.Split(count, parts, part);
+                int t0 = FirstTile(prefix, count, prefix[count] * part / parts), t1 = FirstTile(prefix, count, prefix[count] * (part + 1) / parts);
                 var scratch = ArrayPool<float>.Shared.Rent(TileRows * maxRank);
                 try
                 {
@@ -207,6 +225,26 @@ public static unsafe class SegmentedLora
                 }
             });
         }
+    }
+
+    /// <summary>The first tile whose work starts at or after <paramref name="at"/> (count when none).</summary>
+    private static int FirstTile(long[] prefix, int count, long at)
+    {
+        int lo = 0, hi = count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (prefix[mid] < at)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+
+        return lo;
     }
 
     /// <summary>y[rows[j]] += scale[j]·B·(A·x[rows[j]]) for the m (≤ 4) rows of one tile; h is scratch [4, r].</summary>
