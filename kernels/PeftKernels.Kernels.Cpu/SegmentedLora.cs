@@ -19,7 +19,6 @@
 // Scratch comes from ArrayPool (no managed allocation per call once warm, apart from the closure).
 using System.Buffers;
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 
 namespace PeftKernels.Kernels.Cpu;
 
