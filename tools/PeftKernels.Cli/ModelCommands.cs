@@ -166,13 +166,11 @@ internal static class ModelCommands
         for (int row = 0; row < tokens.Length; row++)
         {
             var span = logits.AsSpan(row * vocab, vocab);
-            for (int j = 0; j < span.Length; j++)
+            int j = LlamaForCausalLM.FirstNonFinite(span);
+            if (j >= 0)
             {
-                if (!float.IsFinite(span[j]))
-                {
-                    throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                        $"the logits are not finite: row {row} (token position {row}, token id {tokens[row]}) has {span[j]} at vocabulary index {j}; {Cause(nonFinite)}."));
-                }
+                throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
+                    $"the logits are not finite: row {row} (token position {row}, token id {tokens[row]}) has {span[j]} at vocabulary index {j}; {Cause(nonFinite)}."));
             }
         }
     }

@@ -92,7 +92,7 @@ public sealed partial class LlamaForCausalLM
     }
 
     /// <summary>Index of the first NaN or infinite value of <paramref name="row"/>, or −1.</summary>
-    private static int FirstNonFinite(ReadOnlySpan<float> row)
+    internal static int FirstNonFinite(ReadOnlySpan<float> row)
     {
         for (int i = 0; i < row.Length; i++)
         {
