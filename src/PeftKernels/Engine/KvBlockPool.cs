@@ -186,6 +186,12 @@ public sealed class KvBlockPool
         }
     }
 
+    /// <summary>One layer's whole key storage [blockCount, blockSize, kvDim] (the engine's attention reads it through a block table).</summary>
+    internal float[] LayerKeys(int layer) => keys[layer];
+
+    /// <summary>One layer's whole value storage [blockCount, blockSize, kvDim].</summary>
+    internal float[] LayerValues(int layer) => values[layer];
+
     /// <summary>Keys of one block in one layer: [blockSize, kvHeads, headDim].</summary>
     internal Span<float> KeyBlock(int layer, int block) => keys[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
 

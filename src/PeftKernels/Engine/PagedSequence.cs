@@ -38,6 +38,9 @@ public sealed class PagedSequence : IDisposable
     /// <summary>Block ids, one per <see cref="KvBlockPool.BlockSize"/> positions (the last may be partly filled).</summary>
     public IReadOnlyList<int> BlockTable => table;
 
+    /// <summary>The block table as a span (valid until the next append).</summary>
+    internal ReadOnlySpan<int> Table => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(table);
+
     /// <summary>True once <see cref="Free"/> (or Dispose) has returned the blocks.</summary>
     public bool IsFreed => freed;
 

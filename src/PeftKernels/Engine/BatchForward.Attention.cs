@@ -1,0 +1,56 @@
+// The two halves of the engine's forward that touch the cache and the base weights:
+// Attend writes every row's key and value into its sequence's blocks (layer by layer, in position
+// order), then runs causal attention for each sequence's rows over that sequence's positions 0..t;
+// BaseProduct is y = x·Wᵀ over any weight storage (the GEMM, or the integer 4-bit GEMV for decode
+// rows when EngineOptions.IntegerDecode is set).
+using PeftKernels.Kernels.Cpu;
+
+namespace PeftKernels.Engine;
+
+internal sealed partial class BatchForward
+{
+    private void Attend(int layer, StepBatch batch)
+    {
+        float scale = 1f / MathF.Sqrt(headDim);
+        for (int s = 0; s < batch.Count; s++)
+        {
+            var sequence = batch.Sequences[s];
+            int start = batch.SequenceStart[s], end = batch.SequenceStart[s + 1], t = end - start;
+            for (int i = start; i < end; i++)
+            {
+                sequence.Write(layer, batch.Positions[i], k.AsSpan(i * kvDim, kvDim), v.AsSpan(i * kvDim, kvDim));
+            }
+
+            // The group's rows are the last t of positions 0..total−1: the kernel's causal offset.
+            int total = batch.Positions[end - 1] + 1;
+            Gather(sequence, layer, total);
+            Attention.Forward(q.AsSpan(start * qDim, t * qDim), kvScratchK.AsSpan(0, total * kvDim), kvScratchV.AsSpan(0, total * kvDim),
+                att.AsSpan(start * qDim, t * qDim), lse.AsSpan(0, heads * t), 1, t, total, heads, kvHeads, headDim, scale, kernel);
+        }
+    }
+
+    /// <summary>Copies positions 0..total−1 of one layer's keys and values into the contiguous scratch.</summary>
+    private void Gather(PagedSequence sequence, int layer, int total)
+    {
+        int blockSize = sequence.Pool.BlockSize;
+        for (int b = 0, done = 0; done < total; b++)
+        {
+            int count = Math.Min(blockSize, total - done);
+            sequence.KeyBlock(layer, b)[..(count * kvDim)].CopyTo(kvScratchK.AsSpan(done * kvDim));
+            sequence.ValueBlock(layer, b)[..(count * kvDim)].CopyTo(kvScratchV.AsSpan(done * kvDim));
+            done += count;
+        }
+    }
+
+    /// <summary>y [n, outF] = x [n, inF] · Wᵀ for a weight of any storage (no bias).</summary>
+    private void BaseProduct(ReadOnlySpan<float> input, in WeightOperand w, QuantizedWeight? q4, Span<float> y, int n, int inF, int outF)
+    {
+        if (options.IntegerDecode && n <= 4 && q4 != null && inF % Quant4Int8Gemv.Chunk == 0)
+        {
+            Quant4Int8Gemv.Forward(input, q4, [], y, n, inF, outF, kernel);
+            return;
+        }
+
+        Gemm.Forward(input, w, [], y, n, inF, outF, kernel);
+    }
+}

@@ -1,0 +1,298 @@
+// The engine's forward pass: one step of a continuous batch. Rows from many sequences (prompt chunks
+// and decode tokens, each sequence's rows contiguous, each sequence with its own adapter or none) go
+// through the Llama decoder together; keys and values go to each sequence's paged KV blocks; logits
+// come out for the last row of the sequences that need them. Per layer (docs/formats/llama-checkpoints.md#forward):
+//   n   = rmsnorm(x)·w_in                          rows [R, hidden]
+//   q, k, v = proj(n)  (with each row's adapter)   RoPE on q and k at each row's position
+//   K/V of every row written to its sequence's blocks, then for row i of sequence s at position t:
+//   o_i = softmax(q_i·K_s[0..t]ᵀ/√d)·V_s[0..t]     (causal: a prompt chunk's rows see their own earlier rows)
+//   x  += o_proj(o);   n = rmsnorm(x)·w_post;   x += down(silu(gate(n)) ⊙ up(n))
+// and logits = lm_head(rmsnorm(x_last)·w_norm) for the rows that want them.
+// Every projection is the base product for all rows at once (one GEMM, or a GEMV at ≤ 4 rows) plus
+// the rows' adapters (ProjectionAdapter's equations): one SGMV over the sequences (rows of one
+// sequence share an adapter: a segment), DoRA's column scale, lora bias and IA³ per sequence.
+// The result of a row does not depend on what else is in the batch beyond fp32 rounding of the GEMM's
+// blocking (tests compare with the model run one sequence at a time).
+// All buffers are sized at construction for the step's maximum rows and sequences.
+using System.Numerics.Tensors;
+using PeftKernels.Kernels.Cpu;
+using PeftKernels.Models;
+
+namespace PeftKernels.Engine;
+
+/// <summary>The batched forward of one engine step over a paged KV cache, on the CPU.</summary>
+internal sealed partial class BatchForward
+{
+    private readonly LlamaConfig config;
+    private readonly WeightOperand[,] weights;
+    private readonly QuantizedWeight?[,] quantized;
+    private readonly QuantizedWeight? lmHeadQuantized;
+    private readonly float[]?[,] biases;
+    private readonly float[][] inputNorms;
+    private readonly float[][] postNorms;
+    private readonly float[] finalNorm;
+    private readonly Tensor embedding;
+    private readonly WeightOperand lmHead;
+    private readonly float[] invFreq;
+    private readonly (int In, int Out)[] shapes;
+    private readonly float eps;
+    private readonly int hidden, qDim, kvDim, inter, heads, kvHeads, headDim, vocab;
+    private readonly EngineOptions options;
+    private readonly KernelOptions kernel;
+    private readonly float[] x, xn, q, k, v, att, gate, up, rstd, inputScratch, kvScratchK, kvScratchV, lse, logitsIn, logits;
+    private readonly int[] segStarts, segAdapters;
+    private readonly float[] segScales;
+
+    public BatchForward(LlamaForCausalLM model, int maxRows, int maxSequences, int maxLength, EngineOptions options)
+    {
+        config = model.Config;
+        this.options = options;
+        kernel = options.Kernel;
+        hidden = config.HiddenSize;
+        heads = config.NumAttentionHeads;
+        kvHeads = config.NumKeyValueHeads;
+        headDim = config.HeadDim;
+        qDim = heads * headDim;
+        kvDim = kvHeads * headDim;
+        inter = config.IntermediateSize;
+        vocab = config.VocabSize;
+        eps = (float)config.RmsNormEps;
+        int layers = config.NumHiddenLayers;
+        shapes = [(hidden, qDim), (hidden, kvDim), (hidden, kvDim), (qDim, hidden), (hidden, inter), (hidden, inter), (inter, hidden)];
+        weights = new WeightOperand[layers, Projections.Count];
+        biases = new float[]?[layers, Projections.Count];
+        quantized = new QuantizedWeight?[layers, Projections.Count];
+        inputNorms = new float[layers][];
+        postNorms = new float[layers][];
+        for (int l = 0; l < layers; l++)
+        {
+            var layer = model.Model.Layers[l];
+            inputNorms[l] = layer.InputLayerNorm.Weight.Data;
+            postNorms[l] = layer.PostAttentionLayerNorm.Weight.Data;
+            for (int p = 0; p < Projections.Count; p++)
+            {
+                var linear = Projections.Of(layer, p);
+                weights[l, p] = linear.Weight.AsWeight();
+                quantized[l, p] = linear.Weight.DType == TensorDType.Q4 ? linear.Weight.Quantized : null;
+                biases[l, p] = linear.Bias?.Data;
+            }
+        }
+
+        finalNorm = model.Model.Norm.Weight.Data;
+        embedding = model.Model.EmbedTokens.Weight;
+        lmHead = model.LmHead.Weight.AsWeight();
+        lmHeadQuantized = model.LmHead.Weight.DType == TensorDType.Q4 ? model.LmHead.Weight.Quantized : null;
+        if (model.LmHead.Bias != null)
+        {
+            throw new NotSupportedException("the engine serves lm_head without a bias (Llama-family models have none).");
+        }
+
+        invFreq = model.Model.Layers[0].SelfAttn.InvFreq;
+        x = new float[maxRows * hidden];
+        xn = new float[maxRows * hidden];
+        q = new float[maxRows * qDim];
+        k = new float[maxRows * kvDim];
+        v = new float[maxRows * kvDim];
+        att = new float[maxRows * qDim];
+        gate = new float[maxRows * inter];
+        up = new float[maxRows * inter];
+        rstd = new float[maxRows];
+        inputScratch = new float[maxRows * Math.Max(Math.Max(hidden, qDim), inter)];
+        kvScratchK = new float[(long)maxLength * kvDim];
+        kvScratchV = new float[(long)maxLength * kvDim];
+        lse = new float[maxRows * heads];
+        logitsIn = new float[maxSequences * hidden];
+        logits = new float[(long)maxSequences * vocab];
+        segStarts = new int[maxSequences + 1];
+        segAdapters = new int[maxSequences];
+        segScales = new float[maxSequences];
+    }
+
+    /// <summary>(in, out) of each projection.</summary>
+    public (int In, int Out)[] Shapes => shapes;
+
+    /// <summary>Runs the step; returns logits [batch.LogitRows, vocab] (valid until the next call).</summary>
+    public ReadOnlySpan<float> Run(StepBatch batch, AdapterTable table)
+    {
+        int n = batch.Rows;
+        Embed(batch.Tokens.AsSpan(0, n), x.AsSpan(0, n * hidden));
+        var positions = batch.Positions.AsSpan(0, n);
+        for (int l = 0; l < config.NumHiddenLayers; l++)
+        {
+            var xs = x.AsSpan(0, n * hidden);
+            var ns = xn.AsSpan(0, n * hidden);
+            RmsNorm.Forward(xs, inputNorms[l], eps, ns, rstd.AsSpan(0, n), n, hidden, kernel);
+            var qs = q.AsSpan(0, n * qDim);
+            var ks = k.AsSpan(0, n * kvDim);
+            var vs = v.AsSpan(0, n * kvDim);
+            Project(l, Projections.Q, ns, qs, batch, table);
+            Project(l, Projections.K, ns, ks, batch, table);
+            Project(l, Projections.V, ns, vs, batch, table);
+            Rope.Forward(qs, positions, invFreq, qs, n, heads, headDim, kernel);
+            Rope.Forward(ks, positions, invFreq, ks, n, kvHeads, headDim, kernel);
+            Attend(l, batch);
+            var tmp = xn.AsSpan(0, n * hidden);
+            Project(l, Projections.O, att.AsSpan(0, n * qDim), tmp, batch, table);
+            TensorPrimitives.Add(xs, tmp, xs);
+            RmsNorm.Forward(xs, postNorms[l], eps, ns, rstd.AsSpan(0, n), n, hidden, kernel);
+            var gs = gate.AsSpan(0, n * inter);
+            var us = up.AsSpan(0, n * inter);
+            Project(l, Projections.Gate, ns, gs, batch, table);
+            Project(l, Projections.Up, ns, us, batch, table);
+            SwiGlu.Forward(gs, us, gs, kernel);
+            Project(l, Projections.Down, gs, tmp, batch, table);
+            TensorPrimitives.Add(xs, tmp, xs);
+        }
+
+        int m = batch.LogitRows;
+        if (m == 0)
+        {
+            return [];
+        }
+
+        for (int s = 0; s < batch.Count; s++)
+        {
+            if (batch.LogitRow[s] >= 0)
+            {
+                x.AsSpan((batch.SequenceStart[s + 1] - 1) * hidden, hidden).CopyTo(logitsIn.AsSpan(batch.LogitRow[s] * hidden));
+            }
+        }
+
+        var rows = logitsIn.AsSpan(0, m * hidden);
+        RmsNorm.Forward(rows, finalNorm, eps, rows, rstd.AsSpan(0, m), m, hidden, kernel);
+        var output = logits.AsSpan(0, m * vocab);
+        BaseProduct(rows, lmHead, lmHeadQuantized, output, m, hidden, vocab);
+        return output;
+    }
+
+    private void Embed(ReadOnlySpan<int> ids, Span<float> y)
+    {
+        switch (embedding.DType)
+        {
+            case TensorDType.F32:
+                Kernels.Cpu.Embedding.Forward(embedding.Data, ids, y, vocab, hidden);
+                break;
+            case TensorDType.BF16:
+                Kernels.Cpu.Embedding.Forward(embedding.Bf16Bits, ids, y, vocab, hidden);
+                break;
+            case TensorDType.F16:
+                Kernels.Cpu.Embedding.Forward(embedding.F16Values, ids, y, vocab, hidden);
+                break;
+            default:
+                throw new NotSupportedException($"embed_tokens stored as {embedding.DType} is not served by the engine (fp32, bf16 or fp16).");
+        }
+    }
+
+    /// <summary>y = proj_p(input) for every row, each row with its sequence's adapter.</summary>
+    private void Project(int layer, int p, Span<float> input, Span<float> y, StepBatch batch, AdapterTable table)
+    {
+        var (inF, outF) = shapes[p];
+        int n = batch.Rows, count = batch.Count;
+        var e = table.At(layer, p);
+        ReadOnlySpan<float> xin = input;
+        if (e.AnyIa3Input && AnyRow(batch, e.Ia3, e.Ia3Feedforward, true))
+        {
+            var copy = inputScratch.AsSpan(0, n * inF);
+            input.CopyTo(copy);
+            for (int s = 0; s < count; s++)
+            {
+                int slot = batch.Slot[s];
+                if (slot >= 0 && e.Ia3[slot] is { } l && e.Ia3Feedforward[slot])
+                {
+                    for (int i = batch.SequenceStart[s]; i < batch.SequenceStart[s + 1]; i++)
+                    {
+                        var row = copy.Slice(i * inF, inF);
+                        TensorPrimitives.Multiply(row, l, row);
+                    }
+                }
+            }
+
+            xin = copy;
+        }
+
+        BaseProduct(xin, weights[layer, p], quantized[layer, p], y, n, inF, outF);
+        for (int s = 0; s < count; s++)
+        {
+            int slot = batch.Slot[s];
+            if (slot >= 0 && e.AnyDora && e.DoraScale[slot] is { } g)
+            {
+                ScaleRows(y, g, batch.SequenceStart[s], batch.SequenceStart[s + 1], outF);
+            }
+        }
+
+        if (biases[layer, p] is { } bias)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                var row = y.Slice(i * outF, outF);
+                TensorPrimitives.Add(row, bias, row);
+            }
+        }
+
+        if (e.Pack != null)
+        {
+            bool any = false;
+            for (int s = 0; s < count; s++)
+            {
+                int slot = batch.Slot[s];
+                segStarts[s] = batch.SequenceStart[s];
+                segAdapters[s] = slot < 0 ? -1 : e.PackIndex[slot];
+                segScales[s] = slot < 0 ? 0f : e.Scale[slot];
+                any |= segAdapters[s] >= 0;
+            }
+
+            segStarts[count] = n;
+            if (any)
+            {
+                SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, count + 1), segAdapters.AsSpan(0, count), segScales.AsSpan(0, count), e.Pack.Adapters,
+                    y, n, inF, outF, kernel);
+            }
+        }
+
+        for (int s = 0; s < count; s++)
+        {
+            int slot = batch.Slot[s];
+            if (slot < 0)
+            {
+                continue;
+            }
+
+            if (e.LoraBias[slot] is { } lb)
+            {
+                for (int i = batch.SequenceStart[s]; i < batch.SequenceStart[s + 1]; i++)
+                {
+                    var row = y.Slice(i * outF, outF);
+                    TensorPrimitives.Add(row, lb, row);
+                }
+            }
+
+            if (e.AnyIa3Output && e.Ia3[slot] is { } l && !e.Ia3Feedforward[slot])
+            {
+                ScaleRows(y, l, batch.SequenceStart[s], batch.SequenceStart[s + 1], outF);
+            }
+        }
+    }
+
+    private static bool AnyRow(StepBatch batch, float[]?[] vectors, bool[] flags, bool flag)
+    {
+        for (int s = 0; s < batch.Count; s++)
+        {
+            int slot = batch.Slot[s];
+            if (slot >= 0 && vectors[slot] != null && flags[slot] == flag)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private static void ScaleRows(Span<float> y, ReadOnlySpan<float> scale, int start, int end, int width)
+    {
+        for (int i = start; i < end; i++)
+        {
+            var row = y.Slice(i * width, width);
+            TensorPrimitives.Multiply(row, scale, row);
+        }
+    }
+}
