@@ -50,6 +50,9 @@ public sealed class EngineSequence
     /// <summary>Why it stopped, or <see cref="FinishReason.None"/> while it runs.</summary>
     public FinishReason Finish { get; private set; }
 
+    /// <summary>The result once finished, else null.</summary>
+    public EngineResult? Result => completion.Task.IsCompleted ? completion.Task.Result : null;
+
     /// <summary>Completes with the result when the sequence finishes (any reason).</summary>
     public Task<EngineResult> Completion => completion.Task;
 

@@ -128,7 +128,7 @@ public sealed partial class InferenceEngine : IDisposable
     {
         var sequences = requests.Select(Submit).ToList();
         RunUntilIdle();
-        return [.. sequences.Select(s => s.Completion.Result)];
+        return [.. sequences.Select(s => s.Result!)];
     }
 
     /// <summary>Steps until nothing is queued or running.</summary>
