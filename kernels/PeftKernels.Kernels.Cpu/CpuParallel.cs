@@ -9,9 +9,12 @@ namespace PeftKernels.Kernels.Cpu;
 // a GEMM issues one fork-join per K block in quick succession. Each item's work is a fixed
 // function of its index, so results never depend on scheduling; when the workers are busy
 // with another caller, the items simply run one after another on the calling thread.
+// One completion counter, reset under the gate, serves every fork-join: a call whose body is a
+// cached delegate allocates nothing (the decode loop issues several fork-joins per token).
 internal static class CpuParallel
 {
     private static readonly Lock Gate = new();
+    private static readonly CountdownEvent Done = new(1);
     private static Worker[] workers = [];
 
     public static void For(int items, int threads, Action<int> body)
@@ -38,7 +41,8 @@ internal static class CpuParallel
                 workers = [.. workers, .. Enumerable.Range(workers.Length, items - 1 - workers.Length).Select(i => new Worker(i + 1))];
             }
 
-            using var done = new CountdownEvent(items - 1);
+            var done = Done;
+            done.Reset(items - 1);
             for (int t = 1; t < items; t++)
             {
                 workers[t - 1].Start(body, t, done);

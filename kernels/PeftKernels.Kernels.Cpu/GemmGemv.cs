@@ -3,6 +3,9 @@
 //              row dot products, threads claiming ranges of j from a shared counter.
 //   GemvRows:  op(B) rows contiguous (g·W): C[r, :] += A[r, p]·W[p, :] as row axpys over
 //              column chunks that stay in L1.
+//   GemvRange: Gemv's body on one thread for columns [j0, j1) only (DecodeGemv, whose caller
+//              splits a projection over its own threads): the same PrepareDot and DotRange, so
+//              every column equals Gemv's bit for bit.
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -48,6 +51,19 @@ internal static unsafe partial class GemmDriver
         {
             NativeMemory.AlignedFree(rows);
         }
+    }
+
+    /// <summary>
+    /// c[r·ldc + j] = Σ_p rows[r·k + p]·op(B)[p, j] for j in [j0, j1), r &lt; m, on the calling thread; rows is the caller's
+    /// own 64-byte-aligned copy of op(A) [m, k], which the source may rewrite in place (PrepareDot).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void GemvRange<TB>(SimdPath path, TB b, float* rows, int m, int k, int j0, int j1, float* c, int ldc)
+        where TB : struct, IPanelB
+    {
+        b.PrepareDot(rows, k, m);
+        float* sums = stackalloc float[RowDot.MaxRows];
+        DotRange(b, j0, j1, rows, k, m, path, 1f, 0f, c, ldc, null, sums);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -17,6 +17,9 @@
 // Error against the exact fp32 dequant GEMV (per output; stated in the reference's header,
 // measured in Quant4Int8GemvTests): Σ_i |x_i|·absmax_i/254 + sx_i·|w_i|/2 + sx_i·absmax_i/508.
 // The exact path stays the default; this one is chosen by the caller.
+// Forward is two phases, also public for a decode engine that splits the columns over its own threads:
+// QuantizeActivations (x → int8 + scales, once per input) and Rows (columns [j0, j1) on the calling
+// thread); both allocate nothing, and Rows gives Forward's columns bit for bit.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -51,32 +54,19 @@ public static unsafe class Quant4Int8Gemv
             return;
         }
 
-        var path = options.ResolvePath();
-        if (path == SimdPath.Vector512 && !Avx512BW.IsSupported)
-        {
-            path = SimdPath.Vector256;
-        }
-
+        var path = IntegerPath(options.ResolvePath());
         int threads = options.ResolveThreads();
-        int chunks = inFeatures / Chunk;
+        int scaleLength = ScaleLength(n, inFeatures, path);
         sbyte[] q = ArrayPool<sbyte>.Shared.Rent(n * inFeatures);
-        bool pairs = path == SimdPath.Vector512;
-        float[] sx = ArrayPool<float>.Shared.Rent(n * chunks * (pairs ? 9 : 1));
+        float[] sx = ArrayPool<float>.Shared.Rent(scaleLength);
         try
         {
-            QuantizeRows(x, n, inFeatures, q, sx, pairs);
-            var table = Quant4Codes.Table(w.Type);
-            sbyte* t8 = stackalloc sbyte[16];
-            for (int k = 0; k < 16; k++)
-            {
-                t8[k] = (sbyte)MathF.Round(table[k] * 127f);
-            }
-
+            QuantizeRows(x, n, inFeatures, q, sx, path == SimdPath.Vector512);
             fixed (byte* pw = w.Packed)
             fixed (float* pabs = w.AbsmaxFp32(), pb = bias, py = y, psx = sx)
             fixed (sbyte* pq = q)
             {
-                var job = new Job(pw, pabs, pq, psx, bias.Length == 0 ? null : pb, py, Vector128.Load(t8), n, inFeatures, outFeatures,
+                var job = new Job(pw, pabs, pq, psx, bias.Length == 0 ? null : pb, py, Table8(w.Type), n, inFeatures, outFeatures,
                     System.Numerics.BitOperations.Log2((uint)w.Blocksize), path);
                 int parts = Math.Max(1, Math.Min(threads, outFeatures / 64));
                 CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
@@ -93,12 +83,119 @@ public static unsafe class Quant4Int8Gemv
         }
     }
 
+    /// <summary>
+    /// The floats of <see cref="QuantizeActivations"/>' scales for <paramref name="m"/> rows on <paramref name="path"/>: m·in/32
+    /// chunk scales, and on the 512-bit path (AVX-512BW) 8 more per chunk (each chunk pair's scale vector).
+    /// </summary>
+    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
+    public static int ScaleLength(int m, int inFeatures, SimdPath path) =>
+        m * (inFeatures / Chunk) * (IntegerPath(new KernelOptions(1, path).ResolvePath()) == SimdPath.Vector512 ? 9 : 1);
+
+    /// <summary>
+    /// The first phase of <see cref="Forward"/>: each row of x [m, in] quantized per chunk of 32 to int8 with one fp32 scale,
+    /// in the lane order that <see cref="Rows"/> on the same <paramref name="path"/> reads. No allocation.
+    /// </summary>
+    /// <param name="x">Activations [m, inFeatures].</param>
+    /// <param name="m">Rows.</param>
+    /// <param name="inFeatures">Input features, a multiple of <see cref="Chunk"/>.</param>
+    /// <param name="qx">Output int8 activations [m, inFeatures] (lane order, not element order).</param>
+    /// <param name="scales">Output scales, <see cref="ScaleLength"/>(m, inFeatures, path) floats.</param>
+    /// <param name="path">The SIMD path <see cref="Rows"/> will run on (the 512-bit one stores chunk pairs interleaved).</param>
+    /// <exception cref="ArgumentException">A length differs from what the dims imply, or inFeatures is not a multiple of <see cref="Chunk"/>.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
+    public static void QuantizeActivations(ReadOnlySpan<float> x, int m, int inFeatures, Span<sbyte> qx, Span<float> scales, SimdPath path = SimdPath.Auto)
+    {
+        var resolved = CheckPhase(m, inFeatures, qx.Length, scales.Length, path);
+        Check.Length("x", x.Length, (long)m * inFeatures, "m·inFeatures");
+        QuantizeRows(x, m, inFeatures, qx, scales, resolved == SimdPath.Vector512);
+    }
+
+    /// <summary>
+    /// The second phase of <see cref="Forward"/> on the calling thread, for output columns [j0, j1) only (others untouched), no bias:
+    /// y[r, j] = the integer dot of row r of <paramref name="qx"/> with weight row j; equal bit for bit to Forward's y without bias.
+    /// No allocation.
+    /// </summary>
+    /// <param name="qx">Int8 activations [m, inFeatures] from <see cref="QuantizeActivations"/> on the same path.</param>
+    /// <param name="scales">Their scales (<see cref="ScaleLength"/> floats).</param>
+    /// <param name="w">4-bit weight [outFeatures, inFeatures].</param>
+    /// <param name="y">Output [m, outFeatures]; columns [j0, j1) written.</param>
+    /// <param name="m">Rows.</param>
+    /// <param name="inFeatures">Input features, a multiple of <see cref="Chunk"/>.</param>
+    /// <param name="outFeatures">Output features.</param>
+    /// <param name="j0">First output column.</param>
+    /// <param name="j1">End of the output columns (exclusive), j0 ≤ j1 ≤ outFeatures.</param>
+    /// <param name="path">SIMD path, the one the activations were quantized for.</param>
+    /// <exception cref="ArgumentException">A length or w's shape differs from what the dims imply, or the column range is out of range.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
+    public static void Rows(ReadOnlySpan<sbyte> qx, ReadOnlySpan<float> scales, QuantizedWeight w, Span<float> y,
+        int m, int inFeatures, int outFeatures, int j0, int j1, SimdPath path)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        var resolved = CheckPhase(m, inFeatures, qx.Length, scales.Length, path);
+        if (w.Shape.Length != 2 || w.Shape[0] != outFeatures || w.Shape[1] != inFeatures)
+        {
+            throw new ArgumentException($"w has shape [{string.Join(", ", w.Shape)}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));
+        }
+
+        Check.Length("y", y.Length, (long)m * outFeatures, "m·outFeatures");
+        if (j0 < 0 || j1 < j0 || j1 > outFeatures)
+        {
+            throw new ArgumentOutOfRangeException(nameof(j1), $"the column range [{j0}, {j1}) must lie in [0, outFeatures {outFeatures}].");
+        }
+
+        if (j0 == j1 || m == 0)
+        {
+            return;
+        }
+
+        fixed (byte* pw = w.Packed)
+        fixed (float* pabs = w.AbsmaxFp32(), py = y, psx = scales)
+        fixed (sbyte* pq = qx)
+        {
+            new Job(pw, pabs, pq, psx, null, py, Table8(w.Type), m, inFeatures, outFeatures,
+                System.Numerics.BitOperations.Log2((uint)w.Blocksize), resolved).Run(j0, j1);
+        }
+    }
+
+    /// <summary>The path the integer kernels run for a resolved path: the 512-bit one needs AVX-512BW.</summary>
+    private static SimdPath IntegerPath(SimdPath path) =>
+        path == SimdPath.Vector512 && !Avx512BW.IsSupported ? SimdPath.Vector256 : path;
+
+    /// <summary>Validates the dims and the activation buffers shared by the two phases; returns the integer path.</summary>
+    private static SimdPath CheckPhase(int m, int inFeatures, int qLength, int scaleLength, SimdPath path)
+    {
+        Check.NonNegative(m, "m");
+        Check.Positive(inFeatures, "inFeatures");
+        if (inFeatures % Chunk != 0)
+        {
+            throw new ArgumentException($"inFeatures must be a multiple of {Chunk} for the integer 4-bit GEMV, got {inFeatures}.", nameof(inFeatures));
+        }
+
+        var resolved = IntegerPath(new KernelOptions(1, path).ResolvePath());
+        Check.Length("qx", qLength, (long)m * inFeatures, "m·inFeatures");
+        Check.Length("scales", scaleLength, ScaleLength(m, inFeatures, resolved), "ScaleLength(m, inFeatures, path)");
+        return resolved;
+    }
+
+    /// <summary>The 16 code values of <paramref name="type"/> as int8: round(table·127).</summary>
+    private static Vector128<sbyte> Table8(Quant4Type type)
+    {
+        var table = Quant4Codes.Table(type);
+        sbyte* t8 = stackalloc sbyte[16];
+        for (int k = 0; k < 16; k++)
+        {
+            t8[k] = (sbyte)MathF.Round(table[k] * 127f);
+        }
+
+        return Vector128.Load(t8);
+    }
+
     // Each chunk's int8 values are stored in lane order: the 16 even elements, then the 16 odd
     // ones (the high and the low nibbles of the chunk's 16 packed bytes). With pairs (the
     // Vector512 path) two chunks c, c + 1 (c even) are interleaved as the 512-bit nibble split
     // holds them: evens of c, evens of c + 1, odds of c, odds of c + 1; and after the n·chunks
     // scales each pair gets its scale vector [sx_c ×4, sx_c+1 ×4, sx_c ×4, sx_c+1 ×4].
-    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, sbyte[] q, float[] sx, bool pairs)
+    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, Span<sbyte> q, Span<float> sx, bool pairs)
     {
         int chunks = inFeatures / Chunk;
         for (int r = 0; r < n; r++)
