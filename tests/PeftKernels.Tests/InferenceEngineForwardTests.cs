@@ -81,6 +81,28 @@ public sealed class InferenceEngineForwardTests
         {
             AssertRow(fx.Logits(prompts[i], adapters[i]), prompts[i].Length - 1, logits, batch.LogitRow[i], fx.Vocab, $"decode of sequence {i} ({adapters[i] ?? "base"})");
         }
+
+        // Steps of at most 4 rows take the decode path (fused q|k|v and gate|up GEMVs, inline norms): 4 rows, then 1 (IA³: its
+        // feed-forward down_proj input scaling), then 3.
+        foreach (var group in new[] { new[] { 0, 1, 2, 3 }, new[] { 5 }, new[] { 4, 6, 2 } })
+        {
+            batch.Clear();
+            foreach (int i in group)
+            {
+                int token = (prompts[i].Length * 5) % fx.Vocab;
+                sequences[i].Append(token);
+                batch.Add(sequences[i], [token], prompts[i].Length, slots[i], wantsLogits: true);
+                prompts[i] = [.. prompts[i], token];
+            }
+
+            logits = forward.Run(batch, table).ToArray();
+            for (int g = 0; g < group.Length; g++)
+            {
+                int i = group[g];
+                AssertRow(fx.Logits(prompts[i], adapters[i]), prompts[i].Length - 1, logits, batch.LogitRow[g], fx.Vocab,
+                    $"decode-path step of sequence {i} ({adapters[i] ?? "base"})");
+            }
+        }
     }
 
     internal static void AssertRow(float[] expectedAll, int expectedRow, float[] actualAll, int actualRow, int vocab, string what)

@@ -115,6 +115,11 @@ internal sealed partial class BatchForward
     public ReadOnlySpan<float> Run(StepBatch batch, AdapterTable table)
     {
         int n = batch.Rows;
+        if (n <= DecodeGemv.MaxRows)
+        {
+            return RunDecode(batch, table);
+        }
+
         Embed(batch.Tokens.AsSpan(0, n), x.AsSpan(0, n * hidden));
         var positions = batch.Positions.AsSpan(0, n);
         for (int l = 0; l < config.NumHiddenLayers; l++)
@@ -187,30 +192,41 @@ internal sealed partial class BatchForward
     private void Project(int layer, int p, Span<float> input, Span<float> y, StepBatch batch, AdapterTable table)
     {
         var (inF, outF) = shapes[p];
-        int n = batch.Rows, count = batch.Count;
-        var e = table.At(layer, p);
-        ReadOnlySpan<float> xin = input;
-        if (e.AnyIa3Input && AnyRow(batch, e.Ia3, e.Ia3Feedforward, true))
-        {
-            var copy = inputScratch.AsSpan(0, n * inF);
-            input.CopyTo(copy);
-            for (int s = 0; s < count; s++)
-            {
-                int slot = batch.Slot[s];
-                if (slot >= 0 && e.Ia3[slot] is { } l && e.Ia3Feedforward[slot])
-                {
-                    for (int i = batch.SequenceStart[s]; i < batch.SequenceStart[s + 1]; i++)
-                    {
-                        var row = copy.Slice(i * inF, inF);
-                        TensorPrimitives.Multiply(row, l, row);
-                    }
-                }
-            }
+        var xin = AdapterInput(layer, p, input, batch, table);
+        BaseProduct(xin, weights[layer, p], quantized[layer, p], y, batch.Rows, inF, outF);
+        ApplyAdapters(layer, p, xin, y, batch, table);
+    }
 
-            xin = copy;
+    /// <summary>The projection's input: <paramref name="input"/> itself, or a copy with IA³ feed-forward rows scaled.</summary>
+    private ReadOnlySpan<float> AdapterInput(int layer, int p, Span<float> input, StepBatch batch, AdapterTable table)
+    {
+        var e = table.At(layer, p);
+        if (!e.AnyIa3Input || !AnyRow(batch, e.Ia3, e.Ia3Feedforward, true))
+        {
+            return input;
         }
 
-        BaseProduct(xin, weights[layer, p], quantized[layer, p], y, n, inF, outF);
+        int inF = shapes[p].In;
+        var copy = inputScratch.AsSpan(0, batch.Rows * inF);
+        input.CopyTo(copy);
+        for (int s = 0; s < batch.Count; s++)
+        {
+            int slot = batch.Slot[s];
+            if (slot >= 0 && e.Ia3[slot] is { } l && e.Ia3Feedforward[slot])
+            {
+                ScaleRows(copy, l, batch.SequenceStart[s], batch.SequenceStart[s + 1], inF);
+            }
+        }
+
+        return copy;
+    }
+
+    /// <summary>Adds to the base product y (no bias yet) the bias and each row's adapter: DoRA scale, LoRA (SGMV), lora bias, IA³ output scale.</summary>
+    private void ApplyAdapters(int layer, int p, ReadOnlySpan<float> xin, Span<float> y, StepBatch batch, AdapterTable table)
+    {
+        var (inF, outF) = shapes[p];
+        int n = batch.Rows, count = batch.Count;
+        var e = table.At(layer, p);
         for (int s = 0; s < count; s++)
         {
             int slot = batch.Slot[s];
@@ -244,8 +260,10 @@ internal sealed partial class BatchForward
             segStarts[count] = n;
             if (any)
             {
+                // Decode-sized batches run the adapters on one thread (no fork-join, no allocation).
+                var lora = n <= DecodeGemv.MaxRows ? new KernelOptions(1, options.Path) : kernel;
                 SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, count + 1), segAdapters.AsSpan(0, count), segScales.AsSpan(0, count), e.Pack.Adapters,
-                    y, n, inF, outF, kernel);
+                    y, n, inF, outF, lora);
             }
         }
 

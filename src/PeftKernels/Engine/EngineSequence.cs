@@ -11,7 +11,7 @@ namespace PeftKernels.Engine;
 public sealed class EngineSequence
 {
     private readonly Lock gate = new();
-    private readonly List<int> output = [];
+    private readonly List<int> output;
     private readonly TaskCompletionSource<EngineResult> completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile bool cancelRequested;
 
@@ -21,6 +21,7 @@ public sealed class EngineSequence
         Request = request;
         Sampling = sampling;
         Sampler = new TokenSampler(sampling);
+        output = new List<int>(Math.Min(Math.Max(sampling.MaxTokens, 1), 4096)); // no regrowth while decoding (up to 4096 tokens)
     }
 
     /// <summary>Submission order, from 0.</summary>
