@@ -1,4 +1,5 @@
 using PeftKernels.Autograd;
+using PeftKernels.Engine;
 using PeftKernels.Models;
 using PeftKernels.Peft;
 using Xunit;
@@ -196,10 +197,10 @@ public class LlamaModelTests
 
         float[] logits = [0f, 3f, 2.9f, -5f];
         var counts = new int[4];
-        var rng = new Random(1);
+        var sampler = new TokenSampler(new SamplingParams(Temperature: 1f, TopP: 0.8f, Seed: 1));
         for (int i = 0; i < 2000; i++)
         {
-            counts[LlamaForCausalLM.Sample(logits, 1f, 0.8f, rng)]++;
+            counts[sampler.Next(logits)]++;
         }
 
         // p ≈ [0.025, 0.50, 0.47, 0.0002]: the top two reach 0.8, so ids 0 and 3 are never drawn.

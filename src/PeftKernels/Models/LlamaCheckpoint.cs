@@ -180,6 +180,16 @@ public sealed partial class LlamaForCausalLM
         return copy;
     }
 
+    /// <summary>
+    /// A second model over this one's base parameter objects (nothing copied, no adapters): adapters loaded onto it leave this
+    /// model's layers untouched (the engine's adapter registry loads PEFT folders this way while this model serves).
+    /// </summary>
+    internal LlamaForCausalLM ShareBaseParameters()
+    {
+        var byName = NamedParameters().ToDictionary(p => p.Name, p => p.Parameter);
+        return Build(Config with { TieWordEmbeddings = ReferenceEquals(LmHead.Weight, Model.EmbedTokens.Weight) }, (name, _) => byName[name]);
+    }
+
     private static SafeTensor ToSafeTensor(string name, Parameter p)
     {
         long[] shape = [.. p.Shape.Select(d => (long)d)];

@@ -1,13 +1,15 @@
 // Autoregressive generation with a KV cache: one prefill pass over the prompt, then one
-// position per step. Greedy when temperature is 0; else sample from softmax(logits / T)
-// restricted to the smallest set of most likely tokens whose mass reaches top-p (nucleus),
-// with a seeded generator so a run is reproducible. On a GPU device the cache lives there too and
+// position per step. Tokens are picked by the engine's TokenSampler (the library's one sampler):
+// greedy when temperature is 0; else sample from softmax(logits / T) restricted to the smallest
+// set of most likely tokens whose mass reaches top-p (nucleus), with a seeded generator so a run
+// is reproducible. On a GPU device the cache lives there too and
 // each step downloads only the last position's logits row for the sampler. A row with NaN or ±Inf
 // is refused (InvalidDataException naming the step) rather than turned into token 0 by argmax:
 // sampling has no distribution then (torch.multinomial raises on such probabilities).
 using System.Globalization;
 using ILGPU.Runtime;
 using PeftKernels.Autograd;
+using PeftKernels.Engine;
 using PeftKernels.Nn;
 
 namespace PeftKernels.Models;
@@ -45,7 +47,7 @@ public sealed partial class LlamaForCausalLM
 
         using var scope = Tape.NoGrad();
         using var cache = CreateCache(prompt.Length + Math.Max(maxNewTokens, 1));
-        var rng = new Random(options.Seed);
+        var sampler = new TokenSampler(new SamplingParams(options.Temperature, options.TopP, Seed: options.Seed, StopTokenIds: options.StopTokens, MaxTokens: maxNewTokens));
         var output = new List<int>();
         var last = new float[Config.VocabSize];
         var logits = Forward(prompt, 1, cache, context);
@@ -59,9 +61,9 @@ public sealed partial class LlamaForCausalLM
                     $"the logits are not finite at generation step {step + 1} (sequence position {prompt.Length + step - 1}): {last[bad]} at vocabulary index {bad}"));
             }
 
-            int next = options.Temperature == 0 ? ArgMax(last) : Sample(last, options.Temperature, options.TopP, rng);
+            int next = sampler.Next(last);
             output.Add(next);
-            if (options.StopTokens?.Contains(next) == true || step == maxNewTokens - 1)
+            if (sampler.IsStop(next) || step == maxNewTokens - 1)
             {
                 break;
             }
@@ -118,47 +120,5 @@ public sealed partial class LlamaForCausalLM
         }
 
         return best;
-    }
-
-    /// <summary>Samples from softmax(logits / temperature) restricted to the top-p nucleus.</summary>
-    internal static int Sample(ReadOnlySpan<float> logits, float temperature, float topP, Random rng)
-    {
-        int n = logits.Length;
-        var order = new int[n];
-        var probs = new double[n];
-        double max = double.NegativeInfinity;
-        for (int i = 0; i < n; i++)
-        {
-            max = Math.Max(max, logits[i] / (double)temperature);
-        }
-
-        double sum = 0;
-        for (int i = 0; i < n; i++)
-        {
-            probs[i] = Math.Exp((logits[i] / (double)temperature) - max);
-            sum += probs[i];
-            order[i] = i;
-        }
-
-        // Most likely first; equal probabilities keep id order so the result is deterministic.
-        Array.Sort(order, (a, b) => probs[b].CompareTo(probs[a]) != 0 ? probs[b].CompareTo(probs[a]) : a.CompareTo(b));
-        double kept = 0;
-        int count = 0;
-        while (count < n && (count == 0 || kept / sum < topP))
-        {
-            kept += probs[order[count++]];
-        }
-
-        double u = rng.NextDouble() * kept, acc = 0;
-        for (int i = 0; i < count; i++)
-        {
-            acc += probs[order[i]];
-            if (u < acc)
-            {
-                return order[i];
-            }
-        }
-
-        return order[count - 1];
     }
 }
