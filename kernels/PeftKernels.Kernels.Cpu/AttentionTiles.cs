@@ -183,7 +183,7 @@ public static unsafe partial class Attention
 
     /// <summary>One row (decode, and the rows after the last block of four): 4 vector accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void MulAdd1<TV, T>(float* a, int acs, float* b, int ldb, float* c, int n, int k, bool accumulate)
+    internal static void MulAdd1<TV, T>(float* a, int acs, float* b, int ldb, float* c, int n, int k, bool accumulate)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
@@ -266,7 +266,7 @@ public static unsafe partial class Attention
 
     /// <summary>c[j] = x·y_j for j &lt; count, y_j = y + j·ldy, all of length n.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dots<TV, T>(float* x, float* y, int ldy, int count, int n, float* c)
+    internal static void Dots<TV, T>(float* x, float* y, int ldy, int count, int n, float* c)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
@@ -298,7 +298,7 @@ public static unsafe partial class Attention
     /// reports it), so the caller's running max, and through it the row's output and lse, become NaN.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float ScaledMax<TV, T>(float* s, int n, float scale)
+    internal static float ScaledMax<TV, T>(float* s, int n, float scale)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
@@ -320,7 +320,7 @@ public static unsafe partial class Attention
 
     /// <summary>s[c] = exp(scale·s[c] − shift) for c &lt; n, 0 up to the end of the last vector; returns their sum.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float ExpInPlace<TV, T>(float* s, int n, float scale, float shift)
+    internal static float ExpInPlace<TV, T>(float* s, int n, float scale, float shift)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
@@ -345,7 +345,7 @@ public static unsafe partial class Attention
 
     /// <summary>y[d] = f·x[d] for d &lt; n (x and y may be the same row).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ScaleRow<TV, T>(float* x, float* y, int n, float f)
+    internal static void ScaleRow<TV, T>(float* x, float* y, int n, float f)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {

@@ -16,7 +16,8 @@
 // chain of FMAs over whole vectors, its lanes summed in Vector.Sum's order, then a scalar tail: the same
 // operations whichever tile a row is in and whatever shares it; tiles write disjoint rows and are split
 // over threads in contiguous runs, so y is bit-identical for any thread count and grouping (SGMV = BGMV).
-// Scratch comes from ArrayPool (no managed allocation per call once warm, apart from the closure).
+// Scratch comes from ArrayPool, and the fork-join's closure is only created when the work is split
+// over threads: on one thread a call allocates nothing once warm.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 
@@ -201,28 +202,46 @@ public static unsafe class SegmentedLora
         fixed (float* px = x, py = y, pf = adapters.Factors, ps = rowScale)
         fixed (int* po = order, pt = tiles, pr = adapters.Ranks, pa = adapters.AOffsets, pb = adapters.BOffsets)
         {
-            float* xs = px, ys = py, fs = pf, ss = ps;
-            int* os = po, ts = pt, rs = pr, aos = pa, bos = pb;
-            CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
+            var job = new TileJob(px, po, ps, pt, pf, pr, pa, pb, py, prefix, count, maxRank, inFeatures, outFeatures, path);
+            if (parts == 1)
             {
-                int t0 = FirstTile(prefix, count, prefix[count] * part / parts), t1 = FirstTile(prefix, count, prefix[count] * (part + 1) / parts);
-                var scratch = ArrayPool<float>.Shared.Rent(TileRows * maxRank);
-                try
+                job.Part(0, 1);
+            }
+            else
+            {
+                RunParallel(job, parts, threads);
+            }
+        }
+    }
+
+    /// <summary>The fork-join over parts: its own method, so the closure is only created when there is more than one part.</summary>
+    private static void RunParallel(TileJob job, int parts, int threads) =>
+        CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) => job.Part(part, parts));
+
+    /// <summary>The pointers and dims of one call; <see cref="Part"/> runs one thread's contiguous run of tiles.</summary>
+    private readonly struct TileJob(float* x, int* order, float* rowScale, int* tiles, float* factors, int* ranks, int* aOffsets, int* bOffsets,
+        float* y, long[] prefix, int count, int maxRank, int inFeatures, int outFeatures, SimdPath path)
+    {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public void Part(int part, int parts)
+        {
+            int t0 = FirstTile(prefix, count, prefix[count] * part / parts), t1 = FirstTile(prefix, count, prefix[count] * (part + 1) / parts);
+            var scratch = ArrayPool<float>.Shared.Rent(TileRows * maxRank);
+            try
+            {
+                fixed (float* h = scratch)
                 {
-                    fixed (float* h = scratch)
+                    for (int t = t0; t < t1; t++)
                     {
-                        for (int t = t0; t < t1; t++)
-                        {
-                            int first = ts[3 * t], m = ts[(3 * t) + 1], k = ts[(3 * t) + 2];
-                            Tile(xs, os + first, ss + first, m, fs + aos[k], fs + bos[k], rs[k], ys, h, inFeatures, outFeatures, path);
-                        }
+                        int first = tiles[3 * t], m = tiles[(3 * t) + 1], k = tiles[(3 * t) + 2];
+                        Tile(x, order + first, rowScale + first, m, factors + aOffsets[k], factors + bOffsets[k], ranks[k], y, h, inFeatures, outFeatures, path);
                     }
                 }
-                finally
-                {
-                    ArrayPool<float>.Shared.Return(scratch);
-                }
-            });
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
         }
     }
 

@@ -32,12 +32,24 @@ internal static class SegmentedLoraShapes
         int s = segmentAdapters.Length;
         Check.Length("segmentStarts", segmentStarts.Length, (long)s + 1, "segments + 1: each segment's first row, then the end of the last");
         Check.Length("segmentScales", segmentScales, s, "segments: one scale per segment");
-        Check.Require(segmentStarts[0] >= 0, "segmentStarts", $"segmentStarts[0] = {segmentStarts[0]} is negative.");
-        Check.Require(segmentStarts[s] <= n, "segmentStarts", $"segmentStarts[{s}] = {segmentStarts[s]} (the end of the last segment) is past n = {n}.");
+        if (segmentStarts[0] < 0)
+        {
+            Check.Require(false, "segmentStarts", $"segmentStarts[0] = {segmentStarts[0]} is negative.");
+        }
+
+        if (segmentStarts[s] > n)
+        {
+            Check.Require(false, "segmentStarts", $"segmentStarts[{s}] = {segmentStarts[s]} (the end of the last segment) is past n = {n}.");
+        }
+
         for (int i = 0; i < s; i++)
         {
-            Check.Require(segmentStarts[i + 1] >= segmentStarts[i], "segmentStarts",
-                $"segmentStarts[{i + 1}] = {segmentStarts[i + 1]} is less than segmentStarts[{i}] = {segmentStarts[i]}; segment starts must not decrease.");
+            if (segmentStarts[i + 1] < segmentStarts[i])
+            {
+                Check.Require(false, "segmentStarts",
+                    $"segmentStarts[{i + 1}] = {segmentStarts[i + 1]} is less than segmentStarts[{i}] = {segmentStarts[i]}; segment starts must not decrease.");
+            }
+
             Index("segmentAdapters", i, segmentAdapters[i], adapters.Count);
         }
 
@@ -79,20 +91,36 @@ internal static class SegmentedLoraShapes
         for (int i = 0; i < k; i++)
         {
             int r = adapters.Ranks[i];
-            Check.Require(r > 0, "ranks", $"ranks[{i}] = {r}; an adapter's rank must be ≥ 1.");
-            Extent("aOffsets", i, adapters.AOffsets[i], (long)r * inFeatures, $"A [{r}, {inFeatures}]", pool);
-            Extent("bOffsets", i, adapters.BOffsets[i], (long)outFeatures * r, $"B [{outFeatures}, {r}]", pool);
+            if (r <= 0)
+            {
+                Check.Require(false, "ranks", $"ranks[{i}] = {r}; an adapter's rank must be ≥ 1.");
+            }
+
+            Extent("aOffsets", i, adapters.AOffsets[i], (long)r * inFeatures, 'A', r, inFeatures, pool);
+            Extent("bOffsets", i, adapters.BOffsets[i], (long)outFeatures * r, 'B', outFeatures, r, pool);
             maxRank = Math.Max(maxRank, r);
         }
 
         return maxRank;
     }
 
-    private static void Extent(string name, int adapter, int offset, long length, string what, long pool) =>
-        Check.Require(offset >= 0 && offset + length <= pool, name,
-            $"{name}[{adapter}] = {offset}: adapter {adapter}'s {what} needs floats [{offset}, {offset + length}) but the pool (factors) has {pool}.");
+    // The checks below run per adapter and per row on every call: the message is only formatted on failure,
+    // so a valid call allocates nothing.
+    private static void Extent(string name, int adapter, int offset, long length, char factor, int rows, int cols, long pool)
+    {
+        if (offset < 0 || offset + length > pool)
+        {
+            Check.Require(false, name,
+                $"{name}[{adapter}] = {offset}: adapter {adapter}'s {factor} [{rows}, {cols}] needs floats [{offset}, {offset + length}) but the pool (factors) has {pool}.");
+        }
+    }
 
-    private static void Index(string name, int i, int adapter, int count) =>
-        Check.Require(adapter >= -1 && adapter < count, name,
-            $"{name}[{i}] = {adapter} is outside [-1, {count}): adapters are 0 … {count - 1}, and -1 means no adapter.");
+    private static void Index(string name, int i, int adapter, int count)
+    {
+        if (adapter < -1 || adapter >= count)
+        {
+            Check.Require(false, name,
+                $"{name}[{i}] = {adapter} is outside [-1, {count}): adapters are 0 … {count - 1}, and -1 means no adapter.");
+        }
+    }
 }

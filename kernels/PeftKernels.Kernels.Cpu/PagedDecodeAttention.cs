@@ -1,0 +1,139 @@
+// Decode attention of ONE query row over a paged KV cache, on the calling thread, with no allocation.
+// Shapes: q, o [heads, headDim]; one layer's key and value pools, block b's position s at float offset
+// (b·blockSize + s)·kvDim, kvDim = kvHeads·headDim (the engine's KvBlockPool layout); blockTable[i] =
+// the pool block holding positions [i·blockSize, (i + 1)·blockSize) of the sequence. Query head h reads
+// kv head h / (heads / kvHeads) (GQA). Every position 0..length − 1 is visible (a causal decode step
+// passes its own length). For each head h in [h0, h1):
+//   s_j = scale · q_h·k_j          o_h = Σ_j p_j v_j,   p_j = exp(s_j − max) / Σ_l exp(s_l − max)
+// by exact online softmax in fp32 over runs of up to 64 positions inside one block (the scores of a
+// run on the stack): m' = max(m, max_j s_j), l = l·e^(m − m') + Σ_j e^(s_j − m'), o_h = o_h·e^(m − m')
+// + Σ_j e^(s_j − m')·v_j, then o_h /= l. Why: PagedAttention.Decode runs the general attention kernel
+// once per block and merges the blocks by log-sum-exp; a decode step wants one pass over the cache with
+// no per-block set-up, and the engine splits the heads over its own threads ([h0, h1)). The dot, max,
+// exp, scale and P·V steps are the existing attention kernel's (Attention's tile helpers, per SIMD
+// width), so non-finite values propagate as there: a NaN key or value at a visible position gives NaN.
+using System.Runtime.Intrinsics;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>Single-threaded, allocation-free GQA decode attention of one query row over a paged KV cache.</summary>
+public static unsafe class PagedDecodeAttention
+{
+    /// <summary>Positions scored at a time (a multiple of every vector width; the scores live on the stack).</summary>
+    private const int Run = 64;
+
+    /// <summary>o[h] = softmax(scale·q[h]·Kᵀ)·V over positions 0..length − 1 for query heads h in [h0, h1); the other heads of o are not written.</summary>
+    /// <param name="q">Query [heads, headDim] (after RoPE).</param>
+    /// <param name="keyPool">One layer's key pool: block b's position s at float offset (b·blockSize + s)·kvHeads·headDim.</param>
+    /// <param name="valuePool">One layer's value pool, the same layout.</param>
+    /// <param name="blockTable">The sequence's blocks in order: at least ceil(length / blockSize) entries, each a block of the pools.</param>
+    /// <param name="blockSize">Positions per block.</param>
+    /// <param name="length">Positions attended (all visible), at least 1.</param>
+    /// <param name="heads">Query heads, a multiple of <paramref name="kvHeads"/>.</param>
+    /// <param name="kvHeads">Key/value heads.</param>
+    /// <param name="headDim">Head dimension.</param>
+    /// <param name="h0">First query head computed.</param>
+    /// <param name="h1">End of the query heads computed (exclusive), h0 ≤ h1 ≤ heads.</param>
+    /// <param name="scale">Score scale, typically 1/√headDim.</param>
+    /// <param name="o">Output [heads, headDim]; heads [h0, h1) written.</param>
+    /// <param name="path">SIMD path (<see cref="SimdPath.Auto"/>: the widest supported).</param>
+    /// <exception cref="ArgumentException">A length, dim, head range or block id is out of range.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
+    public static void Row(ReadOnlySpan<float> q, ReadOnlySpan<float> keyPool, ReadOnlySpan<float> valuePool, ReadOnlySpan<int> blockTable,
+        int blockSize, int length, int heads, int kvHeads, int headDim, int h0, int h1, float scale, Span<float> o, SimdPath path)
+    {
+        Check.Positive(blockSize, "blockSize");
+        Check.Positive(length, "length");
+        Check.Positive(kvHeads, "kvHeads");
+        Check.Positive(headDim, "headDim");
+        if (heads <= 0 || heads % kvHeads != 0)
+        {
+            throw new ArgumentException($"heads must be a positive multiple of kvHeads {kvHeads}; got {heads}.", nameof(heads));
+        }
+
+        Check.Length("q", q.Length, (long)heads * headDim, "heads·headDim");
+        Check.Length("o", o.Length, (long)heads * headDim, "heads·headDim");
+        Check.Length("valuePool", valuePool.Length, keyPool.Length, "keyPool's length");
+        if (h0 < 0 || h1 < h0 || h1 > heads)
+        {
+            throw new ArgumentOutOfRangeException(nameof(h1), $"the head range [{h0}, {h1}) must lie in [0, heads {heads}].");
+        }
+
+        long blockFloats = (long)blockSize * kvHeads * headDim;
+        long poolBlocks = keyPool.Length / blockFloats;
+        int blocks = (int)(((long)length + blockSize - 1) / blockSize);
+        if (blockTable.Length < blocks)
+        {
+            throw new ArgumentException($"blockTable has {blockTable.Length} blocks; {length} positions of {blockSize} a block need {blocks}.", nameof(blockTable));
+        }
+
+        for (int i = 0; i < blocks; i++)
+        {
+            if ((uint)blockTable[i] >= (ulong)poolBlocks)
+            {
+                throw new ArgumentException($"blockTable[{i}] = {blockTable[i]} is outside the pool's {poolBlocks} blocks of {blockFloats} floats.", nameof(blockTable));
+            }
+        }
+
+        var resolved = new KernelOptions(1, path).ResolvePath();
+        if (h0 == h1)
+        {
+            return;
+        }
+
+        fixed (float* pq = q, pk = keyPool, pv = valuePool, po = o)
+        fixed (int* pt = blockTable)
+        {
+            var d = new Dims(blockSize, length, heads / kvHeads, kvHeads * headDim, headDim, scale);
+            switch (resolved)
+            {
+                case SimdPath.Vector512:
+                    Heads<Vector512<float>, V512>(pq, pk, pv, pt, d, h0, h1, po);
+                    break;
+                case SimdPath.Vector256:
+                    Heads<Vector256<float>, V256>(pq, pk, pv, pt, d, h0, h1, po);
+                    break;
+                default:
+                    Heads<float, V1>(pq, pk, pv, pt, d, h0, h1, po);
+                    break;
+            }
+        }
+    }
+
+    private readonly record struct Dims(int BlockSize, int Length, int Group, int KvDim, int HeadDim, float Scale);
+
+    private static void Heads<TV, T>(float* q, float* k, float* v, int* table, Dims d, int h0, int h1, float* o)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int hd = d.HeadDim;
+        float* s = stackalloc float[Run];
+        for (int h = h0; h < h1; h++)
+        {
+            float* qh = q + ((long)h * hd), oh = o + ((long)h * hd);
+            long head = (long)(h / d.Group) * hd;
+            new Span<float>(oh, hd).Clear();
+            float m = float.NegativeInfinity, l = 0f;
+            for (int pos = 0; pos < d.Length;)
+            {
+                int inBlock = pos % d.BlockSize;
+                int count = Math.Min(Run, Math.Min(d.BlockSize - inBlock, d.Length - pos));
+                long at = ((((long)table[pos / d.BlockSize] * d.BlockSize) + inBlock) * d.KvDim) + head;
+                Attention.Dots<TV, T>(qh, k + at, d.KvDim, count, hd, s);
+                float mNew = MathF.Max(m, Attention.ScaledMax<TV, T>(s, count, d.Scale));
+                float alpha = mNew == m ? 1f : MathF.Exp(m - mNew);
+                l = (l * alpha) + Attention.ExpInPlace<TV, T>(s, count, d.Scale, mNew);
+                m = mNew;
+                if (alpha != 1f)
+                {
+                    Attention.ScaleRow<TV, T>(oh, oh, hd, alpha);
+                }
+
+                Attention.MulAdd1<TV, T>(s, 1, v + at, d.KvDim, oh, hd, count, true);
+                pos += count;
+            }
+
+            Attention.ScaleRow<TV, T>(oh, oh, hd, 1f / l);
+        }
+    }
+}
