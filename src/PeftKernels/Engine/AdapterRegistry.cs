@@ -228,6 +228,15 @@ public sealed class AdapterRegistry
         }
     }
 
+    /// <summary>The resident versions themselves (current and retired), in a stable order, and <see cref="Changed"/> at that moment: what the engine's adapter table packs.</summary>
+    internal (IReadOnlyList<EngineAdapter> Adapters, long Changed) ResidentAdapters()
+    {
+        lock (gate)
+        {
+            return ([.. resident.OrderBy(s => s.Adapter.Name, StringComparer.Ordinal).ThenBy(s => s.Adapter.Version).Select(s => s.Adapter)], Interlocked.Read(ref changed));
+        }
+    }
+
     internal void Release(AdapterLease lease)
     {
         lock (gate)

@@ -60,7 +60,7 @@ internal sealed class AdapterTable
     /// Packs <paramref name="adapters"/> (slot k = index k; each [layers, projections], null where the adapter does nothing) for
     /// layers whose projection p has <paramref name="shapes"/>[p] = (in, out).
     /// </summary>
-    public static AdapterTable Build(int layers, IReadOnlyList<ProjectionAdapter?[,]> adapters, (int In, int Out)[] shapes)
+    public static AdapterTable Build(int layers, IReadOnlyList<EngineAdapter> adapters, (int In, int Out)[] shapes)
     {
         int slots = adapters.Count;
         var entries = new Entry[layers * Projections.Count];
@@ -78,25 +78,25 @@ internal sealed class AdapterTable
                 var b = new List<float[]>();
                 for (int k = 0; k < slots; k++)
                 {
-                    var pa = adapters[k][l, p];
+                    var module = adapters[k].Get(l, (Projection)p);
                     packIndex[k] = -1;
-                    if (pa == null)
+                    if (module == null)
                     {
                         continue;
                     }
 
-                    if (pa.A != null)
+                    if (module.Kind != AdapterKind.Ia3)
                     {
                         packIndex[k] = a.Count;
-                        a.Add(pa.A);
-                        b.Add(pa.B!);
+                        a.Add(module.A.ToArray());
+                        b.Add(module.B.ToArray());
+                        bias[k] = Scaled(module.LoraBias, module.Scale, module.ColumnScale);
+                        dora[k] = module.ColumnScale.IsEmpty ? null : module.ColumnScale.ToArray();
                     }
 
-                    scale[k] = pa.Scale;
-                    bias[k] = pa.LoraBias;
-                    dora[k] = pa.DoraScale;
-                    ia3[k] = pa.Ia3;
-                    ia3Ff[k] = pa.Ia3Feedforward;
+                    scale[k] = module.Scale;
+                    ia3[k] = module.Ia3.IsEmpty ? null : module.Ia3.ToArray();
+                    ia3Ff[k] = module.Ia3Feedforward;
                 }
 
                 var pack = a.Count == 0 ? null : SegmentedLoraPack.Pack(a, b, shapes[p].In, shapes[p].Out);
@@ -106,6 +106,23 @@ internal sealed class AdapterTable
         }
 
         return new AdapterTable(layers, slots, entries);
+    }
+
+    /// <summary>s·β (times g for DoRA, whose column factor scales the whole LoRA term) or null when there is no lora bias.</summary>
+    private static float[]? Scaled(ReadOnlyMemory<float> loraBias, float s, ReadOnlyMemory<float> g)
+    {
+        if (loraBias.IsEmpty)
+        {
+            return null;
+        }
+
+        var result = loraBias.ToArray();
+        for (int j = 0; j < result.Length; j++)
+        {
+            result[j] *= s * (g.IsEmpty ? 1f : g.Span[j]);
+        }
+
+        return result;
     }
 
     /// <summary>One (layer, projection): the LoRA pool and per-slot data.</summary>

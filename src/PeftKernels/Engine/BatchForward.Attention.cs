@@ -9,9 +9,21 @@ namespace PeftKernels.Engine;
 
 internal sealed partial class BatchForward
 {
+    private Action<int>? attendPart;
+    private int[] attendRows = [], attendGroups = [];
+    private int attendLayer, attendCount, attendSplits, attendParts;
+    private StepBatch? attendBatch;
+
     private void Attend(int layer, StepBatch batch)
     {
         float scale = 1f / MathF.Sqrt(headDim);
+        attendCount = 0;
+        if (attendRows.Length < batch.Tokens.Length)
+        {
+            attendRows = new int[batch.Tokens.Length];
+            attendGroups = new int[batch.Tokens.Length];
+        }
+
         for (int s = 0; s < batch.Count; s++)
         {
             var sequence = batch.Sequences[s];
@@ -21,11 +33,56 @@ internal sealed partial class BatchForward
                 sequence.Write(layer, batch.Positions[i], k.AsSpan(i * kvDim, kvDim), v.AsSpan(i * kvDim, kvDim));
             }
 
-            // The group's rows are the last t of positions 0..total−1: the kernel's causal offset.
+            if (t <= DecodeGemv.MaxRows)
+            {
+                // Few rows: each attends over the blocks in place (PagedDecodeAttention, below).
+                for (int i = start; i < end; i++)
+                {
+                    attendRows[attendCount] = i;
+                    attendGroups[attendCount++] = s;
+                }
+
+                continue;
+            }
+
+            // A long prompt chunk: its rows are the last t of positions 0..total−1 (the tiled kernel's causal offset).
             int total = batch.Positions[end - 1] + 1;
             Gather(sequence, layer, total);
             Attention.Forward(q.AsSpan(start * qDim, t * qDim), kvScratchK.AsSpan(0, total * kvDim), kvScratchV.AsSpan(0, total * kvDim),
                 att.AsSpan(start * qDim, t * qDim), lse.AsSpan(0, heads * t), 1, t, total, heads, kvHeads, headDim, scale, kernel);
+        }
+
+        if (attendCount == 0)
+        {
+            return;
+        }
+
+        // Rows × head ranges, split evenly over the threads (a lone row's heads are split; many rows go whole).
+        int threads = kernel.ResolveThreads();
+        attendSplits = Math.Max(1, Math.Min(kvHeads, threads / attendCount));
+        attendParts = Math.Min(threads, attendCount * attendSplits);
+        attendLayer = layer;
+        attendBatch = batch;
+        attendPart ??= AttendPart;
+        CpuParallel.For(attendParts, threads, attendPart);
+        attendBatch = null;
+    }
+
+    private void AttendPart(int part)
+    {
+        var batch = attendBatch!;
+        var path = kernel.ResolvePath();
+        float scale = 1f / MathF.Sqrt(headDim);
+        int group = heads / kvHeads;
+        var (u0, u1) = CpuParallel.Split(attendCount * attendSplits, attendParts, part);
+        for (int unit = u0; unit < u1; unit++)
+        {
+            int row = attendRows[unit / attendSplits], s = attendGroups[unit / attendSplits];
+            var (k0, k1) = CpuParallel.Split(kvHeads, attendSplits, unit % attendSplits);
+            var sequence = batch.Sequences[s];
+            var pool = sequence.Pool;
+            PagedDecodeAttention.Row(q.AsSpan(row * qDim, qDim), pool.LayerKeys(attendLayer), pool.LayerValues(attendLayer), sequence.Table, pool.BlockSize,
+                batch.Positions[row] + 1, heads, kvHeads, headDim, k0 * group, k1 * group, scale, att.AsSpan(row * qDim, qDim), path);
         }
     }
 

@@ -9,7 +9,7 @@
 //   x  += o_proj(o);   n = rmsnorm(x)·w_post;   x += down(silu(gate(n)) ⊙ up(n))
 // and logits = lm_head(rmsnorm(x_last)·w_norm) for the rows that want them.
 // Every projection is the base product for all rows at once (one GEMM, or a GEMV at ≤ 4 rows) plus
-// the rows' adapters (ProjectionAdapter's equations): one SGMV over the sequences (rows of one
+// the rows' adapters (EngineAdapter's equations): one SGMV over the sequences (rows of one
 // sequence share an adapter: a segment), DoRA's column scale, lora bias and IA³ per sequence.
 // The result of a row does not depend on what else is in the batch beyond fp32 rounding of the GEMM's
 // blocking (tests compare with the model run one sequence at a time).

@@ -17,15 +17,14 @@ public sealed partial class InferenceEngine
     /// <summary>Rebuilds the table when the registry's resident set changed, and gives every sequence its slot in it.</summary>
     private void RefreshAdapterTable()
     {
-        long version = Adapters.Version;
-        if (version == tableVersion)
+        if (Adapters.Changed == tableVersion)
         {
             return;
         }
 
-        var resident = Adapters.Resident();
+        var (resident, version) = Adapters.ResidentAdapters();
         slots = resident.Select((a, i) => (a, i)).ToDictionary(p => p.a, p => p.i);
-        table = AdapterTable.Build(model.Config.NumHiddenLayers, [.. resident.Select(a => a.Projections)], forward.Shapes);
+        table = AdapterTable.Build(model.Config.NumHiddenLayers, resident, forward.Shapes);
         tableVersion = version;
         Stats.AdapterTableBuilds++;
         foreach (var s in running.Concat(waiting))

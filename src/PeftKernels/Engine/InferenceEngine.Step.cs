@@ -60,7 +60,11 @@ public sealed partial class InferenceEngine
 
                 s.AddToken(token);
                 Stats.TokensGenerated++;
-                Adapters.RecordTokens(s.AdapterLease, 1);
+                if (s.AdapterLease is AdapterLease lease)
+                {
+                    Adapters.RecordTokens(lease, 1);
+                }
+
                 var reason = s.Sampling.StopTokenIds?.Contains(token) == true ? FinishReason.Stop
                     : s.OutputCount >= s.Sampling.MaxTokens || s.Length >= MaxSequenceLength ? FinishReason.Length
                     : FinishReason.None;
@@ -262,7 +266,7 @@ public sealed partial class InferenceEngine
         }
 
         s.Slot = SlotOf(s.AdapterLease);
-        s.Cache = Pool.CreateSequence();
+        s.Cache = Pool.CreateSequence(Math.Min(MaxSequenceLength, s.Request.PromptTokens.Length + s.Sampling.MaxTokens));
         s.Computed = 0;
         if (Options.PrefixSharing)
         {

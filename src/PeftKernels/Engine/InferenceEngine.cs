@@ -52,7 +52,7 @@ public sealed partial class InferenceEngine : IDisposable
         var c = model.Config;
         int blocks = Options.KvBlocks > 0 ? Options.KvBlocks : DefaultBlocks(c, Options, MaxSequenceLength);
         Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks);
-        Adapters = registry ?? new AdapterRegistry(model, new AdapterRegistryOptions());
+        Adapters = registry ?? new AdapterRegistry(model);
         forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         batch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
         table = AdapterTable.Empty(c.NumHiddenLayers);
@@ -112,7 +112,7 @@ public sealed partial class InferenceEngine : IDisposable
 
         var sampling = request.Sampling ?? new SamplingParams();
         sampling.Validate();
-        if (request.Adapter != null && !Adapters.IsKnown(request.Adapter))
+        if (request.Adapter != null && !Adapters.Names.Contains(request.Adapter, StringComparer.Ordinal))
         {
             throw new KeyNotFoundException($"adapter '{request.Adapter}' is not known; known adapters: {string.Join(", ", Adapters.Names.Select(n => $"'{n}'"))}.");
         }

@@ -31,7 +31,7 @@ public sealed class KvBlockPool
     private readonly int[] parents;
     private readonly ulong[] hashes;
     private readonly bool[] indexed;
-    private readonly Dictionary<ulong, int> prefixIndex = [];
+    private readonly Dictionary<ulong, int> prefixIndex;
 
     /// <summary>A pool of <paramref name="blockCount"/> blocks, all free.</summary>
     /// <param name="layers">Decoder layers.</param>
@@ -58,6 +58,7 @@ public sealed class KvBlockPool
         HeadDim = headDim;
         BlockSize = blockSize;
         BlockCount = blockCount;
+        prefixIndex = new Dictionary<ulong, int>(blockCount); // every block can be indexed at once: publishing never grows it
         keys = [.. Enumerable.Range(0, layers).Select(_ => new float[perLayer])];
         values = [.. Enumerable.Range(0, layers).Select(_ => new float[perLayer])];
         refCounts = new int[blockCount];
@@ -132,7 +133,10 @@ public sealed class KvBlockPool
     }
 
     /// <summary>A new empty sequence whose blocks come from this pool.</summary>
-    public PagedSequence CreateSequence() => new(this);
+    public PagedSequence CreateSequence() => new(this, 0);
+
+    /// <summary>An empty sequence with room reserved for <paramref name="expectedLength"/> positions in its token list and block table, so appending up to there allocates nothing.</summary>
+    public PagedSequence CreateSequence(int expectedLength) => new(this, expectedLength);
 
     /// <summary>Takes a block off the free list with reference count 1; false (and nothing changed) when none is free.</summary>
     internal bool TryAllocate(out int block)

@@ -16,16 +16,18 @@ namespace PeftKernels.Engine;
 public sealed class PagedSequence : IDisposable
 {
     private readonly KvBlockPool pool;
-    private readonly List<int> table = [];
+    private readonly List<int> table;
     private readonly int[] written;
-    private int[] tokens = new int[16];
+    private int[] tokens;
     private int hashedBlocks;
     private ulong lastHash = KvBlockPool.RootHash;
     private bool freed;
 
-    internal PagedSequence(KvBlockPool pool)
+    internal PagedSequence(KvBlockPool pool, int expectedLength)
     {
         this.pool = pool;
+        tokens = new int[Math.Max(16, expectedLength)];
+        table = new List<int>(Math.Max(4, (expectedLength + pool.BlockSize - 1) / pool.BlockSize));
         written = new int[pool.Layers];
     }
 
@@ -260,7 +262,7 @@ public sealed class PagedSequence : IDisposable
             }
         }
 
-        var child = new PagedSequence(pool);
+        var child = new PagedSequence(pool, tokens.Length);
         foreach (int block in table)
         {
             pool.AddRef(block);

@@ -1,0 +1,39 @@
+// Decoding allocates nothing once warm: 100 engine steps of a decoding sequence (batch 1 and batch 3,
+// with LoRA, DoRA and IA³ adapters and without, fp32 and 4-bit base, exact and integer GEMV) allocate
+// no managed memory on the stepping thread (the fork-join workers run the same allocation-free kernels).
+using PeftKernels.Engine;
+
+namespace PeftKernels.Tests;
+
+public sealed class InferenceEngineAllocationTests
+{
+    [Theory]
+    [InlineData(false, false, 1, new[] { "" })]
+    [InlineData(false, false, 2, new[] { "r8" })]
+    [InlineData(true, false, 1, new[] { "dora", "ia3", "r32" })]
+    [InlineData(true, true, 2, new[] { "" })]
+    public void HundredDecodeStepsAllocateNothing(bool quantized, bool integer, int threads, string[] adapters)
+    {
+        using var fx = new EngineFixture(quantized);
+        using var engine = fx.Engine(new EngineOptions { Threads = threads, IntegerDecode = integer, MaxSequenceLength = 200 });
+        foreach (var adapter in adapters)
+        {
+            engine.Submit(new EngineRequest([1, 2, 3, 4, 5], adapter == "" ? null : adapter, new SamplingParams(MaxTokens: 150)));
+        }
+
+        for (int i = 0; i < 10; i++)
+        {
+            engine.Step();
+        }
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 100; i++)
+        {
+            Assert.True(engine.Step());
+        }
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(adapters.Length, engine.RunningCount);
+        Assert.Equal(0, allocated);
+    }
+}
