@@ -12,8 +12,9 @@
 // decode loop allocates nothing and the launchers only enqueue (GpuLaunch's rule).
 // Why: S-LoRA / Punica serve many tenants from one base model; one LoraBranch per adapter costs a
 // gather, a scatter and two GEMMs per adapter; here each row reads its own adapter in place.
-// How: phase 1 is one warp per (row, rank index): a lane-strided dot over in (four chains in flight)
-// reduced by the xor butterfly; warps past the row's rank return at once. Phase 2 is one thread per
+// How: phase 1 is one group of 8 warps per (row, block of 32 rank indices), each warp 4 consecutive
+// rank indices: lane-strided dots over in (x read once for the 4 rows of A_k, four chains in flight),
+// each reduced by the xor butterfly; warps and groups past the row's rank return at once. Phase 2 is one thread per
 // output element: a sequential dot of length r_a(i) (B_k's row j is contiguous, so a warp reads one
 // contiguous block of B_k), then y += s·dot. The sums are reassociated (warp tree instead of the CPU's
 // vector lanes): equal to the CPU SegmentedLora within fp32 rounding, and the same on every run; a row
@@ -30,6 +31,8 @@ namespace PeftKernels.Kernels.Gpu;
 public static class SegmentedLoraKernels
 {
     private const int WarpsPerGroup = 8;
+    private const int RanksPerWarp = 4;
+    private const int RanksPerGroup = WarpsPerGroup * RanksPerWarp;
 
     /// <summary>BGMV: y_i += scales[i]·B_k·(A_k·x_i) with k = adapterOfRow[i]; rows with k = −1 are left as they are. Enqueues only.</summary>
     /// <param name="accelerator">The device.</param>
@@ -150,42 +153,60 @@ public static class SegmentedLoraKernels
         }
     }
 
-    /// <summary>Phase 1: one warp per (row, rank index q): h[i, q] = A_k[q, :]·x[i, :].</summary>
+    /// <summary>Phase 1: a group per (row i, block of 32 rank indices), a warp per 4 of them: h[i, q] = A_k[q, :]·x[i, :].</summary>
     internal static void ShrinkKernel(FloatView x, AdapterTable table, RowAdapters rows, FloatView h, Dims d)
     {
-        int w = (Grid.IdxX * WarpsPerGroup) + Warp.WarpIdx, lane = Warp.LaneIdx;
-        int i = w / d.MaxRank, q = w % d.MaxRank;
-        if (i >= d.N)
+        int i = Grid.IdxX / d.RankBlocks, q = ((Grid.IdxX % d.RankBlocks) * RanksPerGroup) + (Warp.WarpIdx * RanksPerWarp), lane = Warp.LaneIdx;
+        int k = rows.Adapter(i);
+        if (k < 0)
         {
             return;
         }
 
-        int k = rows.Adapter(i);
-        if (k < 0 || q >= table.Rank(k, d.MaxRank))
+        // m (1 to 4) consecutive rank indices from q: the same for the whole warp, so the branches do not diverge.
+        int m = Math.Min(RanksPerWarp, table.Rank(k, d.MaxRank) - q);
+        if (m <= 0)
         {
             return;
         }
 
         int a = table.AOffsets[k] + (q * d.In), xi = i * d.In;
         float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
-        int p = lane;
-        for (; p + (3 * GpuMath.WarpSize) < d.In; p += 4 * GpuMath.WarpSize)
+        for (int p = lane; p < d.In; p += GpuMath.WarpSize)
         {
-            s0 += table.Factors[a + p] * x[xi + p];
-            s1 += table.Factors[a + p + 32] * x[xi + p + 32];
-            s2 += table.Factors[a + p + 64] * x[xi + p + 64];
-            s3 += table.Factors[a + p + 96] * x[xi + p + 96];
+            float xv = x[xi + p];
+            s0 += table.Factors[a + p] * xv;
+            if (m > 1)
+            {
+                s1 += table.Factors[a + d.In + p] * xv;
+            }
+
+            if (m > 2)
+            {
+                s2 += table.Factors[a + (2 * d.In) + p] * xv;
+            }
+
+            if (m > 3)
+            {
+                s3 += table.Factors[a + (3 * d.In) + p] * xv;
+            }
         }
 
-        for (; p < d.In; p += GpuMath.WarpSize)
+        int at = (i * d.MaxRank) + q;
+        Store(h, at, GpuMath.WarpSum(s0), lane);
+        if (m > 1)
         {
-            s0 += table.Factors[a + p] * x[xi + p];
+            Store(h, at + 1, GpuMath.WarpSum(s1), lane);
         }
 
-        float sum = GpuMath.WarpSum((s0 + s1) + (s2 + s3));
-        if (lane == 0)
+        if (m > 2)
         {
-            h[(i * d.MaxRank) + q] = sum;
+            Store(h, at + 2, GpuMath.WarpSum(s2), lane);
+        }
+
+        if (m > 3)
+        {
+            Store(h, at + 3, GpuMath.WarpSum(s3), lane);
         }
     }
 
@@ -208,6 +229,15 @@ public static class SegmentedLoraKernels
         }
 
         y[e] += rows.Scales[slot] * sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(FloatView h, int at, float sum, int lane)
+    {
+        if (lane == 0)
+        {
+            h[at] = sum;
+        }
     }
 
     private static void Common(FloatView x, FloatView factors, IntView ranks, IntView aOffsets, IntView bOffsets, int maxRank,
@@ -244,10 +274,10 @@ public static class SegmentedLoraKernels
         }
 
         var table = new AdapterTable(factors, ranks, aOffsets, bOffsets);
-        var d = new Dims(n, inFeatures, outFeatures, maxRank);
+        int rankBlocks = (maxRank + RanksPerGroup - 1) / RanksPerGroup;
+        var d = new Dims(n, inFeatures, outFeatures, maxRank, rankBlocks);
         var kernels = Loaded.For(accelerator);
-        int warps = n * maxRank;
-        kernels.Shrink(new KernelConfig((warps + WarpsPerGroup - 1) / WarpsPerGroup, WarpsPerGroup * GpuMath.WarpSize), x, table, rows, h, d);
+        kernels.Shrink(new KernelConfig(n * rankBlocks, WarpsPerGroup * GpuMath.WarpSize), x, table, rows, h, d);
         kernels.Expand(n * outFeatures, table, rows, h, y, d);
     }
 
@@ -259,7 +289,7 @@ public static class SegmentedLoraKernels
         Check.Require(adapter >= -1 && adapter < count, name,
             $"{name}[{i}] = {adapter} is outside [-1, {count}): adapters are 0 … {count - 1}, and -1 means no adapter.");
 
-    internal readonly record struct Dims(int N, int In, int Out, int MaxRank);
+    internal readonly record struct Dims(int N, int In, int Out, int MaxRank, int RankBlocks);
 
     /// <summary>The device adapter table (SegmentedLoraAdapters' layout).</summary>
     internal readonly struct AdapterTable(FloatView factors, IntView ranks, IntView aOffsets, IntView bOffsets)

@@ -96,8 +96,8 @@ public class GpuSegmentedLoraTests(GpuFixture gpu)
 
     [Theory]
     [InlineData(6, 37, 130, 1)]
-    [InlineData(11, 130, 37, 7)]
-    [InlineData(16, 37, 37, 64)]
+    [InlineData(9, 130, 37, 7)]
+    [InlineData(12, 37, 37, 64)]
     public void BgmvMatchesReferenceAndCpu(int n, int inF, int outF, int k)
     {
         var (a, b, pack) = MakeAdapters(k, inF, outF, (k * 100) + n);
@@ -122,16 +122,17 @@ public class GpuSegmentedLoraTests(GpuFixture gpu)
     }
 
     [Theory]
-    [InlineData(16, 37, 130, 1)]
-    [InlineData(19, 130, 37, 7)]
-    [InlineData(24, 37, 37, 64)]
+    [InlineData(10, 37, 130, 1)]
+    [InlineData(11, 130, 37, 7)]
+    [InlineData(14, 37, 37, 64)]
     public void SgmvMatchesReferenceCpuAndBgmv(int n, int inF, int outF, int k)
     {
         var (a, b, pack) = MakeAdapters(k, inF, outF, (k * 100) + n + 1);
 
-        // Rows 0–1 before the first segment, an empty segment first and in the middle, a no-adapter segment, the last rows after the end.
-        int[] starts = [2, 2, 5, 9, 9, 12, n - 3, n - 2];
-        int[] segAdapters = [k - 1, 0, -1, k / 2, k - 1, (k / 3) % k, 0];
+        // Row 0 before the first segment, an empty segment first and in the middle, a no-adapter segment, a scale-0 segment,
+        // adapters 0 and 1 (ranks 1 and 128 when K ≥ 2), the last row after the end.
+        int[] starts = [1, 1, 3, 5, 5, 6, n - 2, n - 1];
+        int[] segAdapters = [k - 1, 0, -1, k / 2, k - 1, 1 % k, k - 1];
         float[] segScales = [1f, -1.5f, 2f, 0.5f, 0f, 0.75f, 1.25f];
         var x = TestUtil.Random(n * inF, 3);
         var y0 = TestUtil.Random(n * outF, 4);
