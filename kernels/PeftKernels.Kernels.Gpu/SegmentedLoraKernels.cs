@@ -14,7 +14,8 @@
 // gather, a scatter and two GEMMs per adapter; here each row reads its own adapter in place.
 // How: phase 1 is one group of 8 warps per (row, block of 32 rank indices), each warp 4 consecutive
 // rank indices: lane-strided dots over in (x read once for the 4 rows of A_k, four chains in flight),
-// each reduced by the xor butterfly; warps and groups past the row's rank return at once. Phase 2 is one thread per
+// the four reduced together by an xor butterfly that halves the set at its first two steps (6
+// shuffles, not 4·5); warps and groups past the row's rank return at once. Phase 2 is one thread per
 // output element: a sequential dot of length r_a(i) (B_k's row j is contiguous, so a warp reads one
 // contiguous block of B_k), then y += s·dot. The sums are reassociated (warp tree instead of the CPU's
 // vector lanes): equal to the CPU SegmentedLora within fp32 rounding, and the same on every run; a row
@@ -22,7 +23,7 @@
 // Values that live on the device (adapter indices, segment starts, ranks, offsets) are not downloaded
 // (GpuLaunch's rule): the caller checks them on the host before upload (CheckAdapters, CheckRows,
 // CheckSegments, the same checks and messages as SegmentedLoraShapes). The kernels still skip an
-// adapter index outside [0, K) and never read h past a row's maxRank entries.
+// adapter index outside [0, K) and never touch h past a row's maxRank entries. Forward only (serving).
 using System.Runtime.CompilerServices;
 
 namespace PeftKernels.Kernels.Gpu;
@@ -192,21 +193,20 @@ public static class SegmentedLoraKernels
             }
         }
 
-        int at = (i * d.MaxRank) + q;
-        Store(h, at, GpuMath.WarpSum(s0), lane);
-        if (m > 1)
+        // The four sums in 6 shuffles instead of 4·5: halve the set while halving the lanes (xor 16: lanes with bit 4 keep
+        // s2, s3, the others s0, s1; xor 8: bit 3 picks one), then the plain butterfly; lane 8·c ends with sum c.
+        bool high = (lane & 16) != 0, odd = (lane & 8) != 0;
+        float t0 = (high ? s2 : s0) + Warp.ShuffleXor(high ? s0 : s2, 16);
+        float t1 = (high ? s3 : s1) + Warp.ShuffleXor(high ? s1 : s3, 16);
+        float u = (odd ? t1 : t0) + Warp.ShuffleXor(odd ? t0 : t1, 8);
+        for (int delta = 4; delta > 0; delta >>= 1)
         {
-            Store(h, at + 1, GpuMath.WarpSum(s1), lane);
+            u += Warp.ShuffleXor(u, delta);
         }
 
-        if (m > 2)
+        if ((lane & 7) == 0 && (lane >> 3) < m)
         {
-            Store(h, at + 2, GpuMath.WarpSum(s2), lane);
-        }
-
-        if (m > 3)
-        {
-            Store(h, at + 3, GpuMath.WarpSum(s3), lane);
+            h[(i * d.MaxRank) + q + (lane >> 3)] = u;
         }
     }
 
@@ -229,15 +229,6 @@ public static class SegmentedLoraKernels
         }
 
         y[e] += rows.Scales[slot] * sum;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(FloatView h, int at, float sum, int lane)
-    {
-        if (lane == 0)
-        {
-            h[at] = sum;
-        }
     }
 
     private static void Common(FloatView x, FloatView factors, IntView ranks, IntView aOffsets, IntView bOffsets, int maxRank,
