@@ -58,6 +58,8 @@ internal static class GpuKernelCatalog
         Add(list, typeof(AttentionKernels), nameof(AttentionKernels.DkDvKernel), false);
         Add(list, typeof(LoraBranchKernels), nameof(LoraBranchKernels.GatherRowsKernel), true);
         Add(list, typeof(LoraBranchKernels), nameof(LoraBranchKernels.ScatterAddRowsKernel), true);
+        Add(list, typeof(SegmentedLoraKernels), nameof(SegmentedLoraKernels.ShrinkKernel), false);
+        Add(list, typeof(SegmentedLoraKernels), nameof(SegmentedLoraKernels.ExpandKernel), true);
         foreach (var w in new[] { typeof(DenseOperand), typeof(Quant4Operand) })
         {
             list.Add(new($"DoraNormKernels.RowNormsKernel<{w.Name}>", Method(typeof(DoraNormKernels), nameof(DoraNormKernels.RowNormsKernel)).MakeGenericMethod(w), false));

@@ -4,6 +4,7 @@
 // - LoraBranchKernels over all rows and over a row subset (unsorted), with dropout, against the CPU
 //   LoraMatmul on the gathered rows with a zero base weight (the same math and the same mask, which
 //   is seeded by the gathered storage index on both sides), scattered back;
+// - SegmentedLoraKernels.Bgmv and Sgmv (64 adapters of ranks 1–128) against the CPU SegmentedLora;
 // - DoraNormKernels.RowNorms (fp32 and NF4 base) against the CPU DoraNorm, Divide against x / y;
 // - AdamWKernels.SumOfSquares and Scale against the CPU AdamW's; ColumnSumsKernels.Add against a
 //   double sum; EmbeddingKernels.Backward against the CPU autograd's fp32 scatter-add loop.
@@ -73,6 +74,48 @@ internal static partial class KernelChecks
             // da = dhᵀ·drop(xR) with dh = s·gR·b: sums of out terms, then of m (the test's m·out would allow ~5% here).
             Compare(report, "lora branch da", shape, Data.Down(acc, gda.View), da, DotAtol(m + outF, MaxAbs(da)) * scale, 1e-5);
             Compare(report, "lora branch db", shape, Data.Down(acc, gdb.View), db, DotAtol(m, MaxAbs(db)) * scale, 1e-5);
+        }
+    }
+
+    private static void SegmentedLoraCheck(Accelerator acc, Report report)
+    {
+        // 64 adapters of ranks 1–128 in one pool; BGMV on 64 rows (every 5th without adapter), SGMV on 256 rows in 20 segments (one empty).
+        var (k, inF, outF) = (64, 1024, 768);
+        int[] rankSet = [1, 3, 8, 16, 64, 128];
+        var ranks = Enumerable.Range(0, k).Select(i => rankSet[i % rankSet.Length]).ToArray();
+        var pack = SegmentedLoraPack.Pack([.. ranks.Select((r, i) => Data.Random(r * inF, 10 + i))], [.. ranks.Select((r, i) => Data.Random(outF * r, 100 + i))], inF, outF);
+        int maxRank = SegmentedLoraKernels.CheckAdapters(pack.Ranks, pack.AOffsets, pack.BOffsets, pack.Factors.Length, inF, outF);
+        using var gf = acc.Allocate1D(pack.Factors);
+        using var gr = acc.Allocate1D(pack.Ranks);
+        using var gao = acc.Allocate1D(pack.AOffsets);
+        using var gbo = acc.Allocate1D(pack.BOffsets);
+        foreach (bool sgmv in new[] { false, true })
+        {
+            int n = sgmv ? 256 : 64, s = 20;
+            int[] keys = sgmv ? [.. Enumerable.Range(0, s).Select(t => t == 7 ? -1 : (t * 29) % k)] : [.. Enumerable.Range(0, n).Select(i => i % 5 == 4 ? -1 : (i * 37) % k)];
+            int[] starts = [.. Enumerable.Range(0, s + 1).Select(t => t == 3 ? 24 : Math.Min(n, 12 * t))];
+            var scales = Data.Random(keys.Length, 3).Select(v => 2 * v).ToArray();
+            var x = Data.Random(n * inF, 1);
+            var y = Data.Random(n * outF, 2);
+            using var gx = acc.Allocate1D(x);
+            using var gy = acc.Allocate1D(y);
+            using var gkeys = acc.Allocate1D(keys);
+            using var gs = acc.Allocate1D(scales);
+            using var gstarts = acc.Allocate1D(starts);
+            using var gh = acc.Allocate1D<float>(n * maxRank);
+            if (sgmv)
+            {
+                SegmentedLoraKernels.Sgmv(acc, gx.View, gstarts.View, gkeys.View, gs.View, gf.View, gr.View, gao.View, gbo.View, maxRank, gy.View, gh.View, n, inF, outF);
+                SegmentedLora.Sgmv(x, starts, keys, scales, pack.Adapters, y, n, inF, outF);
+            }
+            else
+            {
+                SegmentedLoraKernels.Bgmv(acc, gx.View, gkeys.View, gs.View, gf.View, gr.View, gao.View, gbo.View, maxRank, gy.View, gh.View, n, inF, outF);
+                SegmentedLora.Bgmv(x, keys, scales, pack.Adapters, y, n, inF, outF);
+            }
+
+            // Dots of in, then of r ≤ 128 terms, times |s| ≤ 2 (as GpuSegmentedLoraTests' bound at these sizes).
+            Compare(report, sgmv ? "sgmv" : "bgmv", $"n{n} in{inF} out{outF} K{k} r1-128", Data.Down(acc, gy.View), y, DotAtol(inF + maxRank, 2 * MaxAbs(y)), 1e-5);
         }
     }
 

@@ -26,6 +26,7 @@ internal static partial class KernelChecks
             ("attention", () => AttentionCheck(acc, report)),
             ("cross-entropy", () => CrossEntropyCheck(acc, report)),
             ("lora branch", () => LoraBranch(acc, report)),
+            ("segmented lora", () => SegmentedLoraCheck(acc, report)),
             ("dora norm", () => DoraNormCheck(acc, report)),
             ("training kernels", () => TrainingKernels(acc, report)),
         };
