@@ -39,7 +39,7 @@ internal static class GenerateEngine
                 {
                     nonFinite.AddRange(CheckAdapter(lm, r.AdapterFolder));
                 }
-                catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException or NotSupportedException or InvalidOperationException)
+                catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException or NotSupportedException or InvalidOperationException or UnauthorizedAccessException)
                 {
                     throw new InvalidDataException($"{label(r)}: {e.Message}", e);
                 }
@@ -74,7 +74,7 @@ internal static class GenerateEngine
             {
                 engine.Adapters.Load(name, folder);
             }
-            catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException or NotSupportedException or InvalidOperationException)
+            catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException or NotSupportedException or InvalidOperationException or UnauthorizedAccessException)
             {
                 throw new InvalidDataException($"{label(requests.First(r => r.AdapterFolder == folder))}: {e.Message}", e);
             }
