@@ -155,7 +155,7 @@ public sealed class ModelCommandTests : IDisposable
     [InlineData("score|--model|MODEL|--tokens|7", "at least 2 tokens")]
     [InlineData("score|--model|MODEL|--tokens|1,999", "token id 999 at position 1 is outside the vocabulary [0, 256)")]
     [InlineData("score|--model|nowhere|--tokens|1,2", "nowhere")]
-    [InlineData("generate|--model|MODEL|--max-new-tokens|3", "give exactly one of --prompt and --prompt-tokens")]
+    [InlineData("generate|--model|MODEL|--max-new-tokens|3", "give exactly one of --prompt, --prompt-tokens and --requests")]
     [InlineData("train|--model|MODEL|--data|DATA|--method|vera|--out|x", "vera")]
     [InlineData("train|--model|MODEL|--data|DATA|--seq|500|--out|x", "needs at least 501")]
     public void BadArgumentsExitNonZeroWithAClearMessage(string args, string expected)

@@ -18,7 +18,7 @@ public static class Cli
         root.Subcommands.Add(QuantizeCommands.CreateQuantize());
         root.Subcommands.Add(QuantizeCommands.CreateDequantize());
         root.Subcommands.Add(ModelCommands.CreateScore());
-        root.Subcommands.Add(ModelCommands.CreateGenerate());
+        root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(PretrainCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());
