@@ -58,7 +58,15 @@ internal sealed partial class BatchForward
         }
 
         // Rows × head ranges, split evenly over the threads (a lone row's heads are split; many rows go whole).
+        // Short contexts are cheaper on the calling thread than a fork-join (about 64K multiply-adds per part at least).
         int threads = kernel.ResolveThreads();
+        long work = 0;
+        for (int i = 0; i < attendCount; i++)
+        {
+            work += (long)(batch.Positions[attendRows[i]] + 1) * qDim * 2;
+        }
+
+        threads = (int)Math.Clamp(work / (64 * 1024), 1, threads);
         attendSplits = Math.Max(1, Math.Min(kvHeads, threads / attendCount));
         attendParts = Math.Min(threads, attendCount * attendSplits);
         attendLayer = layer;
