@@ -1,5 +1,5 @@
 // Decode steps of the inference engine (InferenceEngine.Step) on the ~125M Llama config (random fp32
-// weights, seed 1) with a prepared running batch: every sequence has its 64-token prompt in the paged
+// weights, seed 1) with a prepared running batch: every sequence has its 16-token prompt in the paged
 // KV cache and decodes one token per step, so one invocation is one decode step of the whole batch.
 //   OneSequence      1 sequence on one LoRA adapter (rank 32): batch-1 decode
 //   OneAdapter       64 sequences, all on that adapter
@@ -24,7 +24,7 @@ namespace PeftKernels.Bench;
 /// <summary>One engine decode step: batch-1, 64 sequences on one adapter, 64 sequences on 64 adapters.</summary>
 public class EngineBench : IWorkload
 {
-    private const int Prompt = 64;
+    private const int Prompt = 16;
     private static readonly int[] RankCycle = [8, 16, 32, 64];
     private InferenceEngine engine = null!;
     private string folder = "";
