@@ -2,6 +2,7 @@
 // FMA peak and read bandwidth, measured in the same process. Median of repeated runs after
 // a warm-up; a kernel and its baseline run alternately so their ratio is measured round by
 // round; BenchmarkDotNet in bench/ is the rigorous version of the same measurements.
+// `peft bench serve` (BenchServeCommand.cs) benchmarks the inference engine instead.
 using System.CommandLine;
 using System.Diagnostics;
 using PeftKernels.Kernels.Cpu;
@@ -19,6 +20,7 @@ internal static class BenchCommand
             quick,
             threads,
         };
+        command.Subcommands.Add(BenchServeCommand.Create());
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             Run(parse.GetValue(quick), ThreadCounts(parse.Threads(threads)), log);
