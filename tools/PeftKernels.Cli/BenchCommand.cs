@@ -2,7 +2,8 @@
 // FMA peak and read bandwidth, measured in the same process. Median of repeated runs after
 // a warm-up; a kernel and its baseline run alternately so their ratio is measured round by
 // round; BenchmarkDotNet in bench/ is the rigorous version of the same measurements.
-// `peft bench serve` (BenchServeCommand.cs) benchmarks the inference engine instead.
+// `peft bench serve` (BenchServeCommand.cs) benchmarks the inference engine instead, and
+// `peft bench decode-error` (BenchDecodeErrorCommand.cs) the integer decode path's accuracy.
 using System.CommandLine;
 using System.Diagnostics;
 using PeftKernels.Kernels.Cpu;
@@ -21,6 +22,7 @@ internal static class BenchCommand
             threads,
         };
         command.Subcommands.Add(BenchServeCommand.Create());
+        command.Subcommands.Add(BenchDecodeErrorCommand.Create());
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             Run(parse.GetValue(quick), ThreadCounts(parse.Threads(threads)), log);
