@@ -5,6 +5,7 @@
 // adapter's index in the list the table is built from; a row's adapter is a slot or −1 (the base).
 // Built once whenever the set of served adapters changes (adapters are immutable once loaded), so a
 // step only reads it.
+using System.Runtime.InteropServices;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -88,8 +89,8 @@ internal sealed class AdapterTable
                     if (module.Kind != AdapterKind.Ia3)
                     {
                         packIndex[k] = a.Count;
-                        a.Add(module.A.ToArray());
-                        b.Add(module.B.ToArray());
+                        a.Add(ArrayOf(module.A));
+                        b.Add(ArrayOf(module.B));
                         bias[k] = Scaled(module.LoraBias, module.Scale, module.ColumnScale);
                         dora[k] = module.ColumnScale.IsEmpty ? null : module.ColumnScale.ToArray();
                     }
@@ -107,6 +108,10 @@ internal sealed class AdapterTable
 
         return new AdapterTable(layers, slots, entries);
     }
+
+    /// <summary>The array behind <paramref name="memory"/> when it is a whole array (no copy: SegmentedLoraPack copies once), else a copy.</summary>
+    private static float[] ArrayOf(ReadOnlyMemory<float> memory) =>
+        MemoryMarshal.TryGetArray(memory, out var segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length ? segment.Array : memory.ToArray();
 
     /// <summary>s·β (times g for DoRA, whose column factor scales the whole LoRA term) or null when there is no lora bias.</summary>
     private static float[]? Scaled(ReadOnlyMemory<float> loraBias, float s, ReadOnlyMemory<float> g)

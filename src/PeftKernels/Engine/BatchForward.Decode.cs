@@ -82,14 +82,7 @@ internal sealed partial class BatchForward
             return [];
         }
 
-        for (int s = 0; s < batch.Count; s++)
-        {
-            if (batch.LogitRow[s] >= 0)
-            {
-                x.AsSpan((batch.SequenceStart[s + 1] - 1) * hidden, hidden).CopyTo(logitsIn.AsSpan(batch.LogitRow[s] * hidden));
-            }
-        }
-
+        GatherLogitRows(batch);
         NormRows(logitsIn, finalNorm, logitsIn, m);
         jobWeights[0] = lmHead;
         jobQuantized[0] = lmHeadQuantized;

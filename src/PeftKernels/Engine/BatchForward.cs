@@ -155,14 +155,7 @@ internal sealed partial class BatchForward
             return [];
         }
 
-        for (int s = 0; s < batch.Count; s++)
-        {
-            if (batch.LogitRow[s] >= 0)
-            {
-                x.AsSpan((batch.SequenceStart[s + 1] - 1) * hidden, hidden).CopyTo(logitsIn.AsSpan(batch.LogitRow[s] * hidden));
-            }
-        }
-
+        GatherLogitRows(batch);
         var rows = logitsIn.AsSpan(0, m * hidden);
         RmsNorm.Forward(rows, finalNorm, eps, rows, rstd.AsSpan(0, m), m, hidden, kernel);
         var output = logits.AsSpan(0, m * vocab);
@@ -170,21 +163,17 @@ internal sealed partial class BatchForward
         return output;
     }
 
-    private void Embed(ReadOnlySpan<int> ids, Span<float> y)
+    private void Embed(ReadOnlySpan<int> ids, Span<float> y) => Ops.Functional.EmbeddingRows(ids, embedding, y);
+
+    /// <summary>Copies the last row of every group that wants logits into its row of logitsIn.</summary>
+    private void GatherLogitRows(StepBatch batch)
     {
-        switch (embedding.DType)
+        for (int s = 0; s < batch.Count; s++)
         {
-            case TensorDType.F32:
-                Kernels.Cpu.Embedding.Forward(embedding.Data, ids, y, vocab, hidden);
-                break;
-            case TensorDType.BF16:
-                Kernels.Cpu.Embedding.Forward(embedding.Bf16Bits, ids, y, vocab, hidden);
-                break;
-            case TensorDType.F16:
-                Kernels.Cpu.Embedding.Forward(embedding.F16Values, ids, y, vocab, hidden);
-                break;
-            default:
-                throw new NotSupportedException($"embed_tokens stored as {embedding.DType} is not served by the engine (fp32, bf16 or fp16).");
+            if (batch.LogitRow[s] >= 0)
+            {
+                x.AsSpan((batch.SequenceStart[s + 1] - 1) * hidden, hidden).CopyTo(logitsIn.AsSpan(batch.LogitRow[s] * hidden));
+            }
         }
     }
 

@@ -11,6 +11,27 @@ namespace PeftKernels.Ops;
 
 public static partial class Functional
 {
+    /// <summary>y [ids.Length, dim] = the rows of a host table of any float storage (fp32, bf16, fp16) selected by <paramref name="ids"/>; no tape, no allocation.</summary>
+    /// <exception cref="NotSupportedException">The table is stored in another dtype.</exception>
+    internal static void EmbeddingRows(ReadOnlySpan<int> ids, Tensor weight, Span<float> y)
+    {
+        int vocab = weight.Shape[0], dim = weight.Shape[1];
+        switch (weight.DType)
+        {
+            case TensorDType.F32:
+                Kernels.Cpu.Embedding.Forward(weight.Data, ids, y, vocab, dim);
+                break;
+            case TensorDType.F16:
+                Kernels.Cpu.Embedding.Forward(weight.F16Values, ids, y, vocab, dim);
+                break;
+            case TensorDType.BF16:
+                Kernels.Cpu.Embedding.Forward(weight.Bf16Bits, ids, y, vocab, dim);
+                break;
+            default:
+                throw new NotSupportedException($"embedding weight of dtype {weight.DType} is not supported (F32, BF16 or F16).");
+        }
+    }
+
     /// <summary>Rows of <paramref name="weight"/> [vocab, dim] selected by <paramref name="ids"/>: [ids.Length, dim].</summary>
     public static Tensor Embedding(ReadOnlySpan<int> ids, Tensor weight)
     {
@@ -27,21 +48,7 @@ public static partial class Functional
         }
 
         var y = new float[(long)ids.Length * dim];
-        switch (weight.DType)
-        {
-            case TensorDType.F32:
-                Kernels.Cpu.Embedding.Forward(weight.Data, ids, y, vocab, dim);
-                break;
-            case TensorDType.F16:
-                Kernels.Cpu.Embedding.Forward(weight.F16Values, ids, y, vocab, dim);
-                break;
-            case TensorDType.BF16:
-                Kernels.Cpu.Embedding.Forward(weight.Bf16Bits, ids, y, vocab, dim);
-                break;
-            default:
-                throw new NotSupportedException($"embedding weight of dtype {weight.DType} is not supported (F32, BF16 or F16).");
-        }
-
+        EmbeddingRows(ids, weight, y);
         var output = new Tensor(y, ids.Length, dim);
         if (Tape.ShouldRecord(weight))
         {
