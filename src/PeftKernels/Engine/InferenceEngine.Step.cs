@@ -147,6 +147,11 @@ public sealed partial class InferenceEngine
                 continue;
             }
 
+            if (s.Cache.Length != s.Computed + 1)
+            {
+                continue; // no block could be freed for it (cannot happen while s itself is a preemption candidate; kept as a guard)
+            }
+
             AddGroup(s, 1);
             budget--;
         }
