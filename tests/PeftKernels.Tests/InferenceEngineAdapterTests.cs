@@ -96,4 +96,39 @@ public sealed class InferenceEngineAdapterTests
         Assert.Equal(fx.Greedy(prompt, 8, "dora"), running.Result!.Tokens);
         Assert.DoesNotContain(engine.Adapters.Snapshot(), a => a.Name == "dora");
     }
+
+    [Fact]
+    public void LoadingOrUnloadingAnAdapterRepacksOnlyItsChunkAndKeepsOtherSlots()
+    {
+        using var fx = new EngineFixture();
+        using var engine = fx.Engine();
+        for (int i = 0; i < 6; i++)
+        {
+            engine.Adapters.Load($"copy{i}", fx.Folder(EngineFixture.AdapterNames[i % 5]));
+        }
+
+        var names = EngineFixture.AdapterNames.Concat(Enumerable.Range(0, 6).Select(i => $"copy{i}")).ToArray();
+        var (table, _) = engine.TableAndSlot(null);
+        var slots = names.Select(n => engine.TableAndSlot(n).Slot).ToArray();
+        Assert.Equal(names.Length, slots.Distinct().Count());
+        long builds = table.ChunkBuilds;
+
+        engine.Adapters.Load("late", fx.Folder("r32"));
+        int late = engine.TableAndSlot("late").Slot;
+        Assert.Equal(builds + 1, table.ChunkBuilds);
+        Assert.Equal(slots, names.Select(n => engine.TableAndSlot(n).Slot).ToArray());
+
+        // A freed slot is reused; sequences on the other adapters still get their own tokens.
+        Assert.True(engine.Adapters.Unload("copy0"));
+        engine.TableAndSlot(null);
+        engine.Adapters.Load("again", fx.Folder("dora"));
+        Assert.Equal(slots[Array.IndexOf(names, "copy0")], engine.TableAndSlot("again").Slot);
+        var prompt = new[] { 5, 6, 7 };
+        var results = engine.Run([new EngineRequest(prompt, "late", new SamplingParams(MaxTokens: 5)), new EngineRequest(prompt, "again", new SamplingParams(MaxTokens: 5)),
+            new EngineRequest(prompt, "copy4", new SamplingParams(MaxTokens: 5))]);
+        Assert.Equal(fx.Greedy(prompt, 5, "r32"), results[0].Tokens);
+        Assert.Equal(fx.Greedy(prompt, 5, "dora"), results[1].Tokens);
+        Assert.Equal(fx.Greedy(prompt, 5, "ia3"), results[2].Tokens);
+        Assert.NotEqual(-1, late);
+    }
 }

@@ -234,15 +234,22 @@ internal sealed partial class BatchForward
             }
         }
 
-        if (e.Pack != null)
+        // One SGMV per chunk of adapter slots that has rows in this batch (rows of other chunks are −1 there).
+        for (int chunk = 0; e.AnyLora && chunk < e.Packs.Length; chunk++)
         {
+            if (e.Packs[chunk] is not { } pack)
+            {
+                continue;
+            }
+
             bool any = false;
             for (int s = 0; s < count; s++)
             {
                 int slot = batch.Slot[s];
+                bool mine = slot >= 0 && slot / AdapterTable.ChunkSize == chunk;
                 segStarts[s] = batch.SequenceStart[s];
-                segAdapters[s] = slot < 0 ? -1 : e.PackIndex[slot];
-                segScales[s] = slot < 0 ? 0f : e.Scale[slot];
+                segAdapters[s] = mine ? e.PackIndex[slot] : -1;
+                segScales[s] = mine ? e.Scale[slot] : 0f;
                 any |= segAdapters[s] >= 0;
             }
 
@@ -251,7 +258,7 @@ internal sealed partial class BatchForward
             {
                 // Decode-sized batches run the adapters on one thread (no fork-join, no allocation).
                 var lora = n <= DecodeGemv.MaxRows ? new KernelOptions(1, options.Path) : kernel;
-                SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, count + 1), segAdapters.AsSpan(0, count), segScales.AsSpan(0, count), e.Pack.Adapters,
+                SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, count + 1), segAdapters.AsSpan(0, count), segScales.AsSpan(0, count), pack.Adapters,
                     y, n, inF, outF, lora);
             }
         }

@@ -1,18 +1,18 @@
 // The engine's side of the adapter registry: a sequence holds a lease on one adapter version for its
 // whole life (so a replaced adapter keeps serving the sequences that started on it), and the
 // per-projection table the batched forward reads holds every resident version, rebuilt only when
-// the registry's resident set changes; a sequence's slot is its version's index in that table.
+// the registry's resident set changes (only the chunks of slots that changed are re-packed); a
+// sequence's slot is its version's stable slot in that table.
 namespace PeftKernels.Engine;
 
 public sealed partial class InferenceEngine
 {
-    private AdapterTable table;
+    private readonly AdapterTable table;
     private long tableVersion = -1;
-    private Dictionary<EngineAdapter, int> slots = [];
 
     private AdapterLease AcquireAdapter(string name) => Adapters.Acquire(name);
 
-    private int SlotOf(IDisposable? lease) => lease is AdapterLease l && slots.TryGetValue(l.Adapter, out int slot) ? slot : -1;
+    private int SlotOf(IDisposable? lease) => table.SlotOf((lease as AdapterLease)?.Adapter);
 
     /// <summary>Rebuilds the table when the registry's resident set changed, and gives every sequence its slot in it.</summary>
     private void RefreshAdapterTable()
@@ -23,8 +23,7 @@ public sealed partial class InferenceEngine
         }
 
         var (resident, version) = Adapters.ResidentAdapters();
-        slots = resident.Select((a, i) => (a, i)).ToDictionary(p => p.a, p => p.i);
-        table = AdapterTable.Build(model.Config.NumHiddenLayers, resident, forward.Shapes);
+        table.Sync(resident);
         tableVersion = version;
         Stats.AdapterTableBuilds++;
         foreach (var s in running.Concat(waiting))
@@ -33,12 +32,12 @@ public sealed partial class InferenceEngine
         }
     }
 
-    /// <summary>The current adapter table (refreshed) and the slot of <paramref name="name"/>'s resident version, for tests; the lease is kept.</summary>
+    /// <summary>The current adapter table (refreshed) and the slot of <paramref name="name"/>'s current version (loaded if needed), for tests.</summary>
     internal (AdapterTable Table, int Slot) TableAndSlot(string? name)
     {
         lock (stepGate)
         {
-            var lease = name == null ? null : AcquireAdapter(name);
+            using var lease = name == null ? null : AcquireAdapter(name);
             RefreshAdapterTable();
             return (table, SlotOf(lease));
         }

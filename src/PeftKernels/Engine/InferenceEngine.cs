@@ -55,7 +55,7 @@ public sealed partial class InferenceEngine : IDisposable
         Adapters = registry ?? new AdapterRegistry(model);
         forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         batch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
-        table = AdapterTable.Empty(c.NumHiddenLayers);
+        table = new AdapterTable(c.NumHiddenLayers, forward.Shapes);
     }
 
     /// <summary>The settings.</summary>
