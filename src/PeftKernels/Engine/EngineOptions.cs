@@ -17,7 +17,10 @@ public sealed record EngineOptions
     /// <summary>Positions per KV block.</summary>
     public int BlockSize { get; init; } = 16;
 
-    /// <summary>Blocks in the KV pool; 0 = enough for <see cref="MaxRunningSequences"/> sequences of <see cref="MaxSequenceLength"/> positions.</summary>
+    /// <summary>
+    /// Blocks in the KV pool; 0 = enough for <see cref="MaxRunningSequences"/> sequences of <see cref="MaxSequenceLength"/> positions,
+    /// capped at 1 GiB of keys and values (but never below one full-length sequence): beyond that, sequences are preempted and recomputed.
+    /// </summary>
     public int KvBlocks { get; init; }
 
     /// <summary>Positions per sequence at most (prompt plus generated); 0 = the model's max_position_embeddings.</summary>
