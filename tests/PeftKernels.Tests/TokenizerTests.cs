@@ -6,7 +6,6 @@ using System.Text;
 using System.Text.Json.Nodes;
 using PeftKernels.Text;
 using Xunit;
-using static PeftKernels.Fuzz.ProtoWriter;
 
 namespace PeftKernels.Tests;
 
@@ -256,34 +255,6 @@ public sealed class TokenizerTests : IDisposable
         var pieces = new List<(string Piece, float Score, int Type)> { ("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3) };
         pieces.AddRange(Enumerable.Range(0, 256).Select(b => ($"<0x{b:X2}>", 0f, 6)));
         pieces.AddRange([("▁", -1, 1), ("h", -2, 1), ("e", -3, 1), ("l", -4, 1), ("o", -5, 1), ("he", -6, 1), ("ll", -7, 1), ("hell", -8, 1), ("hello", -9, 1), ("▁hello", -10, 1)]);
-
-        var model = new List<byte>();
-        foreach (var (piece, score, type) in pieces)
-        {
-            var message = new List<byte>();
-            Bytes(message, 1, Encoding.UTF8.GetBytes(piece));
-            Tag(message, 2, 5);
-            message.AddRange(BitConverter.GetBytes(score));
-            Varint(message, 3, type);
-            Bytes(model, 1, [.. message]);
-        }
-
-        var trainer = new List<byte>();
-        Varint(trainer, 3, 2);
-        Varint(trainer, 4, pieces.Count);
-        Varint(trainer, 35, 1);
-        Varint(trainer, 40, 0);
-        Varint(trainer, 41, 1);
-        Varint(trainer, 42, 2);
-        Varint(trainer, 43, -1);
-        Bytes(model, 2, [.. trainer]);
-
-        var normalizer = new List<byte>();
-        Bytes(normalizer, 1, "identity"u8.ToArray());
-        Varint(normalizer, 3, 1);
-        Varint(normalizer, 4, 0);
-        Varint(normalizer, 5, 1);
-        Bytes(model, 3, [.. normalizer]);
-        return [.. model];
+        return Fuzz.ProtoWriter.SentencePieceModel(pieces, 2, [(35, 1), (40, 0), (41, 1), (42, 2), (43, -1)], [(3, 1), (4, 0), (5, 1)]);
     }
 }

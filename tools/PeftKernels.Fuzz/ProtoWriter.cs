@@ -1,6 +1,9 @@
 // The few protobuf wire-format writes that build a SentencePiece tokenizer.model by hand (the
 // fuzz seeds and the tokenizer tests share it): base-128 varints, field tags, and
-// length-delimited fields. Wire types: 0 varint, 2 length-delimited, 5 fixed 32-bit.
+// length-delimited fields, and the ModelProto itself (pieces, trainer spec, normalizer spec). Wire
+// types: 0 varint, 2 length-delimited, 5 fixed 32-bit.
+using System.Text;
+
 namespace PeftKernels.Fuzz;
 
 /// <summary>Appends protobuf wire-format fields to a byte list.</summary>
@@ -33,5 +36,44 @@ internal static class ProtoWriter
         Tag(o, field, 2);
         Raw(o, (ulong)value.Length);
         o.AddRange(value);
+    }
+
+    /// <summary>
+    /// A SentencePiece ModelProto: field 1 one SentencePiece (piece, score, type) per entry, field 2 the TrainerSpec with
+    /// model_type (3), vocab_size (4) and <paramref name="trainer"/>'s further varint fields, field 3 a NormalizerSpec named
+    /// "identity" with <paramref name="normalizer"/>'s varint fields.
+    /// </summary>
+    public static byte[] SentencePieceModel(IReadOnlyList<(string Piece, float Score, int Type)> pieces, int modelType,
+        IEnumerable<(int Field, long Value)> trainer, IEnumerable<(int Field, long Value)> normalizer)
+    {
+        var model = new List<byte>();
+        foreach (var (piece, score, type) in pieces)
+        {
+            var message = new List<byte>();
+            Bytes(message, 1, Encoding.UTF8.GetBytes(piece));
+            Tag(message, 2, 5);
+            message.AddRange(BitConverter.GetBytes(score));
+            Varint(message, 3, type);
+            Bytes(model, 1, [.. message]);
+        }
+
+        var trainerSpec = new List<byte>();
+        Varint(trainerSpec, 3, modelType);
+        Varint(trainerSpec, 4, pieces.Count);
+        foreach (var (field, value) in trainer)
+        {
+            Varint(trainerSpec, field, value);
+        }
+
+        Bytes(model, 2, [.. trainerSpec]);
+        var normalizerSpec = new List<byte>();
+        Bytes(normalizerSpec, 1, "identity"u8.ToArray());
+        foreach (var (field, value) in normalizer)
+        {
+            Varint(normalizerSpec, field, value);
+        }
+
+        Bytes(model, 3, [.. normalizerSpec]);
+        return [.. model];
     }
 }

@@ -1,7 +1,6 @@
 // The seed inputs the fuzz corpora started from (`PeftKernels.Fuzz --write-seeds DIR` writes
 // DIR/<target>/seed-*): small valid files of each format, written with the library's own writers
 // where it has one. afl-fuzz grew the corpora from these; afl-cmin and afl-tmin minimized them.
-using System.Text;
 using PeftKernels.IO;
 using PeftKernels.Kernels;
 using PeftKernels.Kernels.Cpu;
@@ -78,31 +77,6 @@ public static class SeedInputs
             ("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3), .. Enumerable.Range(0, 256).Select(b => ($"<0x{b:X2}>", 0f, 6)),
             ("▁", -1, 1), ("h", -2, 1), ("e", -3, 1), ("l", -4, 1), ("o", -5, 1), ("▁hello", -6, 1),
         ];
-        var model = new List<byte>();
-        foreach (var (piece, score, type) in pieces)
-        {
-            var message = new List<byte>();
-            Bytes(message, 1, Encoding.UTF8.GetBytes(piece));
-            Tag(message, 2, 5);
-            message.AddRange(BitConverter.GetBytes(score));
-            Varint(message, 3, type);
-            Bytes(model, 1, [.. message]);
-        }
-
-        var trainer = new List<byte>();
-        Varint(trainer, 3, 2);
-        Varint(trainer, 4, pieces.Length);
-        Varint(trainer, 35, 1);
-        Varint(trainer, 40, 0);
-        Varint(trainer, 41, 1);
-        Varint(trainer, 42, 2);
-        Bytes(model, 2, [.. trainer]);
-
-        var normalizer = new List<byte>();
-        Bytes(normalizer, 1, "identity"u8.ToArray());
-        Varint(normalizer, 3, 1);
-        Varint(normalizer, 5, 1);
-        Bytes(model, 3, [.. normalizer]);
-        return [.. model];
+        return SentencePieceModel(pieces, 2, [(35, 1), (40, 0), (41, 1), (42, 2)], [(3, 1), (5, 1)]);
     }
 }
