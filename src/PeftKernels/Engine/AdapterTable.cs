@@ -14,12 +14,11 @@ using PeftKernels.Nn;
 
 namespace PeftKernels.Engine;
 
-/// <summary>The projections of a Llama decoder layer, in the engine's order.</summary>
+/// <summary>The projections of a Llama decoder layer as indices (the <see cref="Projection"/> order) and their Linear modules.</summary>
 internal static class Projections
 {
-    public const int Q = 0, K = 1, V = 2, O = 3, Gate = 4, Up = 5, Down = 6, Count = 7;
-
-    public static readonly string[] Names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    public const int Q = (int)Projection.Q, K = (int)Projection.K, V = (int)Projection.V, O = (int)Projection.O,
+        Gate = (int)Projection.Gate, Up = (int)Projection.Up, Down = (int)Projection.Down, Count = EngineAdapter.ProjectionCount;
 
     /// <summary>The Linear of projection <paramref name="p"/> in <paramref name="layer"/>.</summary>
     public static Linear Of(LlamaDecoderLayer layer, int p) => p switch

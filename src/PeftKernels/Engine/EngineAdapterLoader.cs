@@ -60,14 +60,9 @@ internal static class EngineAdapterLoader
             for (int l = 0; l < twin.Model.Layers.Count; l++)
             {
                 var layer = twin.Model.Layers[l];
-                var linears = new[]
+                for (int p = 0; p < Projections.Count; p++)
                 {
-                    layer.SelfAttn.QProj, layer.SelfAttn.KProj, layer.SelfAttn.VProj, layer.SelfAttn.OProj,
-                    layer.Mlp.GateProj, layer.Mlp.UpProj, layer.Mlp.DownProj,
-                };
-                for (int p = 0; p < linears.Length; p++)
-                {
-                    if (Build(linears[p], l, (Projection)p, name, folder) is { } part)
+                    if (Build(Projections.Of(layer, p), l, (Projection)p, name, folder) is { } part)
                     {
                         parts.Add(part);
                     }

@@ -14,7 +14,6 @@ internal sealed class StepBatch
         Sequences = new PagedSequence[maxSequences];
         SequenceStart = new int[maxSequences + 1];
         Slot = new int[maxSequences];
-        WantsLogits = new bool[maxSequences];
         LogitRow = new int[maxSequences];
     }
 
@@ -41,9 +40,6 @@ internal sealed class StepBatch
 
     /// <summary>Adapter slot per group (−1: the base model).</summary>
     public int[] Slot { get; }
-
-    /// <summary>Whether a group's last row produces logits.</summary>
-    public bool[] WantsLogits { get; }
 
     /// <summary>Per group: its row in the logits, or −1.</summary>
     public int[] LogitRow { get; }
@@ -74,7 +70,6 @@ internal sealed class StepBatch
 
         Sequences[Count] = sequence;
         Slot[Count] = slot;
-        WantsLogits[Count] = wantsLogits;
         LogitRow[Count] = wantsLogits ? LogitRows++ : -1;
         Rows += tokens.Length;
         SequenceStart[++Count] = Rows;
