@@ -57,7 +57,8 @@ public class PagedDecodeAttentionTests
     public void MatchesReferenceOverGatheredPositions(SimdPath path)
     {
         int seed = 0;
-        foreach (var (heads, kvHeads) in new[] { (12, 4), (8, 8) })
+        // 40 heads: more than one group of 32 query heads (PagedDecodeAttention.HeadGroup), split inside a kv head's group of 5.
+        foreach (var (heads, kvHeads) in new[] { (12, 4), (8, 8), (40, 8) })
         {
             foreach (int headDim in new[] { 64, 40, 72 })
             {
