@@ -1,14 +1,20 @@
 // The two halves of the engine's forward that touch the cache and the base weights:
 // Attend writes every row's key and value into its sequence's blocks (layer by layer, in position
 // order), then runs causal attention for each sequence's rows over that sequence's positions 0..t;
-// BaseProduct is y = x·Wᵀ over any weight storage (the GEMM, or the integer 4-bit GEMV for decode
-// rows when EngineOptions.IntegerDecode is set).
+// BaseProduct is y = x·Wᵀ over any weight storage: the integer 4-bit GEMV for decode rows when
+// EngineOptions.IntegerDecode is set; from 5 rows up to BatchGemvRows, BatchGemv (x and W read in place,
+// no packing), where the packed GEMM's per-call transpose of the weight is not amortised (1.5–1.7× at
+// 16 rows, 1.0–1.2× at 64, one thread: docs/performance.md); else the GEMM (its GEMV up to 4 rows, the
+// packed GEMM for prompt chunks).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Engine;
 
 internal sealed partial class BatchForward
 {
+    /// <summary>The most rows a base product runs on <see cref="BatchGemv"/>; larger products use the packed GEMM.</summary>
+    private const int BatchGemvRows = 64;
+
     private Action<int>? attendPart;
     private int[] attendRows = [], attendGroups = [];
     private int attendLayer, attendCount, attendSplits, attendParts;
@@ -113,6 +119,12 @@ internal sealed partial class BatchForward
         if (options.IntegerDecode && n <= 4 && q4 != null && inF % Quant4Int8Gemv.Chunk == 0)
         {
             Quant4Int8Gemv.Forward(input, q4, [], y, n, inF, outF, kernel);
+            return;
+        }
+
+        if (n > DecodeGemv.MaxRows && n <= BatchGemvRows)
+        {
+            BatchGemv.Forward(input, w, y, n, inF, outF, kernel);
             return;
         }
 
