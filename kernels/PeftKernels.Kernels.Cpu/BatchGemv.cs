@@ -154,7 +154,7 @@ public static unsafe class BatchGemv
         }
 
         var q = w.Quantized;
-        var table = Quant4Codes.Table(q.Type).ToArray();
+        var table = Quant4Codes.Search(q.Type).Values;
         fixed (byte* pq = q.Packed)
         fixed (float* pabs = q.AbsmaxFp32())
         {
