@@ -12,7 +12,7 @@ namespace PeftKernels.Tests;
 
 public sealed class PackageTests
 {
-    private static readonly string[] Libraries = ["PeftKernels", "PeftKernels.Kernels.Core", "PeftKernels.Kernels.Cpu", "PeftKernels.Kernels.Gpu"];
+    private static readonly string[] Libraries = ["PeftKernels", "PeftKernels.Kernels.Core", "PeftKernels.Kernels.Cpu", "PeftKernels.Kernels.Gpu", "PeftKernels.Server"];
 
     /// <summary>The project references each library package must carry as package dependencies.</summary>
     private static readonly Dictionary<string, string[]> OwnDependencies = new()
@@ -21,6 +21,7 @@ public sealed class PackageTests
         ["PeftKernels.Kernels.Core"] = [],
         ["PeftKernels.Kernels.Cpu"] = ["PeftKernels.Kernels.Core"],
         ["PeftKernels.Kernels.Gpu"] = ["PeftKernels.Kernels.Core", "PeftKernels.Kernels.Cpu"],
+        ["PeftKernels.Server"] = ["PeftKernels"],
     };
 
     [Fact]
