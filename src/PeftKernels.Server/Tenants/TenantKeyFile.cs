@@ -132,7 +132,7 @@ public sealed class TenantKeyFile
                 }
                 catch (ArgumentException e)
                 {
-                    throw Error("aliases", e.Message.Split(" (Parameter")[0]);
+                    throw Error("aliases", e.Message.Split(" (Parameter")[0].TrimEnd('.'));
                 }
             }
 
