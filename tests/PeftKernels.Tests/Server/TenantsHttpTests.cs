@@ -1,5 +1,7 @@
 using System.Net;
 using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -12,7 +14,7 @@ using PeftKernels.Server.Tenants;
 
 namespace PeftKernels.Tests.Server;
 
-/// <summary>The gate on a real Kestrel server: a concurrency lease taken by TryAcquire is released when the response completes.</summary>
+/// <summary>The gate on a real Kestrel server: the concurrency lease released with the response; alias changes over HTTP.</summary>
 public class TenantsHttpTests
 {
     [Fact]
@@ -91,6 +93,77 @@ public class TenantsHttpTests
             Assert.Equal(HttpStatusCode.OK, status);
             using var unauthorized = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromSeconds(10) };
             Assert.Equal(HttpStatusCode.Unauthorized, (await unauthorized.GetAsync("/work")).StatusCode);
+        }
+        finally
+        {
+            await app.StopAsync();
+        }
+    }
+
+    [Fact]
+    public async Task AliasesChangeOverHttpForAdapterManagersOnly()
+    {
+        using var gate = new TenantGate(TenantKeyFile.Parse(TenantsKeyFileTests.Example, "keys.json"), "base");
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        await using var app = builder.Build();
+        app.MapPeftAliases(gate, gate.Aliases);
+        await app.StartAsync();
+        try
+        {
+            string address = app.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
+            using var client = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromSeconds(10) };
+            async Task<(HttpStatusCode Status, JsonElement Body)> Send(HttpMethod method, string path, string? key, string? body = null)
+            {
+                using var request = new HttpRequestMessage(method, path);
+                if (key != null)
+                {
+                    request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", key);
+                }
+
+                if (body != null)
+                {
+                    request.Content = new StringContent(body, Encoding.UTF8, "application/json");
+                }
+
+                using var response = await client.SendAsync(request);
+                return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.Clone());
+            }
+
+            var (status, list) = await Send(HttpMethod.Get, "/v1/aliases", "sk-acme-0123456789");
+            Assert.Equal(HttpStatusCode.OK, status);
+            var support = Assert.Single(list.GetProperty("data").EnumerateArray());
+            Assert.Equal("support", support.GetProperty("id").GetString());
+            Assert.Equal(90, support.GetProperty("versions").GetProperty("support-v1").GetDouble());
+
+            var (noKey, noKeyBody) = await Send(HttpMethod.Get, "/v1/aliases", null);
+            Assert.Equal(HttpStatusCode.Unauthorized, noKey);
+            Assert.Equal("invalid_api_key", noKeyBody.GetProperty("error").GetProperty("code").GetString());
+
+            const string rollout = """{"versions": {"support-v1": 50, "support-v2": 50}}""";
+            var (forbidden, forbiddenBody) = await Send(HttpMethod.Put, "/v1/aliases/support", "sk-acme-0123456789", rollout);
+            Assert.Equal(HttpStatusCode.Forbidden, forbidden); // acme may not manage adapters
+            Assert.Equal("permission_denied", forbiddenBody.GetProperty("error").GetProperty("code").GetString());
+
+            var (ok, updated) = await Send(HttpMethod.Put, "/v1/aliases/support", "sk-ops-0123456789", """{"versions": {"support-v2": 1}}""");
+            Assert.Equal(HttpStatusCode.OK, ok);
+            Assert.Equal(1, updated.GetProperty("versions").GetProperty("support-v2").GetDouble());
+            var acme = gate.Authenticate(new DefaultHttpContext { Request = { Headers = { Authorization = "Bearer sk-acme-0123456789" } } }.Request).Tenant!;
+            Assert.Equal("support-v2", gate.Route(acme, "support", "anyone").Model); // the next request sees the change
+
+            var (bad, badBody) = await Send(HttpMethod.Put, "/v1/aliases/support", "sk-ops-0123456789", """{"versions": {"support-v1": 0}}""");
+            Assert.Equal(HttpStatusCode.BadRequest, bad);
+            Assert.Contains("weight 0", badBody.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+            Assert.Equal(HttpStatusCode.BadRequest, (await Send(HttpMethod.Put, "/v1/aliases/x", "sk-ops-0123456789", """{"versions": {"support": 1}}""")).Status);
+            Assert.Equal(HttpStatusCode.BadRequest, (await Send(HttpMethod.Put, "/v1/aliases/x", "sk-ops-0123456789", """{"versions": ["a"]}""")).Status);
+            Assert.Equal(HttpStatusCode.BadRequest, (await Send(HttpMethod.Put, "/v1/aliases/x", "sk-ops-0123456789", """{"versions": """)).Status);
+            Assert.Equal("support-v2", gate.Route(acme, "support", "anyone").Model); // refused changes leave the map alone
+
+            Assert.Equal(HttpStatusCode.OK, (await Send(HttpMethod.Delete, "/v1/aliases/support", "sk-ops-0123456789")).Status);
+            Assert.Equal("support", gate.Route(acme, "support", "anyone").Model);
+            var (gone, goneBody) = await Send(HttpMethod.Delete, "/v1/aliases/support", "sk-ops-0123456789");
+            Assert.Equal(HttpStatusCode.NotFound, gone);
+            Assert.Equal("alias_not_found", goneBody.GetProperty("error").GetProperty("code").GetString());
         }
         finally
         {
