@@ -17,7 +17,7 @@ internal sealed class TenantLimiter : IDisposable
     {
         if (limit.RequestsPerMinute is int rpm)
         {
-            int perPeriod = (rpm + 599) / 600;
+            int perPeriod = (int)(((long)rpm + 599) / 600);
             rate = new TokenBucketRateLimiter(new TokenBucketRateLimiterOptions
             {
                 TokenLimit = limit.Burst ?? rpm,

@@ -171,6 +171,25 @@ public class TenantsGateTests
         }
     }
 
+    [Theory]
+    [InlineData(1, null)]
+    [InlineData(90, 3)]
+    [InlineData(100_000, 1)] // more tokens per refill than the bucket holds
+    [InlineData(int.MaxValue, null)]
+    public void AnyRequestRateMakesAWorkingBucket(int rpm, int? burst)
+    {
+        string limit = burst is int b ? $$"""{"requests_per_minute": {{rpm}}, "burst": {{b}}}""" : $$"""{"requests_per_minute": {{rpm}}}""";
+        using var gate = Gate("""{"tenants": {"a": {"adapters": ["*"], "rate_limit": """ + limit + """}}, "keys": {"k": "a"}}""");
+        var tenant = Tenant(gate, "k");
+        Assert.True(gate.TryAcquire(tenant).Allowed);
+        if (rpm == 1)
+        {
+            var refused = gate.TryAcquire(tenant);
+            Assert.Equal(429, refused.Status);
+            Assert.InRange(refused.RetryAfter!.Value, TimeSpan.FromSeconds(50), TimeSpan.FromSeconds(61));
+        }
+    }
+
     [Fact]
     public async Task ConcurrencyLeaseIsHeldUntilTheResponseCompletes()
     {
