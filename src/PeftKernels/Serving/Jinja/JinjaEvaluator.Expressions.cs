@@ -144,9 +144,9 @@ internal sealed partial class JinjaEvaluator
         "not" => !JinjaOps.Truthy(v),
         "-" => v switch
         {
-            long l => l == long.MinValue ? throw JinjaOps.Error("integer overflow in negation") : -l,
-            double d => -d,
-            bool b => b ? -1L : 0L,
+            long l => l == long.MinValue ? throw JinjaOps.Error("integer overflow in negation") : (object)(-l),
+            double d => (object)(-d),
+            bool b => (object)(b ? -1L : 0L),
             _ => throw JinjaOps.Error($"bad operand for unary -: a {JinjaOps.Describe(v)}"),
         },
         _ => v is long or double ? v : v is bool b ? (b ? 1L : 0L) : throw JinjaOps.Error($"bad operand for unary +: a {JinjaOps.Describe(v)}"),

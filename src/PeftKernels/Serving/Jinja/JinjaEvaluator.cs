@@ -10,8 +10,8 @@ namespace PeftKernels.Serving.Jinja;
 /// </summary>
 internal sealed partial class JinjaEvaluator
 {
-    /// <summary>The most statements and expressions one render may evaluate.</summary>
-    public const long MaxSteps = 20_000_000;
+    /// <summary>The most statements, expressions and loop iterations one render may evaluate.</summary>
+    public const long MaxSteps = 5_000_000;
 
     /// <summary>The longest output one render may produce, in characters.</summary>
     public const int MaxOutput = 64 << 20;
@@ -161,6 +161,7 @@ internal sealed partial class JinjaEvaluator
                 items = [];
                 foreach (var item in source)
                 {
+                    Step();
                     Bind(f, scope, item);
                     if (JinjaOps.Truthy(Eval(f.Filter)))
                     {
@@ -172,6 +173,7 @@ internal sealed partial class JinjaEvaluator
             var loop = new JinjaLoop(items);
             for (int i = 0; i < items.Count; i++)
             {
+                Step();
                 loop.Index0 = i;
                 scope["loop"] = loop;
                 Bind(f, scope, items[i]);

@@ -40,8 +40,8 @@ internal static class JinjaFilters
         ["float"] = (v, a, k) => ToFloat(v, Arg(a, k, 0, "default") ?? 0.0),
         ["abs"] = (v, _, _) => v switch
         {
-            long l => l == long.MinValue ? throw JinjaOps.Error("integer overflow in abs") : Math.Abs(l),
-            double d => Math.Abs(d),
+            long l => l == long.MinValue ? throw JinjaOps.Error("integer overflow in abs") : (object)Math.Abs(l),
+            double d => (object)Math.Abs(d),
             _ => throw JinjaOps.Error($"abs needs a number, not a {JinjaOps.Describe(v)}"),
         },
         ["reverse"] = (v, _, _) => v is string s ? new string([.. s.Reverse()]) : Enumerable.Reverse(JinjaOps.Iterate(v)).ToList(),
