@@ -11,7 +11,8 @@ public class JinjaSyntaxErrorTests
 {
     [Theory]
     [InlineData("line1\n{{ 1 + }}", 2, 8, "unexpected '}}'")]
-    [InlineData("{{ 'abc' }", 1, 1, "not closed")]
+    [InlineData("{{ 'abc' }", 1, 10, "unexpected '}'")]
+    [InlineData("x{{ 'abc' ", 1, 2, "the tag '{{' is not closed")]
     [InlineData("ab\n  {{ 'abc }}", 2, 6, "string is not closed")]
     [InlineData("{# open", 1, 1, "comment is not closed")]
     [InlineData("{% if true %}x", 1, 15, "'if' tag at line 1, column 4 is not closed")]
