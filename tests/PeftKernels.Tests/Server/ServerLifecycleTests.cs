@@ -1,0 +1,69 @@
+// A client that disconnects mid-stream has its engine sequence cancelled and its KV blocks freed; a stop
+// answers new requests with 503 and lets running ones finish.
+using System.Text;
+using System.Text.Json;
+
+namespace PeftKernels.Tests.Server;
+
+public sealed class ServerLifecycleTests
+{
+    private static StringContent StreamBody(int maxTokens) => new(JsonSerializer.Serialize(new
+    {
+        prompt = "go", max_tokens = maxTokens, temperature = 0, stream = true,
+    }), Encoding.UTF8, "application/json");
+
+    private static async Task WaitUntil(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"timed out waiting until {what}");
+            await Task.Delay(10);
+        }
+    }
+
+    [Fact]
+    public async Task ClientDisconnectingMidStream_FreesItsSequence()
+    {
+        await using var f = await ServerFixture.Start(longContext: true);
+        var engine = f.Server.Engine;
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = StreamBody(4000) })
+        {
+            using var response = await f.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+            using var stream = await response.Content.ReadAsStreamAsync();
+            var buffer = new byte[64];
+            Assert.True(await stream.ReadAsync(buffer) > 0);
+            Assert.False(engine.IsIdle); // still generating (4000 tokens)
+        } // disposing the response closes the connection mid-stream
+
+        await WaitUntil(() => engine.IsIdle && engine.Pool.UsedBlocks == 0 && engine.Stats.Finished == 1, "the sequence is freed");
+        Assert.True(engine.Stats.TokensGenerated < 4000, $"generated {engine.Stats.TokensGenerated} tokens although the client left");
+        var (status, _) = await f.Post("/v1/completions", new { prompt = "after", max_tokens = 2 });
+        Assert.Equal(200, status);
+    }
+
+    [Fact]
+    public async Task Stop_Answers503ToNewRequests_AndFinishesRunningOnes()
+    {
+        var f = await ServerFixture.Start(longContext: true);
+        try
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = StreamBody(1500) };
+            using var response = await f.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+            Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal);
+            var stop = f.Server.StopAsync();
+            var (status, body) = await f.Post("/v1/completions", new { prompt = "late", max_tokens = 2 });
+            Assert.Equal(503, status);
+            Assert.Equal("server_error", body.GetProperty("error").GetProperty("type").GetString());
+            string rest = await reader.ReadToEndAsync();
+            Assert.EndsWith("data: [DONE]\n\n", rest, StringComparison.Ordinal);
+            Assert.Contains("\"finish_reason\":\"length\"", rest, StringComparison.Ordinal);
+            await stop;
+        }
+        finally
+        {
+            await f.DisposeAsync();
+        }
+    }
+}
