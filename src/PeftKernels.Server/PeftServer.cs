@@ -47,6 +47,11 @@ public sealed partial class PeftServer : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         Check(options);
+        if (options.ApiKeysFile != null && gate == null)
+        {
+            throw new ArgumentException($"--api-keys {options.ApiKeysFile}: the server was given a key file but no request gate to enforce it; refusing to serve without keys.");
+        }
+
         this.options = options;
         Model = model;
         Gate = gate;
