@@ -81,7 +81,7 @@ public sealed class ServerApiTests
         Assert.Equal(10, usage.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
         Assert.Equal(9, usage.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
         var texts = chunks[..^1];
-        Assert.True(texts.Count >= 2);
+        Assert.NotEmpty(texts); // tokens the engine produced while the last chunk was written are coalesced into the next
         Assert.Equal(f.Greedy("stream me", 10, "r32"), string.Concat(texts.Select(c => c.GetProperty("choices")[0].GetProperty("text").GetString())));
         Assert.Equal("length", texts[^1].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
         Assert.All(texts[..^1], c => Assert.Equal(JsonValueKind.Null, c.GetProperty("choices")[0].GetProperty("finish_reason").ValueKind));

@@ -27,14 +27,27 @@ public sealed class ServerLifecycleTests
     {
         await using var f = await ServerFixture.Start(longContext: true);
         var engine = f.Server.Engine;
-        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = StreamBody(4000) })
+        using (var client = new System.Net.Sockets.TcpClient())
         {
-            using var response = await f.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
-            using var stream = await response.Content.ReadAsStreamAsync();
-            var buffer = new byte[64];
-            Assert.True(await stream.ReadAsync(buffer) > 0);
+            // A raw socket: HttpClient would drain the rest of the response to reuse the connection instead of leaving.
+            await client.ConnectAsync(f.Url.Host, f.Url.Port);
+            var stream = client.GetStream();
+            string body = await StreamBody(4000).ReadAsStringAsync();
+            byte[] head = Encoding.ASCII.GetBytes($"POST /v1/completions HTTP/1.1\r\nHost: {f.Url.Authority}\r\nContent-Type: application/json\r\n"
+                + $"Content-Length: {Encoding.UTF8.GetByteCount(body)}\r\n\r\n{body}");
+            await stream.WriteAsync(head);
+            var buffer = new byte[4096];
+            var received = new StringBuilder();
+            while (!received.ToString().Contains("data: ", StringComparison.Ordinal))
+            {
+                int n = await stream.ReadAsync(buffer);
+                Assert.True(n > 0, "the server closed the stream");
+                received.Append(Encoding.UTF8.GetString(buffer, 0, n));
+            }
+
             Assert.False(engine.IsIdle); // still generating (4000 tokens)
-        } // disposing the response closes the connection mid-stream
+            client.Client.Close(0); // the client leaves mid-stream
+        }
 
         await WaitUntil(() => engine.IsIdle && engine.Pool.UsedBlocks == 0 && engine.Stats.Finished == 1, "the sequence is freed");
         Assert.True(engine.Stats.TokensGenerated < 4000, $"generated {engine.Stats.TokensGenerated} tokens although the client left");
