@@ -63,6 +63,7 @@ public sealed partial class PeftServer : IAsyncDisposable
             MaxRunningSequences = options.MaxRunningSequences,
             MaxBatchTokens = options.MaxBatchTokens,
             Threads = options.Threads,
+            MaxSequenceLength = options.MaxContextLength,
         }, registry);
         try
         {

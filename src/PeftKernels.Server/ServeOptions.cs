@@ -41,6 +41,9 @@ public sealed record ServeOptions
     /// <summary>Tokens one engine step runs at most.</summary>
     public int MaxBatchTokens { get; init; } = 512;
 
+    /// <summary>Positions per sequence (prompt plus generated) at most; 0 = the model's max_position_embeddings.</summary>
+    public int MaxContextLength { get; init; }
+
     /// <summary>Requests waiting in the engine's queue at most; beyond it requests are answered 429.</summary>
     public int MaxQueuedRequests { get; init; } = 256;
 

@@ -67,7 +67,12 @@ public sealed class ServerApiTests
         await using var f = await ServerFixture.Start();
         using var content = new StringContent(JsonSerializer.Serialize(new
         {
-            model = "r32", prompt = "stream me", max_tokens = 10, temperature = 0, stream = true, stream_options = new { include_usage = true },
+            model = "r32",
+            prompt = "stream me",
+            max_tokens = 10,
+            temperature = 0,
+            stream = true,
+            stream_options = new { include_usage = true },
         }), System.Text.Encoding.UTF8, "application/json");
         using var response = await f.Http.PostAsync("/v1/completions", content);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);

@@ -9,7 +9,10 @@ public sealed class ServerLifecycleTests
 {
     private static StringContent StreamBody(int maxTokens) => new(JsonSerializer.Serialize(new
     {
-        prompt = "go", max_tokens = maxTokens, temperature = 0, stream = true,
+        prompt = "go",
+        max_tokens = maxTokens,
+        temperature = 0,
+        stream = true,
     }), Encoding.UTF8, "application/json");
 
     private static async Task WaitUntil(Func<bool> condition, string what)
