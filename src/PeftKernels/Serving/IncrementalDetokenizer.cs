@@ -59,8 +59,7 @@ public sealed class IncrementalDetokenizer
             return "";
         }
 
-        string piece = full.Length > prefix.Length && full.StartsWith(prefix, StringComparison.Ordinal) ? full[prefix.Length..]
-            : full.Length > prefix.Length ? full[prefix.Length..] : "";
+        string piece = full.Length > prefix.Length ? full[prefix.Length..] : "";
         prefixOffset = readOffset;
         readOffset = ids.Count;
         return piece;

@@ -25,6 +25,25 @@ public sealed class ServingTests
     }
 
     [Fact]
+    public void Detokenizer_KeepsSentencePieceLeadingSpacesAndByteFallbackCharacters()
+    {
+        // Pieces: 0 <unk>, 1 <s>, 2 </s>, 3..258 <0x00>..<0xFF>, 259 ▁, 260 h, ..., 268 ▁hello (as TokenizerTests builds them).
+        var pieces = new List<(string Piece, float Score, int Type)> { ("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3) };
+        pieces.AddRange(Enumerable.Range(0, 256).Select(b => ($"<0x{b:X2}>", 0f, 6)));
+        pieces.AddRange([("▁", -1, 1), ("h", -2, 1), ("e", -3, 1), ("l", -4, 1), ("o", -5, 1), ("he", -6, 1), ("ll", -7, 1), ("hell", -8, 1), ("hello", -9, 1), ("▁hello", -10, 1)]);
+        using var folder = new TempFolder();
+        File.WriteAllBytes(folder.File("tokenizer.model"), Fuzz.ProtoWriter.SentencePieceModel(pieces, 2, [(35, 1), (40, 0), (41, 1), (42, 2), (43, -1)], [(3, 1), (4, 0), (5, 1)]));
+        var tokenizer = HfTokenizer.Load(folder.Path);
+        int[] prompt = [1, 268];
+        int[] generated = [268, 268, 259, 260, 3 + 0xC3, 3 + 0xA9, 2];
+        var detokenizer = new IncrementalDetokenizer(tokenizer, prompt);
+        var texts = generated.Select(detokenizer.Push).Append(detokenizer.Flush()).ToList();
+        Assert.Equal(" hello hello hé", string.Concat(texts));
+        Assert.Equal(" hello", texts[0]); // the leading space of the first generated token survives
+        Assert.DoesNotContain(texts, t => t.Contains('\uFFFD', StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void Detokenizer_FlushesAnUnfinishedCharacterAtTheEnd()
     {
         var tokenizer = new ByteTokenizer();
