@@ -128,11 +128,12 @@ public sealed partial class PeftServer : IAsyncDisposable
     /// <summary>Requests in progress.</summary>
     public int ActiveRequests => Volatile.Read(ref active);
 
-    /// <summary>Loads <see cref="ServeOptions.ModelFolder"/> and builds a server for it.</summary>
-    public static PeftServer Create(ServeOptions options, IRequestGate? gate = null, IServerObserver? observer = null, Action<ILoggingBuilder>? configureLogging = null)
+    /// <summary>Loads <see cref="ServeOptions.ModelFolder"/> and builds a server for it (the parameters are the constructor's).</summary>
+    public static PeftServer Create(ServeOptions options, IRequestGate? gate = null, IServerObserver? observer = null, Action<ILoggingBuilder>? configureLogging = null,
+        Action<WebApplication, PeftServer>? extraEndpoints = null)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return new PeftServer(ServedModel.Load(options.ModelFolder, options.ModelName), options, gate, observer, configureLogging);
+        return new PeftServer(ServedModel.Load(options.ModelFolder, options.ModelName), options, gate, observer, configureLogging, extraEndpoints);
     }
 
     /// <summary>Starts listening; returns the bound URL (the real port when <see cref="ServeOptions.Port"/> is 0).</summary>
