@@ -1,6 +1,6 @@
 // `peft serve`'s server: Kestrel over one InferenceEngine (stepped by an EngineHost) and its adapter
 // registry. Every request passes one middleware that
-//   - takes the X-Request-Id header (or makes one), echoes it, and opens a log scope with it;
+//   - takes the X-Request-Id header (or makes one), echoes it, and logs it as the RequestId of the request's line;
 //   - answers 503 once a stop has begun (new requests only; running ones finish);
 //   - turns ApiException into an OpenAI error body, a too-large body (Kestrel's MaxRequestBodySize) into
 //     413, and anything unexpected into 500;
@@ -88,7 +88,7 @@ public sealed partial class PeftServer : IAsyncDisposable
             builder.Logging.AddSimpleConsole(o =>
             {
                 o.SingleLine = true;
-                o.IncludeScopes = true;
+                o.IncludeScopes = false; // every request line carries its own request id
                 o.TimestampFormat = "HH:mm:ss ";
             });
             builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
@@ -269,7 +269,6 @@ public sealed partial class PeftServer : IAsyncDisposable
             ? id : Guid.NewGuid().ToString("N");
         context.Response.Headers["X-Request-Id"] = requestId;
         context.TraceIdentifier = requestId;
-        using var scope = logger.BeginScope(new Dictionary<string, object> { ["RequestId"] = requestId });
         Interlocked.Increment(ref active);
         try
         {
@@ -307,7 +306,7 @@ public sealed partial class PeftServer : IAsyncDisposable
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            logger.LogError(e, "request failed");
+            logger.LogError(e, "{RequestId} failed", requestId);
             await OpenAiError.Write(context, StatusCodes.Status500InternalServerError, $"internal error: {e.Message}").ConfigureAwait(false);
         }
         finally
@@ -316,8 +315,8 @@ public sealed partial class PeftServer : IAsyncDisposable
             var elapsed = Stopwatch.GetElapsedTime(started);
             string? model = context.Items[ModelKey] as string;
             int status = context.Response.StatusCode;
-            logger.LogInformation("{Method} {Path} -> {Status} in {ElapsedMs:F1} ms (model {Model})", context.Request.Method, context.Request.Path.Value, status,
-                elapsed.TotalMilliseconds, model ?? "-");
+            logger.LogInformation("{RequestId} {Method} {Path} -> {Status} in {ElapsedMs:F1} ms (model {Model})", requestId, context.Request.Method,
+                context.Request.Path.Value, status, elapsed.TotalMilliseconds, model ?? "-");
             Observer?.RequestFinished(context.Request.Path.Value ?? "", status, model, elapsed);
         }
     }
