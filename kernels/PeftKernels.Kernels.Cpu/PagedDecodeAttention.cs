@@ -21,6 +21,7 @@
 // result is the same bit for bit. The dot, max, exp, scale and P·V steps are the existing attention
 // kernel's (Attention's tile helpers, per SIMD width), so non-finite values propagate as there: a NaN key
 // or value at a visible position gives NaN.
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -174,7 +175,7 @@ public static unsafe class PagedDecodeAttention
                     for (int i = 0; i < n; i++)
                     {
                         int h = g0 + i;
-                        Attention.MulAdd1<TV, T>(s + (i * Run) + j, 1, row + ((long)(h / d.Group) * hd), d.KvDim, o + ((long)h * hd), hd, 1, true);
+                        Axpy<TV, T>(s[(i * Run) + j], row + ((long)(h / d.Group) * hd), o + ((long)h * hd), hd);
                     }
                 }
 
@@ -189,7 +190,30 @@ public static unsafe class PagedDecodeAttention
         }
     }
 
+    /// <summary>
+    /// o[c] += p·v[c] for c &lt; n: the FMAs of Attention.MulAdd1 for one position (vectors by fused multiply-add, a scalar tail
+    /// by multiply then add), so the sum per element is the same bit for bit; inlined, since it runs once per position and head.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Axpy<TV, T>(float p, float* v, float* o, int n)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+    {
+        int w = T.Width, c = 0;
+        TV vp = T.Splat(p);
+        for (; c <= n - w; c += w)
+        {
+            T.Store(o + c, T.Fma(vp, T.Load(v + c), T.Load(o + c)));
+        }
+
+        for (; c < n; c++)
+        {
+            o[c] += p * v[c];
+        }
+    }
+
     /// <summary>Prefetches <paramref name="bytes"/> from <paramref name="start"/> into L2, a line at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Prefetch(float* start, int bytes)
     {
         byte* p = (byte*)start;

@@ -77,7 +77,18 @@ public sealed partial class PeftServer
         {
             var render = Model.ChatRenderer ?? throw ApiException.BadRequest(
                 $"model '{Model.Name}' has no chat template (tokenizer_config.json's chat_template); use /v1/completions with a prompt.", "messages");
-            return PromptTokens.Encode(Model.Tokenizer, render(request.Messages!));
+            string text;
+            try
+            {
+                text = render(request.Messages!);
+            }
+            catch (ChatTemplateException ex)
+            {
+                // raise_exception(...) is how templates reject a conversation (say, roles that do not alternate).
+                throw ApiException.BadRequest(ex.RaisedMessage ?? $"the model's chat template cannot render these messages: {ex.Message}", "messages");
+            }
+
+            return PromptTokens.Encode(Model.Tokenizer, text);
         }
 
         if (request.PromptIds is { } ids)

@@ -33,6 +33,9 @@ public sealed partial class PeftServer : IAsyncDisposable
     private int active;
     private int state; // 0 new, 1 started, 2 stopping, 3 stopped
 
+    /// <summary>What the server disposes when it stops besides its own parts (the request gate built by <see cref="CreateWithTenantsAndMetrics"/>).</summary>
+    private IDisposable? owned;
+
     /// <summary>A server for <paramref name="model"/> (built, not started).</summary>
     /// <param name="model">The model (the engine runs on it; its chat renderer serves /v1/chat/completions).</param>
     /// <param name="options">Where to listen, limits, adapters.</param>
@@ -179,6 +182,7 @@ public sealed partial class PeftServer : IAsyncDisposable
 
         await app.DisposeAsync().ConfigureAwait(false);
         await host.DisposeAsync().ConfigureAwait(false);
+        owned?.Dispose();
         mixer.Dispose();
         stopping.Dispose();
         Volatile.Write(ref state, 3);

@@ -1,7 +1,8 @@
 // The model a server serves, loaded from a Hugging Face folder: the weights (LlamaForCausalLM), the
 // tokenizer (HfTokenizer.ForModel: the folder's tokenizer, or bytes when it has none), the base model's
-// name (the folder's name), the ids that end a generation (EOS), and the chat renderer for
-// /v1/chat/completions (the model's chat template; null: chat is refused with a clear 400).
+// name (the folder's name), the ids that end a generation (EOS: generation_config.json and config.json,
+// GenerationConfig.EosTokenIds), and the chat renderer for /v1/chat/completions (the folder's chat
+// template, ChatTemplate.FromModelFolder; null: chat is refused with a clear 400).
 using PeftKernels.Models;
 using PeftKernels.Serving;
 using PeftKernels.Text;
@@ -29,8 +30,16 @@ public sealed record ServedModel(string Name, LlamaForCausalLM Model, ITokenizer
 
         var model = LlamaForCausalLM.Load(folder);
         var tokenizer = HfTokenizer.ForModel(folder, model.Config.VocabSize);
-        IReadOnlyList<int> eos = model.Config.EosTokenId ?? (tokenizer.EosId is int id ? [id] : []);
+        // generation_config.json and config.json may each list several (Llama 3 Instruct: <|end_of_text|> and <|eot_id|>).
+        IReadOnlyList<int> eos = GenerationConfig.EosTokenIds(folder);
+        if (eos.Count == 0)
+        {
+            eos = model.Config.EosTokenId ?? (tokenizer.EosId is int id ? [id] : []);
+        }
+
         string baseName = name ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder)));
-        return new ServedModel(baseName, model, tokenizer, eos, ChatRenderer: null);
+        var template = ChatTemplate.FromModelFolder(folder);
+        Func<IReadOnlyList<ChatTurn>, string>? render = template == null ? null : turns => template.Render(turns, addGenerationPrompt: true);
+        return new ServedModel(baseName, model, tokenizer, eos, render);
     }
 }

@@ -2,8 +2,9 @@
 // model folder. --adapter NAME=DIR loads adapters at start; --adapters-dir DIR serves every adapter
 // folder in it under its folder name and is where /v1/load_lora_adapter may load from. Prints the URL
 // when ready; SIGTERM or Ctrl-C stop it gracefully (new requests get 503, running ones finish up to the
-// shutdown timeout) and it exits 0. --api-keys FILE is passed on as ServeOptions.ApiKeysFile; Gate builds
-// the request gate from it (PeftServer refuses a key file without a gate rather than serve without keys).
+// shutdown timeout) and it exits 0. The server is PeftServer.CreateWithTenantsAndMetrics: --api-keys FILE
+// gives the tenants' gate (keys, adapters each may use, rate limits, canary aliases), else everyone is
+// anonymous; GET /metrics serves Prometheus metrics.
 // The inference engine runs on the CPU only: --device cuda is refused with that reason.
 using System.CommandLine;
 using System.Globalization;
@@ -66,7 +67,7 @@ internal static class ServeCommand
             throw new FileNotFoundException($"--api-keys: {options.ApiKeysFile} does not exist.", options.ApiKeysFile);
         }
 
-        var server = PeftServer.Create(options, Gate(options));
+        var server = PeftServer.CreateWithTenantsAndMetrics(options);
         try
         {
             var url = server.StartAsync(CancellationToken.None).GetAwaiter().GetResult();
@@ -88,12 +89,6 @@ internal static class ServeCommand
     /// The request gate that enforces <see cref="ServeOptions.ApiKeysFile"/>; none is built into this verb yet, so a key file makes
     /// <see cref="PeftServer"/> refuse to start rather than serve without keys.
     /// </summary>
-    private static IRequestGate? Gate(ServeOptions options)
-    {
-        _ = options;
-        return null;
-    }
-
     private static ServeOptions Options(ParseResult parse, Option<string> model, Option<string[]> adapters, Option<string?> adaptersDir, Option<string> host, Option<int> port,
         Option<string?> apiKeys, Option<int> maxLoaded, Option<int> memory, Option<int> threads)
     {

@@ -14,7 +14,7 @@ namespace PeftKernels.Server.Metrics;
 
 public sealed partial class ServerMetrics
 {
-    private readonly EngineGauges? engineGauges;
+    private EngineGauges? engineGauges;
 
     private sealed class EngineGauges(IMetricFactory factory, InferenceEngine engine)
     {

@@ -32,6 +32,7 @@ public sealed partial class ServerMetrics : IServerObserver
     public static readonly double[] DurationBuckets =
         [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600];
 
+    private readonly IMetricFactory factory;
     private readonly Counter requests;
     private readonly Histogram duration;
     private readonly Counter promptTokens;
@@ -56,19 +57,33 @@ public sealed partial class ServerMetrics : IServerObserver
             new HistogramConfiguration { LabelNames = ["model"], Buckets = FirstTokenBuckets });
         interToken = factory.CreateHistogram("peft_inter_token_latency_seconds", "Time between consecutive generated tokens of one request, by model.",
             new HistogramConfiguration { LabelNames = ["model"], Buckets = InterTokenBuckets });
-        Engine = engine;
+        this.factory = factory;
         if (engine != null)
         {
-            engineGauges = new EngineGauges(factory, engine);
-            Registry.AddBeforeCollectCallback(engineGauges.Update);
+            Attach(engine);
         }
+    }
+
+    /// <summary>Adds <paramref name="engine"/>'s gauges and per-adapter counters (read at scrape time), for a server that creates its engine after its metrics.</summary>
+    /// <exception cref="InvalidOperationException">An engine is already attached.</exception>
+    public void Attach(InferenceEngine engine)
+    {
+        ArgumentNullException.ThrowIfNull(engine);
+        if (Engine != null)
+        {
+            throw new InvalidOperationException("these metrics already read an engine.");
+        }
+
+        Engine = engine;
+        engineGauges = new EngineGauges(factory, engine);
+        Registry.AddBeforeCollectCallback(engineGauges.Update);
     }
 
     /// <summary>The registry holding every metric of this server.</summary>
     public CollectorRegistry Registry { get; }
 
     /// <summary>The engine whose figures are read at scrape time, if any.</summary>
-    public InferenceEngine? Engine { get; }
+    public InferenceEngine? Engine { get; private set; }
 
     /// <inheritdoc/>
     public void RequestFinished(string endpoint, int status, string? model, TimeSpan duration)
