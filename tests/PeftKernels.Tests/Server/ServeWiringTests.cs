@@ -42,7 +42,11 @@ public sealed class ServeWiringTests
             """);
         var options = new ServeOptions
         {
-            ModelFolder = ModelFolder(root), AdaptersDir = Path.GetDirectoryName(engine.Folder("r1")), ApiKeysFile = keys, Port = 0, Threads = 1,
+            ModelFolder = ModelFolder(root),
+            AdaptersDir = Path.GetDirectoryName(engine.Folder("r1")),
+            ApiKeysFile = keys,
+            Port = 0,
+            Threads = 1,
         };
         await using var server = PeftServer.CreateWithTenantsAndMetrics(options, logging => { });
         Assert.Equal([7, 9], server.Model.EosTokenIds.Take(2));
