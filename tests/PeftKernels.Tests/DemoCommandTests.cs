@@ -1,7 +1,16 @@
 // `peft demo --fast` end to end: the fine-tuned adapter must beat the base on its task by the
 // stated margin, and every promised output (base folder, two PEFT adapter folders, loss.png,
 // metrics.json) must exist and parse; the same on a CUDA GPU (--device cuda); a bad --device is a usage error.
+// Then the README's serving walkthrough on that output: `peft serve --model DEMO/base --adapters-dir DEMO/adapters`
+// (PeftServer.CreateWithTenantsAndMetrics) answers the official OpenAI chat client on both adapters, and the demo's
+// chat template (tokenizer_config.json) pads the prompt as the adapters were trained: the chat answer equals the
+// completion of the padded prompt.
+using System.ClientModel;
 using System.CommandLine;
+using System.Text;
+using System.Text.Json;
+using OpenAI;
+using OpenAI.Chat;
 using PeftKernels.Cli.Demo;
 using PeftKernels.Models;
 using PeftKernels.Peft;
@@ -16,7 +25,32 @@ public sealed class DemoCommandTests : IDisposable
     public void Dispose() => folder.Dispose();
 
     [Fact]
-    public void FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cpu", "cpu", overOldOutput: true);
+    public async Task FastDemoFineTunesBeyondTheBaseAndWritesEveryOutput_AndPeftServeAnswersOnIt()
+    {
+        AssertFastDemo("cpu", "cpu", overOldOutput: true);
+        await AssertServesTheDemo(Path.Combine(folder.Path, "demo"));
+    }
+
+    private static async Task AssertServesTheDemo(string output)
+    {
+        var options = new PeftKernels.Server.ServeOptions { ModelFolder = Path.Combine(output, "base"), AdaptersDir = Path.Combine(output, "adapters"), Port = 0, Threads = 2 };
+        await using var server = PeftKernels.Server.PeftServer.CreateWithTenantsAndMetrics(options, logging => { });
+        var url = await server.StartAsync();
+        var client = new OpenAIClient(new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(url, "v1") });
+        using var http = new HttpClient { BaseAddress = url };
+        foreach (var (adapter, task) in new[] { ("sentiment", DemoTask.Sentiment), ("topic", DemoTask.Topic) })
+        {
+            var example = task.Examples(1, seed: 7)[0];
+            ChatCompletion chat = await client.GetChatClient(adapter).CompleteChatAsync([new UserChatMessage(example.Prompt)],
+                new ChatCompletionOptions { MaxOutputTokenCount = 4, Temperature = 0 });
+            string body = JsonSerializer.Serialize(new { model = adapter, prompt = example.PaddedPrompt, max_tokens = 4, temperature = 0 });
+            using var response = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+            Assert.True(response.IsSuccessStatusCode, await response.Content.ReadAsStringAsync());
+            string completion = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+            Assert.Equal(completion, chat.Content[0].Text);
+            Assert.False(string.IsNullOrEmpty(completion), $"{adapter}: an empty answer");
+        }
+    }
 
     [CudaFact]
     public void FastDemoOnCudaFineTunesBeyondTheBaseAndWritesEveryOutput() => AssertFastDemo("cuda", Device.Cuda().Name);
@@ -78,7 +112,7 @@ public sealed class DemoCommandTests : IDisposable
         string[] args = device == "cpu" ? ["demo", "--fast", "--out", output] : ["demo", "--fast", "--device", device, "--out", output];
         var (code, log, error) = Invoke(overOldOutput ? [.. args, "--overwrite"] : args);
         Assert.Equal((0, ""), (code, error));
-        Assert.Equal(["config.json", "model.safetensors"], Directory.EnumerateFiles(oldBase).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal(["config.json", "model.safetensors", "tokenizer_config.json"], Directory.EnumerateFiles(oldBase).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         foreach (string step in new[] { "1 Pre-train", "2 The base model", "3 QLoRA", "4 Save the adapter", "5 Merge", "6 A second adapter", "7 Serve both", "8 Summary" })
         {
             Assert.Contains(step, log);

@@ -1,5 +1,6 @@
-// The README's C# quick start must compile against the library as built: the test extracts
-// every ```csharp block under "## Quick start (C#)" and compiles them with Roslyn, as top-level
+// The README's C# must compile against the library as built: the test extracts every ```csharp block
+// under "## Quick start (C#)" and "## Serve adapters over an OpenAI-compatible API" (the OpenAI client
+// example) and compiles them with Roslyn, as top-level
 // programs with the implicit usings of a new console project, against the assemblies this test process loaded (the library, the kernels and the BCL).
 using System.Reflection;
 using System.Text.RegularExpressions;
@@ -11,12 +12,14 @@ namespace PeftKernels.Tests;
 
 public partial class ReadmeQuickStartTests
 {
-    [Fact]
-    public void QuickStartCompiles()
+    [Theory]
+    [InlineData("## Quick start (C#)")]
+    [InlineData("## Serve adapters over an OpenAI-compatible API")]
+    public void QuickStartCompiles(string heading)
     {
         string readme = File.ReadAllText(FindReadme());
-        int start = readme.IndexOf("## Quick start (C#)", StringComparison.Ordinal);
-        Assert.True(start >= 0, "README has no '## Quick start (C#)' section");
+        int start = readme.IndexOf(heading, StringComparison.Ordinal);
+        Assert.True(start >= 0, $"README has no '{heading}' section");
         int end = readme.IndexOf("\n## ", start + 5, StringComparison.Ordinal);
         string section = end < 0 ? readme[start..] : readme[start..end];
         var blocks = CSharpBlock().Matches(section).Select(m => m.Groups[1].Value).ToList();
@@ -24,6 +27,8 @@ public partial class ReadmeQuickStartTests
 
         _ = typeof(Models.LlamaForCausalLM).Assembly;
         _ = typeof(Kernels.Cpu.Gemm).Assembly;
+        _ = typeof(OpenAI.OpenAIClient).Assembly;
+        _ = typeof(System.ClientModel.ApiKeyCredential).Assembly;
         var references = AppDomain.CurrentDomain.GetAssemblies()
             .Where(a => !a.IsDynamic && a.Location.Length > 0)
             .Select(a => MetadataReference.CreateFromFile(a.Location))

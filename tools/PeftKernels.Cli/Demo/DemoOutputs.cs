@@ -43,6 +43,21 @@ internal static class DemoOutputs
         File.Move(temporary, path, overwrite: true);
     }
 
+    /// <summary>
+    /// The demo prompts' chat template, written into the base folder's tokenizer_config.json so that `peft serve` answers
+    /// /v1/chat/completions on the demo's output: the user messages, left-padded with spaces to the prompt width the
+    /// adapters were trained on (DemoTask.PromptWidth), one after another; no roles, no generation prompt (the tasks have none).
+    /// </summary>
+    public static string ChatTemplate =>
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ ' ' * (" + DemoTask.PromptWidth + " - m['content'] | length) }}{{ m['content'] }}{% endif %}{% endfor %}";
+
+    public static void WriteTokenizerConfig(string baseFolder)
+    {
+        string path = Path.Combine(baseFolder, "tokenizer_config.json"), temporary = path + ".tmp";
+        File.WriteAllBytes(temporary, JsonSerializer.SerializeToUtf8Bytes(new Dictionary<string, string> { ["chat_template"] = ChatTemplate }, Json));
+        File.Move(temporary, path, overwrite: true);
+    }
+
     public static DemoMetrics ReadMetrics(string path) =>
         JsonSerializer.Deserialize<DemoMetrics>(File.ReadAllBytes(path), Json) ?? throw new InvalidDataException($"{path} holds no metrics.");
 

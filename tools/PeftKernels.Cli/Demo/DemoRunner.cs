@@ -43,6 +43,7 @@ internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole conso
         var (model, pretrainSeconds) = Pretrain();
         string baseFolder = Path.Combine(options.Output, "base");
         model.Save(baseFolder);
+        DemoOutputs.WriteTokenizerConfig(baseFolder);
         long baseBytes = new FileInfo(Path.Combine(baseFolder, "model.safetensors")).Length;
         console.MarkupLine($"   base: {model.Config.ParameterCount():N0} parameters, {ModelCommands.Mib(baseBytes)} on disk → [grey]{Markup.Escape(baseFolder)}[/]");
 
