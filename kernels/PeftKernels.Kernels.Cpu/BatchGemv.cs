@@ -80,15 +80,7 @@ public static unsafe class BatchGemv
     public static void Rows(ReadOnlySpan<float> x, in WeightOperand w, Span<float> y, int m, int inFeatures, int outFeatures, int j0, int j1, SimdPath path)
     {
         Check.Positive(m, "m");
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        w.CheckShape(inFeatures, outFeatures);
-        Check.Length("x", x.Length, (long)m * inFeatures, "m·inFeatures");
-        Check.Length("y", y.Length, (long)m * outFeatures, "m·outFeatures");
-        if (j0 < 0 || j1 < j0 || j1 > outFeatures)
-        {
-            throw new ArgumentOutOfRangeException(nameof(j1), $"the column range [{j0}, {j1}) must lie in [0, outFeatures {outFeatures}].");
-        }
+        DecodeGemv.CheckRows(x.Length, w, y.Length, m, inFeatures, outFeatures, j0, j1);
 
         var resolved = new KernelOptions(1, path).ResolvePath();
         int k = inFeatures;

@@ -43,15 +43,7 @@ public static unsafe class DecodeGemv
             throw new ArgumentOutOfRangeException(nameof(m), m, $"m must be in [1, {MaxRows}].");
         }
 
-        Check.Positive(inFeatures, "inFeatures");
-        Check.Positive(outFeatures, "outFeatures");
-        w.CheckShape(inFeatures, outFeatures);
-        Check.Length("x", x.Length, (long)m * inFeatures, "m·inFeatures");
-        Check.Length("y", y.Length, (long)m * outFeatures, "m·outFeatures");
-        if (j0 < 0 || j1 < j0 || j1 > outFeatures)
-        {
-            throw new ArgumentOutOfRangeException(nameof(j1), $"the column range [{j0}, {j1}) must lie in [0, outFeatures {outFeatures}].");
-        }
+        CheckRows(x.Length, w, y.Length, m, inFeatures, outFeatures, j0, j1);
 
         var resolved = new KernelOptions(1, path).ResolvePath();
         if (j0 == j1)
@@ -96,6 +88,20 @@ public static unsafe class DecodeGemv
 
                     break;
             }
+        }
+    }
+
+    /// <summary>The checks of a column-range product y[:, j0..j1) = x·Wᵀ (this and <see cref="BatchGemv.Rows"/>); m is checked by the caller.</summary>
+    internal static void CheckRows(int xLength, in WeightOperand w, int yLength, int m, int inFeatures, int outFeatures, int j0, int j1)
+    {
+        Check.Positive(inFeatures, "inFeatures");
+        Check.Positive(outFeatures, "outFeatures");
+        w.CheckShape(inFeatures, outFeatures);
+        Check.Length("x", xLength, (long)m * inFeatures, "m·inFeatures");
+        Check.Length("y", yLength, (long)m * outFeatures, "m·outFeatures");
+        if (j0 < 0 || j1 < j0 || j1 > outFeatures)
+        {
+            throw new ArgumentOutOfRangeException(nameof(j1), $"the column range [{j0}, {j1}) must lie in [0, outFeatures {outFeatures}].");
         }
     }
 
