@@ -1,6 +1,6 @@
 // The README's C# must compile against the library as built: the test extracts every ```csharp block
 // under "## Quick start (C#)" and "## Serve adapters over an OpenAI-compatible API" (the OpenAI client
-// example) and compiles them with Roslyn, as top-level
+// and the in-process IChatClient examples) and compiles them with Roslyn, as top-level
 // programs with the implicit usings of a new console project, against the assemblies this test process loaded (the library, the kernels and the BCL).
 using System.Reflection;
 using System.Text.RegularExpressions;
@@ -29,6 +29,7 @@ public partial class ReadmeQuickStartTests
         _ = typeof(Kernels.Cpu.Gemm).Assembly;
         _ = typeof(OpenAI.OpenAIClient).Assembly;
         _ = typeof(System.ClientModel.ApiKeyCredential).Assembly;
+        _ = typeof(Microsoft.Extensions.AI.IChatClient).Assembly;
         var references = AppDomain.CurrentDomain.GetAssemblies()
             .Where(a => !a.IsDynamic && a.Location.Length > 0)
             .Select(a => MetadataReference.CreateFromFile(a.Location))
