@@ -8,13 +8,10 @@ public sealed class BrowserFactAttribute : FactAttribute
 {
     public const string SkipVariable = "PEFT_SKIP_BROWSER_TESTS";
 
-    public BrowserFactAttribute()
-    {
-        if (Environment.GetEnvironmentVariable(SkipVariable) == "1")
-        {
-            Skip = $"{SkipVariable}=1: browser tests skipped.";
-        }
-    }
+    public BrowserFactAttribute() => Skip = SkipReason(Environment.GetEnvironmentVariable(SkipVariable));
+
+    /// <summary>The skip reason for the variable's value: only "1" skips.</summary>
+    public static string? SkipReason(string? value) => value == "1" ? $"{SkipVariable}=1: browser tests skipped." : null;
 }
 
 internal static class SystemChromium
@@ -22,9 +19,12 @@ internal static class SystemChromium
     private static readonly string[] Names = ["chromium", "chromium-browser"];
 
     /// <summary>The Chromium executable on PATH; throws with the install command when there is none.</summary>
-    public static string Find()
+    public static string Find() => Find(Environment.GetEnvironmentVariable("PATH"));
+
+    /// <summary>The Chromium executable in the directories of <paramref name="searchPath"/> (a PATH value).</summary>
+    public static string Find(string? searchPath)
     {
-        foreach (string dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
+        foreach (string dir in (searchPath ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
         {
             foreach (string name in Names)
             {

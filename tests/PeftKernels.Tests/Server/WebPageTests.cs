@@ -47,6 +47,23 @@ public sealed class WebPageTests
         Assert.Equal(HttpStatusCode.Unauthorized, models.StatusCode);
     }
 
+    [Fact]
+    public void BrowserTests_WithoutChromium_FailSayingHowToInstallIt_AndSkipOnlyWhenAsked()
+    {
+        using var empty = new TempFolder();
+        var e = Assert.Throws<InvalidOperationException>(() => SystemChromium.Find(empty.Path));
+        Assert.Contains("apt-get install chromium", e.Message, StringComparison.Ordinal);
+        Assert.Contains(BrowserFactAttribute.SkipVariable, e.Message, StringComparison.Ordinal);
+
+        File.WriteAllText(Path.Combine(empty.Path, "chromium"), "");
+        Assert.Equal(Path.Combine(empty.Path, "chromium"), SystemChromium.Find(empty.Path + Path.PathSeparator + "/nonexistent"));
+
+        Assert.Null(BrowserFactAttribute.SkipReason(null));
+        Assert.Null(BrowserFactAttribute.SkipReason("0"));
+        Assert.Null(BrowserFactAttribute.SkipReason("true"));
+        Assert.Contains(BrowserFactAttribute.SkipVariable, BrowserFactAttribute.SkipReason("1"), StringComparison.Ordinal);
+    }
+
     [BrowserFact]
     public async Task Playground_StreamsOnePromptToTwoAdapters_AndMetricsCountThem()
     {
@@ -78,7 +95,7 @@ public sealed class WebPageTests
 
         await page.FillAsync("#key", Key);
         await page.Locator("#key").DispatchEventAsync("change");
-        await Assertions.Expect(page.Locator("#models-body tr")).ToHaveCountAsync(3);
+        await Assertions.Expect(page.Locator("#models-body tr")).ToHaveCountAsync(2 + KeyedServer.Adapters.Length);
         await Assertions.Expect(page.Locator("#models-error")).ToBeHiddenAsync();
         var rows = await page.Locator("#models-body tr").AllInnerTextsAsync();
         Assert.Contains(rows, r => r.StartsWith(ServerFixture.BaseName, StringComparison.Ordinal) && r.Contains("(base)", StringComparison.Ordinal));
@@ -86,6 +103,12 @@ public sealed class WebPageTests
         {
             Assert.Contains(rows, r => r.StartsWith(adapter, StringComparison.Ordinal) && r.Contains(ServerFixture.BaseName, StringComparison.Ordinal));
         }
+
+        // A name made of markup is shown as text, in the table and at its checkbox, and never runs.
+        Assert.Contains(rows, r => r.StartsWith(KeyedServer.HostileName, StringComparison.Ordinal));
+        Assert.Contains(KeyedServer.HostileName, await page.Locator("#choices").InnerTextAsync(), StringComparison.Ordinal);
+        Assert.Equal(0, await page.Locator("main img").CountAsync());
+        Assert.True(await page.EvaluateAsync<bool>("window.pwned === undefined"));
 
         Assert.Equal(Key, await page.EvaluateAsync<string>("localStorage.getItem('peft.apiKey')"));
 
@@ -129,6 +152,9 @@ public sealed class WebPageTests
     /// <summary>A server over the tiny model with two adapters, an API-key gate (one key, every model) and metrics at /metrics.</summary>
     private sealed class KeyedServer : IAsyncDisposable
     {
+        /// <summary>A third adapter's name, made of markup (a valid adapter name): the page must show it as text.</summary>
+        public const string HostileName = "<img src=x onerror=\"window.pwned=1\">&amp;";
+
         public static readonly string[] Adapters = ["r1", "r8"];
 
         private readonly EngineFixture engine;
@@ -155,7 +181,7 @@ public sealed class WebPageTests
                 Host = "127.0.0.1",
                 Port = 0,
                 Threads = 1,
-                Adapters = [.. Adapters.Select(a => KeyValuePair.Create(a, engine.Folder(a)))],
+                Adapters = [.. Adapters.Select(a => KeyValuePair.Create(a, engine.Folder(a))), KeyValuePair.Create(HostileName, engine.Folder("r32"))],
                 ShutdownTimeout = TimeSpan.FromSeconds(5),
             };
             var gate = new TenantGate(TenantKeyFile.Parse(KeyFile, "keys.json"), ServerFixture.BaseName);
