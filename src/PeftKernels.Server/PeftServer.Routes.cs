@@ -1,5 +1,5 @@
-// The routes besides generation: GET /health, GET /v1/models (the base model by its own name, then every
-// adapter with parent = the base and root = its folder), and vLLM's runtime adapter management,
+// The routes besides generation: GET / (the web page: PeftServer.Web.cs), GET /health, GET /v1/models
+// (the base model by its own name, then every adapter with parent = the base and root = its folder), and vLLM's runtime adapter management,
 // POST /v1/load_lora_adapter {"lora_name", "lora_path"} (a known name is replaced: new requests get the
 // new version, running ones finish on the old) and POST /v1/unload_lora_adapter {"lora_name"}. Paths are
 // confined to --adapters-dir (AdapterFolders: "..", absolute paths elsewhere and links out are refused);
@@ -29,6 +29,7 @@ public sealed partial class PeftServer
 
     private void MapRoutes(WebApplication web)
     {
+        MapWebPage(web);
         web.MapGet("/health", (HttpContext c) => Json(c, json => json.WriteString("status", "ok")));
         web.MapGet("/v1/models", Models);
         web.MapPost("/v1/completions", c => Generate(c, chat: false));
