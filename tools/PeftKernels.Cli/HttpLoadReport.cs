@@ -71,6 +71,11 @@ internal sealed record HttpLoadReport(HttpLoadSettings Settings, IReadOnlyList<s
             $"{s.Url}: {s.Clients} clients, {Adapters.Count} adapters, {s.Seconds} s, {s.PromptTokens} prompt + {s.MaxTokens} max tokens"));
         log.WriteLine($"{"requests",9} {"tokens/s",10} {"TTFT p50",9} {"TTFT p99",9} {"ITL p50",8} {"ITL p99",8} {"errors",7} {"lost",5}");
         log.WriteLine($"{Requests.Count,9} {F(TokensPerSecond),10} {F(Ttft.P50),9} {F(Ttft.P99),9} {F(Itl.P50),8} {F(Itl.P99),8} {Errors,7} {Lost,5}   (ms)");
+        if (Machine != null)
+        {
+            log.WriteLine($"machine: {Machine}");
+        }
+
         if (Engine is { } e)
         {
             log.WriteLine($"engine at the same load: {e.Requests} requests, {F(e.TokensPerSecond)} tokens/s; HTTP / engine = {Ratio.ToString("F3", CultureInfo.InvariantCulture)}");

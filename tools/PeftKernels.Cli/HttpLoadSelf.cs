@@ -2,11 +2,16 @@
 // (HTTP throughput ≥ 0.95× the engine's). Builds the server `peft serve` runs
 // (PeftServer.CreateWithTenantsAndMetrics, metrics included) on 127.0.0.1 port 0 over --model DIR or a
 // random ~125M Llama (LlamaConfig.Llama125M, seed 1, saved to a temporary folder; no tokenizer, so the
-// byte tokenizer) with M random LoRA adapters of mixed ranks loaded at start (ServeAdapterSet, as in
+// byte tokenizer serves it) with M random LoRA adapters of mixed ranks loaded at start (ServeAdapterSet, as in
 // `peft bench serve`). A short warm-up compiles the paths, then the HTTP load runs (HttpLoad); then the
 // same requests — the same count, prompts, adapters, max_tokens and stop ids, N at a time — run straight on
 // the server's own engine (InferenceEngine.Submit, awaiting each sequence's Completion), so both runs use
 // one engine with the same options and the only difference is HTTP.
+// The random model's lm_head rows are zeroed but for the printable ASCII ids 32–126 (the rows of the other
+// ids give logit 0, below the largest of 95 random logits), so greedy decoding emits printable bytes: the
+// byte tokenizer decodes any other id to U+FFFD, which the server's incremental detokenizer holds back as
+// an unfinished character, and the stream would then carry its whole text in the last chunk, leaving
+// nothing to time. The work per token is unchanged (the same dense shapes).
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Extensions.Logging;
@@ -32,7 +37,7 @@ internal static class HttpLoadSelf
         Directory.CreateDirectory(temp);
         try
         {
-            var model = modelFolder != null ? LlamaForCausalLM.Load(modelFolder) : LlamaForCausalLM.Create(LlamaConfig.Llama125M(), Seed);
+            var model = modelFolder != null ? LlamaForCausalLM.Load(modelFolder) : PrintableHead(LlamaForCausalLM.Create(LlamaConfig.Llama125M(), Seed));
             var config = model.Config;
             if (settings.PromptTokens + settings.MaxTokens > config.MaxPositionEmbeddings)
             {
@@ -74,8 +79,25 @@ internal static class HttpLoadSelf
         }
     }
 
+    /// <summary>Zeroes <paramref name="model"/>'s lm_head rows but for ids 32–126 (printable ASCII); returns the model.</summary>
+    internal static LlamaForCausalLM PrintableHead(LlamaForCausalLM model)
+    {
+        var w = model.LmHead.Weight.Data;
+        int h = model.Config.HiddenSize;
+        for (int id = 0; id < model.Config.VocabSize; id++)
+        {
+            if (id is < 32 or > 126)
+            {
+                Array.Clear(w, id * h, h);
+            }
+        }
+
+        return model;
+    }
+
     private static HttpLoadReport Serve(ServeOptions options, HttpLoadSettings settings, TextWriter log)
     {
+        string before = LoadAverage();
         var server = PeftServer.CreateWithTenantsAndMetrics(options, logging => logging.SetMinimumLevel(LogLevel.Warning));
         try
         {
@@ -92,7 +114,8 @@ internal static class HttpLoadSelf
 
             var (requests, seconds) = HttpLoad.Run(http, s, used, CancellationToken.None).GetAwaiter().GetResult();
             var engine = EngineRun(server.Engine, s, used, requests.Count, server.Model.EosTokenIds);
-            return new HttpLoadReport(s, used, requests, seconds) { Engine = engine, Machine = Machine() };
+            string machine = string.Create(CultureInfo.InvariantCulture, $"{ServeMachine.CpuName()}, {Environment.ProcessorCount} processors; load average {before} at the start, {LoadAverage()} at the end");
+            return new HttpLoadReport(s, used, requests, seconds) { Engine = engine, Machine = machine };
         }
         finally
         {
@@ -126,22 +149,16 @@ internal static class HttpLoadSelf
         return new EngineLoadRun(count, tokens, clock.Elapsed.TotalSeconds);
     }
 
-    /// <summary>The processor, its count and the load average (Linux), for the record.</summary>
-    private static string Machine()
+    /// <summary>The 1, 5 and 15 minute load averages (Linux; "n/a" elsewhere).</summary>
+    private static string LoadAverage()
     {
-        string load = "";
         try
         {
-            if (File.Exists("/proc/loadavg"))
-            {
-                load = ", load average " + string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3));
-            }
+            return File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
         }
         catch (IOException)
         {
-            // no load average on this system
+            return "n/a";
         }
-
-        return string.Create(CultureInfo.InvariantCulture, $"{ServeMachine.CpuName()}, {Environment.ProcessorCount} processors{load}");
     }
 }
