@@ -92,6 +92,8 @@ public sealed class BenchHttpCommandTests : IDisposable
         Assert.Equal(0, root.GetProperty("errors").GetInt32());
         Assert.Equal(0, root.GetProperty("lost").GetInt32());
         Assert.Equal(2, root.GetProperty("adapters").GetInt32());
+        Assert.True(root.GetProperty("ttft_p50_ms").GetDouble() > 0);
+        Assert.True(root.GetProperty("itl_p50_ms").GetDouble() >= 0); // the character tokenizer streams a chunk per token: gaps exist
         Assert.False(root.TryGetProperty("engine", out _)); // only --self measures the engine
 
         var (tooMany, _, message) = await Task.Run(() => Invoke(["bench", "http", "--url", server.Url.ToString(), "--adapters", "99", "--seconds", "1"]));
@@ -123,6 +125,18 @@ public sealed class BenchHttpCommandTests : IDisposable
         Assert.True(engine.GetProperty("tokens_per_second").GetDouble() > 0);
         Assert.True(root.GetProperty("http_over_engine").GetDouble() > 0);
         Assert.Contains("processors", root.GetProperty("machine").GetString());
+    }
+
+    [Fact]
+    public void ThePrintableHeadMakesGreedyDecodingEmitPrintableAsciiOnly()
+    {
+        var model = Cli.HttpLoadSelf.PrintableHead(LlamaModelTests.TinyModel(LlamaConfig.Tiny(256) with { HeadDim = 16 }, seed: 4, scale: 5f));
+        using var engine = new PeftKernels.Engine.InferenceEngine(model, new PeftKernels.Engine.EngineOptions { MaxSequenceLength = 64, Threads = 1 });
+        var prompts = Enumerable.Range(0, 6).Select(i => Enumerable.Range(0, 5).Select(j => ((i * 37) + (j * 101)) % 256).ToArray());
+        var results = engine.Run(prompts.Select(p => new PeftKernels.Engine.EngineRequest(p, null, new PeftKernels.Engine.SamplingParams(MaxTokens: 12))));
+        var tokens = results.SelectMany(r => r.Tokens).ToArray();
+        Assert.Equal(6 * 12, tokens.Length);
+        Assert.All(tokens, t => Assert.InRange(t, 32, 126));
     }
 
     public void Dispose() => folder.Dispose();
