@@ -13,6 +13,7 @@
 // order than Gemm.Forward's, so results agree with it within fp32 rounding, not bit for bit.
 // Threads: Forward splits the columns into contiguous ranges, one per thread (Rows on each), so every
 // weight row is read by one thread; results do not depend on the thread count.
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -133,10 +134,7 @@ public static unsafe class BatchGemv
                 for (int j = j0; j < j1; j += Tile)
                 {
                     int count = Math.Min(Tile, j1 - j);
-                    for (long e = 0; e < (long)count * k; e++)
-                    {
-                        rows[e] = (float)pw[((long)j * k) + e];
-                    }
+                    TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(pw + ((long)j * k), count * k), new Span<float>(rows, count * k));
 
                     Strip<float, Fp32Load>(x, rows, m, k, count, y + j, ldy, path);
                 }

@@ -99,9 +99,9 @@ internal static unsafe class Quant4Int8Dot
         long e = e0;
         for (; c + 1 < chunks; c += 2, pw += Chunk, pq += 2 * Chunk, ps += 16, e += 2 * Chunk)
         {
-            // Rows are contiguous, so prefetching 8 KiB past each 32 bytes read walks the matrix linearly
-            // into L2 (as the fp32 decode does, Quant4Simd.PrefetchAhead): the hardware streamer stops at every 4 KiB page.
-            Sse.Prefetch1(pw + 8192);
+            // Rows are contiguous, so prefetching past each 32 bytes read walks the matrix linearly into L2, as
+            // the fp32 decode does (Quant4Simd.PrefetchAhead): the hardware streamer stops at every 4 KiB page.
+            Sse.Prefetch1(pw + Quant4Simd.PrefetchAhead);
             var v = Avx512F.BroadcastVector256ToVector512((ulong*)pw);
             var index = Avx512BW.ShiftRightLogicalVariable(v.AsUInt16(), shifts).AsByte() & mask;
             var magnitude = Avx512BW.Shuffle(magnitudes, index.AsSByte()).AsByte();

@@ -341,7 +341,7 @@ internal static unsafe class Quant4Simd
     /// gives 13–14 GB/s on [768, 768], [768, 2048] and [32000, 768] and 14 (was 12.5) on
     /// [8192, 8192] (AMD EPYC Zen 4, one thread, docs/performance.md).
     /// </summary>
-    private const int PrefetchAhead = 8192;
+    internal const int PrefetchAhead = 8192;
 
     /// <summary><see cref="PermuteForWideDot"/> with x and the result in one buffer, chunk by chunk through a stack copy.</summary>
     public static void PermuteForWideDotInPlace(float* x, int count)

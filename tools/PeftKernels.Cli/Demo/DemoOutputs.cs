@@ -53,9 +53,8 @@ internal static class DemoOutputs
 
     public static void WriteTokenizerConfig(string baseFolder)
     {
-        string path = Path.Combine(baseFolder, "tokenizer_config.json"), temporary = path + ".tmp";
-        File.WriteAllBytes(temporary, JsonSerializer.SerializeToUtf8Bytes(new Dictionary<string, string> { ["chat_template"] = ChatTemplate }, Json));
-        File.Move(temporary, path, overwrite: true);
+        var config = new Dictionary<string, string> { ["chat_template"] = ChatTemplate };
+        PeftKernels.IO.AtomicFile.Write(Path.Combine(baseFolder, "tokenizer_config.json"), stream => JsonSerializer.Serialize(stream, config, Json));
     }
 
     public static DemoMetrics ReadMetrics(string path) =>
