@@ -73,7 +73,11 @@ internal static class ModelCommands
     {
         var lm = LlamaForCausalLM.Load(folder);
         var nonFinite = lm.NonFiniteTensors.ToList();
-        if (adapter != null)
+        if (adapter != null && ModelAdapterFolders.Recognizes(adapter))
+        {
+            ModelAdapterFolders.Load(lm, adapter);
+        }
+        else if (adapter != null)
         {
             var peft = new PeftModel(lm);
             peft.LoadAdapter(adapter);

@@ -12,7 +12,7 @@ using PeftKernels.Ops;
 namespace PeftKernels.Models;
 
 /// <summary>Llama self-attention with grouped-query heads and rotary embeddings.</summary>
-public sealed class LlamaAttention : Module
+public sealed partial class LlamaAttention : Module
 {
     internal LlamaAttention(LlamaConfig config, Linear q, Linear k, Linear v, Linear o, float[] invFreq)
     {
@@ -126,7 +126,7 @@ public sealed class LlamaAttention : Module
 }
 
 /// <summary>The SwiGLU feed-forward block.</summary>
-public sealed class LlamaMlp : Module
+public sealed partial class LlamaMlp : Module
 {
     internal LlamaMlp(Linear gate, Linear up, Linear down)
     {
@@ -154,7 +154,7 @@ public sealed class LlamaMlp : Module
 }
 
 /// <summary>One pre-norm decoder layer.</summary>
-public sealed class LlamaDecoderLayer : Module
+public sealed partial class LlamaDecoderLayer : Module
 {
     internal LlamaDecoderLayer(RmsNormLayer inputNorm, LlamaAttention attention, RmsNormLayer postNorm, LlamaMlp mlp)
     {
@@ -189,7 +189,7 @@ public sealed class LlamaDecoderLayer : Module
 }
 
 /// <summary>The decoder stack ("model." in HF names): embeddings, layers, final norm.</summary>
-public sealed class LlamaModel : Module
+public sealed partial class LlamaModel : Module
 {
     internal LlamaModel(Embedding embed, IReadOnlyList<LlamaDecoderLayer> layers, RmsNormLayer norm)
     {

@@ -17,7 +17,7 @@ using PeftKernels.Ops;
 namespace PeftKernels.Nn;
 
 /// <summary>A linear layer over a frozen or trainable weight, with optional LoRA adapters.</summary>
-public sealed class Linear : Module, ILoraLayer
+public sealed partial class Linear : Module, ILoraLayer
 {
     private readonly AdapterSlots slots = new();
 
