@@ -19,9 +19,14 @@ internal static class DemoCommand
         var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
         var overwrite = OutputPaths.OverwriteOption();
+        var methods = new Option<bool>("--methods")
+        {
+            Description = "Instead of the story: train every PEFT method (LoRA, DoRA, IA³, prompt/P-/prefix tuning, bottleneck, X-LoRA, MixLoRA) on the sentiment task "
+                + "and print a table (method, trainable parameters, file size, accuracy, training time); adapters in --out/methods, rows in methods.json.",
+        };
         var command = new Command("demo", "The whole story on a small Llama, no downloads: pre-train, fail a task, QLoRA-fine-tune, save, merge, serve two adapters in one batch.")
         {
-            output, fast, seed, threads, device, overwrite,
+            output, fast, seed, threads, device, overwrite, methods,
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
@@ -29,7 +34,16 @@ internal static class DemoCommand
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             OutputPaths.Check("--out", parse.GetRequiredValue(output), OutputKind.Folder, parse.GetValue(overwrite));
             var (console, live) = TrainingView.ConsoleFor(log);
-            new DemoRunner(new DemoOptions(parse.GetRequiredValue(output), parse.GetValue(fast), parse.GetValue(seed), threadCount, on), console, live).Run();
+            var runner = new DemoRunner(new DemoOptions(parse.GetRequiredValue(output), parse.GetValue(fast), parse.GetValue(seed), threadCount, on), console, live);
+            if (parse.GetValue(methods))
+            {
+                runner.RunMethods();
+            }
+            else
+            {
+                runner.Run();
+            }
+
             return 0;
         }));
         return command;

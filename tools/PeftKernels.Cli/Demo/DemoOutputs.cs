@@ -57,6 +57,12 @@ internal static class DemoOutputs
         PeftKernels.IO.AtomicFile.Write(Path.Combine(baseFolder, "tokenizer_config.json"), stream => JsonSerializer.Serialize(stream, config, Json));
     }
 
+    public static void WriteMethodMetrics(string path, IReadOnlyList<DemoMethodMetrics> rows) =>
+        PeftKernels.IO.AtomicFile.Write(path, stream => JsonSerializer.Serialize(stream, rows, Json));
+
+    public static IReadOnlyList<DemoMethodMetrics> ReadMethodMetrics(string path) =>
+        JsonSerializer.Deserialize<List<DemoMethodMetrics>>(File.ReadAllBytes(path), Json) ?? throw new InvalidDataException($"{path} holds no method rows.");
+
     public static DemoMetrics ReadMetrics(string path) =>
         JsonSerializer.Deserialize<DemoMetrics>(File.ReadAllBytes(path), Json) ?? throw new InvalidDataException($"{path} holds no metrics.");
 

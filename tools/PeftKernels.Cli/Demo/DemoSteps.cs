@@ -43,13 +43,13 @@ internal sealed partial class DemoRunner
         return (model, clock.Elapsed.TotalSeconds);
     }
 
-    private double Train(LlamaForCausalLM model, string name, DemoTask task, int steps)
+    private double Train(LlamaForCausalLM model, string name, DemoTask task, int steps, double learningRate = 4e-3)
     {
         var clock = Stopwatch.StartNew();
         var trainer = new Trainer(model, rng => task.Batch(rng, 16), 16, new TrainerOptions
         {
             Steps = steps,
-            LearningRate = 4e-3,
+            LearningRate = learningRate,
             WarmupSteps = steps / 10,
             Seed = options.Seed + name.Length,
             Kernel = kernel,
