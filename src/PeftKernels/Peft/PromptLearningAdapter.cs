@@ -178,6 +178,11 @@ public sealed partial class PromptLearningAdapter : Module, IModelAdapter
         Config.Save(Path.Combine(folder, Lora.ConfigFile));
     }
 
+    /// <summary>Always refused: prompt learning adds virtual positions, not a weight delta, so there is nothing to merge (<see cref="CanMerge"/> is false).</summary>
+    /// <exception cref="NotSupportedException">Always.</exception>
+    public void Merge() =>
+        throw new NotSupportedException($"{Method} adapters do not merge into the base weights: they add {NumVirtualTokens} virtual positions before every sequence, not a weight delta; keep the adapter attached (or serve it with --adapter).");
+
     /// <inheritdoc/>
     public void Detach()
     {
