@@ -127,4 +127,40 @@ public sealed partial class PromptLearningAdapter
 
         return rows;
     }
+
+    /// <summary>
+    /// The keys and values [N, kvDim] per layer of the virtual positions of a prompt-learning table <paramref name="rows"/> [N, W] on
+    /// <paramref name="model"/>: prefix tuning reads them from the table (no RoPE); prompt / P-tuning run the decoder over the N rows at
+    /// positions 0..N−1 into a cache (keys rotated there), exactly what a cached forward with the adapter attached stores.
+    /// </summary>
+    internal static (float[][] Keys, float[][] Values) VirtualKeyValues(LlamaForCausalLM model, PromptLearningConfig config, float[] rows)
+    {
+        var c = model.Config;
+        int n = config.NumVirtualTokens, layers = c.NumHiddenLayers, kvDim = c.NumKeyValueHeads * c.HeadDim;
+        var keys = new float[layers][];
+        var values = new float[layers][];
+        if (config.Type == PromptLearningConfig.PrefixTuningType)
+        {
+            for (int l = 0; l < layers; l++)
+            {
+                keys[l] = LayerRows(rows, n, 2 * layers * kvDim, 2 * l * kvDim, kvDim);
+                values[l] = LayerRows(rows, n, 2 * layers * kvDim, ((2 * l) + 1) * kvDim, kvDim);
+            }
+
+            return (keys, values);
+        }
+
+        using var scope = Autograd.Tape.NoGrad();
+        using var cache = new KvCache(layers, 1, n, kvDim);
+        Tensor x = new(rows, n, c.HiddenSize);
+        var positions = Positions(1, n, 0);
+        for (int l = 0; l < layers; l++)
+        {
+            x = model.Model.Layers[l].Forward(x, 1, positions, cache, l, ForwardContext.Default);
+            keys[l] = cache.Keys(l, 0).AsSpan(0, n * kvDim).ToArray();
+            values[l] = cache.Values(l, 0).AsSpan(0, n * kvDim).ToArray();
+        }
+
+        return (keys, values);
+    }
 }
