@@ -109,4 +109,18 @@ public sealed class InferenceEnginePromptLearningTests
         Assert.True(adapter.Virtual.TokenId(0) < 0);
         Assert.NotEqual(engine.Adapters.Load("prefix2", Path.Combine(folder.Path, "prefix")).Virtual!.TokenId(0), adapter.Virtual.TokenId(0));
     }
+
+    [Fact]
+    public void VirtualPositionsCountTowardsTheMaximumSequenceLength()
+    {
+        using var folder = new TempFolder();
+        SaveAdapters(folder.Path);
+        using var engine = new InferenceEngine(Model(), new EngineOptions { MaxSequenceLength = 10 });
+        engine.Adapters.Load("ptuning", Path.Combine(folder.Path, "ptuning"));
+        var results = engine.Run([new EngineRequest([1, 2, 3], "ptuning", new SamplingParams(MaxTokens: 4)), new EngineRequest([1, 2], "ptuning", new SamplingParams(MaxTokens: 4))]);
+        Assert.Equal(FinishReason.Error, results[0].Finish);
+        Assert.Contains("7 virtual positions", results[0].Error, StringComparison.Ordinal);
+        Assert.Equal(FinishReason.Length, results[1].Finish);
+        Assert.Equal(Library(folder.Path, "ptuning", [1, 2], 1), results[1].Tokens);
+    }
 }

@@ -4,6 +4,7 @@
 using System.CommandLine;
 using System.Globalization;
 using PeftKernels.IO;
+using PeftKernels.Models;
 using PeftKernels.Peft;
 
 namespace PeftKernels.Cli;
@@ -71,4 +72,27 @@ internal static class PromptLearningCommands
     }
 
     private static string Field(int? value) => value?.ToString(CultureInfo.InvariantCulture) ?? "(unset)";
+
+    /// <summary>
+    /// Attaches the prompt-learning folder to <paramref name="lm"/> (strict load), runs <paramref name="whileLoaded"/> with it attached and
+    /// detaches it again (the engine serves it from its own registry); returns its non-finite tensor, if any.
+    /// </summary>
+    internal static IReadOnlyList<NonFiniteTensor> CheckAdapter(LlamaForCausalLM lm, string folder, Action<IReadOnlyList<NonFiniteTensor>>? whileLoaded)
+    {
+        var adapter = PromptLearningAdapter.Load(lm, folder);
+        try
+        {
+            var found = NonFiniteTensor.Scan(Path.Combine(folder, Lora.WeightsFile), PromptLearningAdapter.TensorName, adapter.PromptEmbeddings());
+            whileLoaded?.Invoke(found);
+            return found;
+        }
+        finally
+        {
+            adapter.Detach();
+        }
+    }
+
+    /// <summary>The virtual positions a prompt-learning folder puts before every sequence (0 for any other folder, or none).</summary>
+    internal static int VirtualTokens(string? folder) =>
+        folder != null && PromptLearningFiles.Recognizes(folder) ? PromptLearningConfig.Load(Path.Combine(folder, Lora.ConfigFile)).NumVirtualTokens : 0;
 }

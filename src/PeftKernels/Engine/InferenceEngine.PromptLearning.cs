@@ -7,6 +7,19 @@ namespace PeftKernels.Engine;
 
 public sealed partial class InferenceEngine
 {
+    /// <summary>Finishes <paramref name="s"/> with an error when its virtual positions and prompt leave no room to generate within MaxSequenceLength.</summary>
+    private bool VirtualOverflow(EngineSequence s)
+    {
+        if (s.Virtual is not { } prefix || s.Length < MaxSequenceLength)
+        {
+            return false;
+        }
+
+        Finish(s, FinishReason.Error, $"adapter '{s.Request.Adapter}' puts {prefix.Count} virtual positions before the prompt; with its {s.Length - prefix.Count} tokens that is {s.Length} positions, "
+            + $"leaving no room to generate within the engine's maximum sequence length {MaxSequenceLength} (virtual positions count towards it).");
+        return true;
+    }
+
     /// <summary>Fills the virtual positions of <paramref name="s"/> not yet cached; false when the pool has no room (nothing is kept then).</summary>
     private bool WriteVirtualPositions(EngineSequence s)
     {

@@ -272,6 +272,11 @@ public sealed partial class InferenceEngine
 
         s.Slot = SlotOf(s.AdapterLease);
         s.Virtual = (s.AdapterLease as AdapterLease)?.Adapter.Virtual;
+        if (VirtualOverflow(s))
+        {
+            return Admission.Failed;
+        }
+
         s.Cache = Pool.CreateSequence(Math.Min(MaxSequenceLength, s.Request.PromptTokens.Length + s.Sampling.MaxTokens));
         s.Computed = 0;
         if (Options.PrefixSharing)
