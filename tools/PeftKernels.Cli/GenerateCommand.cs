@@ -115,10 +115,23 @@ internal static class GenerateCommand
     private static int RunPrompt(ParseResult parse, TextWriter log, string folder, string? adapter, string? text, string? promptTokens,
         SamplingParams sampling, EngineSettings settings)
     {
+        if (adapter != null && ModelAdapterFolders.Recognizes(adapter) && !PromptLearningFiles.Recognizes(adapter))
+        {
+            // A whole-model adapter the engine does not serve generates through the library's KV-cache path.
+            if (sampling.TopK != 0)
+            {
+                throw new ArgumentException($"--top-k is an option of the inference engine; {adapter} holds a whole-model adapter, which generates through the library (temperature and top-p only).");
+            }
+
+            return Cuda(parse, log, folder, adapter, text, promptTokens, sampling.MaxTokens, new GenerationOptions(sampling.Temperature, sampling.TopP, sampling.Seed ?? 0),
+                new KernelOptions(settings.Threads), Device.Cpu);
+        }
+
         var lm = LlamaForCausalLM.Load(folder);
         var nonFinite = lm.NonFiniteTensors.ToList();
         PeftModel? peft = null;
-        if (adapter != null)
+        IModelAdapter? whole = adapter != null && PromptLearningFiles.Recognizes(adapter) ? ModelAdapterFolders.Load(lm, adapter) : null;
+        if (adapter != null && whole == null)
         {
             peft = new PeftModel(lm);
             peft.LoadAdapter(adapter);
@@ -149,6 +162,7 @@ internal static class GenerateCommand
         finally
         {
             peft?.DeleteAdapter("default");
+            whole?.Detach();
         }
 
         var request = new GenerateRequest(0, ids, text != null, adapter, sampling with { StopTokenIds = StopTokens(lm, tokenizer) });

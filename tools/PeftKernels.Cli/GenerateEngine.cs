@@ -58,7 +58,7 @@ internal static class GenerateEngine
             names.TryAdd(folder, string.Create(CultureInfo.InvariantCulture, $"adapter{names.Count}"));
         }
 
-        int longest = requests.Max(r => r.Prompt.Length + Math.Max(r.Sampling.MaxTokens, 1));
+        int longest = requests.Max(r => PromptLearningCommands.VirtualTokens(r.AdapterFolder) + r.Prompt.Length + Math.Max(r.Sampling.MaxTokens, 1));
         var options = new EngineOptions
         {
             MaxBatchTokens = settings.MaxBatchTokens,
@@ -90,6 +90,11 @@ internal static class GenerateEngine
     /// </summary>
     internal static IReadOnlyList<NonFiniteTensor> CheckAdapter(LlamaForCausalLM lm, string folder, Action<IReadOnlyList<NonFiniteTensor>>? whileLoaded = null)
     {
+        if (PromptLearningFiles.Recognizes(folder))
+        {
+            return PromptLearningCommands.CheckAdapter(lm, folder, whileLoaded);
+        }
+
         var peft = new PeftModel(lm);
         peft.LoadAdapter(folder);
         try

@@ -61,6 +61,7 @@ internal static class MergeCommand
         {
             string modelDir = parse.GetRequiredValue(model), outDir = parse.GetRequiredValue(output);
             string[] dirs = parse.GetRequiredValue(adapters);
+            PromptLearningCommands.RefuseMerge(dirs);
             double[] w = parse.GetValue(weights) ?? [];
             if (w.Length != 0 && w.Length != dirs.Length)
             {

@@ -21,10 +21,11 @@ internal static class TrainCommand
         var method = new Option<string>("--method")
         {
             Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
-                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused).",
+                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
+                + "prompt / p-tuning / prefix: PEFT's prompt tuning, P-tuning (MLP encoder), prefix tuning (--virtual-tokens and their options).",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3");
+        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods]);
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -46,11 +47,12 @@ internal static class TrainCommand
         var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
         var run = new TrainingRun();
+        var promptLearning = new TrainPromptLearning();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
-        foreach (var option in run.Options)
+        foreach (var option in run.Options.Concat(promptLearning.Options))
         {
             command.Options.Add(option);
         }
@@ -105,6 +107,7 @@ internal static class TrainCommand
                 ["--warmup"] = warmupSteps.ToString(CultureInfo.InvariantCulture),
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
+            promptLearning.Check(parse, kind, args, r, alpha, dropout, targets, rslora, loraPlus);
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -120,6 +123,15 @@ internal static class TrainCommand
             {
                 var (before, after) = lm.QuantizeLinears();
                 log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
+            }
+
+            if (TrainPromptLearning.Methods.Contains(kind))
+            {
+                var adapter = promptLearning.Attach(parse, kind, lm, tokenizer, Path.GetFullPath(folder), seedValue);
+                return RunWholeModel(run, parse, log, lm, adapter, dataset, b, t, on, new TrainerOptions
+                {
+                    Steps = stepCount, LearningRate = peak, WarmupSteps = warmupSteps, GradientAccumulation = accumulation, Seed = seedValue, Kernel = kernel,
+                });
             }
 
             var peft = new PeftModel(lm);
@@ -160,6 +172,20 @@ internal static class TrainCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>Trains a whole-model adapter (IModelAdapter) and saves it in its layout into --out.</summary>
+    private static int RunWholeModel(TrainingRun run, ParseResult parse, TextWriter log, LlamaForCausalLM lm, IModelAdapter adapter, TextDataset dataset, int b, int t,
+        Device on, TrainerOptions options)
+    {
+        long trainable = adapter.Parameters.Where(p => p.Trainable).Sum(p => p.Count);
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{adapter.Method}: {trainable:N0} trainable parameters ({dataset.Tokens.Length:N0} data tokens)"));
+        lm.To(on);
+        var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, run.Apply(parse, options));
+        run.Run(trainer, log, adapter.Save);
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"saved {adapter.Method} adapter to {run.OutFolder} ({ModelCommands.Mib(new FileInfo(Path.Combine(run.OutFolder, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
+        return 0;
     }
 
     /// <summary>The model folder's config.json, read without loading any weight.</summary>

@@ -25,6 +25,9 @@ public enum AdapterKind
 
     /// <summary>IA³: input scaling (feed-forward modules) or output scaling.</summary>
     Ia3,
+
+    /// <summary>Prompt, P- or prefix tuning: no projection changes; the sequence's first N cache positions hold the adapter's virtual keys and values.</summary>
+    PromptLearning,
 }
 
 /// <summary>The projections of a Llama decoder layer an engine adapter can sit on.</summary>
@@ -122,7 +125,7 @@ public sealed class AdapterModule
 /// One loaded version of a PEFT adapter (LoRA, DoRA or IA³) as the engine's batched forward consumes it: per decoder layer and
 /// <see cref="Projection"/>, nothing or one <see cref="AdapterModule"/>. Immutable once built.
 /// </summary>
-public sealed class EngineAdapter
+public sealed partial class EngineAdapter
 {
     private readonly AdapterModule?[] modules;
 

@@ -80,11 +80,18 @@ public sealed class EngineSequence
     /// <summary>Asks the engine to stop this sequence at its next step (finish reason Cancelled).</summary>
     public void Cancel() => cancelRequested = true;
 
-    /// <summary>The token at <paramref name="position"/> of prompt + output.</summary>
-    internal int TokenAt(int position) => position < Request.PromptTokens.Length ? Request.PromptTokens[position] : output[position - Request.PromptTokens.Length];
+    /// <summary>Virtual positions before the prompt (a prompt-learning adapter's N; 0 otherwise).</summary>
+    internal VirtualPrefix? Virtual { get; set; }
 
-    /// <summary>Prompt plus output length.</summary>
-    internal int Length => Request.PromptTokens.Length + output.Count;
+    /// <summary>The token at <paramref name="position"/> of virtual positions + prompt + output (a virtual position's id is its adapter's synthetic id).</summary>
+    internal int TokenAt(int position)
+    {
+        int v = Virtual?.Count ?? 0;
+        return position < v ? Virtual!.TokenId(position) : (position -= v) < Request.PromptTokens.Length ? Request.PromptTokens[position] : output[position - Request.PromptTokens.Length];
+    }
+
+    /// <summary>Virtual positions plus prompt plus output length.</summary>
+    internal int Length => (Virtual?.Count ?? 0) + Request.PromptTokens.Length + output.Count;
 
     internal void AddToken(int token)
     {

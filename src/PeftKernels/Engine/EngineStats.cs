@@ -23,6 +23,9 @@ public sealed class EngineStats
     /// <summary>Sequences finished (any reason).</summary>
     public long Finished { get; internal set; }
 
+    /// <summary>Virtual positions of prompt-learning adapters copied into sequences' blocks (those not shared from earlier sequences).</summary>
+    public long VirtualPositionsCopied { get; internal set; }
+
     /// <summary>Times the adapter table was rebuilt (the set of resident adapters changed).</summary>
     public long AdapterTableBuilds { get; internal set; }
 }

@@ -271,6 +271,12 @@ public sealed partial class InferenceEngine
         }
 
         s.Slot = SlotOf(s.AdapterLease);
+        s.Virtual = (s.AdapterLease as AdapterLease)?.Adapter.Virtual;
+        if (VirtualOverflow(s))
+        {
+            return Admission.Failed;
+        }
+
         s.Cache = Pool.CreateSequence(Math.Min(MaxSequenceLength, s.Request.PromptTokens.Length + s.Sampling.MaxTokens));
         s.Computed = 0;
         if (Options.PrefixSharing)
@@ -283,11 +289,20 @@ public sealed partial class InferenceEngine
 
             int cached = s.Cache.SharePrefix(tokens);
             s.Computed = cached;
+            cached -= s.Virtual?.Count ?? 0;
             if (s.OutputCount == 0 && cached > 0)
             {
                 s.CachedPromptTokens = cached;
                 Stats.CachedPromptTokens += cached;
             }
+        }
+
+        if (!WriteVirtualPositions(s))
+        {
+            s.Cache.Free();
+            s.Cache = null;
+            s.Computed = 0;
+            return Admission.NoRoom;
         }
 
         // Shared blocks are full, so the next position needs a free block.

@@ -161,6 +161,11 @@ public sealed partial class LlamaForCausalLM : Module
             cache.EnsureUsable(Device, Config.NumHiddenLayers, Config.NumKeyValueHeads * Config.HeadDim, t);
         }
 
+        if (PromptLearning is { } prompt)
+        {
+            return prompt.Hidden(tokens, batch, cache, context);
+        }
+
         var positions = new int[tokens.Length];
         for (int i = 0; i < positions.Length; i++)
         {
@@ -171,7 +176,7 @@ public sealed partial class LlamaForCausalLM : Module
     }
 
     /// <inheritdoc/>
-    protected override IEnumerable<(string Name, Module Module)> Children() => [("model", Model), ("lm_head", LmHead)];
+    protected override IEnumerable<(string Name, Module Module)> Children() => [("model", Model), ("lm_head", LmHead), .. PromptLearningChildren()];
 
     private static LlamaForCausalLM Build(LlamaConfig c, Func<string, int[], Parameter> make)
     {

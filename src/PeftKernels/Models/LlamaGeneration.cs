@@ -46,7 +46,7 @@ public sealed partial class LlamaForCausalLM
         }
 
         using var scope = Tape.NoGrad();
-        using var cache = CreateCache(prompt.Length + Math.Max(maxNewTokens, 1));
+        using var cache = CreateCache(VirtualTokens + prompt.Length + Math.Max(maxNewTokens, 1));
         var sampler = new TokenSampler(new SamplingParams(options.Temperature, options.TopP, Seed: options.Seed, StopTokenIds: options.StopTokens, MaxTokens: maxNewTokens));
         var output = new List<int>();
         var last = new float[Config.VocabSize];

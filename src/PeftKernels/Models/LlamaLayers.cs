@@ -49,6 +49,7 @@ public sealed partial class LlamaAttention : Module
         var q = Functional.Rope(QProj.Forward(x, context), positions, InvFreq, nh, hd, context.Kernel);
         var k = Functional.Rope(KProj.Forward(x, context), positions, InvFreq, nkv, hd, context.Kernel);
         var v = VProj.Forward(x, context);
+        AddPrefix(ref k, ref v, batch, cache, layer, context);
         var o = cache == null
             ? Functional.Attention(q, k, v, batch, nh, nkv, hd, context.Kernel)
             : CachedAttention(q, k, v, batch, cache, layer, context);

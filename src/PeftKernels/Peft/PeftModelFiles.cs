@@ -32,6 +32,11 @@ public sealed partial class PeftModel
             throw new FileNotFoundException($"{folder} is not a PEFT adapter folder: it needs {Lora.ConfigFile} and {Lora.WeightsFile}.", configPath);
         }
 
+        if (ModelAdapterFolders.Recognizes(folder))
+        {
+            throw new InvalidDataException($"{folder} holds a whole-model adapter (prompt learning, bottleneck, X-LoRA or MixLoRA), not LoRA / DoRA / IA³: load it with ModelAdapterFolders.Load(model, folder).");
+        }
+
         var config = PeftConfig.Load(configPath);
         List<ExpectedKey> expected;
         Action<IReadOnlyDictionary<string, float[]>> inject;
