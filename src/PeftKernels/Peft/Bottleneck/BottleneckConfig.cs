@@ -61,6 +61,15 @@ public sealed record BottleneckConfig
     /// <summary>The layers (from 0) without an adapter (leave_out).</summary>
     public IReadOnlyList<int> LeaveOut { get; init; } = [];
 
+    /// <summary>Value equality, <see cref="LeaveOut"/> compared element by element.</summary>
+    public bool Equals(BottleneckConfig? other) =>
+        other is not null && MhAdapter == other.MhAdapter && OutputAdapter == other.OutputAdapter && ReductionFactor.Equals(other.ReductionFactor)
+        && NonLinearity == other.NonLinearity && OriginalLnBefore == other.OriginalLnBefore && IsParallel == other.IsParallel
+        && ScalingKind == other.ScalingKind && (ScalingKind != BottleneckScalingKind.Constant || Scaling.Equals(other.Scaling)) && InitWeights == other.InitWeights && LeaveOut.SequenceEqual(other.LeaveOut);
+
+    /// <inheritdoc/>
+    public override int GetHashCode() => HashCode.Combine(MhAdapter, OutputAdapter, ReductionFactor, NonLinearity, IsParallel, ScalingKind, InitWeights);
+
     /// <summary>Houlsby et al. (double_seq_bn): after attention and after the MLP, swish, reduction 16.</summary>
     public static BottleneckConfig Houlsby() => new() { MhAdapter = true, OutputAdapter = true, NonLinearity = "swish" };
 
