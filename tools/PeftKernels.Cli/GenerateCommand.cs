@@ -105,6 +105,18 @@ internal static class GenerateCommand
                 return RunRequests(parse, log, folder, requestsFile, new RequestDefaults(newTokens, t, p, k, parse.GetValue(seed), null), settings);
             }
 
+            if (parse.GetValue(adapter) is { } modelAdapter && ModelAdapterFolders.Recognizes(modelAdapter) && !InferenceEngine.Serves(modelAdapter))
+            {
+                // A whole-model adapter the engine does not serve yet: the library's KV-cache generation (no top-k).
+                if (k != 0)
+                {
+                    throw new ArgumentException($"--top-k needs the inference engine, which does not serve the adapter in {modelAdapter} yet.");
+                }
+
+                return Cuda(parse, log, folder, modelAdapter, parse.GetValue(prompt), parse.GetValue(promptTokens), newTokens!.Value,
+                    new GenerationOptions(t, p, parse.GetValue(seed)), new KernelOptions(threadCount), on);
+            }
+
             return RunPrompt(parse, log, folder, parse.GetValue(adapter), parse.GetValue(prompt), parse.GetValue(promptTokens),
                 new SamplingParams(t, p, k, parse.GetValue(seed), null, newTokens!.Value), settings);
         }));

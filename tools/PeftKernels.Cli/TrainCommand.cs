@@ -21,10 +21,11 @@ internal static class TrainCommand
         var method = new Option<string>("--method")
         {
             Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
-                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused).",
+                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
+                + "bottleneck: AdapterHub bottleneck adapters (--bottleneck-config and its options).",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3");
+        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3", "bottleneck");
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -50,7 +51,8 @@ internal static class TrainCommand
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
-        foreach (var option in run.Options)
+        var bottleneck = new TrainBottleneck();
+        foreach (var option in run.Options.Concat(bottleneck.Options))
         {
             command.Options.Add(option);
         }
@@ -70,6 +72,7 @@ internal static class TrainCommand
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             string kind = parse.GetValue(method)!;
+            bottleneck.CheckOptions(parse, kind, r, alpha, dropout, targets, rslora, loraPlus);
             if (kind == "ia3" && ratio != 1)
             {
                 throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
@@ -105,6 +108,11 @@ internal static class TrainCommand
                 ["--warmup"] = warmupSteps.ToString(CultureInfo.InvariantCulture),
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
+            if (kind == "bottleneck")
+            {
+                bottleneck.AddArgs(parse, args);
+            }
+
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -120,6 +128,21 @@ internal static class TrainCommand
             {
                 var (before, after) = lm.QuantizeLinears();
                 log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
+            }
+
+            var options = run.Apply(parse, new TrainerOptions
+            {
+                Steps = stepCount,
+                LearningRate = peak,
+                WarmupSteps = warmupSteps,
+                GradientAccumulation = accumulation,
+                LoraPlusRatio = ratio,
+                Seed = seedValue,
+                Kernel = kernel,
+            });
+            if (kind == "bottleneck")
+            {
+                return bottleneck.Train(lm, bottleneck.Config(parse), seedValue, on, () => new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options), run, log, dataset.Tokens.Length);
             }
 
             var peft = new PeftModel(lm);
@@ -141,16 +164,6 @@ internal static class TrainCommand
             }
 
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
-            var options = run.Apply(parse, new TrainerOptions
-            {
-                Steps = stepCount,
-                LearningRate = peak,
-                WarmupSteps = warmupSteps,
-                GradientAccumulation = accumulation,
-                LoraPlusRatio = ratio,
-                Seed = seedValue,
-                Kernel = kernel,
-            });
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
             run.Run(trainer, log, dir => peft.SaveAdapter(dir));
