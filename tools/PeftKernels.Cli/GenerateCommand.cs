@@ -130,7 +130,8 @@ internal static class GenerateCommand
         var lm = LlamaForCausalLM.Load(folder);
         var nonFinite = lm.NonFiniteTensors.ToList();
         PeftModel? peft = null;
-        if (adapter != null)
+        var wholeModel = adapter != null && ModelAdapterFolders.Recognizes(adapter) ? ModelAdapterFolders.Load(lm, adapter) : null;
+        if (adapter != null && wholeModel == null)
         {
             peft = new PeftModel(lm);
             peft.LoadAdapter(adapter);
@@ -161,6 +162,7 @@ internal static class GenerateCommand
         finally
         {
             peft?.DeleteAdapter("default");
+            wholeModel?.Detach();
         }
 
         var request = new GenerateRequest(0, ids, text != null, adapter, sampling with { StopTokenIds = StopTokens(lm, tokenizer) });

@@ -90,6 +90,13 @@ internal static class GenerateEngine
     /// </summary>
     internal static IReadOnlyList<NonFiniteTensor> CheckAdapter(LlamaForCausalLM lm, string folder, Action<IReadOnlyList<NonFiniteTensor>>? whileLoaded = null)
     {
+        if (Peft.Bottleneck.BottleneckAdapters.IsBottleneckFolder(folder))
+        {
+            // Strict load onto a twin sharing the base (the engine refuses non-finite bottleneck values when it loads them).
+            Peft.Bottleneck.BottleneckAdapters.Load(lm.ShareBaseParameters(), folder);
+            return [];
+        }
+
         var peft = new PeftModel(lm);
         peft.LoadAdapter(folder);
         try

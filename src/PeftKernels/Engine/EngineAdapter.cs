@@ -25,6 +25,9 @@ public enum AdapterKind
 
     /// <summary>IA³: input scaling (feed-forward modules) or output scaling.</summary>
     Ia3,
+
+    /// <summary>Bottleneck adapters or their composition at the decoder layers' residual sites (no projection modules).</summary>
+    Bottleneck,
 }
 
 /// <summary>The projections of a Llama decoder layer an engine adapter can sit on.</summary>

@@ -9,5 +9,5 @@ namespace PeftKernels.Engine;
 public sealed partial class InferenceEngine
 {
     /// <summary>True when the engine serves the whole-model adapter in <paramref name="folder"/> (bottleneck adapters and compositions).</summary>
-    public static bool Serves(string folder) => false && BottleneckAdapters.IsBottleneckFolder(folder);
+    public static bool Serves(string folder) => BottleneckAdapters.IsBottleneckFolder(folder);
 }

@@ -62,6 +62,9 @@ public sealed class BottleneckSite : ResidualSite
         return delta == null ? y : Functional.Add(y, delta);
     }
 
+    /// <summary>The contribution Δ of <paramref name="setup"/> for rows with sublayer input <paramref name="x"/> and output <paramref name="a"/> (null: none here).</summary>
+    internal Tensor? Contribution(AdapterSetup setup, Tensor x, Tensor a, ForwardContext context) => Evaluate(setup, x, a, context);
+
     internal void AddAdapter(BottleneckLayer layer) => adapters.Child(layer.Name, layer);
 
     internal void AddFusion(string name, AdapterFusionLayer layer) => fusions.Child(name, layer);
