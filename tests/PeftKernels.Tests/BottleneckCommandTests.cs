@@ -111,6 +111,10 @@ public sealed class BottleneckCommandTests : IDisposable
         Assert.Contains("model.layers.1.output_adapters.adapter_fusion_layer.a,b.value.weight", text);
         Assert.Contains("merge: not possible", text);
 
+        (code, _, error) = Invoke("merge", "--model", ModelFolder, "--adapter", dir, "--out", Path.Combine(folder.Path, "merged"));
+        Assert.Equal(1, code);
+        Assert.Contains("cannot be merged into the base weights", error);
+
         (code, text, error) = Invoke("score", "--model", ModelFolder, "--adapter", dir, "--tokens", "5,17,200,3");
         Assert.Equal((0, ""), (code, error));
         double expected;
