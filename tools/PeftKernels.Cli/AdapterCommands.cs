@@ -20,6 +20,11 @@ internal static class AdapterCommands
         inspect.SetAction(parse => Cli.Guard(parse, log =>
         {
             string dir = parse.GetRequiredValue(folder);
+            if (BottleneckInspect.TryPrint(dir, log))
+            {
+                return 0;
+            }
+
             string configPath = Path.Combine(dir, Lora.ConfigFile), weightsPath = Path.Combine(dir, Lora.WeightsFile);
             if (!File.Exists(configPath) || !File.Exists(weightsPath))
             {

@@ -105,6 +105,18 @@ internal static class GenerateCommand
                 return RunRequests(parse, log, folder, requestsFile, new RequestDefaults(newTokens, t, p, k, parse.GetValue(seed), null), settings);
             }
 
+            if (parse.GetValue(adapter) is { } modelAdapter && ModelAdapterFolders.Recognizes(modelAdapter) && !InferenceEngine.Serves(modelAdapter))
+            {
+                // A whole-model adapter the engine does not serve yet: the library's KV-cache generation (no top-k).
+                if (k != 0)
+                {
+                    throw new ArgumentException($"--top-k needs the inference engine, which does not serve the adapter in {modelAdapter} yet.");
+                }
+
+                return Cuda(parse, log, folder, modelAdapter, parse.GetValue(prompt), parse.GetValue(promptTokens), newTokens!.Value,
+                    new GenerationOptions(t, p, parse.GetValue(seed)), new KernelOptions(threadCount), on);
+            }
+
             return RunPrompt(parse, log, folder, parse.GetValue(adapter), parse.GetValue(prompt), parse.GetValue(promptTokens),
                 new SamplingParams(t, p, k, parse.GetValue(seed), null, newTokens!.Value), settings);
         }));
@@ -115,22 +127,10 @@ internal static class GenerateCommand
     private static int RunPrompt(ParseResult parse, TextWriter log, string folder, string? adapter, string? text, string? promptTokens,
         SamplingParams sampling, EngineSettings settings)
     {
-        if (adapter != null && ModelAdapterFolders.Recognizes(adapter) && !PromptLearningFiles.Recognizes(adapter))
-        {
-            // A whole-model adapter the engine does not serve generates through the library's KV-cache path.
-            if (sampling.TopK != 0)
-            {
-                throw new ArgumentException($"--top-k is an option of the inference engine; {adapter} holds a whole-model adapter, which generates through the library (temperature and top-p only).");
-            }
-
-            return Cuda(parse, log, folder, adapter, text, promptTokens, sampling.MaxTokens, new GenerationOptions(sampling.Temperature, sampling.TopP, sampling.Seed ?? 0),
-                new KernelOptions(settings.Threads), Device.Cpu);
-        }
-
         var lm = LlamaForCausalLM.Load(folder);
         var nonFinite = lm.NonFiniteTensors.ToList();
         PeftModel? peft = null;
-        IModelAdapter? whole = adapter != null && PromptLearningFiles.Recognizes(adapter) ? ModelAdapterFolders.Load(lm, adapter) : null;
+        IModelAdapter? whole = adapter != null && ModelAdapterFolders.Recognizes(adapter) ? ModelAdapterFolders.Load(lm, adapter) : null;
         if (adapter != null && whole == null)
         {
             peft = new PeftModel(lm);

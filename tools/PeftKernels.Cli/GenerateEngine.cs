@@ -95,6 +95,13 @@ internal static class GenerateEngine
             return PromptLearningCommands.CheckAdapter(lm, folder, whileLoaded);
         }
 
+        if (Peft.Bottleneck.BottleneckAdapters.IsBottleneckFolder(folder))
+        {
+            // Strict load onto a twin sharing the base (the engine refuses non-finite bottleneck values when it loads them).
+            Peft.Bottleneck.BottleneckAdapters.Load(lm.ShareBaseParameters(), folder);
+            return [];
+        }
+
         var peft = new PeftModel(lm);
         peft.LoadAdapter(folder);
         try

@@ -73,6 +73,11 @@ internal static class MergeCommand
                 throw new ArgumentException($"--weight must be finite; got {v.ToString(CultureInfo.InvariantCulture)}.");
             }
 
+            foreach (string dir in dirs.Where(d => Directory.Exists(d) && Peft.Bottleneck.BottleneckAdapters.IsBottleneckFolder(d)))
+            {
+                throw new ArgumentException($"--adapter {dir} holds bottleneck adapters, which cannot be merged into the base weights (they are non-linear in the hidden state); serve them unmerged with peft generate / serve --adapter.");
+            }
+
             string? type = parse.GetValue(combination);
             if (parse.GetValue(density) is { } kept)
             {

@@ -22,10 +22,11 @@ internal static class TrainCommand
         {
             Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
                 + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
-                + "prompt / p-tuning / prefix: PEFT's prompt tuning, P-tuning (MLP encoder), prefix tuning (--virtual-tokens and their options).",
+                + "prompt / p-tuning / prefix: PEFT's prompt tuning, P-tuning (MLP encoder), prefix tuning (--virtual-tokens and their options); "
+                + "bottleneck: AdapterHub bottleneck adapters (--bottleneck-config and its options).",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods]);
+        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods, "bottleneck"]);
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -52,7 +53,8 @@ internal static class TrainCommand
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
-        foreach (var option in run.Options.Concat(promptLearning.Options))
+        var bottleneck = new TrainBottleneck();
+        foreach (var option in run.Options.Concat(promptLearning.Options).Concat(bottleneck.Options))
         {
             command.Options.Add(option);
         }
@@ -72,6 +74,7 @@ internal static class TrainCommand
             var kernel = new KernelOptions(parse.Threads(threads));
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             string kind = parse.GetValue(method)!;
+            bottleneck.CheckOptions(parse, kind, r, alpha, dropout, targets, rslora, loraPlus);
             if (kind == "ia3" && ratio != 1)
             {
                 throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
@@ -108,6 +111,11 @@ internal static class TrainCommand
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
             promptLearning.Check(parse, kind, args, r, alpha, dropout, targets, rslora, loraPlus);
+            if (kind == "bottleneck")
+            {
+                bottleneck.AddArgs(parse, args);
+            }
+
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -125,13 +133,25 @@ internal static class TrainCommand
                 log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
             }
 
+            var options = run.Apply(parse, new TrainerOptions
+            {
+                Steps = stepCount,
+                LearningRate = peak,
+                WarmupSteps = warmupSteps,
+                GradientAccumulation = accumulation,
+                LoraPlusRatio = ratio,
+                Seed = seedValue,
+                Kernel = kernel,
+            });
             if (TrainPromptLearning.Methods.Contains(kind))
             {
                 var adapter = promptLearning.Attach(parse, kind, lm, tokenizer, Path.GetFullPath(folder), seedValue);
-                return RunWholeModel(run, parse, log, lm, adapter, dataset, b, t, on, new TrainerOptions
-                {
-                    Steps = stepCount, LearningRate = peak, WarmupSteps = warmupSteps, GradientAccumulation = accumulation, Seed = seedValue, Kernel = kernel,
-                });
+                return RunWholeModel(run, log, lm, adapter, dataset, b, t, on, options);
+            }
+
+            if (kind == "bottleneck")
+            {
+                return bottleneck.Train(lm, bottleneck.Config(parse), seedValue, on, () => new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options), run, log, dataset.Tokens.Length);
             }
 
             var peft = new PeftModel(lm);
@@ -153,16 +173,6 @@ internal static class TrainCommand
             }
 
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
-            var options = run.Apply(parse, new TrainerOptions
-            {
-                Steps = stepCount,
-                LearningRate = peak,
-                WarmupSteps = warmupSteps,
-                GradientAccumulation = accumulation,
-                LoraPlusRatio = ratio,
-                Seed = seedValue,
-                Kernel = kernel,
-            });
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
             run.Run(trainer, log, dir => peft.SaveAdapter(dir));
@@ -175,13 +185,13 @@ internal static class TrainCommand
     }
 
     /// <summary>Trains a whole-model adapter (IModelAdapter) and saves it in its layout into --out.</summary>
-    private static int RunWholeModel(TrainingRun run, ParseResult parse, TextWriter log, LlamaForCausalLM lm, IModelAdapter adapter, TextDataset dataset, int b, int t,
+    private static int RunWholeModel(TrainingRun run, TextWriter log, LlamaForCausalLM lm, IModelAdapter adapter, TextDataset dataset, int b, int t,
         Device on, TrainerOptions options)
     {
         long trainable = adapter.Parameters.Where(p => p.Trainable).Sum(p => p.Count);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{adapter.Method}: {trainable:N0} trainable parameters ({dataset.Tokens.Length:N0} data tokens)"));
         lm.To(on);
-        var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, run.Apply(parse, options));
+        var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
         run.Run(trainer, log, adapter.Save);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"saved {adapter.Method} adapter to {run.OutFolder} ({ModelCommands.Mib(new FileInfo(Path.Combine(run.OutFolder, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));

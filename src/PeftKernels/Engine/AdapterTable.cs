@@ -34,7 +34,7 @@ internal static class Projections
 }
 
 /// <summary>Every served adapter's per-projection data, packed per (chunk of slots, layer, projection).</summary>
-internal sealed class AdapterTable
+internal sealed partial class AdapterTable
 {
     /// <summary>Slots per pool.</summary>
     public const int ChunkSize = 8;

@@ -57,6 +57,7 @@ internal sealed partial class BatchForward
             RopeRows(k, kvHeads, batch.Positions, n);
             Attend(l, batch);
             ProjectOne(l, Projections.O, att, n, batch, table, xn);
+            AddSites(l, attention: true, x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), batch, table);
             TensorPrimitives.Add(x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), x.AsSpan(0, n * hidden));
             NormRows(x, postNorms[l], xn, n);
             if (Fusable(l, batch, table, Projections.Gate, Projections.Up, -1))
@@ -73,6 +74,7 @@ internal sealed partial class BatchForward
 
             SwiGluRows(n * inter);
             ProjectOne(l, Projections.Down, gate, n, batch, table, xn);
+            AddSites(l, attention: false, x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), batch, table);
             TensorPrimitives.Add(x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), x.AsSpan(0, n * hidden));
         }
 

@@ -138,6 +138,7 @@ internal sealed partial class BatchForward
             Attend(l, batch);
             var tmp = xn.AsSpan(0, n * hidden);
             Project(l, Projections.O, att.AsSpan(0, n * qDim), tmp, batch, table);
+            AddSites(l, attention: true, xs, tmp, batch, table);
             TensorPrimitives.Add(xs, tmp, xs);
             RmsNorm.Forward(xs, postNorms[l], eps, ns, rstd.AsSpan(0, n), n, hidden, kernel);
             var gs = gate.AsSpan(0, n * inter);
@@ -146,6 +147,7 @@ internal sealed partial class BatchForward
             Project(l, Projections.Up, ns, us, batch, table);
             SwiGlu.Forward(gs, us, gs, kernel);
             Project(l, Projections.Down, gs, tmp, batch, table);
+            AddSites(l, attention: false, xs, tmp, batch, table);
             TensorPrimitives.Add(xs, tmp, xs);
         }
 

@@ -28,6 +28,8 @@ public enum AdapterKind
 
     /// <summary>Prompt, P- or prefix tuning: no projection changes; the sequence's first N cache positions hold the adapter's virtual keys and values.</summary>
     PromptLearning,
+    /// <summary>Bottleneck adapters or their composition at the decoder layers' residual sites (no projection modules).</summary>
+    Bottleneck,
 }
 
 /// <summary>The projections of a Llama decoder layer an engine adapter can sit on.</summary>

@@ -26,6 +26,11 @@ internal static class EngineAdapterLoader
             return EngineAdapter.FromPromptLearning(model, name, version, folder);
         }
 
+        if (Peft.Bottleneck.BottleneckAdapters.IsBottleneckFolder(folder))
+        {
+            return EngineBottleneck.Load(model, name, version, folder);
+        }
+
         string configPath = Path.Combine(folder, Lora.ConfigFile);
         if (File.Exists(configPath))
         {

@@ -180,13 +180,13 @@ public sealed partial class LlamaDecoderLayer : Module
     /// <summary>x + attn(norm(x)), then + mlp(norm(·)).</summary>
     public Tensor Forward(Tensor x, int batch, int[] positions, KvCache? cache, int layer, ForwardContext context)
     {
-        var h = Functional.Add(x, SelfAttn.Forward(InputLayerNorm.Forward(x, context.Kernel), batch, positions, cache, layer, context));
-        return Functional.Add(h, Mlp.Forward(PostAttentionLayerNorm.Forward(h, context.Kernel), context));
+        var h = AfterAttention(x, SelfAttn.Forward(InputLayerNorm.Forward(x, context.Kernel), batch, positions, cache, layer, context), batch, context);
+        return AfterMlp(h, Mlp.Forward(PostAttentionLayerNorm.Forward(h, context.Kernel), context), batch, context);
     }
 
     /// <inheritdoc/>
     protected override IEnumerable<(string Name, Module Module)> Children() =>
-        [("input_layernorm", InputLayerNorm), ("self_attn", SelfAttn), ("post_attention_layernorm", PostAttentionLayerNorm), ("mlp", Mlp)];
+        [("input_layernorm", InputLayerNorm), ("self_attn", SelfAttn), ("post_attention_layernorm", PostAttentionLayerNorm), ("mlp", Mlp), .. SiteChildren()];
 }
 
 /// <summary>The decoder stack ("model." in HF names): embeddings, layers, final norm.</summary>

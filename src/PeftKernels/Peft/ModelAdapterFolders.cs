@@ -17,6 +17,7 @@ public static class ModelAdapterFolders
     private static readonly Format[] Formats =
     [
         new("prompt-learning", PromptLearningFiles.Recognizes, (model, folder, trainable) => PromptLearningAdapter.Load(model, folder, trainable)),
+        new("bottleneck", Bottleneck.BottleneckAdapters.IsBottleneckFolder, (model, folder, trainable) => Bottleneck.BottleneckAdapters.Load(model, folder, trainable)),
     ];
 
     /// <summary>True when <paramref name="folder"/> holds a whole-model adapter (not a PEFT LoRA / DoRA / IA³ folder).</summary>
