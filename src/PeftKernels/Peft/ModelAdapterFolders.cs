@@ -16,6 +16,7 @@ public static class ModelAdapterFolders
 
     private static readonly Format[] Formats =
     [
+        new("xlora", XLora.XLoraModel.Recognizes, (model, folder, trainable) => XLora.XLoraModel.Load(model, folder, trainable)),
     ];
 
     /// <summary>True when <paramref name="folder"/> holds a whole-model adapter (not a PEFT LoRA / DoRA / IA³ folder).</summary>
