@@ -21,10 +21,11 @@ internal static class TrainCommand
         var method = new Option<string>("--method")
         {
             Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
-                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused).",
+                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
+                + "xlora: a classifier mixing frozen LoRA experts (--experts) per token.",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3");
+        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3", "xlora");
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -46,11 +47,12 @@ internal static class TrainCommand
         var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
         var run = new TrainingRun();
+        var xlora = new TrainXLora();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
-        foreach (var option in run.Options)
+        foreach (var option in run.Options.Concat(xlora.Options))
         {
             command.Options.Add(option);
         }
@@ -105,6 +107,7 @@ internal static class TrainCommand
                 ["--warmup"] = warmupSteps.ToString(CultureInfo.InvariantCulture),
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
+            xlora.Check(parse, kind, args);
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -120,6 +123,12 @@ internal static class TrainCommand
             {
                 var (before, after) = lm.QuantizeLinears();
                 log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
+            }
+
+            if (kind == "xlora")
+            {
+                var xloraOptions = run.Apply(parse, new TrainerOptions { Steps = stepCount, LearningRate = peak, WarmupSteps = warmupSteps, GradientAccumulation = accumulation, Seed = seedValue, Kernel = kernel });
+                return xlora.Train(parse, log, lm, dataset, b, t, run, xloraOptions, on, Path.GetFullPath(folder));
             }
 
             var peft = new PeftModel(lm);

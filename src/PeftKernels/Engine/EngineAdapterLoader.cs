@@ -22,6 +22,7 @@ internal static class EngineAdapterLoader
     public static EngineAdapter Load(LlamaForCausalLM model, string name, int version, string folder)
     {
         string configPath = Path.Combine(folder, Lora.ConfigFile);
+        InferenceEngine.RefuseXLoraFolder(name, folder);
         if (File.Exists(configPath))
         {
             CheckServable(PeftConfig.Load(configPath), folder);
