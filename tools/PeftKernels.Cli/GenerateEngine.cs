@@ -90,6 +90,11 @@ internal static class GenerateEngine
     /// </summary>
     internal static IReadOnlyList<NonFiniteTensor> CheckAdapter(LlamaForCausalLM lm, string folder, Action<IReadOnlyList<NonFiniteTensor>>? whileLoaded = null)
     {
+        if (Peft.XLora.XLoraModel.Recognizes(folder))
+        {
+            throw new NotSupportedException($"{folder} is an X-LoRA adapter; the inference engine does not serve X-LoRA yet: generate with it through --adapter and one prompt (the library's two-cache generation).");
+        }
+
         var peft = new PeftModel(lm);
         peft.LoadAdapter(folder);
         try
