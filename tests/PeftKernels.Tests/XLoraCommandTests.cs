@@ -96,6 +96,12 @@ public sealed class XLoraCommandTests : IDisposable
         Assert.NotEqual(0, code);
         Assert.Contains("does not serve X-LoRA", engineText + engineError, StringComparison.Ordinal);
         Assert.NotNull(xlora);
+
+        // peft merge refuses it: per-token mixing has no static weight.
+        var (mergeCode, _, mergeError) = Invoke("merge", "--model", ModelFolder, "--adapter", output, "--out", Path.Combine(folder.Path, "merged"));
+        Assert.Equal(1, mergeCode);
+        Assert.Contains("X-LoRA adapter, which cannot be merged", mergeError, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Path.Combine(folder.Path, "merged")));
     }
 
     [Theory]

@@ -38,8 +38,11 @@ public sealed partial class XLoraModel : IModelAdapter
     /// <summary>The config.</summary>
     public XLoraConfig Config { get; }
 
-    /// <summary>The experts "0" … "E−1" as ordinary LoRA adapters of a PeftModel over <see cref="Model"/> (frozen).</summary>
-    public PeftModel Experts { get; }
+    /// <summary>
+    /// The experts "0" … "E−1" as ordinary LoRA adapters of a PeftModel over <see cref="Model"/> (frozen); internal, so that nobody
+    /// merges, deletes or switches them under the X-LoRA hooks.
+    /// </summary>
+    internal PeftModel Experts { get; }
 
     /// <summary>The LoRA modules (the Linear layers carrying at least one expert), in model order: module l is LoraModules[l].</summary>
     public IReadOnlyList<string> LoraModules { get; }
