@@ -36,6 +36,11 @@ internal static class AdapterCommands
                 return PromptLearningCommands.Inspect(parse, log, dir);
             }
 
+            if (Peft.XLora.XLoraModel.Recognizes(dir))
+            {
+                return InspectXLora.Print(parse, log, dir);
+            }
+
             var config = PeftConfig.Load(configPath);
             using var file = SafeTensorsFile.Open(weightsPath);
             log.WriteLine($"adapter: {Path.GetFullPath(dir)}");

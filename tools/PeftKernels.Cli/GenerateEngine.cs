@@ -102,6 +102,11 @@ internal static class GenerateEngine
             return [];
         }
 
+        if (Peft.XLora.XLoraModel.Recognizes(folder))
+        {
+            throw new NotSupportedException($"{folder} is an X-LoRA adapter; the inference engine does not serve X-LoRA yet: generate with it through --adapter and one prompt (the library's two-cache generation).");
+        }
+
         var peft = new PeftModel(lm);
         peft.LoadAdapter(folder);
         try

@@ -97,6 +97,11 @@ internal static class MergeCommand
                 AdapterCombination.ParseType(type);
             }
 
+            if (dirs.FirstOrDefault(Peft.XLora.XLoraModel.Recognizes) is { } xloraDir)
+            {
+                throw new NotSupportedException($"--adapter {xloraDir} is an X-LoRA adapter, which cannot be merged: its expert scalings change per token, so no static weight equals the mixture.");
+            }
+
             OutputPaths.Check("--out", outDir, OutputKind.Folder, parse.GetValue(overwrite), [("--model", modelDir), .. dirs.Select(a => ("--adapter", (string?)a))]);
             var lm = LlamaForCausalLM.Load(modelDir);
             var quantized = lm.NamedParameters().Where(p => p.Parameter.DType == TensorDType.Q4)

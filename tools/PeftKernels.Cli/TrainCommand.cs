@@ -23,10 +23,11 @@ internal static class TrainCommand
             Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
                 + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
                 + "prompt / p-tuning / prefix: PEFT's prompt tuning, P-tuning (MLP encoder), prefix tuning (--virtual-tokens and their options); "
-                + "bottleneck: AdapterHub bottleneck adapters (--bottleneck-config and its options).",
+                + "bottleneck: AdapterHub bottleneck adapters (--bottleneck-config and its options); "
+                + "xlora: a classifier mixing frozen LoRA experts (--experts) per token.",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods, "bottleneck"]);
+        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods, "bottleneck", "xlora"]);
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -54,7 +55,8 @@ internal static class TrainCommand
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
         var bottleneck = new TrainBottleneck();
-        foreach (var option in run.Options.Concat(promptLearning.Options).Concat(bottleneck.Options))
+        var xlora = new TrainXLora();
+        foreach (var option in run.Options.Concat(promptLearning.Options).Concat(bottleneck.Options).Concat(xlora.Options))
         {
             command.Options.Add(option);
         }
@@ -111,6 +113,7 @@ internal static class TrainCommand
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
             promptLearning.Check(parse, kind, args, r, alpha, dropout, targets, rslora, loraPlus);
+            xlora.Check(parse, kind, args);
             if (kind == "bottleneck")
             {
                 bottleneck.AddArgs(parse, args);
@@ -147,6 +150,11 @@ internal static class TrainCommand
             {
                 var adapter = promptLearning.Attach(parse, kind, lm, tokenizer, Path.GetFullPath(folder), seedValue);
                 return RunWholeModel(run, log, lm, adapter, dataset, b, t, on, options);
+            }
+
+            if (kind == "xlora")
+            {
+                return xlora.Train(parse, log, lm, dataset, b, t, run, options, on, Path.GetFullPath(folder));
             }
 
             if (kind == "bottleneck")

@@ -32,6 +32,7 @@ internal static class EngineAdapterLoader
         }
 
         string configPath = Path.Combine(folder, Lora.ConfigFile);
+        InferenceEngine.RefuseXLoraFolder(name, folder);
         if (File.Exists(configPath))
         {
             CheckServable(PeftConfig.Load(configPath), folder);

@@ -45,6 +45,7 @@ public sealed partial class InferenceEngine : IDisposable
             throw new NotSupportedException($"the inference engine runs on the CPU; the model is on {model.Device}. Move it with model.To(Device.Cpu).");
         }
 
+        RefuseXLora(model);
         this.model = model;
         Options = options ?? new EngineOptions();
         Options.Validate(model.Config.MaxPositionEmbeddings);

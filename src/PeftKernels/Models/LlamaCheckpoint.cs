@@ -125,7 +125,8 @@ public sealed partial class LlamaForCausalLM
         var tensors = new List<SafeTensor>();
         foreach (var (name, p) in NamedParameters())
         {
-            if (name.Contains(".lora_", StringComparison.Ordinal) || IsPromptLearningParameter(name) || name.Contains("_adapters.", StringComparison.Ordinal))
+            if (name.Contains(".lora_", StringComparison.Ordinal) || IsPromptLearningParameter(name) || name.Contains("_adapters.", StringComparison.Ordinal)
+                || name.StartsWith(XLoraClassifierName + ".", StringComparison.Ordinal))
             {
                 continue;
             }

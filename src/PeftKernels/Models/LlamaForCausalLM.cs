@@ -75,6 +75,11 @@ public sealed partial class LlamaForCausalLM : Module
     /// <param name="context">Dropout seed and kernel options.</param>
     public Tensor Forward(int[] tokens, int batch = 1, KvCache? cache = null, ForwardContext? context = null)
     {
+        if (XLoraForward(tokens, batch, cache, context) is { } mixed)
+        {
+            return mixed;
+        }
+
         var hidden = Hidden(tokens, batch, cache, context);
         return LmHead.Forward(hidden, context);
     }
@@ -176,7 +181,7 @@ public sealed partial class LlamaForCausalLM : Module
     }
 
     /// <inheritdoc/>
-    protected override IEnumerable<(string Name, Module Module)> Children() => [("model", Model), ("lm_head", LmHead), .. PromptLearningChildren()];
+    protected override IEnumerable<(string Name, Module Module)> Children() => [("model", Model), ("lm_head", LmHead), .. PromptLearningChildren(), .. XLoraChildren()];
 
     private static LlamaForCausalLM Build(LlamaConfig c, Func<string, int[], Parameter> make)
     {

@@ -138,6 +138,11 @@ public sealed partial class Linear : Module, ILoraLayer
             throw new ArgumentException($"Linear [{OutFeatures}, {InFeatures}] got input [{string.Join(", ", x.Shape)}]: last dimension must be {InFeatures}.", nameof(x));
         }
 
+        if (XLora is { } mix)
+        {
+            return XLoraForward(x, mix, context);
+        }
+
         if (context.AdapterNames is { } names)
         {
             var groups = slots.Groups(names, x.Rows, $"Linear [{OutFeatures}, {InFeatures}]");
