@@ -125,7 +125,7 @@ public sealed partial class LlamaForCausalLM
         var tensors = new List<SafeTensor>();
         foreach (var (name, p) in NamedParameters())
         {
-            if (name.Contains(".lora_", StringComparison.Ordinal))
+            if (name.Contains(".lora_", StringComparison.Ordinal) || name.Contains(".mlp.mixlora.", StringComparison.Ordinal))
             {
                 continue;
             }

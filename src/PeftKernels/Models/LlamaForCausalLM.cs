@@ -89,7 +89,7 @@ public sealed partial class LlamaForCausalLM : Module
         }
 
         var logits = Forward(inputs, batch, null, context);
-        return Functional.CrossEntropy(logits, labels, consumeLogits: true, (context ?? ForwardContext.Default).Kernel);
+        return WithAuxiliaryLosses(Functional.CrossEntropy(logits, labels, consumeLogits: true, (context ?? ForwardContext.Default).Kernel));
     }
 
     /// <summary>Causal-LM loss of one token sequence: positions 0..N−2 predict tokens 1..N−1 (HF's labels = input_ids).</summary>

@@ -16,6 +16,7 @@ public static class ModelAdapterFolders
 
     private static readonly Format[] Formats =
     [
+        new("mixlora", MixLoraAdapter.Recognizes, (model, folder, trainable) => MixLoraAdapter.Load(model, folder, trainable)),
     ];
 
     /// <summary>True when <paramref name="folder"/> holds a whole-model adapter (not a PEFT LoRA / DoRA / IA³ folder).</summary>
