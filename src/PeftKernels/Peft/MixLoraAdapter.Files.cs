@@ -63,13 +63,14 @@ public sealed partial class MixLoraAdapter
         RequireFree(model);
         var expected = ExpectedShapes(model, config);
         using var file = SafeTensorsFile.Open(weightsPath);
+        var counts = CountProblems(file.Names, model.Model.Layers.Count, config).ToList();
         var problems = new List<string>();
-        problems.AddRange(CountProblems(file.Names, model.Model.Layers.Count, config));
+        var missing = new List<string>();
         foreach (var (key, shape) in expected)
         {
             if (!file.TryGetInfo(key, out var info))
             {
-                problems.Add($"missing key '{key}' [{string.Join(", ", shape)}]");
+                missing.Add($"missing key '{key}' [{string.Join(", ", shape)}]");
             }
             else if (info.DType is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
             {
@@ -81,10 +82,10 @@ public sealed partial class MixLoraAdapter
             }
         }
 
-        problems.AddRange(file.Names.Where(k => !expected.ContainsKey(k)).Select(k => $"unexpected key '{k}' [{string.Join(", ", file.GetInfo(k).Shape)}]"));
-        if (problems.Count > 0)
+        var unexpected = file.Names.Where(k => !expected.ContainsKey(k)).Select(k => $"unexpected key '{k}' [{string.Join(", ", file.GetInfo(k).Shape)}]").ToList();
+        if (counts.Count + problems.Count + missing.Count + unexpected.Count > 0)
         {
-            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {ProblemList.CountGroups("problem", problems)}.");
+            throw new InvalidDataException($"{weightsPath} does not fit the model with {configPath}: {ProblemList.CountGroups("problem", counts, problems, missing, unexpected)}.");
         }
 
         Parameter Read(string key) => new(file.ReadFloat32(key), expected[key], trainable);
