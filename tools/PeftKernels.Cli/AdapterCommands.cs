@@ -26,6 +26,11 @@ internal static class AdapterCommands
                 throw new FileNotFoundException($"{dir} is not a PEFT adapter folder: it needs {Lora.ConfigFile} and {Lora.WeightsFile}.");
             }
 
+            if (MixLoraConfig.IsMixLoraFolder(dir))
+            {
+                return InspectMixLora.Print(log, dir);
+            }
+
             var config = PeftConfig.Load(configPath);
             using var file = SafeTensorsFile.Open(weightsPath);
             log.WriteLine($"adapter: {Path.GetFullPath(dir)}");

@@ -115,6 +115,11 @@ internal static class GenerateCommand
     private static int RunPrompt(ParseResult parse, TextWriter log, string folder, string? adapter, string? text, string? promptTokens,
         SamplingParams sampling, EngineSettings settings)
     {
+        if (GenerateModelAdapter.Applies(adapter))
+        {
+            return GenerateModelAdapter.Run(parse, log, folder, adapter!, text, promptTokens, sampling, settings.Threads);
+        }
+
         var lm = LlamaForCausalLM.Load(folder);
         var nonFinite = lm.NonFiniteTensors.ToList();
         PeftModel? peft = null;

@@ -21,10 +21,11 @@ internal static class TrainCommand
         var method = new Option<string>("--method")
         {
             Description = "lora: adapters over the stored base; qlora: base Linears quantized to NF4 (double quantization) first; lora-fa: lora_A frozen at its random init, only B trains; "
-                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused).",
+                + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
+                + "mixlora: a router over per-expert LoRA on the MLP plus LoRA on attention (--experts, --top-k, --aux-loss-coef, --jitter).",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3");
+        method.AcceptOnlyFromAmong("lora", "qlora", "lora-fa", "dora", "ia3", "mixlora");
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -46,11 +47,12 @@ internal static class TrainCommand
         var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
         var run = new TrainingRun();
+        var mixlora = new TrainMixLora();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
-        foreach (var option in run.Options)
+        foreach (var option in run.Options.Concat(mixlora.Options))
         {
             command.Options.Add(option);
         }
@@ -73,6 +75,14 @@ internal static class TrainCommand
             if (kind == "ia3" && ratio != 1)
             {
                 throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
+            }
+
+            var mixConfig = kind == "mixlora"
+                ? mixlora.Config(parse, on, rank, loraAlpha, loraDropout, parse.GetValue(rslora), parse.GetValue(targets), Path.GetFullPath(folder))
+                : null;
+            if (mixConfig == null)
+            {
+                mixlora.CheckUnused(parse, kind);
             }
 
             var targetModules = TargetModules.Parse(parse.GetValue(targets) ?? "q_proj,v_proj");
@@ -105,6 +115,11 @@ internal static class TrainCommand
                 ["--warmup"] = warmupSteps.ToString(CultureInfo.InvariantCulture),
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
+            if (mixConfig != null)
+            {
+                mixlora.AddArgs(parse, args);
+            }
+
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -122,25 +137,35 @@ internal static class TrainCommand
                 log.WriteLine($"quantized base Linear weights to NF4 (double quantization): {ModelCommands.Mib(before)} → {ModelCommands.Mib(after)}");
             }
 
-            var peft = new PeftModel(lm);
-            var wrapped = kind == "ia3"
-                ? peft.AddAdapter("default", Ia3(parse.GetValue(targets), Path.GetFullPath(folder)), seedValue)
-                : peft.AddAdapter("default", new LoraConfig
-                {
-                    R = rank,
-                    LoraAlpha = loraAlpha,
-                    LoraDropout = loraDropout,
-                    TargetModules = targetModules,
-                    UseRsLora = parse.GetValue(rslora),
-                    UseDora = kind == "dora",
-                    BaseModelNameOrPath = Path.GetFullPath(folder),
-                }, seedValue);
-            if (kind == "lora-fa")
+            Action<string> save;
+            if (mixConfig != null)
             {
-                peft.FreezeLoraA();
+                save = TrainMixLora.Attach(lm, mixConfig, seedValue, log).Save;
+            }
+            else
+            {
+                var peft = new PeftModel(lm);
+                var wrapped = kind == "ia3"
+                    ? peft.AddAdapter("default", Ia3(parse.GetValue(targets), Path.GetFullPath(folder)), seedValue)
+                    : peft.AddAdapter("default", new LoraConfig
+                    {
+                        R = rank,
+                        LoraAlpha = loraAlpha,
+                        LoraDropout = loraDropout,
+                        TargetModules = targetModules,
+                        UseRsLora = parse.GetValue(rslora),
+                        UseDora = kind == "dora",
+                        BaseModelNameOrPath = Path.GetFullPath(folder),
+                    }, seedValue);
+                if (kind == "lora-fa")
+                {
+                    peft.FreezeLoraA();
+                }
+
+                log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
+                save = dir => peft.SaveAdapter(dir);
             }
 
-            log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
             var options = run.Apply(parse, new TrainerOptions
             {
                 Steps = stepCount,
@@ -153,7 +178,7 @@ internal static class TrainCommand
             });
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
-            run.Run(trainer, log, dir => peft.SaveAdapter(dir));
+            run.Run(trainer, log, save);
             string outDir = run.OutFolder;
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"saved adapter to {outDir} ({ModelCommands.Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
