@@ -112,6 +112,16 @@ public sealed class MixLoraFilesTests : IDisposable
         Assert.Contains("adapter_model.bin (a PyTorch pickle", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void TheEngineRefusesAMixLoraFolderClearly()
+    {
+        string folder = Saved();
+        var registry = new PeftKernels.Engine.AdapterRegistry(TinyLlama.Model());
+        var e = Assert.Throws<NotSupportedException>(() => registry.Load("mix", folder));
+        Assert.Contains("is a MixLoRA adapter; the engine does not serve MixLoRA", e.Message, StringComparison.Ordinal);
+        Assert.Empty(registry.Snapshot());
+    }
+
     private string Saved()
     {
         var (_, adapter) = MixLoraModelTests.Randomized();

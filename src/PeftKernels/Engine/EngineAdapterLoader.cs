@@ -21,6 +21,7 @@ internal static class EngineAdapterLoader
     /// <summary>Loads <paramref name="folder"/> as version <paramref name="version"/> of <paramref name="name"/>; not thread-safe (the registry serializes loads).</summary>
     public static EngineAdapter Load(LlamaForCausalLM model, string name, int version, string folder)
     {
+        MixLoraAdapter.RefuseEngine(name, folder);
         string configPath = Path.Combine(folder, Lora.ConfigFile);
         if (File.Exists(configPath))
         {
