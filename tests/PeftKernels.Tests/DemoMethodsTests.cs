@@ -21,7 +21,7 @@ public sealed class DemoMethodsTests : IDisposable
 
         var rows = DemoOutputs.ReadMethodMetrics(Path.Combine(output, "methods.json"));
         Assert.Equal(DemoMethods.All.Select(m => m.Name), rows.Select(r => r.Method));
-        Assert.Equal(["lora", "dora", "ia3"], rows.Select(r => r.Method));
+        Assert.Equal(["lora", "dora", "ia3", "prompt", "p-tuning", "prefix", "bottleneck", "xlora", "mixlora"], rows.Select(r => r.Method));
         string log = writer.ToString();
         foreach (var r in rows)
         {

@@ -41,6 +41,11 @@ internal static class AdapterCommands
                 return InspectXLora.Print(parse, log, dir);
             }
 
+            if (MixLoraConfig.IsMixLoraFolder(dir))
+            {
+                return InspectMixLora.Print(log, dir);
+            }
+
             var config = PeftConfig.Load(configPath);
             using var file = SafeTensorsFile.Open(weightsPath);
             log.WriteLine($"adapter: {Path.GetFullPath(dir)}");

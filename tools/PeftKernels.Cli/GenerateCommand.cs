@@ -127,18 +127,6 @@ internal static class GenerateCommand
     private static int RunPrompt(ParseResult parse, TextWriter log, string folder, string? adapter, string? text, string? promptTokens,
         SamplingParams sampling, EngineSettings settings)
     {
-        if (adapter != null && ModelAdapterFolders.Recognizes(adapter))
-        {
-            // The engine serves LoRA-family adapters only: whole-model adapters (X-LoRA, …) generate with the library's KV cache(s).
-            if (sampling.TopK != 0)
-            {
-                throw new ArgumentException("--top-k is an option of the inference engine, which does not serve whole-model adapters (X-LoRA, …) yet; use --temperature and --top-p.");
-            }
-
-            return Cuda(parse, log, folder, adapter, text, promptTokens, sampling.MaxTokens, new GenerationOptions(sampling.Temperature, sampling.TopP, sampling.Seed ?? 0),
-                new KernelOptions(settings.Threads), Device.Cpu);
-        }
-
         var lm = LlamaForCausalLM.Load(folder);
         var nonFinite = lm.NonFiniteTensors.ToList();
         PeftModel? peft = null;

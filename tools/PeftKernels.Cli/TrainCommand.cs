@@ -24,10 +24,11 @@ internal static class TrainCommand
                 + "dora: LoRA with DoRA's magnitude vector (use_dora); ia3: IA³ scaling vectors (--r, --alpha, --dropout unused); "
                 + "prompt / p-tuning / prefix: PEFT's prompt tuning, P-tuning (MLP encoder), prefix tuning (--virtual-tokens and their options); "
                 + "bottleneck: AdapterHub bottleneck adapters (--bottleneck-config and its options); "
-                + "xlora: a classifier mixing frozen LoRA experts (--experts) per token.",
+                + "xlora: a classifier mixing frozen LoRA experts (--experts) per token; "
+                + "mixlora: a router over per-expert LoRA on the MLP plus LoRA on attention (--num-experts, --top-k, --aux-loss-coef, --jitter).",
             DefaultValueFactory = _ => "lora",
         };
-        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods, "bottleneck", "xlora"]);
+        method.AcceptOnlyFromAmong(["lora", "qlora", "lora-fa", "dora", "ia3", .. TrainPromptLearning.Methods, "bottleneck", "xlora", "mixlora"]);
         var r = new Option<int>("--r") { Description = "LoRA rank.", DefaultValueFactory = _ => 16 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale = alpha / r).", DefaultValueFactory = _ => 32 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout.", DefaultValueFactory = _ => 0 };
@@ -56,7 +57,8 @@ internal static class TrainCommand
         };
         var bottleneck = new TrainBottleneck();
         var xlora = new TrainXLora();
-        foreach (var option in run.Options.Concat(promptLearning.Options).Concat(bottleneck.Options).Concat(xlora.Options))
+        var mixlora = new TrainMixLora();
+        foreach (var option in run.Options.Concat(promptLearning.Options).Concat(bottleneck.Options).Concat(xlora.Options).Concat(mixlora.Options))
         {
             command.Options.Add(option);
         }
@@ -80,6 +82,14 @@ internal static class TrainCommand
             if (kind == "ia3" && ratio != 1)
             {
                 throw new ArgumentException("--lora-plus-ratio applies to the LoRA methods, not to ia3.");
+            }
+
+            var mixConfig = kind == "mixlora"
+                ? mixlora.Config(parse, on, rank, loraAlpha, loraDropout, parse.GetValue(rslora), parse.GetValue(targets), Path.GetFullPath(folder))
+                : null;
+            if (mixConfig == null)
+            {
+                mixlora.CheckUnused(parse, kind);
             }
 
             var targetModules = TargetModules.Parse(parse.GetValue(targets) ?? "q_proj,v_proj");
@@ -114,6 +124,11 @@ internal static class TrainCommand
             };
             promptLearning.Check(parse, kind, args, r, alpha, dropout, targets, rslora, loraPlus);
             xlora.Check(parse, kind, args);
+            if (mixConfig != null)
+            {
+                mixlora.AddArgs(parse, args);
+            }
+
             if (kind == "bottleneck")
             {
                 bottleneck.AddArgs(parse, args);
@@ -150,6 +165,11 @@ internal static class TrainCommand
             {
                 var adapter = promptLearning.Attach(parse, kind, lm, tokenizer, Path.GetFullPath(folder), seedValue);
                 return RunWholeModel(run, log, lm, adapter, dataset, b, t, on, options);
+            }
+
+            if (mixConfig != null)
+            {
+                return RunWholeModel(run, log, lm, TrainMixLora.Attach(lm, mixConfig, seedValue, log), dataset, b, t, on, options);
             }
 
             if (kind == "xlora")

@@ -31,8 +31,9 @@ internal static class EngineAdapterLoader
             return EngineBottleneck.Load(model, name, version, folder);
         }
 
-        string configPath = Path.Combine(folder, Lora.ConfigFile);
+        MixLoraAdapter.RefuseEngine(name, folder);
         InferenceEngine.RefuseXLoraFolder(name, folder);
+        string configPath = Path.Combine(folder, Lora.ConfigFile);
         if (File.Exists(configPath))
         {
             CheckServable(PeftConfig.Load(configPath), folder);

@@ -126,7 +126,7 @@ public sealed partial class LlamaForCausalLM
         foreach (var (name, p) in NamedParameters())
         {
             if (name.Contains(".lora_", StringComparison.Ordinal) || IsPromptLearningParameter(name) || name.Contains("_adapters.", StringComparison.Ordinal)
-                || name.StartsWith(XLoraClassifierName + ".", StringComparison.Ordinal))
+                || name.StartsWith(XLoraClassifierName + ".", StringComparison.Ordinal) || name.Contains(".mlp.mixlora.", StringComparison.Ordinal))
             {
                 continue;
             }

@@ -146,12 +146,12 @@ public sealed partial class LlamaMlp : Module
     public Linear DownProj { get; }
 
     /// <summary>down(silu(gate(x)) ⊙ up(x)).</summary>
-    public Tensor Forward(Tensor x, ForwardContext context) =>
+    public Tensor Forward(Tensor x, ForwardContext context) => MixLoraForward(x, context) ??
         DownProj.Forward(Functional.SwiGlu(GateProj.Forward(x, context), UpProj.Forward(x, context), context.Kernel), context);
 
     /// <inheritdoc/>
     protected override IEnumerable<(string Name, Module Module)> Children() =>
-        [("gate_proj", GateProj), ("up_proj", UpProj), ("down_proj", DownProj)];
+        [("gate_proj", GateProj), ("up_proj", UpProj), ("down_proj", DownProj), .. MixLoraChildren()];
 }
 
 /// <summary>One pre-norm decoder layer.</summary>

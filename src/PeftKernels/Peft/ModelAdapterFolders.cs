@@ -19,6 +19,7 @@ public static class ModelAdapterFolders
         new("prompt-learning", PromptLearningFiles.Recognizes, (model, folder, trainable) => PromptLearningAdapter.Load(model, folder, trainable)),
         new("bottleneck", Bottleneck.BottleneckAdapters.IsBottleneckFolder, (model, folder, trainable) => Bottleneck.BottleneckAdapters.Load(model, folder, trainable)),
         new("xlora", XLora.XLoraModel.Recognizes, (model, folder, trainable) => XLora.XLoraModel.Load(model, folder, trainable)),
+        new("mixlora", MixLoraAdapter.Recognizes, (model, folder, trainable) => MixLoraAdapter.Load(model, folder, trainable)),
     ];
 
     /// <summary>True when <paramref name="folder"/> holds a whole-model adapter (not a PEFT LoRA / DoRA / IA³ folder).</summary>

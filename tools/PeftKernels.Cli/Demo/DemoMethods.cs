@@ -29,7 +29,9 @@ internal interface IDemoAdapter
 /// <param name="Steps">Optimizer steps otherwise.</param>
 /// <param name="LearningRate">Peak learning rate.</param>
 /// <param name="Attach">Attaches a fresh trainable adapter to the (frozen) base, seeded.</param>
-internal sealed record DemoMethod(string Name, string Setting, int FastSteps, int Steps, double LearningRate, Func<LlamaForCausalLM, int, IDemoAdapter> Attach);
+/// <param name="CpuOnly">The method's ops have no GPU path yet: skipped (with a note) when the demo runs on a GPU.</param>
+internal sealed record DemoMethod(string Name, string Setting, int FastSteps, int Steps, double LearningRate, Func<LlamaForCausalLM, int, IDemoAdapter> Attach,
+    bool CpuOnly = false);
 
 /// <summary>The demo's method table.</summary>
 internal static class DemoMethods
@@ -47,6 +49,12 @@ internal static class DemoMethods
                 TargetModules = TargetModules.FromRegex(TargetModules.AllLinear),
                 FeedforwardModules = TargetModules.FromList("gate_proj", "up_proj", "down_proj"),
             }, seed)),
+        new("prompt", "prompt tuning, TEXT init from 4 task examples", 60, 60, 3e-3, (model, seed) => DemoModelMethods.PromptLearning(model, "prompt", seed)),
+        new("p-tuning", "32 virtual tokens, MLP encoder width 64", 200, 200, 3e-3, (model, seed) => DemoModelMethods.PromptLearning(model, "p-tuning", seed)),
+        new("prefix", "8 virtual tokens, no projection", 100, 100, 3e-2, (model, seed) => DemoModelMethods.PromptLearning(model, "prefix", seed)),
+        new("bottleneck", "Houlsby, reduction 16, identity start", 80, 80, 4e-3, DemoModelMethods.Bottleneck),
+        new("xlora", "classifier over 2 LoRA experts (sentiment, topic)", 20, 20, 1e-2, DemoModelMethods.XLora, CpuOnly: true),
+        new("mixlora", "4 experts, top-2, r=8, all-linear", 80, 80, 4e-3, DemoModelMethods.MixLoraAdapter, CpuOnly: true),
     ];
 
     /// <summary>A PeftModel adapter (LoRA, DoRA, IA³) as a demo adapter.</summary>

@@ -1,0 +1,155 @@
+// Token routing of a mixture of experts on the CPU (MixLoRA, docs/formats/mixlora.md#routing); the
+// specification is Kernels.Reference.MoeRoutingReference. Rows are tokens:
+//   softmax     p = softmax(z) per row of z [n, E];  dz = p ⊙ (g − <g, p>)
+//   top-k       sel = the k largest p per row (ties: lower expert first), w = p[sel] / Σ p[sel]   [n, k]
+//               dp[sel_j] = (g_j − <g, w>) / Σ p[sel]  (0 for the experts not chosen)
+//   routed sum  y[rows[i], :] += w[rows[i], slots[i]] · part[i, :]   (one expert's part; called per expert)
+//               dpart[i, :] = w·g[rows[i], :],  dw[rows[i], slots[i]] += <part[i, :], g[rows[i], :]>
+// The routing rows are short (E experts), so they run serially; the routed sum axpys whole rows with
+// TensorPrimitives (the row gather is Kernels.Cpu.RowSelect, shared with the bottleneck sites). Fractions of the routed experts are exact counts.
+using System.Numerics.Tensors;
+
+namespace PeftKernels.Kernels.Cpu;
+
+/// <summary>MoE routing kernels on the CPU: softmax, top-k renormalised and the routing-weighted scatter.</summary>
+public static class MoeRouting
+{
+    /// <summary>p = softmax(z) per row; z and p [n, e].</summary>
+    public static void Softmax(ReadOnlySpan<float> z, Span<float> p, int n, int e)
+    {
+        Check(z.Length == n * e && p.Length == n * e, $"softmax: z ({z.Length}) and p ({p.Length}) must both hold n·E = {n}·{e} values.");
+        for (int t = 0; t < n; t++)
+        {
+            TensorPrimitives.SoftMax(z.Slice(t * e, e), p.Slice(t * e, e));
+        }
+    }
+
+    /// <summary>dz = p ⊙ (g − &lt;g, p&gt;) per row (overwrites dz).</summary>
+    public static void SoftmaxBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> p, Span<float> dz, int n, int e)
+    {
+        Check(g.Length == n * e && p.Length == n * e && dz.Length == n * e, $"softmax backward: g, p and dz must hold n·E = {n}·{e} values.");
+        for (int t = 0; t < n; t++)
+        {
+            var gr = g.Slice(t * e, e);
+            var pr = p.Slice(t * e, e);
+            var dr = dz.Slice(t * e, e);
+            float dot = TensorPrimitives.Dot(gr, pr);
+            TensorPrimitives.Subtract(gr, dot, dr);
+            TensorPrimitives.Multiply(dr, pr, dr);
+        }
+    }
+
+    /// <summary>The k largest probabilities of each row of p [n, e] (ties: lower expert first) into sel [n, k], their renormalised values into w [n, k].</summary>
+    public static void TopK(ReadOnlySpan<float> p, Span<int> sel, Span<float> w, int n, int e, int k)
+    {
+        Check(k >= 1 && k <= e, $"top-k: k = {k} must be in [1, E = {e}].");
+        Check(p.Length == n * e && sel.Length == n * k && w.Length == n * k, $"top-k: p must hold n·E = {n}·{e} values, sel and w n·k = {n}·{k}.");
+        for (int t = 0; t < n; t++)
+        {
+            var row = p.Slice(t * e, e);
+            var s = sel.Slice(t * k, k);
+            int count = 0;
+            for (int j = 0; j < e; j++)
+            {
+                // Insertion into the sorted prefix: strictly greater moves ahead, so equal values keep the lower index first.
+                int at = count;
+                while (at > 0 && row[j] > row[s[at - 1]])
+                {
+                    at--;
+                }
+
+                if (at >= k)
+                {
+                    continue;
+                }
+
+                for (int m = Math.Min(count, k - 1); m > at; m--)
+                {
+                    s[m] = s[m - 1];
+                }
+
+                s[at] = j;
+                count = Math.Min(count + 1, k);
+            }
+
+            float sum = 0;
+            for (int j = 0; j < k; j++)
+            {
+                sum += row[s[j]];
+            }
+
+            for (int j = 0; j < k; j++)
+            {
+                w[(t * k) + j] = row[s[j]] / sum;
+            }
+        }
+    }
+
+    /// <summary>dp [n, e] (overwritten) from g = dL/dw [n, k] through the renormalisation of <see cref="TopK"/>.</summary>
+    public static void TopKBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> p, ReadOnlySpan<int> sel, ReadOnlySpan<float> w, Span<float> dp, int n, int e, int k)
+    {
+        Check(g.Length == n * k && w.Length == n * k && sel.Length == n * k && p.Length == n * e && dp.Length == n * e,
+            $"top-k backward: g, w and sel must hold n·k = {n}·{k} values, p and dp n·E = {n}·{e}.");
+        dp.Clear();
+        for (int t = 0; t < n; t++)
+        {
+            float sum = 0, dot = 0;
+            for (int j = 0; j < k; j++)
+            {
+                sum += p[(t * e) + sel[(t * k) + j]];
+                dot += g[(t * k) + j] * w[(t * k) + j];
+            }
+
+            for (int j = 0; j < k; j++)
+            {
+                dp[(t * e) + sel[(t * k) + j]] = (g[(t * k) + j] - dot) / sum;
+            }
+        }
+    }
+
+    /// <summary>y[rows[i], :] += w[rows[i]·k + slots[i]] · part[i, :] (one expert's share of the routed sum; y [n, c] accumulates).</summary>
+    public static void RoutedSum(ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w, Span<float> y, int n, int c, int k)
+    {
+        Check(rows.Length == slots.Length && part.Length == rows.Length * c && y.Length == n * c && w.Length == n * k,
+            $"routed sum: part must hold |rows|·c = {rows.Length}·{c} values (one slot per row), y n·c = {n}·{c}, w n·k = {n}·{k}.");
+        for (int i = 0; i < rows.Length; i++)
+        {
+            Check((uint)rows[i] < (uint)n && (uint)slots[i] < (uint)k, $"routed sum: row {rows[i]} or slot {slots[i]} is outside [0, {n}) × [0, {k}).");
+            var dst = y.Slice(rows[i] * c, c);
+            TensorPrimitives.MultiplyAdd(part.Slice(i * c, c), w[(rows[i] * k) + slots[i]], dst, dst);
+        }
+    }
+
+    /// <summary>
+    /// Backward of one expert's <see cref="RoutedSum"/>: dpart[i, :] = w·g[rows[i], :] (overwritten, when not empty) and
+    /// dw[rows[i]·k + slots[i]] += &lt;part[i, :], g[rows[i], :]&gt; (when dw is not empty).
+    /// </summary>
+    public static void RoutedSumBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w,
+        Span<float> dpart, Span<float> dw, int n, int c, int k)
+    {
+        Check(g.Length == n * c && part.Length == rows.Length * c && (dpart.IsEmpty || dpart.Length == part.Length) && (dw.IsEmpty || dw.Length == n * k),
+            $"routed sum backward: g must hold n·c = {n}·{c} values, part and dpart |rows|·c = {rows.Length}·{c}, dw n·k = {n}·{k}.");
+        for (int i = 0; i < rows.Length; i++)
+        {
+            var gr = g.Slice(rows[i] * c, c);
+            int at = (rows[i] * k) + slots[i];
+            if (!dpart.IsEmpty)
+            {
+                TensorPrimitives.Multiply(gr, w[at], dpart.Slice(i * c, c));
+            }
+
+            if (!dw.IsEmpty)
+            {
+                dw[at] += TensorPrimitives.Dot(part.Slice(i * c, c), gr);
+            }
+        }
+    }
+
+    private static void Check(bool ok, string message)
+    {
+        if (!ok)
+        {
+            throw new ArgumentException(message);
+        }
+    }
+}
