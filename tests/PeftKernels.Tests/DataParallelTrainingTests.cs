@@ -133,6 +133,38 @@ public class DataParallelTrainingTests
     }
 
     [Fact]
+    public void FullTrainingWithTiedEmbeddingsIsExactToo()
+    {
+        // Every weight trains (peft pretrain) and embed_tokens is lm_head: a parameter that gets gradient twice in one backward.
+        static LlamaForCausalLM Full()
+        {
+            var model = LlamaForCausalLM.Create(LlamaConfig.Tiny(40) with { TieWordEmbeddings = true }, seed: 3);
+            foreach (var (_, p) in model.NamedParameters())
+            {
+                p.Trainable = true;
+            }
+
+            return model;
+        }
+
+        static float[] Weights(LlamaForCausalLM m) => [.. m.NamedParameters().SelectMany(p => p.Parameter.ToFloat32())];
+        var ranks = new float[2][];
+        var group = InProcessAllReduce.CreateGroup(2, TimeSpan.FromSeconds(60));
+        AllReduceTests.OnRanks(group, g =>
+        {
+            var model = Full();
+            new Trainer(model, Task3, Batch, Options(new DataParallelOptions { Group = g, BucketFloats = 2000 }, steps: 2)).Run();
+            ranks[g.Rank] = Weights(model);
+            g.Dispose();
+        });
+        var alone = Full();
+        new Trainer(alone, Task3, Batch, Options(new DataParallelOptions { Group = InProcessAllReduce.CreateGroup(1, TimeSpan.FromSeconds(60))[0], Shards = 2 }, steps: 2)).Run();
+        var expected = Weights(alone).Select(BitConverter.SingleToInt32Bits).ToArray();
+        Assert.Equal(expected, ranks[0].Select(BitConverter.SingleToInt32Bits));
+        Assert.Equal(expected, ranks[1].Select(BitConverter.SingleToInt32Bits));
+    }
+
+    [Fact]
     public void ResumingEveryRankFromRankZerosCheckpointGivesTheUninterruptedBytes()
     {
         var (uninterrupted, _) = TrainOnRanks(2, steps: 4);

@@ -6,9 +6,10 @@
 // starts on the communicator's thread, overlapping the backward of earlier layers. Finish starts
 // the rest and waits for all. The order of the buckets is fixed (and so the same on every rank);
 // only when a bucket starts depends on timing, never what it sums.
-// A parameter that receives more gradient after its bucket left (used twice in one forward, which
-// DDP refuses too) would be reduced without that part: Finish compares every early bucket's
-// parameters with what was sent and fails clearly if one changed.
+// A parameter shared by two modules (tied embeddings) gets gradient twice in one backward: its bucket
+// waits for Finish. Any other parameter that receives more gradient after its bucket left (a module
+// called twice in one forward, which DDP refuses too) would be reduced without that part: Finish
+// compares every early bucket's parameters with what was sent and fails clearly if one changed.
 using PeftKernels.Distributed;
 
 namespace PeftKernels.Training;
@@ -18,14 +19,16 @@ internal sealed class GradientBuckets
     private readonly (string Name, Parameter Parameter, int Offset)[] parameters;
     private readonly (int First, int Last)[] buckets;
     private readonly IAllReduce group;
+    private readonly bool[] late;
     private readonly List<Task> pending = [];
     private int nextBucket;
     private int nextParameter;
     private int earlyBuckets;
 
-    public GradientBuckets(IReadOnlyList<(string Name, Parameter Parameter)> trainable, IAllReduce group, int bucketFloats)
+    public GradientBuckets(IReadOnlyList<(string Name, Parameter Parameter)> trainable, IAllReduce group, int bucketFloats, IReadOnlySet<Parameter> shared)
     {
         this.group = group;
+        late = [.. trainable.Select(p => shared.Contains(p.Parameter))];
         int offset = 0;
         parameters = new (string, Parameter, int)[trainable.Count];
         for (int i = 0; i < trainable.Count; i++)
@@ -93,7 +96,7 @@ internal sealed class GradientBuckets
             var (first, _) = buckets[nextBucket];
             while (nextParameter >= first)
             {
-                if (parameters[nextParameter].Parameter.Grad == null)
+                if (late[nextParameter] || parameters[nextParameter].Parameter.Grad == null)
                 {
                     return;
                 }

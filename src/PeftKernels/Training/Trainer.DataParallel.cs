@@ -70,7 +70,14 @@ public sealed partial class Trainer
             throw new ArgumentException($"BucketFloats must be positive; got {dp.BucketFloats}.");
         }
 
-        dataParallel = new DataParallelState(dp.Group, shards, new GradientBuckets(trainable, dp.Group, dp.BucketFloats));
+        // Parameters owned by two modules (tied embeddings): their gradient is final only when backward ends.
+        var shared = model.NamedModules()
+            .SelectMany(m => m.Module.NamedParameters().Where(p => !p.Name.Contains('.', StringComparison.Ordinal)).Select(p => p.Parameter))
+            .GroupBy(p => p, (IEqualityComparer<Parameter>)ReferenceEqualityComparer.Instance)
+            .Where(g => g.Count() > 1)
+            .Select(g => g.Key)
+            .ToHashSet<Parameter>(ReferenceEqualityComparer.Instance);
+        dataParallel = new DataParallelState(dp.Group, shards, new GradientBuckets(trainable, dp.Group, dp.BucketFloats, shared));
     }
 
     /// <summary>One optimizer step's micro-batches, data-parallel; leaves the step's gradient in the parameters and returns the summed micro-step losses.</summary>
