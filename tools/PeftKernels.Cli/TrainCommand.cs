@@ -46,16 +46,17 @@ internal static class TrainCommand
         var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
         var run = new TrainingRun();
+        var distributed = new DistributedRun();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
         };
-        foreach (var option in run.Options)
+        foreach (var option in run.Options.Concat(distributed.Options))
         {
             command.Options.Add(option);
         }
 
-        command.SetAction(parse => Cli.Guard(parse, log =>
+        command.SetAction(parse => distributed.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
             int rank = parse.AtLeast(r, 1), stepCount = parse.AtLeast(steps, 1), b = parse.AtLeast(batch, 1), t = parse.AtLeast(seq, 1);
@@ -105,6 +106,8 @@ internal static class TrainCommand
                 ["--warmup"] = warmupSteps.ToString(CultureInfo.InvariantCulture),
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
+            var dataParallel = distributed.Start(parse, b, parse.GetRequiredValue(device), args);
+            log = distributed.Log(log);
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -150,11 +153,22 @@ internal static class TrainCommand
                 LoraPlusRatio = ratio,
                 Seed = seedValue,
                 Kernel = kernel,
+                DataParallel = dataParallel,
             });
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
-            run.Run(trainer, log, dir => peft.SaveAdapter(dir));
+            if (dataParallel != null)
+            {
+                log.WriteLine(distributed.Describe(b, dataParallel.Shards));
+            }
+
+            run.Run(trainer, log, dir => peft.SaveAdapter(dir), writes: distributed.Writes);
             string outDir = run.OutFolder;
+            if (!distributed.Writes)
+            {
+                return 0;
+            }
+
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"saved adapter to {outDir} ({ModelCommands.Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
             return 0;
