@@ -22,6 +22,7 @@ public static class Cli
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(PretrainCommand.Create());
         root.Subcommands.Add(MergeCommand.Create());
+        root.Subcommands.Add(FederateCommand.Create());
         root.Subcommands.Add(AdapterCommands.CreateAdapters());
         root.Subcommands.Add(ServeCommand.Create());
         return root;

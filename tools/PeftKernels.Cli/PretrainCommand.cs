@@ -29,16 +29,17 @@ internal static class PretrainCommand
         var device = ModelCommands.DeviceOption();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output Hugging Face model folder (and its checkpoints)." };
         var run = new TrainingRun();
+        var distributed = new DistributedRun();
         var command = new Command("pretrain", "Pre-train a small Llama from scratch on a text file (byte-level vocabulary) and save it as a Hugging Face folder.")
         {
             config, data, steps, batch, seq, lr, seed, threads, device, output,
         };
-        foreach (var option in run.Options)
+        foreach (var option in run.Options.Concat(distributed.Options))
         {
             command.Options.Add(option);
         }
 
-        command.SetAction(parse => Cli.Guard(parse, log =>
+        command.SetAction(parse => distributed.Guard(parse, log =>
         {
             int stepCount = parse.AtLeast(steps, 1), batchSize = parse.AtLeast(batch, 1), seqLength = parse.AtLeast(seq, 1);
             double peak = parse.InRange(lr, 0, float.MaxValue);
@@ -66,6 +67,8 @@ internal static class PretrainCommand
                 ["--lr"] = TrainingRun.Arg(peak),
                 ["--seed"] = seedValue.ToString(CultureInfo.InvariantCulture),
             };
+            var dataParallel = distributed.Start(parse, batchSize, parse.GetRequiredValue(device), args);
+            log = distributed.Log(log);
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--data", dataPath));
 
             var dataset = TextDataset.Load(dataPath, tokenizer);
@@ -89,15 +92,21 @@ internal static class PretrainCommand
                 WeightDecay = 0.01,
                 Seed = seedValue,
                 Kernel = kernel,
+                DataParallel = dataParallel,
             });
             model.To(on);
             var trainer = new Trainer(model, rng => dataset.Batch(batchSize, seqLength, rng), batchSize, options);
             log.WriteLine($"pre-training a {size} Llama ({modelConfig.ParameterCount():N0} parameters) on {dataset.Tokens.Length:N0} byte tokens: {stepCount} steps of {batchSize}×{seqLength} on {on}");
+            if (dataParallel != null)
+            {
+                log.WriteLine(distributed.Describe(batchSize, dataParallel.Shards));
+            }
+
             run.Run(trainer, log, model.Save, () =>
             {
                 model.To(Device.Cpu);
                 model.Freeze();
-            });
+            }, distributed.Writes);
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"saved {modelConfig.ParameterCount():N0}-parameter model to {run.OutFolder}; final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
             return 0;

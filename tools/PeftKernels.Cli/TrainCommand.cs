@@ -51,6 +51,7 @@ internal static class TrainCommand
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
         var run = new TrainingRun();
         var promptLearning = new TrainPromptLearning();
+        var distributed = new DistributedRun();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
             model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
@@ -58,12 +59,12 @@ internal static class TrainCommand
         var bottleneck = new TrainBottleneck();
         var xlora = new TrainXLora();
         var mixlora = new TrainMixLora();
-        foreach (var option in run.Options.Concat(promptLearning.Options).Concat(bottleneck.Options).Concat(xlora.Options).Concat(mixlora.Options))
+        foreach (var option in run.Options.Concat(distributed.Options).Concat(promptLearning.Options).Concat(bottleneck.Options).Concat(xlora.Options).Concat(mixlora.Options))
         {
             command.Options.Add(option);
         }
 
-        command.SetAction(parse => Cli.Guard(parse, log =>
+        command.SetAction(parse => distributed.Guard(parse, log =>
         {
             string folder = parse.GetRequiredValue(model);
             int rank = parse.AtLeast(r, 1), stepCount = parse.AtLeast(steps, 1), b = parse.AtLeast(batch, 1), t = parse.AtLeast(seq, 1);
@@ -134,6 +135,13 @@ internal static class TrainCommand
                 bottleneck.AddArgs(parse, args);
             }
 
+            var dataParallel = distributed.Start(parse, b, parse.GetRequiredValue(device), args);
+            if (dataParallel != null && kind is "xlora" or "bottleneck")
+            {
+                throw new ArgumentException($"--distributed trains the LoRA family, prompt learning and MixLoRA; --method {kind} runs in one process this round.");
+            }
+
+            log = distributed.Log(log);
             run.Check(parse, "--out", parse.GetRequiredValue(output), args, ("--model", folder), ("--data", dataPath));
 
             var lm = LlamaForCausalLM.Load(folder);
@@ -160,16 +168,17 @@ internal static class TrainCommand
                 LoraPlusRatio = ratio,
                 Seed = seedValue,
                 Kernel = kernel,
+                DataParallel = dataParallel,
             });
             if (TrainPromptLearning.Methods.Contains(kind))
             {
                 var adapter = promptLearning.Attach(parse, kind, lm, tokenizer, Path.GetFullPath(folder), seedValue);
-                return RunWholeModel(run, log, lm, adapter, dataset, b, t, on, options);
+                return RunWholeModel(run, distributed, log, lm, adapter, dataset, b, t, on, options);
             }
 
             if (mixConfig != null)
             {
-                return RunWholeModel(run, log, lm, TrainMixLora.Attach(lm, mixConfig, seedValue, log), dataset, b, t, on, options);
+                return RunWholeModel(run, distributed, log, lm, TrainMixLora.Attach(lm, mixConfig, seedValue, log), dataset, b, t, on, options);
             }
 
             if (kind == "xlora")
@@ -203,8 +212,18 @@ internal static class TrainCommand
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{peft.TrainableParameters()} ({wrapped.Count} modules, {dataset.Tokens.Length:N0} data tokens)"));
             lm.To(on);
             var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
-            run.Run(trainer, log, dir => peft.SaveAdapter(dir));
+            if (dataParallel != null)
+            {
+                log.WriteLine(distributed.Describe(b, dataParallel.Shards));
+            }
+
+            run.Run(trainer, log, dir => peft.SaveAdapter(dir), writes: distributed.Writes);
             string outDir = run.OutFolder;
+            if (!distributed.Writes)
+            {
+                return 0;
+            }
+
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"saved adapter to {outDir} ({ModelCommands.Mib(new FileInfo(Path.Combine(outDir, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
             return 0;
@@ -213,14 +232,24 @@ internal static class TrainCommand
     }
 
     /// <summary>Trains a whole-model adapter (IModelAdapter) and saves it in its layout into --out.</summary>
-    private static int RunWholeModel(TrainingRun run, TextWriter log, LlamaForCausalLM lm, IModelAdapter adapter, TextDataset dataset, int b, int t,
+    private static int RunWholeModel(TrainingRun run, DistributedRun distributed, TextWriter log, LlamaForCausalLM lm, IModelAdapter adapter, TextDataset dataset, int b, int t,
         Device on, TrainerOptions options)
     {
         long trainable = adapter.Parameters.Where(p => p.Trainable).Sum(p => p.Count);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{adapter.Method}: {trainable:N0} trainable parameters ({dataset.Tokens.Length:N0} data tokens)"));
         lm.To(on);
         var trainer = new Trainer(lm, rng => dataset.Batch(b, t, rng), b, options);
-        run.Run(trainer, log, adapter.Save);
+        if (options.DataParallel is { } dataParallel)
+        {
+            log.WriteLine(distributed.Describe(b, dataParallel.Shards));
+        }
+
+        run.Run(trainer, log, adapter.Save, writes: distributed.Writes);
+        if (!distributed.Writes)
+        {
+            return 0;
+        }
+
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"saved {adapter.Method} adapter to {run.OutFolder} ({ModelCommands.Mib(new FileInfo(Path.Combine(run.OutFolder, Lora.WeightsFile)).Length)}); final loss {trainer.LastFiniteLoss:F4}{TrainingRun.Skipped(trainer)}"));
         return 0;

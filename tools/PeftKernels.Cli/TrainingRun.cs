@@ -120,8 +120,9 @@ internal sealed class TrainingRun
     /// <summary>
     /// Resumes <paramref name="trainer"/> when asked, trains to the end with progress on <paramref name="log"/>, writing a checkpoint every
     /// --save-every steps (<paramref name="saveOutput"/> writes the adapter or model into a folder); then writes the final output into --out.
+    /// With <paramref name="writes"/> false (a data-parallel rank other than 0) it trains and writes nothing.
     /// </summary>
-    public void Run(Trainer trainer, TextWriter log, Action<string> saveOutput, Action? beforeFinalSave = null)
+    public void Run(Trainer trainer, TextWriter log, Action<string> saveOutput, Action? beforeFinalSave = null, bool writes = true)
     {
         string? last = null;
         if (ResumeFrom != null)
@@ -131,7 +132,7 @@ internal sealed class TrainingRun
             log.WriteLine($"resumed from {ResumeFrom} at step {trainer.Step}/{trainer.Options.Steps}");
         }
 
-        int stale = CheckpointFolders.CleanStale(OutFolder);
+        int stale = writes ? CheckpointFolders.CleanStale(OutFolder) : 0;
         if (stale > 0)
         {
             log.WriteLine($"removed {stale} half-written checkpoint folder(s) a stopped run left in {OutFolder}");
@@ -141,7 +142,7 @@ internal sealed class TrainingRun
         {
             TrainingView.Run(trainer, log, p =>
             {
-                if (every > 0 && p.Step % every == 0)
+                if (writes && every > 0 && p.Step % every == 0)
                 {
                     last = CheckpointFolders.Save(OutFolder, p.Step, folder =>
                     {
@@ -162,7 +163,10 @@ internal sealed class TrainingRun
         }
 
         beforeFinalSave?.Invoke();
-        CheckpointFolders.Publish(OutFolder, saveOutput);
+        if (writes)
+        {
+            CheckpointFolders.Publish(OutFolder, saveOutput);
+        }
     }
 
     /// <summary>The last line's summary of skipped steps ("" when none).</summary>

@@ -15,6 +15,13 @@ public static class Tape
     [ThreadStatic]
     private static int noGradDepth;
 
+    /// <summary>
+    /// Called on this thread after each node's backward during <see cref="Backward(Tensor, float[])"/> (null = none): the hook of
+    /// data-parallel training, which starts reducing a bucket of gradients as soon as backward has written them all.
+    /// </summary>
+    [ThreadStatic]
+    internal static Action? AfterNode;
+
     /// <summary>False inside a <see cref="NoGrad"/> scope.</summary>
     public static bool IsRecording => noGradDepth == 0;
 
@@ -92,6 +99,8 @@ public static class Tape
                     {
                         node.Output.DropGrad();
                     }
+
+                    AfterNode?.Invoke();
                 }
             }
         }

@@ -67,6 +67,9 @@ public sealed record TrainerOptions
     /// milliseconds, far less than a step that allocates hundreds of megabytes.
     /// </summary>
     public long CollectAfterAllocatedBytes { get; init; } = 256L << 20;
+
+    /// <summary>Data-parallel training over a group of ranks (null = this process alone; see <see cref="DataParallelOptions"/>).</summary>
+    public DataParallelOptions? DataParallel { get; init; }
 }
 
 /// <summary>One optimizer step's report.</summary>
@@ -132,6 +135,7 @@ public sealed partial class Trainer
             : [new ParameterGroup(others, 1, options.WeightDecay), new ParameterGroup(bParams, options.LoraPlusRatio, options.WeightDecay)];
         Optimizer = new AdamWOptimizer(groups.Where(g => g.Parameters.Count > 0));
         Schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateRatio);
+        SetUpDataParallel(trainable);
     }
 
     /// <summary>The options.</summary>
@@ -172,7 +176,12 @@ public sealed partial class Trainer
             {
                 cancellation.ThrowIfCancellationRequested();
                 double lossSum = 0;
-                for (int micro = 0; micro < accum; micro++)
+                if (dataParallel != null)
+                {
+                    lossSum = DataParallelMicroSteps(accum, ref tokens);
+                }
+
+                for (int micro = 0; micro < accum && dataParallel == null; micro++)
                 {
                     ulong index = ((ulong)Step * (ulong)accum) + (ulong)micro;
                     var rng = new Random((int)(ForwardContext.Mix((ulong)Options.Seed, index) & int.MaxValue));
