@@ -148,6 +148,13 @@ internal static unsafe class NativeBf16
             }
         }
 
+        // A NuGet install puts it under runtimes/linux-x64/native/, which the runtime's own probing (deps.json) finds.
+        if (NativeLibrary.TryLoad(LibraryName, typeof(NativeBf16).Assembly, null, out handle))
+        {
+            status = LibraryName + " (runtime probing)";
+            return true;
+        }
+
         status = $"{LibraryName} was not found next to the assemblies in {AppContext.BaseDirectory} (built only when a C compiler was on PATH)";
         return false;
     }
