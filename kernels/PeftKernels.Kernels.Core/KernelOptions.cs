@@ -26,6 +26,12 @@ public enum SimdPath
 /// <param name="Path">The SIMD path; <see cref="SimdPath.Auto"/> picks the widest supported one.</param>
 public readonly record struct KernelOptions(int Threads = 0, SimdPath Path = SimdPath.Auto)
 {
+    /// <summary>Precision of the matrix products (<see cref="ComputePrecision.Fp32"/> by default; storage is separate).</summary>
+    public ComputePrecision Compute { get; init; }
+
+    /// <summary>With <see cref="ComputePrecision.Bf16"/>: which micro-kernel (Auto picks the fastest available; Managed forces the fallback).</summary>
+    public Bf16Kernel Bf16Kernel { get; init; }
+
     /// <summary>True when the processor and runtime can execute <paramref name="path"/>.</summary>
     public static bool IsSupported(SimdPath path) => path switch
     {

@@ -143,7 +143,7 @@ public static unsafe class Gemm
 
         fixed (float* pa = a, pc = c)
         {
-            GemmDriver.Run(path, threads, new DenseA(pa, transA ? m : k, transA), sb, m, n, k, alpha, beta, pc, n, null);
+            GemmDriver.Run(options, path, threads, new DenseA(pa, transA ? m : k, transA), sb, m, n, k, alpha, beta, pc, n, null);
         }
     }
 

@@ -142,11 +142,11 @@ public static unsafe class LoraMatmul
         var mask = new DropoutMask(options.Dropout, options.Seed);
         fixed (float* px = x, pbias = bias, pa = a, pb = b, py = y, ph = h)
         {
-            GemmDriver.Run(path, threads, new DenseA(px, inFeatures, false, 1f, mask), new DenseB(pa, inFeatures, true, inFeatures),
+            GemmDriver.Run(options.Kernel, path, threads, new DenseA(px, inFeatures, false, 1f, mask), new DenseB(pa, inFeatures, true, inFeatures),
                 n, rank, inFeatures, 1f, 0f, ph, rank, null);
             var lhs = new ConcatA<DenseA, DenseA>(new DenseA(px, inFeatures, false), new DenseA(ph, rank, false, scale), inFeatures);
             var rhs = new ConcatB<TW, DenseB>(wT, new DenseB(pb, rank, true, rank), inFeatures);
-            GemmDriver.Run(path, threads, lhs, rhs, n, outFeatures, inFeatures + rank, 1f, 0f, py, outFeatures,
+            GemmDriver.Run(options.Kernel, path, threads, lhs, rhs, n, outFeatures, inFeatures + rank, 1f, 0f, py, outFeatures,
                 bias.Length == 0 ? null : pbias);
         }
     }
@@ -171,13 +171,13 @@ public static unsafe class LoraMatmul
         var dh = new float[n * rank];
         fixed (float* pdy = dy, px = x, ph = h, pa = a, pb = b, pdx = dx, pda = da, pdb = db, pdh = dh)
         {
-            GemmDriver.Run(path, threads, new DenseA(pdy, outFeatures, false), new DenseB(pb, rank, false, outFeatures),
+            GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdy, outFeatures, false), new DenseB(pb, rank, false, outFeatures),
                 n, rank, outFeatures, scale, 0f, pdh, rank, null);
-            GemmDriver.Run(path, threads, new DenseA(pdy, outFeatures, true), new DenseB(ph, rank, false, n),
+            GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdy, outFeatures, true), new DenseB(ph, rank, false, n),
                 outFeatures, rank, n, scale, 0f, pdb, rank, null);
             if (da.Length != 0)
             {
-                GemmDriver.Run(path, threads, new DenseA(pdh, rank, true), new DenseB(px, inFeatures, false, n, mask),
+                GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdh, rank, true), new DenseB(px, inFeatures, false, n, mask),
                     rank, inFeatures, n, 1f, 0f, pda, inFeatures, null);
             }
 
@@ -185,7 +185,7 @@ public static unsafe class LoraMatmul
             {
                 var lhs = new ConcatA<DenseA, DenseA>(new DenseA(pdy, outFeatures, false), new DenseA(pdh, rank, false), outFeatures);
                 var rhs = new ConcatB<TW, DenseB>(w, new DenseB(pa, inFeatures, false, rank), outFeatures);
-                GemmDriver.Run(path, threads, lhs, rhs, n, inFeatures, outFeatures + rank, 1f, 0f, pdx, inFeatures, null,
+                GemmDriver.Run(options.Kernel, path, threads, lhs, rhs, n, inFeatures, outFeatures + rank, 1f, 0f, pdx, inFeatures, null,
                     new GemmEpilogue(outFeatures, mask, inFeatures));
             }
         }

@@ -12,7 +12,7 @@ using System.Runtime.Intrinsics;
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>Measures this machine's fp32 FMA peak and memory read bandwidth.</summary>
-public static unsafe class MachineProbe
+public static unsafe partial class MachineProbe
 {
     /// <summary>fp32 FMA throughput in GFLOP/s over <paramref name="threads"/> threads, best of <paramref name="repeats"/>.</summary>
     public static double FmaPeakGflops(int threads, SimdPath path = SimdPath.Auto, long steps = 20_000_000, int repeats = 3)
@@ -98,7 +98,7 @@ public static unsafe class MachineProbe
         }
     }
 
-    private static void RunThreads(int threads, Action<int> body)
+    internal static void RunThreads(int threads, Action<int> body)
     {
         var workers = new Thread[threads];
         using var start = new ManualResetEventSlim(false);

@@ -25,7 +25,7 @@ public static unsafe class Quant4Matmul
         fixed (float* pabs = w.AbsmaxFp32(), px = x, pbias = bias, py = y)
         {
             var panel = new Quant4Panel(w, pq, pabs, true, path);
-            GemmDriver.Run(path, threads, new DenseA(px, inFeatures, false), panel, n, outFeatures, inFeatures, 1f, 0f, py, outFeatures,
+            GemmDriver.Run(options, path, threads, new DenseA(px, inFeatures, false), panel, n, outFeatures, inFeatures, 1f, 0f, py, outFeatures,
                 bias.Length == 0 ? null : pbias);
         }
     }
@@ -47,7 +47,7 @@ public static unsafe class Quant4Matmul
         fixed (float* pabs = w.AbsmaxFp32(), pdy = dy, pdx = dx)
         {
             var panel = new Quant4Panel(w, pq, pabs, false, path);
-            GemmDriver.Run(path, threads, new DenseA(pdy, outFeatures, false), panel, n, inFeatures, outFeatures, 1f, 0f, pdx, inFeatures, null);
+            GemmDriver.Run(options, path, threads, new DenseA(pdy, outFeatures, false), panel, n, inFeatures, outFeatures, 1f, 0f, pdx, inFeatures, null);
         }
     }
 }

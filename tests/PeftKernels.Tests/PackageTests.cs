@@ -12,14 +12,15 @@ namespace PeftKernels.Tests;
 
 public sealed class PackageTests
 {
-    private static readonly string[] Libraries = ["PeftKernels", "PeftKernels.Kernels.Core", "PeftKernels.Kernels.Cpu", "PeftKernels.Kernels.Gpu", "PeftKernels.Server"];
+    private static readonly string[] Libraries = ["PeftKernels", "PeftKernels.Kernels.Core", "PeftKernels.Kernels.Native", "PeftKernels.Kernels.Cpu", "PeftKernels.Kernels.Gpu", "PeftKernels.Server"];
 
     /// <summary>The project references each library package must carry as package dependencies.</summary>
     private static readonly Dictionary<string, string[]> OwnDependencies = new()
     {
         ["PeftKernels"] = ["PeftKernels.Kernels.Cpu", "PeftKernels.Kernels.Gpu"],
         ["PeftKernels.Kernels.Core"] = [],
-        ["PeftKernels.Kernels.Cpu"] = ["PeftKernels.Kernels.Core"],
+        ["PeftKernels.Kernels.Native"] = [],
+        ["PeftKernels.Kernels.Cpu"] = ["PeftKernels.Kernels.Core", "PeftKernels.Kernels.Native"],
         ["PeftKernels.Kernels.Gpu"] = ["PeftKernels.Kernels.Core", "PeftKernels.Kernels.Cpu"],
         ["PeftKernels.Server"] = ["PeftKernels"],
     };

@@ -100,6 +100,7 @@ internal static class BenchCommand
             }
 
             RunQuant4(repeats, options, peak, output);
+            BenchBf16.Run(quick, repeats, threads, output);
         }
     }
 
@@ -175,7 +176,7 @@ internal static class BenchCommand
         Row(output, "qlora backward (vs lora)", shape, bwd.Ms[1], baseFlops, peak, bwd.Ratio[1], double.NaN);
     }
 
-    private static void Row(TextWriter output, string name, string shape, double ms, double flops, double peak, double ratio, double gbs) =>
+    internal static void Row(TextWriter output, string name, string shape, double ms, double flops, double peak, double ratio, double gbs) =>
         output.WriteLine($"{name,-28} {shape,-22} {ms,9:F3} {(flops == 0 ? "" : (flops / ms / 1e6).ToString("F1")),9} {(flops == 0 ? "" : (flops / ms / 1e6 / peak).ToString("P0")),7} {(double.IsNaN(ratio) ? "" : ratio.ToString("F3") + "x"),8} {(double.IsNaN(gbs) ? "" : gbs.ToString("F1")),7}");
 
     /// <summary>
@@ -183,7 +184,7 @@ internal static class BenchCommand
     /// median time and, for every action, the median over rounds of its time divided by the first
     /// action's time in the same round: a ratio that machine-wide slow phases affect equally.
     /// </summary>
-    private static (double[] Ms, double[] Ratio) TimeInterleaved(int repeats, params Action[] actions)
+    internal static (double[] Ms, double[] Ratio) TimeInterleaved(int repeats, params Action[] actions)
     {
         var samples = TimeInterleavedSamples(repeats, actions);
         var ratios = samples.Select(s => s.Select((t, round) => t / samples[0][round]).ToArray());
@@ -223,7 +224,7 @@ internal static class BenchCommand
         return TimeInterleaved(repeats, action).Ms[0];
     }
 
-    private static float[] Random(int count, int seed)
+    internal static float[] Random(int count, int seed)
     {
         var rng = new Random(seed);
         var data = new float[count];

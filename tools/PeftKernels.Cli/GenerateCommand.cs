@@ -48,11 +48,12 @@ internal static class GenerateCommand
         var maxBatchTokens = new Option<int>("--max-batch-tokens") { HelpName = "n", Description = "Tokens one engine step runs at most (decode rows plus prompt chunks).", DefaultValueFactory = _ => 512 };
         var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
+        var compute = ComputeOption.Create();
         var command = new Command("generate", "Generate tokens after a prompt, or for a JSONL file of requests as one continuous batch, on the inference engine "
             + "(greedy, or temperature / top-k / top-p sampling; paged KV cache; an adapter per request). The engine runs on the CPU: "
             + "--device cuda runs a single prompt with the library's KV-cache generation instead (no --requests, --top-k, --integer-decode there).")
         {
-            model, adapter, prompt, promptTokens, requests, maxNew, temperature, topP, topK, seed, integerDecode, maxRunning, maxBatchTokens, threads, device,
+            model, adapter, prompt, promptTokens, requests, maxNew, temperature, topP, topK, seed, integerDecode, maxRunning, maxBatchTokens, threads, device, compute,
         };
         command.Validators.Add(result =>
         {
@@ -90,6 +91,7 @@ internal static class GenerateCommand
 
             int threadCount = parse.Threads(threads);
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
+            var precision = parse.Compute(compute, device);
             string? requestsFile = parse.GetValue(requests);
             if (on.IsGpu)
             {
@@ -99,7 +101,7 @@ internal static class GenerateCommand
                     new GenerationOptions(t, p, parse.GetValue(seed)), new KernelOptions(threadCount), on);
             }
 
-            var settings = new EngineSettings(running, batchTokens, threadCount, parse.GetValue(integerDecode));
+            var settings = new EngineSettings(running, batchTokens, threadCount, parse.GetValue(integerDecode)) { Compute = precision };
             if (requestsFile != null)
             {
                 return RunRequests(parse, log, folder, requestsFile, new RequestDefaults(newTokens, t, p, k, parse.GetValue(seed), null), settings);
@@ -157,7 +159,7 @@ internal static class GenerateCommand
                     $"the prompt has {ids.Length} tokens; the model's max_position_embeddings is {maxPositions}, so at most {maxPositions - 1} leave room to generate."));
             }
 
-            ModelCommands.CheckLogits(lm, ids, new KernelOptions(settings.Threads), nonFinite);
+            ModelCommands.CheckLogits(lm, ids, new KernelOptions(settings.Threads) { Compute = settings.Compute }, nonFinite);
         }
         finally
         {

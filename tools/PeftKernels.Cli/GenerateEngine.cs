@@ -16,7 +16,11 @@ using PeftKernels.Text;
 namespace PeftKernels.Cli;
 
 /// <summary>The engine settings the command line gives.</summary>
-internal sealed record EngineSettings(int MaxRunning, int MaxBatchTokens, int Threads, bool IntegerDecode);
+internal sealed record EngineSettings(int MaxRunning, int MaxBatchTokens, int Threads, bool IntegerDecode)
+{
+    /// <summary>Precision of the matrix products (--compute).</summary>
+    public ComputePrecision Compute { get; init; }
+}
 
 /// <summary>Runs checked requests on an <see cref="InferenceEngine"/> and words its results.</summary>
 internal static class GenerateEngine
@@ -65,6 +69,7 @@ internal static class GenerateEngine
             MaxRunningSequences = Math.Min(settings.MaxRunning, requests.Count),
             MaxSequenceLength = Math.Min(lm.Config.MaxPositionEmbeddings, longest),
             Threads = settings.Threads,
+            Compute = settings.Compute,
             IntegerDecode = settings.IntegerDecode,
         };
         using var engine = new InferenceEngine(lm, options);

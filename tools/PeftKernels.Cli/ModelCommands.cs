@@ -26,14 +26,15 @@ internal static class ModelCommands
         var tokens = new Option<string>("--tokens") { Required = true, HelpName = "ids", Description = "Comma-separated token ids, at least two." };
         var threads = OptionChecks.ThreadsOption();
         var device = DeviceOption();
+        var compute = ComputeOption.Create();
         var command = new Command("score", "Causal-LM loss and perplexity of a token sequence (mean over the N−1 predicted positions), as one JSON line.")
         {
-            model, adapter, tokens, threads, device,
+            model, adapter, tokens, threads, device, compute,
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             var ids = ParseTokens(parse.GetRequiredValue(tokens), "--tokens");
-            var kernel = new KernelOptions(parse.Threads(threads));
+            var kernel = new KernelOptions(parse.Threads(threads)) { Compute = parse.Compute(compute, device) };
             var on = ParseDevice(parse.GetRequiredValue(device));
             var (lm, nonFinite) = LoadModel(parse, parse.GetRequiredValue(model), parse.GetValue(adapter));
             lm.To(on);

@@ -27,12 +27,13 @@ internal static class PretrainCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the initial weights and the batches.", DefaultValueFactory = _ => 0 };
         var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
+        var compute = ComputeOption.Create();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output Hugging Face model folder (and its checkpoints)." };
         var run = new TrainingRun();
         var distributed = new DistributedRun();
         var command = new Command("pretrain", "Pre-train a small Llama from scratch on a text file (byte-level vocabulary) and save it as a Hugging Face folder.")
         {
-            config, data, steps, batch, seq, lr, seed, threads, device, output,
+            config, data, steps, batch, seq, lr, seed, threads, device, compute, output,
         };
         foreach (var option in run.Options.Concat(distributed.Options))
         {
@@ -43,7 +44,7 @@ internal static class PretrainCommand
         {
             int stepCount = parse.AtLeast(steps, 1), batchSize = parse.AtLeast(batch, 1), seqLength = parse.AtLeast(seq, 1);
             double peak = parse.InRange(lr, 0, float.MaxValue);
-            var kernel = new KernelOptions(parse.Threads(threads));
+            var kernel = new KernelOptions(parse.Threads(threads)) { Compute = parse.Compute(compute, device) };
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             string size = parse.GetRequiredValue(config);
             var tokenizer = new ByteTokenizer();

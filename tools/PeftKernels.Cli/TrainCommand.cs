@@ -48,13 +48,14 @@ internal static class TrainCommand
         var seed = new Option<int>("--seed") { Description = "Seed of initialisation, batches and dropout.", DefaultValueFactory = _ => 0 };
         var threads = OptionChecks.ThreadsOption();
         var device = ModelCommands.DeviceOption();
+        var compute = ComputeOption.Create();
         var output = new Option<string>("--out") { Required = true, HelpName = "dir", Description = "Output folder for the adapter (adapter_config.json + adapter_model.safetensors) and its checkpoints." };
         var run = new TrainingRun();
         var promptLearning = new TrainPromptLearning();
         var distributed = new DistributedRun();
         var command = new Command("train", "Fine-tune a LoRA / QLoRA / DoRA / IA³ adapter on a text file and save it in Hugging Face PEFT layout.")
         {
-            model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, output,
+            model, data, method, r, alpha, dropout, targets, rslora, lr, loraPlus, steps, batch, seq, accum, warmup, seed, threads, device, compute, output,
         };
         var bottleneck = new TrainBottleneck();
         var xlora = new TrainXLora();
@@ -76,7 +77,7 @@ internal static class TrainCommand
                 throw new ArgumentException(string.Create(CultureInfo.InvariantCulture, $"--lr × --lora-plus-ratio must be at most {float.MaxValue} (lora_B's learning rate, float32); got {peak} × {ratio} = {peak * ratio}."));
             }
 
-            var kernel = new KernelOptions(parse.Threads(threads));
+            var kernel = new KernelOptions(parse.Threads(threads)) { Compute = parse.Compute(compute, device) };
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             string kind = parse.GetValue(method)!;
             bottleneck.CheckOptions(parse, kind, r, alpha, dropout, targets, rslora, loraPlus);

@@ -32,6 +32,9 @@ public sealed record EngineOptions
     /// <summary>SIMD path of the kernels (Auto = the widest the CPU has).</summary>
     public SimdPath Path { get; init; } = SimdPath.Auto;
 
+    /// <summary>Precision of the matrix products (fp32, or bf16 operands with fp32 sums; decode rows stay fp32).</summary>
+    public ComputePrecision Compute { get; init; }
+
     /// <summary>
     /// Decode rows over 4-bit weights use the integer GEMV (activations quantized per 32 elements to int8, codes through an
     /// int8 table): faster, approximate (see docs/performance.md for its logit error). Off: the bitsandbytes-exact fp32 path.
@@ -42,7 +45,7 @@ public sealed record EngineOptions
     public bool PrefixSharing { get; init; } = true;
 
     /// <summary>The kernel options these settings give.</summary>
-    internal KernelOptions Kernel => new(Threads, Path);
+    internal KernelOptions Kernel => new(Threads, Path) { Compute = Compute };
 
     /// <summary>Checks every setting against the model's limits.</summary>
     /// <exception cref="ArgumentException">A setting is out of range (the setting and value are named).</exception>

@@ -61,6 +61,15 @@ public sealed record TrainerOptions
     public KernelOptions Kernel { get; init; }
 
     /// <summary>
+    /// Precision of the forward and backward matrix products: fp32 (default), or bf16 operands with fp32 sums (like torch's bf16
+    /// autocast: norms, softmax, the loss and the optimizer stay fp32). Bf16 here or in <see cref="Kernel"/>'s Compute turns it on.
+    /// </summary>
+    public ComputePrecision Compute { get; init; }
+
+    /// <summary>The kernel options of the forward and backward passes: <see cref="Kernel"/> at <see cref="Compute"/>.</summary>
+    internal KernelOptions PassKernel => Compute == ComputePrecision.Bf16 ? Kernel with { Compute = ComputePrecision.Bf16 } : Kernel;
+
+    /// <summary>
     /// Run a full garbage collection after a step once this many bytes were allocated since the last one
     /// (0 = never force). Every op allocates its output, so without this the GC lets several steps of dead
     /// activations pile up before collecting; a blocking collection of a heap of large float arrays costs
@@ -186,7 +195,7 @@ public sealed partial class Trainer
                     ulong index = ((ulong)Step * (ulong)accum) + (ulong)micro;
                     var rng = new Random((int)(ForwardContext.Mix((ulong)Options.Seed, index) & int.MaxValue));
                     var (inputs, labels) = sampler(rng);
-                    var context = new ForwardContext(ForwardContext.Mix((ulong)Options.Seed ^ 0x5EEDUL, index), Options.Kernel);
+                    var context = new ForwardContext(ForwardContext.Mix((ulong)Options.Seed ^ 0x5EEDUL, index), Options.PassKernel);
                     var loss = model.Loss(inputs, labels, batch, context);
                     lossSum += loss.Item();
                     Tape.Backward(loss, 1f / accum);

@@ -23,12 +23,16 @@ using Spectre.Console;
 
 namespace PeftKernels.Cli.Demo;
 
-internal sealed record DemoOptions(string Output, bool Fast, int Seed, int Threads, Device Device);
+internal sealed record DemoOptions(string Output, bool Fast, int Seed, int Threads, Device Device)
+{
+    /// <summary>Precision of the matrix products of pre-training and fine-tuning.</summary>
+    public ComputePrecision Compute { get; init; }
+}
 
 internal sealed partial class DemoRunner(DemoOptions options, IAnsiConsole console, bool live)
 {
     private readonly Dictionary<string, List<double>> curves = [];
-    private readonly KernelOptions kernel = new(options.Threads);
+    private readonly KernelOptions kernel = new(options.Threads) { Compute = options.Compute };
     private readonly Device device = options.Device;
 
     public DemoMetrics Run()

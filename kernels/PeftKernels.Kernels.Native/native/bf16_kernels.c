@@ -1,0 +1,207 @@
+// bf16 micro-kernels of the GEMM driver (kernels/PeftKernels.Kernels.Cpu/GemmDriver.cs), the part
+// .NET cannot express: it has no AVX512-BF16 and no AMX intrinsics.
+//   acc[r, c] = Σ_{q < kpairs} a(r, 2q)·b(2q, c) + a(r, 2q+1)·b(2q+1, c)     (fp32 accumulation)
+//   C[r, c]   = alpha · acc[r, c] + beta · C[r, c] + bias[c]                  (beta = 0: C not read)
+// Packed operands (written by the C# packers, Bf16Pairs.cs): bf16 values in pairs along K,
+//   A strip: a32[q·MR + r] = a(r, 2q) | a(r, 2q+1) << 16          (one 32-bit word per row and pair)
+//   B strip: b32[q·NR + c] = b(2q, c) | b(2q+1, c) << 16          (the "VNNI" layout of vdpbf16ps and AMX)
+// An odd K is padded with a zero row. Each k pair is one vdpbf16ps per accumulator: 32 flops per
+// lane instead of an fp32 FMA's 2 per lane per K step, i.e. twice the fp32 rate per instruction.
+// AVX512-BF16: 12×32 (24 zmm accumulators) and 24×16 (rank-sized outputs), A words broadcast.
+// AMX-BF16: 32×32 from four 16×16 fp32 accumulator tiles; A is regrouped per call into rows of 16
+// words (the tile layout), B strips are loaded as tiles directly (row stride NR words).
+// Every function checks nothing: the C# loader calls them only after CPUID says the instructions exist.
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define AVX512BF16 __attribute__((target("avx512f,avx512bf16")))
+
+EXPORT int peft_native_version(void) { return 1; }
+
+AVX512BF16 static inline void store_row(float* dst, __m512 acc, __m512 va, __m512 vb, float beta, const float* bias)
+{
+    acc = _mm512_mul_ps(acc, va);
+    if (beta != 0.0f) acc = _mm512_fmadd_ps(vb, _mm512_loadu_ps(dst), acc);
+    if (bias) acc = _mm512_add_ps(acc, _mm512_loadu_ps(bias));
+    _mm512_storeu_ps(dst, acc);
+}
+
+#define DP(acc, w, b) acc = _mm512_dpbf16_ps(acc, (__m512bh)(w), (__m512bh)(b))
+
+EXPORT AVX512BF16 void peft_bf16_avx512_12x32(const uint16_t* a, const uint16_t* b, int kpairs, float* c, long ldc,
+    float alpha, float beta, const float* bias)
+{
+    const int32_t* a32 = (const int32_t*)a;
+    __m512 acc[12][2];
+    for (int r = 0; r < 12; r++) { acc[r][0] = _mm512_setzero_ps(); acc[r][1] = _mm512_setzero_ps(); }
+    for (int r = 0; r < 12; r++) { _mm_prefetch((const char*)(c + r * ldc), _MM_HINT_T0); _mm_prefetch((const char*)(c + r * ldc + 16), _MM_HINT_T0); }
+    for (int q = 0; q < kpairs; q++)
+    {
+        __m512i b0 = _mm512_loadu_si512(b);
+        __m512i b1 = _mm512_loadu_si512(b + 32);
+#pragma GCC unroll 12
+        for (int r = 0; r < 12; r++)
+        {
+            __m512i w = _mm512_set1_epi32(a32[r]);
+            DP(acc[r][0], w, b0);
+            DP(acc[r][1], w, b1);
+        }
+        a32 += 12;
+        b += 64;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < 12; r++)
+    {
+        store_row(c + r * ldc, acc[r][0], va, vb, beta, bias);
+        store_row(c + r * ldc + 16, acc[r][1], va, vb, beta, bias ? bias + 16 : 0);
+    }
+}
+
+EXPORT AVX512BF16 void peft_bf16_avx512_24x16(const uint16_t* a, const uint16_t* b, int kpairs, float* c, long ldc,
+    float alpha, float beta, const float* bias)
+{
+    const int32_t* a32 = (const int32_t*)a;
+    __m512 acc[24];
+    for (int r = 0; r < 24; r++) acc[r] = _mm512_setzero_ps();
+    for (int q = 0; q < kpairs; q++)
+    {
+        __m512i b0 = _mm512_loadu_si512(b);
+#pragma GCC unroll 24
+        for (int r = 0; r < 24; r++)
+        {
+            DP(acc[r], _mm512_set1_epi32(a32[r]), b0);
+        }
+        a32 += 24;
+        b += 32;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < 24; r++) store_row(c + r * ldc, acc[r], va, vb, beta, bias);
+}
+
+// Peak probe: 24 independent vdpbf16ps chains (latency × ports), `steps` rounds; 64 flops each
+// (16 lanes × 2 products × multiply-add). Returns a sum so the loop cannot be removed.
+EXPORT AVX512BF16 float peft_bf16_avx512_peak(long steps)
+{
+    __m512 acc[24];
+    for (int i = 0; i < 24; i++) acc[i] = _mm512_setzero_ps();
+    __m512i x = _mm512_set1_epi32(0x3F803F80); // (1.0, 1.0) in bf16
+    __m512i y = _mm512_set1_epi32(0x24002400); // tiny, so the sums stay finite
+    for (long s = 0; s < steps; s++)
+    {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++) DP(acc[i], x, y);
+        __asm__ volatile("" : "+v"(x));
+    }
+    __m512 t = acc[0];
+    for (int i = 1; i < 24; i++) t = _mm512_add_ps(t, acc[i]);
+    return _mm512_reduce_add_ps(t);
+}
+
+// ---------------------------------------------------------------- AMX-BF16 (Sapphire Rapids and later)
+#define AMX __attribute__((target("amx-tile,amx-bf16,avx512f")))
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+// Linux hands out the tile-data state only on request, once per process; 0 on success.
+EXPORT int peft_amx_request_permission(void)
+{
+    return (int)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+}
+
+typedef struct
+{
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+static __thread int amx_configured;
+
+AMX static void amx_configure(void)
+{
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+    _tile_loadconfig(&cfg);
+    amx_configured = 1;
+}
+
+// 32×32 tile: C tiles 0..3 (rows 0-15 / 16-31 × cols 0-15 / 16-31), A tiles 4, 5, B tiles 6, 7.
+EXPORT AMX void peft_bf16_amx_32x32(const uint16_t* a, const uint16_t* b, int kpairs, float* c, long ldc,
+    float alpha, float beta, const float* bias)
+{
+    if (!amx_configured) amx_configure();
+    const uint32_t* a32 = (const uint32_t*)a;
+    const uint32_t* b32 = (const uint32_t*)b;
+    uint32_t abuf[32][16] __attribute__((aligned(64)));
+    uint32_t bbuf[16][32] __attribute__((aligned(64)));
+    float cbuf[32][32] __attribute__((aligned(64)));
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int q0 = 0; q0 < kpairs; q0 += 16)
+    {
+        int n = kpairs - q0 < 16 ? kpairs - q0 : 16;
+        for (int r = 0; r < 32; r++)
+            for (int t = 0; t < 16; t++) abuf[r][t] = t < n ? a32[(q0 + t) * 32 + r] : 0u;
+        const uint32_t* bsrc = b32 + (long)q0 * 32;
+        if (n < 16)
+        {
+            memset(bbuf, 0, sizeof bbuf);
+            memcpy(bbuf, bsrc, (size_t)n * 32 * sizeof(uint32_t));
+            bsrc = &bbuf[0][0];
+        }
+        _tile_loadd(4, &abuf[0][0], 64);
+        _tile_loadd(5, &abuf[16][0], 64);
+        _tile_loadd(6, bsrc, 128);
+        _tile_loadd(7, bsrc + 16, 128);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, &cbuf[0][0], 128);
+    _tile_stored(1, &cbuf[0][16], 128);
+    _tile_stored(2, &cbuf[16][0], 128);
+    _tile_stored(3, &cbuf[16][16], 128);
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < 32; r++)
+    {
+        for (int h = 0; h < 2; h++)
+        {
+            float* dst = c + r * ldc + h * 16;
+            __m512 acc = _mm512_mul_ps(_mm512_load_ps(&cbuf[r][h * 16]), va);
+            if (beta != 0.0f) acc = _mm512_fmadd_ps(vb, _mm512_loadu_ps(dst), acc);
+            if (bias) acc = _mm512_add_ps(acc, _mm512_loadu_ps(bias + h * 16));
+            _mm512_storeu_ps(dst, acc);
+        }
+    }
+}
+
+// Peak probe: `steps` rounds of four independent tile products (16×16×32 each: 16384 flops).
+EXPORT AMX float peft_bf16_amx_peak(long steps)
+{
+    if (!amx_configured) amx_configure();
+    uint16_t ones[16][32] __attribute__((aligned(64)));
+    float out[16][16] __attribute__((aligned(64)));
+    for (int r = 0; r < 16; r++) for (int t = 0; t < 32; t++) ones[r][t] = 0x2400;
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    _tile_loadd(4, ones, 64);
+    _tile_loadd(5, ones, 64);
+    _tile_loadd(6, ones, 64);
+    _tile_loadd(7, ones, 64);
+    for (long s = 0; s < steps; s++)
+    {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, out, 64);
+    return out[0][0];
+}
