@@ -41,7 +41,12 @@ public sealed class FederatedSimulationTests(ITestOutputHelper output) : IDispos
 
         new Trainer(model, rng => dataset.Batch(16, 64, rng), 16, new TrainerOptions
         {
-            Steps = PreSteps, LearningRate = 3e-3, WarmupSteps = PreSteps / 10, MinLearningRateRatio = 0.1, WeightDecay = 0.01, Kernel = Kernel,
+            Steps = PreSteps,
+            LearningRate = 3e-3,
+            WarmupSteps = PreSteps / 10,
+            MinLearningRateRatio = 0.1,
+            WeightDecay = 0.01,
+            Kernel = Kernel,
         }).Run();
         model.Freeze();
         string dir = Path.Combine(folder.Path, "base");
@@ -110,7 +115,11 @@ public sealed class FederatedSimulationTests(ITestOutputHelper output) : IDispos
         Lora.Apply(central, Config, seed: 7);
         new Trainer(central, rng => DemoTask.Sentiment.Batch(rng, 16), 16, new TrainerOptions
         {
-            Steps = CentralSteps, LearningRate = Lr, WarmupSteps = CentralSteps / 10, Seed = 1, Kernel = Kernel,
+            Steps = CentralSteps,
+            LearningRate = Lr,
+            WarmupSteps = CentralSteps / 10,
+            Seed = 1,
+            Kernel = Kernel,
         }).Run();
         double centralAccuracy = Classification(central, heldOut);
         output.WriteLine($"centralized generation accuracy {Accuracy(central, heldOut):P0}");
@@ -125,7 +134,11 @@ public sealed class FederatedSimulationTests(ITestOutputHelper output) : IDispos
             string major = k % 2 == 0 ? "pos" : "neg";
             var trainer = new Trainer(model, rng => SkewedBatch(rng, LocalBatch, major), LocalBatch, new TrainerOptions
             {
-                Steps = Rounds * LocalSteps, LearningRate = Lr, WarmupSteps = Rounds * LocalSteps / 10, Seed = 100 + k, Kernel = Kernel,
+                Steps = Rounds * LocalSteps,
+                LearningRate = Lr,
+                WarmupSteps = Rounds * LocalSteps / 10,
+                Seed = 100 + k,
+                Kernel = Kernel,
             });
             return (Model: model, Trainer: trainer);
         }).ToList();

@@ -4,7 +4,8 @@
 // round; BenchmarkDotNet in bench/ is the rigorous version of the same measurements.
 // `peft bench serve` (BenchServeCommand.cs) benchmarks the inference engine instead, and
 // `peft bench decode-error` (BenchDecodeErrorCommand.cs) the integer decode path's accuracy.
-// `peft bench http` (BenchHttpCommand.cs) load-tests an OpenAI-compatible server.
+// `peft bench http` (BenchHttpCommand.cs) load-tests an OpenAI-compatible server, and
+// `peft bench allreduce` (BenchAllReduceCommand.cs) times the data-parallel all-reduce under mpirun.
 using System.CommandLine;
 using System.Diagnostics;
 using PeftKernels.Kernels.Cpu;
@@ -25,6 +26,7 @@ internal static class BenchCommand
         command.Subcommands.Add(BenchServeCommand.Create());
         command.Subcommands.Add(BenchDecodeErrorCommand.Create());
         command.Subcommands.Add(BenchHttpCommand.Create());
+        command.Subcommands.Add(BenchAllReduceCommand.Create());
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             Run(parse.GetValue(quick), ThreadCounts(parse.Threads(threads)), log);

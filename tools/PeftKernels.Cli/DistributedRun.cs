@@ -113,6 +113,14 @@ internal sealed class DistributedRun : IDisposable
     public string Describe(int batch, int shardCount) => group == null ? ""
         : string.Create(CultureInfo.InvariantCulture, $"data-parallel: {group.Size} rank(s){(group is MpiAllReduce mpi ? $" ({mpi.Library})" : "")}, {shardCount} shard(s) of {batch / shardCount} sequence(s) per global batch of {batch}");
 
+    /// <summary>
+    /// The line the writing rank prints after training: the time this rank waited for the all-reduce (after its own backward
+    /// finished) against the whole run ("" when not data-parallel).
+    /// </summary>
+    public string Communication(Training.Trainer trainer, TimeSpan elapsed) => group == null ? ""
+        : string.Create(CultureInfo.InvariantCulture,
+            $"communication: waited {trainer.CommunicationWait.TotalSeconds:F2} s for the all-reduce in {elapsed.TotalSeconds:F2} s of training ({100 * trainer.CommunicationWait.TotalSeconds / Math.Max(elapsed.TotalSeconds, 1e-9):F1} %)");
+
     /// <summary>Runs <paramref name="body"/> (a verb's work); under MPI a failure of this rank ends every rank after the error is printed.</summary>
     public int Guard(ParseResult parse, Func<TextWriter, int> body)
     {

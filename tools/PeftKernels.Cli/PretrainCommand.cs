@@ -1,4 +1,4 @@
-// `peft pretrain --config tiny|small --data FILE --steps N --out DIR [--device cpu|cuda]`: trains
+// `peft pretrain --config tiny|small|base --data FILE --steps N --out DIR [--device cpu|cuda]`: trains
 // every weight of a freshly initialised Llama (seeded) on a text file with the byte-level tokenizer
 // (vocab 256), on the CPU or a CUDA GPU (weights, gradients and AdamW moments stay there), and
 // saves a Hugging Face folder. Deterministic: the same data, options and seed give the
@@ -17,8 +17,8 @@ internal static class PretrainCommand
 {
     public static Command Create()
     {
-        var config = new Option<string>("--config") { Description = "Model size: tiny (hidden 64, 2 layers) or small (hidden 128, 4 layers).", DefaultValueFactory = _ => "tiny" };
-        config.AcceptOnlyFromAmong("tiny", "small");
+        var config = new Option<string>("--config") { Description = "Model size: tiny (hidden 64, 2 layers), small (hidden 128, 4 layers) or base (the ~125M Llama's layers: hidden 768, 12 layers, 12 heads, intermediate 2048; byte vocabulary).", DefaultValueFactory = _ => "tiny" };
+        config.AcceptOnlyFromAmong("tiny", "small", "base");
         var data = new Option<string>("--data") { Required = true, HelpName = "file", Description = "Plain text or JSONL with a \"text\" field (byte-level tokens)." };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", DefaultValueFactory = _ => 300 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step.", DefaultValueFactory = _ => 16 };
@@ -48,7 +48,12 @@ internal static class PretrainCommand
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             string size = parse.GetRequiredValue(config);
             var tokenizer = new ByteTokenizer();
-            var modelConfig = size == "small" ? LlamaConfig.Small(tokenizer.VocabSize) : LlamaConfig.Tiny(tokenizer.VocabSize);
+            var modelConfig = size switch
+            {
+                "small" => LlamaConfig.Small(tokenizer.VocabSize),
+                "base" => LlamaConfig.Llama125M() with { VocabSize = tokenizer.VocabSize },
+                _ => LlamaConfig.Tiny(tokenizer.VocabSize),
+            };
             if (seqLength > modelConfig.MaxPositionEmbeddings)
             {
                 throw new ArgumentException($"--seq must be at most {modelConfig.MaxPositionEmbeddings} (max_position_embeddings of the {size} config); got {seqLength}.");

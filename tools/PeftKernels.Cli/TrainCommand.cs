@@ -218,7 +218,13 @@ internal static class TrainCommand
                 log.WriteLine(distributed.Describe(b, dataParallel.Shards));
             }
 
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             run.Run(trainer, log, dir => peft.SaveAdapter(dir), writes: distributed.Writes);
+            if (dataParallel != null)
+            {
+                log.WriteLine(distributed.Communication(trainer, clock.Elapsed));
+            }
+
             string outDir = run.OutFolder;
             if (!distributed.Writes)
             {
@@ -245,7 +251,13 @@ internal static class TrainCommand
             log.WriteLine(distributed.Describe(b, dataParallel.Shards));
         }
 
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         run.Run(trainer, log, adapter.Save, writes: distributed.Writes);
+        if (options.DataParallel != null)
+        {
+            log.WriteLine(distributed.Communication(trainer, clock.Elapsed));
+        }
+
         if (!distributed.Writes)
         {
             return 0;
