@@ -80,20 +80,6 @@ public sealed partial class MixLoraAdapter : IModelAdapter
         return Install(model, config, blocks, attention);
     }
 
-    /// <summary>
-    /// Refuses a MixLoRA folder in the batched engine (its per-token routing is not part of the engine's batched forward this
-    /// round): the message names the adapter and says how to run it instead. No-op for other folders.
-    /// </summary>
-    /// <exception cref="NotSupportedException"><paramref name="folder"/> holds a MixLoRA adapter.</exception>
-    public static void RefuseEngine(string name, string folder)
-    {
-        if (Recognizes(folder))
-        {
-            throw new NotSupportedException($"adapter '{name}' ({folder}) is a MixLoRA adapter; the engine does not serve MixLoRA (per-token expert routing) "
-                + "in a batch yet: run it with the library (MixLoraAdapter.Load, LlamaForCausalLM.Generate) or `peft generate --prompt ... --adapter DIR`.");
-        }
-    }
-
     /// <summary>Refuses to merge, with <see cref="NoMergeReason"/>.</summary>
     /// <exception cref="NotSupportedException">Always.</exception>
     public void Merge() => throw new NotSupportedException(NoMergeReason);
