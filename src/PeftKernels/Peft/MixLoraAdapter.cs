@@ -1,7 +1,8 @@
 // A MixLoRA adapter attached to a whole Llama model (docs/formats/mixlora.md): every decoder
 // layer's MLP gets a MixLoraBlock (router + per-expert LoRA on the targeted gate/up/down; the hook
 // is LlamaMlp.MixLora), and the targeted attention projections get one plain LoRA adapter named
-// "mixlora" shared by all tokens (Linear's own adapter slot). Training adds the router's
+// "mixlora" shared by all tokens (Linear's own adapter slot, made active alongside the layer's
+// other active adapters, as a Linear runs only active ones). Training adds the router's
 // load-balancing loss to the causal-LM loss (LlamaForCausalLM.Loss). The routed experts cannot be
 // merged into one MLP (each token mixes different experts), so CanMerge is false.
 using PeftKernels.Models;
@@ -95,6 +96,7 @@ public sealed partial class MixLoraAdapter : IModelAdapter
         foreach (var (layer, _) in attention)
         {
             layer.RemoveAdapter(AttentionAdapterName);
+            layer.SetActiveAdapters([.. layer.ActiveAdapters.Where(n => n != AttentionAdapterName)]);
         }
 
         foreach (var layer in Model.Model.Layers)
@@ -108,9 +110,11 @@ public sealed partial class MixLoraAdapter : IModelAdapter
 
     private static MixLoraAdapter Install(LlamaForCausalLM model, MixLoraConfig config, List<MixLoraBlock> blocks, List<(Linear Layer, LoraAdapter Adapter)> attention)
     {
+        // The attention LoRA runs for every token: its name joins the layer's active adapters (a Linear runs only the active ones).
         foreach (var (layer, adapter) in attention)
         {
             layer.AddAdapter(adapter);
+            layer.SetActiveAdapters([.. layer.ActiveAdapters, AttentionAdapterName]);
         }
 
         var layers = model.Model.Layers;
