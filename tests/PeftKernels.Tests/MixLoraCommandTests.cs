@@ -1,6 +1,6 @@
 // MixLoRA in the `peft` tool, in-process on a tiny model: `train --method mixlora` with its options,
-// `score --adapter`, `generate --adapter` (on the inference engine: equal to the library's cached generation) and `adapters inspect`,
-// and the refusals of bad option combinations.
+// `score --adapter`, `generate --adapter` and `--requests` (on the inference engine: equal to the
+// library's cached generation), `adapters inspect`, and the refusals of bad option combinations.
 using System.CommandLine;
 using System.Text.Json;
 using PeftKernels.Autograd;
@@ -61,6 +61,19 @@ public sealed class MixLoraCommandTests : IDisposable
         }
 
         Assert.Equal(string.Join(",", expected), generated.Output.Trim());
+
+        // generate --requests: a MixLoRA request and a base request in one engine batch; the MixLoRA one equals the library's generation.
+        string requests = folder.File("requests.jsonl");
+        File.WriteAllLines(requests,
+        [
+            $$"""{"prompt_tokens": [97, 98, 99], "adapter": {{JsonSerializer.Serialize(output)}}, "max_new_tokens": 4}""",
+            """{"prompt_tokens": [97, 98, 99], "max_new_tokens": 4}""",
+        ]);
+        var batched = Invoke("generate", "--model", ModelFolder, "--requests", requests, "--threads", "1");
+        Assert.Equal((0, ""), (batched.Code, batched.Error));
+        var lines = batched.Output.TrimEnd('\n').Split('\n').Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(expected, lines[0].GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()));
+        Assert.Equal(2, lines.Count);
 
         var inspected = Invoke("adapters", "inspect", output);
         Assert.Equal(0, inspected.Code);
