@@ -1,6 +1,6 @@
 // MixLoRA in the `peft` tool, in-process on a tiny model: `train --method mixlora` with its options,
-// `score --adapter`, `generate --adapter` (the library's cached generation) and `adapters inspect`,
-// and the refusals of bad option combinations.
+// `score --adapter`, `generate --adapter` and `--requests` (on the inference engine: equal to the
+// library's cached generation), `adapters inspect`, and the refusals of bad option combinations.
 using System.CommandLine;
 using System.Text.Json;
 using PeftKernels.Autograd;
@@ -50,8 +50,9 @@ public sealed class MixLoraCommandTests : IDisposable
         double loss = model.Score([97, 98, 99, 97, 98]);
         Assert.Equal(loss, JsonDocument.Parse(scored.Output).RootElement.GetProperty("loss").GetDouble(), 5);
 
-        // generate --adapter: greedy, with the KV cache, equals the library's generation.
-        var generated = Invoke("generate", "--model", ModelFolder, "--adapter", output, "--prompt-tokens", "97,98,99", "--max-new-tokens", "4", "--threads", "1");
+        // generate --adapter: greedy on the inference engine (--top-k is an engine-only sampling option), equals the library's generation.
+        var generated = Invoke("generate", "--model", ModelFolder, "--adapter", output, "--prompt-tokens", "97,98,99", "--max-new-tokens", "4", "--threads", "1",
+            "--top-k", "1");
         Assert.Equal(0, generated.Code);
         int[] expected;
         using (Tape.NoGrad())
@@ -60,6 +61,19 @@ public sealed class MixLoraCommandTests : IDisposable
         }
 
         Assert.Equal(string.Join(",", expected), generated.Output.Trim());
+
+        // generate --requests: a MixLoRA request and a base request in one engine batch; the MixLoRA one equals the library's generation.
+        string requests = folder.File("requests.jsonl");
+        File.WriteAllLines(requests,
+        [
+            $$"""{"prompt_tokens": [97, 98, 99], "adapter": {{JsonSerializer.Serialize(output)}}, "max_new_tokens": 4}""",
+            """{"prompt_tokens": [97, 98, 99], "max_new_tokens": 4}""",
+        ]);
+        var batched = Invoke("generate", "--model", ModelFolder, "--requests", requests, "--threads", "1");
+        Assert.Equal((0, ""), (batched.Code, batched.Error));
+        var lines = batched.Output.TrimEnd('\n').Split('\n').Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(expected, lines[0].GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()));
+        Assert.Equal(2, lines.Count);
 
         var inspected = Invoke("adapters", "inspect", output);
         Assert.Equal(0, inspected.Code);

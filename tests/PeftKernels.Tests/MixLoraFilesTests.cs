@@ -113,13 +113,17 @@ public sealed class MixLoraFilesTests : IDisposable
     }
 
     [Fact]
-    public void TheEngineRefusesAMixLoraFolderClearly()
+    public void TheEngineLoadsAMixLoraFolderWithTheStrictLoader()
     {
         string folder = Saved();
         var registry = new PeftKernels.Engine.AdapterRegistry(TinyLlama.Model());
-        var e = Assert.Throws<NotSupportedException>(() => registry.Load("mix", folder));
-        Assert.Contains("is a MixLoRA adapter; the engine does not serve MixLoRA", e.Message, StringComparison.Ordinal);
-        Assert.Empty(registry.Snapshot());
+        Assert.Equal(PeftKernels.Engine.AdapterKind.MixLora, registry.Load("mix", folder).Kind);
+
+        string bad = Saved();
+        EditConfig(bad, j => j["num_experts"] = 3);
+        var e = Assert.Throws<InvalidDataException>(() => registry.Load("bad", bad));
+        Assert.Contains("the file has 4 experts (0..3); num_experts is 3", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["mix"], registry.Snapshot().Select(s => s.Name));
     }
 
     private string Saved()

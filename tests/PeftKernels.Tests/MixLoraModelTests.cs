@@ -12,7 +12,7 @@ namespace PeftKernels.Tests;
 /// <summary>
 /// MixLoRA attached to a whole tiny Llama: starts equal to the base, parameters visible to the Trainer and kept out of the base
 /// checkpoint, the load-balancing loss in training, training lowers the loss, cached generation equals the full forward,
-/// detach, and the refusal to merge.
+/// the attention LoRA runs (against a reference) until detached, detach, and the refusal to merge.
 /// </summary>
 public class MixLoraModelTests
 {
@@ -144,6 +144,63 @@ public class MixLoraModelTests
         }
 
         Assert.Equal(seq.Skip(3), generated.TakeLast(5));
+    }
+
+    [Fact]
+    public void TheAttentionLoraRunsInTheForwardUntilDetached()
+    {
+        var model = TinyLlama.Model();
+        using var scope = Tape.NoGrad();
+        var before = model.Forward(TinyLlama.Inputs).Data;
+        var adapter = MixLoraAdapter.Attach(model, Config with { TargetModules = ["q_proj", "v_proj", "down_proj"] }, seed: 5);
+        int seed = 10;
+        foreach (var lora in adapter.AttentionAdapters)
+        {
+            TestUtil.Random(lora.B.Data.Length, ++seed, 0.3f).CopyTo(lora.B.Data, 0);
+        }
+
+        // q_proj of layer 0 against the reference y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ.
+        var q = model.Model.Layers[0].SelfAttn.QProj;
+        var qLora = adapter.AttentionAdapters[0];
+        Assert.Contains(MixLoraAdapter.AttentionAdapterName, q.ActiveAdapters);
+        int n = 3, inF = q.InFeatures, outF = q.OutFeatures, r = qLora.Rank;
+        var x = TestUtil.Random(n * inF, 12, 1f);
+        var expected = new float[n * outF];
+        for (int i = 0; i < n; i++)
+        {
+            var ax = new double[r];
+            for (int j = 0; j < r; j++)
+            {
+                for (int c = 0; c < inF; c++)
+                {
+                    ax[j] += qLora.A.Data[(j * inF) + c] * x[(i * inF) + c];
+                }
+            }
+
+            for (int o = 0; o < outF; o++)
+            {
+                double y = 0;
+                for (int c = 0; c < inF; c++)
+                {
+                    y += q.Weight.Data[(o * inF) + c] * x[(i * inF) + c];
+                }
+
+                for (int j = 0; j < r; j++)
+                {
+                    y += qLora.Scale * qLora.B.Data[(o * r) + j] * ax[j];
+                }
+
+                expected[(i * outF) + o] = (float)y;
+            }
+        }
+
+        TestUtil.AssertClose(q.Forward(new Tensor(x, n, inF)).Data, expected, 1e-4, 1e-4, "q_proj with the attention LoRA");
+        var moved = model.Forward(TinyLlama.Inputs).Data.Zip(before, (a, b) => Math.Abs(a - b)).Max();
+        Assert.True(moved > 1e-2f, $"the attention LoRA moves the logits by only {moved}");
+
+        adapter.Detach();
+        Assert.DoesNotContain(MixLoraAdapter.AttentionAdapterName, q.ActiveAdapters);
+        TestUtil.AssertClose(model.Forward(TinyLlama.Inputs).Data, before, 1e-6, 1e-6, "after detach");
     }
 
     [Fact]

@@ -7,6 +7,8 @@
 // cache, per-request adapters). --device cuda runs the single-prompt path with the library's KV-cache
 // generation (LlamaForCausalLM.Generate) instead: the engine has no GPU path yet, so the engine-only
 // options (--requests, --top-k, --integer-decode, --max-running, --max-batch-tokens) are refused there.
+// A whole-model --adapter the engine serves (InferenceEngine.Serves: prompt learning, bottleneck, MixLoRA)
+// runs on the engine too; one it does not serve (X-LoRA) runs with the library's KV-cache generation.
 // Before generating, the prompt's logits are checked for NaN/∞ (naming the row and the first
 // non-finite weight of the load); a sequence the engine stops on non-finite logits exits 1 with the
 // library's message. In a requests file such a request's line carries the error and the exit code is 1.

@@ -107,6 +107,13 @@ internal static class GenerateEngine
             return [];
         }
 
+        if (MixLoraAdapter.Recognizes(folder))
+        {
+            // Strict load onto a twin sharing the base (the engine refuses non-finite MixLoRA values when it loads them).
+            MixLoraAdapter.Load(lm.ShareBaseParameters(), folder);
+            return [];
+        }
+
         if (Peft.XLora.XLoraModel.Recognizes(folder))
         {
             throw new NotSupportedException($"{folder} is an X-LoRA adapter; the inference engine does not serve X-LoRA yet: generate with it through --adapter and one prompt (the library's two-cache generation).");

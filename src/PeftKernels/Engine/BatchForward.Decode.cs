@@ -60,6 +60,7 @@ internal sealed partial class BatchForward
             AddSites(l, attention: true, x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), batch, table);
             TensorPrimitives.Add(x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), x.AsSpan(0, n * hidden));
             NormRows(x, postNorms[l], xn, n);
+            MixLoraMlp(l, xn.AsSpan(0, n * hidden), batch, table);
             if (Fusable(l, batch, table, Projections.Gate, Projections.Up, -1))
             {
                 Gemv(xn, n, hidden, l, Projections.Gate, gate, Projections.Up, up, -1, null);
@@ -74,6 +75,7 @@ internal sealed partial class BatchForward
 
             SwiGluRows(n * inter);
             ProjectOne(l, Projections.Down, gate, n, batch, table, xn);
+            ReplaceMixLoraRows(xn.AsSpan(0, n * hidden), batch);
             AddSites(l, attention: false, x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), batch, table);
             TensorPrimitives.Add(x.AsSpan(0, n * hidden), xn.AsSpan(0, n * hidden), x.AsSpan(0, n * hidden));
         }

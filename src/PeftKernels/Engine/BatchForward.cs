@@ -7,6 +7,7 @@
 //   K/V of every row written to its sequence's blocks, then for row i of sequence s at position t:
 //   o_i = softmax(q_i·K_s[0..t]ᵀ/√d)·V_s[0..t]     (causal: a prompt chunk's rows see their own earlier rows)
 //   x  += o_proj(o);   n = rmsnorm(x)·w_post;   x += down(silu(gate(n)) ⊙ up(n))
+//   (rows of a MixLoRA sequence: x += MixLoraBlock_l(n) instead; BatchForward.MixLora.cs)
 // and logits = lm_head(rmsnorm(x_last)·w_norm) for the rows that want them.
 // Every projection is the base product for all rows at once (one GEMM, or a GEMV at ≤ 4 rows) plus
 // the rows' adapters (EngineAdapter's equations): one SGMV over the sequences (rows of one
@@ -141,12 +142,14 @@ internal sealed partial class BatchForward
             AddSites(l, attention: true, xs, tmp, batch, table);
             TensorPrimitives.Add(xs, tmp, xs);
             RmsNorm.Forward(xs, postNorms[l], eps, ns, rstd.AsSpan(0, n), n, hidden, kernel);
+            MixLoraMlp(l, ns, batch, table);
             var gs = gate.AsSpan(0, n * inter);
             var us = up.AsSpan(0, n * inter);
             Project(l, Projections.Gate, ns, gs, batch, table);
             Project(l, Projections.Up, ns, us, batch, table);
             SwiGlu.Forward(gs, us, gs, kernel);
             Project(l, Projections.Down, gs, tmp, batch, table);
+            ReplaceMixLoraRows(tmp, batch);
             AddSites(l, attention: false, xs, tmp, batch, table);
             TensorPrimitives.Add(xs, tmp, xs);
         }

@@ -10,7 +10,8 @@
 //                                               dropout, so PEFT's DoRA and this agree exactly); b is not scaled
 //   IA³    feed-forward (input scaling)   y = (x ⊙ l)·Wᵀ + b     l [in]
 //          otherwise (output scaling)     y = (x·Wᵀ + b) ⊙ l     l [out] (the bias is scaled too, as PEFT)
-// See docs/formats/methods.md (LoRA, DoRA, IA³). A version never changes once built: replacing an adapter
+// See docs/formats/methods.md (LoRA, DoRA, IA³). A MixLoRA adapter holds its attention LoRA as LoRA modules
+// here and its routed MLP experts in EngineMixLora.cs (docs/formats/mixlora.md#serving). A version never changes once built: replacing an adapter
 // builds a new version, and sequences holding the old one keep reading it.
 namespace PeftKernels.Engine;
 
@@ -30,6 +31,9 @@ public enum AdapterKind
     PromptLearning,
     /// <summary>Bottleneck adapters or their composition at the decoder layers' residual sites (no projection modules).</summary>
     Bottleneck,
+
+    /// <summary>MixLoRA: LoRA modules on the attention projections; each layer's MLP output replaced by the routed expert mixture (EngineMixLora).</summary>
+    MixLora,
 }
 
 /// <summary>The projections of a Llama decoder layer an engine adapter can sit on.</summary>
@@ -131,7 +135,7 @@ public sealed partial class EngineAdapter
 {
     private readonly AdapterModule?[] modules;
 
-    internal EngineAdapter(string name, int version, string sourceFolder, AdapterKind kind, int layers, IEnumerable<AdapterModule> parts)
+    internal EngineAdapter(string name, int version, string sourceFolder, AdapterKind kind, int layers, IEnumerable<AdapterModule> parts, long extraBytes = 0)
     {
         Name = name;
         Version = version;
@@ -145,7 +149,7 @@ public sealed partial class EngineAdapter
         }
 
         Modules = [.. modules.OfType<AdapterModule>()];
-        Bytes = Modules.Sum(m => m.Bytes);
+        Bytes = Modules.Sum(m => m.Bytes) + extraBytes;
         MaxRank = Modules.Count == 0 ? 0 : Modules.Max(m => m.Rank);
     }
 
@@ -161,7 +165,7 @@ public sealed partial class EngineAdapter
     /// <summary>The adapter folder it was read from (full path, links resolved when the registry confines paths).</summary>
     public string SourceFolder { get; }
 
-    /// <summary>LoRA, DoRA or IA³.</summary>
+    /// <summary>LoRA, DoRA, IA³, or a whole-model kind (prompt learning, bottleneck, MixLoRA).</summary>
     public AdapterKind Kind { get; }
 
     /// <summary>Number of decoder layers of the model it was built for.</summary>
@@ -170,7 +174,7 @@ public sealed partial class EngineAdapter
     /// <summary>The modules it has, ordered by layer then projection.</summary>
     public IReadOnlyList<AdapterModule> Modules { get; }
 
-    /// <summary>Bytes held by the factors (what the registry's memory budget counts).</summary>
+    /// <summary>Bytes held by the factors, plus a MixLoRA adapter's routers and expert factors (what the registry's memory budget counts).</summary>
     public long Bytes { get; }
 
     /// <summary>The largest rank over its modules (0 for IA³).</summary>

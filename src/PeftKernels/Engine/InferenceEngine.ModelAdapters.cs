@@ -9,6 +9,10 @@ namespace PeftKernels.Engine;
 /// <summary>The whole-model adapter kinds the engine serves.</summary>
 public sealed partial class InferenceEngine
 {
-    /// <summary>True when the engine serves the whole-model adapter in <paramref name="folder"/> (prompt learning: virtual K/V in the cache; bottleneck adapters and compositions).</summary>
-    public static bool Serves(string folder) => PromptLearningFiles.Recognizes(folder) || BottleneckAdapters.IsBottleneckFolder(folder);
+    /// <summary>
+    /// True when the engine serves the whole-model adapter in <paramref name="folder"/> (prompt learning: virtual K/V in the cache;
+    /// bottleneck adapters and compositions; MixLoRA: attention LoRA plus the routed MLP mixture on its rows).
+    /// </summary>
+    public static bool Serves(string folder) =>
+        PromptLearningFiles.Recognizes(folder) || BottleneckAdapters.IsBottleneckFolder(folder) || MixLoraAdapter.Recognizes(folder);
 }

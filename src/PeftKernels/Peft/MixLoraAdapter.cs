@@ -1,7 +1,8 @@
 // A MixLoRA adapter attached to a whole Llama model (docs/formats/mixlora.md): every decoder
 // layer's MLP gets a MixLoraBlock (router + per-expert LoRA on the targeted gate/up/down; the hook
 // is LlamaMlp.MixLora), and the targeted attention projections get one plain LoRA adapter named
-// "mixlora" shared by all tokens (Linear's own adapter slot). Training adds the router's
+// "mixlora" shared by all tokens (Linear's own adapter slot, made active alongside the layer's
+// other active adapters, as a Linear runs only active ones). Training adds the router's
 // load-balancing loss to the causal-LM loss (LlamaForCausalLM.Loss). The routed experts cannot be
 // merged into one MLP (each token mixes different experts), so CanMerge is false.
 using PeftKernels.Models;
@@ -80,20 +81,6 @@ public sealed partial class MixLoraAdapter : IModelAdapter
         return Install(model, config, blocks, attention);
     }
 
-    /// <summary>
-    /// Refuses a MixLoRA folder in the batched engine (its per-token routing is not part of the engine's batched forward this
-    /// round): the message names the adapter and says how to run it instead. No-op for other folders.
-    /// </summary>
-    /// <exception cref="NotSupportedException"><paramref name="folder"/> holds a MixLoRA adapter.</exception>
-    public static void RefuseEngine(string name, string folder)
-    {
-        if (Recognizes(folder))
-        {
-            throw new NotSupportedException($"adapter '{name}' ({folder}) is a MixLoRA adapter; the engine does not serve MixLoRA (per-token expert routing) "
-                + "in a batch yet: run it with the library (MixLoraAdapter.Load, LlamaForCausalLM.Generate) or `peft generate --prompt ... --adapter DIR`.");
-        }
-    }
-
     /// <summary>Refuses to merge, with <see cref="NoMergeReason"/>.</summary>
     /// <exception cref="NotSupportedException">Always.</exception>
     public void Merge() => throw new NotSupportedException(NoMergeReason);
@@ -109,6 +96,7 @@ public sealed partial class MixLoraAdapter : IModelAdapter
         foreach (var (layer, _) in attention)
         {
             layer.RemoveAdapter(AttentionAdapterName);
+            layer.SetActiveAdapters([.. layer.ActiveAdapters.Where(n => n != AttentionAdapterName)]);
         }
 
         foreach (var layer in Model.Model.Layers)
@@ -122,9 +110,11 @@ public sealed partial class MixLoraAdapter : IModelAdapter
 
     private static MixLoraAdapter Install(LlamaForCausalLM model, MixLoraConfig config, List<MixLoraBlock> blocks, List<(Linear Layer, LoraAdapter Adapter)> attention)
     {
+        // The attention LoRA runs for every token: its name joins the layer's active adapters (a Linear runs only the active ones).
         foreach (var (layer, adapter) in attention)
         {
             layer.AddAdapter(adapter);
+            layer.SetActiveAdapters([.. layer.ActiveAdapters, AttentionAdapterName]);
         }
 
         var layers = model.Model.Layers;
