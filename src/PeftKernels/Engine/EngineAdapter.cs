@@ -30,6 +30,9 @@ public enum AdapterKind
     PromptLearning,
     /// <summary>Bottleneck adapters or their composition at the decoder layers' residual sites (no projection modules).</summary>
     Bottleneck,
+
+    /// <summary>X-LoRA: frozen LoRA experts mixed per token by a classifier over a base (scaling) pass; a second, paged cache per sequence (no projection modules).</summary>
+    XLora,
 }
 
 /// <summary>The projections of a Llama decoder layer an engine adapter can sit on.</summary>

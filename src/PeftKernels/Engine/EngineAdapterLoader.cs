@@ -6,6 +6,8 @@
 // adapter is deleted and the parameters' trainable flags restored. Refused (NotSupportedException naming the
 // module or field): adapters on embed_tokens or lm_head, modules_to_save, bias "all"/"lora_only" (they change
 // the base), several adapters on one layer; NaN or infinite tensors are refused (InvalidDataException).
+// Whole-model folders go to their own loaders: prompt learning (EngineAdapter.PromptLearning.cs), bottleneck
+// (EngineBottleneck.cs), X-LoRA (EngineXLora.cs); MixLoRA is refused.
 using System.Numerics.Tensors;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -31,8 +33,12 @@ internal static class EngineAdapterLoader
             return EngineBottleneck.Load(model, name, version, folder);
         }
 
+        if (Peft.XLora.XLoraModel.Recognizes(folder))
+        {
+            return EngineXLora.Load(model, name, version, folder);
+        }
+
         MixLoraAdapter.RefuseEngine(name, folder);
-        InferenceEngine.RefuseXLoraFolder(name, folder);
         string configPath = Path.Combine(folder, Lora.ConfigFile);
         if (File.Exists(configPath))
         {

@@ -3,12 +3,17 @@
 // by the library's generation (LlamaForCausalLM.Generate) in `peft generate`.
 using PeftKernels.Peft;
 using PeftKernels.Peft.Bottleneck;
+using PeftKernels.Peft.XLora;
 
 namespace PeftKernels.Engine;
 
 /// <summary>The whole-model adapter kinds the engine serves.</summary>
 public sealed partial class InferenceEngine
 {
-    /// <summary>True when the engine serves the whole-model adapter in <paramref name="folder"/> (prompt learning: virtual K/V in the cache; bottleneck adapters and compositions).</summary>
-    public static bool Serves(string folder) => PromptLearningFiles.Recognizes(folder) || BottleneckAdapters.IsBottleneckFolder(folder);
+    /// <summary>
+    /// True when the engine serves the whole-model adapter in <paramref name="folder"/> (prompt learning: virtual K/V in the cache; bottleneck
+    /// adapters and compositions; X-LoRA: a second, scaling-pass cache per sequence).
+    /// </summary>
+    public static bool Serves(string folder) =>
+        PromptLearningFiles.Recognizes(folder) || BottleneckAdapters.IsBottleneckFolder(folder) || XLoraModel.Recognizes(folder);
 }

@@ -31,6 +31,9 @@ public sealed class PagedSequence : IDisposable
         written = new int[pool.Layers];
     }
 
+    /// <summary>When true, the sequence never publishes its blocks for prefix sharing (an X-LoRA sequence's caches: their K/V are not the plain prompt's).</summary>
+    internal bool Unshared { get; init; }
+
     /// <summary>The pool the blocks come from.</summary>
     public KvBlockPool Pool => pool;
 
@@ -301,6 +304,11 @@ public sealed class PagedSequence : IDisposable
     /// <summary>Publishes each full block that every layer has finished writing, chaining the hashes from the first block.</summary>
     private void PublishCompleteBlocks()
     {
+        if (Unshared)
+        {
+            return;
+        }
+
         int complete = written.Min() / pool.BlockSize;
         int bs = pool.BlockSize;
         for (; hashedBlocks < complete; hashedBlocks++)
