@@ -83,6 +83,9 @@ public sealed class XLoraCommandTests : IDisposable
         string line = Ok(["generate", "--model", ModelFolder, "--adapter", output, "--prompt-tokens", "1,97,98", "--max-new-tokens", "5"]).Trim();
         Assert.Equal(string.Join(",", generated), line);
 
+        // --top-k is an engine-only option: accepted, so the X-LoRA folder runs on the engine (top-k 1 is greedy).
+        Assert.Equal(line, Ok(["generate", "--model", ModelFolder, "--adapter", output, "--prompt-tokens", "1,97,98", "--max-new-tokens", "5", "--top-k", "1"]).Trim());
+
         string inspected = Ok(["adapters", "inspect", output]);
         Assert.Contains("method: X-LoRA (2 LoRA experts, classifier depth 2 × 8, layerwise scalings", inspected, StringComparison.Ordinal);
         Assert.Contains("base_model.internal_xlora_classifier.layers.2.weight", inspected, StringComparison.Ordinal);
