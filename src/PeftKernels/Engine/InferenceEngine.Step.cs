@@ -305,7 +305,7 @@ public sealed partial class InferenceEngine
             return Admission.NoRoom;
         }
 
-        // Shared blocks are full, so the next position needs a free block.
+        // Shared blocks are full, so the next position needs a free block (two for X-LoRA's two caches).
         if (Pool.FreeBlocks < BlocksToStart(s))
         {
             ReleaseCaches(s);

@@ -9,7 +9,8 @@
 // index) once every layer has written all its positions. Positions in a block that another sequence
 // also references, or that is published, are immutable.
 // Running out of blocks: TryAppend returns false and changes nothing (a scheduler preempts or waits);
-// Append throws InvalidOperationException. SharePrefix and Fork never allocate.
+// Append throws InvalidOperationException. SharePrefix and Fork never allocate. An Unshared sequence
+// never publishes its blocks (an X-LoRA sequence's two caches, InferenceEngine.XLora.cs).
 namespace PeftKernels.Engine;
 
 /// <summary>A sequence's block table over a <see cref="KvBlockPool"/>: append positions, write and read K/V per layer, share prefixes, fork, free.</summary>
