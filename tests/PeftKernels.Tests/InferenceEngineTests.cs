@@ -94,6 +94,28 @@ public sealed class InferenceEngineTests
     }
 
     [Fact]
+    public void APromptPrefixIsSharedOnlyUnderTheSameAdapter()
+    {
+        // Keys and values depend on the adapter (and on the base without one): blocks computed for one adapter must not be
+        // reused by a request with another, or with none, even when the prompt tokens are the same.
+        using var fx = new EngineFixture();
+        var prefix = Prompt(6, 21, fx.Vocab);
+        using var engine = fx.Engine(new EngineOptions { MaxBatchTokens = 64, BlockSize = 4 });
+        var first = engine.Submit(new EngineRequest(prefix, "r8", new SamplingParams(MaxTokens: 8)));
+        engine.Step();
+        var others = new[] { null, "r32", "r8" }.Select(a => engine.Submit(new EngineRequest([.. prefix, 3], a, new SamplingParams(MaxTokens: 4)))).ToList();
+        engine.RunUntilIdle();
+        Assert.Equal(0, others[0].Result!.CachedPromptTokens);
+        Assert.Equal(0, others[1].Result!.CachedPromptTokens);
+        Assert.Equal(20, others[2].Result!.CachedPromptTokens);
+        Assert.Equal(fx.Greedy([.. prefix, 3], 4, null), others[0].Result!.Tokens);
+        Assert.Equal(fx.Greedy([.. prefix, 3], 4, "r32"), others[1].Result!.Tokens);
+        Assert.Equal(fx.Greedy([.. prefix, 3], 4, "r8"), others[2].Result!.Tokens);
+        Assert.Equal(fx.Greedy(prefix, 8, "r8"), first.Result!.Tokens);
+        Assert.Equal(0, engine.Pool.UsedBlocks);
+    }
+
+    [Fact]
     public void CancelStopTokensAndLimitsFinishSequencesAndFreeTheirBlocks()
     {
         using var fx = new EngineFixture();

@@ -1,5 +1,5 @@
 // X-LoRA in the `peft` tool: train --method xlora with its options, score / generate --adapter, adapters inspect, the
-// option checks, and the engine's clear refusal of X-LoRA, through the same System.CommandLine root the program builds.
+// option checks, and generation on the engine (--adapter and a requests file), through the same System.CommandLine root the program builds.
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
@@ -83,18 +83,22 @@ public sealed class XLoraCommandTests : IDisposable
         string line = Ok(["generate", "--model", ModelFolder, "--adapter", output, "--prompt-tokens", "1,97,98", "--max-new-tokens", "5"]).Trim();
         Assert.Equal(string.Join(",", generated), line);
 
+        // --top-k is an engine-only option: accepted, so the X-LoRA folder runs on the engine (top-k 1 is greedy).
+        Assert.Equal(line, Ok(["generate", "--model", ModelFolder, "--adapter", output, "--prompt-tokens", "1,97,98", "--max-new-tokens", "5", "--top-k", "1"]).Trim());
+
         string inspected = Ok(["adapters", "inspect", output]);
         Assert.Contains("method: X-LoRA (2 LoRA experts, classifier depth 2 × 8, layerwise scalings", inspected, StringComparison.Ordinal);
         Assert.Contains("base_model.internal_xlora_classifier.layers.2.weight", inspected, StringComparison.Ordinal);
         Assert.Contains("expert \"1\": LoRA r = 4", inspected, StringComparison.Ordinal);
 
-        // The engine does not serve X-LoRA: a model with it attached and a request naming its folder are refused clearly.
-        Assert.Contains("does not serve X-LoRA", Assert.Throws<NotSupportedException>(() => new InferenceEngine(model)).Message, StringComparison.Ordinal);
+        // The engine serves the folder per request (generate --adapter above ran on it; a requests file too), and refuses a
+        // model with X-LoRA attached, whose base weights it would serve without the X-LoRA.
+        Assert.True(InferenceEngine.Serves(output));
+        Assert.Contains("would ignore the X-LoRA attached", Assert.Throws<NotSupportedException>(() => new InferenceEngine(model)).Message, StringComparison.Ordinal);
         string requests = folder.File("requests.jsonl");
-        File.WriteAllText(requests, "{\"prompt_tokens\": [1, 97], \"adapter\": \"" + output.Replace("\\", "\\\\", StringComparison.Ordinal) + "\", \"max_new_tokens\": 2}\n");
-        var (code, engineText, engineError) = Invoke("generate", "--model", ModelFolder, "--requests", requests);
-        Assert.NotEqual(0, code);
-        Assert.Contains("does not serve X-LoRA", engineText + engineError, StringComparison.Ordinal);
+        File.WriteAllText(requests, "{\"prompt_tokens\": [1, 97, 98], \"adapter\": \"" + output.Replace("\\", "\\\\", StringComparison.Ordinal) + "\", \"max_new_tokens\": 5}\n");
+        string served = Ok(["generate", "--model", ModelFolder, "--requests", requests]);
+        Assert.Contains("\"tokens\":[" + string.Join(",", generated) + "]", served, StringComparison.Ordinal);
         Assert.NotNull(xlora);
 
         // peft merge refuses it: per-token mixing has no static weight.

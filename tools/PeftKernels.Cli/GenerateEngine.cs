@@ -116,7 +116,9 @@ internal static class GenerateEngine
 
         if (Peft.XLora.XLoraModel.Recognizes(folder))
         {
-            throw new NotSupportedException($"{folder} is an X-LoRA adapter; the inference engine does not serve X-LoRA yet: generate with it through --adapter and one prompt (the library's two-cache generation).");
+            // Strict load onto a twin sharing the base (the engine refuses non-finite X-LoRA values when it loads them).
+            Peft.XLora.XLoraModel.Load(lm.ShareBaseParameters(), folder);
+            return [];
         }
 
         var peft = new PeftModel(lm);

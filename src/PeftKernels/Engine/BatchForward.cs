@@ -121,6 +121,25 @@ internal sealed partial class BatchForward
             return RunDecode(batch, table);
         }
 
+        Layers(batch, table);
+        int m = batch.LogitRows;
+        if (m == 0)
+        {
+            return [];
+        }
+
+        GatherLogitRows(batch);
+        var rows = logitsIn.AsSpan(0, m * hidden);
+        RmsNorm.Forward(rows, finalNorm, eps, rows, rstd.AsSpan(0, m), m, hidden, kernel);
+        var output = logits.AsSpan(0, m * vocab);
+        BaseProduct(rows, lmHead, lmHeadQuantized, output, m, hidden, vocab);
+        return output;
+    }
+
+    /// <summary>Embeds the batch's rows into x and runs every decoder layer over them (the general path, any row count).</summary>
+    private void Layers(StepBatch batch, AdapterTable table)
+    {
+        int n = batch.Rows;
         Embed(batch.Tokens.AsSpan(0, n), x.AsSpan(0, n * hidden));
         var positions = batch.Positions.AsSpan(0, n);
         for (int l = 0; l < config.NumHiddenLayers; l++)
@@ -153,19 +172,6 @@ internal sealed partial class BatchForward
             AddSites(l, attention: false, xs, tmp, batch, table);
             TensorPrimitives.Add(xs, tmp, xs);
         }
-
-        int m = batch.LogitRows;
-        if (m == 0)
-        {
-            return [];
-        }
-
-        GatherLogitRows(batch);
-        var rows = logitsIn.AsSpan(0, m * hidden);
-        RmsNorm.Forward(rows, finalNorm, eps, rows, rstd.AsSpan(0, m), m, hidden, kernel);
-        var output = logits.AsSpan(0, m * vocab);
-        BaseProduct(rows, lmHead, lmHeadQuantized, output, m, hidden, vocab);
-        return output;
     }
 
     private void Embed(ReadOnlySpan<int> ids, Span<float> y) => Ops.Functional.EmbeddingRows(ids, embedding, y);
@@ -290,6 +296,8 @@ internal sealed partial class BatchForward
                 ScaleRows(y, l, batch.SequenceStart[s], batch.SequenceStart[s + 1], outF);
             }
         }
+
+        AddXLora(layer, p, xin, y, batch);
     }
 
     private static bool AnyRow(StepBatch batch, float[]?[] vectors, bool[] flags, bool flag)

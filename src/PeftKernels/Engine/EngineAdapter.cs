@@ -34,6 +34,9 @@ public enum AdapterKind
 
     /// <summary>MixLoRA: LoRA modules on the attention projections; each layer's MLP output replaced by the routed expert mixture (EngineMixLora).</summary>
     MixLora,
+
+    /// <summary>X-LoRA: frozen LoRA experts mixed per token by a classifier over a base (scaling) pass; a second, paged cache per sequence (no projection modules).</summary>
+    XLora,
 }
 
 /// <summary>The projections of a Llama decoder layer an engine adapter can sit on.</summary>

@@ -7,7 +7,7 @@
 // module or field): adapters on embed_tokens or lm_head, modules_to_save, bias "all"/"lora_only" (they change
 // the base), several adapters on one layer; NaN or infinite tensors are refused (InvalidDataException).
 // Whole-model folders go to their own loaders first: prompt learning (EngineAdapter.PromptLearning.cs),
-// bottleneck (EngineBottleneck.cs), MixLoRA (EngineMixLora.cs); X-LoRA is refused.
+// bottleneck (EngineBottleneck.cs), MixLoRA (EngineMixLora.cs), X-LoRA (EngineXLora.cs).
 using System.Numerics.Tensors;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -38,7 +38,11 @@ internal static class EngineAdapterLoader
             return EngineMixLora.Load(model, name, version, folder);
         }
 
-        InferenceEngine.RefuseXLoraFolder(name, folder);
+        if (Peft.XLora.XLoraModel.Recognizes(folder))
+        {
+            return EngineXLora.Load(model, name, version, folder);
+        }
+
         string configPath = Path.Combine(folder, Lora.ConfigFile);
         if (File.Exists(configPath))
         {

@@ -64,6 +64,12 @@ public sealed class EngineSequence
 
     internal PagedSequence? Cache { get; set; }
 
+    /// <summary>An X-LoRA sequence's scaling-pass cache (same positions as <see cref="Cache"/>; InferenceEngine.XLora.cs), else null.</summary>
+    internal PagedSequence? Shadow { get; set; }
+
+    /// <summary>The X-LoRA of the sequence's adapter, or null.</summary>
+    internal EngineXLora? XLora { get; set; }
+
     internal IDisposable? AdapterLease { get; set; }
 
     internal int Slot { get; set; } = -1;

@@ -26,6 +26,9 @@ public sealed class EngineStats
     /// <summary>Virtual positions of prompt-learning adapters copied into sequences' blocks (those not shared from earlier sequences).</summary>
     public long VirtualPositionsCopied { get; internal set; }
 
+    /// <summary>Rows run through X-LoRA sequences' scaling pass (their first, classifier-feeding pass; not counted in <see cref="RowsComputed"/>).</summary>
+    public long ScalingPassRows { get; internal set; }
+
     /// <summary>Times the adapter table was rebuilt (the set of resident adapters changed).</summary>
     public long AdapterTableBuilds { get; internal set; }
 }

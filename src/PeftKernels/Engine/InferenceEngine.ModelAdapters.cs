@@ -3,6 +3,7 @@
 // by the library's generation (LlamaForCausalLM.Generate) in `peft generate`.
 using PeftKernels.Peft;
 using PeftKernels.Peft.Bottleneck;
+using PeftKernels.Peft.XLora;
 
 namespace PeftKernels.Engine;
 
@@ -11,8 +12,9 @@ public sealed partial class InferenceEngine
 {
     /// <summary>
     /// True when the engine serves the whole-model adapter in <paramref name="folder"/> (prompt learning: virtual K/V in the cache;
-    /// bottleneck adapters and compositions; MixLoRA: attention LoRA plus the routed MLP mixture on its rows).
+    /// bottleneck adapters and compositions; MixLoRA: attention LoRA plus the routed MLP mixture on its rows; X-LoRA: a second,
+    /// scaling-pass cache per sequence).
     /// </summary>
     public static bool Serves(string folder) =>
-        PromptLearningFiles.Recognizes(folder) || BottleneckAdapters.IsBottleneckFolder(folder) || MixLoraAdapter.Recognizes(folder);
+        PromptLearningFiles.Recognizes(folder) || BottleneckAdapters.IsBottleneckFolder(folder) || MixLoraAdapter.Recognizes(folder) || XLoraModel.Recognizes(folder);
 }

@@ -21,6 +21,7 @@ public sealed partial class InferenceEngine
             ReadOnlySpan<float> logits;
             try
             {
+                RunScalingPass();
                 logits = forward.Run(batch, table);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
@@ -47,6 +48,7 @@ public sealed partial class InferenceEngine
                 }
 
                 int token;
+                ObserveLogits?.Invoke(s, logits.Slice(batch.LogitRow[g] * vocab, vocab));
                 try
                 {
                     token = s.Sampler.Next(logits.Slice(batch.LogitRow[g] * vocab, vocab));
@@ -133,7 +135,7 @@ public sealed partial class InferenceEngine
                 continue;
             }
 
-            while (!s.Cache!.TryAppend(s.TokenAt(s.Computed)))
+            while (!TryReserve(s, s.TokenAt(s.Computed)))
             {
                 if (!PreemptNewestUnplanned(s))
                 {
@@ -211,8 +213,7 @@ public sealed partial class InferenceEngine
                 continue;
             }
 
-            victim.Cache!.Free();
-            victim.Cache = null;
+            ReleaseCaches(victim);
             victim.Computed = 0;
             running.RemoveAt(i);
             waiting.AddFirst(victim);
@@ -227,7 +228,7 @@ public sealed partial class InferenceEngine
     private int Chunk(EngineSequence s, int budget)
     {
         int want = Math.Min(s.Length - s.Computed, budget), got = 0;
-        while (got < want && s.Cache!.TryAppend(s.TokenAt(s.Computed + got)))
+        while (got < want && TryReserve(s, s.TokenAt(s.Computed + got)))
         {
             got++;
         }
@@ -277,9 +278,9 @@ public sealed partial class InferenceEngine
             return Admission.Failed;
         }
 
-        s.Cache = Pool.CreateSequence(Math.Min(MaxSequenceLength, s.Request.PromptTokens.Length + s.Sampling.MaxTokens));
+        CreateCaches(s, Math.Min(MaxSequenceLength, s.Request.PromptTokens.Length + s.Sampling.MaxTokens));
         s.Computed = 0;
-        if (Options.PrefixSharing)
+        if (Options.PrefixSharing && s.XLora == null)
         {
             var tokens = new int[s.Length];
             for (int i = 0; i < tokens.Length; i++)
@@ -287,7 +288,7 @@ public sealed partial class InferenceEngine
                 tokens[i] = s.TokenAt(i);
             }
 
-            int cached = s.Cache.SharePrefix(tokens);
+            int cached = s.Cache!.SharePrefix(tokens);
             s.Computed = cached;
             cached -= s.Virtual?.Count ?? 0;
             if (s.OutputCount == 0 && cached > 0)
@@ -299,17 +300,15 @@ public sealed partial class InferenceEngine
 
         if (!WriteVirtualPositions(s))
         {
-            s.Cache.Free();
-            s.Cache = null;
+            ReleaseCaches(s);
             s.Computed = 0;
             return Admission.NoRoom;
         }
 
-        // Shared blocks are full, so the next position needs a free block.
-        if (Pool.FreeBlocks == 0)
+        // Shared blocks are full, so the next position needs a free block (two for X-LoRA's two caches).
+        if (Pool.FreeBlocks < BlocksToStart(s))
         {
-            s.Cache.Free();
-            s.Cache = null;
+            ReleaseCaches(s);
             s.Computed = 0;
             return Admission.NoRoom;
         }

@@ -12,12 +12,16 @@
 //      seed, so its tokens do not depend on the batch), and finishes sequences at a stop token, at
 //      their max tokens or at the maximum sequence length (blocks freed, adapter lease released).
 // A new sequence first takes the longest run of full KV blocks another sequence already holds for the
-// same prompt start (prefix sharing, copy on write), then computes the rest.
+// same prompt start (prefix sharing, copy on write), then computes the rest. An X-LoRA sequence holds a
+// second cache for its scaling pass, run before the step's forward (InferenceEngine.XLora.cs).
 using System.Collections.Concurrent;
 using System.Globalization;
 using PeftKernels.Models;
 
 namespace PeftKernels.Engine;
+
+/// <summary>Receives a sequence's logits [vocab] of one step (valid during the call only).</summary>
+internal delegate void LogitsObserver(EngineSequence sequence, ReadOnlySpan<float> logits);
 
 /// <summary>Continuous-batching generation over one base model and many adapters, with a paged KV cache.</summary>
 public sealed partial class InferenceEngine : IDisposable
@@ -25,6 +29,7 @@ public sealed partial class InferenceEngine : IDisposable
     private readonly LlamaForCausalLM model;
     private readonly BatchForward forward;
     private readonly StepBatch batch;
+    private readonly StepBatch scalingBatch;
     private readonly ConcurrentQueue<EngineSequence> incoming = new();
     private readonly LinkedList<EngineSequence> waiting = new();
     private readonly List<EngineSequence> running = [];
@@ -56,6 +61,7 @@ public sealed partial class InferenceEngine : IDisposable
         Adapters = registry ?? new AdapterRegistry(model);
         forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         batch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
+        scalingBatch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
         table = new AdapterTable(c.NumHiddenLayers, forward.Shapes);
     }
 
@@ -70,6 +76,9 @@ public sealed partial class InferenceEngine : IDisposable
 
     /// <summary>Positions per sequence at most.</summary>
     public int MaxSequenceLength { get; }
+
+    /// <summary>Called on the stepping thread with each sequence's logits before its next token is sampled (tests compare them with the library's).</summary>
+    internal LogitsObserver? ObserveLogits { get; set; }
 
     /// <summary>Counters since creation.</summary>
     public EngineStats Stats { get; } = new();
@@ -202,8 +211,7 @@ public sealed partial class InferenceEngine : IDisposable
 
     private void Finish(EngineSequence s, FinishReason reason, string? error = null)
     {
-        s.Cache?.Free();
-        s.Cache = null;
+        ReleaseCaches(s);
         s.AdapterLease?.Dispose();
         s.AdapterLease = null;
         s.Complete(reason, error);

@@ -7,9 +7,11 @@
 // produces them (after RoPE), as in KvCache.
 // Blocks carry a reference count: a block is free at 0, owned by one sequence at 1, shared (by a fork
 // or by prefix sharing) above 1. A full block can be published in the prefix index under a chained
-// hash h_i = H(h_{i−1}, token ids of block i) (h_{−1} = a fixed seed), as vLLM's automatic prefix
-// caching does; a lookup is verified exactly (the candidate's parent block and token ids must match),
-// so a hash collision can only cost a missed share, never a wrong one. A block leaves the index when
+// hash h_i = H(h_{i−1}, token ids of block i), as vLLM's automatic prefix caching does. h_{−1} is the
+// root of the adapter version the sequence runs with (RootOf; a fixed seed for the base model): every
+// adapter changes keys and values, so blocks are shared only between sequences of the same version. A
+// lookup is verified exactly (the candidate's root, parent block and token ids must match), so a hash
+// collision can only cost a missed share, never a wrong one. A block leaves the index when
 // its count drops to 0 and goes back on the free list (no cache of finished sequences' blocks yet).
 // Not thread-safe: one scheduler owns the pool and its sequences.
 namespace PeftKernels.Engine;
@@ -30,6 +32,7 @@ public sealed class KvBlockPool
     private readonly int[] blockTokens;
     private readonly int[] parents;
     private readonly ulong[] hashes;
+    private readonly ulong[] roots;
     private readonly bool[] indexed;
     private readonly Dictionary<ulong, int> prefixIndex;
 
@@ -65,6 +68,7 @@ public sealed class KvBlockPool
         blockTokens = new int[blockCount * blockSize];
         parents = new int[blockCount];
         hashes = new ulong[blockCount];
+        roots = new ulong[blockCount];
         indexed = new bool[blockCount];
         free = new Stack<int>(blockCount);
         for (int b = blockCount - 1; b >= 0; b--)
@@ -137,6 +141,33 @@ public sealed class KvBlockPool
 
     /// <summary>An empty sequence with room reserved for <paramref name="expectedLength"/> positions in its token list and block table, so appending up to there allocates nothing.</summary>
     public PagedSequence CreateSequence(int expectedLength) => new(this, expectedLength);
+
+    /// <summary>
+    /// An empty sequence whose blocks are shared only with sequences of the same <paramref name="root"/> (<see cref="RootOf"/>:
+    /// the adapter version that computes its keys and values; <see cref="RootHash"/> for the base model).
+    /// </summary>
+    internal PagedSequence CreateSequence(int expectedLength, ulong root) => new(this, expectedLength, root);
+
+    /// <summary>
+    /// The root of the block hashes of sequences run with adapter <paramref name="name"/> version <paramref name="version"/>
+    /// (null: the base model). Every adapter changes the keys and values of the layers after the first one it touches, so blocks
+    /// computed under one adapter version are never shared with another (as vLLM keys its prefix cache by LoRA id).
+    /// </summary>
+    internal static ulong RootOf(string? name, int version)
+    {
+        if (name == null)
+        {
+            return RootHash;
+        }
+
+        ulong h = RootHash ^ 0xD6E8FEB86659FD93UL;
+        foreach (char c in name)
+        {
+            h = (h ^ c) * 0x100000001B3UL;
+        }
+
+        return (h ^ (uint)version) * 0x9FB21C651E98DF25UL;
+    }
 
     /// <summary>Takes a block off the free list with reference count 1; false (and nothing changed) when none is free.</summary>
     internal bool TryAllocate(out int block)
@@ -228,7 +259,7 @@ public sealed class KvBlockPool
     /// Publishes a full block under <paramref name="hash"/> with its parent block (−1 for a sequence's first) and token ids.
     /// Nothing happens when the hash is taken (the same prefix published by another sequence, or a collision).
     /// </summary>
-    internal void Publish(int block, ulong hash, int parent, ReadOnlySpan<int> tokens)
+    internal void Publish(int block, ulong hash, int parent, ReadOnlySpan<int> tokens, ulong root = RootHash)
     {
         if (indexed[block] || !prefixIndex.TryAdd(hash, block))
         {
@@ -237,19 +268,20 @@ public sealed class KvBlockPool
 
         indexed[block] = true;
         hashes[block] = hash;
+        roots[block] = root;
         parents[block] = parent;
         tokens.CopyTo(blockTokens.AsSpan(block * BlockSize, BlockSize));
     }
 
     /// <summary>The published block with this hash whose parent is <paramref name="parent"/> and whose token ids are <paramref name="tokens"/>, or −1.</summary>
-    internal int Lookup(ulong hash, int parent, ReadOnlySpan<int> tokens)
+    internal int Lookup(ulong hash, int parent, ReadOnlySpan<int> tokens, ulong root = RootHash)
     {
         if (!prefixIndex.TryGetValue(hash, out int block))
         {
             return -1;
         }
 
-        bool same = parents[block] == parent && tokens.SequenceEqual(blockTokens.AsSpan(block * BlockSize, BlockSize));
+        bool same = roots[block] == root && parents[block] == parent && tokens.SequenceEqual(blockTokens.AsSpan(block * BlockSize, BlockSize));
         return same ? block : -1;
     }
 

@@ -9,7 +9,8 @@
 // index) once every layer has written all its positions. Positions in a block that another sequence
 // also references, or that is published, are immutable.
 // Running out of blocks: TryAppend returns false and changes nothing (a scheduler preempts or waits);
-// Append throws InvalidOperationException. SharePrefix and Fork never allocate.
+// Append throws InvalidOperationException. SharePrefix and Fork never allocate. An Unshared sequence
+// never publishes its blocks (an X-LoRA sequence's two caches, InferenceEngine.XLora.cs).
 namespace PeftKernels.Engine;
 
 /// <summary>A sequence's block table over a <see cref="KvBlockPool"/>: append positions, write and read K/V per layer, share prefixes, fork, free.</summary>
@@ -20,16 +21,22 @@ public sealed class PagedSequence : IDisposable
     private readonly int[] written;
     private int[] tokens;
     private int hashedBlocks;
-    private ulong lastHash = KvBlockPool.RootHash;
+    private readonly ulong root;
+    private ulong lastHash;
     private bool freed;
 
-    internal PagedSequence(KvBlockPool pool, int expectedLength)
+    internal PagedSequence(KvBlockPool pool, int expectedLength, ulong root = KvBlockPool.RootHash)
     {
         this.pool = pool;
+        this.root = root;
+        lastHash = root;
         tokens = new int[Math.Max(16, expectedLength)];
         table = new List<int>(Math.Max(4, (expectedLength + pool.BlockSize - 1) / pool.BlockSize));
         written = new int[pool.Layers];
     }
+
+    /// <summary>When true, the sequence never publishes its blocks for prefix sharing (an X-LoRA sequence's caches: their K/V are not the plain prompt's).</summary>
+    internal bool Unshared { get; init; }
 
     /// <summary>The pool the blocks come from.</summary>
     public KvBlockPool Pool => pool;
@@ -77,12 +84,12 @@ public sealed class PagedSequence : IDisposable
         int bs = pool.BlockSize;
         int maxBlocks = prompt.Length == 0 ? 0 : (prompt.Length - 1) / bs;
         int parent = -1;
-        ulong hash = KvBlockPool.RootHash;
+        ulong hash = root;
         for (int i = 0; i < maxBlocks; i++)
         {
             var blockTokens = prompt.Slice(i * bs, bs);
             ulong next = KvBlockPool.ChainHash(hash, blockTokens);
-            int block = pool.Lookup(next, parent, blockTokens);
+            int block = pool.Lookup(next, parent, blockTokens, root);
             if (block < 0)
             {
                 break;
@@ -262,7 +269,7 @@ public sealed class PagedSequence : IDisposable
             }
         }
 
-        var child = new PagedSequence(pool, tokens.Length);
+        var child = new PagedSequence(pool, tokens.Length, root);
         foreach (int block in table)
         {
             pool.AddRef(block);
@@ -301,6 +308,11 @@ public sealed class PagedSequence : IDisposable
     /// <summary>Publishes each full block that every layer has finished writing, chaining the hashes from the first block.</summary>
     private void PublishCompleteBlocks()
     {
+        if (Unshared)
+        {
+            return;
+        }
+
         int complete = written.Min() / pool.BlockSize;
         int bs = pool.BlockSize;
         for (; hashedBlocks < complete; hashedBlocks++)
@@ -308,7 +320,7 @@ public sealed class PagedSequence : IDisposable
             var blockTokens = tokens.AsSpan(hashedBlocks * bs, bs);
             lastHash = KvBlockPool.ChainHash(lastHash, blockTokens);
             int parent = hashedBlocks == 0 ? -1 : table[hashedBlocks - 1];
-            pool.Publish(table[hashedBlocks], lastHash, parent, blockTokens);
+            pool.Publish(table[hashedBlocks], lastHash, parent, blockTokens, root);
         }
     }
 

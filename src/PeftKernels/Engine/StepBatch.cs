@@ -2,6 +2,7 @@
 // (a prompt chunk, or one decode token), with the position of each row and the adapter slot of each
 // sequence. The scheduler fills it (after reserving every row's position in the sequence's block
 // table), the batched forward reads it. Buffers are sized once, so filling allocates nothing.
+// An X-LoRA group also carries its adapter and its rows' scalings (InferenceEngine.XLora.cs), set after Add.
 namespace PeftKernels.Engine;
 
 /// <summary>The rows of one step, grouped by sequence.</summary>
@@ -15,6 +16,8 @@ internal sealed class StepBatch
         SequenceStart = new int[maxSequences + 1];
         Slot = new int[maxSequences];
         LogitRow = new int[maxSequences];
+        XLora = new EngineXLora?[maxSequences];
+        XLoraScalings = new float[]?[maxSequences];
     }
 
     /// <summary>Rows in use.</summary>
@@ -44,6 +47,12 @@ internal sealed class StepBatch
     /// <summary>Per group: its row in the logits, or −1.</summary>
     public int[] LogitRow { get; }
 
+    /// <summary>Per group: the X-LoRA whose experts its rows run, or null (no X-LoRA, or a scaling pass that is the plain base model).</summary>
+    public EngineXLora?[] XLora { get; }
+
+    /// <summary>Per X-LoRA group: its rows' scalings [rows, E or E·L], or null in the scaling pass (every scaling = scaling_pass_value).</summary>
+    public float[]?[] XLoraScalings { get; }
+
     /// <summary>Empties the batch.</summary>
     public void Clear()
     {
@@ -71,6 +80,8 @@ internal sealed class StepBatch
         Sequences[Count] = sequence;
         Slot[Count] = slot;
         LogitRow[Count] = wantsLogits ? LogitRows++ : -1;
+        XLora[Count] = null;
+        XLoraScalings[Count] = null;
         Rows += tokens.Length;
         SequenceStart[++Count] = Rows;
         return Count - 1;

@@ -42,12 +42,22 @@ public sealed partial class Linear
     {
         var state = hook.State;
         var y = Functional.Gemm(x, Weight, Bias, context.Kernel);
-        var scalings = state.Scalings;
-        if (scalings == null && state.ScalingPassValue == 0f)
+        if (state.Scalings == null && state.ScalingPassValue == 0f)
         {
             return y;
         }
 
+        return XLoraBranches(y, x, hook, state.Scalings, context);
+    }
+
+    /// <summary>
+    /// y + Σⱼ g·(αⱼ/rⱼ)·(Bⱼ Aⱼ drop(x ⊙ sⱼ) + bias_Bⱼ) over the layer's experts, sⱼ from <paramref name="scalings"/> [n, E or E·L]
+    /// (null: the scaling pass, every sⱼ = scaling_pass_value); <paramref name="y"/> [n, out] is consumed. The engine calls it on
+    /// a sequence's rows with y = 0 to get the experts' contribution alone (EngineXLora.cs).
+    /// </summary>
+    internal Tensor XLoraBranches(Tensor y, Tensor x, XLoraLayerHook hook, Tensor? scalings, ForwardContext context)
+    {
+        var state = hook.State;
         Tensor? constant = null;
         if (scalings == null)
         {
