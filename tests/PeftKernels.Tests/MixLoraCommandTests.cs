@@ -42,6 +42,13 @@ public sealed class MixLoraCommandTests : IDisposable
         Assert.Equal((3, 2, 2, 0.01, 0.02), (config.NumExperts, config.TopK, config.R, config.RouterAuxLossCoef, config.JitterNoise));
         Assert.Equal(["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"], config.TargetModules);
 
+        // merge: refused with the reason, nothing written.
+        string merged = Path.Combine(folder.Path, "merged");
+        var refused = Invoke("merge", "--model", ModelFolder, "--adapter", output, "--out", merged);
+        Assert.Equal(1, refused.Code);
+        Assert.Contains("is a MixLoRA adapter. MixLoRA does not merge", refused.Error, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(merged));
+
         // score --adapter: the loss of the model with the trained adapter attached.
         var scored = Invoke("score", "--model", ModelFolder, "--adapter", output, "--tokens", "97,98,99,97,98");
         Assert.Equal(0, scored.Code);

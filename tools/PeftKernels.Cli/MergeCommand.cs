@@ -102,6 +102,11 @@ internal static class MergeCommand
                 throw new NotSupportedException($"--adapter {xloraDir} is an X-LoRA adapter, which cannot be merged: its expert scalings change per token, so no static weight equals the mixture.");
             }
 
+            if (dirs.FirstOrDefault(d => Directory.Exists(d) && MixLoraAdapter.Recognizes(d)) is { } mixloraDir)
+            {
+                throw new NotSupportedException($"--adapter {mixloraDir} is a MixLoRA adapter. {MixLoraAdapter.NoMergeReason}");
+            }
+
             OutputPaths.Check("--out", outDir, OutputKind.Folder, parse.GetValue(overwrite), [("--model", modelDir), .. dirs.Select(a => ("--adapter", (string?)a))]);
             var lm = LlamaForCausalLM.Load(modelDir);
             var quantized = lm.NamedParameters().Where(p => p.Parameter.DType == TensorDType.Q4)
