@@ -19,27 +19,7 @@ public sealed class DemoBottleneckTests(ITestOutputHelper output)
     /// <summary>The settings the demo can use for --methods bottleneck.</summary>
     internal static readonly (int Steps, double LearningRate, int Batch) Settings = (80, 4e-3, 16);
 
-    internal static LlamaForCausalLM PretrainedBase(int seed = 0)
-    {
-        var dataset = new TextDataset(new ByteTokenizer().Encode(DemoTask.Corpus(1500, seed)));
-        var model = LlamaForCausalLM.Create(LlamaConfig.Tiny(256), seed);
-        foreach (var (_, p) in model.NamedParameters())
-        {
-            p.Trainable = true;
-        }
-
-        new Trainer(model, rng => dataset.Batch(16, 64, rng), 16, new TrainerOptions
-        {
-            Steps = 150,
-            LearningRate = 3e-3,
-            WarmupSteps = 15,
-            MinLearningRateRatio = 0.1,
-            WeightDecay = 0.01,
-            Seed = seed,
-        }).Run();
-        model.Freeze();
-        return model;
-    }
+    internal static LlamaForCausalLM PretrainedBase(int seed = 0) => DemoBase.Pretrained(seed);
 
     private static double Accuracy(LlamaForCausalLM model, List<DemoExample> examples) =>
         DemoEval.Accuracy(examples, DemoEval.Answers((t, b) => model.Forward(t, b), examples));

@@ -17,22 +17,7 @@ public sealed class DemoBaseFixture
 {
     public DemoBaseFixture()
     {
-        var dataset = new TextDataset(new ByteTokenizer().Encode(DemoTask.Corpus(1500, 0)));
-        Model = LlamaForCausalLM.Create(LlamaConfig.Tiny(256), 0);
-        foreach (var (_, p) in Model.NamedParameters())
-        {
-            p.Trainable = true;
-        }
-
-        new Trainer(Model, rng => dataset.Batch(16, 64, rng), 16, new TrainerOptions
-        {
-            Steps = 150,
-            LearningRate = 3e-3,
-            WarmupSteps = 15,
-            MinLearningRateRatio = 0.1,
-            WeightDecay = 0.01,
-        }).Run();
-        Model.Freeze();
+        Model = DemoBase.Pretrained();
         Eval = DemoTask.Sentiment.Examples(64, 1000);
         BaseAccuracy = DemoEval.Accuracy(Eval, DemoEval.Answers((t, b) => Model.Forward(t, b), Eval));
     }

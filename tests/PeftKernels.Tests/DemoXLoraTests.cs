@@ -18,27 +18,7 @@ public sealed class DemoXLoraTests(ITestOutputHelper output)
 {
     private const int Seed = 7;
 
-    private static LlamaForCausalLM Pretrain()
-    {
-        var dataset = new TextDataset(new ByteTokenizer().Encode(DemoTask.Corpus(1500, Seed)));
-        var model = LlamaForCausalLM.Create(LlamaConfig.Tiny(256), Seed);
-        foreach (var (_, p) in model.NamedParameters())
-        {
-            p.Trainable = true;
-        }
-
-        new Trainer(model, rng => dataset.Batch(16, 64, rng), 16, new TrainerOptions
-        {
-            Steps = 150,
-            LearningRate = 3e-3,
-            WarmupSteps = 15,
-            MinLearningRateRatio = 0.1,
-            WeightDecay = 0.01,
-            Seed = Seed,
-        }).Run();
-        model.Freeze();
-        return model;
-    }
+    private static LlamaForCausalLM Pretrain() => DemoBase.Pretrained(Seed);
 
     private static void Train(LlamaForCausalLM model, DemoTask task, int steps, double lr, int seed) =>
         new Trainer(model, rng => task.Batch(rng, 16), 16, new TrainerOptions { Steps = steps, LearningRate = lr, WarmupSteps = steps / 10, Seed = seed }).Run();

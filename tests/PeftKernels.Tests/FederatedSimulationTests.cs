@@ -24,7 +24,6 @@ public sealed class FederatedSimulationTests(ITestOutputHelper output) : IDispos
     private const int LocalSteps = 2;
     private const double Lr = 1e-2;
     private const double Skew = 0.9;
-    private const int PreSteps = 150;
     private const int LocalBatch = 16;
     private const int CentralSteps = Rounds * LocalSteps;
     private const int CentralBatch = Clients * LocalBatch;
@@ -35,23 +34,7 @@ public sealed class FederatedSimulationTests(ITestOutputHelper output) : IDispos
     /// <summary>The demo's pre-training (--fast): a tiny byte-level Llama on sentences over the task words, never the task format.</summary>
     private string Pretrain()
     {
-        var dataset = new TextDataset(new ByteTokenizer().Encode(DemoTask.Corpus(1500, 0)));
-        var model = LlamaForCausalLM.Create(LlamaConfig.Tiny(256), 0);
-        foreach (var (_, p) in model.NamedParameters())
-        {
-            p.Trainable = true;
-        }
-
-        new Trainer(model, rng => dataset.Batch(16, 64, rng), 16, new TrainerOptions
-        {
-            Steps = PreSteps,
-            LearningRate = 3e-3,
-            WarmupSteps = PreSteps / 10,
-            MinLearningRateRatio = 0.1,
-            WeightDecay = 0.01,
-            Kernel = Kernel,
-        }).Run();
-        model.Freeze();
+        var model = DemoBase.Pretrained(0, Kernel);
         string dir = Path.Combine(folder.Path, "base");
         model.Save(dir);
         return dir;

@@ -66,15 +66,7 @@ internal static class BottleneckInspect
     private static long Tensors(string path, TextWriter log)
     {
         using var file = SafeTensorsFile.Open(path);
-        log.WriteLine($"tensors ({file.Names.Count}):");
-        int width = file.Names.Count == 0 ? 0 : file.Names.Max(n => n.Length);
-        long parameters = 0;
-        foreach (string name in file.Names)
-        {
-            var info = file.GetInfo(name);
-            parameters += info.ElementCount;
-            log.WriteLine($"  {name.PadRight(width)}  {info.DType.HeaderName(),-4}  [{string.Join(", ", info.Shape)}]");
-        }
+        long parameters = InspectTensors.Print(log, file);
 
         long size = new FileInfo(path).Length;
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"trainable params: {parameters:N0}"));

@@ -26,17 +26,7 @@ internal static class InspectMixLora
             + $"plain LoRA on [{string.Join(", ", attention)}]; does not merge)"));
         log.WriteLine($"config ({MixLoraConfig.ConfigFile}):");
         log.WriteLine(File.ReadAllText(configPath).TrimEnd());
-        string metadata = string.Join(", ", file.Metadata.Select(m => $"{m.Key}={m.Value}"));
-        log.WriteLine($"tensors ({file.Names.Count}; metadata {(metadata.Length == 0 ? "none" : metadata)}):");
-        int width = file.Names.Count == 0 ? 0 : file.Names.Max(n => n.Length);
-        long parameters = 0;
-        foreach (string name in file.Names)
-        {
-            var info = file.GetInfo(name);
-            parameters += info.ElementCount;
-            log.WriteLine($"  {name.PadRight(width)}  {info.DType.HeaderName(),-4}  [{string.Join(", ", info.Shape)}]");
-        }
-
+        long parameters = InspectTensors.Print(log, file, metadata: true);
         int layers = file.Names.Count(n => n.EndsWith(".mlp.moe_gate.weight", StringComparison.Ordinal));
         long size = new FileInfo(weightsPath).Length;
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layers with a router: {layers}"));

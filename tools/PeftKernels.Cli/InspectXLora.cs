@@ -22,15 +22,7 @@ internal static class InspectXLora
             + $"{(config.LayerwiseScalings ? "layerwise" : "shared")} scalings, softmax temperature {config.SoftmaxTemperature}, top-k {(config.TopKLora?.ToString(CultureInfo.InvariantCulture) ?? "all")}; not mergeable)"));
         log.WriteLine($"config ({Lora.ConfigFile}):");
         log.WriteLine(File.ReadAllText(configPath).TrimEnd());
-        log.WriteLine($"classifier tensors ({file.Names.Count}):");
-        int width = file.Names.Count == 0 ? 0 : file.Names.Max(n => n.Length);
-        long parameters = 0;
-        foreach (string name in file.Names)
-        {
-            var info = file.GetInfo(name);
-            parameters += info.ElementCount;
-            log.WriteLine($"  {name.PadRight(width)}  {info.DType.HeaderName(),-4}  [{string.Join(", ", info.Shape)}]");
-        }
+        long parameters = InspectTensors.Print(log, file, "classifier tensors");
 
         long size = new FileInfo(weightsPath).Length;
         log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"trainable params: {parameters:N0} (the classifier; the experts are frozen)"));
