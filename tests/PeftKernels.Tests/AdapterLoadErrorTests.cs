@@ -94,7 +94,7 @@ public sealed class AdapterLoadErrorTests : IDisposable
 
     [Theory]
     [InlineData("ADALORA", "peft_type is \"ADALORA\"; expected \"LORA\" or \"IA3\"")]
-    [InlineData("PREFIX_TUNING", "peft_type is \"PREFIX_TUNING\"")]
+    [InlineData("PREFIX_TUNING", "holds a whole-model adapter (prompt learning, bottleneck, X-LoRA or MixLoRA), not LoRA / DoRA / IA³: load it with ModelAdapterFolders.Load")]
     [InlineData("IA3", "feedforward_modules must be a subset of target_modules [q_proj, v_proj]; [down_proj] is not a target")]
     public void AnUnknownOrMismatchedPeftTypeIsRefused(string type, string expected)
     {

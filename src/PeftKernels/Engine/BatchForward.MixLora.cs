@@ -27,7 +27,17 @@ internal sealed partial class BatchForward
                 continue;
             }
 
-            var group = mixGroups.Find(g => ReferenceEquals(g.Mix, mix));
+            // A plain loop, not List.Find with a lambda: the lambda's closure over mix would be allocated for every sequence.
+            MixGroup? group = null;
+            foreach (var g in mixGroups)
+            {
+                if (ReferenceEquals(g.Mix, mix))
+                {
+                    group = g;
+                    break;
+                }
+            }
+
             if (group == null)
             {
                 group = new MixGroup(mix);

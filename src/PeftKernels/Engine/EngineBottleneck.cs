@@ -29,6 +29,9 @@ internal sealed class EngineBottleneck
     /// <summary>True once any bottleneck adapter was loaded in this process (the forward's fast path skips the sites otherwise).</summary>
     public static bool AnyLoaded => Volatile.Read(ref loads) > 0;
 
+    /// <summary>Turns the forward's bottleneck hooks on as if such an adapter had been loaded (tests of the steady state with every hook live).</summary>
+    internal static void ArmHooks() => Interlocked.Increment(ref loads);
+
     /// <summary>The adapters, on the twin model.</summary>
     public BottleneckAdapters Set { get; }
 

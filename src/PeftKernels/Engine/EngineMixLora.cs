@@ -34,6 +34,9 @@ internal sealed class EngineMixLora
     /// <summary>True once any MixLoRA adapter was loaded in this process (the forward's fast path skips the MLP hook otherwise).</summary>
     public static bool AnyLoaded => Volatile.Read(ref loads) > 0;
 
+    /// <summary>Turns the forward's MixLoRA hooks on as if such an adapter had been loaded (tests of the steady state with every hook live).</summary>
+    internal static void ArmHooks() => Interlocked.Increment(ref loads);
+
     /// <summary>The twin model the adapter is attached to (its base parameters are the serving model's).</summary>
     public LlamaForCausalLM Twin { get; }
 

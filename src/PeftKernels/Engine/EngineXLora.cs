@@ -33,6 +33,9 @@ internal sealed class EngineXLora
     /// <summary>True once any X-LoRA adapter was loaded in this process (the forward's fast path skips the branches otherwise).</summary>
     public static bool AnyLoaded => Volatile.Read(ref loads) > 0;
 
+    /// <summary>Turns the forward's X-LoRA hooks on as if such an adapter had been loaded (tests of the steady state with every hook live).</summary>
+    internal static void ArmHooks() => Interlocked.Increment(ref loads);
+
     /// <summary>The X-LoRA model on the twin.</summary>
     public XLoraModel Model { get; }
 
