@@ -1,5 +1,8 @@
 // A client that disconnects mid-stream has its engine sequence cancelled and its KV blocks freed; a stop
-// answers new requests with 503 and lets running ones finish.
+// answers new requests with 503 and lets running ones finish. Both need the long generation to be still
+// running when the client acts: on a busy machine the tiny model can otherwise produce all its tokens
+// before the first event is read, so each engine step is slowed to at least a millisecond (ObserveLogits
+// runs on the engine's thread once per sequence and step).
 using System.Text;
 using System.Text.Json;
 
@@ -30,6 +33,7 @@ public sealed class ServerLifecycleTests
     {
         await using var f = await ServerFixture.Start(longContext: true);
         var engine = f.Server.Engine;
+        engine.ObserveLogits = (_, _) => Thread.Sleep(1);
         using (var client = new System.Net.Sockets.TcpClient())
         {
             // A raw socket: HttpClient would drain the rest of the response to reuse the connection instead of leaving.
@@ -62,9 +66,10 @@ public sealed class ServerLifecycleTests
     public async Task Stop_Answers503ToNewRequests_AndFinishesRunningOnes()
     {
         var f = await ServerFixture.Start(longContext: true);
+        f.Server.Engine.ObserveLogits = (_, _) => Thread.Sleep(1);
         try
         {
-            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = StreamBody(1500) };
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = StreamBody(1000) };
             using var response = await f.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
             Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal);
