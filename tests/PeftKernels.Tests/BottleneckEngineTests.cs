@@ -81,7 +81,14 @@ public sealed class BottleneckEngineTests : IDisposable
             Assert.Equal(Alone(adapters[i], requests[i].PromptTokens, 5), results[i].Tokens);
         }
 
-        Assert.Equal(AdapterKind.Bottleneck, engine.Adapters.Load("bn", Path("bn")).Kind);
+        var loaded = engine.Adapters.Load("bn", Path("bn"));
+        Assert.Equal(AdapterKind.Bottleneck, loaded.Kind);
+
+        // The registry's memory budget counts the adapter's own weights (fp32), not 0.
+        var alone = TinyLlama.Model(Config);
+        long own = 4L * BottleneckAdapters.Load(alone, Path("bn")).Parameters.Sum(p => (long)p.Count);
+        Assert.True(own > 0);
+        Assert.Equal(own, loaded.Bytes);
     }
 
     [Fact]

@@ -136,7 +136,16 @@ public sealed class XLoraEngineTests : IDisposable
             // Every X-LoRA row went through the scaling pass once, and both caches of every sequence are back in the pool.
             Assert.Equal(prompts[0].Length + prompts[3].Length + (2 * (NewTokens - 1)), engine.Stats.ScalingPassRows);
             Assert.Equal(0, engine.Pool.UsedBlocks);
-            Assert.Equal(AdapterKind.XLora, engine.Adapters.Load(config, Path(config)).Kind);
+            var loaded = engine.Adapters.Load(config, Path(config));
+            Assert.Equal(AdapterKind.XLora, loaded.Kind);
+
+            // The registry's memory budget counts the classifier and every expert's LoRA factors (fp32), not 0.
+            var alone = Base();
+            var shared = alone.NamedParameters().Select(p => p.Parameter).ToHashSet(ReferenceEqualityComparer.Instance);
+            XLoraModel.Load(alone, Path(config));
+            long own = 4L * alone.NamedParameters().Where(p => !shared.Contains(p.Parameter)).Sum(p => (long)p.Parameter.Count);
+            Assert.True(own > 4L * XLoraModel.Load(Base(), Path(config)).Parameters.Sum(p => (long)p.Count), "the experts count too, not only the classifier");
+            Assert.Equal(own, loaded.Bytes);
         }
 
         // The check has teeth: the X-LoRA's first logits are far from the base model's.

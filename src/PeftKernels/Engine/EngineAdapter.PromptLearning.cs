@@ -21,7 +21,8 @@ public sealed partial class EngineAdapter
         }
 
         var (keys, values) = PromptLearningAdapter.VirtualKeyValues(model, config, rows);
-        return new EngineAdapter(name, version, folder, AdapterKind.PromptLearning, model.Config.NumHiddenLayers, [])
+        long virtualBytes = 4L * (keys.Sum(k => (long)k.Length) + values.Sum(v => (long)v.Length));
+        return new EngineAdapter(name, version, folder, AdapterKind.PromptLearning, model.Config.NumHiddenLayers, [], virtualBytes)
         {
             Virtual = new VirtualPrefix(keys, values, config.NumVirtualTokens),
         };

@@ -138,6 +138,13 @@ public sealed partial class EngineAdapter
 {
     private readonly AdapterModule?[] modules;
 
+    /// <summary>The fp32 bytes of the parameters <paramref name="twin"/> holds beyond the base parameters it shares with <paramref name="model"/>.</summary>
+    internal static long TwinBytes(Models.LlamaForCausalLM model, Models.LlamaForCausalLM twin)
+    {
+        var shared = new HashSet<Parameter>(model.NamedParameters().Select(p => p.Parameter), ReferenceEqualityComparer.Instance);
+        return 4L * twin.NamedParameters().Where(p => !shared.Contains(p.Parameter)).Sum(p => (long)p.Parameter.Count);
+    }
+
     internal EngineAdapter(string name, int version, string sourceFolder, AdapterKind kind, int layers, IEnumerable<AdapterModule> parts, long extraBytes = 0)
     {
         Name = name;
@@ -177,7 +184,10 @@ public sealed partial class EngineAdapter
     /// <summary>The modules it has, ordered by layer then projection.</summary>
     public IReadOnlyList<AdapterModule> Modules { get; }
 
-    /// <summary>Bytes held by the factors, plus a MixLoRA adapter's routers and expert factors (what the registry's memory budget counts).</summary>
+    /// <summary>
+    /// Bytes held by the factors, plus what a whole-model adapter holds beside them (MixLoRA's routers and experts, bottleneck
+    /// layers, X-LoRA's classifier and experts, prompt learning's virtual keys and values): what the registry's memory budget counts.
+    /// </summary>
     public long Bytes { get; }
 
     /// <summary>The largest rank over its modules (0 for IA³).</summary>

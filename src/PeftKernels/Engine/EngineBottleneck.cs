@@ -56,7 +56,7 @@ internal sealed class EngineBottleneck
             throw new InvalidDataException($"adapter '{name}' ({folder}) holds NaN or infinite values.");
         }
 
-        var adapter = new EngineAdapter(name, version, folder, AdapterKind.Bottleneck, model.Model.Layers.Count, []);
+        var adapter = new EngineAdapter(name, version, folder, AdapterKind.Bottleneck, model.Model.Layers.Count, [], EngineAdapter.TwinBytes(model, twin));
         Loaded.AddOrUpdate(adapter, new EngineBottleneck(set, setup));
         Interlocked.Increment(ref loads);
         return adapter;

@@ -76,7 +76,7 @@ internal sealed class EngineXLora
             }
         }
 
-        var adapter = new EngineAdapter(name, version, folder, AdapterKind.XLora, layers, []);
+        var adapter = new EngineAdapter(name, version, folder, AdapterKind.XLora, layers, [], EngineAdapter.TwinBytes(model, twin));
         Loaded.AddOrUpdate(adapter, new EngineXLora(xlora, linears));
         Interlocked.Increment(ref loads);
         return adapter;

@@ -72,14 +72,16 @@ public sealed class ServerLifecycleTests
             using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = StreamBody(1000) };
             using var response = await f.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
-            Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal);
+            string first = (await reader.ReadLineAsync())!;
+            Assert.StartsWith("data: ", first, StringComparison.Ordinal);
             var stop = f.Server.StopAsync();
             var (status, body) = await f.Post("/v1/completions", new { prompt = "late", max_tokens = 2 });
             Assert.Equal(503, status);
             Assert.Equal("server_error", body.GetProperty("error").GetProperty("type").GetString());
             string rest = await reader.ReadToEndAsync();
             Assert.EndsWith("data: [DONE]\n\n", rest, StringComparison.Ordinal);
-            Assert.Contains("\"finish_reason\":\"length\"", rest, StringComparison.Ordinal);
+            // The writer may coalesce tokens: on a busy machine the finish can already ride in the first event.
+            Assert.Contains("\"finish_reason\":\"length\"", first + rest, StringComparison.Ordinal);
             await stop;
         }
         finally
