@@ -6,7 +6,6 @@
 // Δ on its own rows (x = the sublayer input, a = its output; BatchForward.Sites.cs), computed by the same
 // ops as the library's forward, so a sequence's result equals the model run alone with that adapter.
 // A Parallel block (several tasks per input) is refused: a request runs one setup.
-using System.Runtime.CompilerServices;
 using PeftKernels.Autograd;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -17,9 +16,6 @@ namespace PeftKernels.Engine;
 /// <summary>The bottleneck sites of one engine adapter version.</summary>
 internal sealed class EngineBottleneck
 {
-    private static readonly ConditionalWeakTable<EngineAdapter, EngineBottleneck> Loaded = [];
-    private static int loads;
-
     private EngineBottleneck(BottleneckAdapters set, AdapterSetup setup)
     {
         Set = set;
@@ -27,10 +23,10 @@ internal sealed class EngineBottleneck
     }
 
     /// <summary>True once any bottleneck adapter was loaded in this process (the forward's fast path skips the sites otherwise).</summary>
-    public static bool AnyLoaded => Volatile.Read(ref loads) > 0;
+    public static bool AnyLoaded => EngineAdapterState<EngineBottleneck>.AnyLoaded;
 
     /// <summary>Turns the forward's bottleneck hooks on as if such an adapter had been loaded (tests of the steady state with every hook live).</summary>
-    internal static void ArmHooks() => Interlocked.Increment(ref loads);
+    internal static void ArmHooks() => EngineAdapterState<EngineBottleneck>.ArmHooks();
 
     /// <summary>The adapters, on the twin model.</summary>
     public BottleneckAdapters Set { get; }
@@ -57,14 +53,13 @@ internal sealed class EngineBottleneck
         }
 
         var adapter = new EngineAdapter(name, version, folder, AdapterKind.Bottleneck, model.Model.Layers.Count, [], EngineAdapter.TwinBytes(model, twin));
-        Loaded.AddOrUpdate(adapter, new EngineBottleneck(set, setup));
-        Interlocked.Increment(ref loads);
+        EngineAdapterState<EngineBottleneck>.Register(adapter, new EngineBottleneck(set, setup));
         return adapter;
     }
 
     /// <summary>The bottleneck sites of <paramref name="adapter"/>, or null for a LoRA / DoRA / IA³ adapter.</summary>
     public static EngineBottleneck? Of(EngineAdapter? adapter) =>
-        adapter != null && adapter.Kind == AdapterKind.Bottleneck && Loaded.TryGetValue(adapter, out var b) ? b : null;
+        EngineAdapterState<EngineBottleneck>.Of(adapter, AdapterKind.Bottleneck);
 
     /// <summary>Δ at layer <paramref name="layer"/>'s site for rows with sublayer input x and output a [rows, hidden] (null: none there).</summary>
     public float[]? Delta(int layer, bool attention, float[] x, float[] a, int rows, KernelOptions kernel)

@@ -11,7 +11,6 @@
 // result equals the library's model run alone with the adapter (within fp32 rounding). Evaluation only:
 // the twin is in evaluation mode (no jitter, no dropout) and the block runs under Tape.NoGrad, so no
 // routing is kept for the load-balancing loss. NaN or infinite values are refused (InvalidDataException).
-using System.Runtime.CompilerServices;
 using PeftKernels.Autograd;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -22,9 +21,6 @@ namespace PeftKernels.Engine;
 /// <summary>The MLP mixtures of one MixLoRA engine adapter version (its attention LoRA is in the adapter's modules).</summary>
 internal sealed class EngineMixLora
 {
-    private static readonly ConditionalWeakTable<EngineAdapter, EngineMixLora> Loaded = [];
-    private static int loads;
-
     private EngineMixLora(LlamaForCausalLM twin, MixLoraAdapter adapter)
     {
         Twin = twin;
@@ -32,10 +28,10 @@ internal sealed class EngineMixLora
     }
 
     /// <summary>True once any MixLoRA adapter was loaded in this process (the forward's fast path skips the MLP hook otherwise).</summary>
-    public static bool AnyLoaded => Volatile.Read(ref loads) > 0;
+    public static bool AnyLoaded => EngineAdapterState<EngineMixLora>.AnyLoaded;
 
     /// <summary>Turns the forward's MixLoRA hooks on as if such an adapter had been loaded (tests of the steady state with every hook live).</summary>
-    internal static void ArmHooks() => Interlocked.Increment(ref loads);
+    internal static void ArmHooks() => EngineAdapterState<EngineMixLora>.ArmHooks();
 
     /// <summary>The twin model the adapter is attached to (its base parameters are the serving model's).</summary>
     public LlamaForCausalLM Twin { get; }
@@ -74,14 +70,13 @@ internal sealed class EngineMixLora
 
         long blockBytes = 4L * mix.Blocks.Sum(b => b.NamedParameters().Sum(p => (long)p.Parameter.Data.Length));
         var adapter = new EngineAdapter(name, version, folder, AdapterKind.MixLora, twin.Model.Layers.Count, parts, blockBytes);
-        Loaded.AddOrUpdate(adapter, new EngineMixLora(twin, mix));
-        Interlocked.Increment(ref loads);
+        EngineAdapterState<EngineMixLora>.Register(adapter, new EngineMixLora(twin, mix));
         return adapter;
     }
 
     /// <summary>The MLP mixtures of <paramref name="adapter"/>, or null for any other kind.</summary>
     public static EngineMixLora? Of(EngineAdapter? adapter) =>
-        adapter != null && adapter.Kind == AdapterKind.MixLora && Loaded.TryGetValue(adapter, out var m) ? m : null;
+        EngineAdapterState<EngineMixLora>.Of(adapter, AdapterKind.MixLora);
 
     /// <summary>Layer <paramref name="layer"/>'s mixture output [rows, hidden] for its MLP input (normed rows) x [rows, hidden].</summary>
     public float[] MlpOutput(int layer, float[] x, int rows, KernelOptions kernel)

@@ -9,7 +9,6 @@
 //              twin's own Linear.XLoraBranches, the code the library's forward runs (y = 0 in, the contribution out).
 // So a sequence's result equals the library's two-pass X-LoRA forward up to fp32 rounding of the sums' order.
 // Refused: experts on lm_head (the engine adapts the decoder layers' projections only), NaN or infinite values.
-using System.Runtime.CompilerServices;
 using PeftKernels.Autograd;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -20,8 +19,6 @@ namespace PeftKernels.Engine;
 /// <summary>The classifier and expert branches of one engine X-LoRA adapter version.</summary>
 internal sealed class EngineXLora
 {
-    private static readonly ConditionalWeakTable<EngineAdapter, EngineXLora> Loaded = [];
-    private static int loads;
     private readonly Linear?[] linears;
 
     private EngineXLora(XLoraModel xlora, Linear?[] linears)
@@ -31,10 +28,10 @@ internal sealed class EngineXLora
     }
 
     /// <summary>True once any X-LoRA adapter was loaded in this process (the forward's fast path skips the branches otherwise).</summary>
-    public static bool AnyLoaded => Volatile.Read(ref loads) > 0;
+    public static bool AnyLoaded => EngineAdapterState<EngineXLora>.AnyLoaded;
 
     /// <summary>Turns the forward's X-LoRA hooks on as if such an adapter had been loaded (tests of the steady state with every hook live).</summary>
-    internal static void ArmHooks() => Interlocked.Increment(ref loads);
+    internal static void ArmHooks() => EngineAdapterState<EngineXLora>.ArmHooks();
 
     /// <summary>The X-LoRA model on the twin.</summary>
     public XLoraModel Model { get; }
@@ -77,14 +74,13 @@ internal sealed class EngineXLora
         }
 
         var adapter = new EngineAdapter(name, version, folder, AdapterKind.XLora, layers, [], EngineAdapter.TwinBytes(model, twin));
-        Loaded.AddOrUpdate(adapter, new EngineXLora(xlora, linears));
-        Interlocked.Increment(ref loads);
+        EngineAdapterState<EngineXLora>.Register(adapter, new EngineXLora(xlora, linears));
         return adapter;
     }
 
     /// <summary>The X-LoRA of <paramref name="adapter"/>, or null for any other kind.</summary>
     public static EngineXLora? Of(EngineAdapter? adapter) =>
-        adapter != null && adapter.Kind == AdapterKind.XLora && Loaded.TryGetValue(adapter, out var x) ? x : null;
+        EngineAdapterState<EngineXLora>.Of(adapter, AdapterKind.XLora);
 
     /// <summary>The scalings [rows, Outputs] for the scaling pass's final (normed) hidden states <paramref name="hidden"/> [rows, H].</summary>
     public float[] Scalings(ReadOnlySpan<float> hidden, int rows, KernelOptions kernel)
