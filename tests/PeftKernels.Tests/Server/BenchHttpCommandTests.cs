@@ -93,7 +93,10 @@ public sealed class BenchHttpCommandTests : IDisposable
         Assert.Equal(0, root.GetProperty("lost").GetInt32());
         Assert.Equal(2, root.GetProperty("adapters").GetInt32());
         Assert.True(root.GetProperty("ttft_p50_ms").GetDouble() > 0);
-        Assert.True(root.GetProperty("itl_p50_ms").GetDouble() >= 0); // the character tokenizer streams a chunk per token: gaps exist
+        // Inter-token gaps exist only when a request's tokens arrive in several events; on a busy machine the server may
+        // coalesce a short generation into one event, and then there is no gap to report (null).
+        var itl = root.GetProperty("itl_p50_ms");
+        Assert.True(itl.ValueKind == JsonValueKind.Null || itl.GetDouble() >= 0, $"itl_p50_ms {itl}");
         Assert.False(root.TryGetProperty("engine", out _)); // only --self measures the engine
 
         var (tooMany, _, message) = await Task.Run(() => Invoke(["bench", "http", "--url", server.Url.ToString(), "--adapters", "99", "--seconds", "1"]));
