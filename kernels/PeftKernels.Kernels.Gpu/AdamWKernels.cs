@@ -49,25 +49,47 @@ public static class AdamWKernels
         GpuKernelCache.Get(accelerator, static a => new Loaded(a)).Step((int)count, param, grad, m, v, k);
     }
 
-    /// <summary>Σ x² accumulated in double (deterministic for a given length); synchronizes.</summary>
+    /// <summary>Σ x² accumulated in double (deterministic for a given length); waits once for the result.</summary>
     /// <param name="accelerator">The device.</param>
     /// <param name="x">The values (a gradient).</param>
     public static double SumOfSquares(Accelerator accelerator, FloatView x)
     {
+        using var partials = GpuLaunch.Scratch<double>(accelerator, SumOfSquaresPartials(x.Length));
+        SumOfSquaresInto(accelerator, x, partials.View);
+        return SumPartials(GpuLaunch.ForHostValue(partials.View));
+    }
+
+    /// <summary>How many partial sums <see cref="SumOfSquaresInto"/> writes for <paramref name="count"/> values.</summary>
+    public static int SumOfSquaresPartials(long count)
+    {
+        GpuCheck.FitsInt(count, "x");
+        return count == 0 ? 0 : Math.Min(GemmTiles.Ceil((int)count, ReduceThreads * ElementsPerThread), MaxReduceGroups);
+    }
+
+    /// <summary>
+    /// Queues Σ x² as <see cref="SumOfSquaresPartials"/>(x.Length) group partials into <paramref name="partials"/> (no wait):
+    /// a caller measuring many tensors (the global gradient norm) fills one buffer and reads it back once.
+    /// </summary>
+    public static void SumOfSquaresInto(Accelerator accelerator, FloatView x, ArrayView1D<double, Stride1D.Dense> partials)
+    {
         GpuCheck.NotNull(accelerator);
-        GpuCheck.FitsInt(x.Length, nameof(x));
-        int count = (int)x.Length;
-        if (count == 0)
+        int groups = SumOfSquaresPartials(x.Length);
+        if (partials.Length != groups)
         {
-            return 0;
+            throw new ArgumentException($"partials has {partials.Length} elements but a sum of squares over {x.Length} values writes {groups}.", nameof(partials));
         }
 
-        int groups = Math.Min(GemmTiles.Ceil(count, ReduceThreads * ElementsPerThread), MaxReduceGroups);
-        using var partials = accelerator.Allocate1D<double>(groups);
-        GpuKernelCache.Get(accelerator, static a => new Loaded(a)).SumOfSquares(new KernelConfig(groups, ReduceThreads), x, partials.View, count);
-        GpuLaunch.ForHostValue(accelerator);
+        if (groups > 0)
+        {
+            GpuKernelCache.Get(accelerator, static a => new Loaded(a)).SumOfSquares(new KernelConfig(groups, ReduceThreads), x, partials, (int)x.Length);
+        }
+    }
+
+    /// <summary>The partials of one tensor added in group order (the deterministic order of <see cref="SumOfSquares"/>).</summary>
+    public static double SumPartials(ReadOnlySpan<double> partials)
+    {
         double total = 0;
-        foreach (double partial in partials.GetAsArray1D())
+        foreach (double partial in partials)
         {
             total += partial;
         }

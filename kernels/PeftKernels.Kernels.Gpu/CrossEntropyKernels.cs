@@ -32,11 +32,10 @@ public static class CrossEntropyKernels
             return 0;
         }
 
-        using var terms = accelerator.Allocate1D<double>(n);
+        using var terms = GpuLaunch.Scratch<double>(accelerator, n);
         Loaded.For(accelerator).Forward(new KernelConfig(n, Threads), logits, labels, lse, terms.View, vocab);
-        GpuLaunch.ForHostValue(accelerator);
         double loss = 0;
-        foreach (double term in terms.GetAsArray1D())
+        foreach (double term in GpuLaunch.ForHostValue(terms.View))
         {
             loss += term;
         }

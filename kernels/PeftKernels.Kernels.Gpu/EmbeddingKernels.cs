@@ -76,11 +76,10 @@ public static class EmbeddingKernels
         }
 
         offsets.Add(n);
-        using var deviceOrder = accelerator.Allocate1D(order);
-        using var deviceRows = accelerator.Allocate1D(rows.ToArray());
-        using var deviceOffsets = accelerator.Allocate1D(offsets.ToArray());
+        using var deviceOrder = GpuLaunch.Stage(accelerator, order);
+        using var deviceRows = GpuLaunch.Stage(accelerator, rows.ToArray());
+        using var deviceOffsets = GpuLaunch.Stage(accelerator, offsets.ToArray());
         Loaded.For(accelerator).Scatter(rows.Count * dim, dy, deviceRows.View, deviceOffsets.View, deviceOrder.View, dw, dim);
-        GpuLaunch.BeforeFree(accelerator);
     }
 
     /// <summary>

@@ -31,12 +31,12 @@ internal sealed class GpuTables
     public const int Fp4Offset = 16;
     public const int DynamicOffset = 32;
 
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> buffer;
+    private readonly DeviceArray<float> buffer;
 
     private GpuTables(Accelerator accelerator)
     {
         float[] all = [.. Quant4Codes.Nf4, .. Quant4Codes.Fp4, .. Quant4Codes.Dynamic];
-        buffer = accelerator.Allocate1D(all);
+        buffer = GpuLaunch.Stage(accelerator, all);
     }
 
     public FloatView Nf4 => buffer.View.SubView(Nf4Offset, 16);

@@ -6,20 +6,28 @@
 //  - No host download to validate: values that live on the device (labels, token ids, positions) are
 //    the caller's to check on the host before upload (CrossEntropyKernels.CheckLabels,
 //    EmbeddingKernels.CheckIds).
-//  - A launcher waits, exactly once and at its end, in two cases only, each through this class so it
-//    can be found: it returns a host value (CrossEntropyKernels.Forward's loss sum,
-//    AdamWKernels.SumOfSquares) — ForHostValue; or it staged host arrays or scratch in temporary device
-//    buffers that it frees before returning (EmbeddingKernels.Backward's index lists, LoraBranchKernels
-//    on a row subset and its backward's dh, LoraMatmulKernels/QLoraMatmulKernels.Backward's dh,
-//    Quant4Buffers.Upload's nested scales) — BeforeFree.
+//  - Scratch and staged host arrays come from the accelerator's DeviceMemoryPool and go back to it
+//    when the launcher returns, without a wait: the stream orders the next user after this work.
+//  - A launcher waits only when it returns a host value (CrossEntropyKernels.Forward's loss sum,
+//    AdamWKernels.SumOfSquares), exactly once, through ForHostValue (a counted DeviceSync.Wait).
 namespace PeftKernels.Kernels.Gpu;
 
-/// <summary>The only places a launcher waits for the device (see the rule above).</summary>
+/// <summary>The only place a launcher waits for the device (see the rule above).</summary>
 internal static class GpuLaunch
 {
-    /// <summary>Waits for the queued work before the launcher reads a result back to the host.</summary>
-    public static void ForHostValue(Accelerator accelerator) => accelerator.Synchronize();
+    /// <summary>Waits for the queued work and reads <paramref name="view"/> back to the host (one wait, counted by <see cref="DeviceSync"/>).</summary>
+    public static T[] ForHostValue<T>(ArrayView1D<T, Stride1D.Dense> view)
+        where T : unmanaged => DeviceSync.Download(view);
 
-    /// <summary>Waits for the queued work before the launcher frees the temporary device buffers it used.</summary>
-    public static void BeforeFree(Accelerator accelerator) => accelerator.Synchronize();
+    /// <summary>Rents <paramref name="length"/> elements of scratch from the accelerator's pool.</summary>
+    public static DeviceArray<T> Scratch<T>(Accelerator accelerator, long length)
+        where T : unmanaged => DeviceMemoryPool.Of(accelerator).Rent<T>(length);
+
+    /// <summary>Stages host values in a pooled device array (queued, no wait).</summary>
+    public static DeviceArray<T> Stage<T>(Accelerator accelerator, ReadOnlySpan<T> values)
+        where T : unmanaged => DeviceMemoryPool.Of(accelerator).Upload(values);
+
+    /// <summary>Stages a host array in a pooled device array (queued, no wait).</summary>
+    public static DeviceArray<T> Stage<T>(Accelerator accelerator, T[] values)
+        where T : unmanaged => DeviceMemoryPool.Of(accelerator).Upload<T>(values);
 }

@@ -57,16 +57,15 @@ public static class LoraBranchKernels
         }
 
         var kernels = Loaded.For(accelerator);
-        using var deviceRows = accelerator.Allocate1D(rows);
-        using var xr = accelerator.Allocate1D<float>((long)m * inFeatures);
-        using var yr = accelerator.Allocate1D<float>((long)m * outFeatures);
+        using var deviceRows = GpuLaunch.Stage(accelerator, rows);
+        using var xr = GpuLaunch.Scratch<float>(accelerator, (long)m * inFeatures);
+        using var yr = GpuLaunch.Scratch<float>(accelerator, (long)m * outFeatures);
         kernels.Gather(m * inFeatures, x, deviceRows.View, xr.View, inFeatures);
         GemmTiles.Run(accelerator, new DenseOperand(xr.View, inFeatures, false, 1f, mask), new DenseOperand(a, inFeatures, true),
             new GemmEpilogue(h, rank, 1f, 0f), m, rank, inFeatures);
         GemmTiles.Run(accelerator, new DenseOperand(h, rank, false, scale), new DenseOperand(b, rank, true),
             new GemmEpilogue(yr.View, outFeatures, 1f, 0f, bias), m, outFeatures, rank);
         kernels.ScatterAdd(m * outFeatures, yr.View, deviceRows.View, y, outFeatures);
-        GpuLaunch.BeforeFree(accelerator);
     }
 
     /// <summary>dx (zero outside the rows R; skipped when empty), da (skipped when empty: LoRA-FA) and db (skipped when empty), all overwritten; the same rows, dropout and seed as the forward.</summary>
@@ -114,8 +113,8 @@ public static class LoraBranchKernels
         }
 
         var kernels = Loaded.For(accelerator);
-        using var deviceRows = rows == null ? null : accelerator.Allocate1D(rows);
-        using var gathered = rows == null ? null : accelerator.Allocate1D<float>((long)m * outFeatures);
+        using var deviceRows = rows == null ? null : GpuLaunch.Stage(accelerator, rows);
+        using var gathered = rows == null ? null : GpuLaunch.Scratch<float>(accelerator, (long)m * outFeatures);
         var gr = dy;
         if (deviceRows != null)
         {
@@ -133,18 +132,17 @@ public static class LoraBranchKernels
         {
             if (deviceRows != null)
             {
-                GpuLaunch.BeforeFree(accelerator); // deviceRows and gathered
             }
 
             return;
         }
 
         var mask = new GpuDropout(options.Dropout, options.Seed);
-        using var dh = accelerator.Allocate1D<float>((long)m * rank);
+        using var dh = GpuLaunch.Scratch<float>(accelerator, (long)m * rank);
         GemmTiles.Run(accelerator, new DenseOperand(gr, outFeatures, false), new DenseOperand(b, rank, false),
             new GemmEpilogue(dh.View, rank, scale, 0f), m, rank, outFeatures);
-        using var xr = da.Length == 0 || deviceRows == null ? null : accelerator.Allocate1D<float>((long)m * inFeatures);
-        using var dxr = dx.Length == 0 || deviceRows == null ? null : accelerator.Allocate1D<float>((long)m * inFeatures);
+        using var xr = da.Length == 0 || deviceRows == null ? null : GpuLaunch.Scratch<float>(accelerator, (long)m * inFeatures);
+        using var dxr = dx.Length == 0 || deviceRows == null ? null : GpuLaunch.Scratch<float>(accelerator, (long)m * inFeatures);
         if (da.Length != 0)
         {
             var xv = x;
@@ -168,7 +166,6 @@ public static class LoraBranchKernels
             }
         }
 
-        GpuLaunch.BeforeFree(accelerator); // dh and the row temporaries
     }
 
     internal static void GatherRowsKernel(Index1D i, FloatView source, IntView rows, FloatView target, int cols) =>

@@ -125,7 +125,7 @@ public static class LoraMatmulKernels
             return;
         }
 
-        using var dhBuffer = accelerator.Allocate1D<float>((long)n * rank);
+        using var dhBuffer = GpuLaunch.Scratch<float>(accelerator, (long)n * rank);
         var dh = dhBuffer.View;
         GemmTiles.Run(accelerator, new DenseOperand(dy, outFeatures, false), new DenseOperand(b, rank, false),
             new GemmEpilogue(dh, rank, scale, 0f), n, rank, outFeatures, path);
@@ -152,7 +152,6 @@ public static class LoraMatmulKernels
             }
         }
 
-        GpuLaunch.BeforeFree(accelerator);
     }
 
     internal static void ValidateForward(Accelerator accelerator, FloatView x, long w, FloatView bias, FloatView a, FloatView b, FloatView y, FloatView h,

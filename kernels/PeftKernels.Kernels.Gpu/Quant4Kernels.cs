@@ -62,10 +62,10 @@ public readonly struct Quant4View
 /// <summary>Device buffers of a <see cref="QuantizedWeight"/>: packed codes and fp32 absmax (double-quantized scales decoded on the device).</summary>
 public sealed class Quant4Buffers : IDisposable
 {
-    private readonly MemoryBuffer1D<byte, Stride1D.Dense> packed;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> absmax;
+    private readonly DeviceArray<byte> packed;
+    private readonly DeviceArray<float> absmax;
 
-    private Quant4Buffers(MemoryBuffer1D<byte, Stride1D.Dense> packed, MemoryBuffer1D<float, Stride1D.Dense> absmax, Quant4View view)
+    private Quant4Buffers(DeviceArray<byte> packed, DeviceArray<float> absmax, Quant4View view)
     {
         this.packed = packed;
         this.absmax = absmax;
@@ -75,32 +75,31 @@ public sealed class Quant4Buffers : IDisposable
     /// <summary>The weight as the GPU kernels take it.</summary>
     public Quant4View View { get; }
 
-    /// <summary>Uploads a 1-D or 2-D quantized weight ([cols] is one row). Blocks until the upload and the scale decoding are done.</summary>
+    /// <summary>Uploads a 1-D or 2-D quantized weight ([cols] is one row) into pooled device arrays; the upload and the scale decoding are queued (no wait).</summary>
     public static Quant4Buffers Upload(Accelerator accelerator, QuantizedWeight weight)
     {
         GpuCheck.NotNull(accelerator);
         ArgumentNullException.ThrowIfNull(weight);
         Check.Require(weight.Shape.Length is 1 or 2, nameof(weight), $"weight has shape [{string.Join(", ", weight.Shape)}]; the GPU kernels take [rows, cols] or [cols].");
         int rows = weight.Shape.Length == 2 ? weight.Shape[0] : 1, cols = weight.Shape[^1];
-        var packed = accelerator.Allocate1D(weight.Packed);
-        MemoryBuffer1D<float, Stride1D.Dense> absmax;
+        var packed = GpuLaunch.Stage(accelerator, weight.Packed);
+        DeviceArray<float> absmax;
         if (weight.IsNested)
         {
-            absmax = accelerator.Allocate1D<float>(weight.NestedCodes!.Length);
-            using var codes = accelerator.Allocate1D(weight.NestedCodes);
-            using var nested = accelerator.Allocate1D(weight.NestedAbsmax!);
+            absmax = GpuLaunch.Scratch<float>(accelerator, weight.NestedCodes!.Length);
+            using var codes = GpuLaunch.Stage(accelerator, weight.NestedCodes);
+            using var nested = GpuLaunch.Stage(accelerator, weight.NestedAbsmax!);
             Quant4Kernels.DequantizeNested(accelerator, codes.View, nested.View, weight.NestedOffset, absmax.View);
-            GpuLaunch.BeforeFree(accelerator);
         }
         else
         {
-            absmax = accelerator.Allocate1D(weight.Absmax!);
+            absmax = GpuLaunch.Stage(accelerator, weight.Absmax!);
         }
 
         return new Quant4Buffers(packed, absmax, new Quant4View(packed.View, absmax.View, weight.Type, weight.Blocksize, rows, cols));
     }
 
-    /// <summary>Frees the device buffers.</summary>
+    /// <summary>Hands the device arrays back to the pool.</summary>
     public void Dispose()
     {
         packed.Dispose();

@@ -1,5 +1,5 @@
-// Gradient plumbing on an accelerator, the device twin of Grad.cs. An op's backward allocates a
-// fresh device buffer per input that needs a gradient (Buffer: none when it needs none, and the
+// Gradient plumbing on an accelerator, the device twin of Grad.cs. An op's backward rents a
+// device array from the pool per input that needs a gradient (Buffer: none when it needs none, and the
 // kernel skips an empty view), fills it, and hands it over (Give): a device-only tensor and a host
 // parameter with a device mirror (LoRA A/B, an IA³ vector, a norm weight, a base weight in full
 // fine-tuning) accumulate it on the device (Tensor.AddDeviceGrad), where AdamWOptimizer steps it;
@@ -12,14 +12,14 @@ namespace PeftKernels.Autograd;
 internal static class DeviceGrad
 {
     /// <summary>A gradient buffer for <paramref name="t"/> on <paramref name="device"/>, or none (an empty view: the kernel skips it) when t needs no gradient.</summary>
-    public static MemoryBuffer1D<float, Stride1D.Dense>? Buffer(Device device, Tensor t) =>
-        t.RequiresGrad ? device.Accelerator.Allocate1D<float>(t.Count) : null;
+    public static DeviceArray<float>? Buffer(Device device, Tensor t) =>
+        t.RequiresGrad ? device.Accelerator.Rent<float>(t.Count) : null;
 
     /// <summary>
     /// Hands a freshly computed gradient (owned) to <paramref name="t"/>: a device-only tensor and a host parameter with a
     /// device mirror accumulate it on the device; a host tensor without a mirror gets it downloaded into its host Grad.
     /// </summary>
-    public static void Give(Tensor t, MemoryBuffer1D<float, Stride1D.Dense>? owned)
+    public static void Give(Tensor t, DeviceArray<float>? owned)
     {
         if (owned == null)
         {
@@ -36,15 +36,14 @@ internal static class DeviceGrad
         }
         else
         {
-            owned.Accelerator.Synchronize();
-            var host = owned.GetAsArray1D();
+            var host = DeviceSync.Download(owned.View);
             owned.Dispose();
             Grad.AddOwned(t, host);
         }
     }
 
-    /// <summary>Hands each owned gradient to its tensor, in order (see <see cref="Give(Tensor, MemoryBuffer1D{float, Stride1D.Dense}?)"/>).</summary>
-    public static void Give(params (Tensor Tensor, MemoryBuffer1D<float, Stride1D.Dense>? Owned)[] grads)
+    /// <summary>Hands each owned gradient to its tensor, in order (see <see cref="Give(Tensor, DeviceArray{float}?)"/>).</summary>
+    public static void Give(params (Tensor Tensor, DeviceArray<float>? Owned)[] grads)
     {
         foreach (var (t, owned) in grads)
         {
@@ -60,9 +59,8 @@ internal static class DeviceGrad
             return;
         }
 
-        var copy = accelerator.Allocate1D<float>(g.Length);
+        var copy = accelerator.Rent<float>(g.Length);
         copy.View.CopyFrom(g);
-        accelerator.Synchronize();
         Give(t, copy);
     }
 }

@@ -5,6 +5,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
+using PeftKernels.Kernels.Gpu;
 
 namespace PeftKernels;
 
@@ -52,6 +53,12 @@ public sealed class Device
 
     /// <summary>The accelerator; throws for the CPU device.</summary>
     public Accelerator Accelerator => accelerator ?? throw new InvalidOperationException("the CPU device has no accelerator.");
+
+    /// <summary>The caching allocator of this device's accelerator (see <see cref="DeviceMemoryPool"/>); throws for the CPU.</summary>
+    public DeviceMemoryPool MemoryPool => DeviceMemoryPool.Of(Accelerator);
+
+    /// <summary>Host waits for this device so far (every one goes through <see cref="DeviceSync"/>); 0 for the CPU.</summary>
+    public long Synchronizations => IsGpu ? DeviceSync.Count(Accelerator) : 0;
 
     /// <summary>The first CUDA device (created once per process).</summary>
     /// <exception cref="InvalidOperationException">No CUDA device is present; the message says why.</exception>

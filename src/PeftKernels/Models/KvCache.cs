@@ -15,9 +15,9 @@ public sealed class KvCache : IDisposable
 {
     private readonly float[][][]? keys;
     private readonly float[][][]? values;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense>[]? deviceKeys;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense>[]? deviceValues;
-    private MemoryBuffer1D<float, Stride1D.Dense>? deviceScratch;
+    private readonly DeviceArray<float>[]? deviceKeys;
+    private readonly DeviceArray<float>[]? deviceValues;
+    private DeviceArray<float>? deviceScratch;
     private bool disposed;
 
     /// <summary>An empty cache for <paramref name="batch"/> sequences of up to <paramref name="capacity"/> positions.</summary>
@@ -47,8 +47,8 @@ public sealed class KvCache : IDisposable
             }
 
             var accelerator = Device.Accelerator;
-            deviceKeys = [.. Enumerable.Range(0, layers).Select(_ => accelerator.Allocate1D<float>(count))];
-            deviceValues = [.. Enumerable.Range(0, layers).Select(_ => accelerator.Allocate1D<float>(count))];
+            deviceKeys = [.. Enumerable.Range(0, layers).Select(_ => accelerator.Rent<float>(count))];
+            deviceValues = [.. Enumerable.Range(0, layers).Select(_ => accelerator.Rent<float>(count))];
         }
         else
         {
@@ -87,7 +87,7 @@ public sealed class KvCache : IDisposable
         Length = length;
     }
 
-    /// <summary>Frees the device buffers (nothing to free for a host cache); the cache cannot be used afterwards.</summary>
+    /// <summary>Hands the device buffers back to the pool (nothing to free for a host cache); the cache cannot be used afterwards.</summary>
     public void Dispose()
     {
         if (disposed)
@@ -96,12 +96,7 @@ public sealed class KvCache : IDisposable
         }
 
         disposed = true;
-        if (Device.IsGpu)
-        {
-            // Kernels still queued may read or write the buffers.
-            Device.Accelerator.Synchronize();
-        }
-
+        // Back to the pool, no wait: work queued later on the stream runs after the kernels that still use them.
         foreach (var buffer in (deviceKeys ?? []).Concat(deviceValues ?? []))
         {
             buffer.Dispose();
@@ -130,14 +125,8 @@ public sealed class KvCache : IDisposable
     {
         if (deviceScratch == null || deviceScratch.Length < length)
         {
-            if (deviceScratch != null)
-            {
-                // A kernel queued earlier may still read the old buffer.
-                Device.Accelerator.Synchronize();
-                deviceScratch.Dispose();
-            }
-
-            deviceScratch = Device.Accelerator.Allocate1D<float>(length);
+            deviceScratch?.Dispose(); // to the pool; a kernel queued earlier still reads it before any later user writes it
+            deviceScratch = Device.Accelerator.Rent<float>(length);
         }
 
         return deviceScratch.View.SubView(0, length);

@@ -48,17 +48,33 @@ public sealed partial class LlamaForCausalLM
         using var scope = Tape.NoGrad();
         using var cache = CreateCache(VirtualTokens + prompt.Length + Math.Max(maxNewTokens, 1));
         var sampler = new TokenSampler(new SamplingParams(options.Temperature, options.TopP, Seed: options.Seed, StopTokenIds: options.StopTokens, MaxTokens: maxNewTokens));
+        // Each step's activations live in a DeviceScope that ends once its logits row is on the host, so on a device the
+        // next step takes the same pooled blocks again.
+        var stepScope = DeviceScope.Begin();
+        var logits = Forward(prompt, 1, cache, context);
+        try
+        {
+            return Decode(logits, maxNewTokens, sampler, cache, context, ref stepScope, prompt.Length);
+        }
+        finally
+        {
+            stepScope.Dispose();
+        }
+    }
+
+    private int[] Decode(Tensor logits, int maxNewTokens, TokenSampler sampler, KvCache cache, ForwardContext? context, ref DeviceScope stepScope, int promptLength)
+    {
         var output = new List<int>();
         var last = new float[Config.VocabSize];
-        var logits = Forward(prompt, 1, cache, context);
         for (int step = 0; step < maxNewTokens; step++)
         {
             LastRow(logits, last);
+            stepScope.Dispose();
             int bad = FirstNonFinite(last);
             if (bad >= 0)
             {
                 throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
-                    $"the logits are not finite at generation step {step + 1} (sequence position {prompt.Length + step - 1}): {last[bad]} at vocabulary index {bad}"));
+                    $"the logits are not finite at generation step {step + 1} (sequence position {promptLength + step - 1}): {last[bad]} at vocabulary index {bad}"));
             }
 
             int next = sampler.Next(last);
@@ -68,6 +84,7 @@ public sealed partial class LlamaForCausalLM
                 break;
             }
 
+            stepScope = DeviceScope.Begin();
             logits = Forward([next], 1, cache, context);
         }
 
@@ -84,8 +101,8 @@ public sealed partial class LlamaForCausalLM
         long at = logits.Count - row.Length;
         if (logits.Device.IsGpu && logits.LivesOnDeviceOnly)
         {
-            // CopyToCPU waits for the stream: the kernels that wrote the logits, then the copy.
-            logits.View(logits.Device).SubView(at, row.Length).CopyToCPU(row);
+            // The decode step's one wait: the kernels that wrote the logits, then the copy of this row.
+            DeviceSync.Download(logits.View(logits.Device).SubView(at, row.Length), row);
         }
         else
         {

@@ -63,10 +63,9 @@ public static partial class Functional
         var accelerator = device.Accelerator;
         var output = OpChecks.DeviceTensor(device, q.Shape);
         float scale = 1f / MathF.Sqrt(headDim);
-        var lse = accelerator.Allocate1D<float>((long)batch * heads * tq);
+        var lse = accelerator.Rent<float>((long)batch * heads * tq);
         AttentionKernels.Forward(accelerator, q.View(device), k.View(device), v.View(device), output.View(device), lse.View,
             batch, tq, tk, heads, kvHeads, headDim, scale);
-        accelerator.Synchronize();
         if (!(Tape.IsRecording && (q.RequiresGrad || k.RequiresGrad || v.RequiresGrad)))
         {
             lse.Dispose();
@@ -75,12 +74,11 @@ public static partial class Functional
 
         Tape.Record(output, () =>
         {
-            var dq = accelerator.Allocate1D<float>(q.Count);
-            var dk = accelerator.Allocate1D<float>(k.Count);
-            var dv = accelerator.Allocate1D<float>(v.Count);
+            var dq = accelerator.Rent<float>(q.Count);
+            var dk = accelerator.Rent<float>(k.Count);
+            var dv = accelerator.Rent<float>(v.Count);
             AttentionKernels.Backward(accelerator, output.DeviceGrad, q.View(device), k.View(device), v.View(device), output.View(device), lse.View,
                 dq.View, dk.View, dv.View, batch, tq, tk, heads, kvHeads, headDim, scale);
-            accelerator.Synchronize();
             lse.Dispose();
             DeviceGrad.Give((q, dq), (k, dk), (v, dv));
         });

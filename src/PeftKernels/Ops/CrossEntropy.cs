@@ -74,10 +74,9 @@ public static partial class Functional
         var accelerator = device.Accelerator;
         int n = logits.Rows, vocab = logits.Columns;
         CrossEntropyKernels.CheckLabels(labels, vocab); // the launchers never download them
-        var deviceLabels = accelerator.Allocate1D(labels);
-        var lse = accelerator.Allocate1D<float>(n);
+        var deviceLabels = accelerator.Upload(labels);
+        var lse = accelerator.Rent<float>(n);
         double sum = labels.Length == 0 ? 0 : CrossEntropyKernels.Forward(accelerator, logits.View(device), deviceLabels.View, lse.View, n, vocab);
-        accelerator.Synchronize();
         var output = new Tensor([count == 0 ? 0f : (float)(sum / count)], 1);
         if (!(Tape.ShouldRecord(logits) && count > 0))
         {
@@ -89,10 +88,9 @@ public static partial class Functional
         Tape.Record(output, () =>
         {
             // The kernel works in place: the gradient starts as a copy of the logits.
-            var dlogits = accelerator.Allocate1D<float>(logits.Count);
+            var dlogits = accelerator.Rent<float>(logits.Count);
             dlogits.View.CopyFrom(logits.View(device));
             CrossEntropyKernels.BackwardInPlace(accelerator, dlogits.View, deviceLabels.View, lse.View, output.Grad![0] / count, n, vocab);
-            accelerator.Synchronize();
             deviceLabels.Dispose();
             lse.Dispose();
             DeviceGrad.Give(logits, dlogits);

@@ -71,15 +71,14 @@ public static partial class Functional
         }
 
         var accelerator = device.Accelerator;
-        using var deviceIds = accelerator.Allocate1D(ids.ToArray());
+        using var deviceIds = accelerator.Upload(ids.ToArray());
         EmbeddingKernels.Forward(accelerator, weight.View(device), deviceIds.View, output.View(device), ids.Length, vocab, dim);
-        accelerator.Synchronize();
         if (Tape.ShouldRecord(weight))
         {
             var saved = ids.ToArray();
             Tape.Record(output, () =>
             {
-                var dw = accelerator.Allocate1D<float>(weight.Count);
+                var dw = accelerator.Rent<float>(weight.Count);
                 EmbeddingKernels.Backward(accelerator, output.DeviceGrad, saved, dw.View, vocab, dim);
                 DeviceGrad.Give(weight, dw);
             });

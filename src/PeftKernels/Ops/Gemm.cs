@@ -110,7 +110,6 @@ public static partial class Functional
                     GemmKernels.Backward(accelerator, g, w, dx.View, n, inF, outF);
                 }
 
-                accelerator.Synchronize();
                 DeviceGrad.Give(x, dx);
                 BaseGradsOnDevice(g, x, weight, bias, null);
             });
@@ -127,9 +126,8 @@ public static partial class Functional
         int n = x.Rows, outF = weight.Shape[0], inF = weight.Shape[1];
         if (weight.RequiresGrad)
         {
-            var dw = accelerator.Allocate1D<float>(weight.Count);
+            var dw = accelerator.Rent<float>(weight.Count);
             GemmKernels.Multiply(accelerator, true, false, outF, inF, n, 1f, g, x.View(device), 0f, dw.View);
-            accelerator.Synchronize();
             DeviceGrad.Give(weight, dw);
         }
 
@@ -137,9 +135,8 @@ public static partial class Functional
         {
             if (b?.RequiresGrad == true)
             {
-                var db = accelerator.Allocate1D<float>(outF);
+                var db = accelerator.Rent<float>(outF);
                 ColumnSumsOnDevice(accelerator, g, db.View, n, outF, scale);
-                accelerator.Synchronize();
                 DeviceGrad.Give(b, db);
             }
         }

@@ -59,9 +59,8 @@ public static partial class Functional
             Tape.Record(output, () =>
             {
                 var dx = DeviceGrad.Buffer(device, x);
-                var dl = accelerator.Allocate1D<float>(dim);
+                var dl = accelerator.Rent<float>(dim);
                 Ia3Kernels.ScaleColumnsBackward(accelerator, output.DeviceGrad, x.View(device), l.View(device), dx?.View ?? default, dl.View, n, dim);
-                accelerator.Synchronize();
                 DeviceGrad.Give((x, dx), (l, dl));
             });
         }

@@ -115,12 +115,11 @@ public static partial class Functional
             output.View(device).CopyFrom(y.View(device));
         }
 
-        var h = accelerator.Allocate1D<float>((long)(rows?.Length ?? n) * r);
-        using (var bias = lora.Bias == null ? null : accelerator.Allocate1D(KernelBias(null, lora)))
+        var h = accelerator.Rent<float>((long)(rows?.Length ?? n) * r);
+        using (var bias = lora.Bias == null ? null : accelerator.Upload(KernelBias(null, lora)))
         {
             LoraBranchKernels.ForwardAccumulate(accelerator, x.View(device), rows, lora.A.View(device), lora.B.View(device), bias?.View ?? default, lora.Scale,
                 output.View(device), h.View, n, inF, outF, r, options);
-            accelerator.Synchronize();
         }
 
         // y may be an uploaded tensor with a host mirror: accumulating into it on the device makes the mirror stale.
@@ -142,7 +141,6 @@ public static partial class Functional
             var db = DeviceGrad.Buffer(device, b);
             LoraBranchKernels.Backward(accelerator, g, x.View(device), rows, h.View, a.View(device), b.View(device), lora.Scale,
                 dx?.View ?? default, da?.View ?? default, db?.View ?? default, n, inF, outF, r, options);
-            accelerator.Synchronize();
             h.Dispose();
             DeviceGrad.Give((x, dx), (a, da), (b, db));
         });

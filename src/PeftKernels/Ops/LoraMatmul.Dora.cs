@@ -88,17 +88,17 @@ public static partial class Functional
         int n = x.Rows, inF = weight.Shape[1], outF = weight.Shape[0], r = lora.Rank;
         var w = weight.DeviceWeight(device);
         var (a, b) = (lora.A, lora.B);
-        var norms = accelerator.Allocate1D<float>(outF);
-        var c = accelerator.Allocate1D<float>(outF);
+        var norms = accelerator.Rent<float>(outF);
+        var c = accelerator.Rent<float>(outF);
         DoraNormKernels.RowNorms(accelerator, w, a.View(device), b.View(device), lora.Scale, norms.View, inF, outF, r);
         DoraNormKernels.Divide(accelerator, magnitude.View(device), norms.View, c.View);
         var output = OpChecks.DeviceTensor(device, shape);
         var y = output.View(device);
 
         // z (the unscaled output) is kept only when dm is wanted; otherwise y is scaled in place.
-        var z = record && magnitude.RequiresGrad ? accelerator.Allocate1D<float>((long)n * outF) : null;
+        var z = record && magnitude.RequiresGrad ? accelerator.Rent<float>((long)n * outF) : null;
         var zv = z?.View ?? y;
-        var h = accelerator.Allocate1D<float>((long)n * r);
+        var h = accelerator.Rent<float>((long)n * r);
         LoraMatmulKernels.Forward(accelerator, x.View(device), w, default, a.View(device), b.View(device), lora.Scale, zv, h.View, n, inF, outF, r, options);
         Ia3Kernels.ScaleColumns(accelerator, zv, c.View, y, n, outF);
         if (bias != null)
@@ -106,7 +106,6 @@ public static partial class Functional
             AddKernels.Forward(accelerator, y, bias.View(device), y);
         }
 
-        accelerator.Synchronize();
         if (!record)
         {
             h.Dispose();
@@ -118,8 +117,8 @@ public static partial class Functional
         Tape.Record(output, () =>
         {
             var g = output.DeviceGrad;
-            using var scaled = accelerator.Allocate1D<float>((long)n * outF);
-            var dm = z != null ? accelerator.Allocate1D<float>(outF) : null;
+            using var scaled = accelerator.Rent<float>((long)n * outF);
+            var dm = z != null ? accelerator.Rent<float>(outF) : null;
             if (dm != null)
             {
                 Ia3Kernels.ScaleColumnsBackward(accelerator, g, z!.View, c.View, scaled.View, dm.View, n, outF);
@@ -132,10 +131,9 @@ public static partial class Functional
 
             var dx = DeviceGrad.Buffer(device, x);
             var da = DeviceGrad.Buffer(device, a);
-            var db = accelerator.Allocate1D<float>(b.Count);
+            var db = accelerator.Rent<float>(b.Count);
             LoraMatmulKernels.Backward(accelerator, scaled.View, x.View(device), h.View, w, a.View(device), b.View(device), lora.Scale,
                 dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
-            accelerator.Synchronize();
             h.Dispose();
             z?.Dispose();
             c.Dispose();

@@ -131,13 +131,12 @@ public static partial class Functional
         int n = x.Rows, inF = weight.Shape[1], outF = weight.Shape[0], r = lora.Rank;
         var w = weight.DeviceWeight(device);
         var output = OpChecks.DeviceTensor(device, shape);
-        var h = accelerator.Allocate1D<float>((long)n * r);
-        using (var loraBias = lora.Bias == null ? null : accelerator.Allocate1D(KernelBias(bias, lora)))
+        var h = accelerator.Rent<float>((long)n * r);
+        using (var loraBias = lora.Bias == null ? null : accelerator.Upload(KernelBias(bias, lora)))
         {
             var kernelBias = loraBias?.View ?? bias?.View(device) ?? default;
             LoraMatmulKernels.Forward(accelerator, x.View(device), w, kernelBias, lora.A.View(device), lora.B.View(device), lora.Scale,
                 output.View(device), h.View, n, inF, outF, r, options);
-            accelerator.Synchronize();
         }
 
         if (!record)
@@ -152,10 +151,9 @@ public static partial class Functional
             var g = output.DeviceGrad;
             var dx = DeviceGrad.Buffer(device, x);
             var da = DeviceGrad.Buffer(device, a);
-            var db = accelerator.Allocate1D<float>(b.Count);
+            var db = accelerator.Rent<float>(b.Count);
             LoraMatmulKernels.Backward(accelerator, g, x.View(device), h.View, w, a.View(device), b.View(device), lora.Scale,
                 dx?.View ?? default, da?.View ?? default, db.View, n, inF, outF, r, options);
-            accelerator.Synchronize();
             h.Dispose();
             DeviceGrad.Give((x, dx), (a, da), (b, db));
             BaseGradsOnDevice(g, x, weight, bias, lora.Bias == null ? null : (lora.Bias, lora.Scale));

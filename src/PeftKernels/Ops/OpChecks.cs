@@ -8,7 +8,7 @@ internal static class OpChecks
 {
     /// <summary>A new uninitialised fp32 tensor on <paramref name="device"/>.</summary>
     public static Tensor DeviceTensor(Device device, int[] shape) =>
-        new(device, device.Accelerator.Allocate1D<float>(shape.Aggregate(1L, (a, d) => a * d)), shape);
+        new(device, device.Accelerator.Rent<float>(shape.Aggregate(1L, (a, d) => a * d)), shape);
 
     /// <summary>Throws when an op on an accelerator would have to record a gradient that devices do not implement.</summary>
     public static void DeviceInferenceOnly(bool record, string op)

@@ -58,10 +58,9 @@ public static partial class Functional
         var device = x.Device;
         var accelerator = device.Accelerator;
         var output = OpChecks.DeviceTensor(device, x.Shape);
-        var rstd = accelerator.Allocate1D<float>(x.Rows);
+        var rstd = accelerator.Rent<float>(x.Rows);
         int n = x.Rows, dim = x.Columns;
         RmsNormKernels.Forward(accelerator, x.View(device), weight.View(device), eps, output.View(device), rstd.View, n, dim);
-        accelerator.Synchronize();
         if (!Tape.ShouldRecord(x, weight))
         {
             rstd.Dispose();
@@ -74,7 +73,6 @@ public static partial class Functional
             var dw = DeviceGrad.Buffer(device, weight);
             RmsNormKernels.Backward(accelerator, output.DeviceGrad, x.View(device), weight.View(device), rstd.View,
                 dx?.View ?? default, dw?.View ?? default, n, dim);
-            accelerator.Synchronize();
             rstd.Dispose();
             DeviceGrad.Give((x, dx), (weight, dw));
         });

@@ -41,11 +41,10 @@ public static partial class Functional
         var device = x.Device;
         var accelerator = device.Accelerator;
         var output = OpChecks.DeviceTensor(device, x.Shape);
-        using (var pos = accelerator.Allocate1D(positions))
-        using (var freq = accelerator.Allocate1D(invFreq))
+        using (var pos = accelerator.Upload(positions))
+        using (var freq = accelerator.Upload(invFreq))
         {
             RopeKernels.Forward(accelerator, x.View(device), pos.View, freq.View, output.View(device), positions.Length, heads, headDim);
-            accelerator.Synchronize();
         }
 
         if (Tape.ShouldRecord(x))
@@ -53,11 +52,10 @@ public static partial class Functional
             Tape.Record(output, () =>
             {
                 var dx = DeviceGrad.Buffer(device, x)!;
-                using (var pos = accelerator.Allocate1D(positions))
-                using (var freq = accelerator.Allocate1D(invFreq))
+                using (var pos = accelerator.Upload(positions))
+                using (var freq = accelerator.Upload(invFreq))
                 {
                     RopeKernels.Backward(accelerator, output.DeviceGrad, pos.View, freq.View, dx.View, positions.Length, heads, headDim);
-                    accelerator.Synchronize();
                 }
 
                 DeviceGrad.Give(x, dx);

@@ -42,10 +42,9 @@ public static partial class Functional
         OpChecks.TwoInputsOnDevice(gate, up, nameof(up), SwiGluKernels.Forward, (accelerator, dy) =>
         {
             var device = gate.Device;
-            var dgate = accelerator.Allocate1D<float>(gate.Count);
-            var dup = accelerator.Allocate1D<float>(up.Count);
+            var dgate = accelerator.Rent<float>(gate.Count);
+            var dup = accelerator.Rent<float>(up.Count);
             SwiGluKernels.Backward(accelerator, dy, gate.View(device), up.View(device), dgate.View, dup.View);
-            accelerator.Synchronize();
             DeviceGrad.Give((gate, dgate), (up, dup));
         });
 }

@@ -102,8 +102,8 @@ public sealed partial class PromptLearningAdapter
                 if (cache.Device.IsGpu)
                 {
                     long row = (long)b * cache.Capacity * kvDim;
-                    cache.DeviceKeys(l).SubView(row, keys.Length).CopyFromCPU(keys);
-                    cache.DeviceValues(l).SubView(row, values.Length).CopyFromCPU(values);
+                    DeviceSync.Upload<float>(cache.DeviceKeys(l).SubView(row, keys.Length), keys);
+                    DeviceSync.Upload<float>(cache.DeviceValues(l).SubView(row, values.Length), values);
                 }
                 else
                 {

@@ -20,8 +20,9 @@ namespace PeftKernels;
 public partial class Tensor
 {
     private float[]? data;
-    private MemoryBuffer1D<float, Stride1D.Dense>? deviceData;
-    private MemoryBuffer1D<float, Stride1D.Dense>? deviceGrad;
+    private DeviceArray<float>? deviceData;
+    private DeviceArray<float>? deviceGrad;
+    private bool released;
     private float[]? grad;
     private bool hostGradStale;
     private bool hostDataStale;
@@ -69,14 +70,18 @@ public partial class Tensor
         DType = TensorDType.Q4;
     }
 
-    /// <summary>An fp32 tensor living on <paramref name="device"/> over <paramref name="buffer"/> (owned).</summary>
-    internal Tensor(Device device, MemoryBuffer1D<float, Stride1D.Dense> buffer, int[] shape)
+    /// <summary>
+    /// An fp32 tensor living on <paramref name="device"/> over <paramref name="buffer"/> (owned; a pooled array). Inside a
+    /// <see cref="DeviceScope"/> it is registered there and hands its memory back when the scope ends.
+    /// </summary>
+    internal Tensor(Device device, DeviceArray<float> buffer, int[] shape)
     {
         Shape = CheckShape(shape, buffer.Length, "buffer");
         deviceData = buffer;
         Device = device;
         DType = TensorDType.F32;
         LivesOnDeviceOnly = true;
+        DeviceScope.Register(this);
     }
 
     /// <summary>Where the tensor's data (or its device mirror) lives; CPU unless moved.</summary>
@@ -123,13 +128,12 @@ public partial class Tensor
         {
             if (hostGradStale && deviceGrad != null)
             {
-                Device.Accelerator.Synchronize();
                 if (grad == null || grad.LongLength != deviceGrad.Length)
                 {
                     grad = new float[deviceGrad.Length];
                 }
 
-                deviceGrad.View.CopyToCPU(grad);
+                DeviceSync.Download(deviceGrad.View, grad);
                 hostGradStale = false;
                 gradDownloads++;
             }
@@ -171,7 +175,7 @@ public partial class Tensor
         {
             if (deviceGrad == null && grad != null && (LivesOnDeviceOnly || HasMirror))
             {
-                deviceGrad = Device.Accelerator.Allocate1D(grad);
+                deviceGrad = DeviceMemoryPool.Of(Device.Accelerator).Upload<float>(grad);
             }
 
             return deviceGrad?.View ?? default;
@@ -297,13 +301,12 @@ public partial class Tensor
         }
         else
         {
-            deviceData = accelerator.Allocate1D<float>(Count);
-            deviceData.View.CopyFromCPU(DType == TensorDType.F32 ? data! : ToFloat32());
+            deviceData = DeviceMemoryPool.Of(accelerator).Upload<float>(DType == TensorDType.F32 ? data! : ToFloat32());
         }
     }
 
     /// <summary>Adds <paramref name="owned"/> (a gradient buffer on this tensor's device, handed over) to the device gradient.</summary>
-    internal void AddDeviceGrad(MemoryBuffer1D<float, Stride1D.Dense> owned)
+    internal void AddDeviceGrad(DeviceArray<float> owned)
     {
         var current = DeviceGrad;
         hostGradStale = !LivesOnDeviceOnly;
@@ -314,8 +317,7 @@ public partial class Tensor
         }
 
         AddKernels.Forward(Device.Accelerator, current, owned.View, current);
-        Device.Accelerator.Synchronize();
-        owned.Dispose();
+        owned.Dispose(); // back to the pool; the stream orders its next user after the add
     }
 
     /// <summary>Records that the device gradient was changed in place (clipping), so the host copy must be downloaded again.</summary>
@@ -338,7 +340,7 @@ public partial class Tensor
     {
         if (HasMirror && DType == TensorDType.F32 && !hostDataStale)
         {
-            deviceData!.View.CopyFromCPU(data!);
+            DeviceSync.Upload<float>(deviceData!.View, data!);
         }
     }
 
@@ -348,7 +350,26 @@ public partial class Tensor
     /// <summary>The fp32 data on <paramref name="device"/> (an accelerator); throws when the tensor is not there.</summary>
     internal ArrayView1D<float, Stride1D.Dense> View(Device device) =>
         ReferenceEquals(device, Device) && deviceData != null ? deviceData.View
+            : released ? throw ReleasedError()
             : throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] ({DType}) is on {Device}, not {device}: move the model and inputs with To({device.Name}) first.");
+
+    /// <summary>
+    /// Hands this device-only tensor's memory (data and gradient) back to the pool: its <see cref="DeviceScope"/> ended.
+    /// A host copy already downloaded stays readable; anything else throws a clear error from now on.
+    /// </summary>
+    internal void ReleaseDevice()
+    {
+        if (!LivesOnDeviceOnly || released)
+        {
+            return;
+        }
+
+        released = true;
+        deviceData?.Dispose();
+        deviceData = null;
+        deviceGrad?.Dispose();
+        deviceGrad = null;
+    }
 
     /// <summary>The 4-bit weight on <paramref name="device"/>; throws when the tensor is not there.</summary>
     internal Quant4View QuantView(Device device) =>
@@ -360,8 +381,7 @@ public partial class Tensor
 
     private float[] DownloadMirror()
     {
-        Device.Accelerator.Synchronize();
-        deviceData!.View.CopyToCPU(data!);
+        DeviceSync.Download(deviceData!.View, data!);
         hostDataStale = false;
         return data!;
     }
@@ -370,15 +390,23 @@ public partial class Tensor
     {
         // Only an fp32 tensor made on a device (no host original) downloads here; a bf16 / fp16 / 4-bit tensor's device copy
         // is a widened or packed mirror of its host storage, never its fp32 Data.
+        if (released)
+        {
+            throw ReleasedError();
+        }
+
         if (deviceData == null || DType != TensorDType.F32)
         {
             return null;
         }
 
-        Device.Accelerator.Synchronize();
-        data = deviceData.GetAsArray1D();
+        data = DeviceSync.Download(deviceData.View);
         return data;
     }
+
+    private InvalidOperationException ReleasedError() =>
+        new($"tensor [{string.Join(", ", Shape)}] was made on {Device} inside a DeviceScope and its memory went back to the pool when the scope ended; "
+            + "read it inside the scope, or call scope.Keep(tensor) to take it out of the scope.");
 
     private static int[] CheckShape(int[] shape, long length, string what)
     {

@@ -70,7 +70,7 @@ public sealed class AdamWOptimizer
     /// buffers: for those, each read of State downloads copies (a snapshot: writing into them changes nothing).
     /// </remarks>
     public IReadOnlyList<(Parameter Parameter, ParameterGroup Group, float[] M, float[] V)> State =>
-        [.. state.Select(e => (e.Parameter, e.Group, e.HostM ?? e.DeviceM!.GetAsArray1D(), e.HostV ?? e.DeviceV!.GetAsArray1D()))];
+        [.. state.Select(e => (e.Parameter, e.Group, e.HostM ?? DeviceSync.Download(e.DeviceM!.View), e.HostV ?? DeviceSync.Download(e.DeviceV!.View)))];
 
     /// <summary>Bytes of optimizer state (two fp32 moments per trainable element), on the host and on devices together.</summary>
     public long StateBytes => state.Sum(s => s.Parameter.Count * 8);
@@ -99,7 +99,6 @@ public sealed class AdamWOptimizer
             {
                 AdamWKernels.Step(accelerator, p.View(p.Device), p.DeviceGrad, e.DeviceM!.View, e.DeviceV!.View, lr, (float)Beta1, (float)Beta2, (float)Eps,
                     (float)g.WeightDecay, StepCount);
-                accelerator.Synchronize();
                 p.MarkMirrorChanged();
             }
             else
@@ -119,20 +118,13 @@ public sealed class AdamWOptimizer
     }
 
     /// <summary>Global L2 norm of all gradients; when above <paramref name="maxNorm"/> they are scaled by maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping.</summary>
-    /// <remarks>Gradients on a GPU device are measured and scaled there; each tensor's sum of squares comes back as one double.</remarks>
+    /// <remarks>
+    /// Gradients on a GPU device are measured and scaled there: every tensor's partial sums of squares go into one pooled
+    /// buffer, read back with one wait (the training step's second, after the loss); the scaling is queued.
+    /// </remarks>
     public double ClipGradNorm(double maxNorm, KernelOptions options = default)
     {
-        double sum = 0;
-        foreach (var e in state)
-        {
-            var p = e.Parameter;
-            if (p.HasGrad)
-            {
-                sum += e.Place() is { } accelerator ? AdamWKernels.SumOfSquares(accelerator, p.DeviceGrad) : Kernels.Cpu.AdamW.SumOfSquares(p.Grad!, options);
-            }
-        }
-
-        double norm = Math.Sqrt(sum);
+        double norm = Math.Sqrt(DeviceSumOfSquares() + HostSumOfSquares(options));
         double coef = maxNorm / (norm + 1e-6);
         if (maxNorm > 0 && coef < 1)
         {
@@ -147,7 +139,6 @@ public sealed class AdamWOptimizer
                 if (e.Place() is { } accelerator)
                 {
                     AdamWKernels.Scale(accelerator, p.DeviceGrad, (float)coef);
-                    accelerator.Synchronize();
                     p.MarkDeviceGradChanged();
                 }
                 else
@@ -160,15 +151,59 @@ public sealed class AdamWOptimizer
         return norm;
     }
 
+    /// <summary>Σ g² over the gradients that live on devices: queued per tensor into one buffer per accelerator, read back once each.</summary>
+    private double DeviceSumOfSquares()
+    {
+        double sum = 0;
+        foreach (var group in state.Where(e => e.Parameter.HasGrad).Select(e => (Entry: e, Accelerator: e.Place())).Where(x => x.Accelerator != null)
+            .GroupBy(x => x.Accelerator!))
+        {
+            var accelerator = group.Key;
+            var grads = group.Select(x => x.Entry.Parameter.DeviceGrad).ToList();
+            var counts = grads.Select(g => AdamWKernels.SumOfSquaresPartials(g.Length)).ToList();
+            using var partials = accelerator.Rent<double>(counts.Sum());
+            int at = 0;
+            for (int i = 0; i < grads.Count; i++)
+            {
+                AdamWKernels.SumOfSquaresInto(accelerator, grads[i], partials.View.SubView(at, counts[i]));
+                at += counts[i];
+            }
+
+            var host = DeviceSync.Download(partials.View);
+            at = 0;
+            foreach (int count in counts)
+            {
+                sum += AdamWKernels.SumPartials(host.AsSpan(at, count)); // each tensor's partials in group order, tensors in registration order
+                at += count;
+            }
+        }
+
+        return sum;
+    }
+
+    /// <summary>Σ g² over the gradients on the host.</summary>
+    private double HostSumOfSquares(KernelOptions options)
+    {
+        double sum = 0;
+        foreach (var e in state)
+        {
+            if (e.Parameter.HasGrad && e.Place() == null)
+            {
+                sum += Kernels.Cpu.AdamW.SumOfSquares(e.Parameter.Grad!, options);
+            }
+        }
+
+        return sum;
+    }
+
     /// <summary>Replaces the moments of the <paramref name="index"/>-th registered parameter (a checkpoint being restored), wherever they live.</summary>
     internal void SetMoments(int index, float[] m, float[] v)
     {
         var e = state[index];
         if (e.DeviceM != null)
         {
-            e.DeviceM.View.CopyFromCPU(m);
-            e.DeviceV!.View.CopyFromCPU(v);
-            e.DeviceM.Accelerator.Synchronize();
+            DeviceSync.Upload<float>(e.DeviceM.View, m);
+            DeviceSync.Upload<float>(e.DeviceV!.View, v);
         }
         else
         {
@@ -188,9 +223,9 @@ public sealed class AdamWOptimizer
 
         public float[]? HostV { get; private set; } = new float[parameter.Count];
 
-        public MemoryBuffer1D<float, Stride1D.Dense>? DeviceM { get; private set; }
+        public DeviceArray<float>? DeviceM { get; private set; }
 
-        public MemoryBuffer1D<float, Stride1D.Dense>? DeviceV { get; private set; }
+        public DeviceArray<float>? DeviceV { get; private set; }
 
         /// <summary>Moves the moments to where the parameter is now; returns its accelerator, or null on the CPU.</summary>
         public Accelerator? Place()
@@ -198,8 +233,8 @@ public sealed class AdamWOptimizer
             var target = Parameter.HasMirror ? Parameter.Device.Accelerator : null;
             if (DeviceM != null && !ReferenceEquals(DeviceM.Accelerator, target))
             {
-                HostM = DeviceM.GetAsArray1D();
-                HostV = DeviceV!.GetAsArray1D();
+                HostM = DeviceSync.Download(DeviceM.View);
+                HostV = DeviceSync.Download(DeviceV!.View);
                 DeviceM.Dispose();
                 DeviceV!.Dispose();
                 DeviceM = DeviceV = null;
@@ -207,8 +242,8 @@ public sealed class AdamWOptimizer
 
             if (target != null && DeviceM == null)
             {
-                DeviceM = target.Allocate1D(HostM!);
-                DeviceV = target.Allocate1D(HostV!);
+                DeviceM = target.Upload(HostM!);
+                DeviceV = target.Upload(HostV!);
                 HostM = HostV = null;
             }
 

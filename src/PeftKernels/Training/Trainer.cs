@@ -183,6 +183,8 @@ public sealed partial class Trainer
         {
             while (Step < end)
             {
+                // On a device, the step's activations and their gradients go back to the pool when the step ends.
+                using var deviceScope = DeviceScope.Begin();
                 cancellation.ThrowIfCancellationRequested();
                 double lossSum = 0;
                 if (dataParallel != null)
