@@ -115,7 +115,7 @@ public sealed class PackageTests
         return (process.ExitCode, output + error.Result);
     }
 
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
         while (dir != null && !File.Exists(Path.Combine(dir.FullName, "PeftKernels.sln")))
