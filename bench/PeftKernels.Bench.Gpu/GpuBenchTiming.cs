@@ -70,3 +70,24 @@ public static class GpuBenchTiming
     /// <returns>The values.</returns>
     public static float[] Random(int count, int seed, float range = 1f) => PeftKernels.Testing.TinyLlama.Uniform(count, seed, range);
 }
+
+/// <summary>The accelerator's fp32 peak, for model FLOP utilisation (MFU).</summary>
+public static class GpuPeak
+{
+    /// <summary>
+    /// fp32 FMA peak of CUDA cores in GFLOP/s: SMs × clock × fp32 lanes per SM × 2 (64 lanes on compute capability 7.x and 8.0,
+    /// 128 on 8.6 and later, including Hopper's 9.0: an H100 SXM gives 132 × 1.98 GHz × 128 × 2 ≈ 67 TFLOP/s). Tensor-core
+    /// (TF32) peaks are higher; MFU is quoted against this one because the model's GEMMs run fp32. Null off CUDA.
+    /// </summary>
+    public static double? Fp32Gflops(Accelerator acc)
+    {
+        if (acc is not ILGPU.Runtime.Cuda.CudaAccelerator cuda)
+        {
+            return null;
+        }
+
+        var arch = cuda.Architecture;
+        int lanes = arch.Major >= 9 || (arch.Major == 8 && arch.Minor >= 6) ? 128 : 64;
+        return cuda.NumMultiprocessors * (cuda.ClockRate * 1e3) * lanes * 2 / 1e9;
+    }
+}

@@ -17,16 +17,17 @@ public static class Quant4GpuBench
     /// <param name="report">Where the rows go.</param>
     /// <param name="runs">Timed samples per kernel (GpuBenchTiming.Time).</param>
     /// <returns>The copy bandwidth in GB/s, the baseline for Quant4MatmulGpuBench.Gemv.</returns>
-    public static double Dequantize(Accelerator acc, IBenchReport report, int runs)
+    /// <param name="sizes">rows = cols (GpuBenchSizes.Quant4).</param>
+    public static double Dequantize(Accelerator acc, IBenchReport report, int runs, GpuBenchSizes sizes)
     {
-        const int rows = 8192, cols = 8192;
+        int rows = sizes.Quant4, cols = sizes.Quant4;
         var q = QuantizedWeight.Quantize(GpuBenchTiming.Random(rows * cols, 7), [rows, cols], Quant4Type.Nf4, 64, doubleQuant: true);
         using var w = Quant4Buffers.Upload(acc, q);
         using var output = acc.Allocate1D<float>((long)rows * cols);
         using var copy = acc.Allocate1D<float>((long)rows * cols);
         double copyMs = GpuBenchTiming.Time(acc, runs, () => output.View.CopyTo(copy.View));
         double copyGBps = 2.0 * output.LengthInBytes / copyMs / 1e6;
-        report.Add(new BenchResult("device-to-device copy", "256 MiB", copyMs, null, copyGBps, "baseline (read + write bytes)"));
+        report.Add(new BenchResult("device-to-device copy", $"{output.LengthInBytes >> 20} MiB", copyMs, null, copyGBps, "baseline (read + write bytes)"));
         double ms = GpuBenchTiming.Time(acc, runs, () => Quant4Kernels.Dequantize(acc, w.View, output.View));
         double bytes = w.View.Packed.LengthInBytes + w.View.Absmax.LengthInBytes + output.LengthInBytes;
         double gbps = bytes / ms / 1e6;

@@ -20,9 +20,10 @@ public static class Quant4MatmulGpuBench
     /// <param name="runs">Timed samples per kernel (GpuBenchTiming.Time).</param>
     /// <param name="blas">cuBLAS for the fp32 GEMV, or null (ILGPU's GEMM with m = 1 is used).</param>
     /// <param name="copyGBps">The copy bandwidth from Quant4GpuBench.Dequantize.</param>
-    public static void Gemv(Accelerator acc, IBenchReport report, int runs, CuBlas? blas, double copyGBps)
+    /// <param name="sizes">in = out (GpuBenchSizes.Quant4).</param>
+    public static void Gemv(Accelerator acc, IBenchReport report, int runs, CuBlas? blas, double copyGBps, GpuBenchSizes sizes)
     {
-        const int inF = 8192, outF = 8192;
+        int inF = sizes.Quant4, outF = sizes.Quant4;
         var values = GpuBenchTiming.Random(inF * outF, 8);
         var q = QuantizedWeight.Quantize(values, [outF, inF], Quant4Type.Nf4, 64, doubleQuant: true);
         using var w = Quant4Buffers.Upload(acc, q);

@@ -38,6 +38,7 @@ internal static partial class ModelChecks
             ("model full fine-tuning", () => FullTraining(device, report)),
             ("model two adapters", () => TwoAdapterChecks(device, report)),
             ("model generation", () => GenerationChecks(device, report)),
+            ("device counters", () => CounterChecks(device, report)),
         };
         foreach (var (name, run) in checks)
         {

@@ -5,13 +5,15 @@
 // output folder.
 //   PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only]
 //   PeftKernels.GpuRunner <out-dir> --cpu-accelerator
-// --cpu-accelerator (for developing the runner on a machine without a GPU): only the model checks,
-// on ILGPU's CPU accelerator (simulated threads; minutes), to verify their logic and tolerances.
+// --cpu-accelerator (for a machine without a GPU): the same run on ILGPU's CPU accelerator (simulated
+// threads): the model and device checks, then every benchmark at GpuBenchSizes.Small (no cuBLAS), to
+// verify the logic, tolerances and counters; its timings say nothing about a GPU. Minutes.
 // Exit codes: 0 all checks passed, 1 a check failed (or the run broke), 2 no CUDA device, 64 bad arguments.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
+using PeftKernels.Bench.Gpu;
 using PeftKernels.GpuRunner;
 
 const string Usage = "usage: PeftKernels.GpuRunner <out-dir> [--runs N] [--checks-only] [--bench-only] [--cpu-accelerator]";
@@ -58,18 +60,21 @@ if (outDir == null)
 
 if (cpuAccelerator)
 {
-    if (!checks)
-    {
-        Console.Error.WriteLine("--cpu-accelerator runs the model checks only; it cannot be combined with --bench-only");
-        return 64;
-    }
-
     // 32 threads per warp as on CUDA (the warp-shuffle kernels assume it), 8 warps per group, 1 multiprocessor.
     using var cpuContext = Context.Create(b => b.CPU(new CPUDevice(32, 8, 1)).EnableAlgorithms());
     using var cpu = cpuContext.CreateCPUAccelerator(0);
-    var cpuReport = new Report($"ILGPU CPU accelerator ({cpu.Name}): model checks only", runs);
+    var cpuReport = new Report($"ILGPU CPU accelerator ({cpu.Name}): code paths only, small sizes", runs);
     Console.WriteLine($"device: {cpuReport.Device}");
-    ModelChecks.RunAll(cpu, cpuReport);
+    if (checks)
+    {
+        ModelChecks.RunAll(cpu, cpuReport);
+    }
+
+    if (bench)
+    {
+        Benchmarks.RunAll(cpu, cpuReport, Math.Min(runs, 3), GpuBenchSizes.Small);
+    }
+
     return Finish(cpuReport, outDir);
 }
 
@@ -107,7 +112,7 @@ using (context)
 
         if (bench)
         {
-            Benchmarks.RunAll(accelerator, report, runs);
+            Benchmarks.RunAll(accelerator, report, runs, GpuBenchSizes.Full);
         }
     }
     catch (Exception e)
