@@ -1,4 +1,4 @@
-// The device counters of issue 20 on the runner's accelerator: after a warm-up step, a LoRA, QLoRA
+// The device counters of issue 20 on the runner's accelerator: after two warm-up steps, a LoRA, QLoRA
 // and DoRA training step on the tiny Llama takes every device buffer from the pool (zero misses) and
 // waits for the device at most twice (the loss, the gradient norm); a decode step waits once (its
 // logits row) and misses nothing. The same assertions as tests/DeviceCountingTests.cs, here on CUDA.
@@ -26,10 +26,10 @@ internal static partial class ModelChecks
             model.To(device);
             try
             {
-                var trainer = new Trainer(model, _ => (TinyLlama.Inputs, TinyLlama.Labels), 1, new TrainerOptions { Steps = 4, LearningRate = 1e-2, MaxGradNorm = 0.5 });
-                trainer.Run(untilStep: 1);
+                var trainer = new Trainer(model, _ => (TinyLlama.Inputs, TinyLlama.Labels), 1, new TrainerOptions { Steps = 5, LearningRate = 1e-2, MaxGradNorm = 0.5 });
+                trainer.Run(untilStep: 2);
                 long worstWaits = 0, misses = 0;
-                for (int step = 1; step < 4; step++)
+                for (int step = 2; step < 5; step++)
                 {
                     var (m, w) = Count(device, () => trainer.Run(untilStep: step + 1));
                     worstWaits = Math.Max(worstWaits, w);
