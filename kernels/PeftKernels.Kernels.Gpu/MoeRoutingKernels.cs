@@ -139,6 +139,12 @@ public static class MoeRoutingKernels
         }
     }
 
+    /// <summary>
+    /// The host check of one expert's rows and slots that <see cref="RoutedSum"/> does not make (it never downloads them): one
+    /// slot per row, each (row, slot) in [0, n) × [0, k). Call it before uploading them.
+    /// </summary>
+    public static void CheckRoutes(ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, int n, int k) => MoeRoutingShapes.Routes(rows, slots, n, k);
+
     internal static void SoftmaxKernel(Index1D t, FloatView z, FloatView p, int e)
     {
         int at = t * e;
