@@ -94,7 +94,8 @@ public static partial class Functional
                 var offsets = Upload(accelerator, groups.Offsets);
                 var order = Upload(accelerator, groups.Order);
                 dx.MemSetToZero();
-                RowSelectKernels.ScatterAdd(accelerator, output.DeviceGrad, targets.View, offsets.View, order.View, dx.View, n, cols);
+                var dy = rows.Length == 0 ? default : output.DeviceGrad; // no rows: nothing to scatter (dx stays 0)
+                RowSelectKernels.ScatterAdd(accelerator, dy, targets.View, offsets.View, order.View, dx.View, n, cols);
                 accelerator.Synchronize();
                 targets.Dispose();
                 offsets.Dispose();
