@@ -5,7 +5,7 @@
 //    launches, and the caller decides when to wait (before reading results on the host).
 //  - No host download to validate: values that live on the device (labels, token ids, positions) are
 //    the caller's to check on the host before upload (CrossEntropyKernels.CheckLabels,
-//    EmbeddingKernels.CheckIds).
+//    EmbeddingKernels.CheckIds, RowSelectKernels.Group, MoeRoutingKernels.CheckRoutes).
 //  - A launcher waits, exactly once and at its end, in two cases only, each through this class so it
 //    can be found: it returns a host value (CrossEntropyKernels.Forward's loss sum,
 //    AdamWKernels.SumOfSquares) — ForHostValue; or it staged host arrays or scratch in temporary device

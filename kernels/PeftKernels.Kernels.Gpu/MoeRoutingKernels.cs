@@ -141,9 +141,18 @@ public static class MoeRoutingKernels
 
     /// <summary>
     /// The host check of one expert's rows and slots that <see cref="RoutedSum"/> does not make (it never downloads them): one
-    /// slot per row, each (row, slot) in [0, n) × [0, k). Call it before uploading them.
+    /// slot per row, each (row, slot) in [0, n) × [0, k) (the CPU kernel's message), and the rows distinct (a token chooses an
+    /// expert once; the launch writes each row from one thread). Call it before uploading them.
     /// </summary>
-    public static void CheckRoutes(ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, int n, int k) => MoeRoutingShapes.Routes(rows, slots, n, k);
+    public static void CheckRoutes(ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, int n, int k)
+    {
+        MoeRoutingShapes.Routes(rows, slots, n, k);
+        var seen = new HashSet<int>();
+        foreach (int row in rows)
+        {
+            Check.Require(seen.Add(row), nameof(rows), $"routed sum on a GPU: row {row} appears twice in one expert's rows; a token chooses an expert at most once.");
+        }
+    }
 
     internal static void SoftmaxKernel(Index1D t, FloatView z, FloatView p, int e)
     {

@@ -103,5 +103,6 @@ public class GpuMoeRoutingTests(GpuFixture gpu)
         cpu = Message<ArgumentException>(() => MoeRouting.RoutedSum(new float[4], [0, 1], [0, 9], new float[4], new float[4], 2, 2, 2));
         Assert.Equal(cpu, Message<ArgumentException>(() => MoeRoutingKernels.CheckRoutes([0, 1], [0, 9], 2, 2)));
         Assert.Contains("slot 9 is outside", cpu, StringComparison.Ordinal);
+        Assert.Contains("row 1 appears twice", Message<ArgumentException>(() => MoeRoutingKernels.CheckRoutes([1, 0, 1], [0, 0, 1], 2, 2)), StringComparison.Ordinal);
     }
 }
