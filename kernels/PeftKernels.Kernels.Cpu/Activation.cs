@@ -25,7 +25,7 @@ public static class Activation
     /// <summary>y = f(z), element-wise; both spans have one length.</summary>
     public static void Forward(ActivationKind kind, ReadOnlySpan<float> z, Span<float> y)
     {
-        Check.Length("y", y.Length, z.Length, "z.Length");
+        ActivationShapes.Forward(z.Length, y.Length);
         for (int i = 0; i < z.Length; i++)
         {
             float v = z[i];
@@ -41,8 +41,7 @@ public static class Activation
     /// <summary>dz = g ⊙ f'(z), element-wise; all spans have one length.</summary>
     public static void Backward(ActivationKind kind, ReadOnlySpan<float> g, ReadOnlySpan<float> z, Span<float> dz)
     {
-        Check.Length("g", g.Length, z.Length, "z.Length");
-        Check.Length("dz", dz.Length, z.Length, "z.Length");
+        ActivationShapes.Backward(g.Length, z.Length, dz.Length);
         for (int i = 0; i < z.Length; i++)
         {
             float v = z[i];

@@ -15,8 +15,7 @@ public static class FusionMix
     public static void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> y, Span<float> p,
         int n, int hidden, int adapters, float temperature)
     {
-        CheckShapes(q, k, v, y, p, n, hidden, adapters);
-        Check.Require(temperature > 0f && float.IsFinite(temperature), nameof(temperature), $"temperature must be a positive finite number, got {temperature}.");
+        FusionMixShapes.Forward(q.Length, k.Length, v.Length, y.Length, p.Length, n, hidden, adapters, temperature);
         var scores = new float[adapters];
         for (int r = 0; r < n; r++)
         {
@@ -54,10 +53,7 @@ public static class FusionMix
     public static void Backward(ReadOnlySpan<float> g, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, ReadOnlySpan<float> p,
         Span<float> dq, Span<float> dk, Span<float> dv, int n, int hidden, int adapters, float temperature)
     {
-        Check.Length("g", g.Length, (long)n * hidden, "n·H");
-        Check.Length("dq", dq.Length, (long)n * hidden, "n·H");
-        Check.Length("dk", dk.Length, (long)adapters * n * hidden, "N·n·H");
-        Check.Length("dv", dv.Length, (long)adapters * n * hidden, "N·n·H");
+        FusionMixShapes.Backward(g.Length, dq.Length, dk.Length, dv.Length, n, hidden, adapters);
         var ds = new float[adapters];
         for (int r = 0; r < n; r++)
         {
@@ -91,15 +87,4 @@ public static class FusionMix
     }
 
     private static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b) => System.Numerics.Tensors.TensorPrimitives.Dot(a, b);
-
-    private static void CheckShapes(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> y, Span<float> p, int n, int hidden, int adapters)
-    {
-        Check.NonNegative((n, "n"), (hidden, "hidden"));
-        Check.Positive(adapters, "adapters");
-        Check.Length("q", q.Length, (long)n * hidden, "n·H");
-        Check.Length("k", k.Length, (long)adapters * n * hidden, "N·n·H");
-        Check.Length("v", v.Length, (long)adapters * n * hidden, "N·n·H");
-        Check.Length("y", y.Length, (long)n * hidden, "n·H");
-        Check.Length("p", p.Length, (long)n * adapters, "n·N");
-    }
 }

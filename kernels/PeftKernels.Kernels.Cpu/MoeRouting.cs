@@ -17,7 +17,7 @@ public static class MoeRouting
     /// <summary>p = softmax(z) per row; z and p [n, e].</summary>
     public static void Softmax(ReadOnlySpan<float> z, Span<float> p, int n, int e)
     {
-        Check(z.Length == n * e && p.Length == n * e, $"softmax: z ({z.Length}) and p ({p.Length}) must both hold n·E = {n}·{e} values.");
+        MoeRoutingShapes.Softmax(z.Length, p.Length, n, e);
         for (int t = 0; t < n; t++)
         {
             TensorPrimitives.SoftMax(z.Slice(t * e, e), p.Slice(t * e, e));
@@ -27,7 +27,7 @@ public static class MoeRouting
     /// <summary>dz = p ⊙ (g − &lt;g, p&gt;) per row (overwrites dz).</summary>
     public static void SoftmaxBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> p, Span<float> dz, int n, int e)
     {
-        Check(g.Length == n * e && p.Length == n * e && dz.Length == n * e, $"softmax backward: g, p and dz must hold n·E = {n}·{e} values.");
+        MoeRoutingShapes.SoftmaxBackward(g.Length, p.Length, dz.Length, n, e);
         for (int t = 0; t < n; t++)
         {
             var gr = g.Slice(t * e, e);
@@ -42,8 +42,7 @@ public static class MoeRouting
     /// <summary>The k largest probabilities of each row of p [n, e] (ties: lower expert first) into sel [n, k], their renormalised values into w [n, k].</summary>
     public static void TopK(ReadOnlySpan<float> p, Span<int> sel, Span<float> w, int n, int e, int k)
     {
-        Check(k >= 1 && k <= e, $"top-k: k = {k} must be in [1, E = {e}].");
-        Check(p.Length == n * e && sel.Length == n * k && w.Length == n * k, $"top-k: p must hold n·E = {n}·{e} values, sel and w n·k = {n}·{k}.");
+        MoeRoutingShapes.TopK(p.Length, sel.Length, w.Length, n, e, k);
         for (int t = 0; t < n; t++)
         {
             var row = p.Slice(t * e, e);
@@ -88,8 +87,7 @@ public static class MoeRouting
     /// <summary>dp [n, e] (overwritten) from g = dL/dw [n, k] through the renormalisation of <see cref="TopK"/>.</summary>
     public static void TopKBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> p, ReadOnlySpan<int> sel, ReadOnlySpan<float> w, Span<float> dp, int n, int e, int k)
     {
-        Check(g.Length == n * k && w.Length == n * k && sel.Length == n * k && p.Length == n * e && dp.Length == n * e,
-            $"top-k backward: g, w and sel must hold n·k = {n}·{k} values, p and dp n·E = {n}·{e}.");
+        MoeRoutingShapes.TopKBackward(g.Length, p.Length, sel.Length, w.Length, dp.Length, n, e, k);
         dp.Clear();
         for (int t = 0; t < n; t++)
         {
@@ -110,11 +108,10 @@ public static class MoeRouting
     /// <summary>y[rows[i], :] += w[rows[i]·k + slots[i]] · part[i, :] (one expert's share of the routed sum; y [n, c] accumulates).</summary>
     public static void RoutedSum(ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w, Span<float> y, int n, int c, int k)
     {
-        Check(rows.Length == slots.Length && part.Length == rows.Length * c && y.Length == n * c && w.Length == n * k,
-            $"routed sum: part must hold |rows|·c = {rows.Length}·{c} values (one slot per row), y n·c = {n}·{c}, w n·k = {n}·{k}.");
+        MoeRoutingShapes.RoutedSum(part.Length, rows.Length, slots.Length, w.Length, y.Length, n, c, k);
         for (int i = 0; i < rows.Length; i++)
         {
-            Check((uint)rows[i] < (uint)n && (uint)slots[i] < (uint)k, $"routed sum: row {rows[i]} or slot {slots[i]} is outside [0, {n}) × [0, {k}).");
+            MoeRoutingShapes.Route(rows[i], slots[i], n, k);
             var dst = y.Slice(rows[i] * c, c);
             TensorPrimitives.MultiplyAdd(part.Slice(i * c, c), w[(rows[i] * k) + slots[i]], dst, dst);
         }
@@ -127,8 +124,7 @@ public static class MoeRouting
     public static void RoutedSumBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w,
         Span<float> dpart, Span<float> dw, int n, int c, int k)
     {
-        Check(g.Length == n * c && part.Length == rows.Length * c && (dpart.IsEmpty || dpart.Length == part.Length) && (dw.IsEmpty || dw.Length == n * k),
-            $"routed sum backward: g must hold n·c = {n}·{c} values, part and dpart |rows|·c = {rows.Length}·{c}, dw n·k = {n}·{k}.");
+        MoeRoutingShapes.RoutedSumBackward(g.Length, part.Length, rows.Length, dpart.Length, dw.Length, n, c, k);
         for (int i = 0; i < rows.Length; i++)
         {
             var gr = g.Slice(rows[i] * c, c);
@@ -142,14 +138,6 @@ public static class MoeRouting
             {
                 dw[at] += TensorPrimitives.Dot(part.Slice(i * c, c), gr);
             }
-        }
-    }
-
-    private static void Check(bool ok, string message)
-    {
-        if (!ok)
-        {
-            throw new ArgumentException(message);
         }
     }
 }

@@ -12,11 +12,10 @@ public static class RowSelect
     /// <summary>y[j] = x[rows[j]]; x holds n rows of <paramref name="cols"/>.</summary>
     public static void Gather(ReadOnlySpan<float> x, ReadOnlySpan<int> rows, Span<float> y, int n, int cols)
     {
-        Check.Length("x", x.Length, (long)n * cols, "n·cols");
-        Check.Length("y", y.Length, (long)rows.Length * cols, "rows·cols");
+        RowSelectShapes.Gather(x.Length, y.Length, rows.Length, n, cols);
         for (int j = 0; j < rows.Length; j++)
         {
-            CheckRow(rows[j], j, n);
+            RowSelectShapes.Row(rows[j], j, n);
             x.Slice(rows[j] * cols, cols).CopyTo(y.Slice(j * cols, cols));
         }
     }
@@ -24,21 +23,12 @@ public static class RowSelect
     /// <summary>y[rows[j]] += x[j]; y holds n rows of <paramref name="cols"/> (not cleared).</summary>
     public static void ScatterAdd(ReadOnlySpan<float> x, ReadOnlySpan<int> rows, Span<float> y, int n, int cols)
     {
-        Check.Length("x", x.Length, (long)rows.Length * cols, "rows·cols");
-        Check.Length("y", y.Length, (long)n * cols, "n·cols");
+        RowSelectShapes.ScatterAdd(x.Length, y.Length, rows.Length, n, cols);
         for (int j = 0; j < rows.Length; j++)
         {
-            CheckRow(rows[j], j, n);
+            RowSelectShapes.Row(rows[j], j, n);
             var target = y.Slice(rows[j] * cols, cols);
             System.Numerics.Tensors.TensorPrimitives.Add(target, x.Slice(j * cols, cols), target);
-        }
-    }
-
-    private static void CheckRow(int row, int j, int n)
-    {
-        if ((uint)row >= (uint)n)
-        {
-            throw new ArgumentOutOfRangeException(nameof(row), $"rows[{j}] = {row} is outside [0, {n}).");
         }
     }
 }

@@ -19,7 +19,7 @@ public static class VirtualRows
     /// <exception cref="ArgumentException">A span's length differs from what the dims imply.</exception>
     public static void Prepend(ReadOnlySpan<float> p, ReadOnlySpan<float> x, Span<float> y, int batch, int n, int t, int width, int column, int d)
     {
-        CheckPrepend(p.Length, x.Length, y.Length, batch, n, t, width, column, d);
+        VirtualRowsShapes.Prepend(p.Length, x.Length, y.Length, batch, n, t, width, column, d);
         for (int b = 0; b < batch; b++)
         {
             var row = y.Slice(b * (n + t) * d, (n + t) * d);
@@ -38,10 +38,7 @@ public static class VirtualRows
     /// </summary>
     public static void PrependBackward(ReadOnlySpan<float> dy, Span<float> dp, Span<float> dx, int batch, int n, int t, int width, int column, int d)
     {
-        if (dy.Length != (long)batch * (n + t) * d || (dp.Length != 0 && dp.Length != (long)n * width) || (dx.Length != 0 && dx.Length != (long)batch * t * d))
-        {
-            throw new ArgumentException($"PrependRows backward: dy {dy.Length}, dp {dp.Length}, dx {dx.Length} do not fit batch {batch}, n {n}, t {t}, width {width}, d {d}.");
-        }
+        VirtualRowsShapes.PrependBackward(dy.Length, dp.Length, dx.Length, batch, n, t, width, column, d);
 
         for (int b = 0; b < batch; b++)
         {
@@ -65,10 +62,7 @@ public static class VirtualRows
     /// <summary>y [batch·t, d] = x [batch·(n+t), d] without the n leading rows of each batch row.</summary>
     public static void DropLeading(ReadOnlySpan<float> x, Span<float> y, int batch, int n, int t, int d)
     {
-        if (x.Length != (long)batch * (n + t) * d || y.Length != (long)batch * t * d)
-        {
-            throw new ArgumentException($"DropLeadingRows: x {x.Length} and y {y.Length} do not fit batch {batch}, n {n}, t {t}, d {d}.");
-        }
+        VirtualRowsShapes.DropLeading(x.Length, y.Length, batch, n, t, d);
 
         for (int b = 0; b < batch; b++)
         {
@@ -79,10 +73,7 @@ public static class VirtualRows
     /// <summary>Backward of <see cref="DropLeading"/>: dx [batch·(n+t), d] gets dy's rows in place and zeros on the dropped rows.</summary>
     public static void DropLeadingBackward(ReadOnlySpan<float> dy, Span<float> dx, int batch, int n, int t, int d)
     {
-        if (dx.Length != (long)batch * (n + t) * d || dy.Length != (long)batch * t * d)
-        {
-            throw new ArgumentException($"DropLeadingRows backward: dy {dy.Length} and dx {dx.Length} do not fit batch {batch}, n {n}, t {t}, d {d}.");
-        }
+        VirtualRowsShapes.DropLeadingBackward(dy.Length, dx.Length, batch, n, t, d);
 
         for (int b = 0; b < batch; b++)
         {
@@ -93,11 +84,16 @@ public static class VirtualRows
     }
 
     /// <summary>y = max(x, 0).</summary>
-    public static void Relu(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Max(x, 0f, y);
+    public static void Relu(ReadOnlySpan<float> x, Span<float> y)
+    {
+        VirtualRowsShapes.Elementwise(x.Length, y.Length);
+        TensorPrimitives.Max(x, 0f, y);
+    }
 
     /// <summary>dx = dy where x &gt; 0, else 0.</summary>
     public static void ReluBackward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, Span<float> dx)
     {
+        VirtualRowsShapes.ElementwiseBackward(dy.Length, x.Length, dx.Length);
         for (int i = 0; i < dx.Length; i++)
         {
             dx[i] = x[i] > 0 ? dy[i] : 0f;
@@ -105,27 +101,19 @@ public static class VirtualRows
     }
 
     /// <summary>y = tanh(x).</summary>
-    public static void Tanh(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Tanh(x, y);
+    public static void Tanh(ReadOnlySpan<float> x, Span<float> y)
+    {
+        VirtualRowsShapes.Elementwise(x.Length, y.Length);
+        TensorPrimitives.Tanh(x, y);
+    }
 
     /// <summary>dx = dy ⊙ (1 − y²), y the forward output.</summary>
     public static void TanhBackward(ReadOnlySpan<float> dy, ReadOnlySpan<float> y, Span<float> dx)
     {
+        VirtualRowsShapes.ElementwiseBackward(dy.Length, y.Length, dx.Length);
         for (int i = 0; i < dx.Length; i++)
         {
             dx[i] = dy[i] * (1f - (y[i] * y[i]));
-        }
-    }
-
-    private static void CheckPrepend(int p, int x, int y, int batch, int n, int t, int width, int column, int d)
-    {
-        if (batch <= 0 || n < 0 || t < 0 || d <= 0 || column < 0 || column + d > width)
-        {
-            throw new ArgumentException($"PrependRows: bad dims batch {batch}, n {n}, t {t}, window [{column}, {column + d}) of width {width}.");
-        }
-
-        if (p != (long)n * width || x != (long)batch * t * d || y != (long)batch * (n + t) * d)
-        {
-            throw new ArgumentException($"PrependRows: p {p}, x {x}, y {y} elements do not fit batch {batch}, n {n}, t {t}, width {width}, d {d}.");
         }
     }
 }

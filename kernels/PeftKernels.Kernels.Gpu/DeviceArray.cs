@@ -47,6 +47,15 @@ public sealed class DeviceArray<T> : IDisposable
         }
     }
 
+    /// <summary>Queues zero-filling the elements on the stream (no wait; nothing for length 0).</summary>
+    public void Clear()
+    {
+        if (Length > 0)
+        {
+            View.MemSetToZero();
+        }
+    }
+
     /// <summary>Hands the block back to the pool (no device wait).</summary>
     public void Dispose()
     {

@@ -66,6 +66,38 @@ internal static class GpuKernelCatalog
         }
 
         Add(list, typeof(DoraNormKernels), nameof(DoraNormKernels.DivideKernel), true);
+        Add(list, typeof(VirtualRowsKernels), nameof(VirtualRowsKernels.PrependKernel), true);
+        Add(list, typeof(VirtualRowsKernels), nameof(VirtualRowsKernels.TrailingKernel), true);
+        Add(list, typeof(VirtualRowsKernels), nameof(VirtualRowsKernels.SpreadKernel), true);
+        Add(list, typeof(VirtualRowsKernels), nameof(VirtualRowsKernels.PrefixSumKernel), true);
+        Add(list, typeof(VirtualRowsKernels), nameof(VirtualRowsKernels.UnaryKernel), true);
+        Add(list, typeof(VirtualRowsKernels), nameof(VirtualRowsKernels.UnaryBackwardKernel), true);
+        Add(list, typeof(ActivationKernels), nameof(ActivationKernels.ForwardKernel), true);
+        Add(list, typeof(ActivationKernels), nameof(ActivationKernels.BackwardKernel), true);
+        Add(list, typeof(ScaleKernels), nameof(ScaleKernels.ScaleKernel), true);
+        Add(list, typeof(ScaleKernels), nameof(ScaleKernels.DotKernel), false);
+        Add(list, typeof(RowSelectKernels), nameof(RowSelectKernels.GatherKernel), true);
+        Add(list, typeof(RowSelectKernels), nameof(RowSelectKernels.ScatterKernel), true);
+        Add(list, typeof(FusionMixKernels), nameof(FusionMixKernels.ProbsKernel), true);
+        Add(list, typeof(FusionMixKernels), nameof(FusionMixKernels.MixKernel), true);
+        Add(list, typeof(FusionMixKernels), nameof(FusionMixKernels.DsKernel), true);
+        Add(list, typeof(FusionMixKernels), nameof(FusionMixKernels.GradsKernel), true);
+        Add(list, typeof(FusionMixKernels), nameof(FusionMixKernels.RegularizationKernel), false);
+        Add(list, typeof(FusionMixKernels), nameof(FusionMixKernels.RegularizationBackwardKernel), true);
+        Add(list, typeof(XLoraKernels), nameof(XLoraKernels.ScaleKernel), true);
+        Add(list, typeof(XLoraKernels), nameof(XLoraKernels.RowDotsKernel), true);
+        Add(list, typeof(XLoraKernels), nameof(XLoraKernels.ReluDropoutKernel), true);
+        Add(list, typeof(XLoraKernels), nameof(XLoraKernels.GateKernel), true);
+        Add(list, typeof(XLoraKernels), nameof(XLoraKernels.GateBackwardKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.SoftmaxKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.SoftmaxBackwardKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.TopKKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.TopKBackwardKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.RoutedSumKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.RoutedGradKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.RoutedDotsKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.BroadcastKernel), true);
+        Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.MultiplyKernel), true);
         return list;
     }
 

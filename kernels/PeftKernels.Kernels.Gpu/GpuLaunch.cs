@@ -5,7 +5,7 @@
 //    launches, and the caller decides when to wait (before reading results on the host).
 //  - No host download to validate: values that live on the device (labels, token ids, positions) are
 //    the caller's to check on the host before upload (CrossEntropyKernels.CheckLabels,
-//    EmbeddingKernels.CheckIds).
+//    EmbeddingKernels.CheckIds, RowSelectKernels.Group, MoeRoutingKernels.CheckRoutes).
 //  - Scratch and staged host arrays come from the accelerator's DeviceMemoryPool and go back to it
 //    when the launcher returns, without a wait: the stream orders the next user after this work.
 //  - A launcher waits only when it returns a host value (CrossEntropyKernels.Forward's loss sum,

@@ -87,7 +87,7 @@ internal static class TrainCommand
             }
 
             var mixConfig = kind == "mixlora"
-                ? mixlora.Config(parse, on, rank, loraAlpha, loraDropout, parse.GetValue(rslora), parse.GetValue(targets), Path.GetFullPath(folder))
+                ? mixlora.Config(parse, rank, loraAlpha, loraDropout, parse.GetValue(rslora), parse.GetValue(targets), Path.GetFullPath(folder))
                 : null;
             if (mixConfig == null)
             {

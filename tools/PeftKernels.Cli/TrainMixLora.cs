@@ -52,13 +52,8 @@ internal sealed class TrainMixLora
     }
 
     /// <summary>The config from the options (checked: experts ≥ 1, 1 ≤ top-k ≤ experts, coef ≥ 0, jitter in [0, 1)).</summary>
-    public MixLoraConfig Config(ParseResult parse, Device device, int rank, double alpha, double dropout, bool rsLora, string? targets, string baseModel)
+    public MixLoraConfig Config(ParseResult parse, int rank, double alpha, double dropout, bool rsLora, string? targets, string baseModel)
     {
-        if (device.IsGpu)
-        {
-            throw new ArgumentException($"--method mixlora trains on the CPU only this round (its routing ops have no GPU kernels); got --device {device.Name}.");
-        }
-
         int e = parse.AtLeast(experts, 1), k = parse.AtLeast(topK, 1);
         if (k > e)
         {

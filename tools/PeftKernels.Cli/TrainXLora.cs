@@ -1,7 +1,7 @@
 // `peft train --method xlora`: X-LoRA (docs/formats/xlora.md) over existing PEFT LoRA folders given with --experts (they
 // become the frozen experts "0", "1", … in that order); only the classifier trains. Its options: --top-k-lora, --softmax-temperature,
 // --layerwise, --xlora-depth, --xlora-size, --xlora-dropout, --global-scaling-weight. The saved folder is PEFT's X-LoRA layout
-// (the classifier at the root, the experts in 0/, 1/, …). CPU only this round (the X-LoRA ops have no GPU path).
+// (the classifier at the root, the experts in 0/, 1/, …). It trains on --device (the X-LoRA ops have GPU kernels).
 using System.CommandLine;
 using System.Globalization;
 using PeftKernels.Models;
@@ -74,11 +74,6 @@ internal sealed class TrainXLora
     public int Train(ParseResult parse, TextWriter log, LlamaForCausalLM lm, TextDataset dataset, int batch, int seq, TrainingRun run,
         TrainerOptions options, Device on, string baseModel)
     {
-        if (on.IsGpu)
-        {
-            throw new NotSupportedException("--method xlora runs on the CPU only this round (its ops have no GPU path); use --device cpu.");
-        }
-
         int? k = parse.GetValue(topK) is > 0 and var value ? value : null;
         var config = new XLoraConfig
         {
@@ -92,6 +87,7 @@ internal sealed class TrainXLora
             BaseModelNameOrPath = baseModel,
         };
         var xlora = XLoraModel.Attach(lm, config, Folders(parse), options.Seed);
+        lm.To(on);
         long trainable = xlora.Parameters.Sum(p => p.Count), total = lm.NamedParameters().Sum(p => p.Parameter.Count);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"X-LoRA: {xlora.Config.Experts} experts over {xlora.LoraModules.Count} LoRA modules; trainable params: {trainable:N0} || all params: {total:N0} ({dataset.Tokens.Length:N0} data tokens)"));

@@ -61,10 +61,8 @@ public sealed partial class Linear
         Tensor? constant = null;
         if (scalings == null)
         {
-            // The scaling pass with a nonzero scaling_pass_value: every branch sees x·c (no gradient in this pass).
-            var data = new float[x.Count];
-            System.Numerics.Tensors.TensorPrimitives.Multiply(x.Data, state.ScalingPassValue, data);
-            constant = new Tensor(data, x.Shape);
+            // The scaling pass with a nonzero scaling_pass_value: every branch sees x·c (no gradient in this pass), on x's device.
+            constant = Functional.Scale(x, new Tensor([state.ScalingPassValue], 1));
         }
 
         for (int j = 0; j < hook.Experts.Count; j++)

@@ -1,6 +1,6 @@
 // The bottleneck adapters' non-linearity f, element-wise over z of any shape (docs/formats/bottleneck-adapters.md):
 //   y = f(z),  f ∈ {relu, silu ("swish"), tanh};   dz = dy ⊙ f'(z)
-// CPU: Kernels.Cpu.Activation. No GPU path yet: a device tensor is refused (the bottleneck runs on the CPU).
+// CPU: Kernels.Cpu.Activation; GPU: ActivationKernels (no temporaries: the forward does not wait, the backward once).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -8,11 +8,14 @@ namespace PeftKernels.Ops;
 public static partial class Functional
 {
     /// <summary>f(z), element-wise, for a bottleneck non-linearity.</summary>
-    /// <exception cref="NotSupportedException"><paramref name="z"/> lives on a GPU device.</exception>
     public static Tensor Activation(Tensor z, ActivationKind kind)
     {
         ArgumentNullException.ThrowIfNull(z);
-        HostOnly(z, "Activation");
+        if (z.Device.IsGpu)
+        {
+            return ActivationOnDevice(z, kind);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)z.Count));
         Kernels.Cpu.Activation.Forward(kind, z.Data, y);
         var output = new Tensor(y, z.Shape);
@@ -29,12 +32,22 @@ public static partial class Functional
         return output;
     }
 
-    /// <summary>Refuses a device tensor in an op that has only a CPU body.</summary>
-    private static void HostOnly(Tensor t, string op)
+    private static Tensor ActivationOnDevice(Tensor z, ActivationKind kind)
     {
-        if (t.Device.IsGpu)
+        var device = z.Device;
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, z.Shape);
+        ActivationKernels.Forward(accelerator, kind, z.View(device), output.View(device));
+        if (Tape.ShouldRecord(z))
         {
-            throw new NotSupportedException($"Functional.{op} has no GPU path yet; its input is on {t.Device}. Run the bottleneck adapters on the CPU.");
+            Tape.Record(output, () =>
+            {
+                var dz = DeviceGrad.Buffer(device, z)!;
+                ActivationKernels.Backward(accelerator, kind, output.DeviceGrad, z.View(device), dz.View);
+                DeviceGrad.Give(z, dz);
+            });
         }
+
+        return output;
     }
 }

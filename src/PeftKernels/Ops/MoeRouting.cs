@@ -11,7 +11,7 @@
 //   ScaleElements      y = x ⊙ f for a constant f (the router's jitter noise)   dx = g ⊙ f
 // Why these ops: they let a MixLoRA layer run each expert over only the tokens routed to it (gathered
 // rows) and weight the results by the differentiable routing weights, instead of running every expert
-// on every token. CPU only this round: a device tensor is refused with NotSupportedException.
+// on every token. GPU: MoeRoutingKernels (device bodies in Ops/MoeRouting.Device.cs).
 using System.Numerics.Tensors;
 
 namespace PeftKernels.Ops;
@@ -27,8 +27,12 @@ public static partial class Functional
     public static Tensor Softmax(Tensor z)
     {
         ArgumentNullException.ThrowIfNull(z);
-        HostOnly("softmax", z);
         int n = z.Rows, e = z.Columns;
+        if (z.Device.IsGpu)
+        {
+            return SoftmaxOnDevice(z, n, e);
+        }
+
         var p = GC.AllocateUninitializedArray<float>(n * e);
         Kernels.Cpu.MoeRouting.Softmax(z.Data, p, n, e);
         var output = new Tensor(p, z.Shape);
@@ -44,11 +48,15 @@ public static partial class Functional
     public static TopKRoute TopKRouting(Tensor probs, int k)
     {
         ArgumentNullException.ThrowIfNull(probs);
-        HostOnly("top-k routing", probs);
         int n = probs.Rows, e = probs.Columns;
         if (k < 1 || k > e)
         {
             throw new ArgumentOutOfRangeException(nameof(k), $"top-k routing: k = {k} must be in [1, {e}] (the number of experts).");
+        }
+
+        if (probs.Device.IsGpu)
+        {
+            return TopKRoutingOnDevice(probs, n, e, k);
         }
 
         var sel = new int[n * k];
@@ -79,13 +87,19 @@ public static partial class Functional
         int n = probs[0].Rows, e = probs[0].Columns;
         for (int l = 0; l < probs.Count; l++)
         {
-            HostOnly("load-balancing loss", probs[l]);
             if (probs[l].Rows != n || probs[l].Columns != e || selected[l].Length != n * k)
             {
                 throw new ArgumentException($"load-balancing loss: layer {l} has p [{string.Join(", ", probs[l].Shape)}] and {selected[l].Length} choices; expected [{n}, {e}] and {n * k}.", nameof(probs));
             }
+
+            if (probs[0].Device.IsGpu)
+            {
+                OpChecks.SameDevice(probs[0].Device, probs[l], nameof(probs));
+            }
         }
 
+        // P's sums per expert and layer (sums[l·E + j] = Σ_t p_l[t, j]): on the device, deterministic column sums read back once.
+        var sums = probs[0].Device.IsGpu ? ExpertSumsOnDevice(probs, n, e) : null;
         double total = (double)probs.Count * n;
         var grad = new float[e];
         foreach (var sel in selected)
@@ -100,9 +114,15 @@ public static partial class Functional
         for (int j = 0; j < e; j++)
         {
             double pSum = 0;
-            foreach (var p in probs)
+            for (int l = 0; l < probs.Count; l++)
             {
-                var data = p.Data;
+                if (sums != null)
+                {
+                    pSum += sums[(l * e) + j];
+                    continue;
+                }
+
+                var data = probs[l].Data;
                 for (int t = 0; t < n; t++)
                 {
                     pSum += data[(t * e) + j];
@@ -121,6 +141,12 @@ public static partial class Functional
             Tape.Record(output, () =>
             {
                 float g = output.Grad![0];
+                if (sums != null)
+                {
+                    LoadBalancingBackwardOnDevice(probs, grad, g, n, e);
+                    return;
+                }
+
                 foreach (var p in probs.Where(p => p.RequiresGrad))
                 {
                     var dp = GC.AllocateUninitializedArray<float>(n * e);
@@ -147,7 +173,6 @@ public static partial class Functional
         ArgumentNullException.ThrowIfNull(rows);
         ArgumentNullException.ThrowIfNull(slots);
         ArgumentNullException.ThrowIfNull(weights);
-        HostOnly("routed sum", weights);
         if (parts.Count == 0 || parts.Count != rows.Count || parts.Count != slots.Count)
         {
             throw new ArgumentException($"routed sum: {parts.Count} parts, {rows.Count} row lists and {slots.Count} slot lists; give one of each per expert (at least one).", nameof(parts));
@@ -159,15 +184,22 @@ public static partial class Functional
             throw new ArgumentException($"routed sum: weights [{string.Join(", ", weights.Shape)}] must have {n} rows (one per token).", nameof(weights));
         }
 
-        var y = new float[n * c];
         for (int e = 0; e < parts.Count; e++)
         {
-            HostOnly("routed sum", parts[e]);
             if (parts[e].Columns != c || parts[e].Rows != rows[e].Length)
             {
                 throw new ArgumentException($"routed sum: part {e} [{string.Join(", ", parts[e].Shape)}] must be [{rows[e].Length}, {c}] (one row per routed token).", nameof(parts));
             }
+        }
 
+        if (weights.Device.IsGpu)
+        {
+            return RoutedSumOnDevice(parts, rows, slots, weights, n, c, k);
+        }
+
+        var y = new float[n * c];
+        for (int e = 0; e < parts.Count; e++)
+        {
             Kernels.Cpu.MoeRouting.RoutedSum(parts[e].Data, rows[e], slots[e], weights.Data, y, n, c, k);
         }
 
@@ -197,10 +229,14 @@ public static partial class Functional
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(factors);
-        HostOnly("scale elements", x);
         if (factors.Length != x.Count)
         {
             throw new ArgumentException($"scale elements: {factors.Length} factors for x [{string.Join(", ", x.Shape)}] ({x.Count} values).", nameof(factors));
+        }
+
+        if (x.Device.IsGpu)
+        {
+            return ScaleElementsOnDevice(x, factors);
         }
 
         var y = GC.AllocateUninitializedArray<float>(factors.Length);
@@ -212,13 +248,5 @@ public static partial class Functional
         }
 
         return output;
-    }
-
-    private static void HostOnly(string op, Tensor t)
-    {
-        if (t.Device.IsGpu)
-        {
-            throw new NotSupportedException($"{op} (MixLoRA routing) runs on the CPU only; tensor [{string.Join(", ", t.Shape)}] is on {t.Device}.");
-        }
     }
 }

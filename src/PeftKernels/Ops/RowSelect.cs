@@ -2,19 +2,25 @@
 //   GatherRows   y = x[rows]            [k, cols];   dx[rows[j]] += dy[j]
 //   ScatterRows  y[rows[j]] = x[j]      [n, cols], other rows 0 (rows distinct);   dx = dy[rows]
 // The bottleneck sites run an adapter setup on the rows (sequences) that chose it: gather them, run
-// the setup, scatter its contribution back. CPU: Kernels.Cpu.RowSelect; no GPU path yet.
+// the setup, scatter its contribution back; MixLoRA gathers each expert's tokens. CPU: Kernels.Cpu.RowSelect;
+// GPU: RowSelectKernels. On a device the row list (host data, checked on the host) is uploaded, and the
+// scatter-add's grouping of the rows (RowSelectKernels.Group) with it; both are freed after the wait at the end of
+// the forward body or of the backward closure.
 namespace PeftKernels.Ops;
 
 public static partial class Functional
 {
     /// <summary>x[rows] for x [n, cols]: [rows.Length, cols].</summary>
-    /// <exception cref="NotSupportedException"><paramref name="x"/> lives on a GPU device.</exception>
     public static Tensor GatherRows(Tensor x, int[] rows)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(rows);
-        HostOnly(x, "GatherRows");
         int n = x.Rows, cols = x.Columns;
+        if (x.Device.IsGpu)
+        {
+            return GatherRowsOnDevice(x, rows, n, cols);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked(rows.Length * cols));
         Kernels.Cpu.RowSelect.Gather(x.Data, rows, y, n, cols);
         var output = new Tensor(y, rows.Length, cols);
@@ -33,12 +39,10 @@ public static partial class Functional
 
     /// <summary>[n, cols] zeros with row rows[j] = x[j] (distinct rows).</summary>
     /// <exception cref="ArgumentException">The row count does not match, or a row repeats.</exception>
-    /// <exception cref="NotSupportedException"><paramref name="x"/> lives on a GPU device.</exception>
     public static Tensor ScatterRows(Tensor x, int[] rows, int n)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(rows);
-        HostOnly(x, "ScatterRows");
         if (x.Rows != rows.Length)
         {
             throw new ArgumentException($"x has {x.Rows} rows but {rows.Length} target rows were given.", nameof(rows));
@@ -50,6 +54,11 @@ public static partial class Functional
         }
 
         int cols = x.Columns;
+        if (x.Device.IsGpu)
+        {
+            return ScatterRowsOnDevice(x, rows, n, cols);
+        }
+
         var y = new float[checked(n * cols)];
         Kernels.Cpu.RowSelect.ScatterAdd(x.Data, rows, y, n, cols);
         var output = new Tensor(y, n, cols);
@@ -65,4 +74,67 @@ public static partial class Functional
 
         return output;
     }
+
+    private static Tensor GatherRowsOnDevice(Tensor x, int[] rows, int n, int cols)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        var groups = RowSelectKernels.Group(rows, n); // checks the rows on the host before upload
+        var output = OpChecks.DeviceTensor(device, [rows.Length, cols]);
+        var deviceRows = Upload(accelerator, rows);
+        RowSelectKernels.Gather(accelerator, x.View(device), deviceRows.View, output.View(device), n, cols);
+        deviceRows.Dispose();
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x)!;
+                var targets = Upload(accelerator, groups.Targets);
+                var offsets = Upload(accelerator, groups.Offsets);
+                var order = Upload(accelerator, groups.Order);
+                dx.Clear();
+                var dy = rows.Length == 0 ? default : output.DeviceGrad; // no rows: nothing to scatter (dx stays 0)
+                RowSelectKernels.ScatterAdd(accelerator, dy, targets.View, offsets.View, order.View, dx.View, n, cols);
+                targets.Dispose();
+                offsets.Dispose();
+                order.Dispose();
+                DeviceGrad.Give(x, dx);
+            });
+        }
+
+        return output;
+    }
+
+    private static Tensor ScatterRowsOnDevice(Tensor x, int[] rows, int n, int cols)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        var groups = RowSelectKernels.Group(rows, n); // checks the rows on the host before upload
+        var output = OpChecks.DeviceTensor(device, [n, cols]);
+        var targets = Upload(accelerator, groups.Targets);
+        var offsets = Upload(accelerator, groups.Offsets);
+        var order = Upload(accelerator, groups.Order);
+        output.View(device).MemSetToZero();
+        RowSelectKernels.ScatterAdd(accelerator, x.View(device), targets.View, offsets.View, order.View, output.View(device), n, cols);
+        targets.Dispose();
+        offsets.Dispose();
+        order.Dispose();
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x)!;
+                var deviceRows = Upload(accelerator, rows);
+                RowSelectKernels.Gather(accelerator, output.DeviceGrad, deviceRows.View, dx.View, n, cols);
+                deviceRows.Dispose();
+                DeviceGrad.Give(x, dx);
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>A device copy of a small host index array (an empty one allocates an empty buffer).</summary>
+    private static DeviceArray<int> Upload(Accelerator accelerator, int[] values) =>
+        values.Length == 0 ? accelerator.Rent<int>(0) : accelerator.Upload(values);
 }

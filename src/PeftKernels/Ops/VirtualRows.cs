@@ -5,8 +5,8 @@
 //   Relu, Tanh:      the activations of P-tuning's MLP encoder and of prefix tuning's projection.
 // Prompt tuning prepends its [N, H] table to the token embeddings and drops the N rows before the final norm, so
 // logits stay [B·T, vocab]; prefix tuning prepends a layer's [N, kvDim] keys / values (a column window of its
-// [N, 2·L·kvDim] table) to the attention's keys and values. CPU: Kernels.Cpu.VirtualRows; on an accelerator they
-// throw NotSupportedException (prompt learning runs on the CPU this round).
+// [N, 2·L·kvDim] table) to the attention's keys and values. CPU: Kernels.Cpu.VirtualRows; GPU: VirtualRowsKernels
+// (device bodies below: copies only, no temporaries, so the forward does not wait; each backward waits once).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -21,7 +21,6 @@ public static partial class Functional
     {
         ArgumentNullException.ThrowIfNull(prefix);
         ArgumentNullException.ThrowIfNull(x);
-        RefuseDevice("PrependRows", prefix, x);
         int d = x.Columns, n = prefix.Rows, width = prefix.Columns;
         if (batch <= 0 || x.Rows % batch != 0)
         {
@@ -34,6 +33,11 @@ public static partial class Functional
         }
 
         int t = x.Rows / batch;
+        if (x.Device.IsGpu || prefix.Device.IsGpu)
+        {
+            return PrependRowsOnDevice(prefix, x, batch, n, t, width, column, d);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked(batch * (n + t) * d));
         VirtualRows.Prepend(prefix.Data, x.Data, y, batch, n, t, width, column, d);
         var output = new Tensor(y, batch * (n + t), d);
@@ -56,7 +60,6 @@ public static partial class Functional
     public static Tensor DropLeadingRows(Tensor x, int batch, int count)
     {
         ArgumentNullException.ThrowIfNull(x);
-        RefuseDevice("DropLeadingRows", x, x);
         int d = x.Columns;
         if (batch <= 0 || x.Rows % batch != 0 || count < 0 || count > x.Rows / batch)
         {
@@ -64,6 +67,11 @@ public static partial class Functional
         }
 
         int t = (x.Rows / batch) - count;
+        if (x.Device.IsGpu)
+        {
+            return DropLeadingRowsOnDevice(x, batch, count, t, d);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked(batch * t * d));
         VirtualRows.DropLeading(x.Data, y, batch, count, t, d);
         var output = new Tensor(y, batch * t, d);
@@ -84,7 +92,11 @@ public static partial class Functional
     public static Tensor Relu(Tensor x)
     {
         ArgumentNullException.ThrowIfNull(x);
-        RefuseDevice("Relu", x, x);
+        if (x.Device.IsGpu)
+        {
+            return EncoderActivationOnDevice(x, tanh: false);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         VirtualRows.Relu(x.Data, y);
         var output = new Tensor(y, x.Shape);
@@ -105,7 +117,11 @@ public static partial class Functional
     public static Tensor Tanh(Tensor x)
     {
         ArgumentNullException.ThrowIfNull(x);
-        RefuseDevice("Tanh", x, x);
+        if (x.Device.IsGpu)
+        {
+            return EncoderActivationOnDevice(x, tanh: true);
+        }
+
         var y = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         VirtualRows.Tanh(x.Data, y);
         var output = new Tensor(y, x.Shape);
@@ -122,11 +138,80 @@ public static partial class Functional
         return output;
     }
 
-    private static void RefuseDevice(string op, Tensor a, Tensor b)
+    private static Tensor PrependRowsOnDevice(Tensor prefix, Tensor x, int batch, int n, int t, int width, int column, int d)
     {
-        if (a.Device.IsGpu || b.Device.IsGpu)
+        var device = x.Device;
+        OpChecks.SameDevice(device, prefix, nameof(prefix));
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, [batch * (n + t), d]);
+        VirtualRowsKernels.Prepend(accelerator, prefix.View(device), x.View(device), output.View(device), batch, n, t, width, column, d);
+        if (Tape.ShouldRecord(prefix, x))
         {
-            throw new NotSupportedException($"{op} has no accelerator kernel yet: prompt, P- and prefix tuning run on the CPU (move the model with To(Device.Cpu)).");
+            Tape.Record(output, () =>
+            {
+                var dp = DeviceGrad.Buffer(device, prefix);
+                var dx = DeviceGrad.Buffer(device, x);
+                dp?.Clear();
+                VirtualRowsKernels.PrependBackward(accelerator, output.DeviceGrad, dp?.View ?? default, dx?.View ?? default, batch, n, t, width, column, d);
+                DeviceGrad.Give((prefix, dp), (x, dx));
+            });
         }
+
+        return output;
+    }
+
+    private static Tensor DropLeadingRowsOnDevice(Tensor x, int batch, int count, int t, int d)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, [batch * t, d]);
+        VirtualRowsKernels.DropLeading(accelerator, x.View(device), output.View(device), batch, count, t, d);
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x)!;
+                VirtualRowsKernels.DropLeadingBackward(accelerator, output.DeviceGrad, dx.View, batch, count, t, d);
+                DeviceGrad.Give(x, dx);
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>Relu or Tanh of the prompt encoders on x's device (tanh's backward reads the output, as on the host).</summary>
+    private static Tensor EncoderActivationOnDevice(Tensor x, bool tanh)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, x.Shape);
+        if (tanh)
+        {
+            VirtualRowsKernels.Tanh(accelerator, x.View(device), output.View(device));
+        }
+        else
+        {
+            VirtualRowsKernels.Relu(accelerator, x.View(device), output.View(device));
+        }
+
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x)!;
+                if (tanh)
+                {
+                    VirtualRowsKernels.TanhBackward(accelerator, output.DeviceGrad, output.View(device), dx.View);
+                }
+                else
+                {
+                    VirtualRowsKernels.ReluBackward(accelerator, output.DeviceGrad, x.View(device), dx.View);
+                }
+
+                DeviceGrad.Give(x, dx);
+            });
+        }
+
+        return output;
     }
 }

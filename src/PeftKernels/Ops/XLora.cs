@@ -8,7 +8,9 @@
 //                dp = dq ⊙ keep, dz = p ⊙ (dp − Σ dp·p)/T (or dp)
 //   ReluDropout  y = max(x, 0) ⊙ m with m the seeded dropout multipliers (0 or 1/(1 − p)); dx = g ⊙ m ⊙ [x > 0]
 //                (the classifier's hidden layers: PEFT's ReLU then Dropout)
-// The double-precision specification is Kernels.Reference.XLoraReference. CPU only: a GPU tensor is refused.
+// The double-precision specification is Kernels.Reference.XLoraReference. GPU: XLoraKernels. On a device
+// the gate keeps p [rows, E] and the keep flags (ints) as temporaries for the backward, freed after its wait (or the
+// forward's when nothing records); ScaleRows and ReluDropout keep nothing (the mask is recomputed from p and seed).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -24,16 +26,19 @@ public sealed record XLoraGateOptions(int Experts, float Temperature = 1f, bool 
 public static partial class Functional
 {
     /// <summary>y[i, :] = s[i, column]·x[i, :] for x [n, d] and s [n, c] (X-LoRA's per-token expert scaling).</summary>
-    /// <exception cref="NotSupportedException">A tensor is on a GPU (this op runs on the CPU only).</exception>
     public static Tensor ScaleRows(Tensor x, Tensor s, int column)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(s);
-        CpuOnly("ScaleRows", x, s);
         int n = x.Rows, d = x.Columns, c = s.Columns;
         if (s.Rows != n || (uint)column >= (uint)c)
         {
             throw new ArgumentException($"ScaleRows: s [{string.Join(", ", s.Shape)}] needs {n} rows (one per row of x [{string.Join(", ", x.Shape)}]) and a column in [0, {c}); got column {column}.", nameof(s));
+        }
+
+        if (x.Device.IsGpu)
+        {
+            return ScaleRowsOnDevice(x, s, column, n, d, c);
         }
 
         var xd = x.Data;
@@ -79,12 +84,10 @@ public static partial class Functional
     }
 
     /// <summary>The X-LoRA gate over logits [n, groups·E]: softmax with temperature, top-k, softmax over the top k (per group).</summary>
-    /// <exception cref="NotSupportedException">The logits are on a GPU (this op runs on the CPU only).</exception>
     public static Tensor XLoraGate(Tensor logits, XLoraGateOptions options)
     {
         ArgumentNullException.ThrowIfNull(logits);
         ArgumentNullException.ThrowIfNull(options);
-        CpuOnly("XLoraGate", logits, logits);
         int e = options.Experts, width = logits.Columns;
         if (e <= 0 || width % e != 0 || !(options.Temperature > 0) || options.TopK < 0)
         {
@@ -93,6 +96,11 @@ public static partial class Functional
         }
 
         int rows = logits.Rows * (width / e), k = options.TopK == 0 ? e : Math.Min(options.TopK, e);
+        if (logits.Device.IsGpu)
+        {
+            return XLoraGateOnDevice(logits, options, rows, k);
+        }
+
         var z = logits.Data;
         var p = new float[z.Length];
         var y = new float[z.Length];
@@ -137,14 +145,17 @@ public static partial class Functional
     }
 
     /// <summary>y = max(x, 0) ⊙ m, m = 0 or 1/(1 − p) per element from the seeded dropout hash (none when p is 0).</summary>
-    /// <exception cref="NotSupportedException">The input is on a GPU (this op runs on the CPU only).</exception>
     public static Tensor ReluDropout(Tensor x, float p, ulong seed, KernelOptions options = default)
     {
         ArgumentNullException.ThrowIfNull(x);
-        CpuOnly("ReluDropout", x, x);
         if (!(p >= 0f && p < 1f))
         {
             throw new ArgumentOutOfRangeException(nameof(p), $"ReluDropout: the dropout probability must be in [0, 1); got {p}.");
+        }
+
+        if (x.Device.IsGpu)
+        {
+            return ReluDropoutOnDevice(x, p, seed);
         }
 
         var xd = x.Data;
@@ -252,11 +263,71 @@ public static partial class Functional
         return dz;
     }
 
-    private static void CpuOnly(string op, Tensor a, Tensor b)
+    private static Tensor ScaleRowsOnDevice(Tensor x, Tensor s, int column, int n, int d, int c)
     {
-        if (a.Device.IsGpu || b.Device.IsGpu)
+        var device = x.Device;
+        OpChecks.SameDevice(device, s, nameof(s));
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, x.Shape);
+        XLoraKernels.ScaleRows(accelerator, x.View(device), s.View(device), output.View(device), n, d, c, column);
+        if (Tape.ShouldRecord(x, s))
         {
-            throw new NotSupportedException($"Functional.{op} (X-LoRA) runs on the CPU only this round; move the model to the CPU to use X-LoRA.");
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x);
+                var ds = DeviceGrad.Buffer(device, s);
+                XLoraKernels.ScaleRowsBackward(accelerator, output.DeviceGrad, x.View(device), s.View(device), dx?.View ?? default, ds?.View ?? default, n, d, c, column);
+                DeviceGrad.Give((x, dx), (s, ds));
+            });
         }
+
+        return output;
+    }
+
+    private static Tensor XLoraGateOnDevice(Tensor logits, XLoraGateOptions options, int rows, int k)
+    {
+        var device = logits.Device;
+        var accelerator = device.Accelerator;
+        int e = options.Experts;
+        var p = accelerator.Rent<float>(logits.Count);
+        var keep = accelerator.Rent<int>(logits.Count);
+        var output = OpChecks.DeviceTensor(device, logits.Shape);
+        XLoraKernels.Gate(accelerator, logits.View(device), p.View, keep.View, output.View(device), rows, e, options.Temperature, options.Softmax, k, options.SoftmaxTopK);
+        if (!Tape.ShouldRecord(logits))
+        {
+            p.Dispose();
+            keep.Dispose();
+            return output;
+        }
+
+        Tape.Record(output, () =>
+        {
+            var dz = DeviceGrad.Buffer(device, logits)!;
+            XLoraKernels.GateBackward(accelerator, output.DeviceGrad, output.View(device), p.View, keep.View, dz.View, rows, e, options.Temperature,
+                options.Softmax, options.SoftmaxTopK);
+            p.Dispose();
+            keep.Dispose();
+            DeviceGrad.Give(logits, dz);
+        });
+        return output;
+    }
+
+    private static Tensor ReluDropoutOnDevice(Tensor x, float p, ulong seed)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        var output = OpChecks.DeviceTensor(device, x.Shape);
+        XLoraKernels.ReluDropout(accelerator, x.View(device), output.View(device), p, seed);
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x)!;
+                XLoraKernels.ReluDropoutBackward(accelerator, output.DeviceGrad, x.View(device), dx.View, p, seed);
+                DeviceGrad.Give(x, dx);
+            });
+        }
+
+        return output;
     }
 }

@@ -93,11 +93,6 @@ public sealed class MixLoraBlock : Module
         ArgumentNullException.ThrowIfNull(mlp);
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(context);
-        if (x.Device.IsGpu)
-        {
-            throw new NotSupportedException("MixLoRA runs on the CPU only this round: move the model to the CPU (its routing ops have no GPU kernels).");
-        }
-
         bool training = Training && Autograd.Tape.IsRecording;
         var input = training && Config.JitterNoise > 0 ? Functional.ScaleElements(x, Jitter(x.Count, context.DropoutSeed)) : x;
         int n = input.Rows, k = Config.TopK, kernelHidden = mlp.DownProj.OutFeatures;
@@ -132,7 +127,7 @@ public sealed class MixLoraBlock : Module
             acts.Add(act);
             if (Expert("down_proj", e) is { } downLora)
             {
-                deltas.Add(Functional.LoraBranch(Tensor.Zeros(rowsE.Length, kernelHidden), act, downLora.Factors, null, Options(downLora, context)));
+                deltas.Add(Functional.LoraBranch(Zeros(x.Device, rowsE.Length, kernelHidden), act, downLora.Factors, null, Options(downLora, context)));
             }
         }
 
@@ -179,6 +174,19 @@ public sealed class MixLoraBlock : Module
                 yield return ($"{module}.experts.{e}.lora_B.weight", experts[module][e].B);
             }
         }
+    }
+
+    /// <summary>A zero [rows, cols] tensor on <paramref name="device"/> (the start of an expert's down-projection delta).</summary>
+    private static Tensor Zeros(Device device, int rows, int cols)
+    {
+        if (!device.IsGpu)
+        {
+            return Tensor.Zeros(rows, cols);
+        }
+
+        var zeros = OpChecks.DeviceTensor(device, [rows, cols]);
+        zeros.View(device).MemSetToZero();
+        return zeros;
     }
 
     private static ulong ExpertSeed(int seed, int layer, string module, int expert) =>

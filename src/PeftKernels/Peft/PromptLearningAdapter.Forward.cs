@@ -37,7 +37,7 @@ public sealed partial class PromptLearningAdapter
             {
                 if (cache != null && past == 0)
                 {
-                    WritePrefix(cache, forwardRows!.Data);
+                    WritePrefix(cache, forwardRows!);
                     past = n;
                 }
 
@@ -89,26 +89,33 @@ public sealed partial class PromptLearningAdapter
         return positions;
     }
 
-    /// <summary>Writes every layer's prefix keys and values into the N first positions of each sequence of an empty cache.</summary>
-    private void WritePrefix(KvCache cache, float[] table)
+    /// <summary>
+    /// Writes every layer's prefix keys and values into the N first positions of each sequence of an empty cache: on a GPU device
+    /// the windows of the table are copied there by VirtualRowsKernels.Prepend (no new rows: t = 0), without a host round trip.
+    /// </summary>
+    private void WritePrefix(KvCache cache, Tensor rows)
     {
         int n = NumVirtualTokens, width = RowWidth, kvDim = KvDim;
+        var device = cache.Device;
+        float[]? table = device.IsGpu ? null : rows.Data;
         for (int l = 0; l < cache.Layers; l++)
         {
-            var keys = LayerRows(table, n, width, 2 * l * kvDim, kvDim);
-            var values = LayerRows(table, n, width, ((2 * l) + 1) * kvDim, kvDim);
+            int keyColumn = 2 * l * kvDim, valueColumn = ((2 * l) + 1) * kvDim;
+            var keys = table == null ? null : LayerRows(table, n, width, keyColumn, kvDim);
+            var values = table == null ? null : LayerRows(table, n, width, valueColumn, kvDim);
             for (int b = 0; b < cache.Batch; b++)
             {
-                if (cache.Device.IsGpu)
+                if (table == null)
                 {
                     long row = (long)b * cache.Capacity * kvDim;
-                    DeviceSync.Upload<float>(cache.DeviceKeys(l).SubView(row, keys.Length), keys);
-                    DeviceSync.Upload<float>(cache.DeviceValues(l).SubView(row, values.Length), values);
+                    var accelerator = device.Accelerator;
+                    VirtualRowsKernels.Prepend(accelerator, rows.View(device), default, cache.DeviceKeys(l).SubView(row, (long)n * kvDim), 1, n, 0, width, keyColumn, kvDim);
+                    VirtualRowsKernels.Prepend(accelerator, rows.View(device), default, cache.DeviceValues(l).SubView(row, (long)n * kvDim), 1, n, 0, width, valueColumn, kvDim);
                 }
                 else
                 {
-                    keys.CopyTo(cache.Keys(l, b), 0);
-                    values.CopyTo(cache.Values(l, b), 0);
+                    keys!.CopyTo(cache.Keys(l, b), 0);
+                    values!.CopyTo(cache.Values(l, b), 0);
                 }
             }
         }

@@ -238,6 +238,8 @@ public sealed partial class PromptLearningAdapter : Module, IModelAdapter
                 layer.SelfAttn.Prefix = this;
             }
         }
+
+        Model.SyncDevice(refresh: false); // a model on a GPU device gets the table and encoder there
     }
 
     private static float[] InitialPrompt(LlamaForCausalLM model, PromptLearningConfig config, Random rng, IReadOnlyList<int>? initTokenIds)

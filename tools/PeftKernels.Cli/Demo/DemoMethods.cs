@@ -29,9 +29,7 @@ internal interface IDemoAdapter
 /// <param name="Steps">Optimizer steps otherwise.</param>
 /// <param name="LearningRate">Peak learning rate.</param>
 /// <param name="Attach">Attaches a fresh trainable adapter to the (frozen) base, seeded.</param>
-/// <param name="CpuOnly">The method's ops have no GPU path yet: skipped (with a note) when the demo runs on a GPU.</param>
-internal sealed record DemoMethod(string Name, string Setting, int FastSteps, int Steps, double LearningRate, Func<LlamaForCausalLM, int, IDemoAdapter> Attach,
-    bool CpuOnly = false);
+internal sealed record DemoMethod(string Name, string Setting, int FastSteps, int Steps, double LearningRate, Func<LlamaForCausalLM, int, IDemoAdapter> Attach);
 
 /// <summary>The demo's method table.</summary>
 internal static class DemoMethods
@@ -53,8 +51,8 @@ internal static class DemoMethods
         new("p-tuning", "32 virtual tokens, MLP encoder width 64", 200, 200, 3e-3, (model, seed) => DemoModelMethods.PromptLearning(model, "p-tuning", seed)),
         new("prefix", "8 virtual tokens, no projection", 100, 100, 3e-2, (model, seed) => DemoModelMethods.PromptLearning(model, "prefix", seed)),
         new("bottleneck", "Houlsby, reduction 16, identity start", 80, 80, 4e-3, DemoModelMethods.Bottleneck),
-        new("xlora", "classifier over 2 LoRA experts (sentiment, topic)", 20, 20, 1e-2, DemoModelMethods.XLora, CpuOnly: true),
-        new("mixlora", "4 experts, top-2, r=8, all-linear", 80, 80, 4e-3, DemoModelMethods.MixLoraAdapter, CpuOnly: true),
+        new("xlora", "classifier over 2 LoRA experts (sentiment, topic)", 20, 20, 1e-2, DemoModelMethods.XLora),
+        new("mixlora", "4 experts, top-2, r=8, all-linear", 80, 80, 4e-3, DemoModelMethods.MixLoraAdapter),
     ];
 
     /// <summary>A PeftModel adapter (LoRA, DoRA, IA³) as a demo adapter.</summary>

@@ -36,12 +36,6 @@ internal sealed partial class DemoRunner
         int step = 2;
         foreach (var method in methods)
         {
-            if (method.CpuOnly && device.IsGpu)
-            {
-                console.MarkupLine($"   [yellow]{Markup.Escape(method.Name)} skipped: its ops run on the CPU only; run the demo with --device cpu to include it[/]");
-                continue;
-            }
-
             Step(step++, $"{method.Name} ({method.Setting})");
             var adapter = method.Attach(model, options.Seed);
             try

@@ -298,6 +298,7 @@ public sealed partial class BottleneckAdapters
             }
 
             file.ReadFloat32(key).CopyTo(p.Data, 0);
+            p.RefreshMirror(); // a parameter already on a GPU device gets the loaded values there
         }
     }
 }

@@ -149,6 +149,7 @@ public sealed partial class BottleneckAdapters : IModelAdapter
         }
 
         fusionConfigs[name] = config;
+        Model.SyncDevice(refresh: false);
     }
 
     /// <summary>Registers a setup under a name that <see cref="ForwardContext.AdapterNames"/> can select per row (each adapter's own name selects it alone).</summary>
@@ -283,6 +284,7 @@ public sealed partial class BottleneckAdapters : IModelAdapter
         names.Add(name);
         configs[name] = config;
         infos[name] = info;
+        Model.SyncDevice(refresh: false); // a model on a GPU device gets the new adapter there
     }
 
     private bool Uses(AdapterSetup setup) =>

@@ -139,6 +139,7 @@ public sealed partial class XLoraModel
         foreach (var (key, p) in expected)
         {
             file.ReadFloat32(key).CopyTo(p.Data, 0);
+            p.RefreshMirror(); // a parameter already on a GPU device gets the loaded values there
         }
     }
 }

@@ -203,6 +203,7 @@ public sealed partial class XLoraModel : IModelAdapter
         }
 
         model.XLora = xlora;
+        model.SyncDevice(refresh: false); // a model on a GPU device gets the classifier there
         return xlora;
     }
 
