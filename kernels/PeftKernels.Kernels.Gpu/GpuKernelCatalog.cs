@@ -66,6 +66,8 @@ internal static class GpuKernelCatalog
         }
 
         Add(list, typeof(DoraNormKernels), nameof(DoraNormKernels.DivideKernel), true);
+        Add(list, typeof(PagedAttentionKernels), nameof(PagedAttentionKernels.WriteKernel), true);
+        Add(list, typeof(PagedAttentionKernels), nameof(PagedAttentionKernels.ForwardKernel), false);
         return list;
     }
 

@@ -10,7 +10,30 @@ public sealed partial class InferenceEngine
     private readonly AdapterTable table;
     private long tableVersion = -1;
 
-    private AdapterLease AcquireAdapter(string name) => Adapters.Acquire(name);
+    private AdapterLease AcquireAdapter(string name)
+    {
+        var lease = Adapters.Acquire(name);
+        if (deviceForward != null && RefusedOnDevice(lease.Adapter) is { } reason)
+        {
+            lease.Dispose();
+            throw new NotSupportedException(reason);
+        }
+
+        return lease;
+    }
+
+    /// <summary>Why the device engine does not serve <paramref name="adapter"/>, or null when it does (LoRA, DoRA, IA³, prompt learning).</summary>
+    internal string? RefusedOnDevice(EngineAdapter adapter) => adapter.Kind switch
+    {
+        AdapterKind.Bottleneck => Refusal(adapter, "bottleneck adapters", "their residual-site layers run on host arrays per sequence"),
+        AdapterKind.MixLora => Refusal(adapter, "MixLoRA", "its routed MLP experts run on host arrays per sequence"),
+        AdapterKind.XLora => Refusal(adapter, "X-LoRA", "its scaling pass and second, per-sequence cache run through the CPU forward"),
+        _ => null,
+    };
+
+    private string Refusal(EngineAdapter adapter, string method, string why) =>
+        $"adapter '{adapter.Name}' is {method}, which the inference engine on {model.Device} does not serve: {why}. "
+        + "Serve it with an engine whose model is on the CPU (model.To(Device.Cpu)); LoRA, DoRA, IA³ and prompt-learning adapters run on the device.";
 
     private int SlotOf(IDisposable? lease) => table.SlotOf((lease as AdapterLease)?.Adapter);
 
@@ -24,6 +47,7 @@ public sealed partial class InferenceEngine
 
         var (resident, version) = Adapters.ResidentAdapters();
         table.Sync(resident);
+        deviceForward?.SyncAdapters(table);
         tableVersion = version;
         Stats.AdapterTableBuilds++;
         foreach (var s in running.Concat(waiting))

@@ -27,7 +27,8 @@ internal delegate void LogitsObserver(EngineSequence sequence, ReadOnlySpan<floa
 public sealed partial class InferenceEngine : IDisposable
 {
     private readonly LlamaForCausalLM model;
-    private readonly BatchForward forward;
+    private readonly BatchForward? forward;
+    private readonly DeviceBatchForward? deviceForward;
     private readonly StepBatch batch;
     private readonly StepBatch scalingBatch;
     private readonly ConcurrentQueue<EngineSequence> incoming = new();
@@ -39,17 +40,15 @@ public sealed partial class InferenceEngine : IDisposable
     private long nextId;
     private bool disposed;
 
-    /// <summary>An engine over <paramref name="model"/> (on the CPU), with its own adapter registry unless one is given.</summary>
-    /// <exception cref="NotSupportedException">The model is on a GPU, or stores a weight the engine cannot serve.</exception>
+    /// <summary>
+    /// An engine over <paramref name="model"/>, with its own adapter registry unless one is given. When the model is on a GPU device
+    /// the step's forward runs there (DeviceBatchForward, the KV blocks in device memory); scheduling and sampling stay on the host.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The model stores a weight the engine cannot serve, or has a head size the device kernels do not take.</exception>
     /// <exception cref="ArgumentException">An option is out of range.</exception>
     public InferenceEngine(LlamaForCausalLM model, EngineOptions? options = null, AdapterRegistry? registry = null)
     {
         ArgumentNullException.ThrowIfNull(model);
-        if (model.Device.IsGpu)
-        {
-            throw new NotSupportedException($"the inference engine runs on the CPU; the model is on {model.Device}. Move it with model.To(Device.Cpu).");
-        }
-
         RefuseXLora(model);
         this.model = model;
         Options = options ?? new EngineOptions();
@@ -57,13 +56,33 @@ public sealed partial class InferenceEngine : IDisposable
         MaxSequenceLength = Options.MaxSequenceLength > 0 ? Options.MaxSequenceLength : model.Config.MaxPositionEmbeddings;
         var c = model.Config;
         int blocks = Options.KvBlocks > 0 ? Options.KvBlocks : DefaultBlocks(c, Options, MaxSequenceLength);
-        Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks);
         Adapters = registry ?? new AdapterRegistry(model);
-        forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         batch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
         scalingBatch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
+        if (model.Device.IsGpu)
+        {
+            Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks, model.Device.Accelerator);
+            try
+            {
+                deviceForward = new DeviceBatchForward(model, Pool, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength);
+            }
+            catch
+            {
+                Pool.Device?.Dispose();
+                throw;
+            }
+
+            table = new AdapterTable(c.NumHiddenLayers, deviceForward.Shapes);
+            return;
+        }
+
+        Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks);
+        forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         table = new AdapterTable(c.NumHiddenLayers, forward.Shapes);
     }
+
+    /// <summary>Where the step's forward runs: the CPU, or the model's GPU device.</summary>
+    public Device Device => model.Device;
 
     /// <summary>The settings.</summary>
     public EngineOptions Options { get; }
@@ -194,6 +213,8 @@ public sealed partial class InferenceEngine : IDisposable
 
             running.Clear();
             waiting.Clear();
+            deviceForward?.Dispose();
+            Pool.Device?.Dispose();
         }
 
         work.Dispose();
