@@ -84,6 +84,9 @@ public sealed partial class InferenceEngine : IDisposable
     /// <summary>Where the step's forward runs: the CPU, or the model's GPU device.</summary>
     public Device Device => model.Device;
 
+    /// <summary>The device forward (null on the CPU), for tests: its buffer growths and adapter uploads.</summary>
+    internal DeviceBatchForward? DeviceForward => deviceForward;
+
     /// <summary>The settings.</summary>
     public EngineOptions Options { get; }
 
@@ -114,6 +117,7 @@ public sealed partial class InferenceEngine : IDisposable
     /// <summary>Queues a request (thread-safe); it runs in the next steps.</summary>
     /// <exception cref="ArgumentException">The prompt is empty, holds an id outside the vocabulary, or leaves no room to generate; a sampling setting is invalid.</exception>
     /// <exception cref="KeyNotFoundException">The adapter is not known to <see cref="Adapters"/>.</exception>
+    /// <exception cref="NotSupportedException">On a device engine, the adapter is loaded and is bottleneck, MixLoRA or X-LoRA (one not loaded yet finishes with that error when admitted).</exception>
     public EngineSequence Submit(EngineRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -146,6 +150,7 @@ public sealed partial class InferenceEngine : IDisposable
             throw new KeyNotFoundException($"adapter '{request.Adapter}' is not known; known adapters: {string.Join(", ", Adapters.Names.Select(n => $"'{n}'"))}.");
         }
 
+        RefuseResidentOnDevice(request.Adapter);
         var sequence = new EngineSequence(Interlocked.Increment(ref nextId) - 1, request, sampling);
         incoming.Enqueue(sequence);
         work.Release();
