@@ -9,8 +9,8 @@
 // are allocated once for the engine's maximum rows and sequences and one chunk of slots; they grow (an
 // allocation, then reused) only when more adapter chunks are resident than ever before or a block table
 // outgrows the bound.
-using IntView = ILGPU.Runtime.ArrayView1D<int, ILGPU.Stride1D.Dense>;
 using FloatView = ILGPU.Runtime.ArrayView1D<float, ILGPU.Stride1D.Dense>;
+using IntView = ILGPU.Runtime.ArrayView1D<int, ILGPU.Stride1D.Dense>;
 
 namespace PeftKernels.Engine;
 
