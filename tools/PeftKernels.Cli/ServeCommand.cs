@@ -39,9 +39,8 @@ internal static class ServeCommand
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
-            var options = Options(parse, model, adapters, adaptersDir, host, port, apiKeys, maxLoaded, memory, threads)
-                with
-            { Device = ModelCommands.ParseDevice(parse.GetRequiredValue(device)) };
+            var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
+            var options = Options(parse, model, adapters, adaptersDir, host, port, apiKeys, maxLoaded, memory, threads) with { Device = on };
 
             using var stop = new CancellationTokenSource();
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
