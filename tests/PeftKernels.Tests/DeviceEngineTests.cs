@@ -5,8 +5,8 @@
 // DoRA and IA³ in one batch; an NF4 base; prompts prefilled in chunks under a small token budget with
 // sequences queued; a shared prompt prefix; preemption and cancellation; prompt tuning (virtual K/V
 // uploaded into the device blocks). Copy on write of a shared block copies on the device; after the
-// first step no device buffer is allocated and no adapter is uploaded; bottleneck adapters are refused
-// on the device engine with the method and the reason.
+// first step no device buffer is allocated and no adapter is uploaded; `peft generate`'s engine path
+// runs on the device; bottleneck adapters are refused on the device engine with the method and the reason.
 using PeftKernels.Engine;
 using PeftKernels.Peft;
 using PeftKernels.Peft.Bottleneck;
@@ -234,6 +234,51 @@ public sealed class DeviceEngineTests(GpuFixture gpu)
         for (int i = 0; i < 3; i++)
         {
             Assert.Equal(tokens[i], tokens[i + 3]);
+        }
+    }
+
+    [Fact]
+    public void AdapterWeightsAreUploadedOnceWhenLoadedAndFreedWhenUnloaded()
+    {
+        using var fx = new EngineFixture();
+        using var engine = DeviceEngine(fx, new EngineOptions { MaxBatchTokens = 16, MaxRunningSequences = 4 });
+        var adapters = engine.DeviceForward!.Adapters;
+        engine.TableAndSlot(null);
+        long all = adapters.Bytes, uploads = adapters.Uploads;
+        Assert.True(all > 0);
+        engine.TableAndSlot(null);
+        Assert.Equal(uploads, adapters.Uploads); // nothing changed, nothing uploaded
+        Assert.True(engine.Adapters.Unload("r32"));
+        engine.TableAndSlot(null);
+        Assert.InRange(adapters.Bytes, 1, all - 1); // r32's factors are freed (its chunk is re-packed without it)
+        foreach (var name in EngineFixture.AdapterNames.Where(n => n != "r32"))
+        {
+            Assert.True(engine.Adapters.Unload(name));
+        }
+
+        engine.TableAndSlot(null);
+        Assert.Equal(0, adapters.Bytes);
+    }
+
+    [Fact]
+    public void PeftGenerateRunsItsEngineOnTheDevice()
+    {
+        // `peft generate --device cuda` moves the model to the device and runs GenerateEngine there (the CLI's own path).
+        using var fx = new EngineFixture();
+        Cli.GenerateRequest[] requests =
+        [
+            new(1, Prompt(70, 4, fx.Vocab), false, fx.Folder("r8"), new SamplingParams(MaxTokens: 2)),
+            new(2, Prompt(71, 3, fx.Vocab), false, null, new SamplingParams(MaxTokens: 2)),
+        ];
+        var settings = new Cli.EngineSettings(4, 64, 1, IntegerDecode: false);
+        var cpu = Cli.GenerateEngine.Run(fx.NewModel(), requests, settings, r => $"line {r.Line}");
+        var model = fx.NewModel();
+        var device = Cli.GenerateEngine.Run(model, requests, settings with { On = Accel }, r => $"line {r.Line}");
+        Assert.Same(Accel, model.Device);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(FinishReason.Length, device[i].Finish);
+            Assert.Equal(cpu[i].Tokens, device[i].Tokens);
         }
     }
 
