@@ -24,6 +24,8 @@ namespace PeftKernels.Engine;
 internal sealed partial class DeviceBatchForward : IDisposable
 {
     private readonly Accelerator accelerator;
+    private readonly LlamaForCausalLM model;
+    private readonly Device device;
     private readonly LlamaConfig config;
     private readonly DeviceWeightOperand[,] weights;
     private readonly FloatView[,] biases;
@@ -46,7 +48,8 @@ internal sealed partial class DeviceBatchForward : IDisposable
 
     public DeviceBatchForward(LlamaForCausalLM model, KvBlockPool pool, int maxRows, int maxSequences, int maxLength)
     {
-        var device = model.Device;
+        this.model = model;
+        device = model.Device;
         accelerator = device.Accelerator;
         blocks = pool.Device ?? throw new ArgumentException("the device forward needs a KV pool whose blocks live on the device.", nameof(pool));
         blockSize = pool.BlockSize;
@@ -142,6 +145,11 @@ internal sealed partial class DeviceBatchForward : IDisposable
     public ReadOnlySpan<float> Run(StepBatch batch, AdapterTable table)
     {
         int n = batch.Rows, m = batch.LogitRows;
+        if (!ReferenceEquals(model.Device, device))
+        {
+            throw new InvalidOperationException($"the engine's model moved from {device} to {model.Device}; the device engine reads its weights on {device}. Keep the model there while the engine lives.");
+        }
+
         inputs.Fill(batch, table, Adapters);
         for (int s = 0; s < batch.Count; s++)
         {

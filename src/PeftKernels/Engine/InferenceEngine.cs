@@ -7,7 +7,9 @@
 //      prefilled in chunks mixed with decode steps and sequences join and leave at every step;
 //   3. reserves each row's position in the paged KV cache; when the pool is out of blocks, the newest
 //      running sequence not yet planned is preempted (blocks freed, recomputed later), itself last;
-//   4. runs the batched forward (BatchForward: each row with its sequence's adapter);
+//   4. runs the batched forward (BatchForward: each row with its sequence's adapter; on a model on a GPU
+//      device, DeviceBatchForward runs it there, with the KV blocks in device memory, while planning,
+//      block accounting and sampling stay on the host);
 //   5. samples the next token of every sequence whose last row produced logits (its own sampler and
 //      seed, so its tokens do not depend on the batch), and finishes sequences at a stop token, at
 //      their max tokens or at the maximum sequence length (blocks freed, adapter lease released).
