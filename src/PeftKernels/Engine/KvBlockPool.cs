@@ -4,7 +4,9 @@
 // so block b of layer l is the contiguous slice [b·blockSize·kvDim, (b+1)·blockSize·kvDim), kvDim =
 // kvHeads·headDim: a block holds blockSize positions of one layer, and a block id names the same slot
 // in every layer (a sequence's block table is shared by all layers). Keys are stored as the model
-// produces them (after RoPE), as in KvCache.
+// produces them (after RoPE), as in KvCache. For the device engine the same storage lives on the
+// accelerator instead (DeviceKvBlocks: no host arrays; copy on write and row writes go to the device);
+// everything below (counts, free list, prefix index) stays on the host either way.
 // Blocks carry a reference count: a block is free at 0, owned by one sequence at 1, shared (by a fork
 // or by prefix sharing) above 1. A full block can be published in the prefix index under a chained
 // hash h_i = H(h_{i−1}, token ids of block i), as vLLM's automatic prefix caching does. h_{−1} is the

@@ -4,7 +4,8 @@
 //   pool.keys[l][(table[p / blockSize]·blockSize + p mod blockSize)·kvDim ..]
 // Protocol per step (prefill chunk or decode token): TryAppend/Append each new token id (reserves its
 // position in every layer, allocating a block at a block boundary and copying a shared partially
-// filled block first: copy on write), then, layer by layer, Write its K/V and attend. Writes within a
+// filled block first: copy on write), then, layer by layer, Write its K/V and attend (the device engine
+// instead calls MarkWritten once per step and its kernels write the K/V into the device blocks). Writes within a
 // layer go in position order (no gaps); a block becomes shareable (published in the pool's prefix
 // index) once every layer has written all its positions. Positions in a block that another sequence
 // also references, or that is published, are immutable.
