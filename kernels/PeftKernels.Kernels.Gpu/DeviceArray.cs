@@ -36,6 +36,9 @@ public sealed class DeviceArray<T> : IDisposable
     /// <summary>Number of elements.</summary>
     public long Length { get; }
 
+    /// <summary>Bytes of the elements (not of the block, which is its size class).</summary>
+    public long LengthInBytes => Length * Unsafe.SizeOf<T>();
+
     /// <summary>The elements (an empty default view for length 0).</summary>
     /// <exception cref="ObjectDisposedException">The array was handed back.</exception>
     public ArrayView1D<T, Stride1D.Dense> View

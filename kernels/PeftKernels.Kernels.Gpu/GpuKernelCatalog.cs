@@ -98,6 +98,8 @@ internal static class GpuKernelCatalog
         Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.RoutedDotsKernel), true);
         Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.BroadcastKernel), true);
         Add(list, typeof(MoeRoutingKernels), nameof(MoeRoutingKernels.MultiplyKernel), true);
+        Add(list, typeof(PagedAttentionKernels), nameof(PagedAttentionKernels.WriteKernel), true);
+        Add(list, typeof(PagedAttentionKernels), nameof(PagedAttentionKernels.ForwardKernel), false);
         return list;
     }
 

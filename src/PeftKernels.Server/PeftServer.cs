@@ -60,6 +60,11 @@ public sealed partial class PeftServer : IAsyncDisposable
         Gate = gate;
         Observer = observer;
         AdaptersDir = options.AdaptersDir == null ? null : Path.GetFullPath(options.AdaptersDir);
+        if (options.Device is { IsGpu: true } device)
+        {
+            model.Model.To(device); // the engine's forward then runs on the device (InferenceEngine)
+        }
+
         var registry = new AdapterRegistry(model.Model, new AdapterRegistryOptions { MaxLoaded = options.MaxLoadedAdapters, MemoryBudgetBytes = options.AdapterMemoryBytes });
         var engine = new InferenceEngine(model.Model, new EngineOptions
         {

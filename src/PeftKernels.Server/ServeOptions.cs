@@ -58,4 +58,10 @@ public sealed record ServeOptions
     /// whoever builds the server turns it into the <see cref="IRequestGate"/> passed to <see cref="PeftServer"/>.
     /// </summary>
     public string? ApiKeysFile { get; init; }
+
+    /// <summary>
+    /// Where the model lives and the engine's step forward runs (<c>--device</c>): null or the CPU, or a GPU device, where the KV cache,
+    /// the base GEMMs and the LoRA, DoRA and IA³ adapters run on the device (bottleneck, MixLoRA and X-LoRA adapters need the CPU).
+    /// </summary>
+    public Device? Device { get; init; }
 }

@@ -263,7 +263,7 @@ public sealed class GenerateCommandTests : IDisposable
     {
         var (code, output, _) = Invoke("generate", "--help");
         Assert.Equal(0, code);
-        foreach (string fragment in new[] { "--requests <file>", "--top-k <k>", "--integer-decode", "--max-running <n>", "--max-batch-tokens <n>", "--device cuda runs a single prompt" })
+        foreach (string fragment in new[] { "--requests <file>", "--top-k <k>", "--integer-decode", "--max-running <n>", "--max-batch-tokens <n>", "--device cuda runs the engine's forward on the GPU" })
         {
             Assert.Contains(fragment, output, StringComparison.Ordinal);
         }

@@ -3,12 +3,14 @@
 //   --prompt / --prompt-tokens   one sequence; prints the prompt text plus the new text, or the new ids
 //   --requests FILE              every request of the file (GenerateRequests.cs) as one continuous batch;
 //                                one JSON line per request, in input order
-// On the CPU everything runs on the inference engine (GenerateEngine.cs: continuous batching, paged KV
-// cache, per-request adapters). --device cuda runs the single-prompt path with the library's KV-cache
-// generation (LlamaForCausalLM.Generate) instead: the engine has no GPU path yet, so the engine-only
-// options (--requests, --top-k, --integer-decode, --max-running, --max-batch-tokens) are refused there.
-// A whole-model --adapter the engine serves (InferenceEngine.Serves: prompt learning, bottleneck, MixLoRA)
-// runs on the engine too; one it does not serve (X-LoRA) runs with the library's KV-cache generation.
+// Everything runs on the inference engine (GenerateEngine.cs: continuous batching, paged KV cache,
+// per-request adapters), on the CPU or with --device cuda on the GPU (the engine's step forward, KV
+// blocks and LoRA/DoRA/IA³/prompt-learning adapters on the device; scheduling and sampling on the host;
+// --integer-decode, a CPU kernel, is refused there). A whole-model --adapter the engine serves on that
+// device (InferenceEngine.Serves on the CPU: prompt learning, bottleneck, MixLoRA, X-LoRA; on a GPU only
+// prompt learning) runs on the engine too; any other runs with the library's KV-cache generation
+// (LlamaForCausalLM.Generate, no --top-k). In a requests file on a GPU such an adapter's request fails
+// with the engine's reason.
 // Before generating, the prompt's logits are checked for NaN/∞ (naming the row and the first
 // non-finite weight of the load); a sequence the engine stops on non-finite logits exits 1 with the
 // library's message. In a requests file such a request's line carries the error and the exit code is 1.
@@ -52,8 +54,9 @@ internal static class GenerateCommand
         var device = ModelCommands.DeviceOption();
         var compute = ComputeOption.Create();
         var command = new Command("generate", "Generate tokens after a prompt, or for a JSONL file of requests as one continuous batch, on the inference engine "
-            + "(greedy, or temperature / top-k / top-p sampling; paged KV cache; an adapter per request). The engine runs on the CPU: "
-            + "--device cuda runs a single prompt with the library's KV-cache generation instead (no --requests, --top-k, --integer-decode there).")
+            + "(greedy, or temperature / top-k / top-p sampling; paged KV cache; an adapter per request). "
+            + "--device cuda runs the engine's forward on the GPU (no --integer-decode there; bottleneck, MixLoRA and X-LoRA adapters run a single prompt "
+            + "with the library's KV-cache generation instead).")
         {
             model, adapter, prompt, promptTokens, requests, maxNew, temperature, topP, topK, seed, integerDecode, maxRunning, maxBatchTokens, threads, device, compute,
         };
@@ -95,29 +98,27 @@ internal static class GenerateCommand
             var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
             var precision = parse.Compute(compute, device);
             string? requestsFile = parse.GetValue(requests);
-            if (on.IsGpu)
+            if (on.IsGpu && parse.GetValue(integerDecode))
             {
-                RefuseEngineOption(requestsFile != null ? requests : k != 0 ? topK : parse.GetValue(integerDecode) ? integerDecode
-                    : parse.GetResult(maxRunning) is { Implicit: false } ? maxRunning : parse.GetResult(maxBatchTokens) is { Implicit: false } ? maxBatchTokens : null);
-                return Cuda(parse, log, folder, parse.GetValue(adapter), parse.GetValue(prompt), parse.GetValue(promptTokens), newTokens!.Value,
-                    new GenerationOptions(t, p, parse.GetValue(seed)), new KernelOptions(threadCount), on);
+                throw new ArgumentException("--integer-decode needs --device cpu: the int8 decode GEMV is a CPU kernel (the GPU engine reads 4-bit weights directly).");
             }
 
-            var settings = new EngineSettings(running, batchTokens, threadCount, parse.GetValue(integerDecode)) { Compute = precision };
+            var settings = new EngineSettings(running, batchTokens, threadCount, parse.GetValue(integerDecode)) { Compute = precision, On = on };
             if (requestsFile != null)
             {
                 return RunRequests(parse, log, folder, requestsFile, new RequestDefaults(newTokens, t, p, k, parse.GetValue(seed), null), settings);
             }
 
-            if (parse.GetValue(adapter) is { } modelAdapter && ModelAdapterFolders.Recognizes(modelAdapter) && !InferenceEngine.Serves(modelAdapter))
+            if (parse.GetValue(adapter) is { } modelAdapter && ModelAdapterFolders.Recognizes(modelAdapter)
+                && (!InferenceEngine.Serves(modelAdapter) || (on.IsGpu && !PromptLearningFiles.Recognizes(modelAdapter))))
             {
-                // A whole-model adapter the engine does not serve yet: the library's KV-cache generation (no top-k).
+                // A whole-model adapter the engine does not serve (on this device): the library's KV-cache generation (no top-k).
                 if (k != 0)
                 {
-                    throw new ArgumentException($"--top-k needs the inference engine, which does not serve the adapter in {modelAdapter} yet.");
+                    throw new ArgumentException($"--top-k needs the inference engine, which does not serve the adapter in {modelAdapter} on {on}.");
                 }
 
-                return Cuda(parse, log, folder, modelAdapter, parse.GetValue(prompt), parse.GetValue(promptTokens), newTokens!.Value,
+                return Library(parse, log, folder, modelAdapter, parse.GetValue(prompt), parse.GetValue(promptTokens), newTokens!.Value,
                     new GenerationOptions(t, p, parse.GetValue(seed)), new KernelOptions(threadCount), on);
             }
 
@@ -215,8 +216,8 @@ internal static class GenerateCommand
         return 0;
     }
 
-    /// <summary>One prompt with the library's KV-cache generation on a GPU (the engine has no GPU path yet).</summary>
-    private static int Cuda(ParseResult parse, TextWriter log, string folder, string? adapter, string? text, string? promptTokens, int newTokens,
+    /// <summary>One prompt with the library's KV-cache generation on <paramref name="on"/> (a whole-model adapter the engine does not serve there).</summary>
+    private static int Library(ParseResult parse, TextWriter log, string folder, string? adapter, string? text, string? promptTokens, int newTokens,
         GenerationOptions options, KernelOptions kernel, Device on)
     {
         var (lm, nonFinite) = ModelCommands.LoadModel(parse, folder, adapter);
@@ -241,15 +242,6 @@ internal static class GenerateCommand
 
         log.WriteLine(text != null ? text + tokenizer.Decode(generated) : string.Join(",", generated));
         return 0;
-    }
-
-    /// <summary>Refuses an engine-only option given with --device cuda.</summary>
-    private static void RefuseEngineOption(Option? given)
-    {
-        if (given != null)
-        {
-            throw new ArgumentException($"{given.Name} needs --device cpu: it is an option of the inference engine, which has no GPU path yet.");
-        }
     }
 
     /// <summary>Prompt text as ids: BOS (when the tokenizer has one), then the encoded text.</summary>

@@ -1,4 +1,5 @@
-// The engine side of `peft generate` on the CPU: one InferenceEngine over the base model, sized to
+// The engine side of `peft generate`: one InferenceEngine over the base model (moved to the GPU first with
+// --device cuda, where the engine's step forward runs), sized to
 // the job (running sequences at most the request count, KV pool for the longest prompt plus its new
 // tokens), each distinct adapter folder loaded once into engine.Adapters, every request run as one
 // continuous batch (engine.Run: results in input order). A sequence the engine finished with an
@@ -20,6 +21,9 @@ internal sealed record EngineSettings(int MaxRunning, int MaxBatchTokens, int Th
 {
     /// <summary>Precision of the matrix products (--compute).</summary>
     public ComputePrecision Compute { get; init; }
+
+    /// <summary>Where the engine's forward runs (--device); the model is moved there before the engine is built.</summary>
+    public Device On { get; init; } = Device.Cpu;
 }
 
 /// <summary>Runs checked requests on an <see cref="InferenceEngine"/> and words its results.</summary>
@@ -72,6 +76,11 @@ internal static class GenerateEngine
             Compute = settings.Compute,
             IntegerDecode = settings.IntegerDecode,
         };
+        if (settings.On.IsGpu)
+        {
+            lm.To(settings.On);
+        }
+
         using var engine = new InferenceEngine(lm, options);
         foreach (var (folder, name) in names)
         {

@@ -5,7 +5,8 @@
 // shutdown timeout) and it exits 0. The server is PeftServer.CreateWithTenantsAndMetrics: --api-keys FILE
 // gives the tenants' gate (keys, adapters each may use, rate limits, canary aliases), else everyone is
 // anonymous; GET /metrics serves Prometheus metrics.
-// The inference engine runs on the CPU only: --device cuda is refused with that reason.
+// --device cuda moves the model to the GPU: the engine's step forward (base GEMMs, LoRA/DoRA/IA³ adapters,
+// paged KV cache) runs there; bottleneck, MixLoRA and X-LoRA adapters are refused there (they need the CPU).
 using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -38,12 +39,8 @@ internal static class ServeCommand
         };
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
-            var options = Options(parse, model, adapters, adaptersDir, host, port, apiKeys, maxLoaded, memory, threads);
-            string deviceName = parse.GetRequiredValue(device);
-            if (deviceName.StartsWith("cuda", StringComparison.OrdinalIgnoreCase) || ModelCommands.ParseDevice(deviceName).IsGpu)
-            {
-                throw new NotSupportedException($"--device {deviceName}: the inference engine that peft serve runs on is CPU-only in this build; use --device cpu.");
-            }
+            var on = ModelCommands.ParseDevice(parse.GetRequiredValue(device));
+            var options = Options(parse, model, adapters, adaptersDir, host, port, apiKeys, maxLoaded, memory, threads) with { Device = on };
 
             using var stop = new CancellationTokenSource();
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);

@@ -6,7 +6,8 @@
 // LoRA, QLoRA, DoRA (fp32 and NF4 base) and IA³, two Trainer steps of LoRA, QLoRA, DoRA, IA³ and
 // full fine-tuning (ModelChecks.Training.cs), two LoRA adapters (both active
 // with dropout: loss and gradients; a per-row batch: logits), greedy and seeded generation, and
-// KV-cache decoding (prefill + single-token steps at batch 2) against the CPU's full forward.
+// KV-cache decoding (prefill + single-token steps at batch 2) against the CPU's full forward, and the
+// inference engine on the device against the engine on the CPU (ModelChecks.Engine.cs).
 // Pass/fail: |device − cpu| ≤ atol + rtol·|cpu| with the tolerances of those tests: fp32 on both
 // sides in another summation order through ≤ 2 layers of dots of ≤ 176 terms, 1e-4 relative plus
 // 1e-4 of the tensor's (or logits') largest magnitude for entries that nearly cancel.
@@ -39,6 +40,7 @@ internal static partial class ModelChecks
             ("model two adapters", () => TwoAdapterChecks(device, report)),
             ("model generation", () => GenerationChecks(device, report)),
             ("device counters", () => CounterChecks(device, report)),
+            ("model inference engine", () => EngineChecks(device, report)),
         };
         foreach (var (name, run) in checks)
         {

@@ -22,7 +22,7 @@ public sealed partial class InferenceEngine
             try
             {
                 RunScalingPass();
-                logits = forward.Run(batch, table);
+                logits = deviceForward != null ? deviceForward.Run(batch, table) : forward!.Run(batch, table);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {

@@ -104,7 +104,7 @@ public sealed partial class InferenceEngine
             return;
         }
 
-        var hidden = forward.RunHidden(scalingBatch, table);
+        var hidden = forward!.RunHidden(scalingBatch, table);
         int width = model.Config.HiddenSize, next = 0;
         for (int g = 0; g < planned.Count; g++)
         {

@@ -7,7 +7,9 @@
 //      prefilled in chunks mixed with decode steps and sequences join and leave at every step;
 //   3. reserves each row's position in the paged KV cache; when the pool is out of blocks, the newest
 //      running sequence not yet planned is preempted (blocks freed, recomputed later), itself last;
-//   4. runs the batched forward (BatchForward: each row with its sequence's adapter);
+//   4. runs the batched forward (BatchForward: each row with its sequence's adapter; on a model on a GPU
+//      device, DeviceBatchForward runs it there, with the KV blocks in device memory, while planning,
+//      block accounting and sampling stay on the host);
 //   5. samples the next token of every sequence whose last row produced logits (its own sampler and
 //      seed, so its tokens do not depend on the batch), and finishes sequences at a stop token, at
 //      their max tokens or at the maximum sequence length (blocks freed, adapter lease released).
@@ -27,7 +29,8 @@ internal delegate void LogitsObserver(EngineSequence sequence, ReadOnlySpan<floa
 public sealed partial class InferenceEngine : IDisposable
 {
     private readonly LlamaForCausalLM model;
-    private readonly BatchForward forward;
+    private readonly BatchForward? forward;
+    private readonly DeviceBatchForward? deviceForward;
     private readonly StepBatch batch;
     private readonly StepBatch scalingBatch;
     private readonly ConcurrentQueue<EngineSequence> incoming = new();
@@ -39,17 +42,15 @@ public sealed partial class InferenceEngine : IDisposable
     private long nextId;
     private bool disposed;
 
-    /// <summary>An engine over <paramref name="model"/> (on the CPU), with its own adapter registry unless one is given.</summary>
-    /// <exception cref="NotSupportedException">The model is on a GPU, or stores a weight the engine cannot serve.</exception>
+    /// <summary>
+    /// An engine over <paramref name="model"/>, with its own adapter registry unless one is given. When the model is on a GPU device
+    /// the step's forward runs there (DeviceBatchForward, the KV blocks in device memory); scheduling and sampling stay on the host.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The model stores a weight the engine cannot serve, or has a head size the device kernels do not take.</exception>
     /// <exception cref="ArgumentException">An option is out of range.</exception>
     public InferenceEngine(LlamaForCausalLM model, EngineOptions? options = null, AdapterRegistry? registry = null)
     {
         ArgumentNullException.ThrowIfNull(model);
-        if (model.Device.IsGpu)
-        {
-            throw new NotSupportedException($"the inference engine runs on the CPU; the model is on {model.Device}. Move it with model.To(Device.Cpu).");
-        }
-
         RefuseXLora(model);
         this.model = model;
         Options = options ?? new EngineOptions();
@@ -57,13 +58,36 @@ public sealed partial class InferenceEngine : IDisposable
         MaxSequenceLength = Options.MaxSequenceLength > 0 ? Options.MaxSequenceLength : model.Config.MaxPositionEmbeddings;
         var c = model.Config;
         int blocks = Options.KvBlocks > 0 ? Options.KvBlocks : DefaultBlocks(c, Options, MaxSequenceLength);
-        Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks);
         Adapters = registry ?? new AdapterRegistry(model);
-        forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         batch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
         scalingBatch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
+        if (model.Device.IsGpu)
+        {
+            Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks, model.Device.Accelerator);
+            try
+            {
+                deviceForward = new DeviceBatchForward(model, Pool, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength);
+            }
+            catch
+            {
+                Pool.Device?.Dispose();
+                throw;
+            }
+
+            table = new AdapterTable(c.NumHiddenLayers, deviceForward.Shapes);
+            return;
+        }
+
+        Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks);
+        forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         table = new AdapterTable(c.NumHiddenLayers, forward.Shapes);
     }
+
+    /// <summary>Where the step's forward runs: the CPU, or the model's GPU device.</summary>
+    public Device Device => model.Device;
+
+    /// <summary>The device forward (null on the CPU), for tests: its buffer growths and adapter uploads.</summary>
+    internal DeviceBatchForward? DeviceForward => deviceForward;
 
     /// <summary>The settings.</summary>
     public EngineOptions Options { get; }
@@ -95,6 +119,7 @@ public sealed partial class InferenceEngine : IDisposable
     /// <summary>Queues a request (thread-safe); it runs in the next steps.</summary>
     /// <exception cref="ArgumentException">The prompt is empty, holds an id outside the vocabulary, or leaves no room to generate; a sampling setting is invalid.</exception>
     /// <exception cref="KeyNotFoundException">The adapter is not known to <see cref="Adapters"/>.</exception>
+    /// <exception cref="NotSupportedException">On a device engine, the adapter is loaded and is bottleneck, MixLoRA or X-LoRA (one not loaded yet finishes with that error when admitted).</exception>
     public EngineSequence Submit(EngineRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -127,6 +152,7 @@ public sealed partial class InferenceEngine : IDisposable
             throw new KeyNotFoundException($"adapter '{request.Adapter}' is not known; known adapters: {string.Join(", ", Adapters.Names.Select(n => $"'{n}'"))}.");
         }
 
+        RefuseResidentOnDevice(request.Adapter);
         var sequence = new EngineSequence(Interlocked.Increment(ref nextId) - 1, request, sampling);
         incoming.Enqueue(sequence);
         work.Release();
@@ -194,6 +220,8 @@ public sealed partial class InferenceEngine : IDisposable
 
             running.Clear();
             waiting.Clear();
+            deviceForward?.Dispose();
+            Pool.Device?.Dispose();
         }
 
         work.Dispose();

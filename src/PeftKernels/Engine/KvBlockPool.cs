@@ -4,7 +4,9 @@
 // so block b of layer l is the contiguous slice [b·blockSize·kvDim, (b+1)·blockSize·kvDim), kvDim =
 // kvHeads·headDim: a block holds blockSize positions of one layer, and a block id names the same slot
 // in every layer (a sequence's block table is shared by all layers). Keys are stored as the model
-// produces them (after RoPE), as in KvCache.
+// produces them (after RoPE), as in KvCache. For the device engine the same storage lives on the
+// accelerator instead (DeviceKvBlocks: no host arrays; copy on write and row writes go to the device);
+// everything below (counts, free list, prefix index) stays on the host either way.
 // Blocks carry a reference count: a block is free at 0, owned by one sequence at 1, shared (by a fork
 // or by prefix sharing) above 1. A full block can be published in the prefix index under a chained
 // hash h_i = H(h_{i−1}, token ids of block i), as vLLM's automatic prefix caching does. h_{−1} is the
@@ -44,6 +46,15 @@ public sealed class KvBlockPool
     /// <param name="blockCount">Blocks in the pool: its capacity is blockCount · blockSize positions, shared by all sequences.</param>
     /// <exception cref="ArgumentException">A dimension is not positive, or a layer's storage exceeds the largest .NET array.</exception>
     public KvBlockPool(int layers, int kvHeads, int headDim, int blockSize, int blockCount)
+        : this(layers, kvHeads, headDim, blockSize, blockCount, null)
+    {
+    }
+
+    /// <summary>
+    /// A pool whose keys and values live on <paramref name="accelerator"/> (DeviceKvBlocks: one device buffer per layer for K and V,
+    /// the same layout, indexed by this pool's block ids), or on the host when it is null. The block accounting stays on the host.
+    /// </summary>
+    internal KvBlockPool(int layers, int kvHeads, int headDim, int blockSize, int blockCount, ILGPU.Runtime.Accelerator? accelerator)
     {
         if (layers <= 0 || kvHeads <= 0 || headDim <= 0 || blockSize <= 0 || blockCount <= 0)
         {
@@ -62,8 +73,17 @@ public sealed class KvBlockPool
         BlockSize = blockSize;
         BlockCount = blockCount;
         prefixIndex = new Dictionary<ulong, int>(blockCount); // every block can be indexed at once: publishing never grows it
-        keys = [.. Enumerable.Range(0, layers).Select(_ => new float[perLayer])];
-        values = [.. Enumerable.Range(0, layers).Select(_ => new float[perLayer])];
+        if (accelerator != null)
+        {
+            Device = new DeviceKvBlocks(accelerator, layers, perLayer, blockSize * kvHeads * headDim);
+            keys = values = [];
+        }
+        else
+        {
+            keys = [.. Enumerable.Range(0, layers).Select(_ => new float[perLayer])];
+            values = [.. Enumerable.Range(0, layers).Select(_ => new float[perLayer])];
+        }
+
         refCounts = new int[blockCount];
         blockTokens = new int[blockCount * blockSize];
         parents = new int[blockCount];
@@ -79,6 +99,9 @@ public sealed class KvBlockPool
 
     /// <summary>Decoder layers.</summary>
     public int Layers { get; }
+
+    /// <summary>The device storage of the keys and values, or null when they live in host arrays.</summary>
+    internal DeviceKvBlocks? Device { get; }
 
     /// <summary>Key/value heads.</summary>
     public int KvHeads { get; }
@@ -222,20 +245,40 @@ public sealed class KvBlockPool
     }
 
     /// <summary>One layer's whole key storage [blockCount, blockSize, kvDim] (the engine's attention reads it through a block table).</summary>
-    internal float[] LayerKeys(int layer) => keys[layer];
+    internal float[] LayerKeys(int layer) => HostStorage(keys)[layer];
 
     /// <summary>One layer's whole value storage [blockCount, blockSize, kvDim].</summary>
-    internal float[] LayerValues(int layer) => values[layer];
+    internal float[] LayerValues(int layer) => HostStorage(values)[layer];
 
     /// <summary>Keys of one block in one layer: [blockSize, kvHeads, headDim].</summary>
-    internal Span<float> KeyBlock(int layer, int block) => keys[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
+    internal Span<float> KeyBlock(int layer, int block) => HostStorage(keys)[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
 
     /// <summary>Values of one block in one layer: [blockSize, kvHeads, headDim].</summary>
-    internal Span<float> ValueBlock(int layer, int block) => values[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
+    internal Span<float> ValueBlock(int layer, int block) => HostStorage(values)[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
 
-    /// <summary>Copies block <paramref name="source"/>'s keys and values (every layer) into <paramref name="target"/> (copy on write).</summary>
+    /// <summary>Writes one position's key and value rows [kvDim] at slot <paramref name="slot"/> of <paramref name="block"/> in <paramref name="layer"/> (host copy, or upload to the device).</summary>
+    internal void WriteRow(int layer, int block, int slot, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+    {
+        if (Device != null)
+        {
+            Device.WriteRow(layer, ((long)block * BlockSize) + slot, key, value);
+            return;
+        }
+
+        int offset = slot * KvDim;
+        key.CopyTo(KeyBlock(layer, block)[offset..]);
+        value.CopyTo(ValueBlock(layer, block)[offset..]);
+    }
+
+    /// <summary>Copies block <paramref name="source"/>'s keys and values (every layer) into <paramref name="target"/> (copy on write; on the device when the blocks live there).</summary>
     internal void CopyBlock(int source, int target)
     {
+        if (Device != null)
+        {
+            Device.CopyBlock(source, target);
+            return;
+        }
+
         for (int l = 0; l < Layers; l++)
         {
             KeyBlock(l, source).CopyTo(KeyBlock(l, target));
@@ -284,6 +327,9 @@ public sealed class KvBlockPool
         bool same = roots[block] == root && parents[block] == parent && tokens.SequenceEqual(blockTokens.AsSpan(block * BlockSize, BlockSize));
         return same ? block : -1;
     }
+
+    private float[][] HostStorage(float[][] storage) => Device == null ? storage
+        : throw new InvalidOperationException($"the KV blocks of this pool live on {Device.Accelerator.Name}; read them through the device engine, not as host arrays.");
 
     private void CheckBlock(int block)
     {

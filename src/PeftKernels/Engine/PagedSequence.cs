@@ -4,7 +4,8 @@
 //   pool.keys[l][(table[p / blockSize]·blockSize + p mod blockSize)·kvDim ..]
 // Protocol per step (prefill chunk or decode token): TryAppend/Append each new token id (reserves its
 // position in every layer, allocating a block at a block boundary and copying a shared partially
-// filled block first: copy on write), then, layer by layer, Write its K/V and attend. Writes within a
+// filled block first: copy on write), then, layer by layer, Write its K/V and attend (the device engine
+// instead calls MarkWritten once per step and its kernels write the K/V into the device blocks). Writes within a
 // layer go in position order (no gaps); a block becomes shareable (published in the pool's prefix
 // index) once every layer has written all its positions. Positions in a block that another sequence
 // also references, or that is published, are immutable.
@@ -186,9 +187,7 @@ public sealed class PagedSequence : IDisposable
             throw new InvalidOperationException($"position {position} lies in KV block {block}, which is shared with other sequences or published for prefix sharing; its K/V cannot change.");
         }
 
-        int offset = (position % pool.BlockSize) * kvDim;
-        key.CopyTo(pool.KeyBlock(layer, block)[offset..]);
-        value.CopyTo(pool.ValueBlock(layer, block)[offset..]);
+        pool.WriteRow(layer, block, position % pool.BlockSize, key, value);
         if (position == written[layer])
         {
             written[layer]++;
@@ -197,6 +196,40 @@ public sealed class PagedSequence : IDisposable
                 PublishCompleteBlocks();
             }
         }
+    }
+
+    /// <summary>
+    /// Records that positions [<paramref name="start"/>, start + count) of every layer are being written by the device engine (its
+    /// KV write kernel, enqueued right after this on the same stream, before any read): the same checks as <see cref="Write"/>
+    /// (no gaps, no shared or published block), then the written lengths advance and full blocks are published.
+    /// </summary>
+    /// <exception cref="ArgumentException">A position is out of range or leaves a gap.</exception>
+    /// <exception cref="InvalidOperationException">A position lies in a shared or published block.</exception>
+    internal void MarkWritten(int start, int count)
+    {
+        ObjectDisposedException.ThrowIf(freed, this);
+        CheckPosition(start, Length);
+        CheckPosition(start + count - 1, Length);
+        for (int position = start; position < start + count; position++)
+        {
+            int block = table[position / pool.BlockSize];
+            if (pool.RefCount(block) > 1 || pool.IsPublished(block))
+            {
+                throw new InvalidOperationException($"position {position} lies in KV block {block}, which is shared with other sequences or published for prefix sharing; its K/V cannot change.");
+            }
+        }
+
+        for (int l = 0; l < written.Length; l++)
+        {
+            if (start > written[l])
+            {
+                throw new ArgumentOutOfRangeException(nameof(start), $"layer {l} has positions [0, {written[l]}) written; write position {written[l]} next, not {start} (no gaps).");
+            }
+
+            written[l] = Math.Max(written[l], start + count);
+        }
+
+        PublishCompleteBlocks();
     }
 
     /// <summary>Writes positions <paramref name="start"/>.. of <paramref name="layer"/> from rows [count, kvHeads · headDim] of keys and values (a prefill chunk).</summary>

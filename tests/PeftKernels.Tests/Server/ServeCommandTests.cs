@@ -20,7 +20,7 @@ public sealed class ServeCommandTests
     }
 
     [Theory]
-    [InlineData("--device", "cuda", "CPU-only")]
+    [InlineData("--device", "tpu", "unknown device 'tpu'")]
     [InlineData("--adapter", "noequals", "expected NAME=DIR")]
     [InlineData("--port", "70000", "--port must be in [0, 65535]")]
     [InlineData("--adapters-dir", "/no/such/dir", "--adapters-dir")]
@@ -33,6 +33,20 @@ public sealed class ServeCommandTests
         Assert.Equal(1, code);
         Assert.StartsWith("error: ", error, StringComparison.Ordinal);
         Assert.Contains(expected, error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void DeviceCudaIsAcceptedAndNeedsOnlyACudaDevice()
+    {
+        // The engine runs its forward on the GPU now: without a CUDA device the only complaint is that there is none.
+        using var folder = new TempFolder();
+        var (code, _, error) = Invoke("serve", "--model", folder.Path, "--device", "cuda");
+        Assert.Equal(1, code);
+        Assert.DoesNotContain("CPU-only", error, StringComparison.Ordinal);
+        if (CudaProbe.Reason != null)
+        {
+            Assert.StartsWith("error: --device cuda: no CUDA device is available", error, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
