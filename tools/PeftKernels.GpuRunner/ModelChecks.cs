@@ -40,6 +40,7 @@ internal static partial class ModelChecks
             ("model two adapters", () => TwoAdapterChecks(device, report)),
             ("model generation", () => GenerationChecks(device, report)),
             ("device counters", () => CounterChecks(device, report)),
+            ("model round-2 methods", () => Round2Checks(device, report)),
             ("model inference engine", () => EngineChecks(device, report)),
         };
         foreach (var (name, run) in checks)
