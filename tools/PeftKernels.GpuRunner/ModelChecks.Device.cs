@@ -67,6 +67,7 @@ internal static partial class ModelChecks
         }
     }
 
+    /// <summary>The tiny Llama, optionally NF4, with a randomized r4 LoRA on every Linear.</summary>
     private static LlamaForCausalLM WithLora(bool quantized)
     {
         var model = TinyLlama.Model();

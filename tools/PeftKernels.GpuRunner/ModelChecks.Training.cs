@@ -57,18 +57,7 @@ internal static partial class ModelChecks
 
     private static void LoraTraining(Device device, Report report, bool quantized)
     {
-        LlamaForCausalLM Create()
-        {
-            var model = TinyLlama.Model();
-            if (quantized)
-            {
-                model.QuantizeLinears();
-            }
-
-            Lora.Apply(model, TinyLlama.Lora("all-linear"), seed: 2);
-            TinyLlama.Randomize(model, "default", 5);
-            return model;
-        }
+        LlamaForCausalLM Create() => WithLora(quantized);
 
         string what = quantized ? "QLoRA (NF4 base)" : "LoRA (fp32 base)";
         string shape = $"{Tiny}, r4 all-linear, 6 tokens, lr 1e-2";

@@ -12,24 +12,9 @@ namespace PeftKernels.Ops;
 
 public static partial class Functional
 {
-    private static Tensor SoftmaxOnDevice(Tensor z, int n, int e)
-    {
-        var device = z.Device;
-        var accelerator = device.Accelerator;
-        var output = OpChecks.DeviceTensor(device, z.Shape);
-        MoeRoutingKernels.Softmax(accelerator, z.View(device), output.View(device), n, e);
-        if (Tape.ShouldRecord(z))
-        {
-            Tape.Record(output, () =>
-            {
-                var dz = DeviceGrad.Buffer(device, z)!;
-                MoeRoutingKernels.SoftmaxBackward(accelerator, output.DeviceGrad, output.View(device), dz.View, n, e);
-                DeviceGrad.Give(z, dz);
-            });
-        }
-
-        return output;
-    }
+    private static Tensor SoftmaxOnDevice(Tensor z, int n, int e) => OpChecks.OneInputOnDevice(z,
+        (acc, x, y) => MoeRoutingKernels.Softmax(acc, x, y, n, e),
+        (acc, dy, y, dx) => MoeRoutingKernels.SoftmaxBackward(acc, dy, y, dx, n, e));
 
     private static TopKRoute TopKRoutingOnDevice(Tensor probs, int n, int e, int k)
     {

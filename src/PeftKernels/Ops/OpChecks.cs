@@ -50,6 +50,31 @@ internal static class OpChecks
         return output;
     }
 
+    /// <summary>
+    /// A one-input op on its device whose output has the input's shape: <paramref name="forward"/> writes y from x; while
+    /// recording, <paramref name="backward"/> receives (dy, y, dx) and fills dx, which is then handed to x.
+    /// </summary>
+    public static Tensor OneInputOnDevice(Tensor x,
+        Action<Accelerator, ArrayView1D<float, Stride1D.Dense>, ArrayView1D<float, Stride1D.Dense>> forward,
+        Action<Accelerator, ArrayView1D<float, Stride1D.Dense>, ArrayView1D<float, Stride1D.Dense>, ArrayView1D<float, Stride1D.Dense>> backward)
+    {
+        var device = x.Device;
+        var accelerator = device.Accelerator;
+        var output = DeviceTensor(device, x.Shape);
+        forward(accelerator, x.View(device), output.View(device));
+        if (Tape.ShouldRecord(x))
+        {
+            Tape.Record(output, () =>
+            {
+                var dx = DeviceGrad.Buffer(device, x)!;
+                backward(accelerator, output.DeviceGrad, output.View(device), dx.View);
+                DeviceGrad.Give(x, dx);
+            });
+        }
+
+        return output;
+    }
+
     /// <summary>Checks that two inputs of an element-wise op have the same shape.</summary>
     public static void SameShape(Tensor a, Tensor b, string nameA, string nameB)
     {

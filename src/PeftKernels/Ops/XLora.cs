@@ -314,20 +314,9 @@ public static partial class Functional
 
     private static Tensor ReluDropoutOnDevice(Tensor x, float p, ulong seed)
     {
-        var device = x.Device;
-        var accelerator = device.Accelerator;
-        var output = OpChecks.DeviceTensor(device, x.Shape);
-        XLoraKernels.ReluDropout(accelerator, x.View(device), output.View(device), p, seed);
-        if (Tape.ShouldRecord(x))
-        {
-            Tape.Record(output, () =>
-            {
-                var dx = DeviceGrad.Buffer(device, x)!;
-                XLoraKernels.ReluDropoutBackward(accelerator, output.DeviceGrad, x.View(device), dx.View, p, seed);
-                DeviceGrad.Give(x, dx);
-            });
-        }
-
-        return output;
+        var input = x.View(x.Device);
+        return OpChecks.OneInputOnDevice(x,
+            (acc, xv, y) => XLoraKernels.ReluDropout(acc, xv, y, p, seed),
+            (acc, dy, _, dx) => XLoraKernels.ReluDropoutBackward(acc, dy, input, dx, p, seed));
     }
 }
