@@ -25,6 +25,6 @@ public sealed record GpuBenchSizes(string Name, int Gemm, int Lora, int LoraRank
     /// <summary>The shapes measured on a GPU.</summary>
     public static GpuBenchSizes Full { get; } = new("full", 4096, 4096, 16, 8192, LlamaConfig.Llama125M(), 256, 32, 128, 64, 64);
 
-    /// <summary>The shapes of the --cpu-accelerator run (the code paths only).</summary>
-    public static GpuBenchSizes Small { get; } = new("small", 128, 96, 8, 256, LlamaConfig.Tiny(64), 16, 8, 6, 64, 64);
+    /// <summary>The shapes of the --cpu-accelerator run (the code paths only; 8 sequences: a 64-row engine step takes minutes on the simulated accelerator).</summary>
+    public static GpuBenchSizes Small { get; } = new("small", 128, 96, 8, 256, LlamaConfig.Tiny(64), 16, 8, 6, 64, 8);
 }
