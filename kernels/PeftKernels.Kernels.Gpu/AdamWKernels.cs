@@ -54,7 +54,7 @@ public static class AdamWKernels
     /// <param name="x">The values (a gradient).</param>
     public static double SumOfSquares(Accelerator accelerator, FloatView x)
     {
-        using var partials = GpuLaunch.Scratch<double>(accelerator, SumOfSquaresPartials(x.Length));
+        using var partials = accelerator.Rent<double>(SumOfSquaresPartials(x.Length));
         SumOfSquaresInto(accelerator, x, partials.View);
         return SumPartials(GpuLaunch.ForHostValue(partials.View));
     }

@@ -32,7 +32,7 @@ public static class CrossEntropyKernels
             return 0;
         }
 
-        using var terms = GpuLaunch.Scratch<double>(accelerator, n);
+        using var terms = accelerator.Rent<double>(n);
         Loaded.For(accelerator).Forward(new KernelConfig(n, Threads), logits, labels, lse, terms.View, vocab);
         double loss = 0;
         foreach (double term in GpuLaunch.ForHostValue(terms.View))

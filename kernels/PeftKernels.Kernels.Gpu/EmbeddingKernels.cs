@@ -76,9 +76,9 @@ public static class EmbeddingKernels
         }
 
         offsets.Add(n);
-        using var deviceOrder = GpuLaunch.Stage(accelerator, order);
-        using var deviceRows = GpuLaunch.Stage(accelerator, rows.ToArray());
-        using var deviceOffsets = GpuLaunch.Stage(accelerator, offsets.ToArray());
+        using var deviceOrder = accelerator.Upload(order);
+        using var deviceRows = accelerator.Upload(rows.ToArray());
+        using var deviceOffsets = accelerator.Upload(offsets.ToArray());
         Loaded.For(accelerator).Scatter(rows.Count * dim, dy, deviceRows.View, deviceOffsets.View, deviceOrder.View, dw, dim);
     }
 

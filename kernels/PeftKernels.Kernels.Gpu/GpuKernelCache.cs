@@ -36,7 +36,7 @@ internal sealed class GpuTables
     private GpuTables(Accelerator accelerator)
     {
         float[] all = [.. Quant4Codes.Nf4, .. Quant4Codes.Fp4, .. Quant4Codes.Dynamic];
-        buffer = GpuLaunch.Stage(accelerator, all);
+        buffer = accelerator.Upload(all);
     }
 
     public FloatView Nf4 => buffer.View.SubView(Nf4Offset, 16);

@@ -18,16 +18,4 @@ internal static class GpuLaunch
     /// <summary>Waits for the queued work and reads <paramref name="view"/> back to the host (one wait, counted by <see cref="DeviceSync"/>).</summary>
     public static T[] ForHostValue<T>(ArrayView1D<T, Stride1D.Dense> view)
         where T : unmanaged => DeviceSync.Download(view);
-
-    /// <summary>Rents <paramref name="length"/> elements of scratch from the accelerator's pool.</summary>
-    public static DeviceArray<T> Scratch<T>(Accelerator accelerator, long length)
-        where T : unmanaged => DeviceMemoryPool.Of(accelerator).Rent<T>(length);
-
-    /// <summary>Stages host values in a pooled device array (queued, no wait).</summary>
-    public static DeviceArray<T> Stage<T>(Accelerator accelerator, ReadOnlySpan<T> values)
-        where T : unmanaged => DeviceMemoryPool.Of(accelerator).Upload(values);
-
-    /// <summary>Stages a host array in a pooled device array (queued, no wait).</summary>
-    public static DeviceArray<T> Stage<T>(Accelerator accelerator, T[] values)
-        where T : unmanaged => DeviceMemoryPool.Of(accelerator).Upload<T>(values);
 }

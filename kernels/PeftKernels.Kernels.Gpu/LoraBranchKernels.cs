@@ -57,9 +57,9 @@ public static class LoraBranchKernels
         }
 
         var kernels = Loaded.For(accelerator);
-        using var deviceRows = GpuLaunch.Stage(accelerator, rows);
-        using var xr = GpuLaunch.Scratch<float>(accelerator, (long)m * inFeatures);
-        using var yr = GpuLaunch.Scratch<float>(accelerator, (long)m * outFeatures);
+        using var deviceRows = accelerator.Upload(rows);
+        using var xr = accelerator.Rent<float>((long)m * inFeatures);
+        using var yr = accelerator.Rent<float>((long)m * outFeatures);
         kernels.Gather(m * inFeatures, x, deviceRows.View, xr.View, inFeatures);
         GemmTiles.Run(accelerator, new DenseOperand(xr.View, inFeatures, false, 1f, mask), new DenseOperand(a, inFeatures, true),
             new GemmEpilogue(h, rank, 1f, 0f), m, rank, inFeatures);
@@ -113,8 +113,8 @@ public static class LoraBranchKernels
         }
 
         var kernels = Loaded.For(accelerator);
-        using var deviceRows = rows == null ? null : GpuLaunch.Stage(accelerator, rows);
-        using var gathered = rows == null ? null : GpuLaunch.Scratch<float>(accelerator, (long)m * outFeatures);
+        using var deviceRows = rows == null ? null : accelerator.Upload(rows);
+        using var gathered = rows == null ? null : accelerator.Rent<float>((long)m * outFeatures);
         var gr = dy;
         if (deviceRows != null)
         {
@@ -138,11 +138,11 @@ public static class LoraBranchKernels
         }
 
         var mask = new GpuDropout(options.Dropout, options.Seed);
-        using var dh = GpuLaunch.Scratch<float>(accelerator, (long)m * rank);
+        using var dh = accelerator.Rent<float>((long)m * rank);
         GemmTiles.Run(accelerator, new DenseOperand(gr, outFeatures, false), new DenseOperand(b, rank, false),
             new GemmEpilogue(dh.View, rank, scale, 0f), m, rank, outFeatures);
-        using var xr = da.Length == 0 || deviceRows == null ? null : GpuLaunch.Scratch<float>(accelerator, (long)m * inFeatures);
-        using var dxr = dx.Length == 0 || deviceRows == null ? null : GpuLaunch.Scratch<float>(accelerator, (long)m * inFeatures);
+        using var xr = da.Length == 0 || deviceRows == null ? null : accelerator.Rent<float>((long)m * inFeatures);
+        using var dxr = dx.Length == 0 || deviceRows == null ? null : accelerator.Rent<float>((long)m * inFeatures);
         if (da.Length != 0)
         {
             var xv = x;

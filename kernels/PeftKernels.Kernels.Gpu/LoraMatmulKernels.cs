@@ -125,7 +125,7 @@ public static class LoraMatmulKernels
             return;
         }
 
-        using var dhBuffer = GpuLaunch.Scratch<float>(accelerator, (long)n * rank);
+        using var dhBuffer = accelerator.Rent<float>((long)n * rank);
         var dh = dhBuffer.View;
         GemmTiles.Run(accelerator, new DenseOperand(dy, outFeatures, false), new DenseOperand(b, rank, false),
             new GemmEpilogue(dh, rank, scale, 0f), n, rank, outFeatures, path);

@@ -82,18 +82,18 @@ public sealed class Quant4Buffers : IDisposable
         ArgumentNullException.ThrowIfNull(weight);
         Check.Require(weight.Shape.Length is 1 or 2, nameof(weight), $"weight has shape [{string.Join(", ", weight.Shape)}]; the GPU kernels take [rows, cols] or [cols].");
         int rows = weight.Shape.Length == 2 ? weight.Shape[0] : 1, cols = weight.Shape[^1];
-        var packed = GpuLaunch.Stage(accelerator, weight.Packed);
+        var packed = accelerator.Upload(weight.Packed);
         DeviceArray<float> absmax;
         if (weight.IsNested)
         {
-            absmax = GpuLaunch.Scratch<float>(accelerator, weight.NestedCodes!.Length);
-            using var codes = GpuLaunch.Stage(accelerator, weight.NestedCodes);
-            using var nested = GpuLaunch.Stage(accelerator, weight.NestedAbsmax!);
+            absmax = accelerator.Rent<float>(weight.NestedCodes!.Length);
+            using var codes = accelerator.Upload(weight.NestedCodes);
+            using var nested = accelerator.Upload(weight.NestedAbsmax!);
             Quant4Kernels.DequantizeNested(accelerator, codes.View, nested.View, weight.NestedOffset, absmax.View);
         }
         else
         {
-            absmax = GpuLaunch.Stage(accelerator, weight.Absmax!);
+            absmax = accelerator.Upload(weight.Absmax!);
         }
 
         return new Quant4Buffers(packed, absmax, new Quant4View(packed.View, absmax.View, weight.Type, weight.Blocksize, rows, cols));
