@@ -82,6 +82,8 @@ internal readonly unsafe struct Avx512Bf16Kernel : IMicroKernel
 
     public static SimdPath Path => SimdPath.Vector512;
 
+    public static int KcMax => 1024;
+
     public static void Run(float* a, float* b, int kc, float* c, int ldc, float alpha, float beta, float* bias) =>
         NativeBf16.Avx12x32.Fn((ushort*)a, (ushort*)b, (kc + 1) / 2, c, ldc, alpha, beta, bias);
 }
