@@ -9,6 +9,9 @@
 //           layout of vdpbf16ps / AMX, read by the native micro-kernels (Bf16Kernels.cs). In place is
 //           safe: pair q writes bytes [4qw, 4(q+1)w), which pair q read itself (q = 0, each vector
 //           loaded before it is stored) or which earlier pairs already consumed (q ≥ 1).
+//   Native: a plain row-major fp32 A (DenseA, no transpose/scale/mask) or a transposed B (DenseB, a
+//           weight [out, in], unmasked) has K-contiguous rows, which peft_bf16_pack_pairs (bf16_kernels.c)
+//           converts straight into the pair layout in one pass, bit for bit the same words (Bf16PackTests).
 // Rounding is to nearest, ties to even; NaN stays NaN (quiet bit set), as Bf16.FromSingle.
 // The small-m GEMV methods of IPanelB are never reached: GemmDriver sends m ≤ 4 to fp32 unwrapped.
 using System.Runtime.CompilerServices;
