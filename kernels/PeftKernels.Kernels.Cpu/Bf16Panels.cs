@@ -9,10 +9,14 @@
 //           layout of vdpbf16ps / AMX, read by the native micro-kernels (Bf16Kernels.cs). In place is
 //           safe: pair q writes bytes [4qw, 4(q+1)w), which pair q read itself (q = 0, each vector
 //           loaded before it is stored) or which earlier pairs already consumed (q ≥ 1).
+//   Native: a plain row-major fp32 A (DenseA, no transpose/scale/mask) or a transposed B (DenseB, a
+//           weight [out, in], unmasked) has K-contiguous rows, which peft_bf16_pack_pairs (bf16_kernels.c)
+//           converts straight into the pair layout in one pass, bit for bit the same words (Bf16PackTests).
 // Rounding is to nearest, ties to even; NaN stays NaN (quiet bit set), as Bf16.FromSingle.
 // The small-m GEMV methods of IPanelB are never reached: GemmDriver sends m ≤ 4 to fp32 unwrapped.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using PeftKernels.Kernels.Native;
 
 namespace PeftKernels.Kernels.Cpu;
 
@@ -94,12 +98,18 @@ internal readonly unsafe struct Bf16RoundA<TA>(TA inner) : IPanelA
     }
 }
 
-/// <summary>op(A) packed as bf16 pairs along K: the native bf16 path.</summary>
+/// <summary>op(A) packed as bf16 pairs along K: the native bf16 path (plain row-major fp32 A in one native pass).</summary>
 internal readonly unsafe struct Bf16PairA<TA>(TA inner) : IPanelA
     where TA : struct, IPanelA
 {
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
+        if (inner is DenseA dense && NativeBf16.PackPairs != null && dense.TryKRows(i0, p0, out float* src, out int ld))
+        {
+            NativeBf16.PackPairs(src, ld, rows, kc, mr, (uint*)dst);
+            return;
+        }
+
         inner.Pack(dst, i0, rows, p0, kc, mr);
         Bf16Round.ToPairs(dst, kc, mr);
     }
@@ -115,8 +125,19 @@ internal readonly unsafe struct Bf16B<TB>(TB inner, bool pairs) : IPanelB
 
     public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride)
     {
-        inner.Pack(dst, j0, cols, p0, kc, nr, stripStride);
         int strips = (cols + nr - 1) / nr;
+        if (pairs && inner is DenseB dense && NativeBf16.PackPairs != null && dense.TryKRows(j0, p0, out float* src, out int ld))
+        {
+            // A weight [out, in] read as op(B) = Wᵀ: each column of op(B) is a contiguous row of W.
+            for (int t = 0; t < strips; t++)
+            {
+                NativeBf16.PackPairs(src + ((long)t * nr * ld), ld, Math.Min(nr, cols - (t * nr)), kc, nr, (uint*)(dst + (t * stripStride)));
+            }
+
+            return;
+        }
+
+        inner.Pack(dst, j0, cols, p0, kc, nr, stripStride);
         for (int t = 0; t < strips; t++)
         {
             float* strip = dst + (t * stripStride);

@@ -86,7 +86,7 @@ internal static unsafe partial class GemmDriver
         }
 
         int mr = TK.MR, nr = TK.NR;
-        var blocks = KBlocks(k, epilogue.Active ? epilogue.KSplit : 0);
+        var blocks = KBlocks(k, epilogue.Active ? epilogue.KSplit : 0, TK.KcMax);
         int kcMax = 0;
         foreach (var (_, len) in blocks)
         {
@@ -154,24 +154,24 @@ internal static unsafe partial class GemmDriver
     }
 
     /// <summary>K blocks of near-equal length ≤ KcMax; with a split, no block crosses it.</summary>
-    internal static (int P0, int Len)[] KBlocks(int k, int split)
+    internal static (int P0, int Len)[] KBlocks(int k, int split, int kcMax = KcMax)
     {
         if (split <= 0 || split >= k)
         {
-            return Balanced(0, k);
+            return Balanced(0, k, kcMax);
         }
 
-        return [.. Balanced(0, split), .. Balanced(split, k - split)];
+        return [.. Balanced(0, split, kcMax), .. Balanced(split, k - split, kcMax)];
     }
 
     /// <summary>
     /// Near-equal blocks rounded up to a multiple of 64 (so panels start on 4-bit block and
     /// vector boundaries), the remainder last: K = 4096 + 16 gives 8 × 512 and one 16.
     /// </summary>
-    private static (int, int)[] Balanced(int start, int length)
+    private static (int, int)[] Balanced(int start, int length, int kcMax)
     {
-        int count = (length + KcMax - 1) / KcMax;
-        int size = Math.Min(KcMax, (((length + count - 1) / count) + 63) / 64 * 64);
+        int count = (length + kcMax - 1) / kcMax;
+        int size = Math.Min(kcMax, (((length + count - 1) / count) + 63) / 64 * 64);
         count = (length + size - 1) / size;
         var result = new (int, int)[count];
         for (int i = 0; i < count; i++)
@@ -229,29 +229,24 @@ internal static unsafe partial class GemmDriver
             int mr = TK.MR;
             float* aPack = APack + (worker * AStride);
             float* tile = Tiles + (worker * mr * TK.NR);
-            if (SplitM)
-            {
-                // Units of whole MR strips, at most Mc rows, about 3 per worker so a slower core gets fewer.
-                int mStrips = (M + mr - 1) / mr;
-                int unitRows = Math.Clamp((mStrips + (3 * Workers) - 1) / (3 * Workers), 1, Mc / mr) * mr;
-                int units = (M + unitRows - 1) / unitRows;
-                for (int u = Interlocked.Increment(ref nextCompute) - 1; u < units; u = Interlocked.Increment(ref nextCompute) - 1)
-                {
-                    int ic = u * unitRows;
-                    PackAndMultiply(ic, Math.Min(unitRows, M - ic), 0, NStrips, aPack, tile);
-                }
 
-                return;
-            }
-
-            int unitStrips = Math.Max(1, (NStrips + (3 * Workers) - 1) / (3 * Workers));
-            int nUnits = (NStrips + unitStrips - 1) / unitStrips;
-            for (int u = Interlocked.Increment(ref nextCompute) - 1; u < nUnits; u = Interlocked.Increment(ref nextCompute) - 1)
+            // One unit = a range of whole MR strips × a range of NR strips. SplitM: row units of at most Mc
+            // rows against every B strip; else every row (in Mc blocks) against a group of B strips. At least
+            // 3 units per worker so a slower core takes fewer, and a multiple of the workers so equal cores
+            // end together (171 strips in units of 24 left one core 1152 rows and the other 896).
+            int mStrips = (M + mr - 1) / mr;
+            int count = SplitM ? mStrips : NStrips;
+            int units = Math.Min(count, Math.Max(SplitM ? (mStrips + (Mc / mr) - 1) / (Mc / mr) : 1, 3 * Workers));
+            units = Math.Min(count, (units + Workers - 1) / Workers * Workers);
+            for (int u = Interlocked.Increment(ref nextCompute) - 1; u < units; u = Interlocked.Increment(ref nextCompute) - 1)
             {
-                int s0 = u * unitStrips, s1 = Math.Min(NStrips, s0 + unitStrips);
-                for (int ic = 0; ic < M; ic += Mc)
+                var (u0, u1) = CpuParallel.Split(count, units, u);
+                int r0 = SplitM ? u0 * mr : 0;
+                int r1 = SplitM ? Math.Min(M, u1 * mr) : M;
+                int s0 = SplitM ? 0 : u0, s1 = SplitM ? NStrips : u1;
+                for (int ic = r0; ic < r1; ic += Mc)
                 {
-                    PackAndMultiply(ic, Math.Min(Mc, M - ic), s0, s1, aPack, tile);
+                    PackAndMultiply(ic, Math.Min(Mc, r1 - ic), s0, s1, aPack, tile);
                 }
             }
         }

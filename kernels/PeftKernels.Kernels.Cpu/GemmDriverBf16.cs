@@ -8,6 +8,11 @@
 // the order of the sums (vdpbf16ps adds two products per step). m ≤ 4 rows (decode) stay fp32: the
 // GEMV path streams the weight once and is memory-bound, so bf16 arithmetic gains nothing there.
 // KernelOptions.Bf16Kernel forces one (Managed: the fallback, for tests); PEFT_NATIVE=0 hides the library.
+// The 12×32 kernel takes K blocks of up to 1024 (KcMax; fp32 kernels 512): its bf16 panels are half the
+// bytes, so the A block (288 × 1024 × 2 B) and one B strip (64 KiB) still sit in Zen 4's 1 MiB L2, and C
+// is read and written half as often (issue 18: 2048×4096×4096 rose from ~74 % to ~83 % of the bf16 peak
+// in per-CPU-second terms). Plain row-major A and transposed B are packed by one native pass
+// (Bf16Panels.cs, peft_bf16_pack_pairs) instead of an fp32 pack followed by in-place pairing.
 using PeftKernels.Kernels.Native;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -81,6 +86,8 @@ internal readonly unsafe struct Avx512Bf16Kernel : IMicroKernel
     public static int NR => 32;
 
     public static SimdPath Path => SimdPath.Vector512;
+
+    public static int KcMax => 1024;
 
     public static void Run(float* a, float* b, int kc, float* c, int ldc, float alpha, float beta, float* bias) =>
         NativeBf16.Avx12x32.Fn((ushort*)a, (ushort*)b, (kc + 1) / 2, c, ldc, alpha, beta, bias);

@@ -22,6 +22,9 @@ internal unsafe interface IMicroKernel
 
     static abstract SimdPath Path { get; }
 
+    /// <summary>The longest K block the driver hands this kernel (its packed panels' cache footprint grows with it).</summary>
+    static virtual int KcMax => 512;
+
     static abstract void Run(float* a, float* b, int kc, float* c, int ldc, float alpha, float beta, float* bias);
 }
 

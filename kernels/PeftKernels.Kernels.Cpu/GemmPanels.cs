@@ -51,6 +51,15 @@ internal unsafe interface IPanelB
 /// <summary>Dense fp32 op(A), optionally transposed, scaled and dropout-masked (mask index = storage offset).</summary>
 internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float scale = 1f, DropoutMask mask = default) : IPanelA
 {
+    /// <summary>Row i0 from column p0 when op(A)'s rows are plain contiguous runs along K (no transpose, scale or mask): a direct bf16 pair packer's input.</summary>
+    public bool TryKRows(int i0, int p0, out float* src, out int stride)
+    {
+        bool plain = !trans && scale == 1f && !mask.Active;
+        src = plain ? ptr + ((long)i0 * ld) + p0 : null;
+        stride = ld;
+        return plain;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
@@ -139,6 +148,15 @@ internal readonly unsafe struct ConcatA<T1, T2>(T1 first, T2 second, int k1) : I
 /// <summary>Dense fp32 op(B) with K rows: stored [k, n] (no transpose) or [n, k] (transpose, a weight [out, in]).</summary>
 internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, DropoutMask mask = default) : IPanelB
 {
+    /// <summary>Column j0 of op(B) from row p0 when op(B)'s columns are plain contiguous runs along K (stored transposed, unmasked).</summary>
+    public bool TryKRows(int j0, int p0, out float* src, out int stride)
+    {
+        bool plain = trans && !mask.Active;
+        src = plain ? ptr + ((long)j0 * ld) + p0 : null;
+        stride = ld;
+        return plain;
+    }
+
     public bool CanDot => trans && !mask.Active;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

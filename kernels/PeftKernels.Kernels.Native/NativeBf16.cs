@@ -57,6 +57,11 @@ internal static unsafe class NativeBf16
             Avx24x16 = Load("peft_bf16_avx512_24x16");
             var peak = Export("peft_bf16_avx512_peak");
             AvxPeak = (delegate* unmanaged<long, float>)peak;
+            if (Avx512BW.IsSupported)
+            {
+                PackPairs = (delegate* unmanaged[SuppressGCTransition]<float*, long, int, int, int, uint*, void>)Export("peft_bf16_pack_pairs");
+            }
+
             AvxStatus = Avx12x32.IsNull || Avx24x16.IsNull || peak == 0 ? "the library lacks the AVX512-BF16 exports" : "available";
         }
 
@@ -108,6 +113,12 @@ internal static unsafe class NativeBf16
 
     /// <summary>32 × 32 AMX-BF16 kernel (null when unavailable).</summary>
     public static Bf16KernelPointer Amx32x32 { get; }
+
+    /// <summary>
+    /// Pair packer of K-contiguous rows (src, ld, rows, kc, width, dst): dst[q·width + i] = bf16 pair of
+    /// src[i·ld + 2q], src[i·ld + 2q + 1], rows ≤ i &lt; width zero; null without AVX512-BF16/BW or the export.
+    /// </summary>
+    public static delegate* unmanaged[SuppressGCTransition]<float*, long, int, int, int, uint*, void> PackPairs { get; }
 
     /// <summary>24 vdpbf16ps chains × steps (64 flops each); returns a sum.</summary>
     public static delegate* unmanaged<long, float> AvxPeak { get; }

@@ -104,7 +104,7 @@ public class Bf16ComputeTests
     [MemberData(nameof(Kernels))]
     public void BlockBoundariesAndThreadsMatchTheBf16Bound(Bf16Kernel kernel, SimdPath path)
     {
-        foreach (int k in new[] { 1, 2, 511, 512, 513, 1025 })
+        foreach (int k in new[] { 1, 2, 511, 512, 513, 1023, 1024, 1025, 2049 })
         {
             CheckGemm(Options(kernel, path, 2), false, true, 29, 45, k, 1f, 0f, k);
         }

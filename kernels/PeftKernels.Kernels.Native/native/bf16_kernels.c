@@ -82,6 +82,66 @@ EXPORT AVX512BF16 void peft_bf16_avx512_24x16(const uint16_t* a, const uint16_t*
     for (int r = 0; r < 24; r++) store_row(c + r * ldc, acc[r], va, vb, beta, bias);
 }
 
+// Pair packer of a K-contiguous operand (rows of x, or rows of a weight W [out, in] read as op(B) = Wᵀ):
+//   dst[q·width + i] = bf16(src[i·ld + 2q]) | bf16(src[i·ld + 2q + 1]) << 16   for i < rows, q < ⌈kc/2⌉
+// (an odd kc pads a zero high half; rows ≤ i < width are zero). One pass from fp32 to the micro-kernel
+// layout, instead of an fp32 transpose followed by an in-place pairing pass. Rounding is the managed
+// Bf16Round.Bits bit for bit (nearest, ties to even, NaN stays NaN with the quiet bit), not
+// vcvtne2ps2bf16, which would flush denormals. Pairs go in chunks of 16 (a 16 × width block of dst,
+// ≤ 2 KiB, stays in L1 while every row writes its column).
+AVX512BF16 static inline __m512i round_bits(__m512i u)
+{
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+}
+
+static inline uint32_t round_bits1(uint32_t u)
+{
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u | 0x00400000u) >> 16;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+EXPORT __attribute__((target("avx512f,avx512bw,avx512bf16"))) void peft_bf16_pack_pairs(const float* src, long ld, int rows, int kc, int width, uint32_t* dst)
+{
+    int kpairs = (kc + 1) / 2;
+    // Word t of the chunk = high halves of dwords 2t and 2t+1 of the 32 rounded floats (x0: 0-15, x1: 16-31).
+    __m512i pick = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                    31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    uint32_t tmp[16] __attribute__((aligned(64)));
+    for (int q0 = 0; q0 < kpairs; q0 += 16)
+    {
+        int n = kpairs - q0 < 16 ? kpairs - q0 : 16;
+        int floats = kc - 2 * q0 < 32 ? kc - 2 * q0 : 32;
+        for (int i = 0; i < rows; i++)
+        {
+            const float* s = src + i * ld + 2 * q0;
+            if (floats == 32)
+            {
+                __m512i x0 = round_bits(_mm512_loadu_si512(s));
+                __m512i x1 = round_bits(_mm512_loadu_si512(s + 16));
+                _mm512_store_si512(tmp, _mm512_permutex2var_epi16(x0, pick, x1));
+            }
+            else
+            {
+                for (int t = 0; t < n; t++)
+                {
+                    uint32_t lo = round_bits1(((const uint32_t*)s)[2 * t]);
+                    uint32_t hi = 2 * t + 1 < floats ? round_bits1(((const uint32_t*)s)[2 * t + 1]) : 0u;
+                    tmp[t] = lo | hi << 16;
+                }
+            }
+            uint32_t* d = dst + (long)q0 * width + i;
+            for (int t = 0; t < n; t++) d[t * width] = tmp[t];
+        }
+        for (int i = rows; i < width; i++)
+        {
+            uint32_t* d = dst + (long)q0 * width + i;
+            for (int t = 0; t < n; t++) d[t * width] = 0u;
+        }
+    }
+}
+
 // Peak probe: 24 independent vdpbf16ps chains (latency × ports), `steps` rounds; 64 flops each
 // (16 lanes × 2 products × multiply-add). Returns a sum so the loop cannot be removed.
 EXPORT AVX512BF16 float peft_bf16_avx512_peak(long steps)
