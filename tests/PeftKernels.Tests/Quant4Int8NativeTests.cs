@@ -2,8 +2,10 @@
 // Quant4Int8Native) against the managed Vector512 rows (forced with Int8Kernel.Managed) and
 // Quant4Int8GemvReference: bit for bit, for NF4 and FP4, blocksizes 32..256, weight row counts not a
 // multiple of the kernel's 4, in = 32 and 64·k + 32 (the odd last chunk), 1..4 activation rows, a
-// zero chunk and a zero weight row, 1 and 2 threads, and Rows over odd column ranges. Skipped, with
+// zero chunk and a zero weight row, 1 and 2 threads, Rows over odd column ranges, and the engine's
+// integer decode (EngineOptions.Int8Kernel) giving the same tokens either way. Skipped, with
 // the reason, where the library is not built or the processor lacks AVX512-VNNI/VBMI.
+using PeftKernels.Engine;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Native;
 using PeftKernels.Kernels.Reference;
@@ -137,6 +139,20 @@ public class Quant4Int8NativeTests
                 }
             }
         }
+    }
+
+    [Avx512VnniFact]
+    public void EngineIntegerDecodeGivesTheSameTokensNativeOrManaged()
+    {
+        // Tiny NF4 Llama (hidden 64: q/k/v/o and gate/up run the integer rows), greedy, a LoRA adapter on top.
+        using var fx = new EngineFixture(quantized: true);
+        int[] Generate(Int8Kernel kernel)
+        {
+            using var engine = fx.Engine(new EngineOptions { Threads = 1, IntegerDecode = true, Int8Kernel = kernel, MaxSequenceLength = 64 });
+            return engine.Run([new EngineRequest([1, 2, 3, 4, 5], "r8", new SamplingParams(MaxTokens: 24))])[0].Tokens;
+        }
+
+        Assert.Equal(Generate(Int8Kernel.Managed), Generate(Int8Kernel.Avx512Vnni));
     }
 
     [Fact]
