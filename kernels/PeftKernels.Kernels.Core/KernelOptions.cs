@@ -32,6 +32,9 @@ public readonly record struct KernelOptions(int Threads = 0, SimdPath Path = Sim
     /// <summary>With <see cref="ComputePrecision.Bf16"/>: which micro-kernel (Auto picks the fastest available; Managed forces the fallback).</summary>
     public Bf16Kernel Bf16Kernel { get; init; }
 
+    /// <summary>The integer 4-bit GEMV's row kernel (Auto picks the native AVX512-VNNI rows where available; Managed forces the fallback).</summary>
+    public Int8Kernel Int8Kernel { get; init; }
+
     /// <summary>True when the processor and runtime can execute <paramref name="path"/>.</summary>
     public static bool IsSupported(SimdPath path) => path switch
     {

@@ -5,6 +5,8 @@
 // (s32, 8 lanes), or one AvxVnni u8·s8 dot → the same 8 lanes. The lanes times the chunk's
 // scale are added with FMA into acc[8·(c mod 2) + lane]: Vector512 takes two chunks per step
 // (chunk c in lanes 0..7, c + 1 in 8..15), Vector256 keeps two accumulators, scalar indexes them.
+// On the Vector512 path Quant4Int8Gemv runs the native AVX512-VNNI rows instead where it can
+// (Quant4Int8Native.cs, native/q4_int8_kernels.c): the same lanes and fp32 order as Row512, bit-identical.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;

@@ -9,7 +9,10 @@
 //   dot:         per chunk, 32 int8·int8 products summed exactly into 8 int32 lanes:
 //                Avx512BW / Avx2 MultiplyAddAdjacent (|w|·sign(q, w) as u8·s8 pairs → s16, no
 //                saturation since 2·127·127 < 2¹⁵; then s16 pairs → s32), or AvxVnni's
-//                u8·s8 dot where the processor has it (the same lanes, the same integers).
+//                u8·s8 dot where the processor has it (the same lanes, the same integers), or,
+//                on the Vector512 path, the native AVX512-VNNI rows (Quant4Int8Native.cs,
+//                native/q4_int8_kernels.c: vpdpbusd, 4 weight rows per activation load; chosen by
+//                KernelOptions.Int8Kernel, Auto where the CPU and the library have them).
 //   scale:       each chunk's lanes × (sx · (absmax · 1/127)) accumulated in fp32 with FMA
 //                into 16 accumulators (even chunks 0..7, odd chunks 8..15), then reduced in
 //                a fixed order: bit-identical on every SIMD path and thread count, and equal
@@ -55,6 +58,7 @@ public static unsafe class Quant4Int8Gemv
         }
 
         var path = IntegerPath(options.ResolvePath());
+        bool native = Quant4Int8Native.Use(options.Int8Kernel, path);
         int threads = options.ResolveThreads();
         int scaleLength = ScaleLength(n, inFeatures, path);
         sbyte[] q = ArrayPool<sbyte>.Shared.Rent(n * inFeatures);
@@ -67,7 +71,7 @@ public static unsafe class Quant4Int8Gemv
             fixed (sbyte* pq = q)
             {
                 var job = new Job(pw, pabs, pq, psx, bias.Length == 0 ? null : pb, py, Table8(w.Type), n, inFeatures, outFeatures,
-                    System.Numerics.BitOperations.Log2((uint)w.Blocksize), path);
+                    System.Numerics.BitOperations.Log2((uint)w.Blocksize), path, native);
                 int parts = Math.Max(1, Math.Min(threads, outFeatures / 64));
                 CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
                 {
@@ -125,13 +129,15 @@ public static unsafe class Quant4Int8Gemv
     /// <param name="j0">First output column.</param>
     /// <param name="j1">End of the output columns (exclusive), j0 ≤ j1 ≤ outFeatures.</param>
     /// <param name="path">SIMD path, the one the activations were quantized for.</param>
+    /// <param name="kernel">Row kernel: Auto (native AVX512-VNNI where available on the Vector512 path), Avx512Vnni or Managed.</param>
     /// <exception cref="ArgumentException">A length or w's shape differs from what the dims imply, or the column range is out of range.</exception>
-    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor, or <paramref name="kernel"/> cannot run here.</exception>
     public static void Rows(ReadOnlySpan<sbyte> qx, ReadOnlySpan<float> scales, QuantizedWeight w, Span<float> y,
-        int m, int inFeatures, int outFeatures, int j0, int j1, SimdPath path)
+        int m, int inFeatures, int outFeatures, int j0, int j1, SimdPath path, Int8Kernel kernel = Int8Kernel.Auto)
     {
         ArgumentNullException.ThrowIfNull(w);
         var resolved = CheckPhase(m, inFeatures, qx.Length, scales.Length, path);
+        bool native = Quant4Int8Native.Use(kernel, resolved);
         if (w.Shape.Length != 2 || w.Shape[0] != outFeatures || w.Shape[1] != inFeatures)
         {
             throw new ArgumentException($"w has shape [{string.Join(", ", w.Shape)}]; expected [{outFeatures}, {inFeatures}] ([outFeatures, inFeatures]).", nameof(w));
@@ -153,7 +159,7 @@ public static unsafe class Quant4Int8Gemv
         fixed (sbyte* pq = qx)
         {
             new Job(pw, pabs, pq, psx, null, py, Table8(w.Type), m, inFeatures, outFeatures,
-                System.Numerics.BitOperations.Log2((uint)w.Blocksize), resolved).Run(j0, j1);
+                System.Numerics.BitOperations.Log2((uint)w.Blocksize), resolved, native).Run(j0, j1);
         }
     }
 
@@ -233,13 +239,28 @@ public static unsafe class Quant4Int8Gemv
     }
 
     private readonly struct Job(byte* w, float* absmax, sbyte* q, float* sx, float* bias, float* y, Vector128<sbyte> table,
-        int n, int inFeatures, int outFeatures, int blockShift, SimdPath path)
+        int n, int inFeatures, int outFeatures, int blockShift, SimdPath path, bool native)
     {
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Run(int j0, int j1)
         {
             int chunks = inFeatures / Chunk;
             bool onePairScale = inFeatures % (2 * Chunk) == 0 && blockShift >= 6; // both chunks of a pair in one weight block
+            if (native)
+            {
+                var t8 = table;
+                Quant4Int8Native.Rows(w, absmax, q, sx, y, (sbyte*)&t8, n, inFeatures, outFeatures, blockShift, onePairScale, j0, j1);
+                for (int r = 0; bias != null && r < n; r++)
+                {
+                    for (int j = j0; j < j1; j++)
+                    {
+                        y[((long)r * outFeatures) + j] += bias[j];
+                    }
+                }
+
+                return;
+            }
+
             float* acc = stackalloc float[16];
             for (int j = j0; j < j1; j++)
             {

@@ -1,10 +1,10 @@
-// Loader of libpeftnative.so (native/bf16_kernels.c): finds the library next to the assemblies, checks
-// the processor with CPUID and hands out unmanaged function pointers to the micro-kernels it can run.
+// The bf16 kernels of libpeftnative.so (native/bf16_kernels.c; the library is loaded by PeftNative.cs):
+// checks the processor with CPUID and hands out unmanaged function pointers to the micro-kernels it can run.
 //   AVX512-BF16: CPUID.(EAX=7, ECX=1):EAX[5], with AVX-512F usable (the runtime's Avx512F check covers
 //                the OS saving the zmm state).
 //   AMX-BF16:    CPUID.(EAX=7, ECX=0):EDX[22] (AMX-BF16) and EDX[24] (AMX-TILE), and Linux granting the
 //                tile-data state (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) returning 0).
-// PEFT_NATIVE=0 in the environment makes the loader report no library (the managed path everywhere).
+// PEFT_NATIVE=0 in the environment makes PeftNative report no library (the managed path everywhere).
 // A missing library, a missing export or a processor without the instructions is not an error: the
 // matching property is null and Unavailable says why, so callers fall back to managed code.
 using System.Runtime.InteropServices;
@@ -27,26 +27,16 @@ internal unsafe readonly struct Bf16KernelPointer(delegate* unmanaged[SuppressGC
 internal static unsafe class NativeBf16
 {
     /// <summary>File name of the library, next to the assemblies.</summary>
-    public const string LibraryName = "libpeftnative.so";
-
-    private static readonly IntPtr Handle;
+    public const string LibraryName = PeftNative.LibraryName;
 
     static NativeBf16()
     {
-        if (Environment.GetEnvironmentVariable("PEFT_NATIVE") == "0")
+        if (!PeftNative.Loaded)
         {
-            LibraryStatus = "disabled by PEFT_NATIVE=0";
-            AvxStatus = AmxStatus = LibraryStatus;
+            AvxStatus = AmxStatus = PeftNative.LibraryStatus;
             return;
         }
 
-        if (!TryLoad(out Handle, out string status))
-        {
-            LibraryStatus = AvxStatus = AmxStatus = status;
-            return;
-        }
-
-        LibraryStatus = "loaded " + status;
         if (!HasAvx512Bf16)
         {
             AvxStatus = "the processor lacks AVX512-BF16 (CPUID.(7,1):EAX[5]) or AVX-512F";
@@ -91,7 +81,7 @@ internal static unsafe class NativeBf16
     }
 
     /// <summary>"loaded &lt;path&gt;", or why there is no library.</summary>
-    public static string LibraryStatus { get; }
+    public static string LibraryStatus => PeftNative.LibraryStatus;
 
     /// <summary>"available", or why the AVX512-BF16 kernels cannot run.</summary>
     public static string AvxStatus { get; }
@@ -134,44 +124,7 @@ internal static unsafe class NativeBf16
     public static bool HasAmxBf16 =>
         X86Base.IsSupported && X86Base.CpuId(0, 0).Eax >= 7 && (X86Base.CpuId(7, 0).Edx & ((1 << 22) | (1 << 24))) == ((1 << 22) | (1 << 24));
 
-    private static bool TryLoad(out IntPtr handle, out string status)
-    {
-        handle = IntPtr.Zero;
-        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64)
-        {
-            status = $"the native kernels are built for Linux x64 only (this is {RuntimeInformation.OSDescription}, {RuntimeInformation.ProcessArchitecture})";
-            return false;
-        }
-
-        string?[] folders = [AppContext.BaseDirectory, Path.GetDirectoryName(typeof(NativeBf16).Assembly.Location)];
-        foreach (var folder in folders)
-        {
-            if (string.IsNullOrEmpty(folder))
-            {
-                continue;
-            }
-
-            string path = Path.Combine(folder, LibraryName);
-            if (File.Exists(path) && NativeLibrary.TryLoad(path, out handle))
-            {
-                status = path;
-                return true;
-            }
-        }
-
-        // A NuGet install puts it under runtimes/linux-x64/native/, which the runtime's own probing (deps.json) finds.
-        if (NativeLibrary.TryLoad(LibraryName, typeof(NativeBf16).Assembly, null, out handle))
-        {
-            status = LibraryName + " (runtime probing)";
-            return true;
-        }
-
-        status = $"{LibraryName} was not found next to the assemblies in {AppContext.BaseDirectory} (built only when a C compiler was on PATH)";
-        return false;
-    }
-
-    private static IntPtr Export(string name) =>
-        NativeLibrary.TryGetExport(Handle, name, out var address) ? address : IntPtr.Zero;
+    private static IntPtr Export(string name) => PeftNative.Export(name);
 
     private static Bf16KernelPointer Load(string name) =>
         new((delegate* unmanaged[SuppressGCTransition]<ushort*, ushort*, int, float*, long, float, float, float*, void>)Export(name));

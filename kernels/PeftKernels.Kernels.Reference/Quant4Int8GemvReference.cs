@@ -1,7 +1,7 @@
 // The integer 4-bit decode GEMV, in plain C#: the specification the fast kernel
-// (Quant4Int8Gemv) matches bit for bit on every SIMD path. W is a 4-bit tensor [out, in]
-// in bitsandbytes' layout (docs/formats/4bit-formats.md): packed codes, first element of a
-// byte in its high nibble, one fp32 absmax per block of the flattened tensor.
+// (Quant4Int8Gemv) matches bit for bit on every SIMD path and with the native AVX512-VNNI rows.
+// W is a 4-bit tensor [out, in] in bitsandbytes' layout (docs/formats/4bit-formats.md): packed
+// codes, first element of a byte in its high nibble, one fp32 absmax per block of the flattened tensor.
 //   chunks:      each row of x and of W splits into chunks of 32 elements (in % 32 == 0, so a
 //                chunk never straddles a weight block: blocksizes are powers of two ≥ 32).
 //   activations: per chunk c of row r, m = max |x|, sx = m / 127 and q = round(x · (127 / m))

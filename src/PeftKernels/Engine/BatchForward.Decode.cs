@@ -207,7 +207,7 @@ internal sealed partial class BatchForward
                 if (jobInteger)
                 {
                     Quant4Int8Gemv.Rows(quantizedInput.AsSpan(0, jobRows * jobIn), quantizedScales.AsSpan(0, Quant4Int8Gemv.ScaleLength(jobRows, jobIn, path)),
-                        jobQuantized[i]!, y, jobRows, jobIn, outF, j0, j1, path);
+                        jobQuantized[i]!, y, jobRows, jobIn, outF, j0, j1, path, kernel.Int8Kernel);
                 }
                 else
                 {

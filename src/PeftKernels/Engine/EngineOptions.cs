@@ -44,8 +44,14 @@ public sealed record EngineOptions
     /// <summary>Sequences whose prompts start alike share the KV blocks of the common full blocks (copy on write).</summary>
     public bool PrefixSharing { get; init; } = true;
 
+    /// <summary>
+    /// With <see cref="IntegerDecode"/>: the integer GEMV's row kernel (Auto: the native AVX512-VNNI rows where the CPU and
+    /// libpeftnative.so have them; Managed forces the managed rows). Both give the same bits.
+    /// </summary>
+    public Int8Kernel Int8Kernel { get; init; }
+
     /// <summary>The kernel options these settings give.</summary>
-    internal KernelOptions Kernel => new(Threads, Path) { Compute = Compute };
+    internal KernelOptions Kernel => new(Threads, Path) { Compute = Compute, Int8Kernel = Int8Kernel };
 
     /// <summary>Checks every setting against the model's limits.</summary>
     /// <exception cref="ArgumentException">A setting is out of range (the setting and value are named).</exception>
