@@ -95,13 +95,72 @@ public sealed class MixLoraBlock : Module
         ArgumentNullException.ThrowIfNull(context);
         bool training = Training && Autograd.Tape.IsRecording;
         var input = training && Config.JitterNoise > 0 ? Functional.ScaleElements(x, Jitter(x.Count, context.DropoutSeed)) : x;
-        int n = input.Rows, k = Config.TopK, kernelHidden = mlp.DownProj.OutFeatures;
+        int k = Config.TopK;
         var probs = Functional.Softmax(Functional.Gemm(input, Router, null, context.Kernel));
         var route = Functional.TopKRouting(probs, k);
         PendingRoute = training ? (probs, route.Selected) : null;
 
         var gate = mlp.GateProj.Forward(input, context);
         var up = mlp.UpProj.Forward(input, context);
+        return input.Device.IsGpu
+            ? ForwardPerExpert(mlp, input, gate, up, route, context)
+            : ForwardSegmented(mlp, input, gate, up, route, context);
+    }
+
+    /// <summary>
+    /// The host path: the k·n (token, slot) pairs sorted by expert (tokens ascending within an expert), x, gate and up gathered
+    /// once into that order, one segmented LoRA per module (segment e = expert e's rows), one SwiGLU over the k·n rows, and one
+    /// routed sum back to n rows for the activations and one for the down-projection deltas.
+    /// </summary>
+    private Tensor ForwardSegmented(LlamaMlp mlp, Tensor input, Tensor gate, Tensor up, TopKRoute route, ForwardContext context)
+    {
+        int n = input.Rows, k = Config.TopK, count = Config.NumExperts, kernelHidden = mlp.DownProj.OutFeatures;
+        var (rows, slots, _) = Group(route.Selected, n, k, count);
+        var starts = new int[count + 1];
+        for (int e = 0; e < count; e++)
+        {
+            starts[e + 1] = starts[e] + rows[e].Length;
+        }
+
+        int[] tokenOf = [.. rows.SelectMany(r => r)], slotOf = [.. slots.SelectMany(s => s)];
+        bool gateLora = Expert("gate_proj", 0) != null, upLora = Expert("up_proj", 0) != null;
+        var xs = gateLora || upLora ? Functional.GatherRows(input, tokenOf) : null;
+        var gs = Functional.GatherRows(gate, tokenOf);
+        var us = Functional.GatherRows(up, tokenOf);
+        if (gateLora)
+        {
+            gs = Segmented("gate_proj", gs, xs!, starts, context);
+        }
+
+        if (upLora)
+        {
+            us = Segmented("up_proj", us, xs!, starts, context);
+        }
+
+        var act = Functional.SwiGlu(gs, us, context.Kernel);
+        int[][] tokenList = [tokenOf], slotList = [slotOf];
+        var y = mlp.DownProj.Forward(Functional.RoutedSum([act], tokenList, slotList, route.Weights, n), context);
+        if (Expert("down_proj", 0) == null)
+        {
+            return y;
+        }
+
+        var delta = Segmented("down_proj", Tensor.Zeros(tokenOf.Length, kernelHidden), act, starts, context);
+        return Functional.Add(y, Functional.RoutedSum([delta], tokenList, slotList, route.Weights, n));
+    }
+
+    /// <summary>y + each expert's LoRA on <paramref name="module"/> over its segment of the expert-sorted rows.</summary>
+    private Tensor Segmented(string module, Tensor y, Tensor x, int[] starts, ForwardContext context)
+    {
+        var list = experts[module];
+        var options = list.Select(l => Options(l, context)).ToArray();
+        return Functional.SegmentedLoraBranch(y, x, [.. list.Select(l => l.Factors)], starts, options[0].Dropout, [.. options.Select(o => o.Seed)], context.Kernel);
+    }
+
+    /// <summary>The device path: each expert's tokens gathered and run through LoraBranch and SwiGLU separately (docs/formats/mixlora.md#forward).</summary>
+    private Tensor ForwardPerExpert(LlamaMlp mlp, Tensor input, Tensor gate, Tensor up, TopKRoute route, ForwardContext context)
+    {
+        int n = input.Rows, k = Config.TopK, kernelHidden = mlp.DownProj.OutFeatures;
         var (rows, slots, ids) = Group(route.Selected, n, k, Config.NumExperts);
         var acts = new List<Tensor>(ids.Count);
         var deltas = new List<Tensor>(ids.Count);
@@ -127,7 +186,7 @@ public sealed class MixLoraBlock : Module
             acts.Add(act);
             if (Expert("down_proj", e) is { } downLora)
             {
-                deltas.Add(Functional.LoraBranch(Zeros(x.Device, rowsE.Length, kernelHidden), act, downLora.Factors, null, Options(downLora, context)));
+                deltas.Add(Functional.LoraBranch(Zeros(input.Device, rowsE.Length, kernelHidden), act, downLora.Factors, null, Options(downLora, context)));
             }
         }
 

@@ -1,0 +1,102 @@
+// Segmented LoRA branch (training): adapter t on the contiguous rows of segment t of one batch, as one
+// autograd op (docs/formats/mixlora.md#forward uses it with one segment per expert). x [n, in],
+// y [n, out]; segment t = rows [starts[t], starts[t + 1]), adapter t = (A_t [r_t, in], B_t [out, r_t],
+// s_t), dropout p with seed_t:
+//   y'[seg t] = y[seg t] + s_t · drop_t(x[seg t]) · A_tᵀ · B_tᵀ     (other rows unchanged)
+// Backward, g = dL/dy' (Kernels.Cpu.SegmentedLoraTraining; per segment, the chain rule of LoraBranch):
+//   dy = g (passed on);  dB_t = s_t·g_tᵀ·h_t;  dA_t = (s_t·g_t·B_t)ᵀ·u_t;  dx[seg t] = drop_t'(s_t·g_t·B_t·A_t)
+// Why: one node and one pass over all experts' rows instead of a LoraBranch (and the gathers around it)
+// per expert. y is consumed: its storage receives the sum and is handed back as the output. Host
+// tensors only (the MixLoRA block keeps its per-expert path on a device); lora_B biases and DoRA
+// magnitudes are refused (MixLoRA experts have neither).
+using PeftKernels.Kernels.Cpu;
+
+namespace PeftKernels.Ops;
+
+public static partial class Functional
+{
+    /// <summary>
+    /// y[seg t] + s_t·drop_t(x[seg t])·A_tᵀ·B_tᵀ for every segment t = rows [starts[t], starts[t + 1]) of y [n, out] and x [n, in];
+    /// <paramref name="y"/> is consumed (its storage receives the sum). <paramref name="seeds"/>: the dropout seed per segment (may be null when p = 0).
+    /// </summary>
+    public static Tensor SegmentedLoraBranch(Tensor y, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts, float dropout, ulong[]? seeds,
+        KernelOptions kernel = default)
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(adapters);
+        ArgumentNullException.ThrowIfNull(segmentStarts);
+        if (x.Device.IsGpu || y.Device.IsGpu)
+        {
+            throw new NotSupportedException("segmented LoRA branch: host tensors only (on a device, run one LoraBranch per segment).");
+        }
+
+        int n = x.Rows, inF = x.Columns, outF = y.Columns;
+        if (y.Rows != n)
+        {
+            throw new ArgumentException($"segmented LoRA branch: y [{string.Join(", ", y.Shape)}] and x [{string.Join(", ", x.Shape)}] have different row counts.", nameof(y));
+        }
+
+        foreach (var lora in adapters)
+        {
+            lora.Check(inF, outF, "segmented LoRA branch");
+            if (lora.Bias != null || lora.Magnitude != null)
+            {
+                throw new ArgumentException($"segmented LoRA branch, adapter '{lora.Name}': a lora_B bias or DoRA magnitude is not supported here.", nameof(adapters));
+            }
+        }
+
+        var a = adapters.Select(l => l.A.Data).ToArray();
+        var b = adapters.Select(l => l.B.Data).ToArray();
+        var scales = adapters.Select(l => l.Scale).ToArray();
+        var seedList = seeds ?? new ulong[adapters.Count];
+        var ranks = adapters.Select(l => l.Rank).ToArray();
+        if (segmentStarts.Length != adapters.Count + 1)
+        {
+            throw new ArgumentException($"segmented LoRA branch: {segmentStarts.Length} segment starts for {adapters.Count} adapters (need one more start than adapters).", nameof(segmentStarts));
+        }
+
+        if (segmentStarts.Zip(segmentStarts.Skip(1)).Any(p => p.Second < p.First) || segmentStarts[0] < 0 || segmentStarts[^1] > n)
+        {
+            throw new ArgumentException($"segmented LoRA branch: the segment starts must be non-decreasing within [0, {n}].", nameof(segmentStarts));
+        }
+
+        var h = GC.AllocateUninitializedArray<float>((int)SegmentedLoraTraining.HLength(segmentStarts, ranks));
+        var yd = y.Data;
+        SegmentedLoraTraining.ForwardAccumulate(x.Data, segmentStarts, a, b, scales, seedList, dropout, yd, h, n, inF, outF, kernel);
+        bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || adapters.Any(l => l.A.RequiresGrad || l.B.RequiresGrad));
+        if (!record)
+        {
+            return y;
+        }
+
+        var output = new Tensor(yd, y.Shape);
+        Tape.Record(output, () =>
+        {
+            var g = output.Grad!;
+            float[] dx = x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
+            // An adapter whose segment is empty gets no gradient at all (as when it is not run), not a zero one.
+            bool Used(int t) => segmentStarts[t + 1] > segmentStarts[t];
+            var da = adapters.Select((l, t) => l.A.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.A.Count) : null).ToArray();
+            var db = adapters.Select((l, t) => l.B.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.B.Count) : null).ToArray();
+            SegmentedLoraTraining.Backward(g, x.Data, segmentStarts, h, a, b, scales, seedList, dropout, dx, da, db, n, inF, outF, kernel);
+            Grad.AddOwned(x, dx);
+            for (int t = 0; t < adapters.Count; t++)
+            {
+                if (da[t] is { } dat)
+                {
+                    Grad.AddOwned(adapters[t].A, dat);
+                }
+
+                if (db[t] is { } dbt)
+                {
+                    Grad.AddOwned(adapters[t].B, dbt);
+                }
+            }
+
+            // dy = g: y's storage is the output's, and nothing reads g after this node, so it is handed over without a copy.
+            Grad.AddOwned(y, g);
+        });
+        return output;
+    }
+}
