@@ -14,7 +14,9 @@
 // Every device buffer is allocated at construction, sized for the step's maximum rows and sequences;
 // only the step-input buffers (when more adapter chunks are resident than before) and the SGMV scratch
 // (when an adapter of a larger rank is loaded) grow, between steps, never per step in steady state.
-// Not served here (the engine refuses them on a device): bottleneck, MixLoRA and X-LoRA adapters.
+// Bottleneck adapters (and their Stack / Average / Fuse compositions) add their residual-site Δ on their
+// sequences' rows before each residual add (DeviceBatchForward.Sites.cs), with no extra wait.
+// Not served here (the engine refuses them on a device): MixLoRA and X-LoRA adapters.
 using PeftKernels.Models;
 using FloatView = ILGPU.Runtime.ArrayView1D<float, ILGPU.Stride1D.Dense>;
 
@@ -206,6 +208,7 @@ internal sealed partial class DeviceBatchForward : IDisposable
         PagedAttentionKernels.Forward(accelerator, qs, blocks.Keys(l), blocks.Values(l), inputs.Positions, inputs.RowTables, inputs.Tables,
             Rows(att, qDim, n), n, heads, kvHeads, headDim, blockSize, 1f / MathF.Sqrt(headDim));
         Project(l, Projections.O, Rows(att, qDim, n), ts, batch, table);
+        AddSites(l, attention: true, xs, ts, batch, table);
         AddKernels.Forward(accelerator, xs, ts, xs);
         RmsNormKernels.Forward(accelerator, xs, postNorms[l], eps, ns, rstd.View.SubView(0, n), n, hidden);
         var gs = Rows(gate, inter, n);
@@ -214,6 +217,7 @@ internal sealed partial class DeviceBatchForward : IDisposable
         Project(l, Projections.Up, ns, us, batch, table);
         SwiGluKernels.Forward(accelerator, gs, us, gs);
         Project(l, Projections.Down, gs, ts, batch, table);
+        AddSites(l, attention: false, xs, ts, batch, table);
         AddKernels.Forward(accelerator, xs, ts, xs);
     }
 

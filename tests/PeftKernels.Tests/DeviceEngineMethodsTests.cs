@@ -1,0 +1,126 @@
+// The device engine (model on the shared ILGPU CPU accelerator standing in for CUDA) serving adapter
+// kinds beyond LoRA / DoRA / IA³, mixed in one batch with LoRA and base requests, against the CPU engine
+// with the same requests: equal greedy tokens and, at every sampled step, logits within fp32 tolerance.
+// Bottleneck: Houlsby (swish, both sites), Pfeiffer (channel scaling, original_ln_before), parallel
+// (constant scaling 4), a Stack over a Fuse and an Average; their sites run the library's device ops on
+// the sequence's rows with no extra wait (exactly one wait per step, counted by DeviceSync). MixLoRA and
+// X-LoRA stay refused on a device with the method and the reason.
+using PeftKernels.Engine;
+using PeftKernels.Kernels.Gpu;
+using PeftKernels.Peft.Bottleneck;
+using PeftKernels.Testing;
+using Xunit;
+
+namespace PeftKernels.Tests;
+
+[Collection("Gpu")]
+public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
+{
+    private Device Accel => Device.FromAccelerator(gpu.Accelerator);
+
+    private static int[] Prompt(int seed, int length, int vocab)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, length).Select(_ => rng.Next(vocab))];
+    }
+
+    /// <summary>Saves bottleneck folders bn, pf, par, fused (Stack(Fuse(bn, pf))) and avg (Average(bn, par)) under <paramref name="root"/>.</summary>
+    private static void SaveBottlenecks(EngineFixture fx, string root)
+    {
+        var owner = fx.NewModel();
+        var set = BottleneckAdapters.Of(owner);
+        set.Add("bn", BottleneckConfig.Houlsby() with { ReductionFactor = 8 }, seed: 1);
+        set.Add("pf", BottleneckConfig.Pfeiffer() with { ReductionFactor = 8, ScalingKind = BottleneckScalingKind.Channel }, seed: 2);
+        set.Add("par", BottleneckConfig.Parallel() with { ReductionFactor = 8 }, seed: 3);
+        BottleneckAdapterTests.Randomize(set, 5);
+        var fuse = AdapterSetup.Fuse("bn", "pf");
+        set.AddFusion(fuse, seed: 4);
+        BottleneckAdapterTests.Randomize(set, 6);
+        foreach (var (name, setup) in new (string, AdapterSetup)[]
+        {
+            ("bn", "bn"), ("pf", "pf"), ("par", "par"), ("fused", AdapterSetup.Stack(fuse)), ("avg", AdapterSetup.Average([0.3, 0.7], "bn", "par")),
+        })
+        {
+            set.ActiveSetup = setup;
+            set.Save(Path.Combine(root, name));
+        }
+
+        set.Detach();
+    }
+
+    private InferenceEngine Engine(EngineFixture fx, EngineOptions options, bool onDevice, string root, IEnumerable<string> extra)
+    {
+        var model = fx.NewModel();
+        if (onDevice)
+        {
+            model.To(Accel);
+        }
+
+        var engine = new InferenceEngine(model, options);
+        foreach (var name in EngineFixture.AdapterNames)
+        {
+            engine.Adapters.Load(name, fx.Folder(name));
+        }
+
+        foreach (var name in extra)
+        {
+            engine.Adapters.Load(name, Path.Combine(root, name));
+        }
+
+        return engine;
+    }
+
+    private static Dictionary<long, List<float[]>> Record(InferenceEngine engine)
+    {
+        var seen = new Dictionary<long, List<float[]>>();
+        engine.ObserveLogits = (s, logits) =>
+        {
+            if (!seen.TryGetValue(s.Id, out var list))
+            {
+                seen[s.Id] = list = [];
+            }
+
+            list.Add(logits.ToArray());
+        };
+        return seen;
+    }
+
+    [Fact]
+    public void BottleneckCompositionsLoraAndBaseInOneBatchMatchTheCpuEngineWithOneWaitPerStep()
+    {
+        using var fx = new EngineFixture();
+        using var folder = new TempFolder();
+        SaveBottlenecks(fx, folder.Path);
+        string[] bottlenecks = ["bn", "pf", "par", "fused", "avg"];
+        string?[] mix = [null, "bn", "r8", "fused", "avg", "pf", "dora", "par"];
+        var requests = mix.Select((a, i) => new EngineRequest(Prompt(i + 80, 2 + (i * 3 % 5), fx.Vocab), a, new SamplingParams(MaxTokens: 3))).ToList();
+        var options = new EngineOptions { MaxBatchTokens = 64, MaxRunningSequences = 8, BlockSize = 4 };
+        using var cpu = Engine(fx, options, onDevice: false, folder.Path, bottlenecks);
+        using var device = Engine(fx, options, onDevice: true, folder.Path, bottlenecks);
+        var cpuLogits = Record(cpu);
+        var deviceLogits = Record(device);
+        var expected = cpu.Run(requests);
+        long waits = DeviceSync.Count(gpu.Accelerator);
+        var got = device.Run(requests);
+
+        // The bottleneck sites queue their ops: the step's one wait (the logits download) is the only one.
+        Assert.Equal(device.Stats.Steps, DeviceSync.Count(gpu.Accelerator) - waits);
+        Assert.True(device.DeviceForward!.SiteLaunches > 0);
+        for (int i = 0; i < requests.Count; i++)
+        {
+            Assert.Equal(FinishReason.Length, got[i].Finish);
+            Assert.Equal(expected[i].Tokens, got[i].Tokens);
+        }
+
+        foreach (var (id, steps) in cpuLogits)
+        {
+            Assert.Equal(steps.Count, deviceLogits[id].Count);
+            for (int t = 0; t < steps.Count; t++)
+            {
+                TestUtil.AssertClose(deviceLogits[id][t], steps[t], 1e-4 * Math.Max(1, steps[t].Max(MathF.Abs)), 1e-4, $"sequence {id} step {t}");
+            }
+        }
+
+        Assert.Equal(0, device.Pool.UsedBlocks);
+    }
+}
