@@ -3,10 +3,13 @@
 // with the same requests: equal greedy tokens and, at every sampled step, logits within fp32 tolerance.
 // Bottleneck: Houlsby (swish, both sites), Pfeiffer (channel scaling, original_ln_before), parallel
 // (constant scaling 4), a Stack over a Fuse and an Average; their sites run the library's device ops on
-// the sequence's rows with no extra wait (exactly one wait per step, counted by DeviceSync). MixLoRA and
-// X-LoRA stay refused on a device with the method and the reason.
+// the sequence's rows with no extra wait (exactly one wait per step, counted by DeviceSync). MixLoRA (one
+// adapter with attention LoRA and MLP experts, one with MLP experts only) next to LoRA and base rows:
+// exactly 1 + layers × 2 waits per step (each block call reads its top-k routing once). X-LoRA stays
+// refused on a device with the method and the reason.
 using PeftKernels.Engine;
 using PeftKernels.Kernels.Gpu;
+using PeftKernels.Peft;
 using PeftKernels.Peft.Bottleneck;
 using PeftKernels.Testing;
 using Xunit;
@@ -46,6 +49,31 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
         }
 
         set.Detach();
+    }
+
+    /// <summary>Saves MixLoRA folders mix (attention LoRA + 4 experts, top-2) and mlp (3 experts on up/down, top-1) under <paramref name="root"/>.</summary>
+    private static void SaveMixLoras(EngineFixture fx, string root)
+    {
+        foreach (var (name, config, seed) in new (string, MixLoraConfig, int)[]
+        {
+            ("mix", new MixLoraConfig { NumExperts = 4, TopK = 2, R = 4, LoraAlpha = 8, LoraDropout = 0 }, 3),
+            ("mlp", new MixLoraConfig { NumExperts = 3, TopK = 1, R = 2, LoraAlpha = 4, LoraDropout = 0, UseRsLora = true, TargetModules = ["up_proj", "down_proj"] }, 5),
+        })
+        {
+            var model = fx.NewModel();
+            var adapter = MixLoraAdapter.Attach(model, config, seed);
+            int i = 0;
+            foreach (var (key, p) in model.NamedParameters().Where(p => p.Parameter.Trainable))
+            {
+                bool router = key.Contains("moe_gate", StringComparison.Ordinal);
+                if (router || key.Contains("lora_B", StringComparison.Ordinal))
+                {
+                    TestUtil.Random(p.Data.Length, seed + (++i), router ? 1f : 0.3f).CopyTo(p.Data, 0);
+                }
+            }
+
+            adapter.Save(Path.Combine(root, name));
+        }
     }
 
     private InferenceEngine Engine(EngineFixture fx, EngineOptions options, bool onDevice, string root, IEnumerable<string> extra)
@@ -91,21 +119,46 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
         using var fx = new EngineFixture();
         using var folder = new TempFolder();
         SaveBottlenecks(fx, folder.Path);
-        string[] bottlenecks = ["bn", "pf", "par", "fused", "avg"];
         string?[] mix = [null, "bn", "r8", "fused", "avg", "pf", "dora", "par"];
-        var requests = mix.Select((a, i) => new EngineRequest(Prompt(i + 80, 2 + (i * 3 % 5), fx.Vocab), a, new SamplingParams(MaxTokens: 3))).ToList();
+        var (device, waits) = Compare(fx, folder.Path, ["bn", "pf", "par", "fused", "avg"], mix, maxTokens: 3);
+
+        // The bottleneck sites queue their ops: the step's one wait (the logits download) is the only one.
+        Assert.Equal(device.Steps, waits);
+        Assert.True(device.SiteLaunches > 0);
+    }
+
+    [Fact]
+    public void MixLoraLoraAndBaseInOneBatchMatchTheCpuEngineWithOneWaitPerStepAndBlockCall()
+    {
+        using var fx = new EngineFixture();
+        using var folder = new TempFolder();
+        SaveMixLoras(fx, folder.Path);
+        string?[] mix = ["mix", null, "r8", "mlp", "mix"];
+        var (device, waits) = Compare(fx, folder.Path, ["mix", "mlp"], mix, maxTokens: 2);
+
+        // Every step holds rows of both MixLoRA adapters: one block call per adapter and layer, each waiting once for its routing.
+        int layers = fx.Reference.Config.NumHiddenLayers;
+        Assert.Equal(2, device.Steps);
+        Assert.Equal(device.Steps * layers * 2, device.MixLoraBlockCalls);
+        Assert.Equal(device.Steps * (1 + (layers * 2)), waits);
+    }
+
+    /// <summary>
+    /// Runs one request per entry of <paramref name="adapters"/> on the CPU engine and the device engine (both with the fixture's
+    /// adapters and <paramref name="extra"/> loaded); asserts equal tokens and close logits; returns the device's counters and its waits.
+    /// </summary>
+    private ((long Steps, long SiteLaunches, long MixLoraBlockCalls) Device, long Waits) Compare(EngineFixture fx, string root, string[] extra, string?[] adapters, int maxTokens)
+    {
+        var requests = adapters.Select((a, i) => new EngineRequest(Prompt(i + 80, 2 + (i * 3 % 5), fx.Vocab), a, new SamplingParams(MaxTokens: maxTokens))).ToList();
         var options = new EngineOptions { MaxBatchTokens = 64, MaxRunningSequences = 8, BlockSize = 4 };
-        using var cpu = Engine(fx, options, onDevice: false, folder.Path, bottlenecks);
-        using var device = Engine(fx, options, onDevice: true, folder.Path, bottlenecks);
+        using var cpu = Engine(fx, options, onDevice: false, root, extra);
+        using var device = Engine(fx, options, onDevice: true, root, extra);
         var cpuLogits = Record(cpu);
         var deviceLogits = Record(device);
         var expected = cpu.Run(requests);
         long waits = DeviceSync.Count(gpu.Accelerator);
         var got = device.Run(requests);
-
-        // The bottleneck sites queue their ops: the step's one wait (the logits download) is the only one.
-        Assert.Equal(device.Stats.Steps, DeviceSync.Count(gpu.Accelerator) - waits);
-        Assert.True(device.DeviceForward!.SiteLaunches > 0);
+        waits = DeviceSync.Count(gpu.Accelerator) - waits;
         for (int i = 0; i < requests.Count; i++)
         {
             Assert.Equal(FinishReason.Length, got[i].Finish);
@@ -122,5 +175,7 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
         }
 
         Assert.Equal(0, device.Pool.UsedBlocks);
+        var forward = device.DeviceForward!;
+        return ((device.Stats.Steps, forward.SiteLaunches, forward.MixLoraBlockCalls), waits);
     }
 }

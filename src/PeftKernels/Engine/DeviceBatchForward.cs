@@ -15,8 +15,10 @@
 // only the step-input buffers (when more adapter chunks are resident than before) and the SGMV scratch
 // (when an adapter of a larger rank is loaded) grow, between steps, never per step in steady state.
 // Bottleneck adapters (and their Stack / Average / Fuse compositions) add their residual-site Δ on their
-// sequences' rows before each residual add (DeviceBatchForward.Sites.cs), with no extra wait.
-// Not served here (the engine refuses them on a device): MixLoRA and X-LoRA adapters.
+// sequences' rows before each residual add (DeviceBatchForward.Sites.cs), with no extra wait. MixLoRA
+// rows get their routed MLP mixture instead of the base MLP (DeviceBatchForward.MixLora.cs): one more
+// wait per layer and MixLoRA adapter in the step (the library's top-k routing reads the choice).
+// Not served here (the engine refuses them on a device): X-LoRA adapters.
 using PeftKernels.Models;
 using FloatView = ILGPU.Runtime.ArrayView1D<float, ILGPU.Stride1D.Dense>;
 
@@ -213,10 +215,20 @@ internal sealed partial class DeviceBatchForward : IDisposable
         RmsNormKernels.Forward(accelerator, xs, postNorms[l], eps, ns, rstd.View.SubView(0, n), n, hidden);
         var gs = Rows(gate, inter, n);
         var us = Rows(up, inter, n);
-        Project(l, Projections.Gate, ns, gs, batch, table);
-        Project(l, Projections.Up, ns, us, batch, table);
-        SwiGluKernels.Forward(accelerator, gs, us, gs);
-        Project(l, Projections.Down, gs, ts, batch, table);
+        try
+        {
+            MixLoraMlp(l, ns, batch, table);
+            Project(l, Projections.Gate, ns, gs, batch, table);
+            Project(l, Projections.Up, ns, us, batch, table);
+            SwiGluKernels.Forward(accelerator, gs, us, gs);
+            Project(l, Projections.Down, gs, ts, batch, table);
+            ReplaceMixLoraRows(ts, batch);
+        }
+        finally
+        {
+            EndMixScope();
+        }
+
         AddSites(l, attention: false, xs, ts, batch, table);
         AddKernels.Forward(accelerator, xs, ts, xs);
     }

@@ -22,10 +22,9 @@ public sealed partial class InferenceEngine
         return lease;
     }
 
-    /// <summary>Why the device engine does not serve adapter <paramref name="name"/> of <paramref name="kind"/>, or null when it does (LoRA, DoRA, IA³, prompt learning, bottleneck).</summary>
+    /// <summary>Why the device engine does not serve adapter <paramref name="name"/> of <paramref name="kind"/>, or null when it does (LoRA, DoRA, IA³, prompt learning, bottleneck, MixLoRA).</summary>
     internal string? RefusedOnDevice(string name, AdapterKind kind) => kind switch
     {
-        AdapterKind.MixLora => Refusal(name, "MixLoRA", "its routed MLP experts run on host arrays per sequence"),
         AdapterKind.XLora => Refusal(name, "X-LoRA", "its scaling pass and second, per-sequence cache run through the CPU forward"),
         _ => null,
     };
@@ -49,7 +48,7 @@ public sealed partial class InferenceEngine
 
     private string Refusal(string name, string method, string why) =>
         $"adapter '{name}' is {method}, which the inference engine on {model.Device} does not serve: {why}. "
-        + "Serve it with an engine whose model is on the CPU (model.To(Device.Cpu)); LoRA, DoRA, IA³, prompt-learning and bottleneck adapters run on the device.";
+        + "Serve it with an engine whose model is on the CPU (model.To(Device.Cpu)); LoRA, DoRA, IA³, prompt-learning, bottleneck and MixLoRA adapters run on the device.";
 
     private int SlotOf(IDisposable? lease) => table.SlotOf((lease as AdapterLease)?.Adapter);
 
