@@ -5,12 +5,15 @@
 // (constant scaling 4), a Stack over a Fuse and an Average; their sites run the library's device ops on
 // the sequence's rows with no extra wait (exactly one wait per step, counted by DeviceSync). MixLoRA (one
 // adapter with attention LoRA and MLP experts, one with MLP experts only) next to LoRA and base rows:
-// exactly 1 + layers × 2 waits per step (each block call reads its top-k routing once). X-LoRA stays
-// refused on a device with the method and the reason.
+// exactly 1 + layers × 2 waits per step (each block call reads its top-k routing once). X-LoRA (a plain
+// one, a layerwise top-1 one, and a two-layer classifier whose scaling pass runs the experts at
+// scaling_pass_value 0.5) next to
+// LoRA and base rows: the scaling pass and the classifiers stay on the device, one wait per step.
 using PeftKernels.Engine;
 using PeftKernels.Kernels.Gpu;
 using PeftKernels.Peft;
 using PeftKernels.Peft.Bottleneck;
+using PeftKernels.Peft.XLora;
 using PeftKernels.Testing;
 using Xunit;
 
@@ -141,6 +144,29 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
         Assert.Equal(2, device.Steps);
         Assert.Equal(device.Steps * layers * 2, device.MixLoraBlockCalls);
         Assert.Equal(device.Steps * (1 + (layers * 2)), waits);
+    }
+
+    [Fact]
+    public void XLoraLoraAndBaseInOneBatchMatchTheCpuEngineWithOneWaitPerStep()
+    {
+        using var fx = new EngineFixture();
+        using var folder = new TempFolder();
+        string[] experts = [fx.Folder("r1"), fx.Folder("r32")];
+        foreach (var (name, config, seed) in new (string, XLoraConfig, int)[]
+        {
+            ("xl", new XLoraConfig(), 1),
+            ("xt", new XLoraConfig { LayerwiseScalings = true, TopKLora = 1, SoftmaxTemperature = 0.5 }, 2),
+            ("xd", new XLoraConfig { XLoraDepth = 2, XLoraSize = 8, ScalingPassValue = 0.5, GlobalScalingWeight = 0.8 }, 3),
+        })
+        {
+            var xlora = XLoraModel.Attach(fx.NewModel(), config, experts, seed);
+            XLoraTests.RandomizeClassifier(xlora, 10 * seed, 0.5f);
+            xlora.Save(Path.Combine(folder.Path, name));
+        }
+
+        string?[] mix = ["xl", null, "r8", "xd", "xt", "xl"];
+        var (device, waits) = Compare(fx, folder.Path, ["xl", "xt", "xd"], mix, maxTokens: 3);
+        Assert.Equal(device.Steps, waits);
     }
 
     /// <summary>

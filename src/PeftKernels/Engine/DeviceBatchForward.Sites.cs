@@ -38,7 +38,7 @@ internal sealed partial class DeviceBatchForward
             var a = RowsOf(output, batch, s, hidden);
             using var scope = DeviceScope.Begin();
             using var noGrad = Tape.NoGrad();
-            var delta = bottleneck.Delta(layer, attention, RowTensor(RowsOf(residual, batch, s, hidden), rows), RowTensor(a, rows), new ForwardContext());
+            var delta = bottleneck.Delta(layer, attention, RowTensor(RowsOf(residual, batch, s, hidden), rows, hidden), RowTensor(a, rows, hidden), new ForwardContext());
             if (delta != null)
             {
                 AddKernels.Forward(accelerator, a, delta.View(device), a);
@@ -47,10 +47,10 @@ internal sealed partial class DeviceBatchForward
         }
     }
 
-    /// <summary>A device tensor [rows, hidden] holding a copy of <paramref name="view"/> (registered with the open scope).</summary>
-    private Tensor RowTensor(FloatView view, int rows)
+    /// <summary>A device tensor [rows, width] holding a copy of <paramref name="view"/> (registered with the open scope).</summary>
+    private Tensor RowTensor(FloatView view, int rows, int width)
     {
-        var tensor = new Tensor(device, accelerator.Rent<float>(view.Length), [rows, hidden]);
+        var tensor = new Tensor(device, accelerator.Rent<float>(view.Length), [rows, width]);
         tensor.View(device).CopyFrom(view);
         return tensor;
     }

@@ -18,7 +18,8 @@
 // sequences' rows before each residual add (DeviceBatchForward.Sites.cs), with no extra wait. MixLoRA
 // rows get their routed MLP mixture instead of the base MLP (DeviceBatchForward.MixLora.cs): one more
 // wait per layer and MixLoRA adapter in the step (the library's top-k routing reads the choice).
-// Not served here (the engine refuses them on a device): X-LoRA adapters.
+// X-LoRA: a scaling pass over the X-LoRA rows (RunHidden), their classifiers' scalings kept on the device,
+// then the experts on their rows in the main run (DeviceBatchForward.XLora.cs), with no extra wait.
 using PeftKernels.Models;
 using FloatView = ILGPU.Runtime.ArrayView1D<float, ILGPU.Stride1D.Dense>;
 
@@ -154,6 +155,24 @@ internal sealed partial class DeviceBatchForward : IDisposable
             throw new InvalidOperationException($"the engine's model moved from {device} to {model.Device}; the device engine reads its weights on {device}. Keep the model there while the engine lives.");
         }
 
+        Decoder(batch, table);
+        if (m > 0)
+        {
+            // The last row of each sequence that wants logits, gathered as an embedding lookup into the rows of x.
+            var gathered = Rows(tmp, hidden, m);
+            var normed = Rows(xn, hidden, m);
+            EmbeddingKernels.Forward(accelerator, Rows(x, hidden, n), inputs.LogitSource, gathered, m, n, hidden);
+            RmsNormKernels.Forward(accelerator, gathered, finalNorm, eps, normed, rstd.View.SubView(0, m), m, hidden);
+            GemmKernels.Forward(accelerator, normed, lmHead, default, Rows(logits, vocab, m), m, hidden, vocab);
+        }
+
+        return WaitAndDownload(m);
+    }
+
+    /// <summary>Uploads the step's inputs, embeds its rows into x and runs every decoder layer over them.</summary>
+    private void Decoder(StepBatch batch, AdapterTable table)
+    {
+        int n = batch.Rows;
         inputs.Fill(batch, table, Adapters);
         for (int s = 0; s < batch.Count; s++)
         {
@@ -166,18 +185,6 @@ internal sealed partial class DeviceBatchForward : IDisposable
         {
             Layer(l, batch, table);
         }
-
-        if (m > 0)
-        {
-            // The last row of each sequence that wants logits, gathered as an embedding lookup into the rows of x.
-            var gathered = Rows(tmp, hidden, m);
-            var normed = Rows(xn, hidden, m);
-            EmbeddingKernels.Forward(accelerator, Rows(x, hidden, n), inputs.LogitSource, gathered, m, n, hidden);
-            RmsNormKernels.Forward(accelerator, gathered, finalNorm, eps, normed, rstd.View.SubView(0, m), m, hidden);
-            GemmKernels.Forward(accelerator, normed, lmHead, default, Rows(logits, vocab, m), m, hidden, vocab);
-        }
-
-        return WaitAndDownload(m);
     }
 
     /// <summary>Frees every device buffer it allocated (the model's weights and the pool's blocks are not its own).</summary>

@@ -25,7 +25,6 @@ public sealed partial class InferenceEngine
     /// <summary>Why the device engine does not serve adapter <paramref name="name"/> of <paramref name="kind"/>, or null when it does (LoRA, DoRA, IA³, prompt learning, bottleneck, MixLoRA).</summary>
     internal string? RefusedOnDevice(string name, AdapterKind kind) => kind switch
     {
-        AdapterKind.XLora => Refusal(name, "X-LoRA", "its scaling pass and second, per-sequence cache run through the CPU forward"),
         _ => null,
     };
 
