@@ -6,11 +6,9 @@
 // sequences queued; a shared prompt prefix; preemption and cancellation; prompt tuning (virtual K/V
 // uploaded into the device blocks). Copy on write of a shared block copies on the device; after the
 // first step no device buffer is allocated and no adapter is uploaded; `peft generate`'s engine path
-// runs on the device; X-LoRA adapters are refused on the device engine with the method and the reason
-// (bottleneck and MixLoRA adapters are served there: DeviceEngineMethodsTests).
+// runs on the device. Bottleneck, MixLoRA and X-LoRA adapters on the device: DeviceEngineMethodsTests.
 using PeftKernels.Engine;
 using PeftKernels.Peft;
-using PeftKernels.Peft.XLora;
 using PeftKernels.Testing;
 using Xunit;
 
@@ -281,31 +279,5 @@ public sealed class DeviceEngineTests(GpuFixture gpu)
             Assert.Equal(FinishReason.Length, device[i].Finish);
             Assert.Equal(cpu[i].Tokens, device[i].Tokens);
         }
-    }
-
-    [Fact]
-    public void AnXLoraAdapterIsRefusedOnTheDeviceWithTheMethodAndTheReason()
-    {
-        using var fx = new EngineFixture();
-        using var folder = new TempFolder();
-        XLoraModel.Attach(fx.NewModel(), new XLoraConfig(), [fx.Folder("r1"), fx.Folder("r32")], seed: 1).Save(folder.Path);
-        using var engine = DeviceEngine(fx, new EngineOptions { MaxBatchTokens = 32, MaxRunningSequences = 4 });
-        engine.Adapters.Load("xl", folder.Path);
-
-        // Loaded (resident): refused at Submit.
-        var e = Assert.Throws<NotSupportedException>(() => engine.Submit(new EngineRequest([1, 2, 3], "xl", new SamplingParams(MaxTokens: 2))));
-        Assert.Contains("'xl' is X-LoRA", e.Message);
-        Assert.Contains("does not serve", e.Message);
-        Assert.Contains("scaling pass", e.Message);
-        Assert.Contains("model.To(Device.Cpu)", e.Message);
-
-        // Registered but not loaded: the sequence finishes with that error when it is admitted; the batch goes on.
-        Assert.True(engine.Adapters.Unload("xl"));
-        engine.Adapters.Register("xl", folder.Path);
-        var results = engine.Run([new EngineRequest([1, 2, 3], "xl", new SamplingParams(MaxTokens: 2)), new EngineRequest([1, 2, 3], "r8", new SamplingParams(MaxTokens: 1))]);
-        Assert.Equal(FinishReason.Error, results[0].Finish);
-        Assert.Contains("'xl' is X-LoRA", results[0].Error);
-        Assert.Equal(FinishReason.Length, results[1].Finish);
-        Assert.Equal(fx.Greedy([1, 2, 3], 1, "r8"), results[1].Tokens);
     }
 }

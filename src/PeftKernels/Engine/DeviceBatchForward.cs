@@ -10,7 +10,7 @@
 // Host ↔ device traffic per step (StepInputs): one upload of the step's ints (token ids, positions,
 // block tables, the rows whose logits are taken, segment starts, each projection's per-segment adapter
 // index) and one of its floats (the segments' LoRA scales), then exactly one wait and one download of
-// the logits rows (WaitAndDownload). The scheduler, block accounting and sampling stay on the host.
+// the logits rows (WaitAndDownload; MixLoRA rows add theirs, below). Scheduling and sampling stay on the host.
 // Every device buffer is allocated at construction, sized for the step's maximum rows and sequences;
 // only the step-input buffers (when more adapter chunks are resident than before) and the SGMV scratch
 // (when an adapter of a larger rank is loaded) grow, between steps, never per step in steady state.
