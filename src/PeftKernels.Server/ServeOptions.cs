@@ -61,7 +61,7 @@ public sealed record ServeOptions
 
     /// <summary>
     /// Where the model lives and the engine's step forward runs (<c>--device</c>): null or the CPU, or a GPU device, where the KV cache,
-    /// the base GEMMs and the LoRA, DoRA and IA³ adapters run on the device (bottleneck, MixLoRA and X-LoRA adapters need the CPU).
+    /// the base GEMMs and every adapter kind (LoRA, DoRA, IA³, prompt learning, bottleneck, MixLoRA, X-LoRA) run on the device.
     /// </summary>
     public Device? Device { get; init; }
 }

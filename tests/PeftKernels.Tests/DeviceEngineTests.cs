@@ -6,10 +6,9 @@
 // sequences queued; a shared prompt prefix; preemption and cancellation; prompt tuning (virtual K/V
 // uploaded into the device blocks). Copy on write of a shared block copies on the device; after the
 // first step no device buffer is allocated and no adapter is uploaded; `peft generate`'s engine path
-// runs on the device; bottleneck adapters are refused on the device engine with the method and the reason.
+// runs on the device. Bottleneck, MixLoRA and X-LoRA adapters on the device: DeviceEngineMethodsTests.
 using PeftKernels.Engine;
 using PeftKernels.Peft;
-using PeftKernels.Peft.Bottleneck;
 using PeftKernels.Testing;
 using Xunit;
 
@@ -280,35 +279,5 @@ public sealed class DeviceEngineTests(GpuFixture gpu)
             Assert.Equal(FinishReason.Length, device[i].Finish);
             Assert.Equal(cpu[i].Tokens, device[i].Tokens);
         }
-    }
-
-    [Fact]
-    public void ABottleneckAdapterIsRefusedOnTheDeviceWithTheMethodAndTheReason()
-    {
-        using var fx = new EngineFixture();
-        using var folder = new TempFolder();
-        var owner = fx.NewModel();
-        var set = BottleneckAdapters.Of(owner);
-        set.Add("bn", BottleneckConfig.Houlsby() with { ReductionFactor = 8 }, seed: 1);
-        set.ActiveSetup = "bn";
-        set.Save(folder.Path);
-        using var engine = DeviceEngine(fx, new EngineOptions { MaxBatchTokens = 32, MaxRunningSequences = 4 });
-        engine.Adapters.Load("bn", folder.Path);
-
-        // Loaded (resident): refused at Submit.
-        var e = Assert.Throws<NotSupportedException>(() => engine.Submit(new EngineRequest([1, 2, 3], "bn", new SamplingParams(MaxTokens: 2))));
-        Assert.Contains("'bn' is bottleneck adapters", e.Message);
-        Assert.Contains("does not serve", e.Message);
-        Assert.Contains("residual-site", e.Message);
-        Assert.Contains("model.To(Device.Cpu)", e.Message);
-
-        // Registered but not loaded: the sequence finishes with that error when it is admitted; the batch goes on.
-        Assert.True(engine.Adapters.Unload("bn"));
-        engine.Adapters.Register("bn", folder.Path);
-        var results = engine.Run([new EngineRequest([1, 2, 3], "bn", new SamplingParams(MaxTokens: 2)), new EngineRequest([1, 2, 3], "r8", new SamplingParams(MaxTokens: 1))]);
-        Assert.Equal(FinishReason.Error, results[0].Finish);
-        Assert.Contains("'bn' is bottleneck adapters", results[0].Error);
-        Assert.Equal(FinishReason.Length, results[1].Finish);
-        Assert.Equal(fx.Greedy([1, 2, 3], 1, "r8"), results[1].Tokens);
     }
 }

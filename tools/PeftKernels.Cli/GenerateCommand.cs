@@ -5,12 +5,10 @@
 //                                one JSON line per request, in input order
 // Everything runs on the inference engine (GenerateEngine.cs: continuous batching, paged KV cache,
 // per-request adapters), on the CPU or with --device cuda on the GPU (the engine's step forward, KV
-// blocks and LoRA/DoRA/IA³/prompt-learning adapters on the device; scheduling and sampling on the host;
-// --integer-decode, a CPU kernel, is refused there). A whole-model --adapter the engine serves on that
-// device (InferenceEngine.Serves on the CPU: prompt learning, bottleneck, MixLoRA, X-LoRA; on a GPU only
-// prompt learning) runs on the engine too; any other runs with the library's KV-cache generation
-// (LlamaForCausalLM.Generate, no --top-k). In a requests file on a GPU such an adapter's request fails
-// with the engine's reason.
+// blocks and every adapter kind on the device; scheduling and sampling on the host; --integer-decode, a
+// CPU kernel, is refused there). A whole-model --adapter the engine serves (InferenceEngine.Serves:
+// prompt learning, bottleneck, MixLoRA, X-LoRA, on either device) runs on the engine too; any other runs
+// with the library's KV-cache generation (LlamaForCausalLM.Generate, no --top-k).
 // Before generating, the prompt's logits are checked for NaN/∞ (naming the row and the first
 // non-finite weight of the load); a sequence the engine stops on non-finite logits exits 1 with the
 // library's message. In a requests file such a request's line carries the error and the exit code is 1.
@@ -55,8 +53,7 @@ internal static class GenerateCommand
         var compute = ComputeOption.Create();
         var command = new Command("generate", "Generate tokens after a prompt, or for a JSONL file of requests as one continuous batch, on the inference engine "
             + "(greedy, or temperature / top-k / top-p sampling; paged KV cache; an adapter per request). "
-            + "--device cuda runs the engine's forward on the GPU (no --integer-decode there; bottleneck, MixLoRA and X-LoRA adapters run a single prompt "
-            + "with the library's KV-cache generation instead).")
+            + "--device cuda runs the engine's forward on the GPU (no --integer-decode there).")
         {
             model, adapter, prompt, promptTokens, requests, maxNew, temperature, topP, topK, seed, integerDecode, maxRunning, maxBatchTokens, threads, device, compute,
         };
@@ -110,9 +107,9 @@ internal static class GenerateCommand
             }
 
             if (parse.GetValue(adapter) is { } modelAdapter && ModelAdapterFolders.Recognizes(modelAdapter)
-                && (!InferenceEngine.Serves(modelAdapter) || (on.IsGpu && !PromptLearningFiles.Recognizes(modelAdapter))))
+                && !InferenceEngine.Serves(modelAdapter))
             {
-                // A whole-model adapter the engine does not serve (on this device): the library's KV-cache generation (no top-k).
+                // A whole-model adapter the engine does not serve: the library's KV-cache generation (no top-k).
                 if (k != 0)
                 {
                     throw new ArgumentException($"--top-k needs the inference engine, which does not serve the adapter in {modelAdapter} on {on}.");

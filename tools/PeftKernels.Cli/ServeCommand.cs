@@ -5,8 +5,8 @@
 // shutdown timeout) and it exits 0. The server is PeftServer.CreateWithTenantsAndMetrics: --api-keys FILE
 // gives the tenants' gate (keys, adapters each may use, rate limits, canary aliases), else everyone is
 // anonymous; GET /metrics serves Prometheus metrics.
-// --device cuda moves the model to the GPU: the engine's step forward (base GEMMs, LoRA/DoRA/IA³ adapters,
-// paged KV cache) runs there; bottleneck, MixLoRA and X-LoRA adapters are refused there (they need the CPU).
+// --device cuda moves the model to the GPU: the engine's step forward (base GEMMs, paged KV cache, and
+// every adapter kind: LoRA, DoRA, IA³, prompt learning, bottleneck, MixLoRA, X-LoRA) runs there.
 using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;

@@ -81,6 +81,8 @@ internal sealed partial class DeviceBatchForward
                 ScaleRows(y, l.View, batch, s, outF);
             }
         }
+
+        AddXLora(layer, p, xin, y, batch);
     }
 
     private static bool AnyIa3Input(StepBatch batch, AdapterTable.Entry e)

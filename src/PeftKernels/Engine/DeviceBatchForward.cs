@@ -10,11 +10,16 @@
 // Host ↔ device traffic per step (StepInputs): one upload of the step's ints (token ids, positions,
 // block tables, the rows whose logits are taken, segment starts, each projection's per-segment adapter
 // index) and one of its floats (the segments' LoRA scales), then exactly one wait and one download of
-// the logits rows (WaitAndDownload). The scheduler, block accounting and sampling stay on the host.
+// the logits rows (WaitAndDownload; MixLoRA rows add theirs, below). Scheduling and sampling stay on the host.
 // Every device buffer is allocated at construction, sized for the step's maximum rows and sequences;
 // only the step-input buffers (when more adapter chunks are resident than before) and the SGMV scratch
 // (when an adapter of a larger rank is loaded) grow, between steps, never per step in steady state.
-// Not served here (the engine refuses them on a device): bottleneck, MixLoRA and X-LoRA adapters.
+// Bottleneck adapters (and their Stack / Average / Fuse compositions) add their residual-site Δ on their
+// sequences' rows before each residual add (DeviceBatchForward.Sites.cs), with no extra wait. MixLoRA
+// rows get their routed MLP mixture instead of the base MLP (DeviceBatchForward.MixLora.cs): one more
+// wait per layer and MixLoRA adapter in the step (the library's top-k routing reads the choice).
+// X-LoRA: a scaling pass over the X-LoRA rows (RunHidden), their classifiers' scalings kept on the device,
+// then the experts on their rows in the main run (DeviceBatchForward.XLora.cs), with no extra wait.
 using PeftKernels.Models;
 using FloatView = ILGPU.Runtime.ArrayView1D<float, ILGPU.Stride1D.Dense>;
 
@@ -150,6 +155,24 @@ internal sealed partial class DeviceBatchForward : IDisposable
             throw new InvalidOperationException($"the engine's model moved from {device} to {model.Device}; the device engine reads its weights on {device}. Keep the model there while the engine lives.");
         }
 
+        Decoder(batch, table);
+        if (m > 0)
+        {
+            // The last row of each sequence that wants logits, gathered as an embedding lookup into the rows of x.
+            var gathered = Rows(tmp, hidden, m);
+            var normed = Rows(xn, hidden, m);
+            EmbeddingKernels.Forward(accelerator, Rows(x, hidden, n), inputs.LogitSource, gathered, m, n, hidden);
+            RmsNormKernels.Forward(accelerator, gathered, finalNorm, eps, normed, rstd.View.SubView(0, m), m, hidden);
+            GemmKernels.Forward(accelerator, normed, lmHead, default, Rows(logits, vocab, m), m, hidden, vocab);
+        }
+
+        return WaitAndDownload(m);
+    }
+
+    /// <summary>Uploads the step's inputs, embeds its rows into x and runs every decoder layer over them.</summary>
+    private void Decoder(StepBatch batch, AdapterTable table)
+    {
+        int n = batch.Rows;
         inputs.Fill(batch, table, Adapters);
         for (int s = 0; s < batch.Count; s++)
         {
@@ -162,18 +185,6 @@ internal sealed partial class DeviceBatchForward : IDisposable
         {
             Layer(l, batch, table);
         }
-
-        if (m > 0)
-        {
-            // The last row of each sequence that wants logits, gathered as an embedding lookup into the rows of x.
-            var gathered = Rows(tmp, hidden, m);
-            var normed = Rows(xn, hidden, m);
-            EmbeddingKernels.Forward(accelerator, Rows(x, hidden, n), inputs.LogitSource, gathered, m, n, hidden);
-            RmsNormKernels.Forward(accelerator, gathered, finalNorm, eps, normed, rstd.View.SubView(0, m), m, hidden);
-            GemmKernels.Forward(accelerator, normed, lmHead, default, Rows(logits, vocab, m), m, hidden, vocab);
-        }
-
-        return WaitAndDownload(m);
     }
 
     /// <summary>Frees every device buffer it allocated (the model's weights and the pool's blocks are not its own).</summary>
@@ -206,14 +217,26 @@ internal sealed partial class DeviceBatchForward : IDisposable
         PagedAttentionKernels.Forward(accelerator, qs, blocks.Keys(l), blocks.Values(l), inputs.Positions, inputs.RowTables, inputs.Tables,
             Rows(att, qDim, n), n, heads, kvHeads, headDim, blockSize, 1f / MathF.Sqrt(headDim));
         Project(l, Projections.O, Rows(att, qDim, n), ts, batch, table);
+        AddSites(l, attention: true, xs, ts, batch, table);
         AddKernels.Forward(accelerator, xs, ts, xs);
         RmsNormKernels.Forward(accelerator, xs, postNorms[l], eps, ns, rstd.View.SubView(0, n), n, hidden);
         var gs = Rows(gate, inter, n);
         var us = Rows(up, inter, n);
-        Project(l, Projections.Gate, ns, gs, batch, table);
-        Project(l, Projections.Up, ns, us, batch, table);
-        SwiGluKernels.Forward(accelerator, gs, us, gs);
-        Project(l, Projections.Down, gs, ts, batch, table);
+        try
+        {
+            MixLoraMlp(l, ns, batch, table);
+            Project(l, Projections.Gate, ns, gs, batch, table);
+            Project(l, Projections.Up, ns, us, batch, table);
+            SwiGluKernels.Forward(accelerator, gs, us, gs);
+            Project(l, Projections.Down, gs, ts, batch, table);
+            ReplaceMixLoraRows(ts, batch);
+        }
+        finally
+        {
+            EndMixScope();
+        }
+
+        AddSites(l, attention: false, xs, ts, batch, table);
         AddKernels.Forward(accelerator, xs, ts, xs);
     }
 

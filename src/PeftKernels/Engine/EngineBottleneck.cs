@@ -5,7 +5,9 @@
 // before each residual add, every sequence whose adapter is a bottleneck one gets the setup's contribution
 // Δ on its own rows (x = the sublayer input, a = its output; BatchForward.Sites.cs), computed by the same
 // ops as the library's forward, so a sequence's result equals the model run alone with that adapter.
-// A Parallel block (several tasks per input) is refused: a request runs one setup.
+// A Parallel block (several tasks per input) is refused: a request runs one setup. On a device engine the
+// twin shares the device model's parameters, so the loaded adapter's parameters are mirrored there at load
+// (BottleneckAdapters' SyncDevice) and the sites run on device tensors (DeviceBatchForward.Sites.cs).
 using PeftKernels.Autograd;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -69,4 +71,11 @@ internal sealed class EngineBottleneck
         using var scope = Tape.NoGrad();
         return site.Contribution(Setup, new Tensor(x, rows, hidden), new Tensor(a, rows, hidden), new ForwardContext(0, kernel))?.Data;
     }
+
+    /// <summary>
+    /// Δ at that site for rows held in tensors <paramref name="x"/> and <paramref name="a"/> [rows, hidden] (the device engine:
+    /// device tensors, so the library's device ops run it); the caller holds Tape.NoGrad. Null: no adapter at that site.
+    /// </summary>
+    public Tensor? Delta(int layer, bool attention, Tensor x, Tensor a, ForwardContext context) =>
+        Set.Sites[(2 * layer) + (attention ? 0 : 1)].Contribution(Setup, x, a, context);
 }

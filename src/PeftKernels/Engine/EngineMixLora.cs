@@ -11,6 +11,8 @@
 // result equals the library's model run alone with the adapter (within fp32 rounding). Evaluation only:
 // the twin is in evaluation mode (no jitter, no dropout) and the block runs under Tape.NoGrad, so no
 // routing is kept for the load-balancing loss. NaN or infinite values are refused (InvalidDataException).
+// On a device engine the twin shares the device model's parameters, so the loader mirrors the adapter's
+// parameters there (SyncDevice) and the block runs on device tensors (DeviceBatchForward.MixLora.cs).
 using PeftKernels.Autograd;
 using PeftKernels.Models;
 using PeftKernels.Nn;
@@ -85,4 +87,11 @@ internal sealed class EngineMixLora
         using var scope = Tape.NoGrad();
         return Adapter.Blocks[layer].Forward(Twin.Model.Layers[layer].Mlp, new Tensor(x, rows, hidden), new ForwardContext(0, kernel)).Data;
     }
+
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s mixture output for the normed rows in tensor <paramref name="x"/> [rows, hidden] (the device
+    /// engine: a device tensor, so the library's device ops run the block); the caller holds Tape.NoGrad.
+    /// </summary>
+    public Tensor MlpOutput(int layer, Tensor x, ForwardContext context) =>
+        Adapter.Blocks[layer].Forward(Twin.Model.Layers[layer].Mlp, x, context);
 }

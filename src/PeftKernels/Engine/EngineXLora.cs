@@ -90,6 +90,18 @@ internal sealed class EngineXLora
         return Model.Classifier.Forward(h, new ForwardContext(0, kernel)).Data.AsSpan(0, rows * Outputs).ToArray();
     }
 
+    /// <summary>True when an expert sits at projection <paramref name="p"/> of layer <paramref name="layer"/>.</summary>
+    public bool HasExperts(int layer, int p) => linears[(layer * Projections.Count) + p] != null;
+
+    /// <summary>
+    /// y + the experts' contribution at projection <paramref name="p"/> of layer <paramref name="layer"/> for input rows in tensor
+    /// <paramref name="x"/> [rows, in] and outputs <paramref name="y"/> [rows, out] (consumed), with <paramref name="scalings"/>
+    /// [rows, Outputs] (null: the scaling pass); the device engine passes device tensors. Null when no expert sits there. The caller
+    /// holds Tape.NoGrad.
+    /// </summary>
+    public Tensor? Delta(int layer, int p, Tensor x, Tensor y, Tensor? scalings, ForwardContext context) =>
+        linears[(layer * Projections.Count) + p] is { XLora: { } hook } linear ? linear.XLoraBranches(y, x, hook, scalings, context) : null;
+
     /// <summary>
     /// The experts' contribution [rows, out] at projection <paramref name="p"/> of layer <paramref name="layer"/> for input rows
     /// <paramref name="x"/> [rows, in] with <paramref name="scalings"/> [rows, Outputs] (null: the scaling pass); null when no expert sits there.

@@ -10,47 +10,7 @@ public sealed partial class InferenceEngine
     private readonly AdapterTable table;
     private long tableVersion = -1;
 
-    private AdapterLease AcquireAdapter(string name)
-    {
-        var lease = Adapters.Acquire(name);
-        if (deviceForward != null && RefusedOnDevice(lease.Adapter.Name, lease.Adapter.Kind) is { } reason)
-        {
-            lease.Dispose();
-            throw new NotSupportedException(reason);
-        }
-
-        return lease;
-    }
-
-    /// <summary>Why the device engine does not serve adapter <paramref name="name"/> of <paramref name="kind"/>, or null when it does (LoRA, DoRA, IA³, prompt learning).</summary>
-    internal string? RefusedOnDevice(string name, AdapterKind kind) => kind switch
-    {
-        AdapterKind.Bottleneck => Refusal(name, "bottleneck adapters", "their residual-site layers run on host arrays per sequence"),
-        AdapterKind.MixLora => Refusal(name, "MixLoRA", "its routed MLP experts run on host arrays per sequence"),
-        AdapterKind.XLora => Refusal(name, "X-LoRA", "its scaling pass and second, per-sequence cache run through the CPU forward"),
-        _ => null,
-    };
-
-    /// <summary>On a device engine, throws when the current resident version of <paramref name="name"/> is of a kind the device does not serve.</summary>
-    private void RefuseResidentOnDevice(string? name)
-    {
-        if (deviceForward == null || name == null)
-        {
-            return;
-        }
-
-        foreach (var r in Adapters.Snapshot())
-        {
-            if (r.Current && r.Name == name && RefusedOnDevice(r.Name, r.Kind) is { } reason)
-            {
-                throw new NotSupportedException(reason);
-            }
-        }
-    }
-
-    private string Refusal(string name, string method, string why) =>
-        $"adapter '{name}' is {method}, which the inference engine on {model.Device} does not serve: {why}. "
-        + "Serve it with an engine whose model is on the CPU (model.To(Device.Cpu)); LoRA, DoRA, IA³ and prompt-learning adapters run on the device.";
+    private AdapterLease AcquireAdapter(string name) => Adapters.Acquire(name);
 
     private int SlotOf(IDisposable? lease) => table.SlotOf((lease as AdapterLease)?.Adapter);
 

@@ -21,8 +21,15 @@ public sealed partial class InferenceEngine
             ReadOnlySpan<float> logits;
             try
             {
-                RunScalingPass();
-                logits = deviceForward != null ? deviceForward.Run(batch, table) : forward!.Run(batch, table);
+                try
+                {
+                    RunScalingPass();
+                    logits = deviceForward != null ? deviceForward.Run(batch, table) : forward!.Run(batch, table);
+                }
+                finally
+                {
+                    deviceForward?.EndStep();
+                }
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {

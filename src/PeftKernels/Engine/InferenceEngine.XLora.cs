@@ -104,6 +104,25 @@ public sealed partial class InferenceEngine
             return;
         }
 
+        if (deviceForward != null)
+        {
+            // On a device the hidden states and the scalings stay there (DeviceBatchForward.XLora.cs): no wait.
+            deviceForward.RunHidden(scalingBatch, table);
+            for (int g = 0, group = 0; g < planned.Count; g++)
+            {
+                if (planned[g].XLora is { } x)
+                {
+                    int first = scalingBatch.SequenceStart[group];
+                    batch.XLora[g] = x;
+                    deviceForward.Scalings(g, x, first, scalingBatch.SequenceStart[group + 1] - first);
+                    group++;
+                }
+            }
+
+            Stats.ScalingPassRows += scalingBatch.Rows;
+            return;
+        }
+
         var hidden = forward!.RunHidden(scalingBatch, table);
         int width = model.Config.HiddenSize, next = 0;
         for (int g = 0; g < planned.Count; g++)

@@ -119,7 +119,6 @@ public sealed partial class InferenceEngine : IDisposable
     /// <summary>Queues a request (thread-safe); it runs in the next steps.</summary>
     /// <exception cref="ArgumentException">The prompt is empty, holds an id outside the vocabulary, or leaves no room to generate; a sampling setting is invalid.</exception>
     /// <exception cref="KeyNotFoundException">The adapter is not known to <see cref="Adapters"/>.</exception>
-    /// <exception cref="NotSupportedException">On a device engine, the adapter is loaded and is bottleneck, MixLoRA or X-LoRA (one not loaded yet finishes with that error when admitted).</exception>
     public EngineSequence Submit(EngineRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -152,7 +151,6 @@ public sealed partial class InferenceEngine : IDisposable
             throw new KeyNotFoundException($"adapter '{request.Adapter}' is not known; known adapters: {string.Join(", ", Adapters.Names.Select(n => $"'{n}'"))}.");
         }
 
-        RefuseResidentOnDevice(request.Adapter);
         var sequence = new EngineSequence(Interlocked.Increment(ref nextId) - 1, request, sampling);
         incoming.Enqueue(sequence);
         work.Release();
