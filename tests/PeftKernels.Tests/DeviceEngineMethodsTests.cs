@@ -24,11 +24,7 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
 {
     private Device Accel => Device.FromAccelerator(gpu.Accelerator);
 
-    private static int[] Prompt(int seed, int length, int vocab)
-    {
-        var rng = new Random(seed);
-        return [.. Enumerable.Range(0, length).Select(_ => rng.Next(vocab))];
-    }
+    private static int[] Prompt(int seed, int length, int vocab) => DeviceEngineTests.Prompt(seed, length, vocab);
 
     /// <summary>Saves bottleneck folders bn, pf, par, fused (Stack(Fuse(bn, pf))) and avg (Average(bn, par)) under <paramref name="root"/>.</summary>
     private static void SaveBottlenecks(EngineFixture fx, string root)
@@ -64,16 +60,7 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
         })
         {
             var model = fx.NewModel();
-            var adapter = MixLoraAdapter.Attach(model, config, seed);
-            int i = 0;
-            foreach (var (key, p) in model.NamedParameters().Where(p => p.Parameter.Trainable))
-            {
-                bool router = key.Contains("moe_gate", StringComparison.Ordinal);
-                if (router || key.Contains("lora_B", StringComparison.Ordinal))
-                {
-                    TestUtil.Random(p.Data.Length, seed + (++i), router ? 1f : 0.3f).CopyTo(p.Data, 0);
-                }
-            }
+            var adapter = MixLoraEngineTests.AttachRandomized(model, config, seed);
 
             adapter.Save(Path.Combine(root, name));
         }
@@ -101,20 +88,7 @@ public sealed class DeviceEngineMethodsTests(GpuFixture gpu)
         return engine;
     }
 
-    private static Dictionary<long, List<float[]>> Record(InferenceEngine engine)
-    {
-        var seen = new Dictionary<long, List<float[]>>();
-        engine.ObserveLogits = (s, logits) =>
-        {
-            if (!seen.TryGetValue(s.Id, out var list))
-            {
-                seen[s.Id] = list = [];
-            }
-
-            list.Add(logits.ToArray());
-        };
-        return seen;
-    }
+    private static Dictionary<long, List<float[]>> Record(InferenceEngine engine) => DeviceEngineTests.Record(engine);
 
     [Fact]
     public void BottleneckCompositionsLoraAndBaseInOneBatchMatchTheCpuEngineWithOneWaitPerStep()

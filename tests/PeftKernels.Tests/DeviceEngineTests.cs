@@ -19,7 +19,8 @@ public sealed class DeviceEngineTests(GpuFixture gpu)
 {
     private Device Accel => Device.FromAccelerator(gpu.Accelerator);
 
-    private static int[] Prompt(int seed, int length, int vocab)
+    /// <summary>A seeded random prompt of <paramref name="length"/> token ids below <paramref name="vocab"/> (shared with DeviceEngineMethodsTests).</summary>
+    internal static int[] Prompt(int seed, int length, int vocab)
     {
         var rng = new Random(seed);
         return [.. Enumerable.Range(0, length).Select(_ => rng.Next(vocab))];
@@ -38,8 +39,8 @@ public sealed class DeviceEngineTests(GpuFixture gpu)
         return engine;
     }
 
-    /// <summary>Every sampled step's logits per sequence id.</summary>
-    private static Dictionary<long, List<float[]>> Record(InferenceEngine engine)
+    /// <summary>Every sampled step's logits per sequence id (shared with DeviceEngineMethodsTests).</summary>
+    internal static Dictionary<long, List<float[]>> Record(InferenceEngine engine)
     {
         var seen = new Dictionary<long, List<float[]>>();
         engine.ObserveLogits = (s, logits) =>

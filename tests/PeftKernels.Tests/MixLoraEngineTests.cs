@@ -45,10 +45,9 @@ public sealed class MixLoraEngineTests : IDisposable
         return model;
     }
 
-    /// <summary>Saves a MixLoRA adapter with random routers and B factors (every expert differs) under <paramref name="name"/>.</summary>
-    private void Save(string name, MixLoraConfig config, int seed)
+    /// <summary>Attaches MixLoRA to <paramref name="model"/> with random routers and B factors (every expert differs; shared with DeviceEngineMethodsTests).</summary>
+    internal static MixLoraAdapter AttachRandomized(LlamaForCausalLM model, MixLoraConfig config, int seed)
     {
-        var model = TinyLlama.Model(Config);
         var adapter = MixLoraAdapter.Attach(model, config, seed);
         int i = 0;
         foreach (var (key, p) in model.NamedParameters().Where(p => p.Parameter.Trainable))
@@ -59,6 +58,15 @@ public sealed class MixLoraEngineTests : IDisposable
                 TestUtil.Random(p.Data.Length, seed + (++i), router ? 1f : 0.3f).CopyTo(p.Data, 0);
             }
         }
+
+        return adapter;
+    }
+
+    /// <summary>Saves a MixLoRA adapter with random routers and B factors (every expert differs) under <paramref name="name"/>.</summary>
+    private void Save(string name, MixLoraConfig config, int seed)
+    {
+        var model = TinyLlama.Model(Config);
+        var adapter = AttachRandomized(model, config, seed);
 
         adapter.Save(Path(name));
     }
