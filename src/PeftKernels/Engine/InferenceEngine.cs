@@ -237,10 +237,11 @@ public sealed partial class InferenceEngine : IDisposable
 
     private void Finish(EngineSequence s, FinishReason reason, string? error = null)
     {
+        // Counted first: another thread that sees the blocks freed or the sequence completed also sees it counted.
+        Stats.Finished++;
         ReleaseCaches(s);
         s.AdapterLease?.Dispose();
         s.AdapterLease = null;
         s.Complete(reason, error);
-        Stats.Finished++;
     }
 }
