@@ -66,10 +66,9 @@ internal sealed class EngineBottleneck
     /// <summary>Δ at layer <paramref name="layer"/>'s site for rows with sublayer input x and output a [rows, hidden] (null: none there).</summary>
     public float[]? Delta(int layer, bool attention, float[] x, float[] a, int rows, KernelOptions kernel)
     {
-        var site = Set.Sites[(2 * layer) + (attention ? 0 : 1)];
         int hidden = x.Length / rows;
         using var scope = Tape.NoGrad();
-        return site.Contribution(Setup, new Tensor(x, rows, hidden), new Tensor(a, rows, hidden), new ForwardContext(0, kernel))?.Data;
+        return Delta(layer, attention, new Tensor(x, rows, hidden), new Tensor(a, rows, hidden), new ForwardContext(0, kernel))?.Data;
     }
 
     /// <summary>

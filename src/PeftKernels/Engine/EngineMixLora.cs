@@ -85,7 +85,7 @@ internal sealed class EngineMixLora
     {
         int hidden = x.Length / rows;
         using var scope = Tape.NoGrad();
-        return Adapter.Blocks[layer].Forward(Twin.Model.Layers[layer].Mlp, new Tensor(x, rows, hidden), new ForwardContext(0, kernel)).Data;
+        return MlpOutput(layer, new Tensor(x, rows, hidden), new ForwardContext(0, kernel)).Data;
     }
 
     /// <summary>

@@ -108,7 +108,7 @@ internal sealed class EngineXLora
     /// </summary>
     public float[]? Delta(int layer, int p, ReadOnlySpan<float> x, int rows, float[]? scalings, KernelOptions kernel)
     {
-        if (linears[(layer * Projections.Count) + p] is not { XLora: { } hook } linear)
+        if (linears[(layer * Projections.Count) + p] is not { } linear)
         {
             return null;
         }
@@ -117,6 +117,6 @@ internal sealed class EngineXLora
         int inF = linear.InFeatures, outF = linear.OutFeatures;
         var xt = new Tensor(x[..(rows * inF)].ToArray(), rows, inF);
         var s = scalings == null ? null : new Tensor(scalings, rows, Outputs);
-        return linear.XLoraBranches(new Tensor(new float[rows * outF], rows, outF), xt, hook, s, new ForwardContext(0, kernel)).Data;
+        return Delta(layer, p, xt, new Tensor(new float[rows * outF], rows, outF), s, new ForwardContext(0, kernel))?.Data;
     }
 }
