@@ -5,7 +5,8 @@
 // `peft bench serve` (BenchServeCommand.cs) benchmarks the inference engine instead, and
 // `peft bench decode-error` (BenchDecodeErrorCommand.cs) the integer decode path's accuracy.
 // `peft bench http` (BenchHttpCommand.cs) load-tests an OpenAI-compatible server, and
-// `peft bench allreduce` (BenchAllReduceCommand.cs) times the data-parallel all-reduce under mpirun.
+// `peft bench allreduce` (BenchAllReduceCommand.cs) times the data-parallel all-reduce under mpirun, and
+// `peft bench lora` (BenchLoraCommand.cs) the fused LoRA kernels at chosen shapes, one RESULT line each.
 using System.CommandLine;
 using System.Diagnostics;
 using PeftKernels.Kernels.Cpu;
@@ -27,6 +28,7 @@ internal static class BenchCommand
         command.Subcommands.Add(BenchDecodeErrorCommand.Create());
         command.Subcommands.Add(BenchHttpCommand.Create());
         command.Subcommands.Add(BenchAllReduceCommand.Create());
+        command.Subcommands.Add(BenchLoraCommand.Create());
         command.SetAction(parse => Cli.Guard(parse, log =>
         {
             Run(parse.GetValue(quick), ThreadCounts(parse.Threads(threads)), log);
