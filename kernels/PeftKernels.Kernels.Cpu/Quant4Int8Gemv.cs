@@ -203,12 +203,24 @@ public static unsafe class Quant4Int8Gemv
     // Vector512 path) two chunks c, c + 1 (c even) are interleaved as the 512-bit nibble split
     // holds them: evens of c, evens of c + 1, odds of c, odds of c + 1; and after the n·chunks
     // scales each pair gets its scale vector [sx_c ×4, sx_c+1 ×4, sx_c ×4, sx_c+1 ×4].
-    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, Span<sbyte> q, Span<float> sx, bool pairs)
+    // The paired chunks go through Quant4Int8Activations.Pairs where AVX-512F is there (the same bits); useScalar forces
+    // this loop for every chunk (the tests' reference).
+    internal static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, Span<sbyte> q, Span<float> sx, bool pairs, bool useScalar = false)
     {
         int chunks = inFeatures / Chunk;
         for (int r = 0; r < n; r++)
         {
-            for (int c = 0; c < chunks; c++)
+            int vectorized = 0;
+            if (pairs && !useScalar && Quant4Int8Activations.IsSupported)
+            {
+                fixed (float* px = x, psx = sx)
+                fixed (sbyte* pq = q)
+                {
+                    vectorized = Quant4Int8Activations.Pairs(px + (r * inFeatures), pq + (r * inFeatures), psx + (r * chunks), chunks) ? chunks & ~1 : 0;
+                }
+            }
+
+            for (int c = vectorized; c < chunks; c++)
             {
                 int e0 = (r * inFeatures) + (c * Chunk);
                 var v = x.Slice(e0, Chunk);
