@@ -67,10 +67,11 @@ public static unsafe class Quant4Int8Gemv
         {
             QuantizeRows(x, n, inFeatures, q, sx, path == SimdPath.Vector512);
             fixed (byte* pw = w.Packed)
-            fixed (float* pabs = w.AbsmaxFp32(), pb = bias, py = y, psx = sx)
+            fixed (float* pabs = w.AbsmaxFp32(), pb = bias, py = y, psx = sx, pnested = w.NestedAbsmax)
             fixed (sbyte* pq = q)
+            fixed (byte* pcodes = w.NestedCodes)
             {
-                var job = new Job(pw, pabs, pq, psx, bias.Length == 0 ? null : pb, py, Table8(w.Type), n, inFeatures, outFeatures,
+                var job = new Job(pw, pabs, new NestedScales(pcodes, pnested, w.NestedOffset), pq, psx, bias.Length == 0 ? null : pb, py, Table8(w.Type), n, inFeatures, outFeatures,
                     System.Numerics.BitOperations.Log2((uint)w.Blocksize), path, native);
                 int parts = Math.Max(1, Math.Min(threads, outFeatures / 64));
                 CpuParallel.For(parts, threads, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (part) =>
@@ -155,10 +156,11 @@ public static unsafe class Quant4Int8Gemv
         }
 
         fixed (byte* pw = w.Packed)
-        fixed (float* pabs = w.AbsmaxFp32(), py = y, psx = scales)
+        fixed (float* pabs = w.AbsmaxFp32(), py = y, psx = scales, pnested = w.NestedAbsmax)
         fixed (sbyte* pq = qx)
+        fixed (byte* pcodes = w.NestedCodes)
         {
-            new Job(pw, pabs, pq, psx, null, py, Table8(w.Type), m, inFeatures, outFeatures,
+            new Job(pw, pabs, new NestedScales(pcodes, pnested, w.NestedOffset), pq, psx, null, py, Table8(w.Type), m, inFeatures, outFeatures,
                 System.Numerics.BitOperations.Log2((uint)w.Blocksize), resolved, native).Run(j0, j1);
         }
     }
@@ -201,12 +203,24 @@ public static unsafe class Quant4Int8Gemv
     // Vector512 path) two chunks c, c + 1 (c even) are interleaved as the 512-bit nibble split
     // holds them: evens of c, evens of c + 1, odds of c, odds of c + 1; and after the n·chunks
     // scales each pair gets its scale vector [sx_c ×4, sx_c+1 ×4, sx_c ×4, sx_c+1 ×4].
-    private static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, Span<sbyte> q, Span<float> sx, bool pairs)
+    // The paired chunks go through Quant4Int8Activations.Pairs where AVX-512F is there (the same bits); useScalar forces
+    // this loop for every chunk (the tests' reference).
+    internal static void QuantizeRows(ReadOnlySpan<float> x, int n, int inFeatures, Span<sbyte> q, Span<float> sx, bool pairs, bool useScalar = false)
     {
         int chunks = inFeatures / Chunk;
         for (int r = 0; r < n; r++)
         {
-            for (int c = 0; c < chunks; c++)
+            int vectorized = 0;
+            if (pairs && !useScalar && Quant4Int8Activations.IsSupported)
+            {
+                fixed (float* px = x, psx = sx)
+                fixed (sbyte* pq = q)
+                {
+                    vectorized = Quant4Int8Activations.Pairs(px + (r * inFeatures), pq + (r * inFeatures), psx + (r * chunks), chunks) ? chunks & ~1 : 0;
+                }
+            }
+
+            for (int c = vectorized; c < chunks; c++)
             {
                 int e0 = (r * inFeatures) + (c * Chunk);
                 var v = x.Slice(e0, Chunk);
@@ -238,7 +252,7 @@ public static unsafe class Quant4Int8Gemv
         }
     }
 
-    private readonly struct Job(byte* w, float* absmax, sbyte* q, float* sx, float* bias, float* y, Vector128<sbyte> table,
+    private readonly struct Job(byte* w, float* absmax, NestedScales nested, sbyte* q, float* sx, float* bias, float* y, Vector128<sbyte> table,
         int n, int inFeatures, int outFeatures, int blockShift, SimdPath path, bool native)
     {
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -249,7 +263,7 @@ public static unsafe class Quant4Int8Gemv
             if (native)
             {
                 var t8 = table;
-                Quant4Int8Native.Rows(w, absmax, q, sx, y, (sbyte*)&t8, n, inFeatures, outFeatures, blockShift, onePairScale, j0, j1);
+                Quant4Int8Native.Rows(w, absmax, nested, q, sx, y, (sbyte*)&t8, n, inFeatures, outFeatures, blockShift, onePairScale, j0, j1);
                 for (int r = 0; bias != null && r < n; r++)
                 {
                     for (int j = j0; j < j1; j++)

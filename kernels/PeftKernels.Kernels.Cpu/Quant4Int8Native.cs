@@ -4,13 +4,40 @@
 // the pairs' scale vectors). Same integers, same fp32 order as Quant4Int8Dot.Row512: bit-identical y.
 // Chosen per call by KernelOptions.Int8Kernel (Auto: native where NativeQ4Int8.Available and the path
 // is Vector512; Managed forces the fallback); PEFT_NATIVE=0 hides the library. Threads, packing and
-// the activation quantization stay in C#.
+// the activation quantization stay in C#. A double-quantized weight is read through its 8-bit absmax
+// codes (NestedScales: 1 byte a block instead of AbsmaxFp32's 4, the fp32 value rebuilt in the kernel
+// exactly as Quant4.DequantizeNested computes it), so the weight stream is ~8 % shorter.
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using PeftKernels.Kernels.Native;
 
 namespace PeftKernels.Kernels.Cpu;
 
+/// <summary>Pointers to a double-quantized weight's absmax codes and nested scales (pinned by the caller), or none.</summary>
+internal readonly unsafe struct NestedScales(byte* codes, float* nested, float offset)
+{
+    /// <summary>The 8-bit absmax code per block (null: the weight's absmax is plain fp32).</summary>
+    public byte* Codes { get; } = codes;
+
+    /// <summary>fp32 scale per 256 codes.</summary>
+    public float* Nested { get; } = nested;
+
+    /// <summary>Added after the product.</summary>
+    public float Offset { get; } = offset;
+}
+
 internal static unsafe class Quant4Int8Native
 {
+    /// <summary>Quant4Codes.Dynamic in a pinned array, so the kernel can read it by pointer.</summary>
+    private static readonly float[] Dynamic = PinnedDynamic();
+
+    private static float[] PinnedDynamic()
+    {
+        var table = GC.AllocateArray<float>(256, pinned: true);
+        Quant4Codes.Dynamic.CopyTo(table);
+        return table;
+    }
+
     /// <summary>
     /// True when the native rows run for <paramref name="requested"/> on the integer path <paramref name="path"/>;
     /// a named native kernel that cannot run throws.
@@ -38,7 +65,8 @@ internal static unsafe class Quant4Int8Native
     }
 
     /// <summary>y[r, j] (no bias) for j in [j0, j1), r &lt; n; sx holds the n·chunks scales, then the pairs' vectors.</summary>
-    public static void Rows(byte* w, float* absmax, sbyte* q, float* sx, float* y, sbyte* table, int n, int inFeatures, int outFeatures,
+    /// <remarks>With <paramref name="nested"/> codes the kernel rebuilds each block's absmax from them and ignores <paramref name="absmax"/>.</remarks>
+    public static void Rows(byte* w, float* absmax, NestedScales nested, sbyte* q, float* sx, float* y, sbyte* table, int n, int inFeatures, int outFeatures,
         int blockShift, bool onePairScale, int j0, int j1)
     {
         var args = new Q4Int8Args
@@ -57,6 +85,10 @@ internal static unsafe class Quant4Int8Native
             Shift = blockShift,
             OnePairScale = onePairScale ? 1 : 0,
             Prefetch = Quant4Simd.PrefetchAhead,
+            Codes = nested.Codes,
+            Nested = nested.Nested,
+            Dynamic = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(Dynamic)),
+            Offset = nested.Offset,
         };
         for (int k = 0; k < 16; k++)
         {

@@ -60,6 +60,18 @@ internal unsafe struct Q4Int8Args
 
     /// <summary>The 16 code values as int8.</summary>
     public fixed sbyte Table[16];
+
+    /// <summary>Double quantization: the 8-bit absmax code per weight block (Absmax is then unused); null otherwise.</summary>
+    public byte* Codes;
+
+    /// <summary>fp32 scale per 256 absmax codes.</summary>
+    public float* Nested;
+
+    /// <summary>The 256 values of the dynamic map.</summary>
+    public float* Dynamic;
+
+    /// <summary>Added to each product dynamic[code] · nested[block / 256].</summary>
+    public float Offset;
 }
 
 /// <summary>The native AVX512-VNNI integer GEMV rows, if this process can run them (decided once).</summary>

@@ -112,6 +112,38 @@ public class Quant4Int8NativeTests
         }
     }
 
+    [Avx512VnniTheory]
+    [MemberData(nameof(TypesAndBlocksizes))]
+    public void NativeRowsRebuildDoubleQuantizedAbsmaxBitForBit(Quant4Type type, int blocksize)
+    {
+        // The native rows read a double-quantized weight's 8-bit absmax codes, not AbsmaxFp32(): the same y as the
+        // managed rows and the reference over the fp32 absmax, and as the native rows over a plain-absmax copy of the
+        // weight; shapes of more than 256 blocks (the nested scale changes every 256) and 1 and 2 threads.
+        int seed = 500 + ((int)type * 100) + blocksize;
+        foreach (var (n, inF, outF) in Shapes.Append((1, 768, 300)).Append((2, 2048, 41)))
+        {
+            seed += 7;
+            var (x, plain, bias) = Case(type, blocksize, n, inF, outF, seed);
+            var wf = plain.Dequantize();
+            var w = QuantizedWeight.Quantize(wf, [outF, inF], type, blocksize, doubleQuant: true);
+            Assert.True(w.IsNested);
+            var flat = new QuantizedWeight(w.Packed, (float[])w.AbsmaxFp32().Clone(), null, null, 0f, blocksize, type, [outF, inF], "float32");
+            var reference = Quant4Int8GemvReference.Forward(x, w.Packed, w.AbsmaxFp32(), Quant4Codes.Table(type), blocksize, n, inF, outF);
+            for (int i = 0; bias.Length > 0 && i < reference.Length; i++)
+            {
+                reference[i] += bias[i % outF];
+            }
+
+            string what = $"nested {type} bs {blocksize} n {n} in {inF} out {outF}";
+            SameBits(reference, Forward(x, w, bias, n, inF, outF, 1, Int8Kernel.Managed), what + " managed");
+            foreach (int threads in new[] { 1, 2 })
+            {
+                SameBits(reference, Forward(x, w, bias, n, inF, outF, threads, Int8Kernel.Avx512Vnni), $"{what} native t{threads}");
+                SameBits(reference, Forward(x, flat, bias, n, inF, outF, threads, Int8Kernel.Avx512Vnni), $"{what} native plain absmax t{threads}");
+            }
+        }
+    }
+
     [Avx512VnniFact]
     public void NativeRowsOverOddRangesEqualManaged()
     {

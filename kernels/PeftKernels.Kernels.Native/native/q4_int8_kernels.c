@@ -43,9 +43,25 @@ typedef struct
     int32_t one_pair_scale; // both chunks of every pair in one weight block (in % 64 == 0, blocksize ≥ 64)
     int32_t prefetch;       // bytes ahead of each read to prefetch into L2 (Quant4Simd.PrefetchAhead)
     int8_t table[16];       // round(code value · 127)
+    const uint8_t* codes;   // double quantization: the 8-bit absmax codes per weight block (absmax unused), else NULL
+    const float* nested;    // fp32 scale per 256 blocks
+    const float* dynamic;   // the 256 values of the dynamic map (Quant4Codes.Dynamic)
+    float offset;           // added after the product
 } q4i8_args;
 
 #define TABLE_SCALE (1.0f / 127.0f)
+
+// The fp32 absmax of weight block b: read, or with double quantization rebuilt from its 8-bit code as
+// Quant4.DequantizeNested does (dynamic[code] · nested[b / 256], then + offset, two roundings: the
+// file is compiled with -ffp-contract=off), so the value is the one AbsmaxFp32() holds, bit for bit.
+// Why: the fp32 array is 4 bytes a block of 64 weights (12.5 % on top of the 32 code bytes) and the
+// decode GEMV streams every weight once a token from DRAM; the codes are 1 byte (3 %).
+VNNI INLINE float absmax_at(const q4i8_args* a, int64_t b, const int NESTED)
+{
+    if (!NESTED) return a->absmax[b];
+    float product = a->dynamic[a->codes[b]] * a->nested[b >> 8];
+    return product + a->offset;
+}
 
 // Σ_{lanes} as Row512's Reduce8 of [q0 + q1, q2 + q3]: 8 → 4 → 2 → 1.
 VNNI INLINE float reduce(__m128 q0, __m128 q1, __m128 q2, __m128 q3)
@@ -56,7 +72,7 @@ VNNI INLINE float reduce(__m128 q0, __m128 q1, __m128 q2, __m128 q3)
 }
 
 // R weight rows (j, ..., j + R − 1) against activation row r.
-VNNI INLINE void group(const q4i8_args* a, int j, int r, const int R, __m512i table)
+VNNI INLINE void group(const q4i8_args* a, int j, int r, const int R, __m512i table, const int NESTED)
 {
     const int chunks = a->in / 32;
     const int64_t row_bytes = a->in / 2;
@@ -83,11 +99,11 @@ VNNI INLINE void group(const q4i8_args* a, int j, int r, const int R, __m512i ta
             __m512i u = _mm512_permutexvar_epi8(_mm512_srlv_epi16(v, shifts), table);
             __m512i lanes = _mm512_dpbusd_epi32(bias, u, qv);
             int64_t ec = e + i * (int64_t)a->in + (int64_t)c * 32;
-            float a0 = a->absmax[ec >> a->shift] * TABLE_SCALE;
+            float a0 = absmax_at(a, ec >> a->shift, NESTED) * TABLE_SCALE;
             __m512 ws = _mm512_set1_ps(a0);
             if (!a->one_pair_scale)
             {
-                float a1 = a->absmax[(ec + 32) >> a->shift] * TABLE_SCALE;
+                float a1 = absmax_at(a, (ec + 32) >> a->shift, NESTED) * TABLE_SCALE;
                 ws = _mm512_mask_blend_ps(0xF0F0, ws, _mm512_set1_ps(a1));
             }
 
@@ -113,7 +129,7 @@ VNNI INLINE void group(const q4i8_args* a, int j, int r, const int R, __m512i ta
             __m256i bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), m, qt));
             __m256i lanes = _mm256_dpbusd_epi32(bias, u, qt);
             int64_t ec = e + i * (int64_t)a->in + (int64_t)c * 32;
-            float s = sx[c] * (a->absmax[ec >> a->shift] * TABLE_SCALE);
+            float s = sx[c] * (absmax_at(a, ec >> a->shift, NESTED) * TABLE_SCALE);
             __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(s), _mm256_set_m128(q2, q0));
             q0 = _mm256_castps256_ps128(t);
             q2 = _mm256_extractf128_ps(t, 1);
@@ -123,14 +139,24 @@ VNNI INLINE void group(const q4i8_args* a, int j, int r, const int R, __m512i ta
     }
 }
 
-// y[r, j0 + i] for i < rows, r < n (no bias): four weight rows at a time, the rest one by one.
+// y[r, j0 + i] for i < rows, r < n (no bias): four weight rows at a time, the rest one by one; with
+// double-quantized scales (codes != NULL) each block's absmax is rebuilt from its code (absmax_at).
 EXPORT VNNI void peft_q4i8_vnni_rows(const q4i8_args* a)
 {
     __m128i t = _mm_xor_si128(_mm_loadu_si128((const __m128i*)a->table), _mm_set1_epi8((char)0x80)); // t8 + 128 as u8
     __m512i table = _mm512_broadcast_i32x4(t);
     int j = 0;
+    if (a->codes)
+    {
+        for (; j + 4 <= a->rows; j += 4)
+            for (int r = 0; r < a->n; r++) group(a, j, r, 4, table, 1);
+        for (; j < a->rows; j++)
+            for (int r = 0; r < a->n; r++) group(a, j, r, 1, table, 1);
+        return;
+    }
+
     for (; j + 4 <= a->rows; j += 4)
-        for (int r = 0; r < a->n; r++) group(a, j, r, 4, table);
+        for (int r = 0; r < a->n; r++) group(a, j, r, 4, table, 0);
     for (; j < a->rows; j++)
-        for (int r = 0; r < a->n; r++) group(a, j, r, 1, table);
+        for (int r = 0; r < a->n; r++) group(a, j, r, 1, table, 0);
 }
