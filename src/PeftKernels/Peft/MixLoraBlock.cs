@@ -137,7 +137,8 @@ public sealed class MixLoraBlock : Module
             us = Segmented("up_proj", us, xs!, starts, context);
         }
 
-        var act = Functional.SwiGlu(gs, us, context.Kernel);
+        // gs and us are this path's own temporaries (nothing reads them after SwiGLU's backward): their storage takes their gradients.
+        var act = Functional.SwiGluIntoInputs(gs, us, context.Kernel);
         int[][] tokenList = [tokenOf], slotList = [slotOf];
         var y = mlp.DownProj.Forward(Functional.RoutedSum([act], tokenList, slotList, route.Weights, n), context);
         if (Expert("down_proj", 0) == null)
