@@ -7,6 +7,9 @@
 //   MoeRouting.RoutedSumBackward(accumulate: true)            = the old gradient + the reference's w·g rows, with dw;
 //                                                              dpart may be part's own storage
 //   Functional.RoutedSum onto a part that already has a grad  gradients by central finite differences
+//   RowSelect.ScatterSum                                      = RowSelectReference.Scatter, and ScatterAdd into zeros
+//                                                              bit for bit (repeated, missing and out-of-order rows)
+//   Functional.GatherRows onto an x that already has a grad   gradients by central finite differences
 using PeftKernels.Autograd;
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Reference;
@@ -140,5 +143,36 @@ public class MixLoraBufferReuseTests
         // The gather is recorded after the routed sum, so its backward writes part's gradient first and the routed sum adds to it.
         Tensor Forward() => Functional.Add(Functional.RoutedSum([part], [rows], [slots], w, n), Functional.GatherRows(part, [5, 0, 2, 2]));
         AutogradTests.Check(Forward, ("part", part), ("w", w));
+    }
+
+    [Fact]
+    public void ScatterSumEqualsTheReferenceAndScatterAddIntoZeros()
+    {
+        int n = 7, cols = 19;
+        int[] rows = [3, 0, 3, 6, 3, 0, 5];
+        var x = TestUtil.Random(rows.Length * cols, 13);
+        var y = Enumerable.Repeat(float.NaN, n * cols).ToArray(); // every element must be written
+        RowSelect.ScatterSum(x, rows, y, n, cols);
+        TestUtil.AssertClose(y, RowSelectReference.Scatter(TestUtil.ToDouble(x), rows, n, cols), 1e-6, 1e-6, "scatter-sum");
+        var zeros = new float[n * cols];
+        RowSelect.ScatterAdd(x, rows, zeros, n, cols);
+        Assert.Equal(zeros, y);
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowSelect.ScatterSum(x, [.. rows[..^1], 7], y, n, cols));
+    }
+
+    [Fact]
+    public void GatherRowsOntoAnXWithAGradientPassesFiniteDifferences()
+    {
+        var x = Leaf(14, 1f, 5, 4);
+        var f = TestUtil.Random(20, 15, 2f);
+
+        // The gather is recorded first, so the scale's backward writes x's gradient before the gather adds its rows to it.
+        Tensor Forward()
+        {
+            var gathered = Functional.GatherRows(x, [4, 1, 1, 0, 2]);
+            return Functional.Add(gathered, Functional.ScaleElements(x, f));
+        }
+
+        AutogradTests.Check(Forward, ("x", x));
     }
 }
