@@ -5,6 +5,7 @@
 //               dp[sel_j] = (g_j − <g, w>) / Σ p[sel]  (0 for the experts not chosen)
 //   routed sum  y[rows[i], :] += w[rows[i], slots[i]] · part[i, :]   (one expert's part; called per expert)
 //               dpart[i, :] = w·g[rows[i], :],  dw[rows[i], slots[i]] += <part[i, :], g[rows[i], :]>
+//               (dpart overwritten, or accumulated into a gradient that already exists: no second buffer)
 // The routing rows are short (E experts), so they run serially; the routed sum axpys whole rows with
 // TensorPrimitives (the row gather is Kernels.Cpu.RowSelect, shared with the bottleneck sites). Fractions of the routed experts are exact counts.
 using System.Numerics.Tensors;
@@ -118,25 +119,35 @@ public static class MoeRouting
     }
 
     /// <summary>
-    /// Backward of one expert's <see cref="RoutedSum"/>: dpart[i, :] = w·g[rows[i], :] (overwritten, when not empty) and
-    /// dw[rows[i]·k + slots[i]] += &lt;part[i, :], g[rows[i], :]&gt; (when dw is not empty).
+    /// Backward of one expert's <see cref="RoutedSum"/>: dpart[i, :] = w·g[rows[i], :] (overwritten, or added to when
+    /// <paramref name="accumulate"/>; skipped when dpart is empty) and dw[rows[i]·k + slots[i]] += &lt;part[i, :], g[rows[i], :]&gt;
+    /// (when dw is not empty). dw reads part before dpart's row is written, so dpart may share part's storage.
     /// </summary>
     public static void RoutedSumBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w,
-        Span<float> dpart, Span<float> dw, int n, int c, int k)
+        Span<float> dpart, Span<float> dw, int n, int c, int k, bool accumulate = false)
     {
         MoeRoutingShapes.RoutedSumBackward(g.Length, part.Length, rows.Length, dpart.Length, dw.Length, n, c, k);
         for (int i = 0; i < rows.Length; i++)
         {
+            MoeRoutingShapes.Route(rows[i], slots[i], n, k);
             var gr = g.Slice(rows[i] * c, c);
             int at = (rows[i] * k) + slots[i];
-            if (!dpart.IsEmpty)
-            {
-                TensorPrimitives.Multiply(gr, w[at], dpart.Slice(i * c, c));
-            }
-
             if (!dw.IsEmpty)
             {
                 dw[at] += TensorPrimitives.Dot(part.Slice(i * c, c), gr);
+            }
+
+            if (!dpart.IsEmpty)
+            {
+                var dst = dpart.Slice(i * c, c);
+                if (accumulate)
+                {
+                    TensorPrimitives.MultiplyAdd(gr, w[at], dst, dst);
+                }
+                else
+                {
+                    TensorPrimitives.Multiply(gr, w[at], dst);
+                }
             }
         }
     }

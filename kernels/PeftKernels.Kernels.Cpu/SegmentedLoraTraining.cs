@@ -6,8 +6,8 @@
 //   h_t  = u_t · A_tᵀ                    [m_t, r_t]  (kept for the backward)
 //   y[seg t] += s_t · h_t · B_tᵀ         [m_t, out]
 // Backward, g_t = dy[seg t] (chain rule through the two GEMMs and the mask):
-//   dB_t       = s_t · g_tᵀ · h_t        [out, r_t]
-//   dh_t       = s_t · g_t · B_t         [m_t, r_t]
+//   dB_t       = s_t · g_tᵀ · h_t        [out, r_t]   } one pass over g_t (LowRankGrads) when both are
+//   dh_t       = s_t · g_t · B_t         [m_t, r_t]   } wanted and the segment runs on one thread
 //   dA_t       = dh_tᵀ · u_t             [r_t, in]
 //   dx[seg t]  = drop_t'(dh_t · A_t)     [m_t, in]   (0 on rows outside every segment)
 // Why: MixLoRA (one segment per expert over the k·n routed rows sorted by expert) used to gather each
@@ -15,10 +15,13 @@
 // full-size gradient buffers. Here the rows of an expert are already contiguous: every GEMM reads and
 // writes its segment of x, y, dy and dx in place (no gather, no scatter), the only scratch is dh (and
 // u with dropout) from ArrayPool, and each segment does exactly what LoraBranch does on its gathered
-// rows (the same fp32 Gemm calls in the same order), so results equal the per-expert path bit for bit.
+// rows (the same fp32 Gemm calls in the same order) in the forward, so y equals the per-expert path bit for bit. The
+// backward does too when dB is not wanted; with dB, a segment on one thread takes dB and dh from one pass over g_t
+// (Kernels.Cpu.LowRankGrads), which sums in another order: equal within fp32 rounding.
 // Threads: the segments are split over the threads (each segment's GEMMs on one thread), so a call
 // forks and joins once, not once per small GEMM; a lone segment's GEMMs use all threads. Each segment
-// writes only its own rows of y and dx and its own dA_t, dB_t: results do not depend on the split.
+// writes only its own rows of y and dx and its own dA_t, dB_t: results do not depend on the split (but a lone
+// segment on several threads takes dB and dh from the two threaded GEMMs: within rounding of the one-pass kernel).
 using System.Buffers;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -137,19 +140,33 @@ public static unsafe class SegmentedLoraTraining
                 float[]? dat = da?[t], dbt = db?[t];
                 var hs = new ReadOnlySpan<float>((float*)hp + hAt[t], m * r);
                 var g = new ReadOnlySpan<float>((float*)gp + ((long)s[t] * outFeatures), m * outFeatures);
-                if (dbt != null)
+                bool wantDh = wantDx || dat != null;
+                if (dbt != null && !wantDh)
                 {
                     Gemm.Multiply(true, false, outFeatures, r, m, scaleArray[t], g, hs, 0f, dbt, kernel);
                 }
 
-                if (!wantDx && dat == null)
+                if (!wantDh)
                 {
                     return;
                 }
 
                 var dh = ArrayPool<float>.Shared.Rent(m * r);
                 var dhs = dh.AsSpan(0, m * r);
-                Gemm.Multiply(false, false, m, r, outFeatures, scaleArray[t], g, b[t], 0f, dhs, kernel);
+                if (dbt != null && kernel.ResolveThreads() == 1)
+                {
+                    // One pass over the segment's g for both (see LowRankGrads); a lone segment on several threads keeps the GEMMs.
+                    LowRankGrads.Compute(g, hs, b[t], scaleArray[t], dbt, dhs, m, outFeatures, r, kernel.Path);
+                }
+                else
+                {
+                    if (dbt != null)
+                    {
+                        Gemm.Multiply(true, false, outFeatures, r, m, scaleArray[t], g, hs, 0f, dbt, kernel);
+                    }
+
+                    Gemm.Multiply(false, false, m, r, outFeatures, scaleArray[t], g, b[t], 0f, dhs, kernel);
+                }
                 if (dat != null)
                 {
                     float[]? rented = null;

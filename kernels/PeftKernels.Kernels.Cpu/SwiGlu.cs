@@ -42,7 +42,10 @@ public static unsafe class SwiGlu
         }
     }
 
-    /// <summary>dgate = dy ⊙ up ⊙ silu'(gate) and dup = dy ⊙ silu(gate), element-wise; all spans have one length.</summary>
+    /// <summary>
+    /// dgate = dy ⊙ up ⊙ silu'(gate) and dup = dy ⊙ silu(gate), element-wise; all spans have one length. Each element of dy,
+    /// gate and up is read before the same element of dgate and dup is written, so dgate may share gate's storage and dup up's.
+    /// </summary>
     public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> gate, ReadOnlySpan<float> up,
         Span<float> dgate, Span<float> dup, KernelOptions options = default)
     {

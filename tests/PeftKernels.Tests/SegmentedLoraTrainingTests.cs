@@ -2,7 +2,8 @@
 // against the double reference (SegmentedLoraReference.Sgmv / SgmvBackward) with ranks 1–17, segments of 0, 1 and odd
 // rows, rows before the first and after the last segment, every SIMD path and 1 or 2 threads; dropout equals the
 // kernel without dropout on each segment's dropped rows; the op's gradients by central finite differences; each
-// segment equals a LoraBranch on the same rows bit for bit (the MixLoRA per-expert path it replaces); bad input.
+// segment equals a LoraBranch on the same rows (the MixLoRA per-expert path it replaces: y bit for bit, the gradients
+// within fp32 rounding, as dB and dh come from one pass over g); bad input.
 using PeftKernels.Kernels.Cpu;
 using PeftKernels.Kernels.Reference;
 using PeftKernels.Nn;
@@ -64,7 +65,7 @@ public class SegmentedLoraTrainingTests
     }
 
     [Fact]
-    public void EachSegmentEqualsALoraBranchOnItsRowsBitForBit()
+    public void EachSegmentEqualsALoraBranchOnItsRows()
     {
         var (a, b, scales) = Adapters(20);
         var x = TestUtil.Random(N * InF, 4);
@@ -93,9 +94,10 @@ public class SegmentedLoraTrainingTests
             CpuLoraBranch.ForwardAccumulate(xs, null, a[t], b[t], default, scales[t], expectedY.AsSpan(Starts[t] * OutF, m * OutF), hs, m, InF, OutF, r, lo);
             var (dxs, das, dbs) = (new float[m * InF], new float[r * InF], new float[OutF * r]);
             CpuLoraBranch.Backward(g.AsSpan(Starts[t] * OutF, m * OutF), xs, null, hs, a[t], b[t], scales[t], dxs, das, dbs, m, InF, OutF, r, lo);
-            Assert.Equal(dxs, dx.AsSpan(Starts[t] * InF, m * InF).ToArray());
-            Assert.Equal(das, da[t]);
-            Assert.Equal(dbs, db[t]);
+            // The backward with dB takes dB and dh from one pass over g (LowRankGrads): another summation order than LoraBranch's GEMMs.
+            TestUtil.AssertClose(dx.AsSpan(Starts[t] * InF, m * InF), dxs, 1e-5, 1e-5, $"dx[{t}]");
+            TestUtil.AssertClose(da[t]!, das, 1e-5, 1e-5, $"dA[{t}]");
+            TestUtil.AssertClose(db[t]!, dbs, 1e-5, 1e-5, $"dB[{t}]");
         }
 
         Assert.Equal(expectedY, y);

@@ -212,6 +212,13 @@ public static partial class Functional
                 var dw = weights.RequiresGrad ? new float[n * k] : [];
                 for (int e = 0; e < parts.Count; e++)
                 {
+                    // A part whose gradient another node already wrote gets w·g added to it in place (no second [rows, c] buffer).
+                    if (parts[e].RequiresGrad && parts[e].Grad is { } existing)
+                    {
+                        Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, existing, dw, n, c, k, accumulate: true);
+                        continue;
+                    }
+
                     var dpart = parts[e].RequiresGrad ? GC.AllocateUninitializedArray<float>((int)parts[e].Count) : [];
                     Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, dpart, dw, n, c, k);
                     Grad.AddOwned(parts[e], dpart);

@@ -1,5 +1,6 @@
 // Row selection of x [n, cols] and its adjoint (docs/formats/bottleneck-adapters.md#rows):
-//   GatherRows   y = x[rows]            [k, cols];   dx[rows[j]] += dy[j]
+//   GatherRows   y = x[rows]            [k, cols];   dx[rows[j]] += dy[j]  (into x's gradient when it has one,
+//                                                   else each row of a fresh buffer written once: ScatterSum)
 //   ScatterRows  y[rows[j]] = x[j]      [n, cols], other rows 0 (rows distinct);   dx = dy[rows]
 // The bottleneck sites run an adapter setup on the rows (sequences) that chose it: gather them, run
 // the setup, scatter its contribution back; MixLoRA gathers each expert's tokens. CPU: Kernels.Cpu.RowSelect;
@@ -28,8 +29,15 @@ public static partial class Functional
         {
             Tape.Record(output, () =>
             {
-                var dx = new float[x.Count];
-                Kernels.Cpu.RowSelect.ScatterAdd(output.Grad!, rows, dx, n, cols);
+                // A gradient already there takes the rows added in place; else each row of a fresh buffer is written once.
+                if (x.RequiresGrad && x.Grad is { } existing)
+                {
+                    Kernels.Cpu.RowSelect.ScatterAdd(output.Grad!, rows, existing, n, cols);
+                    return;
+                }
+
+                var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+                Kernels.Cpu.RowSelect.ScatterSum(output.Grad!, rows, dx, n, cols);
                 Grad.AddOwned(x, dx);
             });
         }

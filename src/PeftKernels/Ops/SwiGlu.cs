@@ -2,6 +2,10 @@
 //   y = silu(gate) ⊙ up,  silu(g) = g·σ(g)
 //   d_up = dy ⊙ silu(gate);  d_gate = dy ⊙ up ⊙ σ(gate)·(1 + gate·(1 − σ(gate)))
 // CPU: Kernels.Cpu.SwiGlu; GPU: SwiGluKernels.
+// SwiGluIntoInputs (host, internal): the same op, but the backward writes d_gate and d_up over gate's and
+// up's storage instead of two fresh buffers. For temporaries that no other node reads after this op's
+// backward (MixLoRA's gathered [k·n, inter] rows): it saves two large allocations per step. The kernel
+// reads each element before it writes it, so the aliasing is safe.
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -30,6 +34,42 @@ public static partial class Functional
                 var dgate = GC.AllocateUninitializedArray<float>(y.Length);
                 var dup = GC.AllocateUninitializedArray<float>(y.Length);
                 Kernels.Cpu.SwiGlu.Backward(dy, gate.Data, up.Data, dgate, dup, options);
+                Grad.AddOwned(gate, dgate);
+                Grad.AddOwned(up, dup);
+            });
+        }
+
+        return output;
+    }
+
+    /// <summary>
+    /// silu(gate) ⊙ up on the host, whose backward overwrites <paramref name="gate"/>'s and <paramref name="up"/>'s storage with
+    /// their gradients: only for temporaries whose values no other node reads once this op's backward has run.
+    /// </summary>
+    internal static Tensor SwiGluIntoInputs(Tensor gate, Tensor up, KernelOptions options = default)
+    {
+        ArgumentNullException.ThrowIfNull(gate);
+        ArgumentNullException.ThrowIfNull(up);
+        OpChecks.SameShape(gate, up, "gate", "up");
+        if (gate.Device.IsGpu || up.Device.IsGpu)
+        {
+            throw new NotSupportedException("SwiGLU into its inputs: host tensors only (use SwiGlu on a device).");
+        }
+
+        if (ReferenceEquals(gate.Data, up.Data))
+        {
+            throw new ArgumentException("SwiGLU into its inputs: gate and up share one storage, so their gradients cannot both be written over it.", nameof(up));
+        }
+
+        var y = GC.AllocateUninitializedArray<float>(checked((int)gate.Count));
+        Kernels.Cpu.SwiGlu.Forward(gate.Data, up.Data, y, options);
+        var output = new Tensor(y, gate.Shape);
+        if (Tape.ShouldRecord(gate, up))
+        {
+            Tape.Record(output, () =>
+            {
+                var (dgate, dup) = (gate.Data, up.Data);
+                Kernels.Cpu.SwiGlu.Backward(output.Grad!, dgate, dup, dgate, dup, options);
                 Grad.AddOwned(gate, dgate);
                 Grad.AddOwned(up, dup);
             });

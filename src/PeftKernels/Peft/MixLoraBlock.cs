@@ -100,19 +100,23 @@ public sealed class MixLoraBlock : Module
         var route = Functional.TopKRouting(probs, k);
         PendingRoute = training ? (probs, route.Selected) : null;
 
+        if (!input.Device.IsGpu)
+        {
+            return ForwardSegmented(mlp, input, route, context);
+        }
+
         var gate = mlp.GateProj.Forward(input, context);
         var up = mlp.UpProj.Forward(input, context);
-        return input.Device.IsGpu
-            ? ForwardPerExpert(mlp, input, gate, up, route, context)
-            : ForwardSegmented(mlp, input, gate, up, route, context);
+        return ForwardPerExpert(mlp, input, gate, up, route, context);
     }
 
     /// <summary>
     /// The host path: the k·n (token, slot) pairs sorted by expert (tokens ascending within an expert), x, gate and up gathered
     /// once into that order, one segmented LoRA per module (segment e = expert e's rows), one SwiGLU over the k·n rows, and one
-    /// routed sum back to n rows for the activations and one for the down-projection deltas.
+    /// routed sum back to n rows for the activations and one for the down-projection deltas. x̃ is gathered before W_gate·x̃ and
+    /// W_up·x̃ run, so in the backward its rows are added into the gradient those two have written (no fresh [n, H] buffer).
     /// </summary>
-    private Tensor ForwardSegmented(LlamaMlp mlp, Tensor input, Tensor gate, Tensor up, TopKRoute route, ForwardContext context)
+    private Tensor ForwardSegmented(LlamaMlp mlp, Tensor input, TopKRoute route, ForwardContext context)
     {
         int n = input.Rows, k = Config.TopK, count = Config.NumExperts, kernelHidden = mlp.DownProj.OutFeatures;
         var (rows, slots, _) = Group(route.Selected, n, k, count);
@@ -125,6 +129,8 @@ public sealed class MixLoraBlock : Module
         int[] tokenOf = [.. rows.SelectMany(r => r)], slotOf = [.. slots.SelectMany(s => s)];
         bool gateLora = Expert("gate_proj", 0) != null, upLora = Expert("up_proj", 0) != null;
         var xs = gateLora || upLora ? Functional.GatherRows(input, tokenOf) : null;
+        var gate = mlp.GateProj.Forward(input, context);
+        var up = mlp.UpProj.Forward(input, context);
         var gs = Functional.GatherRows(gate, tokenOf);
         var us = Functional.GatherRows(up, tokenOf);
         if (gateLora)
@@ -137,7 +143,8 @@ public sealed class MixLoraBlock : Module
             us = Segmented("up_proj", us, xs!, starts, context);
         }
 
-        var act = Functional.SwiGlu(gs, us, context.Kernel);
+        // gs and us are this path's own temporaries (nothing reads them after SwiGLU's backward): their storage takes their gradients.
+        var act = Functional.SwiGluIntoInputs(gs, us, context.Kernel);
         int[][] tokenList = [tokenOf], slotList = [slotOf];
         var y = mlp.DownProj.Forward(Functional.RoutedSum([act], tokenList, slotList, route.Weights, n), context);
         if (Expert("down_proj", 0) == null)
