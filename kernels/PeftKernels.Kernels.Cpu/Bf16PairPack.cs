@@ -72,29 +72,22 @@ internal static unsafe class Bf16PairPack
 
             if (dense.TryNRows(j0, p0, out src, out ld))
             {
-                for (int t = 0; t < strips; t++)
-                {
-                    RowsF32(src + (t * nr), ld, Math.Min(nr, cols - (t * nr)), kc, nr, (uint*)(dst + (t * stripStride)));
-                }
-
+                RowsF32(src, ld, cols, kc, nr, stripStride, (uint*)dst);
                 return;
             }
         }
         else if (b is Bf16B bf)
         {
             ushort* src = bf.At(j0, p0, out int ld, out bool kContiguous);
+            if (!kContiguous)
+            {
+                RowsBf16(src, ld, cols, kc, nr, stripStride, (uint*)dst);
+                return;
+            }
+
             for (int t = 0; t < strips; t++)
             {
-                int width = Math.Min(nr, cols - (t * nr));
-                uint* d = (uint*)(dst + (t * stripStride));
-                if (kContiguous)
-                {
-                    ColumnsBf16(src + ((long)t * nr * ld), ld, width, kc, nr, d);
-                }
-                else
-                {
-                    RowsBf16(src + (t * nr), ld, width, kc, nr, d);
-                }
+                ColumnsBf16(src + ((long)t * nr * ld), ld, Math.Min(nr, cols - (t * nr)), kc, nr, (uint*)(dst + (t * stripStride)));
             }
 
             return;
@@ -140,63 +133,75 @@ internal static unsafe class Bf16PairPack
         }
     }
 
-    /// <summary>One strip from rows of fp32 op(B) (stored [k, n]): word[q·nr + j] = bf16(row 2q)[j] | bf16(row 2q+1)[j] &lt;&lt; 16.</summary>
+    /// <summary>
+    /// Strips from rows of fp32 op(B) (stored [k, n]), columns [0, cols), strip t at dst + t·stride words:
+    /// word[q·nr + j] = bf16(row 2q)[j] | bf16(row 2q+1)[j] &lt;&lt; 16. Each pair of rows is read once, across
+    /// every strip (long contiguous runs), rather than strip by strip down the rows.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void RowsF32(float* src, int ld, int width, int kc, int nr, uint* dst)
+    internal static void RowsF32(float* src, int ld, int cols, int kc, int nr, long stride, uint* dst)
     {
         int pairs = (kc + 1) / 2;
         for (int q = 0; q < pairs; q++)
         {
             uint* r0 = (uint*)(src + ((long)2 * q * ld));
             uint* r1 = 2 * q + 1 < kc ? r0 + ld : null;
-            uint* d = dst + ((long)q * nr);
-            int j = 0;
-            if (Vector512.IsHardwareAccelerated && r1 != null)
+            for (int c0 = 0; c0 < cols; c0 += nr)
             {
-                for (; j + 16 <= width; j += 16)
+                int width = Math.Min(nr, cols - c0);
+                uint* d = dst + ((c0 / nr) * stride) + ((long)q * nr) - c0;
+                int j = c0;
+                if (Vector512.IsHardwareAccelerated && r1 != null)
                 {
-                    var lo = Bf16Round.Bits(Vector512.Load(r0 + j)) >> 16;
-                    var hi = Bf16Round.Bits(Vector512.Load(r1 + j));
-                    (lo | hi).Store(d + j);
+                    for (; j + 16 <= c0 + width; j += 16)
+                    {
+                        var lo = Bf16Round.Bits(Vector512.Load(r0 + j)) >> 16;
+                        var hi = Bf16Round.Bits(Vector512.Load(r1 + j));
+                        (lo | hi).Store(d + j);
+                    }
                 }
-            }
 
-            for (; j < width; j++)
-            {
-                d[j] = (Bf16Round.Bits(r0[j]) >> 16) | (r1 == null ? 0u : Bf16Round.Bits(r1[j]));
-            }
+                for (; j < c0 + width; j++)
+                {
+                    d[j] = (Bf16Round.Bits(r0[j]) >> 16) | (r1 == null ? 0u : Bf16Round.Bits(r1[j]));
+                }
 
-            new Span<uint>(d + width, nr - width).Clear();
+                new Span<uint>(d + c0 + width, nr - width).Clear();
+            }
         }
     }
 
-    /// <summary>One strip from rows of bf16 op(B) (stored [k, n]): word[q·nr + j] = row 2q [j] | row 2q+1 [j] &lt;&lt; 16.</summary>
+    /// <summary>As <see cref="RowsF32"/> from rows of bf16 op(B): word[q·nr + j] = row 2q [j] | row 2q+1 [j] &lt;&lt; 16.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void RowsBf16(ushort* src, int ld, int width, int kc, int nr, uint* dst)
+    internal static void RowsBf16(ushort* src, int ld, int cols, int kc, int nr, long stride, uint* dst)
     {
         int pairs = (kc + 1) / 2;
         for (int q = 0; q < pairs; q++)
         {
             ushort* r0 = src + ((long)2 * q * ld);
             ushort* r1 = 2 * q + 1 < kc ? r0 + ld : null;
-            uint* d = dst + ((long)q * nr);
-            int j = 0;
-            if (Vector512.IsHardwareAccelerated && r1 != null)
+            for (int c0 = 0; c0 < cols; c0 += nr)
             {
-                for (; j + 16 <= width; j += 16)
+                int width = Math.Min(nr, cols - c0);
+                uint* d = dst + ((c0 / nr) * stride) + ((long)q * nr) - c0;
+                int j = c0;
+                if (Vector512.IsHardwareAccelerated && r1 != null)
                 {
-                    var lo = Vector512.WidenLower(Vector512.Create(Vector256.Load(r0 + j), Vector256<ushort>.Zero));
-                    var hi = Vector512.WidenLower(Vector512.Create(Vector256.Load(r1 + j), Vector256<ushort>.Zero));
-                    (lo | (hi << 16)).Store(d + j);
+                    for (; j + 16 <= c0 + width; j += 16)
+                    {
+                        var lo = Vector512.WidenLower(Vector512.Create(Vector256.Load(r0 + j), Vector256<ushort>.Zero));
+                        var hi = Vector512.WidenLower(Vector512.Create(Vector256.Load(r1 + j), Vector256<ushort>.Zero));
+                        (lo | (hi << 16)).Store(d + j);
+                    }
                 }
-            }
 
-            for (; j < width; j++)
-            {
-                d[j] = r0[j] | (r1 == null ? 0u : (uint)r1[j] << 16);
-            }
+                for (; j < c0 + width; j++)
+                {
+                    d[j] = r0[j] | (r1 == null ? 0u : (uint)r1[j] << 16);
+                }
 
-            new Span<uint>(d + width, nr - width).Clear();
+                new Span<uint>(d + c0 + width, nr - width).Clear();
+            }
         }
     }
 
@@ -207,19 +212,28 @@ internal static unsafe class Bf16PairPack
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ColumnsBf16(ushort* src, int ld, int width, int kc, int nr, uint* dst)
     {
+        // Chunks of 16 pairs: a chunk's stores (16 pair rows of the strip) and loads (64 bytes of each
+        // column) stay in L1; a whole column at a time strided its stores over the entire strip (~50 KiB).
         int full = kc / 2;
-        for (int j = 0; j < width; j++)
+        for (int q0 = 0; q0 < full; q0 += 16)
         {
-            ushort* col = src + ((long)j * ld);
-            uint* d = dst + j;
-            for (int q = 0; q < full; q++)
+            int q1 = Math.Min(full, q0 + 16);
+            for (int j = 0; j < width; j++)
             {
-                d[(long)q * nr] = Unsafe.ReadUnaligned<uint>(col + (2 * q));
+                ushort* col = src + ((long)j * ld);
+                uint* d = dst + j;
+                for (int q = q0; q < q1; q++)
+                {
+                    d[(long)q * nr] = Unsafe.ReadUnaligned<uint>(col + (2 * q));
+                }
             }
+        }
 
-            if ((kc & 1) != 0)
+        if ((kc & 1) != 0)
+        {
+            for (int j = 0; j < width; j++)
             {
-                d[(long)full * nr] = col[kc - 1];
+                dst[((long)full * nr) + j] = src[((long)j * ld) + kc - 1];
             }
         }
 
