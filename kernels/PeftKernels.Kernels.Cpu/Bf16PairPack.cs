@@ -16,6 +16,7 @@
 // results do not change; only the time does.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using PeftKernels.Kernels.Native;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -222,6 +223,13 @@ internal static unsafe class Bf16PairPack
             {
                 ushort* col = src + ((long)j * ld);
                 uint* d = dst + j;
+                if (Sse.IsSupported)
+                {
+                    // The strip reads nr columns (rows of W) at once: more streams than the hardware prefetcher
+                    // follows, so each column's line two chunks ahead is requested here.
+                    Sse.Prefetch0(col + (2 * q0) + 64);
+                }
+
                 for (int q = q0; q < q1; q++)
                 {
                     d[(long)q * nr] = Unsafe.ReadUnaligned<uint>(col + (2 * q));
