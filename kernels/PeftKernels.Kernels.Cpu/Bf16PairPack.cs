@@ -9,6 +9,7 @@
 //   fp32 Wᵀ (K-contiguous columns)       peft_bf16_pack_pairs (native, as before)
 //   fp32 W rows (N-contiguous, [k, n])    two rows rounded and interleaved (Vector512)
 //   bf16 Wᵀ                                each pair is one 32-bit word of a row: a word transpose
+//                                          (16×16 blocks in AVX-512 registers, rows prefetched ahead)
 //   bf16 W rows                            two rows widened and interleaved (Vector512)
 //   ConcatA / ConcatB                      each side packed on its own when the split falls on an
 //                                          even K offset of the block (else the generic route)
