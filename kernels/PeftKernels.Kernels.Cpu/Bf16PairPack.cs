@@ -7,7 +7,8 @@
 // Wᵀ, backward dx as W) and the one-GEMM LoRA fusion hides the weight behind ConcatA/ConcatB, which
 // no direct packer recognised. Here each source is packed straight into pairs in one pass:
 //   fp32 Wᵀ (K-contiguous columns)       peft_bf16_pack_pairs (native, as before)
-//   fp32 W rows (N-contiguous, [k, n])    two rows rounded and interleaved (Vector512)
+//   fp32 W rows (N-contiguous, [k, n])    two rows rounded and interleaved (Vector512); also a
+//                                          transposed fp32 A (LoRA's gᵀ, rows along M)
 //   bf16 Wᵀ                                each pair is one 32-bit word of a row: a word transpose
 //                                          (16×16 blocks in AVX-512 registers, rows prefetched ahead)
 //   bf16 W rows                            two rows widened and interleaved (Vector512)
@@ -29,10 +30,20 @@ internal static unsafe class Bf16PairPack
     public static void PackA<TA>(in TA a, float* dst, int i0, int rows, int p0, int kc, int mr)
         where TA : struct, IPanelA
     {
-        if (a is DenseA dense && NativeBf16.PackPairs != null && dense.TryKRows(i0, p0, out float* src, out int ld))
+        if (a is DenseA dense)
         {
-            NativeBf16.PackPairs(src, ld, rows, kc, mr, (uint*)dst);
-            return;
+            if (NativeBf16.PackPairs != null && dense.TryKRows(i0, p0, out float* src, out int ld))
+            {
+                NativeBf16.PackPairs(src, ld, rows, kc, mr, (uint*)dst);
+                return;
+            }
+
+            if (dense.TryMRows(i0, p0, out src, out ld))
+            {
+                // op(A) = Aᵀ (LoRA's db = s·gᵀ·h): the stored rows run along M, so a strip is two rows interleaved.
+                RowsF32(src, ld, rows, kc, mr, 0, (uint*)dst);
+                return;
+            }
         }
 
         if (a is ConcatA<DenseA, DenseA> concat && EvenSplit(concat.K1, p0, kc, out int head))

@@ -60,6 +60,15 @@ internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float sca
         return plain;
     }
 
+    /// <summary>Row p0 of the stored (transposed) A from column i0 when op(A) = Aᵀ is plain (no scale or mask): rows along M.</summary>
+    public bool TryMRows(int i0, int p0, out float* src, out int stride)
+    {
+        bool plain = trans && scale == 1f && !mask.Active;
+        src = plain ? ptr + ((long)p0 * ld) + i0 : null;
+        stride = ld;
+        return plain;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {

@@ -55,7 +55,8 @@ public unsafe class Bf16PairPackTests
         int k = K1 + K2;
         var x = Data(20 * (k + 2), 4);
         var h = Data(20 * K2, 5);
-        fixed (float* px = x, ph = h)
+        var xt = Data(k * 23, 8);           // op(A) = Aᵀ: storage [k, 23], 20 rows of op(A) used
+        fixed (float* px = x, ph = h, pxt = xt)
         {
             foreach (var (p0, kc) in Blocks)
             {
@@ -63,6 +64,8 @@ public unsafe class Bf16PairPackTests
                 {
                     int mr = rows == 20 ? 24 : 12;
                     CheckA("DenseA", new DenseA(px, k + 2, false), rows, mr, p0, kc);
+                    CheckA("DenseA trans", new DenseA(pxt, 23, true), rows, mr, p0, kc);
+                    CheckA("DenseA trans scaled", new DenseA(pxt, 23, true, 0.5f), rows, mr, p0, kc);
                     foreach (int k1 in new[] { K1, K1 + 1 })
                     {
                         var concat = new ConcatA<DenseA, DenseA>(new DenseA(px, k + 2, false), new DenseA(ph, K2, false, 0.5f), k1);
