@@ -9,9 +9,9 @@
 //           layout of vdpbf16ps / AMX, read by the native micro-kernels (Bf16Kernels.cs). In place is
 //           safe: pair q writes bytes [4qw, 4(q+1)w), which pair q read itself (q = 0, each vector
 //           loaded before it is stored) or which earlier pairs already consumed (q ≥ 1).
-//   Native: a plain row-major fp32 A (DenseA, no transpose/scale/mask) or a transposed B (DenseB, a
-//           weight [out, in], unmasked) has K-contiguous rows, which peft_bf16_pack_pairs (bf16_kernels.c)
-//           converts straight into the pair layout in one pass, bit for bit the same words (Bf16PackTests).
+//   Direct: plain fp32 and bf16 sources (and LoRA's K-concatenations of them) are packed straight into
+//           the pair layout in one pass (Bf16PairPack.cs; fp32 K-contiguous rows by the native
+//           peft_bf16_pack_pairs), bit for bit the same words (Bf16PackTests, Bf16PairPackTests).
 // Rounding is to nearest, ties to even; NaN stays NaN (quiet bit set), as Bf16.FromSingle.
 // The small-m GEMV methods of IPanelB are never reached: GemmDriver sends m ≤ 4 to fp32 unwrapped.
 using System.Runtime.CompilerServices;
@@ -28,7 +28,7 @@ internal static unsafe class Bf16Round
     public static uint Bits(uint u) => (uint)Bf16.FromSingle(BitConverter.UInt32BitsToSingle(u)) << 16;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<uint> Bits(Vector512<uint> u)
+    internal static Vector512<uint> Bits(Vector512<uint> u)
     {
         var rounded = u + Vector512.Create(0x7FFFu) + ((u >> 16) & Vector512<uint>.One);
         var nan = Vector512.GreaterThan(u & Vector512.Create(0x7FFFFFFFu), Vector512.Create(0x7F800000u));
@@ -102,17 +102,7 @@ internal readonly unsafe struct Bf16RoundA<TA>(TA inner) : IPanelA
 internal readonly unsafe struct Bf16PairA<TA>(TA inner) : IPanelA
     where TA : struct, IPanelA
 {
-    public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
-    {
-        if (inner is DenseA dense && NativeBf16.PackPairs != null && dense.TryKRows(i0, p0, out float* src, out int ld))
-        {
-            NativeBf16.PackPairs(src, ld, rows, kc, mr, (uint*)dst);
-            return;
-        }
-
-        inner.Pack(dst, i0, rows, p0, kc, mr);
-        Bf16Round.ToPairs(dst, kc, mr);
-    }
+    public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr) => Bf16PairPack.PackA(inner, dst, i0, rows, p0, kc, mr);
 }
 
 /// <summary>op(B) rounded to bf16 (fp32 containers, <paramref name="pairs"/> false) or packed as bf16 pairs along K.</summary>
@@ -125,30 +115,17 @@ internal readonly unsafe struct Bf16B<TB>(TB inner, bool pairs) : IPanelB
 
     public void Pack(float* dst, int j0, int cols, int p0, int kc, int nr, long stripStride)
     {
-        int strips = (cols + nr - 1) / nr;
-        if (pairs && inner is DenseB dense && NativeBf16.PackPairs != null && dense.TryKRows(j0, p0, out float* src, out int ld))
+        if (pairs)
         {
-            // A weight [out, in] read as op(B) = Wᵀ: each column of op(B) is a contiguous row of W.
-            for (int t = 0; t < strips; t++)
-            {
-                NativeBf16.PackPairs(src + ((long)t * nr * ld), ld, Math.Min(nr, cols - (t * nr)), kc, nr, (uint*)(dst + (t * stripStride)));
-            }
-
+            Bf16PairPack.PackB(inner, dst, j0, cols, p0, kc, nr, stripStride);
             return;
         }
 
+        int strips = (cols + nr - 1) / nr;
         inner.Pack(dst, j0, cols, p0, kc, nr, stripStride);
         for (int t = 0; t < strips; t++)
         {
-            float* strip = dst + (t * stripStride);
-            if (pairs)
-            {
-                Bf16Round.ToPairs(strip, kc, nr);
-            }
-            else
-            {
-                Bf16Round.InPlace(strip, (long)kc * nr);
-            }
+            Bf16Round.InPlace(dst + (t * stripStride), (long)kc * nr);
         }
     }
 

@@ -60,6 +60,15 @@ internal readonly unsafe struct DenseA(float* ptr, int ld, bool trans, float sca
         return plain;
     }
 
+    /// <summary>Row p0 of the stored (transposed) A from column i0 when op(A) = Aᵀ is plain (no scale or mask): rows along M.</summary>
+    public bool TryMRows(int i0, int p0, out float* src, out int stride)
+    {
+        bool plain = trans && scale == 1f && !mask.Active;
+        src = plain ? ptr + ((long)p0 * ld) + i0 : null;
+        stride = ld;
+        return plain;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
@@ -129,6 +138,12 @@ internal readonly unsafe struct ConcatA<T1, T2>(T1 first, T2 second, int k1) : I
     where T1 : struct, IPanelA
     where T2 : struct, IPanelA
 {
+    public T1 First => first;
+
+    public T2 Second => second;
+
+    public int K1 => k1;
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Pack(float* dst, int i0, int rows, int p0, int kc, int mr)
     {
@@ -153,6 +168,15 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
     {
         bool plain = trans && !mask.Active;
         src = plain ? ptr + ((long)j0 * ld) + p0 : null;
+        stride = ld;
+        return plain;
+    }
+
+    /// <summary>Row p0 of op(B) from column j0 when op(B)'s rows are plain contiguous runs along N (stored [k, n], unmasked).</summary>
+    public bool TryNRows(int j0, int p0, out float* src, out int stride)
+    {
+        bool plain = !trans && !mask.Active;
+        src = plain ? ptr + ((long)p0 * ld) + j0 : null;
         stride = ld;
         return plain;
     }
@@ -265,6 +289,14 @@ internal readonly unsafe struct DenseB(float* ptr, int ld, bool trans, int k, Dr
 /// <summary>bf16 op(B), widened to fp32 while packing (or inside the GEMV dot).</summary>
 internal readonly unsafe struct Bf16B(ushort* ptr, int ld, bool trans, int k) : IPanelB
 {
+    /// <summary>Where op(B)[p0, j0] sits and whether op(B)'s columns (transposed, a weight [out, in]) or rows run contiguously.</summary>
+    public ushort* At(int j0, int p0, out int stride, out bool kContiguous)
+    {
+        stride = ld;
+        kContiguous = trans;
+        return trans ? ptr + ((long)j0 * ld) + p0 : ptr + ((long)p0 * ld) + j0;
+    }
+
     public bool CanDot => trans;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -352,6 +384,12 @@ internal readonly unsafe struct ConcatB<T1, T2>(T1 first, T2 second, int k1) : I
     where T1 : struct, IPanelB
     where T2 : struct, IPanelB
 {
+    public T1 First => first;
+
+    public T2 Second => second;
+
+    public int K1 => k1;
+
     public bool CanDot => first.CanDot && second.CanDot;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
