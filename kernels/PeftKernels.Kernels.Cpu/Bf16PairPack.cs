@@ -151,14 +151,24 @@ internal static unsafe class Bf16PairPack
     /// word[q·nr + j] = bf16(row 2q)[j] | bf16(row 2q+1)[j] &lt;&lt; 16. Each pair of rows is read once, across
     /// every strip (long contiguous runs), rather than strip by strip down the rows.
     /// </summary>
+    internal static void RowsF32(float* src, int ld, int cols, int kc, int nr, long stride, uint* dst) =>
+        Rows<F32Rows, uint>((uint*)src, ld, cols, kc, nr, stride, dst);
+
+    /// <summary>As <see cref="RowsF32"/> from rows of bf16 op(B): word[q·nr + j] = row 2q [j] | row 2q+1 [j] &lt;&lt; 16.</summary>
+    internal static void RowsBf16(ushort* src, int ld, int cols, int kc, int nr, long stride, uint* dst) =>
+        Rows<Bf16Rows, ushort>(src, ld, cols, kc, nr, stride, dst);
+
+    /// <summary>The strip loop of <see cref="RowsF32"/> and <see cref="RowsBf16"/>; <typeparamref name="TRows"/> forms the words.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void RowsF32(float* src, int ld, int cols, int kc, int nr, long stride, uint* dst)
+    private static void Rows<TRows, TE>(TE* src, int ld, int cols, int kc, int nr, long stride, uint* dst)
+        where TRows : struct, IRowPairs<TE>
+        where TE : unmanaged
     {
         int pairs = (kc + 1) / 2;
         for (int q = 0; q < pairs; q++)
         {
-            uint* r0 = (uint*)(src + ((long)2 * q * ld));
-            uint* r1 = 2 * q + 1 < kc ? r0 + ld : null;
+            TE* r0 = src + ((long)2 * q * ld);
+            TE* r1 = 2 * q + 1 < kc ? r0 + ld : null;
             for (int c0 = 0; c0 < cols; c0 += nr)
             {
                 int width = Math.Min(nr, cols - c0);
@@ -168,15 +178,13 @@ internal static unsafe class Bf16PairPack
                 {
                     for (; j + 16 <= c0 + width; j += 16)
                     {
-                        var lo = Bf16Round.Bits(Vector512.Load(r0 + j)) >> 16;
-                        var hi = Bf16Round.Bits(Vector512.Load(r1 + j));
-                        (lo | hi).Store(d + j);
+                        TRows.Words16(r0 + j, r1 + j).Store(d + j);
                     }
                 }
 
                 for (; j < c0 + width; j++)
                 {
-                    d[j] = (Bf16Round.Bits(r0[j]) >> 16) | (r1 == null ? 0u : Bf16Round.Bits(r1[j]));
+                    d[j] = TRows.Word(r0 + j, r1 == null ? null : r1 + j);
                 }
 
                 new Span<uint>(d + c0 + width, nr - width).Clear();
@@ -184,38 +192,33 @@ internal static unsafe class Bf16PairPack
         }
     }
 
-    /// <summary>As <see cref="RowsF32"/> from rows of bf16 op(B): word[q·nr + j] = row 2q [j] | row 2q+1 [j] &lt;&lt; 16.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void RowsBf16(ushort* src, int ld, int cols, int kc, int nr, long stride, uint* dst)
+    /// <summary>How one source element type becomes pair words (low half = row 2q, high half = row 2q+1 or 0).</summary>
+    private interface IRowPairs<TE>
+        where TE : unmanaged
     {
-        int pairs = (kc + 1) / 2;
-        for (int q = 0; q < pairs; q++)
-        {
-            ushort* r0 = src + ((long)2 * q * ld);
-            ushort* r1 = 2 * q + 1 < kc ? r0 + ld : null;
-            for (int c0 = 0; c0 < cols; c0 += nr)
-            {
-                int width = Math.Min(nr, cols - c0);
-                uint* d = dst + ((c0 / nr) * stride) + ((long)q * nr) - c0;
-                int j = c0;
-                if (Vector512.IsHardwareAccelerated && r1 != null)
-                {
-                    for (; j + 16 <= c0 + width; j += 16)
-                    {
-                        var lo = Vector512.WidenLower(Vector512.Create(Vector256.Load(r0 + j), Vector256<ushort>.Zero));
-                        var hi = Vector512.WidenLower(Vector512.Create(Vector256.Load(r1 + j), Vector256<ushort>.Zero));
-                        (lo | (hi << 16)).Store(d + j);
-                    }
-                }
+        static abstract Vector512<uint> Words16(TE* r0, TE* r1);
 
-                for (; j < c0 + width; j++)
-                {
-                    d[j] = r0[j] | (r1 == null ? 0u : (uint)r1[j] << 16);
-                }
+        static abstract uint Word(TE* r0, TE* r1OrNull);
+    }
 
-                new Span<uint>(d + c0 + width, nr - width).Clear();
-            }
-        }
+    /// <summary>fp32 rows (read as their bits), rounded to bf16.</summary>
+    private readonly struct F32Rows : IRowPairs<uint>
+    {
+        public static Vector512<uint> Words16(uint* r0, uint* r1) =>
+            (Bf16Round.Bits(Vector512.Load(r0)) >> 16) | Bf16Round.Bits(Vector512.Load(r1));
+
+        public static uint Word(uint* r0, uint* r1OrNull) =>
+            (Bf16Round.Bits(*r0) >> 16) | (r1OrNull == null ? 0u : Bf16Round.Bits(*r1OrNull));
+    }
+
+    /// <summary>bf16 rows, copied.</summary>
+    private readonly struct Bf16Rows : IRowPairs<ushort>
+    {
+        public static Vector512<uint> Words16(ushort* r0, ushort* r1) =>
+            Vector512.WidenLower(Vector512.Create(Vector256.Load(r0), Vector256<ushort>.Zero))
+            | (Vector512.WidenLower(Vector512.Create(Vector256.Load(r1), Vector256<ushort>.Zero)) << 16);
+
+        public static uint Word(ushort* r0, ushort* r1OrNull) => *r0 | (r1OrNull == null ? 0u : (uint)*r1OrNull << 16);
     }
 
     /// <summary>
