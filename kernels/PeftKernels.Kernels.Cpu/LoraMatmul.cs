@@ -11,6 +11,9 @@
 //   da = dhᵀ · drop(x)      [r, in]       (skipped when da is empty: LoRA-FA)
 //   dx = [g | dh] · [w ; a] [n, in]       (one pass over dx tiles, K = out + r; with dropout
 //                                           the K ≥ out blocks are masked and scaled by 1/(1−p))
+// In fp32 compute dh and db come from one threaded pass over g and da from x's rows as they lie
+// (LowRankGrads: the GEMMs would pack g twice and x once for N or M = r); bf16 compute keeps the
+// GEMMs (operands in bf16 pairs), and so does da under dropout (the mask rides on the GEMM's packing).
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>Fused LoRA matmul forward and backward on the CPU, one entry point per direction over any storage of the frozen weight.</summary>
@@ -169,13 +172,28 @@ public static unsafe class LoraMatmul
 
         var mask = new DropoutMask(options.Dropout, options.Seed);
         var dh = new float[n * rank];
+        bool fp32 = options.Kernel.Compute == ComputePrecision.Fp32;
+        if (fp32)
+        {
+            // fp32: dh and db in one threaded pass over dy, da straight from x's rows (LowRankGrads; no packing).
+            LowRankGrads.Compute(dy, h, b, scale, db, dh, n, outFeatures, rank, options.Kernel);
+        }
+
         fixed (float* pdy = dy, px = x, ph = h, pa = a, pb = b, pdx = dx, pda = da, pdb = db, pdh = dh)
         {
-            GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdy, outFeatures, false), new DenseB(pb, rank, false, outFeatures),
-                n, rank, outFeatures, scale, 0f, pdh, rank, null);
-            GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdy, outFeatures, true), new DenseB(ph, rank, false, n),
-                outFeatures, rank, n, scale, 0f, pdb, rank, null);
-            if (da.Length != 0)
+            if (!fp32)
+            {
+                GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdy, outFeatures, false), new DenseB(pb, rank, false, outFeatures),
+                    n, rank, outFeatures, scale, 0f, pdh, rank, null);
+                GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdy, outFeatures, true), new DenseB(ph, rank, false, n),
+                    outFeatures, rank, n, scale, 0f, pdb, rank, null);
+            }
+
+            if (da.Length != 0 && fp32 && !mask.Active)
+            {
+                LowRankGrads.ComputeA(dh, x, da, n, inFeatures, rank, options.Kernel);
+            }
+            else if (da.Length != 0)
             {
                 GemmDriver.Run(options.Kernel, path, threads, new DenseA(pdh, rank, true), new DenseB(px, inFeatures, false, n, mask),
                     rank, inFeatures, n, 1f, 0f, pda, inFeatures, null);

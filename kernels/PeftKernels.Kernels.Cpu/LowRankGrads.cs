@@ -14,7 +14,7 @@ using System.Runtime.Intrinsics;
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>dB = s·gᵀ·h and dh = s·g·B in one pass over g, on the CPU (one thread).</summary>
-public static unsafe class LowRankGrads
+public static unsafe partial class LowRankGrads
 {
     /// <summary>dB = s·gᵀ·h [out, r] and dh = s·g·B [m, r], both overwritten.</summary>
     /// <param name="g">Output gradient [m, out].</param>
@@ -31,38 +31,18 @@ public static unsafe class LowRankGrads
     public static void Compute(ReadOnlySpan<float> g, ReadOnlySpan<float> h, ReadOnlySpan<float> b, float scale, Span<float> db, Span<float> dh,
         int m, int outFeatures, int rank, SimdPath path = SimdPath.Auto)
     {
-        if (m < 0 || outFeatures <= 0 || rank <= 0)
-        {
-            throw new ArgumentException($"low-rank grads: m = {m}, out = {outFeatures}, r = {rank} (need m ≥ 0, out ≥ 1, r ≥ 1).", nameof(m));
-        }
-
-        if (g.Length != (long)m * outFeatures || h.Length != (long)m * rank || b.Length != (long)outFeatures * rank
-            || db.Length != (long)outFeatures * rank || dh.Length != (long)m * rank)
-        {
-            throw new ArgumentException($"low-rank grads: g {g.Length}, h {h.Length}, B {b.Length}, dB {db.Length}, dh {dh.Length} floats; "
-                + $"m = {m}, out = {outFeatures}, r = {rank} need g [m, out], h and dh [m, r], B and dB [out, r].", nameof(g));
-        }
-
+        CheckShapes(g.Length, h.Length, b.Length, db.Length, dh.Length, m, outFeatures, rank);
         db.Clear();
         var resolved = new KernelOptions(1, path).ResolvePath();
         fixed (float* pg = g, ph = h, pb = b, pdb = db, pdh = dh)
         {
-            int done = 0;
-            if (resolved == SimdPath.Vector512)
-            {
-                done = Columns<Vector512<float>, V512>(pg, ph, pb, pdb, pdh, scale, m, outFeatures, rank, 0);
-            }
-            else if (resolved == SimdPath.Vector256)
-            {
-                done = Columns<Vector256<float>, V256>(pg, ph, pb, pdb, pdh, scale, m, outFeatures, rank, 0);
-            }
-
-            Columns<float, V1>(pg, ph, pb, pdb, pdh, scale, m, outFeatures, rank, done);
+            Chunk(pg, outFeatures, ph, pb, pdb, pdh, scale, m, outFeatures, rank, resolved);
         }
     }
 
-    /// <summary>Columns [c0, c0 + whole vectors) of dB and dh; returns the first column not done.</summary>
-    private static int Columns<TV, T>(float* g, float* h, float* b, float* db, float* dh, float scale, int m, int outF, int r, int c0)
+    /// <summary>Columns [c0, c0 + whole vectors) of dB (accumulated into) and dh (overwritten), over the outF columns of g
+    /// whose rows are <paramref name="ldg"/> apart; returns the first column not done.</summary>
+    private static int Columns<TV, T>(float* g, long ldg, float* h, float* b, float* db, float* dh, float scale, int m, int outF, int r, int c0)
         where TV : unmanaged
         where T : struct, IVec<TV>
     {
@@ -73,7 +53,7 @@ public static unsafe class LowRankGrads
             int i = 0;
             for (; i + 4 <= m; i += 4)
             {
-                float* g0 = g + ((long)i * outF), g1 = g0 + outF, g2 = g1 + outF, g3 = g2 + outF;
+                float* g0 = g + (i * ldg), g1 = g0 + ldg, g2 = g1 + ldg, g3 = g2 + ldg;
                 TV h0 = T.Mul(s, T.Load(h + ((long)i * r) + c)), h1 = T.Mul(s, T.Load(h + ((long)(i + 1) * r) + c));
                 TV h2 = T.Mul(s, T.Load(h + ((long)(i + 2) * r) + c)), h3 = T.Mul(s, T.Load(h + ((long)(i + 3) * r) + c));
                 TV a0 = T.Splat(0f), a1 = a0, a2 = a0, a3 = a0;
@@ -100,7 +80,7 @@ public static unsafe class LowRankGrads
 
             for (; i < m; i++)
             {
-                float* gi = g + ((long)i * outF);
+                float* gi = g + (i * ldg);
                 TV hi = T.Mul(s, T.Load(h + ((long)i * r) + c));
                 TV acc = T.Splat(0f);
                 float* bp = b + c, dbp = db + c;

@@ -1,6 +1,7 @@
 // A LoRA's two backward products that read the output gradient, in double (the specification of
 // Kernels.Cpu.LowRankGrads): g [m, out], h [m, r], B [out, r], scale s, all row-major:
 //   dB [out, r] = s · gᵀ · h        dh [m, r] = s · g · B
+// and the gradient of A (Kernels.Cpu.LowRankGrads.ComputeA): u [m, in], dA [r, in] = dhᵀ · u.
 namespace PeftKernels.Kernels.Reference;
 
 /// <summary>Naive double-precision dB = s·gᵀ·h and dh = s·g·B.</summary>
@@ -25,5 +26,24 @@ public static class LowRankGradsReference
         }
 
         return (db, dh);
+    }
+
+    /// <summary>dA [r, in] = dhᵀ·u in double.</summary>
+    public static double[] ComputeA(double[] dh, double[] u, int m, int inFeatures, int rank)
+    {
+        var da = new double[rank * inFeatures];
+        for (int i = 0; i < m; i++)
+        {
+            for (int c = 0; c < rank; c++)
+            {
+                double d = dh[(i * rank) + c];
+                for (int j = 0; j < inFeatures; j++)
+                {
+                    da[(c * inFeatures) + j] += d * u[(i * inFeatures) + j];
+                }
+            }
+        }
+
+        return da;
     }
 }
