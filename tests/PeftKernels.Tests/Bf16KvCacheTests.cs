@@ -1,7 +1,7 @@
 // The bf16 KV cache (EngineOptions.KvCache = BFloat16, `peft generate --kv-cache bf16`):
 //   - PagedDecodeAttention.Row over bf16 pools equals the fp32 overload over the exactly widened pools bit for bit
 //     (GQA 12/4 and 40/8 across two head groups, MHA 8/8; head dims 64, 40, 72 and 24, below two vector widths;
-//     lengths 1, 15, 16, 53, 77 and 300 in blocks of 16 and 128; a head range leaving other heads untouched; every SIMD path);
+//     lengths 1, 15, 16, 53, 77 in blocks of 16 and 1, 53, 127, 128, 300 in blocks of 128; a head range leaving other heads untouched; every SIMD path);
 //   - against the double reference over the unrounded fp32 cache its error stays within what rounding K and V to
 //     bf16 gives (and is not zero: the rounding happens);
 //   - KvBlockPool stores Bf16.FromSingle of each element, copies blocks on write, halves BytesPerBlock, and its fp32 views
