@@ -21,6 +21,9 @@
 // result is the same bit for bit. The dot, max, exp, scale and P·V steps are the existing attention
 // kernel's (Attention's tile helpers, per SIMD width), so non-finite values propagate as there: a NaN key
 // or value at a visible position gives NaN.
+// A bf16 cache (the overload over ushort pools: bf16 bit patterns, the engine's KvCacheType.BFloat16) runs
+// the same loops with each key and value vector widened exactly in registers (IWidenLoad: a 16-bit shift),
+// so its result is bit for bit the fp32 kernel's on the widened cache, for half the bytes streamed.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -51,7 +54,23 @@ public static unsafe class PagedDecodeAttention
     /// <exception cref="ArgumentException">A length, dim, head range or block id is out of range.</exception>
     /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
     public static void Row(ReadOnlySpan<float> q, ReadOnlySpan<float> keyPool, ReadOnlySpan<float> valuePool, ReadOnlySpan<int> blockTable,
+        int blockSize, int length, int heads, int kvHeads, int headDim, int h0, int h1, float scale, Span<float> o, SimdPath path) =>
+        Row<float, Fp32Load>(q, keyPool, valuePool, blockTable, blockSize, length, heads, kvHeads, headDim, h0, h1, scale, o, path);
+
+    /// <summary>
+    /// As the fp32 overload over pools of bf16 bit patterns (each element the upper 16 bits of an fp32): the same result, bit for bit,
+    /// as the fp32 overload on the widened pools.
+    /// </summary>
+    /// <exception cref="ArgumentException">A length, dim, head range or block id is out of range.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="path"/> is not supported on this processor.</exception>
+    public static void Row(ReadOnlySpan<float> q, ReadOnlySpan<ushort> keyPool, ReadOnlySpan<ushort> valuePool, ReadOnlySpan<int> blockTable,
+        int blockSize, int length, int heads, int kvHeads, int headDim, int h0, int h1, float scale, Span<float> o, SimdPath path) =>
+        Row<ushort, Bf16Load>(q, keyPool, valuePool, blockTable, blockSize, length, heads, kvHeads, headDim, h0, h1, scale, o, path);
+
+    private static void Row<TE, TL>(ReadOnlySpan<float> q, ReadOnlySpan<TE> keyPool, ReadOnlySpan<TE> valuePool, ReadOnlySpan<int> blockTable,
         int blockSize, int length, int heads, int kvHeads, int headDim, int h0, int h1, float scale, Span<float> o, SimdPath path)
+        where TE : unmanaged
+        where TL : IWidenLoad<TE>
     {
         Check.Positive(blockSize, "blockSize");
         Check.Positive(length, "length");
@@ -92,20 +111,21 @@ public static unsafe class PagedDecodeAttention
             return;
         }
 
-        fixed (float* pq = q, pk = keyPool, pv = valuePool, po = o)
+        fixed (float* pq = q, po = o)
+        fixed (TE* pk = keyPool, pv = valuePool)
         fixed (int* pt = blockTable)
         {
             var d = new Dims(blockSize, length, heads / kvHeads, kvHeads * headDim, headDim, scale);
             switch (resolved)
             {
                 case SimdPath.Vector512:
-                    Heads<Vector512<float>, V512>(pq, pk, pv, pt, d, h0, h1, po);
+                    Heads<Vector512<float>, V512, TE, TL>(pq, pk, pv, pt, d, h0, h1, po);
                     break;
                 case SimdPath.Vector256:
-                    Heads<Vector256<float>, V256>(pq, pk, pv, pt, d, h0, h1, po);
+                    Heads<Vector256<float>, V256, TE, TL>(pq, pk, pv, pt, d, h0, h1, po);
                     break;
                 default:
-                    Heads<float, V1>(pq, pk, pv, pt, d, h0, h1, po);
+                    Heads<float, V1, TE, TL>(pq, pk, pv, pt, d, h0, h1, po);
                     break;
             }
         }
@@ -114,9 +134,11 @@ public static unsafe class PagedDecodeAttention
     /// <summary>Query heads per group of <see cref="Heads"/>: their scores of one run live on the stack.</summary>
     private const int HeadGroup = 32;
 
-    private static void Heads<TV, T>(float* q, float* k, float* v, int* table, Dims d, int h0, int h1, float* o)
+    private static void Heads<TV, T, TE, TL>(float* q, TE* k, TE* v, int* table, Dims d, int h0, int h1, float* o)
         where TV : unmanaged
         where T : struct, IVec<TV>
+        where TE : unmanaged
+        where TL : IWidenLoad<TE>
     {
         int hd = d.HeadDim;
         float* s = stackalloc float[HeadGroup * Run];
@@ -126,7 +148,7 @@ public static unsafe class PagedDecodeAttention
         {
             int g1 = Math.Min(h1, g0 + HeadGroup), n = g1 - g0;
             long span0 = (long)(g0 / d.Group) * hd;
-            int spanBytes = (int)(((((long)(g1 - 1) / d.Group) + 1) * hd) - span0) * sizeof(float);
+            int spanBytes = (int)(((((long)(g1 - 1) / d.Group) + 1) * hd) - span0) * sizeof(TE);
             new Span<float>(o + ((long)g0 * hd), n * hd).Clear();
             for (int i = 0; i < n; i++)
             {
@@ -141,12 +163,12 @@ public static unsafe class PagedDecodeAttention
                 long at = (((long)table[pos / d.BlockSize] * d.BlockSize) + inBlock) * d.KvDim;
                 for (int j = 0; j < count; j++)
                 {
-                    float* row = k + at + ((long)j * d.KvDim);
+                    TE* row = k + at + ((long)j * d.KvDim);
                     Prefetch(v + at + ((long)j * d.KvDim) + span0, spanBytes);
                     for (int i = 0; i < n; i++)
                     {
                         int h = g0 + i;
-                        Attention.Dots<TV, T>(q + ((long)h * hd), row + ((long)(h / d.Group) * hd), 0, 1, hd, s + (i * Run) + j);
+                        s[(i * Run) + j] = Dot<TV, T, TE, TL>(q + ((long)h * hd), row + ((long)(h / d.Group) * hd), hd);
                     }
                 }
 
@@ -165,7 +187,7 @@ public static unsafe class PagedDecodeAttention
 
                 for (int j = 0; j < count; j++)
                 {
-                    float* row = v + at + ((long)j * d.KvDim);
+                    TE* row = v + at + ((long)j * d.KvDim);
                     int ahead = pos + count + j;
                     if (ahead < d.Length)
                     {
@@ -175,7 +197,7 @@ public static unsafe class PagedDecodeAttention
                     for (int i = 0; i < n; i++)
                     {
                         int h = g0 + i;
-                        Axpy<TV, T>(s[(i * Run) + j], row + ((long)(h / d.Group) * hd), o + ((long)h * hd), hd);
+                        Axpy<TV, T, TE, TL>(s[(i * Run) + j], row + ((long)(h / d.Group) * hd), o + ((long)h * hd), hd);
                     }
                 }
 
@@ -191,30 +213,66 @@ public static unsafe class PagedDecodeAttention
     }
 
     /// <summary>
-    /// o[c] += p·v[c] for c &lt; n: the FMAs of Attention.MulAdd1 for one position (vectors by fused multiply-add, a scalar tail
-    /// by multiply then add), so the sum per element is the same bit for bit; inlined, since it runs once per position and head.
+    /// x·y over n elements with y widened by TL: the operations of the attention kernel's Dot (AttentionTiles.cs: two FMA
+    /// chains of full vectors, one more vector into the first, the lanes summed, a scalar tail by multiply then add), so the
+    /// fp32 result is the same bit for bit.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy<TV, T>(float p, float* v, float* o, int n)
+    private static float Dot<TV, T, TE, TL>(float* x, TE* y, int n)
         where TV : unmanaged
         where T : struct, IVec<TV>
+        where TE : unmanaged
+        where TL : IWidenLoad<TE>
+    {
+        int w = T.Width, d = 0;
+        TV s0 = default, s1 = default;
+        for (; d <= n - (2 * w); d += 2 * w)
+        {
+            s0 = T.Fma(T.Load(x + d), T.LoadWidened<TE, TL>(y + d), s0);
+            s1 = T.Fma(T.Load(x + d + w), T.LoadWidened<TE, TL>(y + d + w), s1);
+        }
+
+        for (; d <= n - w; d += w)
+        {
+            s0 = T.Fma(T.Load(x + d), T.LoadWidened<TE, TL>(y + d), s0);
+        }
+
+        float sum = T.Sum(T.Add(s0, s1));
+        for (; d < n; d++)
+        {
+            sum += x[d] * TL.Load(y + d);
+        }
+
+        return sum;
+    }
+
+    /// <summary>
+    /// o[c] += p·v[c] for c &lt; n (v widened by TL): the FMAs of Attention.MulAdd1 for one position (vectors by fused multiply-add,
+    /// a scalar tail by multiply then add), so the sum per element is the same bit for bit; inlined, since it runs once per position and head.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Axpy<TV, T, TE, TL>(float p, TE* v, float* o, int n)
+        where TV : unmanaged
+        where T : struct, IVec<TV>
+        where TE : unmanaged
+        where TL : IWidenLoad<TE>
     {
         int w = T.Width, c = 0;
         TV vp = T.Splat(p);
         for (; c <= n - w; c += w)
         {
-            T.Store(o + c, T.Fma(vp, T.Load(v + c), T.Load(o + c)));
+            T.Store(o + c, T.Fma(vp, T.LoadWidened<TE, TL>(v + c), T.Load(o + c)));
         }
 
         for (; c < n; c++)
         {
-            o[c] += p * v[c];
+            o[c] += p * TL.Load(v + c);
         }
     }
 
     /// <summary>Prefetches <paramref name="bytes"/> from <paramref name="start"/> into L2, a line at a time.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Prefetch(float* start, int bytes)
+    private static void Prefetch(void* start, int bytes)
     {
         byte* p = (byte*)start;
         for (int b = 0; b < bytes; b += 64)

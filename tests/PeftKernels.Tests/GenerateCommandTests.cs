@@ -259,11 +259,27 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void KvCacheBf16RunsTheEngineWithABf16CacheAndOtherValuesAreRefused()
+    {
+        var bf16 = Invoke("generate", "--model", ModelFolder, "--prompt-tokens", "5,6,7", "--max-new-tokens", "6", "--threads", "1", "--kv-cache", "bf16");
+        Assert.Equal((0, ""), (bf16.Code, bf16.Error));
+        using var engine = new InferenceEngine(LlamaForCausalLM.Load(ModelFolder),
+            new EngineOptions { MaxRunningSequences = 1, MaxSequenceLength = 9, Threads = 1, KvCache = KvCacheType.BFloat16 });
+        Assert.Equal(KvCacheType.BFloat16, engine.Pool.CacheType);
+        var expected = engine.Run([new EngineRequest([5, 6, 7], null, new SamplingParams(MaxTokens: 6))])[0].Tokens;
+        Assert.Equal(string.Join(",", expected), bf16.Output.Trim());
+        var bad = Invoke("generate", "--model", ModelFolder, "--prompt-tokens", "5,6,7", "--max-new-tokens", "6", "--kv-cache", "f16");
+        Assert.NotEqual(0, bad.Code);
+        Assert.Contains("'f16' not recognized", bad.Error, StringComparison.Ordinal);
+        Assert.Contains("'bf16'", bad.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void HelpNamesTheEngineOptionsAndTheGpuFallback()
     {
         var (code, output, _) = Invoke("generate", "--help");
         Assert.Equal(0, code);
-        foreach (string fragment in new[] { "--requests <file>", "--top-k <k>", "--integer-decode", "--max-running <n>", "--max-batch-tokens <n>", "--device cuda runs the engine's forward on the GPU" })
+        foreach (string fragment in new[] { "--requests <file>", "--top-k <k>", "--integer-decode", "--kv-cache <fp32|bf16>", "--max-running <n>", "--max-batch-tokens <n>", "--device cuda runs the engine's forward on the GPU" })
         {
             Assert.Contains(fragment, output, StringComparison.Ordinal);
         }

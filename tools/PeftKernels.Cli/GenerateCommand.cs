@@ -6,7 +6,7 @@
 // Everything runs on the inference engine (GenerateEngine.cs: continuous batching, paged KV cache,
 // per-request adapters), on the CPU or with --device cuda on the GPU (the engine's step forward, KV
 // blocks and every adapter kind on the device; scheduling and sampling on the host; --integer-decode, a
-// CPU kernel, is refused there). A whole-model --adapter the engine serves (InferenceEngine.Serves:
+// CPU kernel, is refused there, as is --kv-cache bf16). A whole-model --adapter the engine serves (InferenceEngine.Serves:
 // prompt learning, bottleneck, MixLoRA, X-LoRA, on either device) runs on the engine too; any other runs
 // with the library's KV-cache generation (LlamaForCausalLM.Generate, no --top-k).
 // Before generating, the prompt's logits are checked for NaN/∞ (naming the row and the first
@@ -46,6 +46,13 @@ internal static class GenerateCommand
         {
             Description = "Decode rows over 4-bit weights take the integer GEMV (int8 activations): faster, approximate; off = the bitsandbytes-exact fp32 path.",
         };
+        var kvCache = new Option<string>("--kv-cache")
+        {
+            HelpName = "fp32|bf16",
+            Description = "Storage of the engine's KV cache: fp32 (exact), or bf16 (CPU only; half the bytes a decode step's attention reads, each key and value rounded to bf16).",
+            DefaultValueFactory = _ => "fp32",
+        };
+        kvCache.AcceptOnlyFromAmong("fp32", "bf16");
         var maxRunning = new Option<int>("--max-running") { HelpName = "n", Description = "Sequences the engine runs at once; more wait in its queue.", DefaultValueFactory = _ => 64 };
         var maxBatchTokens = new Option<int>("--max-batch-tokens") { HelpName = "n", Description = "Tokens one engine step runs at most (decode rows plus prompt chunks).", DefaultValueFactory = _ => 512 };
         var threads = OptionChecks.ThreadsOption();
@@ -55,7 +62,7 @@ internal static class GenerateCommand
             + "(greedy, or temperature / top-k / top-p sampling; paged KV cache; an adapter per request). "
             + "--device cuda runs the engine's forward on the GPU (no --integer-decode there).")
         {
-            model, adapter, prompt, promptTokens, requests, maxNew, temperature, topP, topK, seed, integerDecode, maxRunning, maxBatchTokens, threads, device, compute,
+            model, adapter, prompt, promptTokens, requests, maxNew, temperature, topP, topK, seed, integerDecode, kvCache, maxRunning, maxBatchTokens, threads, device, compute,
         };
         command.Validators.Add(result =>
         {
@@ -100,7 +107,13 @@ internal static class GenerateCommand
                 throw new ArgumentException("--integer-decode needs --device cpu: the int8 decode GEMV is a CPU kernel (the GPU engine reads 4-bit weights directly).");
             }
 
-            var settings = new EngineSettings(running, batchTokens, threadCount, parse.GetValue(integerDecode)) { Compute = precision, On = on };
+            var cache = parse.GetValue(kvCache) == "bf16" ? KvCacheType.BFloat16 : KvCacheType.Float32;
+            if (on.IsGpu && cache != KvCacheType.Float32)
+            {
+                throw new ArgumentException("--kv-cache bf16 needs --device cpu: the GPU engine keeps an fp32 KV cache.");
+            }
+
+            var settings = new EngineSettings(running, batchTokens, threadCount, parse.GetValue(integerDecode)) { Compute = precision, On = on, KvCache = cache };
             if (requestsFile != null)
             {
                 return RunRequests(parse, log, folder, requestsFile, new RequestDefaults(newTokens, t, p, k, parse.GetValue(seed), null), settings);

@@ -24,6 +24,9 @@ internal sealed record EngineSettings(int MaxRunning, int MaxBatchTokens, int Th
 
     /// <summary>Where the engine's forward runs (--device); the model is moved there before the engine is built.</summary>
     public Device On { get; init; } = Device.Cpu;
+
+    /// <summary>Storage of the engine's KV cache (--kv-cache fp32|bf16).</summary>
+    public KvCacheType KvCache { get; init; }
 }
 
 /// <summary>Runs checked requests on an <see cref="InferenceEngine"/> and words its results.</summary>
@@ -75,6 +78,7 @@ internal static class GenerateEngine
             Threads = settings.Threads,
             Compute = settings.Compute,
             IntegerDecode = settings.IntegerDecode,
+            KvCache = settings.KvCache,
         };
         if (settings.On.IsGpu)
         {

@@ -95,21 +95,47 @@ internal sealed partial class BatchForward
             var (k0, k1) = CpuParallel.Split(kvHeads, attendSplits, unit % attendSplits);
             var sequence = batch.Sequences[s];
             var pool = sequence.Pool;
+            if (pool.CacheType == KvCacheType.BFloat16)
+            {
+                PagedDecodeAttention.Row(q.AsSpan(row * qDim, qDim), pool.LayerKeysBf16(attendLayer), pool.LayerValuesBf16(attendLayer), sequence.Table, pool.BlockSize,
+                    batch.Positions[row] + 1, heads, kvHeads, headDim, k0 * group, k1 * group, scale, att.AsSpan(row * qDim, qDim), path);
+                continue;
+            }
+
             PagedDecodeAttention.Row(q.AsSpan(row * qDim, qDim), pool.LayerKeys(attendLayer), pool.LayerValues(attendLayer), sequence.Table, pool.BlockSize,
                 batch.Positions[row] + 1, heads, kvHeads, headDim, k0 * group, k1 * group, scale, att.AsSpan(row * qDim, qDim), path);
         }
     }
 
-    /// <summary>Copies positions 0..total−1 of one layer's keys and values into the contiguous scratch.</summary>
+    /// <summary>Copies positions 0..total−1 of one layer's keys and values into the contiguous scratch (a bf16 cache widened exactly).</summary>
     private void Gather(PagedSequence sequence, int layer, int total)
     {
-        int blockSize = sequence.Pool.BlockSize;
+        var pool = sequence.Pool;
+        int blockSize = pool.BlockSize;
         for (int b = 0, done = 0; done < total; b++)
         {
             int count = Math.Min(blockSize, total - done);
-            sequence.KeyBlock(layer, b)[..(count * kvDim)].CopyTo(kvScratchK.AsSpan(done * kvDim));
-            sequence.ValueBlock(layer, b)[..(count * kvDim)].CopyTo(kvScratchV.AsSpan(done * kvDim));
+            if (pool.CacheType == KvCacheType.BFloat16)
+            {
+                Widen(pool.KeyBlockBf16(layer, sequence.Table[b])[..(count * kvDim)], kvScratchK.AsSpan(done * kvDim));
+                Widen(pool.ValueBlockBf16(layer, sequence.Table[b])[..(count * kvDim)], kvScratchV.AsSpan(done * kvDim));
+            }
+            else
+            {
+                sequence.KeyBlock(layer, b)[..(count * kvDim)].CopyTo(kvScratchK.AsSpan(done * kvDim));
+                sequence.ValueBlock(layer, b)[..(count * kvDim)].CopyTo(kvScratchV.AsSpan(done * kvDim));
+            }
+
             done += count;
+        }
+    }
+
+    /// <summary>destination[i] = the fp32 value of the bf16 bits source[i] (exact).</summary>
+    private static void Widen(ReadOnlySpan<ushort> source, Span<float> destination)
+    {
+        for (int i = 0; i < source.Length; i++)
+        {
+            destination[i] = Bf16.ToSingle(source[i]);
         }
     }
 

@@ -5,6 +5,19 @@ using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Engine;
 
+/// <summary>How the paged KV cache stores keys and values.</summary>
+public enum KvCacheType
+{
+    /// <summary>fp32 (exact; the default).</summary>
+    Float32,
+
+    /// <summary>
+    /// bf16 bit patterns, each element rounded to nearest-even when written and widened exactly when read: half the bytes a decode
+    /// step's attention streams (CPU only; the error and the greedy agreement are in docs/performance.md, session 14).
+    /// </summary>
+    BFloat16,
+}
+
 /// <summary>Settings of <see cref="InferenceEngine"/>.</summary>
 public sealed record EngineOptions
 {
@@ -41,6 +54,9 @@ public sealed record EngineOptions
     /// </summary>
     public bool IntegerDecode { get; init; }
 
+    /// <summary>Storage of the paged KV cache (fp32, or bf16 on the CPU engine).</summary>
+    public KvCacheType KvCache { get; init; }
+
     /// <summary>Sequences whose prompts start alike share the KV blocks of the common full blocks (copy on write).</summary>
     public bool PrefixSharing { get; init; } = true;
 
@@ -72,5 +88,6 @@ public sealed record EngineOptions
         Require(KvBlocks >= 0, $"KvBlocks must be >= 0; got {KvBlocks}");
         Require(MaxSequenceLength >= 0 && MaxSequenceLength <= maxPositions, $"MaxSequenceLength must be in [0, {maxPositions}] (the model's max_position_embeddings); got {MaxSequenceLength}");
         Require(Threads >= 0, $"Threads must be >= 0; got {Threads}");
+        Require(KvCache is KvCacheType.Float32 or KvCacheType.BFloat16, $"KvCache must be Float32 or BFloat16; got {KvCache}");
     }
 }

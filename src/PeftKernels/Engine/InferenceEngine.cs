@@ -63,6 +63,11 @@ public sealed partial class InferenceEngine : IDisposable
         scalingBatch = new StepBatch(Options.MaxBatchTokens, Options.MaxRunningSequences);
         if (model.Device.IsGpu)
         {
+            if (Options.KvCache != KvCacheType.Float32)
+            {
+                throw new NotSupportedException($"EngineOptions.KvCache {Options.KvCache} is CPU-only; the device engine keeps an fp32 KV cache.");
+            }
+
             Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks, model.Device.Accelerator);
             try
             {
@@ -78,7 +83,7 @@ public sealed partial class InferenceEngine : IDisposable
             return;
         }
 
-        Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks);
+        Pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, Options.BlockSize, blocks, Options.KvCache);
         forward = new BatchForward(model, Options.MaxBatchTokens, Options.MaxRunningSequences, MaxSequenceLength, Options);
         table = new AdapterTable(c.NumHiddenLayers, forward.Shapes);
     }

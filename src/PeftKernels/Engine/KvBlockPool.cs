@@ -7,6 +7,10 @@
 // produces them (after RoPE), as in KvCache. For the device engine the same storage lives on the
 // accelerator instead (DeviceKvBlocks: no host arrays; copy on write and row writes go to the device);
 // everything below (counts, free list, prefix index) stays on the host either way.
+// KvCacheType.BFloat16 (host only) stores the same layout as bf16 bit patterns (ushort, each element
+// rounded to nearest-even when written, Bf16.FromSingle): half the bytes that a decode step's attention
+// streams from memory (llama.cpp keeps its cache in f16 by default). The fp32 views (KeyBlock, LayerKeys)
+// then throw; the engine reads the *Bf16 views (PagedDecodeAttention widens in registers, exactly).
 // Blocks carry a reference count: a block is free at 0, owned by one sequence at 1, shared (by a fork
 // or by prefix sharing) above 1. A full block can be published in the prefix index under a chained
 // hash h_i = H(h_{i−1}, token ids of block i), as vLLM's automatic prefix caching does. h_{−1} is the
@@ -29,6 +33,8 @@ public sealed class KvBlockPool
 
     private readonly float[][] keys;
     private readonly float[][] values;
+    private readonly ushort[][] keysBf16 = [];
+    private readonly ushort[][] valuesBf16 = [];
     private readonly int[] refCounts;
     private readonly Stack<int> free;
     private readonly int[] blockTokens;
@@ -50,12 +56,31 @@ public sealed class KvBlockPool
     {
     }
 
+    /// <summary>A host pool whose elements are stored as <paramref name="cacheType"/> (fp32, or bf16 rounded to nearest-even).</summary>
+    /// <exception cref="ArgumentException">A dimension is not positive, or a layer's storage exceeds the largest .NET array.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="cacheType"/> is not a defined value.</exception>
+    public KvBlockPool(int layers, int kvHeads, int headDim, int blockSize, int blockCount, KvCacheType cacheType)
+        : this(layers, kvHeads, headDim, blockSize, blockCount, null, cacheType)
+    {
+    }
+
     /// <summary>
     /// A pool whose keys and values live on <paramref name="accelerator"/> (DeviceKvBlocks: one device buffer per layer for K and V,
     /// the same layout, indexed by this pool's block ids), or on the host when it is null. The block accounting stays on the host.
     /// </summary>
-    internal KvBlockPool(int layers, int kvHeads, int headDim, int blockSize, int blockCount, ILGPU.Runtime.Accelerator? accelerator)
+    internal KvBlockPool(int layers, int kvHeads, int headDim, int blockSize, int blockCount, ILGPU.Runtime.Accelerator? accelerator,
+        KvCacheType cacheType = KvCacheType.Float32)
     {
+        if (cacheType is not (KvCacheType.Float32 or KvCacheType.BFloat16))
+        {
+            throw new ArgumentOutOfRangeException(nameof(cacheType), cacheType, "unknown KvCacheType.");
+        }
+
+        if (accelerator != null && cacheType != KvCacheType.Float32)
+        {
+            throw new NotSupportedException($"a {cacheType} KV cache is CPU-only; the device engine keeps fp32 keys and values.");
+        }
+
         if (layers <= 0 || kvHeads <= 0 || headDim <= 0 || blockSize <= 0 || blockCount <= 0)
         {
             throw new ArgumentException($"KV block pool dims must be positive: layers {layers}, kvHeads {kvHeads}, headDim {headDim}, blockSize {blockSize}, blockCount {blockCount}.");
@@ -72,11 +97,18 @@ public sealed class KvBlockPool
         HeadDim = headDim;
         BlockSize = blockSize;
         BlockCount = blockCount;
+        CacheType = cacheType;
         prefixIndex = new Dictionary<ulong, int>(blockCount); // every block can be indexed at once: publishing never grows it
         if (accelerator != null)
         {
             Device = new DeviceKvBlocks(accelerator, layers, perLayer, blockSize * kvHeads * headDim);
             keys = values = [];
+        }
+        else if (cacheType == KvCacheType.BFloat16)
+        {
+            keys = values = [];
+            keysBf16 = [.. Enumerable.Range(0, layers).Select(_ => new ushort[perLayer])];
+            valuesBf16 = [.. Enumerable.Range(0, layers).Select(_ => new ushort[perLayer])];
         }
         else
         {
@@ -99,6 +131,9 @@ public sealed class KvBlockPool
 
     /// <summary>Decoder layers.</summary>
     public int Layers { get; }
+
+    /// <summary>How the keys and values are stored (fp32, or bf16 on the host).</summary>
+    public KvCacheType CacheType { get; }
 
     /// <summary>The device storage of the keys and values, or null when they live in host arrays.</summary>
     internal DeviceKvBlocks? Device { get; }
@@ -131,7 +166,7 @@ public sealed class KvBlockPool
     public int IndexedBlocks => prefixIndex.Count;
 
     /// <summary>Bytes of one block: K and V, every layer.</summary>
-    public long BytesPerBlock => 2L * Layers * BlockSize * KvDim * sizeof(float);
+    public long BytesPerBlock => 2L * Layers * BlockSize * KvDim * (CacheType == KvCacheType.BFloat16 ? sizeof(ushort) : sizeof(float));
 
     /// <summary>How many blocks of the given shape fit in <paramref name="bytes"/> (for sizing a pool from a memory budget).</summary>
     public static int BlocksForBytes(long bytes, int layers, int kvHeads, int headDim, int blockSize)
@@ -250,6 +285,18 @@ public sealed class KvBlockPool
     /// <summary>One layer's whole value storage [blockCount, blockSize, kvDim].</summary>
     internal float[] LayerValues(int layer) => HostStorage(values)[layer];
 
+    /// <summary>One layer's whole key storage as bf16 bits (a <see cref="KvCacheType.BFloat16"/> pool).</summary>
+    internal ushort[] LayerKeysBf16(int layer) => Bf16Storage(keysBf16)[layer];
+
+    /// <summary>One layer's whole value storage as bf16 bits.</summary>
+    internal ushort[] LayerValuesBf16(int layer) => Bf16Storage(valuesBf16)[layer];
+
+    /// <summary>Keys of one block in one layer as bf16 bits: [blockSize, kvHeads, headDim].</summary>
+    internal Span<ushort> KeyBlockBf16(int layer, int block) => Bf16Storage(keysBf16)[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
+
+    /// <summary>Values of one block in one layer as bf16 bits.</summary>
+    internal Span<ushort> ValueBlockBf16(int layer, int block) => Bf16Storage(valuesBf16)[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
+
     /// <summary>Keys of one block in one layer: [blockSize, kvHeads, headDim].</summary>
     internal Span<float> KeyBlock(int layer, int block) => HostStorage(keys)[layer].AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
 
@@ -266,6 +313,13 @@ public sealed class KvBlockPool
         }
 
         int offset = slot * KvDim;
+        if (CacheType == KvCacheType.BFloat16)
+        {
+            Kernels.Cpu.Bf16.FromSingle(key, KeyBlockBf16(layer, block).Slice(offset, key.Length));
+            Kernels.Cpu.Bf16.FromSingle(value, ValueBlockBf16(layer, block).Slice(offset, value.Length));
+            return;
+        }
+
         key.CopyTo(KeyBlock(layer, block)[offset..]);
         value.CopyTo(ValueBlock(layer, block)[offset..]);
     }
@@ -281,6 +335,13 @@ public sealed class KvBlockPool
 
         for (int l = 0; l < Layers; l++)
         {
+            if (CacheType == KvCacheType.BFloat16)
+            {
+                KeyBlockBf16(l, source).CopyTo(KeyBlockBf16(l, target));
+                ValueBlockBf16(l, source).CopyTo(ValueBlockBf16(l, target));
+                continue;
+            }
+
             KeyBlock(l, source).CopyTo(KeyBlock(l, target));
             ValueBlock(l, source).CopyTo(ValueBlock(l, target));
         }
@@ -328,8 +389,13 @@ public sealed class KvBlockPool
         return same ? block : -1;
     }
 
-    private float[][] HostStorage(float[][] storage) => Device == null ? storage
-        : throw new InvalidOperationException($"the KV blocks of this pool live on {Device.Accelerator.Name}; read them through the device engine, not as host arrays.");
+    private float[][] HostStorage(float[][] storage) =>
+        Device != null ? throw new InvalidOperationException($"the KV blocks of this pool live on {Device.Accelerator.Name}; read them through the device engine, not as host arrays.")
+        : CacheType != KvCacheType.Float32 ? throw new InvalidOperationException($"this KV pool stores {CacheType}; read it through the bf16 views (or widen), not as fp32 arrays.")
+        : storage;
+
+    private ushort[][] Bf16Storage(ushort[][] storage) => CacheType == KvCacheType.BFloat16 ? storage
+        : throw new InvalidOperationException($"this KV pool stores {CacheType}, not bf16.");
 
     private void CheckBlock(int block)
     {
