@@ -21,7 +21,7 @@ internal static unsafe partial class GemmDriver
 {
     /// <summary><see cref="Run{TA, TB}(SimdPath, int, in TA, in TB, int, int, int, float, float, float*, int, float*, in GemmEpilogue)"/> at <paramref name="options"/>' compute precision.</summary>
     public static void Run<TA, TB>(in KernelOptions options, SimdPath path, int threads, in TA a, in TB b, int m, int n, int k, float alpha,
-        float beta, float* c, int ldc, float* bias, in GemmEpilogue epilogue = default)
+        float beta, float* c, int ldc, float* bias, in GemmEpilogue epilogue = default, in WeightPanels weight = default)
         where TA : struct, IPanelA
         where TB : struct, IPanelB
     {
@@ -34,13 +34,13 @@ internal static unsafe partial class GemmDriver
         switch (ResolveBf16(options.Bf16Kernel, path))
         {
             case Bf16Kernel.Amx:
-                Run<AmxBf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                Run<AmxBf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue, weight);
                 break;
             case Bf16Kernel.Avx512Bf16 when n <= Avx512Bf16NarrowKernel.NR:
                 Run<Avx512Bf16NarrowKernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue);
                 break;
             case Bf16Kernel.Avx512Bf16:
-                Run<Avx512Bf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                Run<Avx512Bf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue, weight);
                 break;
             default:
                 Run(path, threads, new Bf16RoundA<TA>(a), new Bf16B<TB>(b, false), m, n, k, alpha, beta, c, ldc, bias, epilogue);
