@@ -13,6 +13,10 @@
 // is read and written half as often (issue 18: 2048×4096×4096 rose from ~74 % to ~83 % of the bf16 peak
 // in per-CPU-second terms). Plain row-major A and transposed B are packed by one native pass
 // (Bf16Panels.cs, peft_bf16_pack_pairs) instead of an fp32 pack followed by in-place pairing.
+// A frozen weight in op(B) (WeightPanels: LoRA's [W | B] / [W ; A], or Gemm's x·Wᵀ, dy·W) gets K blocks that
+// end at the weight's last row, and with a WeightPanelCache its packed pair strips are kept after the first
+// call and read in place on later ones (the pair kernels only; session 14: the LoRA step packed every
+// frozen weight twice per step, 10–18 % of it).
 using PeftKernels.Kernels.Native;
 
 namespace PeftKernels.Kernels.Cpu;
