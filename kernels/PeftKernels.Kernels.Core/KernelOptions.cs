@@ -32,6 +32,13 @@ public readonly record struct KernelOptions(int Threads = 0, SimdPath Path = Sim
     /// <summary>With <see cref="ComputePrecision.Bf16"/>: which micro-kernel (Auto picks the fastest available; Managed forces the fallback).</summary>
     public Bf16Kernel Bf16Kernel { get; init; }
 
+    /// <summary>
+    /// With <see cref="ComputePrecision.Bf16"/>: true stops the GEMMs from keeping the packed bf16 panels of frozen weights
+    /// across calls (by default a weight operand that carries a panel cache, e.g. a frozen PeftKernels tensor, keeps them:
+    /// about 4 bytes per weight element when the weight is used both forward and backward).
+    /// </summary>
+    public bool NoWeightPanelCache { get; init; }
+
     /// <summary>The integer 4-bit GEMV's row kernel (Auto picks the native AVX512-VNNI rows where available; Managed forces the fallback).</summary>
     public Int8Kernel Int8Kernel { get; init; }
 

@@ -116,22 +116,38 @@ public static unsafe class Gemm
     /// <summary>c = a · op(w) with a dense (fp32, bf16 or fp16) weight: the Multiply overload of w's storage.</summary>
     private static void MultiplyByWeight(bool transB, int m, int n, int k, ReadOnlySpan<float> a, in WeightOperand w, Span<float> c, KernelOptions options)
     {
+        // bf16 compute keeps the packed panels of w across calls when the operand carries a cache (WeightPanelCache).
+        var kept = new WeightPanels(WeightPanels.Of(w, options), transB ? WeightPanelLayout.Transposed : WeightPanelLayout.Rows, k);
+        int ldb = transB ? k : n;
         switch (w.Storage)
         {
             case WeightFormat.F32:
-                Multiply(false, transB, m, n, k, 1f, a, w.F32Span, 0f, c, options);
+                fixed (float* pb = w.F32Span)
+                {
+                    Run(false, m, n, k, 1f, a, new DenseB(pb, ldb, transB, k), 0f, c, options, kept);
+                }
+
                 break;
             case WeightFormat.BF16:
-                Multiply(false, transB, m, n, k, 1f, a, w.Bf16Span, 0f, c, options);
+                fixed (ushort* pb = w.Bf16Span)
+                {
+                    Run(false, m, n, k, 1f, a, new Bf16B(pb, ldb, transB, k), 0f, c, options, kept);
+                }
+
                 break;
             default:
-                Multiply(false, transB, m, n, k, 1f, a, w.F16Span, 0f, c, options);
+                fixed (Half* pb = w.F16Span)
+                {
+                    Run(false, m, n, k, 1f, a, new F16B(pb, ldb, transB, k), 0f, c, options, kept);
+                }
+
                 break;
         }
     }
 
     /// <summary>The shared body of the overloads: dense op(A), any B source, after validation.</summary>
-    private static void Run<TB>(bool transA, int m, int n, int k, float alpha, ReadOnlySpan<float> a, TB sb, float beta, Span<float> c, KernelOptions options)
+    private static void Run<TB>(bool transA, int m, int n, int k, float alpha, ReadOnlySpan<float> a, TB sb, float beta, Span<float> c, KernelOptions options,
+        in WeightPanels weight = default)
         where TB : struct, IPanelB
     {
         var path = options.ResolvePath();
@@ -143,7 +159,7 @@ public static unsafe class Gemm
 
         fixed (float* pa = a, pc = c)
         {
-            GemmDriver.Run(options, path, threads, new DenseA(pa, transA ? m : k, transA), sb, m, n, k, alpha, beta, pc, n, null);
+            GemmDriver.Run(options, path, threads, new DenseA(pa, transA ? m : k, transA), sb, m, n, k, alpha, beta, pc, n, null, default, weight);
         }
     }
 

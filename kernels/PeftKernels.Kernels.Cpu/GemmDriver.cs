@@ -57,7 +57,7 @@ internal static unsafe partial class GemmDriver
     }
 
     private static void Run<TK, TA, TB>(int threads, TA a, TB b, int m, int n, int k, float alpha, float beta,
-        float* c, int ldc, float* bias, GemmEpilogue epilogue)
+        float* c, int ldc, float* bias, GemmEpilogue epilogue, WeightPanels weight = default)
         where TK : struct, IMicroKernel
         where TA : struct, IPanelA
         where TB : struct, IPanelB
@@ -86,7 +86,9 @@ internal static unsafe partial class GemmDriver
         }
 
         int mr = TK.MR, nr = TK.NR;
-        var blocks = KBlocks(k, epilogue.Active ? epilogue.KSplit : 0, TK.KcMax);
+        // A frozen weight in op(B)'s first K1 rows (bf16 pair kernels only) gets K blocks of its own, so that they can be
+        // kept packed across calls (WeightPanelCache); with dropout the epilogue's split is the same K1 (LoRA's dx).
+        var blocks = KBlocks(k, epilogue.Active ? epilogue.KSplit : weight.K1, TK.KcMax);
         int kcMax = 0;
         foreach (var (_, len) in blocks)
         {
@@ -140,8 +142,23 @@ internal static unsafe partial class GemmDriver
                         Masked = masked,
                         Epilogue = epilogue,
                     };
-                    CpuParallel.For(workers, threads, job.PackB);
+                    bool keep = weight.Cache != null && p0 + kc <= weight.K1;
+                    long gen = 0;
+                    uint[]? kept = keep ? weight.Cache!.Find(weight.Layout, nr, jc, p0, kc, out gen) : null;
+                    long compact = (long)((kc + 1) / 2) * nr;
+                    job.BPanel = kept != null ? WeightPanelCache.Address(kept) : bPack;
+                    job.BStride = kept != null ? compact : (long)kc * nr;
+                    if (kept == null)
+                    {
+                        CpuParallel.For(workers, threads, job.PackB);
+                        if (keep)
+                        {
+                            Keep(weight, jc, p0, kc, nr, nStrips, bPack, compact, gen);
+                        }
+                    }
+
                     CpuParallel.For(workers, threads, job.Compute);
+                    GC.KeepAlive(kept);
                 }
             }
         }
@@ -151,6 +168,19 @@ internal static unsafe partial class GemmDriver
             NativeMemory.AlignedFree(aPack);
             NativeMemory.AlignedFree(bPack);
         }
+    }
+
+    /// <summary>Copies the freshly packed pair strips of a weight's K block (stride kc·nr floats) into a kept panel (stride ⌈kc/2⌉·nr words).</summary>
+    private static void Keep(in WeightPanels weight, int jc, int p0, int kc, int nr, int nStrips, float* bPack, long compact, long gen)
+    {
+        var panel = WeightPanelCache.NewPanel(compact * nStrips);
+        float* dst = WeightPanelCache.Address(panel);
+        for (int t = 0; t < nStrips; t++)
+        {
+            Buffer.MemoryCopy(bPack + ((long)t * kc * nr), dst + (t * compact), compact * sizeof(uint), compact * sizeof(uint));
+        }
+
+        weight.Cache!.Add(weight.Layout, nr, jc, p0, kc, panel, gen);
     }
 
     /// <summary>K blocks of near-equal length ≤ KcMax; with a split, no block crosses it.</summary>
@@ -205,7 +235,10 @@ internal static unsafe partial class GemmDriver
         public int M, Jc, Nc, NStrips, P0, Kc, Ldc, Workers, Mc;
         public float Alpha, Beta;
         public float* Bias, C, BPack, APack, Tiles;
-        public long AStride;
+
+        /// <summary>The B strips the micro-kernel reads (BPack, or a kept weight panel) and their stride in floats.</summary>
+        public float* BPanel;
+        public long AStride, BStride;
         public bool SplitM, Masked;
         public GemmEpilogue Epilogue;
         private int nextPack, nextCompute;
@@ -270,7 +303,7 @@ internal static unsafe partial class GemmDriver
             {
                 int j = s * nr;
                 int cols = Math.Min(nr, Nc - j);
-                float* bp = BPack + ((long)s * Kc * nr);
+                float* bp = BPanel + (s * BStride);
                 float* bias = Bias == null ? null : Bias + Jc + j;
                 for (int ir = 0; ir < mc; ir += mr)
                 {

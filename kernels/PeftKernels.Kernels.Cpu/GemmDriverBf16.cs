@@ -13,6 +13,10 @@
 // is read and written half as often (issue 18: 2048×4096×4096 rose from ~74 % to ~83 % of the bf16 peak
 // in per-CPU-second terms). Plain row-major A and transposed B are packed by one native pass
 // (Bf16Panels.cs, peft_bf16_pack_pairs) instead of an fp32 pack followed by in-place pairing.
+// A frozen weight in op(B) (WeightPanels: LoRA's [W | B] / [W ; A], or Gemm's x·Wᵀ, dy·W) gets K blocks that
+// end at the weight's last row, and with a WeightPanelCache its packed pair strips are kept after the first
+// call and read in place on later ones (the pair kernels only; session 14: the LoRA step packed every
+// frozen weight twice per step, 10–18 % of it).
 using PeftKernels.Kernels.Native;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -21,7 +25,7 @@ internal static unsafe partial class GemmDriver
 {
     /// <summary><see cref="Run{TA, TB}(SimdPath, int, in TA, in TB, int, int, int, float, float, float*, int, float*, in GemmEpilogue)"/> at <paramref name="options"/>' compute precision.</summary>
     public static void Run<TA, TB>(in KernelOptions options, SimdPath path, int threads, in TA a, in TB b, int m, int n, int k, float alpha,
-        float beta, float* c, int ldc, float* bias, in GemmEpilogue epilogue = default)
+        float beta, float* c, int ldc, float* bias, in GemmEpilogue epilogue = default, in WeightPanels weight = default)
         where TA : struct, IPanelA
         where TB : struct, IPanelB
     {
@@ -34,13 +38,13 @@ internal static unsafe partial class GemmDriver
         switch (ResolveBf16(options.Bf16Kernel, path))
         {
             case Bf16Kernel.Amx:
-                Run<AmxBf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                Run<AmxBf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue, weight);
                 break;
             case Bf16Kernel.Avx512Bf16 when n <= Avx512Bf16NarrowKernel.NR:
                 Run<Avx512Bf16NarrowKernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue);
                 break;
             case Bf16Kernel.Avx512Bf16:
-                Run<Avx512Bf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue);
+                Run<Avx512Bf16Kernel, Bf16PairA<TA>, Bf16B<TB>>(threads, new(a), new(b, true), m, n, k, alpha, beta, c, ldc, bias, epilogue, weight);
                 break;
             default:
                 Run(path, threads, new Bf16RoundA<TA>(a), new Bf16B<TB>(b, false), m, n, k, alpha, beta, c, ldc, bias, epilogue);

@@ -14,6 +14,9 @@
 // In fp32 compute dh and db come from one threaded pass over g and da from x's rows as they lie
 // (LowRankGrads: the GEMMs would pack g twice and x once for N or M = r); bf16 compute keeps the
 // GEMMs (operands in bf16 pairs), and so does da under dropout (the mask rides on the GEMM's packing).
+// bf16 compute: w's K blocks end where the LoRA factor's begin (K = in, resp. out), so that the
+// packed bf16 panels of a frozen w can be kept across calls (WeightPanelCache, when the operand
+// carries one and KernelOptions.NoWeightPanelCache is false).
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>Fused LoRA matmul forward and backward on the CPU, one entry point per direction over any storage of the frozen weight.</summary>
@@ -46,26 +49,27 @@ public static unsafe class LoraMatmul
 
         LoraMatmulShapes.Forward(x.Length, CountOf(w), bias.Length, a.Length, b.Length, y.Length, h.Length, n, inFeatures, outFeatures, rank, options);
         w.CheckShape(inFeatures, outFeatures);
+        var kept = new WeightPanels(WeightPanels.Of(w, options.Kernel), WeightPanelLayout.Transposed, inFeatures);
         switch (w.Storage)
         {
             case WeightFormat.F32:
                 fixed (float* pw = w.F32Span)
                 {
-                    ForwardCore(new DenseB(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+                    ForwardCore(new DenseB(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, kept);
                 }
 
                 break;
             case WeightFormat.BF16:
                 fixed (ushort* pw = w.Bf16Span)
                 {
-                    ForwardCore(new Bf16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+                    ForwardCore(new Bf16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, kept);
                 }
 
                 break;
             default:
                 fixed (Half* pw = w.F16Span)
                 {
-                    ForwardCore(new F16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options);
+                    ForwardCore(new F16B(pw, inFeatures, true, inFeatures), x, bias, a, b, scale, y, h, n, inFeatures, outFeatures, rank, options, kept);
                 }
 
                 break;
@@ -102,26 +106,27 @@ public static unsafe class LoraMatmul
 
         LoraMatmulShapes.Backward(dy.Length, x.Length, h.Length, CountOf(w), a.Length, b.Length, dx.Length, da.Length, db.Length, n, inFeatures, outFeatures, rank, options);
         w.CheckShape(inFeatures, outFeatures);
+        var kept = new WeightPanels(WeightPanels.Of(w, options.Kernel), WeightPanelLayout.Rows, outFeatures);
         switch (w.Storage)
         {
             case WeightFormat.F32:
                 fixed (float* pw = w.F32Span)
                 {
-                    BackwardCore(new DenseB(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+                    BackwardCore(new DenseB(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, kept);
                 }
 
                 break;
             case WeightFormat.BF16:
                 fixed (ushort* pw = w.Bf16Span)
                 {
-                    BackwardCore(new Bf16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+                    BackwardCore(new Bf16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, kept);
                 }
 
                 break;
             default:
                 fixed (Half* pw = w.F16Span)
                 {
-                    BackwardCore(new F16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options);
+                    BackwardCore(new F16B(pw, inFeatures, false, outFeatures), dy, x, h, a, b, scale, dx, da, db, n, inFeatures, outFeatures, rank, options, kept);
                 }
 
                 break;
@@ -132,7 +137,7 @@ public static unsafe class LoraMatmul
 
     internal static void ForwardCore<TW>(TW wT, ReadOnlySpan<float> x, ReadOnlySpan<float> bias,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> y, Span<float> h,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
+        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options, in WeightPanels weight = default)
         where TW : struct, IPanelB
     {
         if (n == 0)
@@ -150,13 +155,13 @@ public static unsafe class LoraMatmul
             var lhs = new ConcatA<DenseA, DenseA>(new DenseA(px, inFeatures, false), new DenseA(ph, rank, false, scale), inFeatures);
             var rhs = new ConcatB<TW, DenseB>(wT, new DenseB(pb, rank, true, rank), inFeatures);
             GemmDriver.Run(options.Kernel, path, threads, lhs, rhs, n, outFeatures, inFeatures + rank, 1f, 0f, py, outFeatures,
-                bias.Length == 0 ? null : pbias);
+                bias.Length == 0 ? null : pbias, default, weight);
         }
     }
 
     internal static void BackwardCore<TW>(TW w, ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<float> h,
         ReadOnlySpan<float> a, ReadOnlySpan<float> b, float scale, Span<float> dx, Span<float> da, Span<float> db,
-        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options)
+        int n, int inFeatures, int outFeatures, int rank, in LoraOptions options, in WeightPanels weight = default)
         where TW : struct, IPanelB
     {
         var path = options.Kernel.ResolvePath();
@@ -204,7 +209,7 @@ public static unsafe class LoraMatmul
                 var lhs = new ConcatA<DenseA, DenseA>(new DenseA(pdy, outFeatures, false), new DenseA(pdh, rank, false), outFeatures);
                 var rhs = new ConcatB<TW, DenseB>(w, new DenseB(pa, inFeatures, false, rank), outFeatures);
                 GemmDriver.Run(options.Kernel, path, threads, lhs, rhs, n, inFeatures, outFeatures + rank, 1f, 0f, pdx, inFeatures, null,
-                    new GemmEpilogue(outFeatures, mask, inFeatures));
+                    new GemmEpilogue(outFeatures, mask, inFeatures), weight);
             }
         }
     }

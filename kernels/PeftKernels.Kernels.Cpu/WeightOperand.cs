@@ -31,8 +31,10 @@ public readonly struct WeightOperand
     private readonly QuantizedWeight? q4;
 
     private WeightOperand(WeightFormat storage, int rows, int cols,
-        ReadOnlyMemory<float> f32 = default, ReadOnlyMemory<ushort> bf16 = default, ReadOnlyMemory<Half> f16 = default, QuantizedWeight? q4 = null)
+        ReadOnlyMemory<float> f32 = default, ReadOnlyMemory<ushort> bf16 = default, ReadOnlyMemory<Half> f16 = default, QuantizedWeight? q4 = null,
+        WeightPanelCache? panelCache = null)
     {
+        PanelCache = panelCache;
         Storage = storage;
         Rows = rows;
         Cols = cols;
@@ -50,6 +52,12 @@ public readonly struct WeightOperand
 
     /// <summary>Columns of W (in features).</summary>
     public int Cols { get; }
+
+    /// <summary>
+    /// The cache of this weight's packed bf16 panels (null: none), read and filled by bf16-compute GEMMs; its owner
+    /// clears it whenever the weight changes (see <see cref="WeightPanelCache"/>).
+    /// </summary>
+    public WeightPanelCache? PanelCache { get; }
 
     /// <summary>Rows·Cols.</summary>
     public long Count => (long)Rows * Cols;
@@ -103,6 +111,13 @@ public readonly struct WeightOperand
 
         return new WeightOperand(WeightFormat.Q4, w.Shape[0], w.Shape[1], q4: w);
     }
+
+    /// <summary>
+    /// This operand with <paramref name="cache"/> as its panel cache: bf16-compute GEMMs keep the packed panels of this
+    /// weight there and reuse them on later calls, so the caller must clear the cache whenever the weight's values change.
+    /// 4-bit weights have no bf16 panels (the cache stays unused).
+    /// </summary>
+    public WeightOperand WithPanelCache(WeightPanelCache? cache) => new(Storage, Rows, Cols, f32, bf16, f16, q4, cache);
 
     /// <inheritdoc/>
     public override string ToString() => $"WeightOperand({Storage}, [{Rows}, {Cols}])";

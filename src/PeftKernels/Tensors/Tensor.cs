@@ -105,13 +105,37 @@ public partial class Tensor
     /// <summary>fp32 storage; throws for bf16 and 4-bit tensors.</summary>
     /// <remarks>For a tensor made on an accelerator, the first read synchronizes and downloads it.</remarks>
     /// A parameter whose device mirror an optimizer updated downloads it again on the next read.
-    public float[] Data => (hostDataStale ? DownloadMirror() : data) ?? Download() ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
+    /// Every read counts as a possible write (<see cref="MarkChanged"/>): kept bf16 panels of the tensor are dropped.
+    public float[] Data
+    {
+        get
+        {
+            MarkChanged();
+            return ReadData();
+        }
+    }
 
     /// <summary>bf16 bit patterns; throws unless the tensor is bf16.</summary>
-    public ushort[] Bf16Bits => bf16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not BF16.");
+    /// <remarks>Every read counts as a possible write (<see cref="MarkChanged"/>): kept bf16 panels of the tensor are dropped.</remarks>
+    public ushort[] Bf16Bits
+    {
+        get
+        {
+            MarkChanged();
+            return bf16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not BF16.");
+        }
+    }
 
     /// <summary>fp16 values; throws unless the tensor is fp16.</summary>
-    public Half[] F16Values => f16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F16.");
+    /// <remarks>Every read counts as a possible write (<see cref="MarkChanged"/>): kept bf16 panels of the tensor are dropped.</remarks>
+    public Half[] F16Values
+    {
+        get
+        {
+            MarkChanged();
+            return f16 ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F16.");
+        }
+    }
 
     /// <summary>The quantized weight; throws unless the tensor is 4-bit.</summary>
     public QuantizedWeight Quantized => quantized ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not Q4.");
@@ -345,7 +369,11 @@ public partial class Tensor
     }
 
     /// <summary>Records that the device mirror was updated in place (an optimizer step on the device): the host copy is downloaded on its next read.</summary>
-    internal void MarkMirrorChanged() => hostDataStale = HasMirror;
+    internal void MarkMirrorChanged()
+    {
+        hostDataStale = HasMirror;
+        MarkChanged();
+    }
 
     /// <summary>The fp32 data on <paramref name="device"/> (an accelerator); throws when the tensor is not there.</summary>
     internal ArrayView1D<float, Stride1D.Dense> View(Device device) =>
@@ -378,6 +406,10 @@ public partial class Tensor
 
     /// <inheritdoc/>
     public override string ToString() => $"Tensor({DType}, [{string.Join(", ", Shape)}])";
+
+    /// <summary>The fp32 storage without counting a change (the library's own read-only uses: the weight operand).</summary>
+    private float[] ReadData() =>
+        (hostDataStale ? DownloadMirror() : data) ?? Download() ?? throw new InvalidOperationException($"tensor [{string.Join(", ", Shape)}] is {DType}, not F32.");
 
     private float[] DownloadMirror()
     {
