@@ -118,7 +118,7 @@ public sealed class MixLoraBlock : Module
     /// </summary>
     private Tensor ForwardSegmented(LlamaMlp mlp, Tensor input, TopKRoute route, ForwardContext context)
     {
-        int n = input.Rows, k = Config.TopK, count = Config.NumExperts, kernelHidden = mlp.DownProj.OutFeatures;
+        int n = input.Rows, k = Config.TopK, count = Config.NumExperts;
         var (rows, slots, _) = Group(route.Selected, n, k, count);
         var starts = new int[count + 1];
         for (int e = 0; e < count; e++)
@@ -144,8 +144,11 @@ public sealed class MixLoraBlock : Module
             return y;
         }
 
-        var delta = Segmented("down_proj", Tensor.Zeros(tokenOf.Length, kernelHidden), act, starts, context);
-        return Functional.Add(y, Functional.RoutedSum([delta], tokenList, slotList, route.Weights, n));
+        // The down deltas go straight into y's rows (no zeroed [k·n, H] start, no second routed sum, no add).
+        var list = experts["down_proj"];
+        var options = list.Select(l => Options(l, context)).ToArray();
+        return Functional.RoutedSegmentedLoraBranch(y, act, tokenOf, slotOf, route.Weights, [.. list.Select(l => l.Factors)], starts, options[0].Dropout,
+            [.. options.Select(o => o.Seed)], context.Kernel);
     }
 
     /// <summary>y + each expert's LoRA on <paramref name="module"/> over its segment of the expert-sorted rows.</summary>
