@@ -9,7 +9,10 @@
 //   dB_t       = s_t · g_tᵀ · h_t        [out, r_t]   } one pass over g_t (LowRankGrads) when both are
 //   dh_t       = s_t · g_t · B_t         [m_t, r_t]   } wanted and the segment runs on one thread
 //   dA_t       = dh_tᵀ · u_t             [r_t, in]
-//   dx[seg t]  = drop_t'(dh_t · A_t)     [m_t, in]   (0 on rows outside every segment)
+//   dx[seg t]  = drop_t'(dh_t · A_t)     [m_t, in]   (0 on rows outside every segment; or, accumulating,
+//                                                    added to dx, other rows untouched: MixLoRA's gate and up
+//                                                    LoRAs write one x̃ gradient)
+// ForwardGather (SegmentedLoraTraining.Gather.cs) fills y with gathered rows of a source before the forward.
 // Why: MixLoRA (one segment per expert over the k·n routed rows sorted by expert) used to gather each
 // expert's rows and run one LoraBranch per expert and module, each with its own gathers, scatters and
 // full-size gradient buffers. Here the rows of an expert are already contiguous: every GEMM reads and
@@ -27,7 +30,7 @@ using System.Buffers;
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>Segmented LoRA (one adapter per contiguous segment of rows) for training: forward with h, and backward, on the CPU.</summary>
-public static unsafe class SegmentedLoraTraining
+public static unsafe partial class SegmentedLoraTraining
 {
     /// <summary>y[seg t] += s_t·drop_t(x[seg t])·A_tᵀ·B_tᵀ for every segment t, and h (concatenated per segment: h_t at row starts[t], r_t columns, packed).</summary>
     /// <param name="x">Input [n, in].</param>
@@ -49,31 +52,54 @@ public static unsafe class SegmentedLoraTraining
         KernelOptions options = default)
     {
         var ranks = Check(x.Length, starts, a, b, scales.Length, seeds.Length, dropout, y.Length, n, inFeatures, outFeatures);
-        long hLength = HLength(starts, ranks);
-        if (h.Length != hLength)
+        fixed (float* px = x, py = y, ph = h)
         {
-            throw new ArgumentException($"segmented LoRA: h has {h.Length} floats; the segments need {hLength} (Σ rows·rank).", nameof(h));
+            Forward(px, starts, a, b, scales, seeds, dropout, py, ph, h.Length, ranks, null, null, n, inFeatures, outFeatures, options);
+        }
+    }
+
+    /// <summary>
+    /// The forward on y's segments; with <paramref name="source"/>, each segment first copies its rows y[i] = source[rows[i]] (on
+    /// the thread that then runs the segment's GEMMs, so the rows are still in cache), and the rows outside every segment are
+    /// copied here.
+    /// </summary>
+    private static void Forward(float* px, ReadOnlySpan<int> starts, IReadOnlyList<float[]> a, IReadOnlyList<float[]> b, ReadOnlySpan<float> scales,
+        ReadOnlySpan<ulong> seeds, float dropout, float* py, float* ph, long hSpan, int[] ranks, float* source, int[]? rows, int n, int inFeatures,
+        int outFeatures, KernelOptions options)
+    {
+        long hLength = HLength(starts, ranks);
+        if (hSpan != hLength)
+        {
+            throw new ArgumentException($"segmented LoRA: h has {hSpan} floats; the segments need {hLength} (Σ rows·rank).", "h");
         }
 
         var hAt = HOffsets(starts, ranks);
         var s = starts.ToArray();
-        fixed (float* px = x, py = y, ph = h)
+        nint xp = (nint)px, yp = (nint)py, hp = (nint)ph, sp = (nint)source;
+        if (rows != null)
         {
-            nint xp = (nint)px, yp = (nint)py, hp = (nint)ph;
-            var seedArray = seeds.ToArray();
-            var scaleArray = scales.ToArray();
-            Segments(s, options, (t, kernel) =>
-            {
-                int m = s[t + 1] - s[t], r = ranks[t];
-                var hs = new Span<float>((float*)hp + hAt[t], m * r);
-                float[]? rented = null;
-                var xs = new ReadOnlySpan<float>((float*)xp + ((long)s[t] * inFeatures), m * inFeatures);
-                var u = Dropped(xs, dropout, dropout > 0 ? seedArray[t] : 0, kernel, ref rented);
-                Gemm.Multiply(false, true, m, r, inFeatures, 1f, u, a[t], 0f, hs, kernel);
-                Gemm.Multiply(false, true, m, outFeatures, r, scaleArray[t], hs, b[t], 1f, new Span<float>((float*)yp + ((long)s[t] * outFeatures), m * outFeatures), kernel);
-                Return(rented);
-            });
+            CopyRows((float*)sp, rows, (float*)yp, 0, s[0], outFeatures);
+            CopyRows((float*)sp, rows, (float*)yp, s[^1], n, outFeatures);
         }
+
+        var seedArray = seeds.ToArray();
+        var scaleArray = scales.ToArray();
+        Segments(s, options, (t, kernel) =>
+        {
+            int m = s[t + 1] - s[t], r = ranks[t];
+            if (rows != null)
+            {
+                CopyRows((float*)sp, rows, (float*)yp, s[t], s[t + 1], outFeatures);
+            }
+
+            var hs = new Span<float>((float*)hp + hAt[t], m * r);
+            float[]? rented = null;
+            var xs = new ReadOnlySpan<float>((float*)xp + ((long)s[t] * inFeatures), m * inFeatures);
+            var u = Dropped(xs, dropout, dropout > 0 ? seedArray[t] : 0, kernel, ref rented);
+            Gemm.Multiply(false, true, m, r, inFeatures, 1f, u, a[t], 0f, hs, kernel);
+            Gemm.Multiply(false, true, m, outFeatures, r, scaleArray[t], hs, b[t], 1f, new Span<float>((float*)yp + ((long)s[t] * outFeatures), m * outFeatures), kernel);
+            Return(rented);
+        });
     }
 
     /// <summary>dx (overwritten: 0 outside the segments; skipped when empty), dA_t and dB_t per segment (overwritten; skipped when the list is null or an entry is null).</summary>
@@ -93,10 +119,12 @@ public static unsafe class SegmentedLoraTraining
     /// <param name="inFeatures">Input features.</param>
     /// <param name="outFeatures">Output features.</param>
     /// <param name="options">Threads and SIMD path.</param>
+    /// <param name="accumulateDx">Add the segments' dx rows into <paramref name="dx"/> instead of overwriting it (rows outside every segment are then left as they are).</param>
     /// <exception cref="ArgumentException">As <see cref="ForwardAccumulate"/>, or an output's length is wrong.</exception>
     public static void Backward(ReadOnlySpan<float> dy, ReadOnlySpan<float> x, ReadOnlySpan<int> starts, ReadOnlySpan<float> h,
         IReadOnlyList<float[]> a, IReadOnlyList<float[]> b, ReadOnlySpan<float> scales, ReadOnlySpan<ulong> seeds, float dropout,
-        Span<float> dx, IReadOnlyList<float[]?>? da, IReadOnlyList<float[]?>? db, int n, int inFeatures, int outFeatures, KernelOptions options = default)
+        Span<float> dx, IReadOnlyList<float[]?>? da, IReadOnlyList<float[]?>? db, int n, int inFeatures, int outFeatures, KernelOptions options = default,
+        bool accumulateDx = false)
     {
         var ranks = Check(x.Length, starts, a, b, scales.Length, seeds.Length, dropout, dy.Length, n, inFeatures, outFeatures);
         if (h.Length != HLength(starts, ranks))
@@ -111,7 +139,7 @@ public static unsafe class SegmentedLoraTraining
 
         CheckOutputs(da, ranks, r => r * inFeatures, "dA");
         CheckOutputs(db, ranks, r => outFeatures * r, "dB");
-        if (dx.Length != 0)
+        if (dx.Length != 0 && !accumulateDx)
         {
             dx[..(starts[0] * inFeatures)].Clear();
             dx[(starts[^1] * inFeatures)..].Clear();
@@ -179,10 +207,23 @@ public static unsafe class SegmentedLoraTraining
                 if (wantDx)
                 {
                     var dxs = new Span<float>((float*)dxp + ((long)s[t] * inFeatures), m * inFeatures);
-                    Gemm.Multiply(false, false, m, inFeatures, r, 1f, dhs, a[t], 0f, dxs, kernel);
-                    if (dropout > 0)
+                    if (dropout > 0 && accumulateDx)
                     {
-                        Dropout.Apply(dxs, dxs, dropout, seedArray[t], kernel);
+                        // The mask applies to this segment's term only: dx += drop'(dh·A) through a scratch.
+                        var term = ArrayPool<float>.Shared.Rent(m * inFeatures);
+                        var terms = term.AsSpan(0, m * inFeatures);
+                        Gemm.Multiply(false, false, m, inFeatures, r, 1f, dhs, a[t], 0f, terms, kernel);
+                        Dropout.Apply(terms, terms, dropout, seedArray[t], kernel);
+                        System.Numerics.Tensors.TensorPrimitives.Add(dxs, terms, dxs);
+                        ArrayPool<float>.Shared.Return(term);
+                    }
+                    else
+                    {
+                        Gemm.Multiply(false, false, m, inFeatures, r, 1f, dhs, a[t], accumulateDx ? 1f : 0f, dxs, kernel);
+                        if (dropout > 0)
+                        {
+                            Dropout.Apply(dxs, dxs, dropout, seedArray[t], kernel);
+                        }
                     }
                 }
 

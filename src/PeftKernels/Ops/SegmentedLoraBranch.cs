@@ -9,6 +9,10 @@
 // per expert. y is consumed: its storage receives the sum and is handed back as the output. Host
 // tensors only (the MixLoRA block keeps its per-expert path on a device); lora_B biases and DoRA
 // magnitudes are refused (MixLoRA experts have neither).
+// SegmentedLoraBranchGathered: y = source[rows] first (the row gather fused into the forward, each
+// segment copying its rows just before its GEMMs; Kernels.Cpu.SegmentedLoraTraining.ForwardGather),
+// d source = the gather's adjoint of g. In both ops dx is added in place into x's gradient when x
+// already has one (MixLoRA's gate and up LoRAs share x̃: one [k·n, in] buffer, no add pass).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -23,6 +27,29 @@ public static partial class Functional
         KernelOptions kernel = default)
     {
         ArgumentNullException.ThrowIfNull(y);
+        return SegmentedLoraBranchCore(y, null, x, adapters, segmentStarts, dropout, seeds, kernel);
+    }
+
+    /// <summary>
+    /// source[rows] + each segment's LoRA: y[i] = source[rows[i]] ([rows.Length, out], a fresh tensor), then
+    /// y[seg t] += s_t·drop_t(x[seg t])·A_tᵀ·B_tᵀ; the gather and the LoRA in one op (<see cref="GatherRows(Tensor, int[])"/> followed by
+    /// <see cref="SegmentedLoraBranch"/>, the same values). source's gradient is the gather's adjoint (added into its gradient when
+    /// it has one, else each of its rows written once).
+    /// </summary>
+    /// <exception cref="ArgumentException">As <see cref="SegmentedLoraBranch"/>, or the rows do not match x's rows or the source's columns the adapters' outputs.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">A row is outside the source.</exception>
+    public static Tensor SegmentedLoraBranchGathered(Tensor source, int[] rows, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts, float dropout,
+        ulong[]? seeds, KernelOptions kernel = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(rows);
+        return SegmentedLoraBranchCore(source, rows, x, adapters, segmentStarts, dropout, seeds, kernel);
+    }
+
+    /// <summary>The op: rows == null adds into y (consumed); else y = source[rows] (fresh) and the LoRA is added to it.</summary>
+    private static Tensor SegmentedLoraBranchCore(Tensor y, int[]? rows, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts, float dropout,
+        ulong[]? seeds, KernelOptions kernel)
+    {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(adapters);
         ArgumentNullException.ThrowIfNull(segmentStarts);
@@ -32,9 +59,11 @@ public static partial class Functional
         }
 
         int n = x.Rows, inF = x.Columns, outF = y.Columns;
-        if (y.Rows != n)
+        if ((rows?.Length ?? y.Rows) != n)
         {
-            throw new ArgumentException($"segmented LoRA branch: y [{string.Join(", ", y.Shape)}] and x [{string.Join(", ", x.Shape)}] have different row counts.", nameof(y));
+            throw new ArgumentException(rows == null
+                ? $"segmented LoRA branch: y [{string.Join(", ", y.Shape)}] and x [{string.Join(", ", x.Shape)}] have different row counts."
+                : $"segmented LoRA branch: {rows.Length} gathered rows for x [{string.Join(", ", x.Shape)}] (need one per row of x).", rows == null ? nameof(y) : nameof(rows));
         }
 
         foreach (var lora in adapters)
@@ -62,25 +91,42 @@ public static partial class Functional
         }
 
         var h = GC.AllocateUninitializedArray<float>((int)SegmentedLoraTraining.HLength(segmentStarts, ranks));
-        var yd = y.Data;
-        SegmentedLoraTraining.ForwardAccumulate(x.Data, segmentStarts, a, b, scales, seedList, dropout, yd, h, n, inF, outF, kernel);
+        float[] yd;
+        if (rows == null)
+        {
+            yd = y.Data;
+            SegmentedLoraTraining.ForwardAccumulate(x.Data, segmentStarts, a, b, scales, seedList, dropout, yd, h, n, inF, outF, kernel);
+        }
+        else
+        {
+            yd = GC.AllocateUninitializedArray<float>(checked(n * outF));
+            SegmentedLoraTraining.ForwardGather(y.Data, rows, y.Rows, x.Data, segmentStarts, a, b, scales, seedList, dropout, yd, h, n, inF, outF, kernel);
+        }
+
         bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || adapters.Any(l => l.A.RequiresGrad || l.B.RequiresGrad));
         if (!record)
         {
-            return y;
+            return rows == null ? y : new Tensor(yd, n, outF);
         }
 
-        var output = new Tensor(yd, y.Shape);
+        var output = new Tensor(yd, rows == null ? y.Shape : [n, outF]);
         Tape.Record(output, () =>
         {
             var g = output.Grad!;
-            float[] dx = x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
+            // A gradient of x already there (MixLoRA: the up LoRA's, for the gate LoRA) takes dx added in place: no second
+            // [n, in] buffer and no add pass. Else a fresh buffer.
+            bool into = x.RequiresGrad && x.Grad != null;
+            float[] dx = into ? x.Grad! : x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
             // An adapter whose segment is empty gets no gradient at all (as when it is not run), not a zero one.
             bool Used(int t) => segmentStarts[t + 1] > segmentStarts[t];
             var da = adapters.Select((l, t) => l.A.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.A.Count) : null).ToArray();
             var db = adapters.Select((l, t) => l.B.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.B.Count) : null).ToArray();
-            SegmentedLoraTraining.Backward(g, x.Data, segmentStarts, h, a, b, scales, seedList, dropout, dx, da, db, n, inF, outF, kernel);
-            Grad.AddOwned(x, dx);
+            SegmentedLoraTraining.Backward(g, x.Data, segmentStarts, h, a, b, scales, seedList, dropout, dx, da, db, n, inF, outF, kernel, accumulateDx: into);
+            if (!into)
+            {
+                Grad.AddOwned(x, dx);
+            }
+
             for (int t = 0; t < adapters.Count; t++)
             {
                 if (da[t] is { } dat)
@@ -94,9 +140,36 @@ public static partial class Functional
                 }
             }
 
-            // dy = g: y's storage is the output's, and nothing reads g after this node, so it is handed over without a copy.
-            Grad.AddOwned(y, g);
+            if (rows == null)
+            {
+                // dy = g: y's storage is the output's, and nothing reads g after this node, so it is handed over without a copy.
+                Grad.AddOwned(y, g);
+            }
+            else
+            {
+                ScatterRowsBack(y, rows, g);
+            }
         });
         return output;
+    }
+
+    /// <summary>The adjoint of x[rows] for x [n, cols]: g's rows added into x's gradient when it has one, else each row of a fresh buffer written once.</summary>
+    private static void ScatterRowsBack(Tensor x, int[] rows, float[] g)
+    {
+        if (!x.RequiresGrad)
+        {
+            return;
+        }
+
+        int n = x.Rows, cols = x.Columns;
+        if (x.Grad is { } existing)
+        {
+            Kernels.Cpu.RowSelect.ScatterAdd(g, rows, existing, n, cols);
+            return;
+        }
+
+        var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+        Kernels.Cpu.RowSelect.ScatterSum(g, rows, dx, n, cols);
+        Grad.AddOwned(x, dx);
     }
 }

@@ -118,7 +118,7 @@ public sealed class MixLoraBlock : Module
     /// </summary>
     private Tensor ForwardSegmented(LlamaMlp mlp, Tensor input, TopKRoute route, ForwardContext context)
     {
-        int n = input.Rows, k = Config.TopK, count = Config.NumExperts, kernelHidden = mlp.DownProj.OutFeatures;
+        int n = input.Rows, k = Config.TopK, count = Config.NumExperts;
         var (rows, slots, _) = Group(route.Selected, n, k, count);
         var starts = new int[count + 1];
         for (int e = 0; e < count; e++)
@@ -131,17 +131,9 @@ public sealed class MixLoraBlock : Module
         var xs = gateLora || upLora ? Functional.GatherRows(input, tokenOf) : null;
         var gate = mlp.GateProj.Forward(input, context);
         var up = mlp.UpProj.Forward(input, context);
-        var gs = Functional.GatherRows(gate, tokenOf);
-        var us = Functional.GatherRows(up, tokenOf);
-        if (gateLora)
-        {
-            gs = Segmented("gate_proj", gs, xs!, starts, context);
-        }
-
-        if (upLora)
-        {
-            us = Segmented("up_proj", us, xs!, starts, context);
-        }
+        // Each module's rows are gathered inside its segmented LoRA (each segment copies its rows just before its GEMMs).
+        var gs = gateLora ? Segmented("gate_proj", gate, tokenOf, xs!, starts, context) : Functional.GatherRows(gate, tokenOf);
+        var us = upLora ? Segmented("up_proj", up, tokenOf, xs!, starts, context) : Functional.GatherRows(up, tokenOf);
 
         // gs and us are this path's own temporaries (nothing reads them after SwiGLU's backward): their storage takes their gradients.
         var act = Functional.SwiGluIntoInputs(gs, us, context.Kernel);
@@ -152,8 +144,11 @@ public sealed class MixLoraBlock : Module
             return y;
         }
 
-        var delta = Segmented("down_proj", Tensor.Zeros(tokenOf.Length, kernelHidden), act, starts, context);
-        return Functional.Add(y, Functional.RoutedSum([delta], tokenList, slotList, route.Weights, n));
+        // The down deltas go straight into y's rows (no zeroed [k·n, H] start, no second routed sum, no add).
+        var list = experts["down_proj"];
+        var options = list.Select(l => Options(l, context)).ToArray();
+        return Functional.RoutedSegmentedLoraBranch(y, act, tokenOf, slotOf, route.Weights, [.. list.Select(l => l.Factors)], starts, options[0].Dropout,
+            [.. options.Select(o => o.Seed)], context.Kernel);
     }
 
     /// <summary>y + each expert's LoRA on <paramref name="module"/> over its segment of the expert-sorted rows.</summary>
@@ -162,6 +157,15 @@ public sealed class MixLoraBlock : Module
         var list = experts[module];
         var options = list.Select(l => Options(l, context)).ToArray();
         return Functional.SegmentedLoraBranch(y, x, [.. list.Select(l => l.Factors)], starts, options[0].Dropout, [.. options.Select(o => o.Seed)], context.Kernel);
+    }
+
+    /// <summary>source[rows] + each expert's LoRA on <paramref name="module"/> over its segment of the expert-sorted rows.</summary>
+    private Tensor Segmented(string module, Tensor source, int[] rows, Tensor x, int[] starts, ForwardContext context)
+    {
+        var list = experts[module];
+        var options = list.Select(l => Options(l, context)).ToArray();
+        return Functional.SegmentedLoraBranchGathered(source, rows, x, [.. list.Select(l => l.Factors)], starts, options[0].Dropout, [.. options.Select(o => o.Seed)],
+            context.Kernel);
     }
 
     /// <summary>The device path: each expert's tokens gathered and run through LoraBranch and SwiGLU separately (docs/formats/mixlora.md#forward).</summary>
