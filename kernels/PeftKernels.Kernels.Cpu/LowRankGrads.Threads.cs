@@ -10,6 +10,7 @@
 // Why: as two GEMMs (N = r and M·N = out·r, K = m or out) each product packs g again and forks its
 // own threads; here g is read once for both, and 128 rows of B and dB (8 KiB each at r = 16) stay in
 // L1 while four rows of g stream past. Six chunks at out = 768 split evenly over two threads.
+using System.Buffers;
 using System.Runtime.Intrinsics;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -47,8 +48,25 @@ public static unsafe partial class LowRankGrads
         int parts = Math.Min(options.ResolveThreads(), chunks);
         long partial = (long)m * rank;
 
-        // One chunk writes dh itself; more write their partial sums side by side, added after the join.
-        float[]? partials = chunks == 1 ? null : GC.AllocateUninitializedArray<float>((int)(chunks * partial));
+        // One chunk writes dh itself; more write their partial sums side by side, added after the join
+        // (a pooled buffer: at m = 256, out = 768, r = 16 it is 96 KiB, a large-object allocation per call otherwise).
+        float[]? partials = chunks == 1 ? null : ArrayPool<float>.Shared.Rent((int)(chunks * partial));
+        try
+        {
+            Run(g, h, b, scale, db, dh, m, outFeatures, rank, path, chunks, parts, partial, partials);
+        }
+        finally
+        {
+            if (partials != null)
+            {
+                ArrayPool<float>.Shared.Return(partials);
+            }
+        }
+    }
+
+    private static void Run(ReadOnlySpan<float> g, ReadOnlySpan<float> h, ReadOnlySpan<float> b, float scale, Span<float> db, Span<float> dh,
+        int m, int outFeatures, int rank, SimdPath path, int chunks, int parts, long partial, float[]? partials)
+    {
         fixed (float* pg = g, ph = h, pb = b, pdb = db, pdh = dh, pp = partials)
         {
             nint ag = (nint)pg, ah = (nint)ph, ab = (nint)pb, adb = (nint)pdb, adh = (nint)pdh, ap = (nint)pp;
