@@ -22,21 +22,15 @@ public class SegmentedLoraGatherTests
     private const int InF = 37, OutF = 29, N = 24, SourceRows = 11;
 
     // Rows 0–1 before the first segment; segments of 0, 1, 7, 0, 3, 9 and 1 rows; rows 23.. after the last.
-    private static readonly int[] Starts = [2, 2, 3, 10, 10, 13, 22, 23];
-    private static readonly int[] Ranks = [3, 1, 17, 2, 16, 7, 5];
+    private static readonly int[] Starts = SegmentedLoraTrainingTests.Starts;
+    private static readonly int[] Ranks = SegmentedLoraTrainingTests.Ranks;
 
     // Source rows for the 24 rows of y: repeats, out of order, first and last row of the source.
     private static readonly int[] Rows = [.. Enumerable.Range(0, N).Select(i => ((i * 7) + 3) % SourceRows)];
 
     public static TheoryData<SimdPath, int> PathsAndThreads() => TestUtil.PathsAndThreads();
 
-    private static (float[][] A, float[][] B, float[] Scales) Adapters(int seed)
-    {
-        var a = Ranks.Select((r, t) => TestUtil.Random(r * InF, seed + (2 * t))).ToArray();
-        var b = Ranks.Select((r, t) => TestUtil.Random(OutF * r, seed + (2 * t) + 1)).ToArray();
-        float[] scales = [.. Ranks.Select((_, t) => t % 3 == 0 ? -1.5f : 0.25f + t)];
-        return (a, b, scales);
-    }
+    private static (float[][] A, float[][] B, float[] Scales) Adapters(int seed) => SegmentedLoraTrainingTests.Adapters(seed);
 
     [Theory]
     [MemberData(nameof(PathsAndThreads))]

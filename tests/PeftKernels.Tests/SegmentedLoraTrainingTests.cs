@@ -18,12 +18,13 @@ public class SegmentedLoraTrainingTests
     private const int InF = 37, OutF = 29, N = 24;
 
     // Rows 0–1 before the first segment; segments of 0, 1, 7, 0, 3, 9 and 1 rows; rows 23.. after the last.
-    private static readonly int[] Starts = [2, 2, 3, 10, 10, 13, 22, 23];
-    private static readonly int[] Ranks = [3, 1, 17, 2, 16, 7, 5];
+    internal static readonly int[] Starts = [2, 2, 3, 10, 10, 13, 22, 23];
+    internal static readonly int[] Ranks = [3, 1, 17, 2, 16, 7, 5];
 
     public static TheoryData<SimdPath, int> PathsAndThreads() => TestUtil.PathsAndThreads();
 
-    private static (float[][] A, float[][] B, float[] Scales) Adapters(int seed)
+    /// <summary>The adapters of the segments (ranks <see cref="Ranks"/>, in 37, out 29); shared with SegmentedLoraGatherTests.</summary>
+    internal static (float[][] A, float[][] B, float[] Scales) Adapters(int seed)
     {
         var a = Ranks.Select((r, t) => TestUtil.Random(r * InF, seed + (2 * t))).ToArray();
         var b = Ranks.Select((r, t) => TestUtil.Random(OutF * r, seed + (2 * t) + 1)).ToArray();

@@ -90,30 +90,8 @@ public static partial class Functional
             var dw = weights.RequiresGrad ? new float[n * k] : [];
             // dw reads each row of d before dd overwrites it (MoeRouting.RoutedSumBackward allows dpart over part).
             MoeRouting.RoutedSumBackward(g, d, tokens, slots, weights.Data, d, dw, n, outF, k);
-            bool into = x.RequiresGrad && x.Grad != null;
-            float[] dx = into ? x.Grad! : x.RequiresGrad ? GC.AllocateUninitializedArray<float>(rows * inF) : [];
-            bool Used(int t) => segmentStarts[t + 1] > segmentStarts[t];
-            var da = adapters.Select((l, t) => l.A.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.A.Count) : null).ToArray();
-            var db = adapters.Select((l, t) => l.B.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.B.Count) : null).ToArray();
-            SegmentedLoraTraining.Backward(d, x.Data, segmentStarts, h, a, b, scales, seedList, dropout, dx, da, db, rows, inF, outF, kernel, accumulateDx: into);
+            SegmentedLoraGrads(d, x, adapters, segmentStarts, h, a, b, scales, seedList, dropout, rows, inF, outF, kernel);
             ArrayPool<float>.Shared.Return(pooled);
-            if (!into)
-            {
-                Grad.AddOwned(x, dx);
-            }
-
-            for (int t = 0; t < adapters.Count; t++)
-            {
-                if (da[t] is { } dat)
-                {
-                    Grad.AddOwned(adapters[t].A, dat);
-                }
-
-                if (db[t] is { } dbt)
-                {
-                    Grad.AddOwned(adapters[t].B, dbt);
-                }
-            }
 
             Grad.AddOwned(weights, dw);
             Grad.AddOwned(y, g);

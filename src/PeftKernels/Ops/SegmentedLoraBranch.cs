@@ -113,32 +113,7 @@ public static partial class Functional
         Tape.Record(output, () =>
         {
             var g = output.Grad!;
-            // A gradient of x already there (MixLoRA: the up LoRA's, for the gate LoRA) takes dx added in place: no second
-            // [n, in] buffer and no add pass. Else a fresh buffer.
-            bool into = x.RequiresGrad && x.Grad != null;
-            float[] dx = into ? x.Grad! : x.RequiresGrad ? GC.AllocateUninitializedArray<float>(n * inF) : [];
-            // An adapter whose segment is empty gets no gradient at all (as when it is not run), not a zero one.
-            bool Used(int t) => segmentStarts[t + 1] > segmentStarts[t];
-            var da = adapters.Select((l, t) => l.A.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.A.Count) : null).ToArray();
-            var db = adapters.Select((l, t) => l.B.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.B.Count) : null).ToArray();
-            SegmentedLoraTraining.Backward(g, x.Data, segmentStarts, h, a, b, scales, seedList, dropout, dx, da, db, n, inF, outF, kernel, accumulateDx: into);
-            if (!into)
-            {
-                Grad.AddOwned(x, dx);
-            }
-
-            for (int t = 0; t < adapters.Count; t++)
-            {
-                if (da[t] is { } dat)
-                {
-                    Grad.AddOwned(adapters[t].A, dat);
-                }
-
-                if (db[t] is { } dbt)
-                {
-                    Grad.AddOwned(adapters[t].B, dbt);
-                }
-            }
+            SegmentedLoraGrads(g, x, adapters, segmentStarts, h, a, b, scales, seedList, dropout, n, inF, outF, kernel);
 
             if (rows == null)
             {
@@ -171,5 +146,36 @@ public static partial class Functional
         var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         Kernels.Cpu.RowSelect.ScatterSum(g, rows, dx, n, cols);
         Grad.AddOwned(x, dx);
+    }
+
+    /// <summary>The gradients of a segmented LoRA over its rows' output gradient g [rows, out]: dx into x's gradient (added in
+    /// place when x already has one: MixLoRA's up LoRA's, for the gate LoRA, so no second [rows, in] buffer and no add pass),
+    /// dA and dB to every adapter whose segment is non-empty (an empty one gets no gradient at all, as when it is not run).</summary>
+    internal static void SegmentedLoraGrads(ReadOnlySpan<float> g, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts, float[] h,
+        float[][] a, float[][] b, float[] scales, ulong[] seeds, float dropout, int rows, int inF, int outF, KernelOptions kernel)
+    {
+        bool into = x.RequiresGrad && x.Grad != null;
+        float[] dx = into ? x.Grad! : x.RequiresGrad ? GC.AllocateUninitializedArray<float>(rows * inF) : [];
+        bool Used(int t) => segmentStarts[t + 1] > segmentStarts[t];
+        var da = adapters.Select((l, t) => l.A.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.A.Count) : null).ToArray();
+        var db = adapters.Select((l, t) => l.B.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.B.Count) : null).ToArray();
+        SegmentedLoraTraining.Backward(g, x.Data, segmentStarts, h, a, b, scales, seeds, dropout, dx, da, db, rows, inF, outF, kernel, accumulateDx: into);
+        if (!into)
+        {
+            Grad.AddOwned(x, dx);
+        }
+
+        for (int t = 0; t < adapters.Count; t++)
+        {
+            if (da[t] is { } dat)
+            {
+                Grad.AddOwned(adapters[t].A, dat);
+            }
+
+            if (db[t] is { } dbt)
+            {
+                Grad.AddOwned(adapters[t].B, dbt);
+            }
+        }
     }
 }
