@@ -49,26 +49,7 @@ public static partial class Functional
         }
 
         Kernels.MoeRoutingShapes.Routes(tokens, slots, n, k);
-        foreach (var lora in adapters)
-        {
-            lora.Check(inF, outF, "routed segmented LoRA branch");
-            if (lora.Bias != null || lora.Magnitude != null)
-            {
-                throw new ArgumentException($"routed segmented LoRA branch, adapter '{lora.Name}': a lora_B bias or DoRA magnitude is not supported here.", nameof(adapters));
-            }
-        }
-
-        if (segmentStarts.Length != adapters.Count + 1)
-        {
-            throw new ArgumentException($"routed segmented LoRA branch: {segmentStarts.Length} segment starts for {adapters.Count} adapters (need one more start than adapters).", nameof(segmentStarts));
-        }
-
-        var a = adapters.Select(l => l.A.Data).ToArray();
-        var b = adapters.Select(l => l.B.Data).ToArray();
-        var scales = adapters.Select(l => l.Scale).ToArray();
-        var seedList = seeds ?? new ulong[adapters.Count];
-        var ranks = adapters.Select(l => l.Rank).ToArray();
-        var h = GC.AllocateUninitializedArray<float>((int)SegmentedLoraTraining.HLength(segmentStarts, ranks));
+        var (a, b, scales, seedList, h) = SegmentedOperands(adapters, segmentStarts, seeds, rows, inF, outF, "routed segmented LoRA branch");
         int length = checked(rows * outF);
         var pooled = ArrayPool<float>.Shared.Rent(length);
         pooled.AsSpan(0, length).Clear();

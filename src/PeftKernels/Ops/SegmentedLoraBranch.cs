@@ -66,31 +66,7 @@ public static partial class Functional
                 : $"segmented LoRA branch: {rows.Length} gathered rows for x [{string.Join(", ", x.Shape)}] (need one per row of x).", rows == null ? nameof(y) : nameof(rows));
         }
 
-        foreach (var lora in adapters)
-        {
-            lora.Check(inF, outF, "segmented LoRA branch");
-            if (lora.Bias != null || lora.Magnitude != null)
-            {
-                throw new ArgumentException($"segmented LoRA branch, adapter '{lora.Name}': a lora_B bias or DoRA magnitude is not supported here.", nameof(adapters));
-            }
-        }
-
-        var a = adapters.Select(l => l.A.Data).ToArray();
-        var b = adapters.Select(l => l.B.Data).ToArray();
-        var scales = adapters.Select(l => l.Scale).ToArray();
-        var seedList = seeds ?? new ulong[adapters.Count];
-        var ranks = adapters.Select(l => l.Rank).ToArray();
-        if (segmentStarts.Length != adapters.Count + 1)
-        {
-            throw new ArgumentException($"segmented LoRA branch: {segmentStarts.Length} segment starts for {adapters.Count} adapters (need one more start than adapters).", nameof(segmentStarts));
-        }
-
-        if (segmentStarts.Zip(segmentStarts.Skip(1)).Any(p => p.Second < p.First) || segmentStarts[0] < 0 || segmentStarts[^1] > n)
-        {
-            throw new ArgumentException($"segmented LoRA branch: the segment starts must be non-decreasing within [0, {n}].", nameof(segmentStarts));
-        }
-
-        var h = GC.AllocateUninitializedArray<float>((int)SegmentedLoraTraining.HLength(segmentStarts, ranks));
+        var (a, b, scales, seedList, h) = SegmentedOperands(adapters, segmentStarts, seeds, n, inF, outF, "segmented LoRA branch");
         float[] yd;
         if (rows == null)
         {
@@ -146,6 +122,36 @@ public static partial class Functional
         var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         Kernels.Cpu.RowSelect.ScatterSum(g, rows, dx, n, cols);
         Grad.AddOwned(x, dx);
+    }
+
+    /// <summary>The checked operands of a segmented LoRA over <paramref name="rows"/> rows: each adapter's A, B and scale
+    /// (no lora_B bias, no DoRA magnitude), the seeds (zeros when null) and an uninitialized h; the segment starts must be
+    /// one more than the adapters and non-decreasing within [0, rows]. Errors start with <paramref name="what"/>.</summary>
+    private static (float[][] A, float[][] B, float[] Scales, ulong[] Seeds, float[] H) SegmentedOperands(IReadOnlyList<LoraFactors> adapters,
+        int[] segmentStarts, ulong[]? seeds, int rows, int inF, int outF, string what)
+    {
+        foreach (var lora in adapters)
+        {
+            lora.Check(inF, outF, what);
+            if (lora.Bias != null || lora.Magnitude != null)
+            {
+                throw new ArgumentException($"{what}, adapter '{lora.Name}': a lora_B bias or DoRA magnitude is not supported here.", nameof(adapters));
+            }
+        }
+
+        if (segmentStarts.Length != adapters.Count + 1)
+        {
+            throw new ArgumentException($"{what}: {segmentStarts.Length} segment starts for {adapters.Count} adapters (need one more start than adapters).", nameof(segmentStarts));
+        }
+
+        if (segmentStarts.Zip(segmentStarts.Skip(1)).Any(p => p.Second < p.First) || segmentStarts[0] < 0 || segmentStarts[^1] > rows)
+        {
+            throw new ArgumentException($"{what}: the segment starts must be non-decreasing within [0, {rows}].", nameof(segmentStarts));
+        }
+
+        var ranks = adapters.Select(l => l.Rank).ToArray();
+        return ([.. adapters.Select(l => l.A.Data)], [.. adapters.Select(l => l.B.Data)], [.. adapters.Select(l => l.Scale)],
+            seeds ?? new ulong[adapters.Count], GC.AllocateUninitializedArray<float>((int)SegmentedLoraTraining.HLength(segmentStarts, ranks)));
     }
 
     /// <summary>The gradients of a segmented LoRA over its rows' output gradient g [rows, out]: dx into x's gradient (added in
