@@ -7,9 +7,8 @@
 //  - Upload: host values (token ids, labels, positions, a weight) into device memory, queued on the
 //    stream without a wait. CUDA copies from pageable host memory into a staging buffer before
 //    cuMemcpyHtoDAsync returns, so the host may reuse its array at once; the CPU accelerator copies
-//    at once.
+//    at once. The host values are pinned for the call (the copy works on their raw address).
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 
 namespace PeftKernels.Kernels.Gpu;
 
@@ -75,6 +74,14 @@ public static class DeviceSync
             return;
         }
 
-        target.AsContiguous().CopyFromCPUUnsafeAsync(ref MemoryMarshal.GetReference(values), values.Length);
+        // ILGPU's copy takes a raw address: the span stays pinned for the call, or a collection on another thread
+        // could move the array between the address being taken and the copy (garbage read, seen once in CI).
+        unsafe
+        {
+            fixed (T* pinned = values)
+            {
+                target.AsContiguous().CopyFromCPUUnsafeAsync(ref *pinned, values.Length);
+            }
+        }
     }
 }
