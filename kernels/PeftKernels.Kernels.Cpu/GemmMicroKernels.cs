@@ -63,17 +63,21 @@ internal readonly unsafe struct Vector512Kernel : IMicroKernel
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(float* a, float* b, int kc, float* c, int ldc, float alpha, float beta, float* bias)
     {
-        // The C tile (12 rows × 128 bytes, rows ldc apart) is touched only after the k loop;
-        // prefetch it now so its cache misses overlap the FMAs instead of following them.
-        for (int r = 0; r < 12; r++)
-        {
-            Sse.Prefetch0(c + (r * ldc));
-            Sse.Prefetch0(c + (r * ldc) + 16);
-        }
-
+        // The C tile (12 rows × 128 bytes, rows ldc apart) is touched only after the k loop: its rows are
+        // requested during the last 12 k steps, one row per step, so their misses overlap the FMAs. Not all at
+        // the start: rows ldc = 4096 floats apart share L1 sets, and 24 lines fetched before the loop evicted
+        // A and B lines of those sets for the whole loop (the same fix as the native bf16 kernel, session 15).
+        int prefetchFrom = kc - 12;
         Vector512<float> c0_0 = default, c0_1 = default, c1_0 = default, c1_1 = default, c2_0 = default, c2_1 = default, c3_0 = default, c3_1 = default, c4_0 = default, c4_1 = default, c5_0 = default, c5_1 = default, c6_0 = default, c6_1 = default, c7_0 = default, c7_1 = default, c8_0 = default, c8_1 = default, c9_0 = default, c9_1 = default, c10_0 = default, c10_1 = default, c11_0 = default, c11_1 = default;
         for (int p = 0; p < kc; p++)
         {
+            if (p >= prefetchFrom)
+            {
+                float* row = c + ((p - prefetchFrom) * ldc);
+                Sse.Prefetch0(row);
+                Sse.Prefetch0(row + 16);
+            }
+
             Vector512<float> b0 = Vector512.Load(b + 0);
             Vector512<float> b1 = Vector512.Load(b + 16);
             Vector512<float> a0 = Vector512.Create(a[0]);
