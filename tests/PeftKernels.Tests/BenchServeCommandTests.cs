@@ -87,6 +87,27 @@ public sealed class BenchServeCommandTests : IDisposable
         Assert.Equal(2, doc.RootElement.GetProperty("options").GetProperty("adapters_many").GetInt32());
     }
 
+    [Fact]
+    public void KvCacheIntegerDecodeAndComputeApplyToTheRunAndAreRecorded()
+    {
+        string json = folder.File("serve.json");
+        var (code, output, error) = Invoke("bench", "serve", "--quick", "--tiny", "--threads", "1", "--base", "nf4", "--kv-cache", "bf16", "--integer-decode",
+            "--compute", "bf16", "--json", json);
+        Assert.Equal((0, ""), (code, error));
+        Assert.Contains("KV cache bf16, compute bf16, integer decode", output);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var options = doc.RootElement.GetProperty("options");
+        Assert.Equal("bf16", options.GetProperty("kv_cache").GetString());
+        Assert.True(options.GetProperty("integer_decode").GetBoolean());
+        Assert.Equal("bf16", options.GetProperty("compute").GetString());
+        var scenarios = doc.RootElement.GetProperty("runs")[0].GetProperty("scenarios").EnumerateArray().ToList();
+        Assert.Equal([128L, 128, 128, 128, 128, 16], scenarios.Select(s => s.GetProperty("tokens").GetInt64()));
+
+        (code, _, error) = Invoke("bench", "serve", "--quick", "--tiny", "--kv-cache", "fp16");
+        Assert.Equal(1, code);
+        Assert.Contains("'fp16'", error);
+    }
+
     [Theory]
     [InlineData("--sequences must be >= 1; got 0.", "--sequences", "0")]
     [InlineData("--prompt must be >= 1; got 0.", "--prompt", "0")]

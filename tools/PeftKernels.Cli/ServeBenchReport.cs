@@ -7,6 +7,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using PeftKernels.Engine;
 using PeftKernels.IO;
 using PeftKernels.Kernels.Cpu;
 
@@ -70,7 +71,8 @@ internal sealed record ServeBenchReport(ServeMachine Machine, ServeBenchSettings
     {
         log.WriteLine();
         log.WriteLine($"{run.Base} base, {run.Threads} thread(s), FMA peak {run.FmaPeakGflops:F1} GFLOP/s; {settings.Sequences} sequences × ({settings.Prompt} + {settings.Generate}) tokens; " +
-            $"adapter ranks {string.Join("/", Enumerable.Range(0, Math.Min(4, settings.ManyAdapters)).Select(ServeAdapterSet.Rank))} cycling, (a) rank {ServeAdapterSet.Rank(settings.OneAdapter)}");
+            $"adapter ranks {string.Join("/", Enumerable.Range(0, Math.Min(4, settings.ManyAdapters)).Select(ServeAdapterSet.Rank))} cycling, (a) rank {ServeAdapterSet.Rank(settings.OneAdapter)}; " +
+            $"KV cache {(settings.KvCache == KvCacheType.BFloat16 ? "bf16" : "fp32")}, compute {(settings.Compute == ComputePrecision.Bf16 ? "bf16" : "fp32")}{(settings.IntegerDecode ? ", integer decode" : "")}");
         log.WriteLine($"{"scenario",-24} {"seqs",5} {"adapters",8} {"tokens/s",10} {"×(a)",7} {"decode tok/s",12} {"ms/step",9} {"TTFT ms",9} {"GFLOP/s",8} {"% peak",7}");
         var a = run["a"];
         foreach (string key in Keys)
@@ -159,6 +161,9 @@ internal sealed record ServeBenchReport(ServeMachine Machine, ServeBenchSettings
         w.WriteNumber("adapters_few", s.FewAdapters);
         w.WriteNumber("one_adapter_rank", ServeAdapterSet.Rank(s.OneAdapter));
         w.WriteNumber("batch_tokens", s.BatchTokens);
+        w.WriteString("kv_cache", s.KvCache == KvCacheType.BFloat16 ? "bf16" : "fp32");
+        w.WriteBoolean("integer_decode", s.IntegerDecode);
+        w.WriteString("compute", s.Compute == ComputePrecision.Bf16 ? "bf16" : "fp32");
         w.WriteNumber("seed", ServeBenchSettings.Seed);
         w.WriteStartArray("bases");
         foreach (string b in runs.Select(r => r.Base).Distinct())

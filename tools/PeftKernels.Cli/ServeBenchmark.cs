@@ -27,6 +27,15 @@ namespace PeftKernels.Cli;
 /// <param name="BatchTokens">The engine's token budget per step.</param>
 internal sealed record ServeBenchSettings(string? ModelFolder, bool Tiny, int Sequences, int Prompt, int Generate, int Adapters, int BatchTokens)
 {
+    /// <summary>Storage of the engine's KV cache in every scenario (--kv-cache).</summary>
+    public KvCacheType KvCache { get; init; }
+
+    /// <summary>Decode rows over 4-bit weights take the integer GEMV in every scenario (--integer-decode).</summary>
+    public bool IntegerDecode { get; init; }
+
+    /// <summary>Precision of the matrix products in every scenario (--compute).</summary>
+    public ComputePrecision Compute { get; init; }
+
     /// <summary>The model seed of the random model and of the prompts and adapters.</summary>
     public const int Seed = 1;
 
@@ -140,6 +149,9 @@ internal static class ServeBenchmark
             KvBlocks = (s.Sequences * perSequence) + 2,
             MaxSequenceLength = Math.Min(length, c.MaxPositionEmbeddings),
             Threads = threads,
+            KvCache = s.KvCache,
+            IntegerDecode = s.IntegerDecode,
+            Compute = s.Compute,
         };
     }
 
