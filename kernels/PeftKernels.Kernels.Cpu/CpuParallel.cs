@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 
 namespace PeftKernels.Kernels.Cpu;
@@ -10,9 +11,12 @@ namespace PeftKernels.Kernels.Cpu;
 // function of its index, so results never depend on scheduling; when the workers are busy
 // with another caller, the items simply run one after another on the calling thread.
 // One completion counter, reset under the gate, serves every fork-join: a call whose body is a
-// cached delegate allocates nothing (the decode loop issues several fork-joins per token).
+// cached delegate allocates nothing (the decode loop issues several fork-joins per token). The caller spins
+// up to 0.5 ms for the workers before it blocks (Join).
 internal static class CpuParallel
 {
+    /// <summary>How long the caller spins for the workers before it blocks (0.5 ms).</summary>
+    private static readonly long JoinSpinTicks = Stopwatch.Frequency / 2000;
     private static readonly Lock Gate = new();
     private static readonly CountdownEvent Done = new(1);
     private static Worker[] workers = [];
@@ -58,7 +62,7 @@ internal static class CpuParallel
                 error = ex;
             }
 
-            done.Wait();
+            Join(done);
             for (int t = 1; t < items; t++)
             {
                 error ??= workers[t - 1].TakeError();
@@ -73,6 +77,26 @@ internal static class CpuParallel
         {
             Gate.Exit();
         }
+    }
+
+    /// <summary>
+    /// Waits for the workers' items: spins up to <see cref="JoinSpinTicks"/> first, then blocks. A CountdownEvent alone
+    /// blocks after a few dozen spins, and a worker that ends its last unit a little after the caller then pays a
+    /// futex wake of the caller (tens of microseconds to a millisecond in a VM) on every fork-join; a GEMM issues two
+    /// per K block.
+    /// </summary>
+    private static void Join(CountdownEvent done)
+    {
+        if (!done.IsSet)
+        {
+            long until = Stopwatch.GetTimestamp() + JoinSpinTicks;
+            while (!done.IsSet && Stopwatch.GetTimestamp() < until)
+            {
+                Thread.SpinWait(20);
+            }
+        }
+
+        done.Wait();
     }
 
     /// <summary>[start, end) of part <paramref name="part"/> when <paramref name="count"/> units are split in <paramref name="parts"/> near-equal contiguous parts.</summary>
