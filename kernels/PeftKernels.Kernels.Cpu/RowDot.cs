@@ -1,13 +1,14 @@
 // GEMV inner product for the small-m path: up to 4 rows of op(A) against one contiguous
 // column of op(B) (a row of a weight stored [out, in]), so each weight byte is read once
 // however many rows there are. Lanes accumulate strided partial sums, then reduce: a fixed
-// order for a given path, so results are deterministic.
+// order for a given path, so results are deterministic. One row on the 512-bit path: Dot512
+// (RowDotRealign.cs), whose weight loads never split a cache line.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace PeftKernels.Kernels.Cpu;
 
-internal static unsafe class RowDot
+internal static unsafe partial class RowDot
 {
     public const int MaxRows = 4;
 
@@ -71,7 +72,6 @@ internal static unsafe class RowDot
         }
     }
 
-    /// <summary>One row: four independent accumulators so the loop is bound by loads, not FMA latency.</summary>
     /// <summary>The m (≤ 4) row sums over the whole vectors, one accumulator a row; returns where they end.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static int DotAdd<T, TLoad, TV, TVec>(T* b, float* a0, float* a1, float* a2, float* a3, int m, int k,
@@ -108,7 +108,9 @@ internal static unsafe class RowDot
         return p;
     }
 
-    private static float Dot512(float* b, float* a, int k)
+    /// <summary>One row, four independent accumulators so the loop is bound by loads, not FMA latency; loads as they fall (the reference of <see cref="Dot512"/>, which avoids split loads of b).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static float Dot512Plain(float* b, float* a, int k)
     {
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
         int p = 0;
