@@ -20,14 +20,26 @@ internal static unsafe partial class RowDot
             return;
         }
 
-        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result);
+        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result, realign: true);
+    }
+
+    /// <summary>As <see cref="DotAdd(float*, float*, int, int, int, SimdPath, float*)"/> with every load of b as it falls (its reference in the tests).</summary>
+    internal static void DotAddPlain(float* b, float* a, int lda, int m, int k, SimdPath path, float* result)
+    {
+        if (m == 1 && path == SimdPath.Vector512)
+        {
+            result[0] += Dot512Plain(b, a, k);
+            return;
+        }
+
+        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result, realign: false);
     }
 
     public static void DotAddBf16(ushort* b, float* a, int lda, int m, int k, SimdPath path, float* result) =>
-        DotAdd<ushort, Bf16Load>(b, a, lda, m, k, path, result);
+        DotAdd<ushort, Bf16Load>(b, a, lda, m, k, path, result, realign: false);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotAdd<T, TLoad>(T* b, float* a, int lda, int m, int k, SimdPath path, float* result)
+    private static void DotAdd<T, TLoad>(T* b, float* a, int lda, int m, int k, SimdPath path, float* result, bool realign)
         where T : unmanaged
         where TLoad : IWidenLoad<T>
     {
@@ -39,7 +51,12 @@ internal static unsafe partial class RowDot
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         if (path == SimdPath.Vector512)
         {
-            p = DotAdd<T, TLoad, Vector512<float>, V512>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3);
+            // fp32 rows of b that start off a 64-byte line: the same sums with b loaded in aligned lines (RowDotRealign.cs).
+            p = realign && typeof(T) == typeof(float) && m > 1 ? RowsRealigned((float*)b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3) : -1;
+            if (p < 0)
+            {
+                p = DotAdd<T, TLoad, Vector512<float>, V512>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3);
+            }
         }
         else if (path == SimdPath.Vector256)
         {

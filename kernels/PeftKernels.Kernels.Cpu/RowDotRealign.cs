@@ -10,6 +10,9 @@
 //   Reads: the first aligned load starts s floats before b[0] and the last ends at most 15 floats past
 //   b[16·⌊k/16⌋ − 1]; both lie in a 64-byte line that holds an element of the row, so no extra line (and no
 //   unmapped page) is touched.
+// Rows (m = 2..4 rows of x against the same weight row, RowDot.DotAdd on the 512-bit path): the same loads, one
+// accumulator a row over the whole 16-float chunks, then Vector512.Sum; the scalar tail stays with the caller, as
+// in the generic loop it replaces (RowDot.DotAdd<T, TLoad, TV, TVec>), so the sums are equal bit for bit.
 // Why: the engine's fp32 weights are managed arrays, 8-byte aligned (measured: rows of the ~125M Llama start
 // at every multiple of 8 mod 64), so every 512-bit load of an unaligned row crosses two cache lines. On a
 // Zen 5 (full-width 512-bit loads) the plain loop streamed a 438 MB token's weights at ~14 GB/s against
@@ -59,6 +62,41 @@ internal static unsafe partial class RowDot
         };
     }
 
+    /// <summary>
+    /// The m (2..4) row sums of <see cref="DotAdd(float*, float*, int, int, int, SimdPath, float*)"/>'s 512-bit loop over the whole
+    /// 16-float chunks with b loaded in aligned lines; returns where they end, or -1 when b starts on a line (or off a float
+    /// boundary, or the row is shorter than a vector), where the generic loop runs instead.
+    /// </summary>
+    internal static int RowsRealigned(float* b, float* a0, float* a1, float* a2, float* a3, int m, int k,
+        out float s0, out float s1, out float s2, out float s3)
+    {
+        s0 = s1 = s2 = s3 = 0f;
+        nint offset = (nint)b & 63;
+        if (offset == 0 || (offset & 3) != 0 || k < 16 || !Avx512F.IsSupported)
+        {
+            return -1;
+        }
+
+        return (offset >> 2) switch
+        {
+            1 => RowsShifted<S1>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            2 => RowsShifted<S2>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            3 => RowsShifted<S3>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            4 => RowsShifted<S4>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            5 => RowsShifted<S5>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            6 => RowsShifted<S6>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            7 => RowsShifted<S7>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            8 => RowsShifted<S8>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            9 => RowsShifted<S9>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            10 => RowsShifted<S10>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            11 => RowsShifted<S11>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            12 => RowsShifted<S12>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            13 => RowsShifted<S13>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            14 => RowsShifted<S14>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+            _ => RowsShifted<S15>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3),
+        };
+    }
+
     // TShift.Floats is a constant in each struct specialization, so the JIT emits valignd with an immediate (CA1857
     // cannot see that); a probe of the loop ran at the aligned loop's speed.
 #pragma warning disable CA1857
@@ -97,6 +135,39 @@ internal static unsafe partial class RowDot
         }
 
         return sum;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int RowsShifted<TShift>(float* b, float* a0, float* a1, float* a2, float* a3, int m, int k,
+        out float s0, out float s1, out float s2, out float s3)
+        where TShift : struct, IShift
+    {
+        float* line = b - TShift.Floats;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        var prev = Vector512.LoadAligned(line).AsUInt32();
+        int p = 0;
+        for (; p <= k - 16; p += 16)
+        {
+            var next = Vector512.LoadAligned(line + p + 16).AsUInt32();
+            var bv = Avx512F.AlignRight32(next, prev, TShift.Floats).AsSingle();
+            prev = next;
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a0 + p), bv, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Load(a1 + p), bv, c1);
+            if (m > 2)
+            {
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Load(a2 + p), bv, c2);
+                if (m > 3)
+                {
+                    c3 = Vector512.FusedMultiplyAdd(Vector512.Load(a3 + p), bv, c3);
+                }
+            }
+        }
+
+        s0 = Vector512.Sum(c0);
+        s1 = Vector512.Sum(c1);
+        s2 = Vector512.Sum(c2);
+        s3 = Vector512.Sum(c3);
+        return p;
     }
 #pragma warning restore CA1857
 

@@ -1,6 +1,7 @@
 // RowDot.Dot512 (aligned loads + valignd when the weight row starts off a 64-byte boundary) against
 // RowDot.Dot512Plain (the same loop with loads as they fall): equal bit for bit at every start offset
-// 0..15 floats and lengths around the 16- and 64-float chunk edges; within rounding of a double sum;
+// 0..15 floats and lengths around the 16- and 64-float chunk edges, for one row and for m = 2..4 rows of x
+// (RowDot.DotAdd against RowDot.DotAddPlain); within rounding of a double sum;
 // never reading a value outside the row (every float around it is NaN). And DecodeGemv.Rows on every SIMD
 // path gives the same bits wherever the fp32 weight sits in memory (views of one array at 16 offsets).
 using System.Runtime.InteropServices;
@@ -57,6 +58,58 @@ public unsafe class RowDotRealignTests
             }
 
             Assert.True(shifted > 0);
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(buffer);
+            NativeMemory.AlignedFree(a);
+        }
+    }
+
+    [Fact]
+    public void RowsEqualPlainLoopBitForBitAtEveryOffset()
+    {
+        // m = 1..4 rows of x against one weight row (RowDot.DotAdd, the GEMV's inner product) on the 512-bit path.
+        if (!KernelOptions.IsSupported(SimdPath.Vector512))
+        {
+            return;
+        }
+
+        const int pad = 64;
+        int maxK = Lengths.Max();
+        float* a = (float*)NativeMemory.AlignedAlloc((nuint)(RowDot.MaxRows * maxK * sizeof(float)), 64);
+        float* buffer = (float*)NativeMemory.AlignedAlloc((nuint)((maxK + (2 * pad)) * sizeof(float)), 64);
+        float* got = stackalloc float[RowDot.MaxRows];
+        float* expected = stackalloc float[RowDot.MaxRows];
+        try
+        {
+            TestUtil.Random(RowDot.MaxRows * maxK, 7, 2f).CopyTo(new Span<float>(a, RowDot.MaxRows * maxK));
+            var ws = TestUtil.Random(maxK, 8);
+            foreach (int k in Lengths)
+            {
+                for (int offset = 0; offset < 16; offset++)
+                {
+                    new Span<float>(buffer, maxK + (2 * pad)).Fill(float.NaN);
+                    float* b = buffer + pad + offset;
+                    ws.AsSpan(0, k).CopyTo(new Span<float>(b, k));
+                    for (int m = 1; m <= RowDot.MaxRows; m++)
+                    {
+                        for (int r = 0; r < RowDot.MaxRows; r++)
+                        {
+                            got[r] = expected[r] = r + 0.5f;
+                        }
+
+                        RowDot.DotAdd(b, a, maxK, m, k, SimdPath.Vector512, got);
+                        RowDot.DotAddPlain(b, a, maxK, m, k, SimdPath.Vector512, expected);
+                        for (int r = 0; r < RowDot.MaxRows; r++)
+                        {
+                            Assert.True(BitConverter.SingleToInt32Bits(got[r]) == BitConverter.SingleToInt32Bits(expected[r]),
+                                $"k={k} offset={offset} m={m} row {r}: {got[r]:R}, plain loop {expected[r]:R}");
+                            Assert.False(float.IsNaN(got[r]), $"k={k} offset={offset} m={m} row {r} read outside the weight row");
+                        }
+                    }
+                }
+            }
         }
         finally
         {
