@@ -1,13 +1,14 @@
 // GEMV inner product for the small-m path: up to 4 rows of op(A) against one contiguous
 // column of op(B) (a row of a weight stored [out, in]), so each weight byte is read once
 // however many rows there are. Lanes accumulate strided partial sums, then reduce: a fixed
-// order for a given path, so results are deterministic.
+// order for a given path, so results are deterministic. One row on the 512-bit path: Dot512
+// (RowDotRealign.cs), whose weight loads never split a cache line.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace PeftKernels.Kernels.Cpu;
 
-internal static unsafe class RowDot
+internal static unsafe partial class RowDot
 {
     public const int MaxRows = 4;
 
@@ -19,14 +20,26 @@ internal static unsafe class RowDot
             return;
         }
 
-        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result);
+        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result, realign: true);
+    }
+
+    /// <summary>As <see cref="DotAdd(float*, float*, int, int, int, SimdPath, float*)"/> with every load of b as it falls (its reference in the tests).</summary>
+    internal static void DotAddPlain(float* b, float* a, int lda, int m, int k, SimdPath path, float* result)
+    {
+        if (m == 1 && path == SimdPath.Vector512)
+        {
+            result[0] += Dot512Plain(b, a, k);
+            return;
+        }
+
+        DotAdd<float, Fp32Load>(b, a, lda, m, k, path, result, realign: false);
     }
 
     public static void DotAddBf16(ushort* b, float* a, int lda, int m, int k, SimdPath path, float* result) =>
-        DotAdd<ushort, Bf16Load>(b, a, lda, m, k, path, result);
+        DotAdd<ushort, Bf16Load>(b, a, lda, m, k, path, result, realign: false);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotAdd<T, TLoad>(T* b, float* a, int lda, int m, int k, SimdPath path, float* result)
+    private static void DotAdd<T, TLoad>(T* b, float* a, int lda, int m, int k, SimdPath path, float* result, bool realign)
         where T : unmanaged
         where TLoad : IWidenLoad<T>
     {
@@ -38,7 +51,12 @@ internal static unsafe class RowDot
         float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         if (path == SimdPath.Vector512)
         {
-            p = DotAdd<T, TLoad, Vector512<float>, V512>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3);
+            // fp32 rows of b that start off a 64-byte line: the same sums with b loaded in aligned lines (RowDotRealign.cs).
+            p = realign && typeof(T) == typeof(float) && m > 1 ? RowsRealigned((float*)b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3) : -1;
+            if (p < 0)
+            {
+                p = DotAdd<T, TLoad, Vector512<float>, V512>(b, a0, a1, a2, a3, m, k, out s0, out s1, out s2, out s3);
+            }
         }
         else if (path == SimdPath.Vector256)
         {
@@ -71,7 +89,6 @@ internal static unsafe class RowDot
         }
     }
 
-    /// <summary>One row: four independent accumulators so the loop is bound by loads, not FMA latency.</summary>
     /// <summary>The m (≤ 4) row sums over the whole vectors, one accumulator a row; returns where they end.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static int DotAdd<T, TLoad, TV, TVec>(T* b, float* a0, float* a1, float* a2, float* a3, int m, int k,
@@ -108,7 +125,9 @@ internal static unsafe class RowDot
         return p;
     }
 
-    private static float Dot512(float* b, float* a, int k)
+    /// <summary>One row, four independent accumulators so the loop is bound by loads, not FMA latency; loads as they fall (the reference of <see cref="Dot512"/>, which avoids split loads of b).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static float Dot512Plain(float* b, float* a, int k)
     {
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
         int p = 0;
