@@ -167,7 +167,8 @@ public static partial class Functional
     /// Σ over experts of the routing-weighted rows of each part: y [n, c] with y[rows_e[i], :] += w[rows_e[i], slots_e[i]]·part_e[i, :]
     /// (w [n, k]); gradients into every part and into w.
     /// </summary>
-    public static Tensor RoutedSum(IReadOnlyList<Tensor> parts, IReadOnlyList<int[]> rows, IReadOnlyList<int[]> slots, Tensor weights, int n)
+    public static Tensor RoutedSum(IReadOnlyList<Tensor> parts, IReadOnlyList<int[]> rows, IReadOnlyList<int[]> slots, Tensor weights, int n,
+        KernelOptions kernel = default)
     {
         ArgumentNullException.ThrowIfNull(parts);
         ArgumentNullException.ThrowIfNull(rows);
@@ -200,7 +201,7 @@ public static partial class Functional
         var y = new float[n * c];
         for (int e = 0; e < parts.Count; e++)
         {
-            Kernels.Cpu.MoeRouting.RoutedSum(parts[e].Data, rows[e], slots[e], weights.Data, y, n, c, k);
+            Kernels.Cpu.MoeRouting.RoutedSum(parts[e].Data, rows[e], slots[e], weights.Data, y, n, c, k, kernel);
         }
 
         var output = new Tensor(y, n, c);
@@ -215,12 +216,12 @@ public static partial class Functional
                     // A part whose gradient another node already wrote gets w·g added to it in place (no second [rows, c] buffer).
                     if (parts[e].RequiresGrad && parts[e].Grad is { } existing)
                     {
-                        Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, existing, dw, n, c, k, accumulate: true);
+                        Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, existing, dw, n, c, k, accumulate: true, kernel);
                         continue;
                     }
 
-                    var dpart = parts[e].RequiresGrad ? GC.AllocateUninitializedArray<float>((int)parts[e].Count) : [];
-                    Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, dpart, dw, n, c, k);
+                    var dpart = parts[e].RequiresGrad ? ScratchArrays.Rent((int)parts[e].Count) : [];
+                    Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, dpart, dw, n, c, k, options: kernel);
                     Grad.AddOwned(parts[e], dpart);
                 }
 
