@@ -139,7 +139,7 @@ public sealed class MixLoraBlock : Module
         // gs and us are this path's own temporaries (nothing reads them after SwiGLU's backward): their storage takes their gradients.
         var act = Functional.SwiGluIntoInputs(gs, us, context.Kernel);
         int[][] tokenList = [tokenOf], slotList = [slotOf];
-        var y = mlp.DownProj.Forward(Functional.RoutedSum([act], tokenList, slotList, route.Weights, n, context.Kernel), context);
+        var y = mlp.DownProj.Forward(Functional.RoutedSumScratch([act], tokenList, slotList, route.Weights, n, context.Kernel), context);
         if (Expert("down_proj", 0) == null)
         {
             return y;
