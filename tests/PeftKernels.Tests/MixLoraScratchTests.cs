@@ -4,7 +4,9 @@
 //   GatherRowsScratch, RoutedSumScratch,          = GatherRows, RoutedSum, SegmentedLoraBranchGathered bit for bit (output and
 //   SegmentedLoraBranchGatheredScratch              every gradient) over three steps at sizes that use the pool, the output's
 //                                                 storage back in the pool after the backward; gradients by central
-//                                                 finite differences (small sizes)
+//                                                 finite differences (small sizes); with sourceTakesGrad (a non-leaf
+//                                                 source's storage takes its gradient) the same gradients, and a leaf
+//                                                 source's values are left alone
 //   a whole MixLoRA layer at a pooled size        three steps from an empty pool give the same bits (a reused buffer that
 //                                                 were still read would change the later steps), forward = the dense reference
 using PeftKernels.Autograd;
@@ -130,6 +132,47 @@ public class MixLoraScratchTests
         var small = new[] { new LoraFactors(Leaf(14, 2, 3), Leaf(15, 5, 2), 0.7f), new LoraFactors(Leaf(16, 1, 3), Leaf(17, 5, 1), 1.3f) };
         AutogradTests.Check(() => Functional.SegmentedLoraBranchGatheredScratch(src, [3, 0, 0, 2, 1, 3], xs, small, [0, 2, 6], 0f, null),
             ("source", src), ("x", xs), ("a.A", (Parameter)small[0].A), ("b.B", (Parameter)small[1].B));
+    }
+
+    [Fact]
+    public void ASourceThatTakesItsGradientGivesTheSameGradients()
+    {
+        int n = 30, cols = 800, inF = 9;
+        int[] rows = [.. Enumerable.Range(0, 44).Select(j => ((j * 7) + 3) % n)];
+        int[] starts = [0, 20, 44];
+        var p = Leaf(40, n, cols);
+        var f = TestUtil.Random(n * cols, 41, 2f);
+        var x = Leaf(42, rows.Length, inF);
+        var adapters = new[] { new LoraFactors(Leaf(43, 2, inF), Leaf(44, cols, 2), 0.6f), new LoraFactors(Leaf(45, 3, inF), Leaf(46, cols, 3), 1.1f) };
+        var dy = TestUtil.Random(rows.Length * cols, 47);
+        var ops = new (string Name, Func<Tensor, bool, Tensor> Op)[]
+        {
+            ("gather", (src, into) => into ? Functional.GatherRowsScratch(src, rows, sourceTakesGrad: true) : Functional.GatherRows(src, rows)),
+            ("segmented", (src, into) => into ? Functional.SegmentedLoraBranchGatheredScratch(src, rows, x, adapters, starts, 0f, null, sourceTakesGrad: true)
+                : Functional.SegmentedLoraBranchGathered(src, rows, x, adapters, starts, 0f, null)),
+        };
+        foreach (var (name, op) in ops)
+        {
+            p.Grad = null;
+            Tape.Backward(op(Functional.ScaleElements(p, f), false), dy);
+            var expected = p.Grad!;
+            for (int step = 0; step < 2; step++)
+            {
+                p.Grad = null;
+                Tape.Backward(op(Functional.ScaleElements(p, f), true), dy); // the scaled source's storage takes its gradient
+                Assert.True(expected.SequenceEqual(p.Grad!), $"{name}: the source's gradient differs at step {step}");
+            }
+
+            var before = (float[])p.Data.Clone();
+            p.Grad = null;
+            Tape.Backward(op(p, true), dy); // a leaf source keeps its values (its gradient goes to a fresh buffer)
+            Assert.Equal(before, p.Data);
+            Assert.True(expected.Zip(f).Select(e => e.First / e.Second).Zip(p.Grad!).All(q => Math.Abs(q.First - q.Second) <= 1e-4 * (1 + Math.Abs(q.Second))), name);
+        }
+
+        var small = Leaf(48, 4, 5);
+        var fs = TestUtil.Random(20, 49, 2f);
+        AutogradTests.Check(() => Functional.GatherRowsScratch(Functional.ScaleElements(small, fs), [3, 0, 0, 2, 1, 3], sourceTakesGrad: true), ("source", small));
     }
 
     [Fact]

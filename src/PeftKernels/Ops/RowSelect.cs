@@ -10,6 +10,9 @@
 // the scatter (the same bits for any count). GatherRowsScratch (internal, MixLoRA's gathered x̃ rows): the
 // output's storage comes from ScratchArrays, and the backward hands it and the output's gradient back
 // once it has scattered them (the caller guarantees nothing else reads the output after its backward).
+// With sourceTakesGrad, x's gradient (when x has none yet) is written over x's own storage: for a non-leaf
+// x that no node reads after this op's forward (MixLoRA's W_gate·x̃ and W_up·x̃: their linears' backward
+// reads only their output's gradient), so no fresh [n, cols] buffer.
 namespace PeftKernels.Ops;
 
 public static partial class Functional
@@ -21,9 +24,10 @@ public static partial class Functional
     /// x[rows] on the host into a pooled array (<see cref="ScratchArrays"/>); the backward returns the output's storage and its
     /// gradient to the pool: only for a temporary that no one reads once this op's backward has run.
     /// </summary>
-    internal static Tensor GatherRowsScratch(Tensor x, int[] rows, KernelOptions kernel = default) => GatherRowsCore(x, rows, kernel, scratch: true);
+    internal static Tensor GatherRowsScratch(Tensor x, int[] rows, KernelOptions kernel = default, bool sourceTakesGrad = false) =>
+        GatherRowsCore(x, rows, kernel, scratch: true, sourceTakesGrad);
 
-    private static Tensor GatherRowsCore(Tensor x, int[] rows, KernelOptions kernel, bool scratch)
+    private static Tensor GatherRowsCore(Tensor x, int[] rows, KernelOptions kernel, bool scratch, bool sourceTakesGrad = false)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(rows);
@@ -43,7 +47,7 @@ public static partial class Functional
             Tape.Record(output, () =>
             {
                 var g = output.Grad!;
-                ScatterRowsBack(x, rows, g, kernel);
+                ScatterRowsBack(x, rows, g, kernel, sourceTakesGrad);
                 if (scratch)
                 {
                     ScratchArrays.Return(y);

@@ -15,7 +15,8 @@
 // already has one (MixLoRA's gate and up LoRAs share x̃: one [k·n, in] buffer, no add pass), else into a
 // ScratchArrays buffer. SegmentedLoraBranchGatheredScratch (internal, MixLoRA's gathered G and U rows): y's
 // storage comes from ScratchArrays and the backward returns it (and g) once it has scattered g back; the
-// caller guarantees nothing reads the output after this op's backward.
+// caller guarantees nothing reads the output after this op's backward; with sourceTakesGrad the source's
+// gradient (when it has none yet) is written over the source's own storage (see GatherRowsScratch).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -54,16 +55,16 @@ public static partial class Functional
     /// storage and gradient to the pool: only for a temporary that no one reads once this op's backward has run.
     /// </summary>
     internal static Tensor SegmentedLoraBranchGatheredScratch(Tensor source, int[] rows, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts,
-        float dropout, ulong[]? seeds, KernelOptions kernel = default)
+        float dropout, ulong[]? seeds, KernelOptions kernel = default, bool sourceTakesGrad = false)
     {
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(rows);
-        return SegmentedLoraBranchCore(source, rows, x, adapters, segmentStarts, dropout, seeds, kernel, scratch: true);
+        return SegmentedLoraBranchCore(source, rows, x, adapters, segmentStarts, dropout, seeds, kernel, scratch: true, sourceTakesGrad);
     }
 
     /// <summary>The op: rows == null adds into y (consumed); else y = source[rows] (fresh, or pooled with <paramref name="scratch"/>) and the LoRA is added to it.</summary>
     private static Tensor SegmentedLoraBranchCore(Tensor y, int[]? rows, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts, float dropout,
-        ulong[]? seeds, KernelOptions kernel, bool scratch = false)
+        ulong[]? seeds, KernelOptions kernel, bool scratch = false, bool sourceTakesGrad = false)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(adapters);
@@ -113,7 +114,7 @@ public static partial class Functional
             }
             else
             {
-                ScatterRowsBack(y, rows, g, kernel);
+                ScatterRowsBack(y, rows, g, kernel, sourceTakesGrad);
                 if (scratch)
                 {
                     ScratchArrays.Return(yd);
@@ -127,8 +128,11 @@ public static partial class Functional
         return output;
     }
 
-    /// <summary>The adjoint of x[rows] for x [n, cols]: g's rows added into x's gradient when it has one, else each row of a fresh buffer written once.</summary>
-    private static void ScatterRowsBack(Tensor x, int[] rows, float[] g, KernelOptions kernel)
+    /// <summary>
+    /// The adjoint of x[rows] for x [n, cols]: g's rows added into x's gradient when it has one, else each row of a fresh buffer
+    /// written once (or, with <paramref name="intoStorage"/> and a non-leaf x, of x's own storage, which then becomes its gradient).
+    /// </summary>
+    private static void ScatterRowsBack(Tensor x, int[] rows, float[] g, KernelOptions kernel, bool intoStorage = false)
     {
         if (!x.RequiresGrad)
         {
@@ -142,7 +146,7 @@ public static partial class Functional
             return;
         }
 
-        var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+        var dx = intoStorage && x is not Parameter && !ReferenceEquals(x.Data, g) ? x.Data : GC.AllocateUninitializedArray<float>(checked((int)x.Count));
         Kernels.Cpu.RowSelect.ScatterSum(g, rows, dx, n, cols, kernel);
         Grad.AddOwned(x, dx);
     }

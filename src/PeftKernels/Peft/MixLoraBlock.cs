@@ -133,8 +133,9 @@ public sealed class MixLoraBlock : Module
         var gate = mlp.GateProj.Forward(input, context);
         var up = mlp.UpProj.Forward(input, context);
         // Each module's rows are gathered inside its segmented LoRA (each segment copies its rows just before its GEMMs).
-        var gs = gateLora ? Segmented("gate_proj", gate, tokenOf, xs!, starts, context) : Functional.GatherRowsScratch(gate, tokenOf, context.Kernel);
-        var us = upLora ? Segmented("up_proj", up, tokenOf, xs!, starts, context) : Functional.GatherRowsScratch(up, tokenOf, context.Kernel);
+        // gate and up are read by nothing after these gathers (their linears' backward reads only their gradient): their storage takes it.
+        var gs = gateLora ? Segmented("gate_proj", gate, tokenOf, xs!, starts, context) : Functional.GatherRowsScratch(gate, tokenOf, context.Kernel, sourceTakesGrad: true);
+        var us = upLora ? Segmented("up_proj", up, tokenOf, xs!, starts, context) : Functional.GatherRowsScratch(up, tokenOf, context.Kernel, sourceTakesGrad: true);
 
         // gs and us are this path's own temporaries (nothing reads them after SwiGLU's backward): their storage takes their gradients.
         var act = Functional.SwiGluIntoInputs(gs, us, context.Kernel);
@@ -166,7 +167,7 @@ public sealed class MixLoraBlock : Module
         var list = experts[module];
         var options = list.Select(l => Options(l, context)).ToArray();
         return Functional.SegmentedLoraBranchGatheredScratch(source, rows, x, [.. list.Select(l => l.Factors)], starts, options[0].Dropout,
-            [.. options.Select(o => o.Seed)], context.Kernel);
+            [.. options.Select(o => o.Seed)], context.Kernel, sourceTakesGrad: true);
     }
 
     /// <summary>The device path: each expert's tokens gathered and run through LoraBranch and SwiGLU separately (docs/formats/mixlora.md#forward).</summary>
