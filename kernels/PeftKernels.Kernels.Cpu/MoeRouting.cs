@@ -7,13 +7,14 @@
 //               dpart[i, :] = w·g[rows[i], :],  dw[rows[i], slots[i]] += <part[i, :], g[rows[i], :]>
 //               (dpart overwritten, or accumulated into a gradient that already exists: no second buffer)
 // The routing rows are short (E experts), so they run serially; the routed sum axpys whole rows with
-// TensorPrimitives (the row gather is Kernels.Cpu.RowSelect, shared with the bottleneck sites). Fractions of the routed experts are exact counts.
+// TensorPrimitives, split over the threads when large (by target row in the forward, by source row in the
+// backward; the bits do not depend on the thread count) (the row gather is Kernels.Cpu.RowSelect, shared with the bottleneck sites). Fractions of the routed experts are exact counts.
 using System.Numerics.Tensors;
 
 namespace PeftKernels.Kernels.Cpu;
 
 /// <summary>MoE routing kernels on the CPU: softmax, top-k renormalised and the routing-weighted scatter.</summary>
-public static class MoeRouting
+public static unsafe class MoeRouting
 {
     /// <summary>p = softmax(z) per row; z and p [n, e].</summary>
     public static void Softmax(ReadOnlySpan<float> z, Span<float> p, int n, int e)
@@ -106,49 +107,100 @@ public static class MoeRouting
         }
     }
 
-    /// <summary>y[rows[i], :] += w[rows[i]·k + slots[i]] · part[i, :] (one expert's share of the routed sum; y [n, c] accumulates).</summary>
-    public static void RoutedSum(ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w, Span<float> y, int n, int c, int k)
+    /// <summary>
+    /// y[rows[i], :] += w[rows[i]·k + slots[i]] · part[i, :] (one expert's share of the routed sum; y [n, c] accumulates, each
+    /// row's terms in i order). Large calls split y's rows over the threads (sources grouped by target): the same bits for any
+    /// thread count.
+    /// </summary>
+    public static void RoutedSum(ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w, Span<float> y, int n, int c, int k,
+        KernelOptions options = default)
     {
         MoeRoutingShapes.RoutedSum(part.Length, rows.Length, slots.Length, w.Length, y.Length, n, c, k);
-        for (int i = 0; i < rows.Length; i++)
+        MoeRoutingShapes.Routes(rows, slots, n, k);
+        int parts = RowSelect.Parts(n, (long)rows.Length * c, options);
+        if (parts == 1)
         {
-            MoeRoutingShapes.Route(rows[i], slots[i], n, k);
-            var dst = y.Slice(rows[i] * c, c);
-            TensorPrimitives.MultiplyAdd(part.Slice(i * c, c), w[(rows[i] * k) + slots[i]], dst, dst);
+            for (int i = 0; i < rows.Length; i++)
+            {
+                var dst = y.Slice(rows[i] * c, c);
+                TensorPrimitives.MultiplyAdd(part.Slice(i * c, c), w[(rows[i] * k) + slots[i]], dst, dst);
+            }
+
+            return;
+        }
+
+        var (first, order) = RowGroups.ByTarget(rows, n);
+        var (rowArray, slotArray) = (rows.ToArray(), slots.ToArray());
+        fixed (float* pp = part, pw = w, py = y)
+        {
+            nint partp = (nint)pp, wp = (nint)pw, yp = (nint)py;
+            CpuParallel.For(parts, parts, p =>
+            {
+                var (r0, r1) = CpuParallel.Split(n, parts, p);
+                for (int r = r0; r < r1; r++)
+                {
+                    var dst = new Span<float>((float*)yp + ((long)r * c), c);
+                    for (int q = first[r]; q < first[r + 1]; q++)
+                    {
+                        int i = order[q];
+                        float wi = ((float*)wp)[(rowArray[i] * k) + slotArray[i]];
+                        TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>((float*)partp + ((long)i * c), c), wi, dst, dst);
+                    }
+                }
+            });
         }
     }
 
     /// <summary>
     /// Backward of one expert's <see cref="RoutedSum"/>: dpart[i, :] = w·g[rows[i], :] (overwritten, or added to when
     /// <paramref name="accumulate"/>; skipped when dpart is empty) and dw[rows[i]·k + slots[i]] += &lt;part[i, :], g[rows[i], :]&gt;
-    /// (when dw is not empty). dw reads part before dpart's row is written, so dpart may share part's storage.
+    /// (when dw is not empty; added in i order). dw reads part before dpart's row is written, so dpart may share part's storage.
+    /// Large calls split the rows i over the threads (each row's dot and dpart row on one thread; the dots are then added into
+    /// dw in i order): the same bits for any thread count.
     /// </summary>
     public static void RoutedSumBackward(ReadOnlySpan<float> g, ReadOnlySpan<float> part, ReadOnlySpan<int> rows, ReadOnlySpan<int> slots, ReadOnlySpan<float> w,
-        Span<float> dpart, Span<float> dw, int n, int c, int k, bool accumulate = false)
+        Span<float> dpart, Span<float> dw, int n, int c, int k, bool accumulate = false, KernelOptions options = default)
     {
         MoeRoutingShapes.RoutedSumBackward(g.Length, part.Length, rows.Length, dpart.Length, dw.Length, n, c, k);
-        for (int i = 0; i < rows.Length; i++)
+        MoeRoutingShapes.Routes(rows, slots, n, k);
+        int count = rows.Length, parts = RowSelect.Parts(count, (long)count * c, options);
+        var dots = dw.IsEmpty ? [] : new float[count];
+        bool wantDw = !dw.IsEmpty, wantDpart = !dpart.IsEmpty;
+        var (rowArray, slotArray) = (rows.ToArray(), slots.ToArray());
+        fixed (float* pg = g, pp = part, pw = w, pd = dpart)
         {
-            MoeRoutingShapes.Route(rows[i], slots[i], n, k);
-            var gr = g.Slice(rows[i] * c, c);
-            int at = (rows[i] * k) + slots[i];
-            if (!dw.IsEmpty)
+            nint gp = (nint)pg, partp = (nint)pp, wp = (nint)pw, dp = (nint)pd;
+            CpuParallel.For(parts, parts, p =>
             {
-                dw[at] += TensorPrimitives.Dot(part.Slice(i * c, c), gr);
-            }
+                var (i0, i1) = CpuParallel.Split(count, parts, p);
+                for (int i = i0; i < i1; i++)
+                {
+                    var gr = new ReadOnlySpan<float>((float*)gp + ((long)rowArray[i] * c), c);
+                    if (wantDw)
+                    {
+                        dots[i] = TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)partp + ((long)i * c), c), gr);
+                    }
 
-            if (!dpart.IsEmpty)
-            {
-                var dst = dpart.Slice(i * c, c);
-                if (accumulate)
-                {
-                    TensorPrimitives.MultiplyAdd(gr, w[at], dst, dst);
+                    if (wantDpart)
+                    {
+                        var dst = new Span<float>((float*)dp + ((long)i * c), c);
+                        float wi = ((float*)wp)[(rowArray[i] * k) + slotArray[i]];
+                        if (accumulate)
+                        {
+                            TensorPrimitives.MultiplyAdd(gr, wi, dst, dst);
+                        }
+                        else
+                        {
+                            TensorPrimitives.Multiply(gr, wi, dst);
+                        }
+                    }
                 }
-                else
-                {
-                    TensorPrimitives.Multiply(gr, w[at], dst);
-                }
-            }
+            });
+        }
+
+        for (int i = 0; i < dots.Length; i++)
+        {
+            dw[(rows[i] * k) + slots[i]] += dots[i];
         }
     }
 }

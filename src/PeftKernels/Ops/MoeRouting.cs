@@ -9,6 +9,8 @@
 //   RoutedSum          y[rows_e[i], :] += w[rows_e[i], slot_e[i]]·part_e[i, :] over experts e
 //                      dpart_e[i, :] = w·g[rows_e[i], :];  dw[rows_e[i], slot_e[i]] = <part_e[i, :], g[rows_e[i], :]>
 //   ScaleElements      y = x ⊙ f for a constant f (the router's jitter noise)   dx = g ⊙ f
+// RoutedSumScratch (internal, MixLoRA's host path): RoutedSum into a ScratchArrays buffer that its backward
+// hands back with the output's gradient (the caller guarantees no reader after that backward).
 // Why these ops: they let a MixLoRA layer run each expert over only the tokens routed to it (gathered
 // rows) and weight the results by the differentiable routing weights, instead of running every expert
 // on every token. GPU: MoeRoutingKernels (device bodies in Ops/MoeRouting.Device.cs).
@@ -167,7 +169,19 @@ public static partial class Functional
     /// Σ over experts of the routing-weighted rows of each part: y [n, c] with y[rows_e[i], :] += w[rows_e[i], slots_e[i]]·part_e[i, :]
     /// (w [n, k]); gradients into every part and into w.
     /// </summary>
-    public static Tensor RoutedSum(IReadOnlyList<Tensor> parts, IReadOnlyList<int[]> rows, IReadOnlyList<int[]> slots, Tensor weights, int n)
+    public static Tensor RoutedSum(IReadOnlyList<Tensor> parts, IReadOnlyList<int[]> rows, IReadOnlyList<int[]> slots, Tensor weights, int n,
+        KernelOptions kernel = default) => RoutedSumCore(parts, rows, slots, weights, n, kernel, scratch: false);
+
+    /// <summary>
+    /// <see cref="RoutedSum"/> on the host into a pooled array (<see cref="ScratchArrays"/>); the backward returns the output's storage and
+    /// gradient to the pool (every reader of the output was recorded after this op and has run by then): only for a temporary that no
+    /// one reads once this op's backward has run (MixLoRA's routed activations, read by the frozen down projection).
+    /// </summary>
+    internal static Tensor RoutedSumScratch(IReadOnlyList<Tensor> parts, IReadOnlyList<int[]> rows, IReadOnlyList<int[]> slots, Tensor weights, int n,
+        KernelOptions kernel = default) => RoutedSumCore(parts, rows, slots, weights, n, kernel, scratch: true);
+
+    private static Tensor RoutedSumCore(IReadOnlyList<Tensor> parts, IReadOnlyList<int[]> rows, IReadOnlyList<int[]> slots, Tensor weights, int n,
+        KernelOptions kernel, bool scratch)
     {
         ArgumentNullException.ThrowIfNull(parts);
         ArgumentNullException.ThrowIfNull(rows);
@@ -197,14 +211,25 @@ public static partial class Functional
             return RoutedSumOnDevice(parts, rows, slots, weights, n, c, k);
         }
 
-        var y = new float[n * c];
+        bool record = Tape.IsRecording && (weights.RequiresGrad || parts.Any(p => p.RequiresGrad));
+        float[] y;
+        if (scratch && record)
+        {
+            y = ScratchArrays.Rent(n * c);
+            Array.Clear(y);
+        }
+        else
+        {
+            y = new float[n * c];
+        }
+
         for (int e = 0; e < parts.Count; e++)
         {
-            Kernels.Cpu.MoeRouting.RoutedSum(parts[e].Data, rows[e], slots[e], weights.Data, y, n, c, k);
+            Kernels.Cpu.MoeRouting.RoutedSum(parts[e].Data, rows[e], slots[e], weights.Data, y, n, c, k, kernel);
         }
 
         var output = new Tensor(y, n, c);
-        if (Tape.IsRecording && (weights.RequiresGrad || parts.Any(p => p.RequiresGrad)))
+        if (record)
         {
             Tape.Record(output, () =>
             {
@@ -215,16 +240,24 @@ public static partial class Functional
                     // A part whose gradient another node already wrote gets w·g added to it in place (no second [rows, c] buffer).
                     if (parts[e].RequiresGrad && parts[e].Grad is { } existing)
                     {
-                        Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, existing, dw, n, c, k, accumulate: true);
+                        Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, existing, dw, n, c, k, accumulate: true, kernel);
                         continue;
                     }
 
-                    var dpart = parts[e].RequiresGrad ? GC.AllocateUninitializedArray<float>((int)parts[e].Count) : [];
-                    Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, dpart, dw, n, c, k);
+                    var dpart = parts[e].RequiresGrad ? ScratchArrays.Rent((int)parts[e].Count) : [];
+                    Kernels.Cpu.MoeRouting.RoutedSumBackward(g, parts[e].Data, rows[e], slots[e], weights.Data, dpart, dw, n, c, k, options: kernel);
                     Grad.AddOwned(parts[e], dpart);
                 }
 
                 Grad.AddOwned(weights, dw);
+                if (scratch)
+                {
+                    ScratchArrays.Return(y);
+                    if (!ReferenceEquals(g, y))
+                    {
+                        ScratchArrays.Return(g);
+                    }
+                }
             });
         }
 

@@ -55,7 +55,7 @@ public static partial class Functional
         pooled.AsSpan(0, length).Clear();
         var yd = y.Data;
         SegmentedLoraTraining.ForwardAccumulate(x.Data, segmentStarts, a, b, scales, seedList, dropout, pooled.AsSpan(0, length), h, rows, inF, outF, kernel);
-        MoeRouting.RoutedSum(pooled.AsSpan(0, length), tokens, slots, weights.Data, yd, n, outF, k);
+        MoeRouting.RoutedSum(pooled.AsSpan(0, length), tokens, slots, weights.Data, yd, n, outF, k, kernel);
         bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || weights.RequiresGrad || adapters.Any(l => l.A.RequiresGrad || l.B.RequiresGrad));
         if (!record)
         {
@@ -70,7 +70,7 @@ public static partial class Functional
             var d = pooled.AsSpan(0, length);
             var dw = weights.RequiresGrad ? new float[n * k] : [];
             // dw reads each row of d before dd overwrites it (MoeRouting.RoutedSumBackward allows dpart over part).
-            MoeRouting.RoutedSumBackward(g, d, tokens, slots, weights.Data, d, dw, n, outF, k);
+            MoeRouting.RoutedSumBackward(g, d, tokens, slots, weights.Data, d, dw, n, outF, k, options: kernel);
             SegmentedLoraGrads(d, x, adapters, segmentStarts, h, a, b, scales, seedList, dropout, rows, inF, outF, kernel);
             ArrayPool<float>.Shared.Return(pooled);
 

@@ -6,13 +6,28 @@
 // the setup, scatter its contribution back; MixLoRA gathers each expert's tokens. CPU: Kernels.Cpu.RowSelect;
 // GPU: RowSelectKernels. On a device the row list (host data, checked on the host) is uploaded, and the
 // scatter-add's grouping of the rows (RowSelectKernels.Group) with it; both are freed after the wait at the end of
-// the forward body or of the backward closure.
+// the forward body or of the backward closure. Host: kernel options give the threads of the copy and of
+// the scatter (the same bits for any count). GatherRowsScratch (internal, MixLoRA's gathered x̃ rows): the
+// output's storage comes from ScratchArrays, and the backward hands it and the output's gradient back
+// once it has scattered them (the caller guarantees nothing else reads the output after its backward).
+// With sourceTakesGrad, x's gradient (when x has none yet) is written over x's own storage: for a non-leaf
+// x that no node reads after this op's forward (MixLoRA's W_gate·x̃ and W_up·x̃: their linears' backward
+// reads only their output's gradient), so no fresh [n, cols] buffer.
 namespace PeftKernels.Ops;
 
 public static partial class Functional
 {
     /// <summary>x[rows] for x [n, cols]: [rows.Length, cols].</summary>
-    public static Tensor GatherRows(Tensor x, int[] rows)
+    public static Tensor GatherRows(Tensor x, int[] rows, KernelOptions kernel = default) => GatherRowsCore(x, rows, kernel, scratch: false);
+
+    /// <summary>
+    /// x[rows] on the host into a pooled array (<see cref="ScratchArrays"/>); the backward returns the output's storage and its
+    /// gradient to the pool: only for a temporary that no one reads once this op's backward has run.
+    /// </summary>
+    internal static Tensor GatherRowsScratch(Tensor x, int[] rows, KernelOptions kernel = default, bool sourceTakesGrad = false) =>
+        GatherRowsCore(x, rows, kernel, scratch: true, sourceTakesGrad);
+
+    private static Tensor GatherRowsCore(Tensor x, int[] rows, KernelOptions kernel, bool scratch, bool sourceTakesGrad = false)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(rows);
@@ -22,23 +37,25 @@ public static partial class Functional
             return GatherRowsOnDevice(x, rows, n, cols);
         }
 
-        var y = GC.AllocateUninitializedArray<float>(checked(rows.Length * cols));
-        Kernels.Cpu.RowSelect.Gather(x.Data, rows, y, n, cols);
+        bool record = Tape.ShouldRecord(x);
+        int length = checked(rows.Length * cols);
+        var y = scratch && record ? ScratchArrays.Rent(length) : GC.AllocateUninitializedArray<float>(length);
+        Kernels.Cpu.RowSelect.Gather(x.Data, rows, y, n, cols, kernel);
         var output = new Tensor(y, rows.Length, cols);
-        if (Tape.ShouldRecord(x))
+        if (record)
         {
             Tape.Record(output, () =>
             {
-                // A gradient already there takes the rows added in place; else each row of a fresh buffer is written once.
-                if (x.RequiresGrad && x.Grad is { } existing)
+                var g = output.Grad!;
+                ScatterRowsBack(x, rows, g, kernel, sourceTakesGrad);
+                if (scratch)
                 {
-                    Kernels.Cpu.RowSelect.ScatterAdd(output.Grad!, rows, existing, n, cols);
-                    return;
+                    ScratchArrays.Return(y);
+                    if (!ReferenceEquals(g, y))
+                    {
+                        ScratchArrays.Return(g);
+                    }
                 }
-
-                var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
-                Kernels.Cpu.RowSelect.ScatterSum(output.Grad!, rows, dx, n, cols);
-                Grad.AddOwned(x, dx);
             });
         }
 

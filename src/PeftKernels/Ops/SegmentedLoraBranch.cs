@@ -12,7 +12,11 @@
 // SegmentedLoraBranchGathered: y = source[rows] first (the row gather fused into the forward, each
 // segment copying its rows just before its GEMMs; Kernels.Cpu.SegmentedLoraTraining.ForwardGather),
 // d source = the gather's adjoint of g. In both ops dx is added in place into x's gradient when x
-// already has one (MixLoRA's gate and up LoRAs share x̃: one [k·n, in] buffer, no add pass).
+// already has one (MixLoRA's gate and up LoRAs share x̃: one [k·n, in] buffer, no add pass), else into a
+// ScratchArrays buffer. SegmentedLoraBranchGatheredScratch (internal, MixLoRA's gathered G and U rows): y's
+// storage comes from ScratchArrays and the backward returns it (and g) once it has scattered g back; the
+// caller guarantees nothing reads the output after this op's backward; with sourceTakesGrad the source's
+// gradient (when it has none yet) is written over the source's own storage (see GatherRowsScratch).
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -32,7 +36,7 @@ public static partial class Functional
 
     /// <summary>
     /// source[rows] + each segment's LoRA: y[i] = source[rows[i]] ([rows.Length, out], a fresh tensor), then
-    /// y[seg t] += s_t·drop_t(x[seg t])·A_tᵀ·B_tᵀ; the gather and the LoRA in one op (<see cref="GatherRows(Tensor, int[])"/> followed by
+    /// y[seg t] += s_t·drop_t(x[seg t])·A_tᵀ·B_tᵀ; the gather and the LoRA in one op (<see cref="GatherRows(Tensor, int[], KernelOptions)"/> followed by
     /// <see cref="SegmentedLoraBranch"/>, the same values). source's gradient is the gather's adjoint (added into its gradient when
     /// it has one, else each of its rows written once).
     /// </summary>
@@ -46,9 +50,21 @@ public static partial class Functional
         return SegmentedLoraBranchCore(source, rows, x, adapters, segmentStarts, dropout, seeds, kernel);
     }
 
-    /// <summary>The op: rows == null adds into y (consumed); else y = source[rows] (fresh) and the LoRA is added to it.</summary>
+    /// <summary>
+    /// <see cref="SegmentedLoraBranchGathered"/> into a pooled array (<see cref="ScratchArrays"/>) whose backward returns the output's
+    /// storage and gradient to the pool: only for a temporary that no one reads once this op's backward has run.
+    /// </summary>
+    internal static Tensor SegmentedLoraBranchGatheredScratch(Tensor source, int[] rows, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts,
+        float dropout, ulong[]? seeds, KernelOptions kernel = default, bool sourceTakesGrad = false)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(rows);
+        return SegmentedLoraBranchCore(source, rows, x, adapters, segmentStarts, dropout, seeds, kernel, scratch: true, sourceTakesGrad);
+    }
+
+    /// <summary>The op: rows == null adds into y (consumed); else y = source[rows] (fresh, or pooled with <paramref name="scratch"/>) and the LoRA is added to it.</summary>
     private static Tensor SegmentedLoraBranchCore(Tensor y, int[]? rows, Tensor x, IReadOnlyList<LoraFactors> adapters, int[] segmentStarts, float dropout,
-        ulong[]? seeds, KernelOptions kernel)
+        ulong[]? seeds, KernelOptions kernel, bool scratch = false, bool sourceTakesGrad = false)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(adapters);
@@ -67,6 +83,7 @@ public static partial class Functional
         }
 
         var (a, b, scales, seedList, h) = SegmentedOperands(adapters, segmentStarts, seeds, n, inF, outF, "segmented LoRA branch");
+        bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || adapters.Any(l => l.A.RequiresGrad || l.B.RequiresGrad));
         float[] yd;
         if (rows == null)
         {
@@ -75,11 +92,10 @@ public static partial class Functional
         }
         else
         {
-            yd = GC.AllocateUninitializedArray<float>(checked(n * outF));
+            yd = scratch && record ? ScratchArrays.Rent(checked(n * outF)) : GC.AllocateUninitializedArray<float>(checked(n * outF));
             SegmentedLoraTraining.ForwardGather(y.Data, rows, y.Rows, x.Data, segmentStarts, a, b, scales, seedList, dropout, yd, h, n, inF, outF, kernel);
         }
 
-        bool record = Tape.IsRecording && (y.RequiresGrad || x.RequiresGrad || adapters.Any(l => l.A.RequiresGrad || l.B.RequiresGrad));
         if (!record)
         {
             return rows == null ? y : new Tensor(yd, n, outF);
@@ -98,14 +114,25 @@ public static partial class Functional
             }
             else
             {
-                ScatterRowsBack(y, rows, g);
+                ScatterRowsBack(y, rows, g, kernel, sourceTakesGrad);
+                if (scratch)
+                {
+                    ScratchArrays.Return(yd);
+                    if (!ReferenceEquals(g, yd))
+                    {
+                        ScratchArrays.Return(g);
+                    }
+                }
             }
         });
         return output;
     }
 
-    /// <summary>The adjoint of x[rows] for x [n, cols]: g's rows added into x's gradient when it has one, else each row of a fresh buffer written once.</summary>
-    private static void ScatterRowsBack(Tensor x, int[] rows, float[] g)
+    /// <summary>
+    /// The adjoint of x[rows] for x [n, cols]: g's rows added into x's gradient when it has one, else each row of a fresh buffer
+    /// written once (or, with <paramref name="intoStorage"/> and a non-leaf x, of x's own storage, which then becomes its gradient).
+    /// </summary>
+    private static void ScatterRowsBack(Tensor x, int[] rows, float[] g, KernelOptions kernel, bool intoStorage = false)
     {
         if (!x.RequiresGrad)
         {
@@ -115,12 +142,12 @@ public static partial class Functional
         int n = x.Rows, cols = x.Columns;
         if (x.Grad is { } existing)
         {
-            Kernels.Cpu.RowSelect.ScatterAdd(g, rows, existing, n, cols);
+            Kernels.Cpu.RowSelect.ScatterAdd(g, rows, existing, n, cols, kernel);
             return;
         }
 
-        var dx = GC.AllocateUninitializedArray<float>(checked((int)x.Count));
-        Kernels.Cpu.RowSelect.ScatterSum(g, rows, dx, n, cols);
+        var dx = intoStorage && x is not Parameter && !ReferenceEquals(x.Data, g) ? x.Data : GC.AllocateUninitializedArray<float>(checked((int)x.Count));
+        Kernels.Cpu.RowSelect.ScatterSum(g, rows, dx, n, cols, kernel);
         Grad.AddOwned(x, dx);
     }
 
@@ -161,7 +188,7 @@ public static partial class Functional
         float[][] a, float[][] b, float[] scales, ulong[] seeds, float dropout, int rows, int inF, int outF, KernelOptions kernel)
     {
         bool into = x.RequiresGrad && x.Grad != null;
-        float[] dx = into ? x.Grad! : x.RequiresGrad ? GC.AllocateUninitializedArray<float>(rows * inF) : [];
+        float[] dx = into ? x.Grad! : x.RequiresGrad ? ScratchArrays.Rent(rows * inF) : [];
         bool Used(int t) => segmentStarts[t + 1] > segmentStarts[t];
         var da = adapters.Select((l, t) => l.A.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.A.Count) : null).ToArray();
         var db = adapters.Select((l, t) => l.B.RequiresGrad && Used(t) ? GC.AllocateUninitializedArray<float>((int)l.B.Count) : null).ToArray();

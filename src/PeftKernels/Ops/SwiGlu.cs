@@ -5,7 +5,10 @@
 // SwiGluIntoInputs (host, internal): the same op, but the backward writes d_gate and d_up over gate's and
 // up's storage instead of two fresh buffers. For temporaries that no other node reads after this op's
 // backward (MixLoRA's gathered [k·n, inter] rows): it saves two large allocations per step. The kernel
-// reads each element before it writes it, so the aliasing is safe.
+// reads each element before it writes it, so the aliasing is safe. Its output's storage comes from
+// ScratchArrays, and the backward returns it and the output's gradient there once it has run: every node
+// that reads the output was recorded after this one and has run by then (MixLoRA's routed sum and down
+// LoRA), and the caller guarantees nothing reads the output afterwards.
 using PeftKernels.Kernels.Cpu;
 
 namespace PeftKernels.Ops;
@@ -61,17 +64,24 @@ public static partial class Functional
             throw new ArgumentException("SwiGLU into its inputs: gate and up share one storage, so their gradients cannot both be written over it.", nameof(up));
         }
 
-        var y = GC.AllocateUninitializedArray<float>(checked((int)gate.Count));
+        bool record = Tape.ShouldRecord(gate, up);
+        var y = record ? ScratchArrays.Rent(checked((int)gate.Count)) : GC.AllocateUninitializedArray<float>(checked((int)gate.Count));
         Kernels.Cpu.SwiGlu.Forward(gate.Data, up.Data, y, options);
         var output = new Tensor(y, gate.Shape);
-        if (Tape.ShouldRecord(gate, up))
+        if (record)
         {
             Tape.Record(output, () =>
             {
                 var (dgate, dup) = (gate.Data, up.Data);
-                Kernels.Cpu.SwiGlu.Backward(output.Grad!, dgate, dup, dgate, dup, options);
+                var g = output.Grad!;
+                Kernels.Cpu.SwiGlu.Backward(g, dgate, dup, dgate, dup, options);
                 Grad.AddOwned(gate, dgate);
                 Grad.AddOwned(up, dup);
+                ScratchArrays.Return(y);
+                if (!ReferenceEquals(g, y))
+                {
+                    ScratchArrays.Return(g);
+                }
             });
         }
 

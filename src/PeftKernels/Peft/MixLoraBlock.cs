@@ -128,17 +128,19 @@ public sealed class MixLoraBlock : Module
 
         int[] tokenOf = [.. rows.SelectMany(r => r)], slotOf = [.. slots.SelectMany(s => s)];
         bool gateLora = Expert("gate_proj", 0) != null, upLora = Expert("up_proj", 0) != null;
-        var xs = gateLora || upLora ? Functional.GatherRows(input, tokenOf) : null;
+        // The [k·n, ·] temporaries (x̃, G and U rows, the activations, their gradients) live in ScratchArrays from one step to the next.
+        var xs = gateLora || upLora ? Functional.GatherRowsScratch(input, tokenOf, context.Kernel) : null;
         var gate = mlp.GateProj.Forward(input, context);
         var up = mlp.UpProj.Forward(input, context);
         // Each module's rows are gathered inside its segmented LoRA (each segment copies its rows just before its GEMMs).
-        var gs = gateLora ? Segmented("gate_proj", gate, tokenOf, xs!, starts, context) : Functional.GatherRows(gate, tokenOf);
-        var us = upLora ? Segmented("up_proj", up, tokenOf, xs!, starts, context) : Functional.GatherRows(up, tokenOf);
+        // gate and up are read by nothing after these gathers (their linears' backward reads only their gradient): their storage takes it.
+        var gs = gateLora ? Segmented("gate_proj", gate, tokenOf, xs!, starts, context) : Functional.GatherRowsScratch(gate, tokenOf, context.Kernel, sourceTakesGrad: true);
+        var us = upLora ? Segmented("up_proj", up, tokenOf, xs!, starts, context) : Functional.GatherRowsScratch(up, tokenOf, context.Kernel, sourceTakesGrad: true);
 
         // gs and us are this path's own temporaries (nothing reads them after SwiGLU's backward): their storage takes their gradients.
         var act = Functional.SwiGluIntoInputs(gs, us, context.Kernel);
         int[][] tokenList = [tokenOf], slotList = [slotOf];
-        var y = mlp.DownProj.Forward(Functional.RoutedSum([act], tokenList, slotList, route.Weights, n), context);
+        var y = mlp.DownProj.Forward(Functional.RoutedSumScratch([act], tokenList, slotList, route.Weights, n, context.Kernel), context);
         if (Expert("down_proj", 0) == null)
         {
             return y;
@@ -164,8 +166,8 @@ public sealed class MixLoraBlock : Module
     {
         var list = experts[module];
         var options = list.Select(l => Options(l, context)).ToArray();
-        return Functional.SegmentedLoraBranchGathered(source, rows, x, [.. list.Select(l => l.Factors)], starts, options[0].Dropout, [.. options.Select(o => o.Seed)],
-            context.Kernel);
+        return Functional.SegmentedLoraBranchGatheredScratch(source, rows, x, [.. list.Select(l => l.Factors)], starts, options[0].Dropout,
+            [.. options.Select(o => o.Seed)], context.Kernel, sourceTakesGrad: true);
     }
 
     /// <summary>The device path: each expert's tokens gathered and run through LoraBranch and SwiGLU separately (docs/formats/mixlora.md#forward).</summary>
