@@ -32,13 +32,7 @@ internal static class BenchServeCommand
         var batchTokens = new Option<int>("--batch-tokens") { Description = "The engine's token budget per step (default 512; at least --sequences).", DefaultValueFactory = _ => 512 };
         var threads = new Option<int[]>("--threads") { Description = "Thread counts to run, 0 = all processors (default: 1 and the processor count).", AllowMultipleArgumentsPerToken = true };
         var bases = new Option<string[]>("--base") { Description = "Bases to run: fp32, nf4 (NF4 Linears, lm_head as is), or both (default fp32).", AllowMultipleArgumentsPerToken = true };
-        var kvCache = new Option<string>("--kv-cache")
-        {
-            HelpName = "fp32|bf16",
-            Description = "Storage of the engine's KV cache in every scenario: fp32 (exact) or bf16 (half the bytes attention reads).",
-            DefaultValueFactory = _ => "fp32",
-        };
-        kvCache.AcceptOnlyFromAmong("fp32", "bf16");
+        var kvCache = KvCacheOption.Create("Storage of the engine's KV cache in every scenario: fp32 (exact) or bf16 (half the bytes attention reads).");
         var integerDecode = new Option<bool>("--integer-decode") { Description = "Decode rows over 4-bit weights take the integer GEMV (int8 activations) in every scenario." };
         var compute = ComputeOption.Create();
         var json = new Option<string?>("--json") { Description = "Also write the results, the machine and the options to this JSON file." };
@@ -60,7 +54,7 @@ internal static class BenchServeCommand
             var settings = new ServeBenchSettings(parse.GetValue(model), parse.GetValue(tiny), Sized(sequences, 64, 8), Sized(prompt, 128, 16),
                 Sized(generate, 128, 16), Sized(adapters, 64, 64), parse.GetValue(batchTokens))
             {
-                KvCache = parse.GetValue(kvCache) == "bf16" ? KvCacheType.BFloat16 : KvCacheType.Float32,
+                KvCache = parse.KvCache(kvCache),
                 IntegerDecode = parse.GetValue(integerDecode),
                 Compute = parse.GetValue(compute) == "bf16" ? ComputePrecision.Bf16 : ComputePrecision.Fp32,
             };

@@ -46,13 +46,7 @@ internal static class GenerateCommand
         {
             Description = "Decode rows over 4-bit weights take the integer GEMV (int8 activations): faster, approximate; off = the bitsandbytes-exact fp32 path.",
         };
-        var kvCache = new Option<string>("--kv-cache")
-        {
-            HelpName = "fp32|bf16",
-            Description = "Storage of the engine's KV cache: fp32 (exact), or bf16 (CPU only; half the bytes a decode step's attention reads, each key and value rounded to bf16).",
-            DefaultValueFactory = _ => "fp32",
-        };
-        kvCache.AcceptOnlyFromAmong("fp32", "bf16");
+        var kvCache = KvCacheOption.Create("Storage of the engine's KV cache: fp32 (exact), or bf16 (CPU only; half the bytes a decode step's attention reads, each key and value rounded to bf16).");
         var maxRunning = new Option<int>("--max-running") { HelpName = "n", Description = "Sequences the engine runs at once; more wait in its queue.", DefaultValueFactory = _ => 64 };
         var maxBatchTokens = new Option<int>("--max-batch-tokens") { HelpName = "n", Description = "Tokens one engine step runs at most (decode rows plus prompt chunks).", DefaultValueFactory = _ => 512 };
         var threads = OptionChecks.ThreadsOption();
@@ -107,7 +101,7 @@ internal static class GenerateCommand
                 throw new ArgumentException("--integer-decode needs --device cpu: the int8 decode GEMV is a CPU kernel (the GPU engine reads 4-bit weights directly).");
             }
 
-            var cache = parse.GetValue(kvCache) == "bf16" ? KvCacheType.BFloat16 : KvCacheType.Float32;
+            var cache = parse.KvCache(kvCache);
             if (on.IsGpu && cache != KvCacheType.Float32)
             {
                 throw new ArgumentException("--kv-cache bf16 needs --device cpu: the GPU engine keeps an fp32 KV cache.");
