@@ -53,6 +53,27 @@ internal static unsafe partial class GemmDriver
     }
 
     /// <summary>
+    /// True when a bf16-compute product of more than <see cref="RowDot.MaxRows"/> rows with <paramref name="w"/> as op(B) and
+    /// <paramref name="outFeatures"/> columns runs a native pair micro-kernel (AMX or AVX512-BF16 12×32) that reads the weight's
+    /// kept panels (WeightPanelCache) instead of packing it: only then is the packed GEMM cheaper than reading the weight in place
+    /// (BatchGemv) for a few dozen rows. False for fp32 compute, a weight without a cache, a call with the cache turned off, 4-bit
+    /// weights, the managed fallback, and a named kernel that cannot run here.
+    /// </summary>
+    internal static bool ReadsKeptBf16Panels(in WeightOperand w, int outFeatures, in KernelOptions options)
+    {
+        if (WeightPanels.Of(w, options) == null || w.Storage == WeightFormat.Q4)
+        {
+            return false;
+        }
+
+        var path = options.ResolvePath();
+        bool amx = NativeBf16.AmxAvailable && options.Bf16Kernel is Bf16Kernel.Auto or Bf16Kernel.Amx;
+        bool avx = NativeBf16.AvxAvailable && path == SimdPath.Vector512 && outFeatures > Avx512Bf16NarrowKernel.NR
+            && (options.Bf16Kernel == Bf16Kernel.Avx512Bf16 || (options.Bf16Kernel == Bf16Kernel.Auto && !NativeBf16.AmxAvailable));
+        return amx || avx;
+    }
+
+    /// <summary>
     /// The bf16 micro-kernel a request runs on this machine at <paramref name="path"/>: Auto picks AMX, then
     /// AVX512-BF16 (on the Vector512 path), then Managed; a named native kernel that cannot run throws.
     /// </summary>
