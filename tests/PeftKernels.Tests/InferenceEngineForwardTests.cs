@@ -32,7 +32,8 @@ public sealed class InferenceEngineForwardTests
         var c = model.Config;
         var forward = new BatchForward(model, 64, 8, 256, options);
         var pool = new KvBlockPool(c.NumHiddenLayers, c.NumKeyValueHeads, c.HeadDim, 4, 64);
-        string?[] adapters = [null, "r1", "r8", "r32", "dora", "ia3", "r8"];
+        // The last two sequences share an adapter next to each other: the engine makes them one SGMV segment.
+        string?[] adapters = [null, "r1", "r8", "r32", "dora", "ia3", "r8", "r8"];
         var rng = new Random(3);
         var prompts = adapters.Select((_, i) => Enumerable.Range(0, 1 + ((i * 3) % 9)).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
         var sequences = adapters.Select(_ => pool.CreateSequence()).ToArray();

@@ -253,23 +253,34 @@ internal sealed partial class BatchForward
                 continue;
             }
 
+            // Consecutive sequences on the same adapter and scale form one segment: SGMV tiles up to 4 of its rows, so each
+            // tile streams the adapter's factors once for all of them (a decode batch on one adapter: a quarter of the reads).
+            // Its result does not depend on how rows are grouped into segments (SegmentedLora: bit-identical).
             bool any = false;
+            int segments = 0;
             for (int s = 0; s < count; s++)
             {
                 int slot = batch.Slot[s];
                 bool mine = slot >= 0 && slot / AdapterTable.ChunkSize == chunk;
-                segStarts[s] = batch.SequenceStart[s];
-                segAdapters[s] = mine ? e.PackIndex[slot] : -1;
-                segScales[s] = mine ? e.Scale[slot] : 0f;
-                any |= segAdapters[s] >= 0;
+                int adapter = mine ? e.PackIndex[slot] : -1;
+                float scale = mine ? e.Scale[slot] : 0f;
+                any |= adapter >= 0;
+                if (segments > 0 && segAdapters[segments - 1] == adapter && segScales[segments - 1].Equals(scale))
+                {
+                    continue;
+                }
+
+                segStarts[segments] = batch.SequenceStart[s];
+                segAdapters[segments] = adapter;
+                segScales[segments++] = scale;
             }
 
-            segStarts[count] = n;
+            segStarts[segments] = n;
             if (any)
             {
                 // Decode-sized batches run the adapters on one thread (no fork-join, no allocation).
                 var lora = n <= DecodeGemv.MaxRows ? new KernelOptions(1, options.Path) : kernel;
-                SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, count + 1), segAdapters.AsSpan(0, count), segScales.AsSpan(0, count), pack.Adapters,
+                SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, segments + 1), segAdapters.AsSpan(0, segments), segScales.AsSpan(0, segments), pack.Adapters,
                     y, n, inF, outF, lora);
             }
         }
