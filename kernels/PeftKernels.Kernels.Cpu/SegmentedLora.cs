@@ -10,12 +10,14 @@
 // no rank is padded to the largest (an adapter costs r_k·(in + out) per row) and nothing is copied.
 // How: rows sharing an adapter are cut into tiles of up to 4 rows (BGMV: rows ordered by adapter by a
 // counting sort; SGMV: consecutive rows of a segment); a tile streams A_k once against its x rows
-// (h = fp32 dots of length in), then B_k once against its h rows (dots of length r_k; on AVX-512 a rank
-// below 16 takes 256-bit lanes), and adds s·(B·h) to its rows of y. Several weight rows go at a time
+// (h = fp32 dots of length in), then B_k once against its h rows (on the 512-bit path 16 outputs a vector
+// over register-transposed blocks of B, SegmentedLoraExpand.cs; else dots of length r_k), and adds s·(B·h)
+// to its rows of y. Several weight rows go at a time
 // (4 for a lone row, 2 for 2–4 rows) so the FMA chains are independent. Every dot is one accumulator's
 // chain of FMAs over whole vectors, its lanes summed in Vector.Sum's order, then a scalar tail: the same
-// operations whichever tile a row is in and whatever shares it; tiles write disjoint rows and are split
-// over threads in contiguous runs, so y is bit-identical for any thread count and grouping (SGMV = BGMV).
+// operations whichever tile a row is in and whatever shares it (the 512-bit expand included: per output
+// lane, fixed FMA chains over r); tiles write disjoint rows and are split over threads in contiguous runs,
+// so y is bit-identical for any thread count and grouping (SGMV = BGMV).
 // Scratch comes from ArrayPool, and the fork-join's closure is only created when the work is split
 // over threads: on one thread a call allocates nothing once warm.
 using System.Buffers;
@@ -294,7 +296,14 @@ public static unsafe class SegmentedLora
             }
         }
 
-        // The dots over r use the widest path whose vector fits in r (r = 8 on AVX-512 takes 256-bit lanes).
+        // 512-bit: 16 outputs a vector over a register-transposed block of B (SegmentedLoraExpand).
+        if (path == SimdPath.Vector512)
+        {
+            SegmentedLoraExpand.Run(b, rank, h, m, scale, yr, outFeatures);
+            return;
+        }
+
+        // Otherwise dots over r on the widest path whose vector fits in r (r = 8 on AVX-512 takes 256-bit lanes).
         var rankPath = path == SimdPath.Scalar || rank < 8 ? SimdPath.Scalar
             : path == SimdPath.Vector512 && rank >= 16 ? SimdPath.Vector512 : SimdPath.Vector256;
         var hr = stackalloc float*[TileRows];

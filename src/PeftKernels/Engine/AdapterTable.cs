@@ -5,7 +5,7 @@
 // Slots are stable: an adapter version keeps its slot while it is resident, a freed slot is reused.
 // Slots are grouped in chunks of ChunkSize, one pool per (chunk, layer, projection), so loading or
 // freeing an adapter re-packs only its chunk, not every resident adapter (a cold load among 64
-// resident adapters copied them all before). A step runs one SGMV per chunk that has rows in it.
+// resident adapters copied them all before). A step runs one BGMV per chunk that has rows in it.
 // Updated only between steps, by the thread that steps the engine; a step only reads it.
 using System.Runtime.InteropServices;
 using PeftKernels.Kernels.Cpu;

@@ -11,7 +11,7 @@
 //     once (per 32 elements, Quant4Int8Gemv.QuantizeActivations) and each thread runs the integer dot
 //     products on its columns (Quant4Int8Gemv.Rows);
 //   - the fork-join delegate is created once and the job's operands live in fields, so a step
-//     allocates no managed memory (adapters run on the calling thread: SGMV at one thread).
+//     allocates no managed memory (adapters run on the calling thread: BGMV at one thread).
 using System.Numerics.Tensors;
 using PeftKernels.Kernels.Cpu;
 

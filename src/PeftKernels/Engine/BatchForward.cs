@@ -10,8 +10,8 @@
 //   (rows of a MixLoRA sequence: x += MixLoraBlock_l(n) instead; BatchForward.MixLora.cs)
 // and logits = lm_head(rmsnorm(x_last)·w_norm) for the rows that want them.
 // Every projection is the base product for all rows at once (one GEMM, or a GEMV at ≤ 4 rows) plus
-// the rows' adapters (EngineAdapter's equations): one SGMV over the sequences (rows of one
-// sequence share an adapter: a segment), DoRA's column scale, lora bias and IA³ per sequence.
+// the rows' adapters (EngineAdapter's equations): one BGMV over the rows (each row's adapter: its
+// sequence's; the kernel groups rows by adapter), DoRA's column scale, lora bias and IA³ per sequence.
 // The result of a row does not depend on what else is in the batch beyond fp32 rounding of the GEMM's
 // blocking (tests compare with the model run one sequence at a time).
 // All buffers are sized at construction for the step's maximum rows and sequences.
@@ -41,8 +41,8 @@ internal sealed partial class BatchForward
     private readonly EngineOptions options;
     private readonly KernelOptions kernel;
     private readonly float[] x, xn, q, k, v, att, gate, up, rstd, inputScratch, kvScratchK, kvScratchV, lse, logitsIn, logits;
-    private readonly int[] segStarts, segAdapters;
-    private readonly float[] segScales;
+    private readonly int[] rowAdapters;
+    private readonly float[] rowScales;
 
     public BatchForward(LlamaForCausalLM model, int maxRows, int maxSequences, int maxLength, EngineOptions options)
     {
@@ -104,9 +104,8 @@ internal sealed partial class BatchForward
         lse = new float[maxRows * heads];
         logitsIn = new float[maxSequences * hidden];
         logits = new float[(long)maxSequences * vocab];
-        segStarts = new int[maxSequences + 1];
-        segAdapters = new int[maxSequences];
-        segScales = new float[maxSequences];
+        rowAdapters = new int[maxRows];
+        rowScales = new float[maxRows];
     }
 
     /// <summary>(in, out) of each projection.</summary>
@@ -221,7 +220,7 @@ internal sealed partial class BatchForward
         return copy;
     }
 
-    /// <summary>Adds to the base product y (no bias yet) the bias and each row's adapter: DoRA scale, LoRA (SGMV), lora bias, IA³ output scale.</summary>
+    /// <summary>Adds to the base product y (no bias yet) the bias and each row's adapter: DoRA scale, LoRA (BGMV), lora bias, IA³ output scale.</summary>
     private void ApplyAdapters(int layer, int p, ReadOnlySpan<float> xin, Span<float> y, StepBatch batch, AdapterTable table)
     {
         var (inF, outF) = shapes[p];
@@ -245,7 +244,7 @@ internal sealed partial class BatchForward
             }
         }
 
-        // One SGMV per chunk of adapter slots that has rows in this batch (rows of other chunks are −1 there).
+        // One BGMV per chunk of adapter slots that has rows in this batch (rows of other chunks are −1 there).
         for (int chunk = 0; e.AnyLora && chunk < e.Packs.Length; chunk++)
         {
             if (e.Packs[chunk] is not { } pack)
@@ -253,11 +252,10 @@ internal sealed partial class BatchForward
                 continue;
             }
 
-            // Consecutive sequences on the same adapter and scale form one segment: SGMV tiles up to 4 of its rows, so each
-            // tile streams the adapter's factors once for all of them (a decode batch on one adapter: a quarter of the reads).
-            // Its result does not depend on how rows are grouped into segments (SegmentedLora: bit-identical).
+            // BGMV with each row's adapter: it orders the rows by adapter (a stable counting sort) and cuts each adapter's rows
+            // into tiles of up to 4, each streaming the adapter's factors once for all its rows (64 decode rows on 8 adapters:
+            // 16 tiles, not 64). Its result does not depend on how rows are grouped (SegmentedLora: SGMV = BGMV, bit for bit).
             bool any = false;
-            int segments = 0;
             for (int s = 0; s < count; s++)
             {
                 int slot = batch.Slot[s];
@@ -265,23 +263,15 @@ internal sealed partial class BatchForward
                 int adapter = mine ? e.PackIndex[slot] : -1;
                 float scale = mine ? e.Scale[slot] : 0f;
                 any |= adapter >= 0;
-                if (segments > 0 && segAdapters[segments - 1] == adapter && segScales[segments - 1].Equals(scale))
-                {
-                    continue;
-                }
-
-                segStarts[segments] = batch.SequenceStart[s];
-                segAdapters[segments] = adapter;
-                segScales[segments++] = scale;
+                rowAdapters.AsSpan(batch.SequenceStart[s], batch.SequenceStart[s + 1] - batch.SequenceStart[s]).Fill(adapter);
+                rowScales.AsSpan(batch.SequenceStart[s], batch.SequenceStart[s + 1] - batch.SequenceStart[s]).Fill(scale);
             }
 
-            segStarts[segments] = n;
             if (any)
             {
                 // Decode-sized batches run the adapters on one thread (no fork-join, no allocation).
                 var lora = n <= DecodeGemv.MaxRows ? new KernelOptions(1, options.Path) : kernel;
-                SegmentedLora.Sgmv(xin, segStarts.AsSpan(0, segments + 1), segAdapters.AsSpan(0, segments), segScales.AsSpan(0, segments), pack.Adapters,
-                    y, n, inF, outF, lora);
+                SegmentedLora.Bgmv(xin, rowAdapters.AsSpan(0, n), rowScales.AsSpan(0, n), pack.Adapters, y, n, inF, outF, lora);
             }
         }
 
