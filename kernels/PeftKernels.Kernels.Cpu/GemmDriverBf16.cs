@@ -54,11 +54,12 @@ internal static unsafe partial class GemmDriver
 
     /// <summary>
     /// True when a bf16-compute product of more than <see cref="RowDot.MaxRows"/> rows with <paramref name="w"/> as op(B) and
-    /// <paramref name="outFeatures"/> columns runs a native pair micro-kernel (AMX or AVX512-BF16 12×32) that reads the weight's
-    /// kept panels (WeightPanelCache) instead of packing it: only then is the packed GEMM cheaper than reading the weight in place
-    /// (BatchGemv) for a few dozen rows. False for fp32 compute, a weight without a cache, a call with the cache turned off, 4-bit
-    /// weights, the managed fallback, and a named kernel that cannot run here.
+    /// <paramref name="outFeatures"/> columns runs a native pair micro-kernel (AMX or AVX512-BF16 12×32, as
+    /// <see cref="ResolveBf16"/> picks it) that reads the weight's kept panels (WeightPanelCache) instead of packing it: only then
+    /// is the packed GEMM cheaper than reading the weight in place (BatchGemv) for a few dozen rows. False for fp32 compute, a
+    /// weight without a cache, a call with the cache turned off, 4-bit weights and the managed fallback.
     /// </summary>
+    /// <exception cref="NotSupportedException">A named native kernel cannot run here (as the GEMM itself would throw).</exception>
     internal static bool ReadsKeptBf16Panels(in WeightOperand w, int outFeatures, in KernelOptions options)
     {
         if (WeightPanels.Of(w, options) == null || w.Storage == WeightFormat.Q4)
@@ -66,11 +67,8 @@ internal static unsafe partial class GemmDriver
             return false;
         }
 
-        var path = options.ResolvePath();
-        bool amx = NativeBf16.AmxAvailable && options.Bf16Kernel is Bf16Kernel.Auto or Bf16Kernel.Amx;
-        bool avx = NativeBf16.AvxAvailable && path == SimdPath.Vector512 && outFeatures > Avx512Bf16NarrowKernel.NR
-            && (options.Bf16Kernel == Bf16Kernel.Avx512Bf16 || (options.Bf16Kernel == Bf16Kernel.Auto && !NativeBf16.AmxAvailable));
-        return amx || avx;
+        var kernel = ResolveBf16(options.Bf16Kernel, options.ResolvePath());
+        return kernel == Bf16Kernel.Amx || (kernel == Bf16Kernel.Avx512Bf16 && outFeatures > Avx512Bf16NarrowKernel.NR);
     }
 
     /// <summary>

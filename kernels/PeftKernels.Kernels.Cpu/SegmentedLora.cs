@@ -303,9 +303,8 @@ public static unsafe class SegmentedLora
             return;
         }
 
-        // Otherwise dots over r on the widest path whose vector fits in r (r = 8 on AVX-512 takes 256-bit lanes).
-        var rankPath = path == SimdPath.Scalar || rank < 8 ? SimdPath.Scalar
-            : path == SimdPath.Vector512 && rank >= 16 ? SimdPath.Vector512 : SimdPath.Vector256;
+        // Otherwise dots over r, on 256-bit lanes when r fills one.
+        var rankPath = path == SimdPath.Scalar || rank < 8 ? SimdPath.Scalar : SimdPath.Vector256;
         var hr = stackalloc float*[TileRows];
         for (int j = 0; j < TileRows; j++)
         {

@@ -263,8 +263,9 @@ internal sealed partial class BatchForward
                 int adapter = mine ? e.PackIndex[slot] : -1;
                 float scale = mine ? e.Scale[slot] : 0f;
                 any |= adapter >= 0;
-                rowAdapters.AsSpan(batch.SequenceStart[s], batch.SequenceStart[s + 1] - batch.SequenceStart[s]).Fill(adapter);
-                rowScales.AsSpan(batch.SequenceStart[s], batch.SequenceStart[s + 1] - batch.SequenceStart[s]).Fill(scale);
+                int start = batch.SequenceStart[s], rows = batch.SequenceStart[s + 1] - start;
+                rowAdapters.AsSpan(start, rows).Fill(adapter);
+                rowScales.AsSpan(start, rows).Fill(scale);
             }
 
             if (any)
